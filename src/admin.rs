@@ -1,0 +1,189 @@
+//! The admin server (contract in DESIGN.md): `/healthz`, `/readyz`, `/api/v1/backends`,
+//! `/metrics` and a minimal stats page at `/`. It reads the published snapshot and the
+//! discovery status; it changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::discovery;
+use crate::snapshot::Snapshot;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub shared: Arc<ArcSwap<Snapshot>>,
+    pub discovery: Arc<ArcSwapOption<discovery::Status>>,
+    pub metrics: PrometheusHandle,
+}
+
+pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "admin listening");
+    }
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let admin = admin.clone();
+        let builder = Arc::clone(&builder);
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(route(&admin, req)) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
+        "/readyz" => {
+            if admin.shared.load().ready {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: waiting for the first etcd listing\n",
+                )
+            }
+        }
+        "/api/v1/backends" => respond(
+            StatusCode::OK,
+            "application/json",
+            backends_json(admin).to_string(),
+        ),
+        "/metrics" => {
+            admin.metrics.run_upkeep();
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                admin.metrics.render(),
+            )
+        }
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", STATS_PAGE),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// The `/api/v1/backends` document.
+pub fn backends_json(admin: &Admin) -> serde_json::Value {
+    let snap = admin.shared.load();
+    let discovery = admin.discovery.load().as_ref().map(|s| {
+        let v = s.view();
+        json!({
+            "api": v.api,
+            "connected": v.connected,
+            "index": v.index,
+            "last_sync_age_seconds": v.last_sync_age_seconds,
+            "resyncs": v.resyncs,
+        })
+    });
+    let backends: Vec<_> = snap
+        .backends
+        .iter()
+        .map(|b| {
+            let servers: Vec<_> = b
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "name": s.name,
+                        "addr": s.addr,
+                        "source": s.source.as_str(),
+                        "state": s.state_name(),
+                        "weight": s.weight,
+                        "active": s.active(),
+                        "state_age_seconds": s.state_age_ms() as f64 / 1000.0,
+                    })
+                })
+                .collect();
+            json!({"name": b.name(), "etcd_prefix": b.config.etcd_prefix, "servers": servers})
+        })
+        .collect();
+    json!({"discovery": discovery, "backends": backends})
+}
+
+/// A minimal self-refreshing stats page; no external assets.
+const STATS_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Switchyard</title>
+<style>body{font:14px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}.up{background:#cfc}.down{background:#fcc}.draining{background:#ffc}</style>
+</head><body><h1>Switchyard</h1><div id="disc"></div><div id="out">loading…</div>
+<script>
+const e=s=>String(s).replace(/[&<>"']/g,c=>'&#'+c.charCodeAt(0)+';');
+async function refresh(){
+  try{
+    const r=await fetch('/api/v1/backends');const j=await r.json();
+    const d=j.discovery;
+    document.getElementById('disc').textContent=d?`discovery ${d.api}: ${d.connected?'connected':'DISCONNECTED'}, index ${d.index}, last sync ${d.last_sync_age_seconds==null?'never':d.last_sync_age_seconds.toFixed(1)+' s ago'}, resyncs ${d.resyncs}`:'no discovery';
+    let h='';
+    for(const b of j.backends){
+      h+=`<h2>${e(b.name)}</h2><table><tr><th>name</th><th>address</th><th>source</th><th>state</th><th>weight</th><th>active</th><th>in state</th></tr>`;
+      for(const s of b.servers){h+=`<tr class="${e(s.state)}"><td>${e(s.name)}</td><td>${e(s.addr)}</td><td>${e(s.source)}</td><td>${e(s.state)}</td><td>${s.weight}</td><td>${s.active}</td><td>${s.state_age_seconds.toFixed(0)} s</td></tr>`;}
+      h+='</table>';
+    }
+    document.getElementById('out').innerHTML=h;
+  }catch(e){document.getElementById('disc').textContent='admin API unreachable: '+e;}
+}
+refresh();setInterval(refresh,2000);
+</script></body></html>
+"#;

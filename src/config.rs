@@ -1,0 +1,629 @@
+//! Configuration: the TOML file format (contract in DESIGN.md), its validation into typed
+//! structs, and the errors that name the offending key. `check`, startup and SIGHUP all go
+//! through [`Config::from_toml`]; file IO is kept apart in [`Config::load`].
+//!
+//! File structs carry `deny_unknown_fields`, so a misspelt key is an error naming that key,
+//! never silently ignored. Defaults follow HAProxy's where DESIGN.md does not fix them.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error; the message always names the offending key (or file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Which etcd API discovery speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdApi {
+    V2,
+    V3,
+}
+
+impl EtcdApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdApi::V2 => "v2",
+            EtcdApi::V3 => "v3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    Roundrobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Tcp,
+    Http,
+    None,
+}
+
+// ---------------------------------------------------------------------------------------------
+// File structs: exactly what the TOML may contain.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    global: FileGlobal,
+    #[serde(default)]
+    admin: FileAdmin,
+    etcd: Option<FileEtcd>,
+    #[serde(default)]
+    frontend: Vec<FileFrontend>,
+    #[serde(default)]
+    backend: Vec<FileBackend>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGlobal {
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEtcd {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    api: Option<EtcdApi>,
+    #[serde(default, with = "humantime_serde")]
+    poll_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_min: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_max: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFrontend {
+    name: String,
+    bind: String,
+    mode: Option<Mode>,
+    backend: String,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    max_header_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackend {
+    name: String,
+    etcd_prefix: Option<String>,
+    #[serde(default)]
+    servers: Vec<String>,
+    balance: Option<Balance>,
+    check: Option<FileCheck>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    response_timeout: Option<Duration>,
+    retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCheck {
+    #[serde(rename = "type")]
+    kind: Option<CheckType>,
+    path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    inter: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated config.
+
+/// The validated configuration. Every field has its default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub shutdown_grace: Duration,
+    pub admin_listen: SocketAddr,
+    pub etcd: Option<EtcdConfig>,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdConfig {
+    /// Base URLs without a trailing slash, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    pub api: EtcdApi,
+    /// Client-side deadline on one long-poll; etcd never closes an idle one.
+    pub poll_timeout: Duration,
+    /// Deadline on ordinary (non-watch) requests.
+    pub request_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frontend {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub mode: Mode,
+    pub backend: String,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub name: String,
+    pub etcd_prefix: Option<String>,
+    pub servers: Vec<String>,
+    pub balance: Balance,
+    pub check: Check,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub retries: u32,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub kind: CheckType,
+    pub path: String,
+    pub inter: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        // HAProxy's defaults: inter 2s, rise 2, fall 3; timeout is HAProxy's `timeout check`.
+        Check {
+            kind: CheckType::Tcp,
+            path: "/".to_string(),
+            inter: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        validate(file)
+    }
+
+    /// The backend a frontend routes to, by name.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("{value:?} is not an ip:port address")))
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn validate(file: FileConfig) -> Result<Config, ConfigError> {
+    let shutdown_grace = file
+        .global
+        .shutdown_grace
+        .unwrap_or(Duration::from_secs(30));
+    let admin_listen = parse_listen(
+        "admin.listen",
+        file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN),
+    )?;
+
+    let etcd = match file.etcd {
+        None => None,
+        Some(e) => {
+            let endpoints = if e.endpoints.is_empty() {
+                vec![DEFAULT_ETCD.to_string()]
+            } else {
+                e.endpoints
+            };
+            let mut clean = Vec::with_capacity(endpoints.len());
+            for (i, ep) in endpoints.iter().enumerate() {
+                let key = format!("etcd.endpoints[{i}]");
+                let url = reqwest::Url::parse(ep)
+                    .map_err(|err| invalid(&key, format!("{ep:?} is not a URL: {err}")))?;
+                if url.scheme() != "http" && url.scheme() != "https" {
+                    return Err(invalid(&key, format!("{ep:?} must start with http://")));
+                }
+                if url.scheme() == "https" {
+                    return Err(invalid(&key, "https endpoints are not supported yet"));
+                }
+                clean.push(ep.trim_end_matches('/').to_string());
+            }
+            let backoff_min = positive(
+                "etcd.backoff_min",
+                e.backoff_min.unwrap_or(Duration::from_millis(100)),
+            )?;
+            let backoff_max = e.backoff_max.unwrap_or(Duration::from_secs(5));
+            if backoff_max < backoff_min {
+                return Err(invalid(
+                    "etcd.backoff_max",
+                    "must not be smaller than etcd.backoff_min",
+                ));
+            }
+            let api = e.api.unwrap_or(EtcdApi::V2);
+            if api == EtcdApi::V3 {
+                return Err(invalid(
+                    "etcd.api",
+                    "\"v3\" is not supported yet; use \"v2\"",
+                ));
+            }
+            Some(EtcdConfig {
+                endpoints: clean,
+                api,
+                poll_timeout: positive(
+                    "etcd.poll_timeout",
+                    e.poll_timeout.unwrap_or(Duration::from_secs(60)),
+                )?,
+                request_timeout: positive(
+                    "etcd.request_timeout",
+                    e.request_timeout.unwrap_or(Duration::from_secs(5)),
+                )?,
+                backoff_min,
+                backoff_max,
+            })
+        }
+    };
+
+    let mut backends = Vec::with_capacity(file.backend.len());
+    let mut names = HashSet::new();
+    for (i, b) in file.backend.into_iter().enumerate() {
+        let key = format!("backend[{i}]");
+        if b.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty"));
+        }
+        let key = format!("backend {:?}", b.name);
+        if !names.insert(b.name.clone()) {
+            return Err(invalid(format!("{key}.name"), "duplicate backend name"));
+        }
+        if let Some(p) = &b.etcd_prefix {
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    format!("{key}.etcd_prefix"),
+                    format!("{p:?} must start with '/'"),
+                ));
+            }
+            if etcd.is_none() {
+                return Err(invalid(
+                    format!("{key}.etcd_prefix"),
+                    "needs an [etcd] section with endpoints",
+                ));
+            }
+        }
+        if b.etcd_prefix.is_none() && b.servers.is_empty() {
+            return Err(invalid(
+                &key,
+                "needs etcd_prefix, servers, or both (it has neither)",
+            ));
+        }
+        for (j, s) in b.servers.iter().enumerate() {
+            if let Err(e) = crate::discovery::parse_addr(s) {
+                return Err(invalid(format!("{key}.servers[{j}]"), e.to_string()));
+            }
+        }
+        let check = match b.check {
+            None => Check::default(),
+            Some(c) => {
+                let d = Check::default();
+                let check = Check {
+                    kind: c.kind.unwrap_or(d.kind),
+                    path: c.path.unwrap_or(d.path),
+                    inter: positive(&format!("{key}.check.inter"), c.inter.unwrap_or(d.inter))?,
+                    timeout: positive(
+                        &format!("{key}.check.timeout"),
+                        c.timeout.unwrap_or(d.timeout),
+                    )?,
+                    rise: c.rise.unwrap_or(d.rise),
+                    fall: c.fall.unwrap_or(d.fall),
+                };
+                if check.rise == 0 {
+                    return Err(invalid(format!("{key}.check.rise"), "must be at least 1"));
+                }
+                if check.fall == 0 {
+                    return Err(invalid(format!("{key}.check.fall"), "must be at least 1"));
+                }
+                if !check.path.starts_with('/') {
+                    return Err(invalid(
+                        format!("{key}.check.path"),
+                        format!("{:?} must start with '/'", check.path),
+                    ));
+                }
+                check
+            }
+        };
+        backends.push(Backend {
+            connect_timeout: positive(
+                &format!("{key}.connect_timeout"),
+                b.connect_timeout.unwrap_or(Duration::from_secs(2)),
+            )?,
+            response_timeout: positive(
+                &format!("{key}.response_timeout"),
+                b.response_timeout.unwrap_or(Duration::from_secs(60)),
+            )?,
+            retries: b.retries.unwrap_or(2),
+            drain_timeout: b.drain_timeout.unwrap_or(Duration::from_secs(30)),
+            name: b.name,
+            etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
+            servers: b.servers,
+            balance: b.balance.unwrap_or(Balance::Roundrobin),
+            check,
+        });
+    }
+
+    let mut frontends = Vec::with_capacity(file.frontend.len());
+    let mut binds = HashSet::new();
+    let mut fnames = HashSet::new();
+    for (i, f) in file.frontend.into_iter().enumerate() {
+        if f.name.is_empty() {
+            return Err(invalid(format!("frontend[{i}].name"), "must not be empty"));
+        }
+        let key = format!("frontend {:?}", f.name);
+        if !fnames.insert(f.name.clone()) {
+            return Err(invalid(format!("{key}.name"), "duplicate frontend name"));
+        }
+        let bind = parse_listen(&format!("{key}.bind"), &f.bind)?;
+        // Port 0 (tests) asks the OS for a fresh port each time, so it cannot collide.
+        if bind.port() != 0 && (!binds.insert(bind) || bind == admin_listen) {
+            return Err(invalid(
+                format!("{key}.bind"),
+                format!("{bind} is already used by another listener"),
+            ));
+        }
+        let mode = f.mode.unwrap_or(Mode::Http);
+        if mode == Mode::Tcp {
+            return Err(invalid(
+                format!("{key}.mode"),
+                "\"tcp\" is not supported yet; use \"http\"",
+            ));
+        }
+        if !backends.iter().any(|b| b.name == f.backend) {
+            return Err(invalid(
+                format!("{key}.backend"),
+                format!("names no backend: {:?}", f.backend),
+            ));
+        }
+        let max_header_size = f.max_header_size.unwrap_or(64 * 1024);
+        if max_header_size < 1024 {
+            return Err(invalid(
+                format!("{key}.max_header_size"),
+                "must be at least 1024 bytes",
+            ));
+        }
+        frontends.push(Frontend {
+            header_timeout: positive(
+                &format!("{key}.header_timeout"),
+                f.header_timeout.unwrap_or(Duration::from_secs(10)),
+            )?,
+            idle_timeout: positive(
+                &format!("{key}.idle_timeout"),
+                f.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            )?,
+            max_header_size,
+            name: f.name,
+            bind,
+            mode,
+            backend: f.backend,
+        });
+    }
+
+    Ok(Config {
+        shutdown_grace,
+        admin_listen,
+        etcd,
+        frontends,
+        backends,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLASSIC: &str = r#"
+[admin]
+listen = "127.0.0.1:9090"
+
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+api = "v2"
+
+[[frontend]]
+name = "testloadbalancer"
+bind = "0.0.0.0:80"
+mode = "http"
+backend = "testservice"
+
+[[backend]]
+name = "testservice"
+etcd_prefix = "/testservice/backend"
+servers = []
+balance = "roundrobin"
+
+[backend.check]
+type = "tcp"
+path = "/"
+inter = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+"#;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn classic_config_parses_with_defaults() {
+        let c = Config::from_toml(CLASSIC).unwrap();
+        assert_eq!(c.frontends[0].bind, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.frontends[0].header_timeout, Duration::from_secs(10));
+        assert_eq!(c.frontends[0].max_header_size, 65536);
+        let b = &c.backends[0];
+        assert_eq!(b.etcd_prefix.as_deref(), Some("/testservice/backend"));
+        assert_eq!(b.connect_timeout, Duration::from_secs(2));
+        assert_eq!(b.response_timeout, Duration::from_secs(60));
+        assert_eq!(b.retries, 2);
+        assert_eq!(b.drain_timeout, Duration::from_secs(30));
+        assert_eq!(b.check.rise, 2);
+        let e = c.etcd.unwrap();
+        assert_eq!(e.poll_timeout, Duration::from_secs(60));
+        assert_eq!(e.backoff_min, Duration::from_millis(100));
+        assert_eq!(e.backoff_max, Duration::from_secs(5));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        for f in ["config/switchyard.toml", "config/dev.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = CLASSIC.replace("rise = 2", "rise = 2\nrize = 3");
+        assert!(err(&text).contains("rize"), "{}", err(&text));
+        let text = CLASSIC.replace("[admin]", "[admin]\nlisten_addr = \"x\"");
+        assert!(err(&text).contains("listen_addr"));
+    }
+
+    #[test]
+    fn frontend_naming_a_missing_backend_is_rejected() {
+        let text = CLASSIC.replace("backend = \"testservice\"", "backend = \"nope\"");
+        let e = err(&text);
+        assert!(e.contains("frontend \"testloadbalancer\".backend"), "{e}");
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn prefix_must_start_with_slash() {
+        let text = CLASSIC.replace("\"/testservice/backend\"", "\"testservice/backend\"");
+        assert!(err(&text).contains("etcd_prefix"));
+    }
+
+    #[test]
+    fn duplicate_bind_is_rejected() {
+        let text = format!(
+            "{CLASSIC}\n[[frontend]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\nbackend = \"testservice\"\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("frontend \"b\".bind"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_bad_address_are_named() {
+        let text = CLASSIC.replace("inter = \"2s\"", "inter = \"2 parsecs\"");
+        assert!(err(&text).contains("inter"), "{}", err(&text));
+        let text = CLASSIC.replace("0.0.0.0:80", "0.0.0.0:http");
+        assert!(err(&text).contains("bind"));
+        let text = CLASSIC.replace("servers = []", "servers = [\"10.0.0.1:0\"]");
+        assert!(err(&text).contains("servers[0]"), "{}", err(&text));
+    }
+
+    #[test]
+    fn backend_needs_a_source_and_prefix_needs_etcd() {
+        let text = CLASSIC.replace("etcd_prefix = \"/testservice/backend\"\n", "");
+        assert!(err(&text).contains("backend \"testservice\""));
+        let text = CLASSIC.replace(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\napi = \"v2\"\n",
+            "",
+        );
+        assert!(err(&text).contains("[etcd]"), "{}", err(&text));
+    }
+
+    #[test]
+    fn static_only_config_needs_no_etcd() {
+        let c = Config::from_toml(
+            r#"
+[[frontend]]
+name = "f"
+bind = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
+"#,
+        )
+        .unwrap();
+        assert!(c.etcd.is_none());
+        assert_eq!(c.backends[0].check.kind, CheckType::Tcp);
+    }
+}

@@ -1,0 +1,758 @@
+//! Discovery: turns etcd keys under each backend's `etcd_prefix` into published server sets.
+//!
+//! Owns the value format (plain `host:port` or JSON), the per-prefix mirror `key -> server`, the
+//! application of v2 events to that mirror, the resync on errorCode 401, the reconnect loop and
+//! the readiness latch. Deltas never leave this module: each change publishes the prefix's whole
+//! server list through [`Publisher::publish_discovered`], which publishes nothing when nothing
+//! changed.
+//!
+//! NOTE: one long-poll per prefix rather than one over a common root. A watch on a common root
+//! (often `/`) is woken by every unrelated write in the cluster, and one 401 would force a re-list
+//! of everything; per-prefix watches only wake for their own keys, keep independent cursors, and
+//! a resync re-reads one prefix. The cost is one idle HTTP connection per prefix.
+//!
+//! Unreachable is not empty: a transport error, a timeout or an undecodable answer never changes
+//! membership. Only an authoritative listing or an event does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, EtcdConfig};
+use crate::etcd::v2::{self, Wait};
+use crate::etcd::{Backoff, Endpoints, EtcdError, http_client};
+use crate::metrics as m;
+use crate::snapshot::{Publisher, ServerSpec, Source};
+
+// ---------------------------------------------------------------------------------------------
+// Values.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("empty value")]
+    Empty,
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error("{0:?}: port must be 1-65535")]
+    BadPort(String),
+    #[error("{0:?}: bad host name")]
+    BadHost(String),
+    #[error("bad JSON value: {0}")]
+    Json(String),
+    #[error("weight {0} is out of range 0-256")]
+    Weight(u32),
+}
+
+/// Checks a `host:port` address as the classic stack writes it: `172.17.8.101:55555`,
+/// `[::1]:8080` or `web-3:80`. Port 0 and ports above 65535 are refused.
+pub fn parse_addr(s: &str) -> Result<(), ValueError> {
+    if s.is_empty() {
+        return Err(ValueError::Empty);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return if sa.port() == 0 {
+            Err(ValueError::BadPort(s.to_string()))
+        } else {
+            Ok(())
+        };
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| ValueError::NotHostPort(s.to_string()))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ if port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty() => {
+            return Err(ValueError::BadPort(s.to_string()));
+        }
+        _ => return Err(ValueError::NotHostPort(s.to_string())),
+    }
+    // A host name (RFC 1123 labels; '_' tolerated as some registries use it). An IPv6 address
+    // without brackets, or anything with spaces or slashes, is refused.
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValueError::BadHost(s.to_string()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct JsonValue {
+    addr: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    drain: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A parsed etcd value: the address, its weight and drain flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub addr: String,
+    pub weight: u32,
+    pub drain: bool,
+}
+
+/// Parses a value under a prefix: `host:port`, or `{"addr":..,"weight":..,"drain":..}`.
+/// Surrounding white space (a trailing newline from `curl -d value=@file`) is ignored.
+pub fn parse_value(raw: &str) -> Result<Value, ValueError> {
+    let s = raw.trim();
+    if s.starts_with('{') {
+        let j: JsonValue = serde_json::from_str(s).map_err(|e| ValueError::Json(e.to_string()))?;
+        let addr = j.addr.trim().to_string();
+        parse_addr(&addr)?;
+        // HAProxy's range: 0 (no traffic) to 256.
+        if j.weight > 256 {
+            return Err(ValueError::Weight(j.weight));
+        }
+        return Ok(Value {
+            addr,
+            weight: j.weight,
+            drain: j.drain,
+        });
+    }
+    parse_addr(s)?;
+    Ok(Value {
+        addr: s.to_string(),
+        weight: 1,
+        drain: false,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror of one prefix.
+
+/// `key -> value` for every valid key below one prefix, plus the invalid values already reported
+/// (so each is warned about and counted once, not on every re-list).
+#[derive(Debug, Default)]
+pub struct Mirror {
+    prefix: String,
+    backend: String,
+    servers: BTreeMap<String, Value>,
+    reported_invalid: HashMap<String, String>,
+}
+
+/// What applying an event did to the mirror.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+}
+
+impl Mirror {
+    pub fn new(backend: &str, prefix: &str) -> Mirror {
+        Mirror {
+            prefix: prefix.to_string(),
+            backend: backend.to_string(),
+            ..Mirror::default()
+        }
+    }
+
+    /// The server list to publish.
+    pub fn specs(&self) -> Vec<ServerSpec> {
+        self.servers
+            .iter()
+            .map(|(key, v)| ServerSpec {
+                name: key.rsplit('/').next().unwrap_or(key).to_string(),
+                addr: v.addr.clone(),
+                weight: v.weight,
+                drain: v.drain,
+                source: Source::Etcd,
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Parses `raw` for `key`. An invalid value is reported once and yields `None`.
+    fn parse(&mut self, key: &str, raw: &str) -> Option<Value> {
+        match parse_value(raw) {
+            Ok(v) => {
+                self.reported_invalid.remove(key);
+                Some(v)
+            }
+            Err(e) => {
+                if self.reported_invalid.get(key).map(String::as_str) != Some(raw) {
+                    warn!(backend = %self.backend, key, value = raw, error = %e,
+                        "invalid value in etcd skipped");
+                    metrics::counter!(m::DISCOVERY_INVALID_VALUES, "backend" => self.backend.clone())
+                        .increment(1);
+                    self.reported_invalid
+                        .insert(key.to_string(), raw.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// Replaces the whole mirror with an authoritative listing. A key whose new value is invalid
+    /// keeps its last good value (as confd + HAProxy keep the last config that passed the check).
+    pub fn replace(&mut self, leaves: &[(String, String)]) -> Applied {
+        let mut next = BTreeMap::new();
+        for (key, raw) in leaves {
+            if let Some(v) = self.parse(key, raw) {
+                next.insert(key.clone(), v);
+            } else if let Some(old) = self.servers.get(key) {
+                next.insert(key.clone(), old.clone());
+            }
+        }
+        self.reported_invalid
+            .retain(|k, _| leaves.iter().any(|(key, _)| key == k));
+        if next == self.servers {
+            Applied::Unchanged
+        } else {
+            self.servers = next;
+            Applied::Changed
+        }
+    }
+
+    /// Applies one v2 watch event.
+    pub fn apply(&mut self, ev: &v2::Response) -> Applied {
+        let node = &ev.node;
+        let before = self.servers.len();
+        match ev.action.as_str() {
+            "set" | "create" | "update" | "compareAndSwap" => {
+                if node.dir {
+                    // A new (empty) directory holds no server; a dir replacing a key removes it.
+                    return self.remove(&node.key);
+                }
+                let raw = node.value.as_deref().unwrap_or("");
+                match self.parse(&node.key, raw) {
+                    Some(v) => {
+                        if self.servers.get(&node.key) == Some(&v) {
+                            Applied::Unchanged
+                        } else {
+                            self.servers.insert(node.key.clone(), v);
+                            Applied::Changed
+                        }
+                    }
+                    // Keep the last good value of this key (e.g. a heartbeat that blanked it).
+                    None => Applied::Unchanged,
+                }
+            }
+            "delete" | "compareAndDelete" | "expire" => {
+                self.reported_invalid.remove(&node.key);
+                if node.dir || node.key == self.prefix {
+                    // One event for a whole directory: drop every key below it.
+                    let dir = format!("{}/", node.key.trim_end_matches('/'));
+                    self.servers.retain(|k, _| !k.starts_with(&dir));
+                    self.reported_invalid.retain(|k, _| !k.starts_with(&dir));
+                    if self.servers.len() == before {
+                        Applied::Unchanged
+                    } else {
+                        Applied::Changed
+                    }
+                } else {
+                    self.remove(&node.key)
+                }
+            }
+            other => {
+                debug!(action = other, key = %node.key, "unknown etcd action ignored");
+                Applied::Unchanged
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Applied {
+        if self.servers.remove(key).is_some() {
+            Applied::Changed
+        } else {
+            Applied::Unchanged
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status shared with the admin API.
+
+#[derive(Debug, Clone, Default)]
+struct PrefixStatus {
+    connected: bool,
+    index: u64,
+    last_sync: Option<SystemTime>,
+    resyncs: u64,
+}
+
+/// Discovery health for `/api/v1/backends` and the metrics: one entry per watched prefix.
+#[derive(Debug, Default)]
+pub struct Status {
+    api: &'static str,
+    prefixes: Mutex<Vec<PrefixStatus>>,
+}
+
+/// What the admin API shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusView {
+    pub api: &'static str,
+    pub connected: bool,
+    pub index: u64,
+    pub last_sync_age_seconds: Option<f64>,
+    pub resyncs: u64,
+}
+
+impl Status {
+    fn new(api: &'static str, prefixes: usize) -> Status {
+        Status {
+            api,
+            prefixes: Mutex::new(vec![PrefixStatus::default(); prefixes]),
+        }
+    }
+
+    fn update(&self, slot: usize, f: impl FnOnce(&mut PrefixStatus)) {
+        let view = {
+            let mut all = self.prefixes.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut all[slot]);
+            aggregate(self.api, &all)
+        };
+        metrics::gauge!(m::DISCOVERY_CONNECTED).set(if view.connected { 1.0 } else { 0.0 });
+        metrics::gauge!(m::DISCOVERY_INDEX).set(view.index as f64);
+    }
+
+    pub fn view(&self) -> StatusView {
+        aggregate(
+            self.api,
+            &self.prefixes.lock().unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+}
+
+fn aggregate(api: &'static str, all: &[PrefixStatus]) -> StatusView {
+    // Connected only if every watch is; the oldest sync is the one that matters.
+    let oldest = all.iter().map(|p| p.last_sync).min().flatten();
+    StatusView {
+        api,
+        connected: !all.is_empty() && all.iter().all(|p| p.connected),
+        index: all.iter().map(|p| p.index).max().unwrap_or(0),
+        last_sync_age_seconds: oldest.map(|t| {
+            SystemTime::now()
+                .duration_since(t)
+                .unwrap_or_default()
+                .as_secs_f64()
+        }),
+        resyncs: all.iter().map(|p| p.resyncs).sum(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watch loop.
+
+/// Starts one watcher per backend that has an `etcd_prefix`. Returns the shared status (None
+/// when no backend uses etcd) and marks the snapshot ready once every prefix was listed once.
+pub fn spawn(
+    config: &Config,
+    publisher: Arc<Publisher>,
+    cancel: CancellationToken,
+) -> Option<Arc<Status>> {
+    let etcd = config.etcd.clone()?;
+    let watched: Vec<(String, String)> = config
+        .backends
+        .iter()
+        .filter_map(|b| Some((b.name.clone(), b.etcd_prefix.clone()?)))
+        .collect();
+    if watched.is_empty() {
+        return None;
+    }
+    let status = Arc::new(Status::new(etcd.api.as_str(), watched.len()));
+    let pending = Arc::new(AtomicUsize::new(watched.len()));
+    let client = http_client(&etcd);
+    for (slot, (backend, prefix)) in watched.into_iter().enumerate() {
+        let w = Watcher {
+            etcd: etcd.clone(),
+            client: client.clone(),
+            endpoints: Endpoints::new(etcd.endpoints.clone()),
+            backoff: Backoff::new(etcd.backoff_min, etcd.backoff_max),
+            mirror: Mirror::new(&backend, &prefix),
+            backend,
+            prefix,
+            slot,
+            status: Arc::clone(&status),
+            publisher: Arc::clone(&publisher),
+            pending: Arc::clone(&pending),
+            listed_once: false,
+        };
+        tokio::spawn(w.run(cancel.clone()));
+    }
+    Some(status)
+}
+
+struct Watcher {
+    etcd: EtcdConfig,
+    client: reqwest::Client,
+    endpoints: Endpoints,
+    backoff: Backoff,
+    mirror: Mirror,
+    backend: String,
+    prefix: String,
+    slot: usize,
+    status: Arc<Status>,
+    publisher: Arc<Publisher>,
+    pending: Arc<AtomicUsize>,
+    listed_once: bool,
+}
+
+/// Why the mirror is re-read in full.
+#[derive(Debug, Clone, Copy)]
+enum Resync {
+    Start,
+    IndexCleared,
+    Reconnect,
+}
+
+impl Resync {
+    fn as_str(self) -> &'static str {
+        match self {
+            Resync::Start => "start",
+            Resync::IndexCleared => "index_cleared",
+            Resync::Reconnect => "reconnect",
+        }
+    }
+}
+
+impl Watcher {
+    async fn run(mut self, cancel: CancellationToken) {
+        info!(backend = %self.backend, prefix = %self.prefix, api = "v2", "discovery started");
+        let mut need_list = Some(Resync::Start);
+        let mut cursor = 0u64;
+        loop {
+            if let Some(reason) = need_list {
+                let listed = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = v2::list(&self.client, self.endpoints.current(), &self.prefix, self.etcd.request_timeout) => r,
+                };
+                match listed {
+                    Ok(listing) => {
+                        self.on_listing(&listing, reason);
+                        cursor = listing.index + 1;
+                        need_list = None;
+                    }
+                    Err(e) => {
+                        if !self.on_error(&e, &cancel).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let waited = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = v2::wait(&self.client, self.endpoints.current(), &self.prefix, cursor, self.etcd.poll_timeout) => r,
+            };
+            match waited {
+                Ok(Wait::Event(ev)) => {
+                    cursor = ev.node.modified_index + 1;
+                    self.on_event(&ev, cursor);
+                }
+                Ok(Wait::Cleared { current }) => {
+                    info!(backend = %self.backend, prefix = %self.prefix, cursor, current,
+                        "etcd event index cleared; re-reading the prefix");
+                    need_list = Some(Resync::IndexCleared);
+                }
+                Ok(Wait::Idle) => {
+                    debug!(backend = %self.backend, cursor, "long-poll deadline; re-arming");
+                }
+                Err(e) => {
+                    if !self.on_error(&e, &cancel).await {
+                        break;
+                    }
+                    // The cursor is portable between members, but a member may have been
+                    // restored from an older or newer state: re-read to be sure nothing was missed.
+                    need_list = Some(Resync::Reconnect);
+                }
+            }
+        }
+        debug!(backend = %self.backend, "discovery stopped");
+    }
+
+    fn on_listing(&mut self, listing: &v2::Listing, reason: Resync) {
+        let changed = self.mirror.replace(&listing.leaves) == Applied::Changed;
+        let published = (changed || !self.listed_once)
+            && self
+                .publisher
+                .publish_discovered(&self.backend, self.mirror.specs());
+        if !matches!(reason, Resync::Start) {
+            metrics::counter!(m::DISCOVERY_RESYNCS, "reason" => reason.as_str()).increment(1);
+        }
+        let was_connected = self.status.view().connected;
+        self.status.update(self.slot, |s| {
+            s.connected = true;
+            s.index = listing.index;
+            s.last_sync = Some(SystemTime::now());
+            if !matches!(reason, Resync::Start) {
+                s.resyncs += 1;
+            }
+        });
+        set_last_sync();
+        self.backoff.reset();
+        info!(backend = %self.backend, prefix = %self.prefix, index = listing.index,
+            servers = self.mirror.len(), published, reason = reason.as_str(), was_connected,
+            "etcd listing loaded");
+        if !self.listed_once {
+            self.listed_once = true;
+            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.publisher.set_ready();
+                info!("discovery ready: every prefix listed");
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &v2::Response, cursor: u64) {
+        metrics::counter!(m::DISCOVERY_EVENTS, "backend" => self.backend.clone(), "action" => ev.action.clone())
+            .increment(1);
+        let changed = self.mirror.apply(ev) == Applied::Changed;
+        let published = changed
+            && self
+                .publisher
+                .publish_discovered(&self.backend, self.mirror.specs());
+        self.status.update(self.slot, |s| {
+            s.index = cursor - 1;
+            s.last_sync = Some(SystemTime::now());
+        });
+        set_last_sync();
+        if published {
+            info!(backend = %self.backend, action = %ev.action, key = %ev.node.key,
+                index = ev.node.modified_index, servers = self.mirror.len(), "snapshot published");
+        } else {
+            debug!(backend = %self.backend, action = %ev.action, key = %ev.node.key, "event changed nothing");
+        }
+    }
+
+    /// Logs the error, marks the prefix disconnected, rotates and backs off. Returns false when
+    /// cancelled meanwhile.
+    async fn on_error(&mut self, e: &EtcdError, cancel: &CancellationToken) -> bool {
+        let was_connected = self.status.view().connected;
+        self.status.update(self.slot, |s| s.connected = false);
+        let delay = self.backoff.next_delay();
+        if was_connected {
+            warn!(backend = %self.backend, error = %e, retry_in = ?delay,
+                "etcd unreachable; keeping the last published servers");
+        } else {
+            debug!(backend = %self.backend, error = %e, retry_in = ?delay, "etcd still unreachable");
+        }
+        self.endpoints.rotate();
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+fn set_last_sync() {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    metrics::gauge!(m::DISCOVERY_LAST_SYNC).set(now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_the_classic_stack_writes() {
+        for ok in [
+            "172.17.8.101:55555",
+            "[::1]:8080",
+            "web-3:80",
+            "a.b-c.d:65535",
+            "svc_1:1",
+        ] {
+            assert_eq!(parse_addr(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "garbage",
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:65536",
+            "1.2.3.4:-1",
+            ":80",
+            "::1:8080",
+            "a b:80",
+            "http://x:80",
+            "host:port",
+            "-x:80",
+            "x..y:80",
+        ] {
+            assert!(parse_addr(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(matches!(
+            parse_addr("1.2.3.4:99999"),
+            Err(ValueError::BadPort(_))
+        ));
+    }
+
+    #[test]
+    fn json_values() {
+        assert_eq!(
+            parse_value(r#"{"addr":"172.17.8.101:55555","weight":2,"drain":true}"#).unwrap(),
+            Value {
+                addr: "172.17.8.101:55555".into(),
+                weight: 2,
+                drain: true
+            }
+        );
+        assert_eq!(parse_value(r#"{"addr":"h:1"}"#).unwrap().weight, 1);
+        assert!(parse_value(r#"{"addr":"h:0"}"#).is_err());
+        assert!(parse_value(r#"{"weight":2}"#).is_err());
+        assert!(parse_value(r#"{"addr":"h:1","weight":300}"#).is_err());
+        assert!(parse_value("{broken").is_err());
+        assert_eq!(parse_value(" 10.0.0.1:80\n").unwrap().addr, "10.0.0.1:80");
+    }
+
+    fn ev(action: &str, key: &str, value: Option<&str>, idx: u64) -> v2::Response {
+        v2::Response {
+            action: action.into(),
+            node: v2::Node {
+                key: key.into(),
+                value: value.map(String::from),
+                dir: false,
+                nodes: vec![],
+                modified_index: idx,
+            },
+            prev_node: None,
+        }
+    }
+
+    fn addrs(m: &Mirror) -> Vec<String> {
+        m.specs()
+            .into_iter()
+            .map(|s| format!("{}={}", s.name, s.addr))
+            .collect()
+    }
+
+    #[test]
+    fn every_action_is_applied() {
+        let mut m = Mirror::new("b", "/svc");
+        let p = "/svc/";
+        assert_eq!(
+            m.apply(&ev("create", &format!("{p}1"), Some("h:1"), 5)),
+            Applied::Changed
+        );
+        assert_eq!(
+            m.apply(&ev("set", &format!("{p}2"), Some("h:2"), 6)),
+            Applied::Changed
+        );
+        assert_eq!(
+            m.apply(&ev("update", &format!("{p}2"), Some("h:22"), 7)),
+            Applied::Changed
+        );
+        assert_eq!(
+            m.apply(&ev("compareAndSwap", &format!("{p}1"), Some("h:11"), 8)),
+            Applied::Changed
+        );
+        assert_eq!(addrs(&m), ["1=h:11", "2=h:22"]);
+        // The same value again (a plain re-set) changes nothing.
+        assert_eq!(
+            m.apply(&ev("set", &format!("{p}1"), Some("h:11"), 9)),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            m.apply(&ev("compareAndDelete", &format!("{p}1"), None, 10)),
+            Applied::Changed
+        );
+        assert_eq!(
+            m.apply(&ev("expire", &format!("{p}2"), None, 11)),
+            Applied::Changed
+        );
+        assert!(m.is_empty());
+        assert_eq!(
+            m.apply(&ev("delete", &format!("{p}9"), None, 12)),
+            Applied::Unchanged
+        );
+    }
+
+    #[test]
+    fn invalid_value_is_skipped_and_keeps_the_last_good_one() {
+        let mut m = Mirror::new("b", "/svc");
+        m.apply(&ev("set", "/svc/1", Some("h:1"), 5));
+        // The old-style heartbeat that blanks the value must not drop a live server.
+        assert_eq!(
+            m.apply(&ev("update", "/svc/1", Some(""), 6)),
+            Applied::Unchanged
+        );
+        assert_eq!(
+            m.apply(&ev("set", "/svc/2", Some("garbage"), 7)),
+            Applied::Unchanged
+        );
+        assert_eq!(addrs(&m), ["1=h:1"]);
+        // A listing keeps the last good value of a key that now holds garbage.
+        let listing = vec![
+            ("/svc/1".to_string(), "".to_string()),
+            ("/svc/3".to_string(), "h:3".to_string()),
+        ];
+        assert_eq!(m.replace(&listing), Applied::Changed);
+        assert_eq!(addrs(&m), ["1=h:1", "3=h:3"]);
+        assert_eq!(m.replace(&listing), Applied::Unchanged);
+    }
+
+    #[test]
+    fn recursive_dir_delete_drops_everything_below() {
+        let mut m = Mirror::new("b", "/svc");
+        m.replace(&[
+            ("/svc/1".into(), "h:1".into()),
+            ("/svc/sub/2".into(), "h:2".into()),
+            ("/svc/sub/3".into(), "h:3".into()),
+            ("/svc/subway".into(), "h:4".into()),
+        ]);
+        let mut dir = ev("delete", "/svc/sub", None, 20);
+        dir.node.dir = true;
+        assert_eq!(m.apply(&dir), Applied::Changed);
+        assert_eq!(addrs(&m), ["1=h:1", "subway=h:4"]);
+        // Deleting the prefix directory itself empties the set.
+        let mut root = ev("delete", "/svc", None, 21);
+        root.node.dir = true;
+        assert_eq!(m.apply(&root), Applied::Changed);
+        assert!(m.is_empty());
+    }
+
+    #[test]
+    fn nested_names_are_the_last_segment() {
+        let mut m = Mirror::new("b", "/svc");
+        m.replace(&[("/svc/sub/3".into(), "h:3".into())]);
+        assert_eq!(m.specs()[0].name, "3");
+    }
+
+    #[test]
+    fn status_aggregates_prefixes() {
+        let s = Status::new("v2", 2);
+        s.update(0, |p| {
+            p.connected = true;
+            p.index = 10;
+        });
+        assert!(!s.view().connected, "one prefix is not connected yet");
+        s.update(1, |p| {
+            p.connected = true;
+            p.index = 12;
+            p.last_sync = Some(SystemTime::now());
+        });
+        let v = s.view();
+        assert!(v.connected);
+        assert_eq!(v.index, 12);
+        assert!(v.last_sync_age_seconds.is_none(), "prefix 0 never synced");
+    }
+}

@@ -1,0 +1,134 @@
+//! The etcd client side shared by discovery (and later the register sidekick): the HTTP client,
+//! endpoint rotation and the reconnect backoff. Wire formats live in the submodules (`v2`).
+//!
+//! NOTE: endpoint rotation is plain round-robin over the configured members: etcd's v2 index and
+//! v3 revision are cluster-wide, so a cursor taken on one member is valid on any other.
+
+pub mod v2;
+
+use std::time::Duration;
+
+use crate::config::EtcdConfig;
+
+/// Errors talking to etcd. Every one of them means "try again later" to discovery; none of them
+/// may shrink the published set.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("{endpoint}: {source}")]
+    Transport {
+        endpoint: String,
+        source: reqwest::Error,
+    },
+    #[error("{endpoint}: no answer within {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+    #[error("{endpoint}: HTTP {status}: {body}")]
+    Status {
+        endpoint: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{endpoint}: cannot decode answer: {detail}")]
+    Decode { endpoint: String, detail: String },
+}
+
+/// The configured members and which one is in use.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    urls: Vec<String>,
+    current: usize,
+}
+
+impl Endpoints {
+    pub fn new(urls: Vec<String>) -> Endpoints {
+        assert!(!urls.is_empty(), "validated: at least one endpoint");
+        Endpoints { urls, current: 0 }
+    }
+
+    pub fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+
+    /// Moves to the next member (after an error or a timeout).
+    pub fn rotate(&mut self) {
+        self.current = (self.current + 1) % self.urls.len();
+    }
+}
+
+/// Capped exponential backoff with jitter: 100 ms doubling to 5 s by default. Each delay is drawn
+/// uniformly from [d/2, d] so that many Switchyards do not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The delay to wait now; doubles the next one up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = d / 2;
+        half + Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
+    }
+}
+
+/// The HTTP client for etcd: no proxy from the environment (etcd is on the local network and a
+/// stray `http_proxy` must not capture it), and a connect timeout so a dead member fails fast.
+pub fn http_client(cfg: &EtcdConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(cfg.request_timeout.min(Duration::from_secs(2)))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client with these options always builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut caps = vec![];
+        for _ in 0..10 {
+            caps.push(b.next);
+            let d = b.next_delay();
+            let cap = *caps.last().unwrap();
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} not within [{:?}, {cap:?}]",
+                cap / 2
+            );
+        }
+        assert_eq!(caps[0], Duration::from_millis(100));
+        assert_eq!(caps[1], Duration::from_millis(200));
+        assert_eq!(*caps.last().unwrap(), Duration::from_secs(5));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rotation_wraps() {
+        let mut e = Endpoints::new(vec!["a".into(), "b".into()]);
+        assert_eq!(e.current(), "a");
+        e.rotate();
+        assert_eq!(e.current(), "b");
+        e.rotate();
+        assert_eq!(e.current(), "a");
+    }
+}

@@ -1,0 +1,258 @@
+//! Switchyard: a discovery-aware L7 load balancer that replaces etcd + confd + HAProxy.
+//!
+//! [`run`] wires the parts together and owns the lifecycle: it starts discovery, health checks,
+//! the admin server and one accept loop per frontend on listeners the caller bound (so tests can
+//! bind port 0), applies config reloads, and on cancellation stops accepting, drains in-flight
+//! requests for up to the shutdown grace period, and returns.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod etcd;
+pub mod health;
+pub mod metrics;
+pub mod proxy_http;
+pub mod snapshot;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, Frontend};
+use crate::proxy_http::HttpFrontend;
+use crate::snapshot::Publisher;
+
+/// The sockets `run` serves on: the admin listener and one per frontend (by name).
+pub struct Listeners {
+    admin: TcpListener,
+    frontends: Vec<(String, TcpListener)>,
+}
+
+impl Listeners {
+    /// Binds the admin address and every frontend's address (port 0 picks a free port).
+    pub async fn bind(cfg: &Config) -> std::io::Result<Listeners> {
+        let admin = bind(cfg.admin_listen).await?;
+        let mut frontends = Vec::with_capacity(cfg.frontends.len());
+        for f in &cfg.frontends {
+            frontends.push((f.name.clone(), bind(f.bind).await?));
+        }
+        Ok(Listeners { admin, frontends })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound socket has an address")
+    }
+
+    pub fn frontend_addr(&self, name: &str) -> Option<SocketAddr> {
+        let (_, l) = self.frontends.iter().find(|(n, _)| n == name)?;
+        l.local_addr().ok()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
+}
+
+/// One frontend's accept loop and the listener it owns.
+struct FrontendTask {
+    config: Frontend,
+    listener: Arc<TcpListener>,
+    stop_accept: CancellationToken,
+}
+
+struct Runtime {
+    config: Config,
+    publisher: Arc<Publisher>,
+    discovery_status: Arc<ArcSwapOption<discovery::Status>>,
+    discovery_cancel: CancellationToken,
+    frontends: HashMap<String, FrontendTask>,
+    cancel: CancellationToken,
+    conn_shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Runtime {
+    fn start_discovery(&mut self) {
+        self.discovery_cancel = self.cancel.child_token();
+        let status = discovery::spawn(
+            &self.config,
+            Arc::clone(&self.publisher),
+            self.discovery_cancel.clone(),
+        );
+        self.discovery_status.store(status);
+    }
+
+    fn start_frontend(&mut self, config: Frontend, listener: Arc<TcpListener>) {
+        let stop_accept = self.cancel.child_token();
+        let fe = HttpFrontend {
+            frontend: Arc::new(config.clone()),
+            shared: self.publisher.shared(),
+        };
+        tokio::spawn(proxy_http::serve(
+            Arc::clone(&listener),
+            fe,
+            stop_accept.clone(),
+            self.conn_shutdown.clone(),
+            self.tracker.clone(),
+        ));
+        self.frontends.insert(
+            config.name.clone(),
+            FrontendTask {
+                config,
+                listener,
+                stop_accept,
+            },
+        );
+    }
+
+    /// Applies a validated new config. Listeners whose frontend keeps its name and bind address
+    /// are kept (their accept loop restarts if other settings changed); new ones are bound.
+    async fn reload(&mut self, new: Config) {
+        if new.admin_listen != self.config.admin_listen {
+            warn!(old = %self.config.admin_listen, new = %new.admin_listen,
+                "admin.listen changes need a restart; keeping the old admin listener");
+        }
+        // Bind new addresses first: if one fails, the whole reload is refused.
+        let mut fresh = HashMap::new();
+        for f in &new.frontends {
+            let keep = self
+                .frontends
+                .get(&f.name)
+                .is_some_and(|t| t.config.bind == f.bind);
+            if !keep {
+                match bind(f.bind).await {
+                    Ok(l) => {
+                        fresh.insert(f.name.clone(), Arc::new(l));
+                    }
+                    Err(e) => {
+                        error!(frontend = %f.name, error = %e, "reload refused; the running configuration stays");
+                        ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
+                            .increment(1);
+                        return;
+                    }
+                }
+            }
+        }
+        self.publisher.apply_config(&new);
+        let watched = |c: &Config| {
+            (
+                c.etcd.clone(),
+                c.backends
+                    .iter()
+                    .map(|b| (b.name.clone(), b.etcd_prefix.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let restart_discovery = watched(&new) != watched(&self.config);
+        self.config = new.clone();
+        if restart_discovery {
+            self.discovery_cancel.cancel();
+            self.start_discovery();
+        }
+        let mut old = std::mem::take(&mut self.frontends);
+        for f in new.frontends {
+            let listener = match fresh.remove(&f.name) {
+                Some(l) => {
+                    if let Some(t) = old.remove(&f.name) {
+                        t.stop_accept.cancel();
+                    }
+                    l
+                }
+                None => {
+                    let t = old.remove(&f.name).expect("kept frontends exist");
+                    if t.config == f {
+                        self.frontends.insert(f.name.clone(), t);
+                        continue;
+                    }
+                    t.stop_accept.cancel();
+                    t.listener
+                }
+            };
+            self.start_frontend(f, listener);
+        }
+        for (name, t) in old {
+            info!(frontend = %name, "frontend removed");
+            t.stop_accept.cancel();
+        }
+        ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+        info!("configuration reloaded");
+    }
+}
+
+/// Runs Switchyard until `cancel` fires, then drains and returns. Each config received on
+/// `reloads` (already validated) replaces the running one.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+    mut reloads: mpsc::Receiver<Config>,
+) -> anyhow::Result<()> {
+    let publisher = Arc::new(Publisher::new(&config));
+    let mut rt = Runtime {
+        publisher: Arc::clone(&publisher),
+        discovery_status: Arc::new(ArcSwapOption::empty()),
+        discovery_cancel: cancel.child_token(),
+        frontends: HashMap::new(),
+        cancel: cancel.clone(),
+        conn_shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        config: config.clone(),
+    };
+    rt.start_discovery();
+    let admin = admin::Admin {
+        shared: publisher.shared(),
+        discovery: Arc::clone(&rt.discovery_status),
+        metrics: crate::metrics::handle(),
+    };
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, cancel.clone()));
+    let health_task = tokio::spawn(health::run(publisher.shared(), cancel.clone()));
+    for (name, listener) in listeners.frontends {
+        let f = config
+            .frontends
+            .iter()
+            .find(|f| f.name == name)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("listener for unknown frontend {name:?}"))?;
+        rt.start_frontend(f, Arc::new(listener));
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = reloads.recv() => match next {
+                Some(new) => rt.reload(new).await,
+                // Nobody can send reloads any more; keep running until cancelled.
+                None => { cancel.cancelled().await; break; }
+            },
+        }
+    }
+
+    // Shutdown: the accept loops stopped with `cancel` (their tokens are its children). Now ask
+    // every connection to finish its in-flight request and close, and wait up to the grace.
+    info!(grace = ?rt.config.shutdown_grace, "shutting down: draining connections");
+    rt.conn_shutdown.cancel();
+    rt.tracker.close();
+    if tokio::time::timeout(rt.config.shutdown_grace, rt.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(grace = ?rt.config.shutdown_grace, "grace period over; closing the connections still open");
+    }
+    let _ = admin_task.await;
+    let _ = health_task.await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The `switchyard` binary: the command line (`run`, `check`), logging, signals and exit codes.
+//! Exit codes: 0 success, 1 invalid configuration or arguments, 2 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use switchyard::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A discovery-aware load balancer fed by etcd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer.
+    Run {
+        #[arg(short, long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        #[arg(short, long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("configuration valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => run(config),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    init_logging();
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let listeners = match switchyard::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let cancel = CancellationToken::new();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        if let Err(e) = spawn_signals(path, cancel.clone(), reload_tx) {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+        match switchyard::run(config, listeners, cancel, reload_rx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// SIGTERM/SIGINT cancel; SIGHUP re-reads the config and hands a valid one to `run`.
+fn spawn_signals(
+    path: PathBuf,
+    cancel: CancellationToken,
+    reload_tx: tokio::sync::mpsc::Sender<Config>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM received"); cancel.cancel(); return; }
+                _ = int.recv() => { info!("SIGINT received"); cancel.cancel(); return; }
+                _ = hup.recv() => {
+                    info!(path = %path.display(), "SIGHUP received: reloading the configuration");
+                    match Config::load(&path) {
+                        Ok(c) => { let _ = reload_tx.send(c).await; }
+                        Err(e) => {
+                            metrics::counter!(switchyard::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+                            error!("{}: {e}; reload refused, the running configuration stays", path.display());
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
