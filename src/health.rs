@@ -70,15 +70,18 @@ pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Opt
 
 /// A failure seen on live traffic (connect refused, reset, timeout): counts as a failed check
 /// and makes the next active check due at once.
+/// Without active checks nothing could bring the server back, so then it only logs.
 pub fn observe_failure(backend: &Backend, server: &Server, reason: &str) {
-    if backend.check.kind != CheckType::None {
-        server
-            .state()
-            .streak
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_due = None;
+    if backend.check.kind == CheckType::None {
+        debug!(backend = %backend.name, server = %server.addr, reason, "live traffic failure (checks off)");
+        return;
     }
+    server
+        .state()
+        .streak
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .next_due = None;
     record(backend, server, false, reason);
 }
 
