@@ -462,17 +462,39 @@ impl HeadTimeout {
             self.sleep.as_mut().reset(deadline);
         }
         if self.state == HeadState::Head {
-            let mut window = Vec::with_capacity(3 + bytes.len().min(4096));
-            window.extend_from_slice(&self.tail);
-            window.extend_from_slice(bytes);
-            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            if ends_head(&self.tail, bytes) {
                 self.state = HeadState::Body;
             } else {
-                let n = window.len();
-                self.tail.copy_from_slice(&window[n - 3..]);
+                self.tail = last3(&self.tail, bytes);
             }
         }
     }
+
+    /// A write of a final response means the next byte read starts a new request; an interim
+    /// `1xx` (e.g. `100 Continue` before a slow upload) does not.
+    fn wrote(&mut self, first: &[u8]) {
+        if self.state != HeadState::Off && !first.starts_with(b"HTTP/1.1 1") {
+            self.state = HeadState::Idle;
+        }
+    }
+}
+
+/// Whether `tail` (the previous 3 bytes) followed by `bytes` contains CRLFCRLF.
+fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
+    let k = bytes.len().min(3);
+    let mut seam = [0u8; 6];
+    seam[..3].copy_from_slice(tail);
+    seam[3..3 + k].copy_from_slice(&bytes[..k]);
+    seam[..3 + k].windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+/// The last 3 bytes of `tail` followed by `bytes`.
+fn last3(tail: &[u8; 3], bytes: &[u8]) -> [u8; 3] {
+    let mut out = *tail;
+    for &b in bytes.iter().rev().take(3).rev() {
+        out = [out[1], out[2], b];
+    }
+    out
 }
 
 impl AsyncRead for HeadTimeout {
@@ -513,8 +535,8 @@ impl AsyncWrite for HeadTimeout {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        if n > 0 && self.state != HeadState::Off {
-            self.state = HeadState::Idle;
+        if n > 0 {
+            self.wrote(buf);
         }
         Poll::Ready(Ok(n))
     }
@@ -525,8 +547,13 @@ impl AsyncWrite for HeadTimeout {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
-        if n > 0 && self.state != HeadState::Off {
-            self.state = HeadState::Idle;
+        if n > 0 {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map(|b| &b[..])
+                .unwrap_or(&[]);
+            self.wrote(first);
         }
         Poll::Ready(Ok(n))
     }
@@ -547,6 +574,19 @@ impl AsyncWrite for HeadTimeout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_end_is_found_across_reads() {
+        assert!(ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(!ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        let t = last3(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n");
+        assert_eq!(&t, b"x\r\n");
+        assert!(ends_head(&t, b"\r\n"));
+        let t = last3(&t, b"\r");
+        assert_eq!(&t, b"\r\n\r");
+        assert!(ends_head(&t, b"\n"));
+        assert!(!ends_head(&[0; 3], b""));
+    }
 
     #[test]
     fn connection_named_headers_are_stripped() {

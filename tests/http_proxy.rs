@@ -364,3 +364,57 @@ async fn in_flight_requests_finish_on_shutdown() {
     // And the listener is closed.
     assert!(TcpStream::connect(web).await.is_err());
 }
+
+#[tokio::test]
+async fn slow_upload_after_100_continue_is_not_a_header_timeout() {
+    let up = Upstream::start_with("echo", |req| async move {
+        let n = req.into_body().collect().await.unwrap().to_bytes().len();
+        Response::new(Full::new(Bytes::from(format!("got {n}"))))
+    })
+    .await;
+    let lb = Lb::start_ready(&config(
+        "expect",
+        &[up.addr().to_string()],
+        "header_timeout = \"1s\"",
+        "",
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.http_addr("web")).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The body takes longer than the header timeout to arrive.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"aaaaa").await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            out.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&out).contains("got 30") {
+                break;
+            }
+        }
+    })
+    .await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("got 30"),
+        "{out}"
+    );
+    lb.shutdown().await;
+}
