@@ -144,7 +144,9 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
             let servers: Vec<_> = b
                 .servers
                 .iter()
+                .chain(b.draining.iter())
                 .map(|s| {
+                    let last = crate::health::last_check(s);
                     json!({
                         "name": s.name,
                         "addr": s.addr,
@@ -153,10 +155,17 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                         "weight": s.weight,
                         "active": s.active(),
                         "state_age_seconds": s.state_age_ms() as f64 / 1000.0,
+                        "last_check": last.map(|(ok, _)| if ok { "passed" } else { "failed" }),
+                        "last_check_age_seconds": last.map(|(_, age)| age.as_secs_f64()),
                     })
                 })
                 .collect();
-            json!({"name": b.name(), "etcd_prefix": b.config.etcd_prefix, "servers": servers})
+            json!({
+                "name": b.name(),
+                "etcd_prefix": b.config.etcd_prefix,
+                "balance": format!("{:?}", b.config.balance).to_lowercase(),
+                "servers": servers,
+            })
         })
         .collect();
     json!({"discovery": discovery, "backends": backends})

@@ -1,55 +1,294 @@
-//! Server selection: round-robin over the available servers of one published backend.
+//! Server selection over one published backend: smooth weighted round-robin, least
+//! connections, and power-of-two random choices, plus slowstart, the panic threshold and the
+//! per-backend runtime state ([`BackendRuntime`]: the round-robin cursor and the retry budget)
+//! that is carried from snapshot to snapshot.
 //!
-//! The counter ([`RoundRobin`]) is shared by every snapshot of a backend, so a membership change
-//! does not restart the rotation. A pick is lock-free and allocation-free: one `fetch_add`, and
-//! in the common case (the server under the cursor is available) one slot read. When that server
-//! is down or draining, the pick takes the k-th available server instead, so the share of an
-//! unavailable server spreads over all the others rather than landing on its neighbour.
-//! This module does not know about health checks or discovery; it reads `Server::available`.
+//! A pick is lock-free and allocation-free. Round-robin reads a precomputed schedule (built at
+//! publish time, see [`schedule`]): one `fetch_add` and, in the common case (the server under
+//! the cursor is available), one slot read. When that server is down or draining, the pick takes
+//! the k-th available server by weight instead, so the share of an unavailable server spreads
+//! over all the others rather than landing on its neighbour.
+//! This module does not change health; it reads `Server::available`.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::config::Balance;
 use crate::snapshot::{BackendSet, Server};
 
+/// Per-backend state that outlives snapshots.
 #[derive(Debug, Default)]
-pub struct RoundRobin {
+pub struct BackendRuntime {
     next: AtomicUsize,
+    /// Requests in flight through this backend, and how many of them are retries.
+    in_flight: AtomicUsize,
+    retries: AtomicUsize,
 }
 
-impl RoundRobin {
+impl BackendRuntime {
     #[inline]
     fn tick(&self) -> usize {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            rt: Arc::clone(self),
+            retry: false,
+        }
+    }
+}
+
+/// A request in flight; after [`InFlight::try_retry`] succeeded, also a retry in flight.
+pub struct InFlight {
+    rt: Arc<BackendRuntime>,
+    retry: bool,
+}
+
+impl InFlight {
+    /// Envoy-style retry budget: retries in flight may be at most `percent` of the requests in
+    /// flight, but `min` concurrent retries are always allowed. A dead backend therefore cannot
+    /// multiply the load by the retry count.
+    pub fn try_retry(&mut self, percent: u32, min: u32) -> bool {
+        if self.retry {
+            return true; // this request already holds a retry slot
+        }
+        let in_flight = self.rt.in_flight.load(Ordering::Relaxed);
+        let allowed = (in_flight * percent as usize / 100).max(min as usize);
+        if self.rt.retries.fetch_add(1, Ordering::Relaxed) < allowed {
+            self.retry = true;
+            true
+        } else {
+            self.rt.retries.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.rt.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.retry {
+            self.rt.retries.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Builds the smooth weighted round-robin order for `servers` (indices). Each server with
+/// weight w gets w slots, spread evenly: slot j of server i sits at virtual time (j + 1/2) / w,
+/// and the slots are taken in time order (ties by index). For weights 5,1,1 this gives
+/// `a a b a c a a`-like interleaving instead of `a a a a a b c`. Empty when all weights are equal.
+pub fn schedule(servers: &[Arc<Server>]) -> Vec<u32> {
+    let first = servers.first().map(|s| s.weight);
+    if servers.iter().all(|s| Some(s.weight) == first) {
+        return Vec::new();
+    }
+    let g = servers
+        .iter()
+        .map(|s| s.weight)
+        .filter(|&w| w > 0)
+        .fold(0, gcd);
+    let total: usize = servers.iter().map(|s| (s.weight / g.max(1)) as usize).sum();
+    let mut out = Vec::with_capacity(total);
+    // (virtual time as a fraction num/den compared through f64, index, slot number, weight)
+    let mut heap = BinaryHeap::new();
+    for (i, s) in servers.iter().enumerate() {
+        let w = s.weight / g.max(1);
+        if w > 0 {
+            heap.push(Reverse((Key(0.5 / w as f64), i, 0u32, w)));
+        }
+    }
+    while let Some(Reverse((_, i, j, w))) = heap.pop() {
+        out.push(i as u32);
+        if j + 1 < w {
+            heap.push(Reverse((Key((j as f64 + 1.5) / w as f64), i, j + 1, w)));
+        }
+    }
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// An f64 with a total order, for the schedule heap (values are finite and positive).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key(f64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+fn untried(s: &Arc<Server>, tried: &[Arc<Server>]) -> bool {
+    !tried.iter().any(|t| Arc::ptr_eq(t, s))
 }
 
 impl BackendSet {
-    /// The next available server, or `None` when no server is up.
+    /// The next server for a request, or `None` when no server is available.
     #[inline]
     pub fn pick(&self) -> Option<&Arc<Server>> {
         self.pick_excluding(&[])
     }
 
-    /// The next available server that is not in `tried` (used for retries, so a failed
-    /// connect goes to a different server). `tried` is short: at most `retries + 1` entries.
+    /// The next server that is not in `tried` (used for retries, so a failed attempt goes to a
+    /// different server). `tried` is short: at most `retries + 1` entries.
     pub fn pick_excluding(&self, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
-        let servers = &self.servers;
-        let n = servers.len();
-        if n == 0 {
+        if self.servers.is_empty() {
             return None;
         }
-        let tick = self.rr.tick();
-        let usable = |s: &Arc<Server>| s.available() && !tried.iter().any(|t| Arc::ptr_eq(t, s));
-        let first = &servers[tick % n];
-        if usable(first) {
-            return Some(first);
+        match self.config.balance {
+            Balance::Roundrobin => self.pick_rr(tried),
+            Balance::Leastconn => self.pick_least(tried, self.runtime.tick()),
+            Balance::Random2 => self.pick_random2(tried),
         }
-        let count = servers.iter().filter(|s| usable(s)).count();
-        if count == 0 {
+    }
+
+    /// Envoy's panic mode: with fewer than `panic_threshold` percent of the (non-draining)
+    /// servers healthy, health is ignored and traffic spreads over all of them.
+    fn in_panic(&self) -> bool {
+        let threshold = self.config.panic_threshold as usize;
+        if threshold == 0 {
+            return false;
+        }
+        let (mut total, mut healthy) = (0usize, 0usize);
+        for s in self
+            .servers
+            .iter()
+            .filter(|s| s.weight > 0 && !s.is_draining())
+        {
+            total += 1;
+            healthy += s.is_up() as usize;
+        }
+        total > 0 && healthy * 100 < threshold * total
+    }
+
+    /// Whether a candidate may take this request: available (or, in panic, merely not
+    /// draining), not tried yet, and past its slowstart dice roll.
+    fn usable(&self, s: &Arc<Server>, tried: &[Arc<Server>], panic: bool) -> bool {
+        let ok = if panic {
+            s.weight > 0 && !s.is_draining()
+        } else {
+            s.available()
+        };
+        ok && untried(s, tried)
+    }
+
+    fn slowstart_admits(&self, s: &Server) -> bool {
+        let r = s.ramp(self.config.slowstart);
+        r >= 1.0 || rand::random::<f64>() < r
+    }
+
+    fn pick_rr(&self, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
+        let tick = self.runtime.tick();
+        let idx = if self.schedule.is_empty() {
+            tick % self.servers.len()
+        } else {
+            self.schedule[tick % self.schedule.len()] as usize
+        };
+        let cand = &self.servers[idx];
+        if self.usable(cand, tried, false) {
+            if self.slowstart_admits(cand) {
+                return Some(cand);
+            }
+            // Turned away by slowstart: someone else takes this turn, if there is anyone.
+            return self
+                .kth_by_weight(tried, false, tick, Some(cand))
+                .or(Some(cand));
+        }
+        let panic = self.in_panic();
+        if panic && self.usable(cand, tried, true) {
+            return Some(cand);
+        }
+        self.kth_by_weight(tried, panic, tick, None)
+    }
+
+    /// The k-th usable server (other than `skip`) counting each one `weight` times
+    /// (k = tick mod total weight).
+    fn kth_by_weight(
+        &self,
+        tried: &[Arc<Server>],
+        panic: bool,
+        tick: usize,
+        skip: Option<&Arc<Server>>,
+    ) -> Option<&Arc<Server>> {
+        let ok = |s: &&Arc<Server>| {
+            self.usable(s, tried, panic) && skip.is_none_or(|k| !Arc::ptr_eq(k, s))
+        };
+        let total: usize = self
+            .servers
+            .iter()
+            .filter(ok)
+            .map(|s| s.weight as usize)
+            .sum();
+        if total == 0 {
             return None;
         }
-        servers.iter().filter(|s| usable(s)).nth(tick % count)
+        let mut k = tick % total;
+        for s in self.servers.iter().filter(ok) {
+            if k < s.weight as usize {
+                return Some(s);
+            }
+            k -= s.weight as usize;
+        }
+        None
+    }
+
+    /// Fewest requests in flight per unit of (ramped) weight; the scan starts at a rotating
+    /// offset so ties are spread.
+    fn pick_least(&self, tried: &[Arc<Server>], tick: usize) -> Option<&Arc<Server>> {
+        let best = self.least_among(tried, false, tick);
+        if best.is_some() || !self.in_panic() {
+            return best;
+        }
+        self.least_among(tried, true, tick)
+    }
+
+    fn least_among(&self, tried: &[Arc<Server>], panic: bool, tick: usize) -> Option<&Arc<Server>> {
+        let n = self.servers.len();
+        let mut best: Option<(&Arc<Server>, f64)> = None;
+        for i in 0..n {
+            let s = &self.servers[(tick + i) % n];
+            if !self.usable(s, tried, panic) {
+                continue;
+            }
+            let score = self.score(s);
+            if best.is_none_or(|(_, b)| score < b) {
+                best = Some((s, score));
+            }
+        }
+        best.map(|(s, _)| s)
+    }
+
+    fn score(&self, s: &Server) -> f64 {
+        (s.active() as f64 + 1.0) / (s.weight as f64 * s.ramp(self.config.slowstart))
+    }
+
+    /// Two random candidates, the less loaded wins; falls back to a full scan when neither is
+    /// usable.
+    fn pick_random2(&self, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
+        let n = self.servers.len();
+        let a = &self.servers[rand::random_range(0..n)];
+        let b = &self.servers[rand::random_range(0..n)];
+        match (self.usable(a, tried, false), self.usable(b, tried, false)) {
+            (true, true) => Some(if self.score(b) < self.score(a) { b } else { a }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            (false, false) => self.pick_least(tried, self.runtime.tick()),
+        }
     }
 }
 
@@ -60,8 +299,8 @@ mod tests {
     use crate::snapshot::{Publisher, ServerSpec, Source};
     use std::collections::HashMap;
 
-    fn publisher(n: usize) -> Publisher {
-        let cfg = Config::from_toml(
+    fn publisher_with(balance: &str, extra: &str, weights: &[u32]) -> Publisher {
+        let cfg = Config::from_toml(&format!(
             r#"
 [etcd]
 [[frontend]]
@@ -71,16 +310,20 @@ backend = "b"
 [[backend]]
 name = "b"
 etcd_prefix = "/svc"
-"#,
-        )
+balance = "{balance}"
+{extra}
+"#
+        ))
         .unwrap();
         let p = Publisher::new(&cfg);
-        let specs = (0..n)
-            .map(|i| ServerSpec {
+        let specs = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| ServerSpec {
                 name: format!("{i}"),
                 addr: format!("127.0.0.1:{}", 1000 + i),
-                weight: 1,
-                drain: i == 4,
+                weight: w,
+                drain: false,
                 source: Source::Etcd,
             })
             .collect();
@@ -88,10 +331,16 @@ etcd_prefix = "/svc"
         p
     }
 
-    fn counts(b: &BackendSet, picks: usize) -> HashMap<String, usize> {
+    fn publisher(n: usize) -> Publisher {
+        publisher_with("roundrobin", "", &vec![1; n])
+    }
+
+    fn counts(b: &BackendSet, picks: usize) -> HashMap<usize, usize> {
         let mut m = HashMap::new();
         for _ in 0..picks {
-            *m.entry(b.pick().unwrap().addr.clone()).or_default() += 1;
+            let s = b.pick().unwrap();
+            let i: usize = s.name.parse().unwrap();
+            *m.entry(i).or_default() += 1;
         }
         m
     }
@@ -100,21 +349,20 @@ etcd_prefix = "/svc"
     fn even_rotation_over_available_servers() {
         let p = publisher(3);
         let snap = p.load();
-        let b = &snap.backends[0];
-        let m = counts(b, 300);
+        let m = counts(&snap.backends[0], 300);
         assert_eq!(m.len(), 3);
         assert!(m.values().all(|&c| c == 100), "{m:?}");
     }
 
     #[test]
-    fn down_and_draining_servers_are_skipped_and_share_spreads() {
-        let p = publisher(5); // server 4 is draining
+    fn down_servers_are_skipped_and_their_share_spreads() {
+        let p = publisher(5);
         let snap = p.load();
         let b = &snap.backends[0];
         b.servers[1].set_up(false);
+        b.servers[4].set_up(false);
         let m = counts(b, 3000);
-        assert!(!m.contains_key("127.0.0.1:1001"));
-        assert!(!m.contains_key("127.0.0.1:1004"));
+        assert!(!m.contains_key(&1) && !m.contains_key(&4));
         assert_eq!(m.len(), 3);
         for c in m.values() {
             assert!((800..=1200).contains(c), "uneven: {m:?}");
@@ -122,7 +370,7 @@ etcd_prefix = "/svc"
     }
 
     #[test]
-    fn none_when_all_down_or_empty() {
+    fn none_when_all_down_or_empty_unless_panic() {
         let p = publisher(2);
         let snap = p.load();
         let b = &snap.backends[0];
@@ -130,8 +378,22 @@ etcd_prefix = "/svc"
             s.set_up(false);
         }
         assert!(b.pick().is_none());
-        let empty = publisher(0);
-        assert!(empty.load().backends[0].pick().is_none());
+        assert!(publisher(0).load().backends[0].pick().is_none());
+
+        // Panic threshold 50%: with 1 of 4 healthy, traffic spreads over all four.
+        let p = publisher_with("roundrobin", "panic_threshold = 50", &[1, 1, 1, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        for s in &b.servers[1..] {
+            s.set_up(false);
+        }
+        let m = counts(b, 400);
+        assert_eq!(m.len(), 4, "{m:?}");
+        assert!(m.values().all(|&c| c == 100), "{m:?}");
+        // 2 of 4 healthy is not below 50%: only the healthy ones.
+        b.servers[1].set_up(true);
+        let m = counts(b, 400);
+        assert_eq!(m.len(), 2, "{m:?}");
     }
 
     #[test]
@@ -146,5 +408,105 @@ etcd_prefix = "/svc"
         }
         let all: Vec<_> = b.servers.clone();
         assert!(b.pick_excluding(&all).is_none());
+    }
+
+    #[test]
+    fn weighted_distribution_within_5_percent_over_10000_picks() {
+        let weights = [5u32, 3, 1, 1, 0];
+        let p = publisher_with("roundrobin", "", &weights);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let m = counts(b, 10_000);
+        let total: u32 = weights.iter().sum();
+        for (i, &w) in weights.iter().enumerate() {
+            let want = 10_000.0 * w as f64 / total as f64;
+            let got = *m.get(&i).unwrap_or(&0) as f64;
+            assert!(
+                (got - want).abs() <= want * 0.05,
+                "server {i}: {got} vs {want} ({m:?})"
+            );
+        }
+        // Smooth: the heavy server never takes more than 2 slots in a row with weights 5,3,1,1.
+        let order: Vec<u32> = b.schedule.clone();
+        let longest = order
+            .chunk_by(|a, c| a == c)
+            .map(|r| r.len())
+            .max()
+            .unwrap();
+        assert!(longest <= 2, "{order:?}");
+
+        // With one weighted server down, the others keep their relative weights.
+        b.servers[0].set_up(false);
+        let m = counts(b, 5000);
+        let (w3, w1) = (m[&1] as f64, m[&2] as f64);
+        assert!((w3 / w1 - 3.0).abs() < 0.3, "{m:?}");
+    }
+
+    #[test]
+    fn leastconn_prefers_the_idle_server() {
+        let p = publisher_with("leastconn", "", &[1, 1, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let _busy0 = b.servers[0].track();
+        let _busy1 = b.servers[1].track();
+        let _busy1b = b.servers[1].track();
+        for _ in 0..5 {
+            assert_eq!(b.pick().unwrap().name, "2");
+        }
+        let _busy2 = b.servers[2].track();
+        for _ in 0..5 {
+            assert_ne!(
+                b.pick().unwrap().name,
+                "1",
+                "1 has two in flight, 0 and 2 one each"
+            );
+        }
+    }
+
+    #[test]
+    fn random2_spreads_and_avoids_the_loaded_server() {
+        let p = publisher_with("random2", "", &[1, 1, 1, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let guards: Vec<_> = (0..10).map(|_| b.servers[0].track()).collect();
+        let m = counts(b, 2000);
+        // Server 0 only wins when both choices land on it.
+        assert!(m.get(&0).copied().unwrap_or(0) < 200, "{m:?}");
+        assert_eq!(m.len(), 4, "{m:?}");
+        drop(guards);
+    }
+
+    #[test]
+    fn slowstart_ramps_a_server_that_came_back() {
+        let p = publisher_with("roundrobin", "slowstart = \"1h\"", &[1, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        // Fresh registration is not ramped.
+        assert_eq!(b.servers[0].ramp(b.config.slowstart), 1.0);
+        b.servers[0].set_up(false);
+        b.servers[0].set_up(true);
+        assert!(b.servers[0].ramp(b.config.slowstart) < 0.06);
+        let m = counts(b, 2000);
+        assert!(m.get(&0).copied().unwrap_or(0) < 200, "{m:?}");
+    }
+
+    #[test]
+    fn retry_budget_limits_concurrent_retries() {
+        let rt = Arc::new(BackendRuntime::default());
+        let mut reqs: Vec<InFlight> = (0..20).map(|_| rt.request()).collect();
+        // 20 in flight, 20%: 4 retries allowed, min 3.
+        let granted = reqs
+            .iter_mut()
+            .filter_map(|r| r.try_retry(20, 3).then_some(()))
+            .count();
+        assert_eq!(granted, 4);
+        reqs.truncate(2);
+        // Retry slots were released with their requests; 2 in flight -> the minimum of 3 applies.
+        let mut more: Vec<InFlight> = (0..5).map(|_| rt.request()).collect();
+        let granted = more
+            .iter_mut()
+            .filter_map(|r| r.try_retry(20, 3).then_some(()))
+            .count();
+        assert_eq!(granted, 3 - reqs.iter().filter(|r| r.retry).count());
     }
 }

@@ -60,7 +60,12 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
+    /// Smooth weighted round-robin.
     Roundrobin,
+    /// Fewest requests in flight relative to weight.
+    Leastconn,
+    /// Power of two random choices, by requests in flight relative to weight.
+    Random2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -140,6 +145,12 @@ struct FileBackend {
     servers: Vec<String>,
     balance: Option<Balance>,
     check: Option<FileCheck>,
+    passive: Option<FilePassive>,
+    #[serde(default, with = "humantime_serde")]
+    slowstart: Option<Duration>,
+    panic_threshold: Option<u32>,
+    retry_budget_percent: Option<u32>,
+    retry_budget_min: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -158,9 +169,23 @@ struct FileCheck {
     #[serde(default, with = "humantime_serde")]
     inter: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    fastinter: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    downinter: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     rise: Option<u32>,
     fall: Option<u32>,
+    expect_status: Option<Vec<u16>>,
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePassive {
+    error_limit: Option<u32>,
+    consecutive_5xx: Option<u32>,
+    max_ejected_percent: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,6 +232,16 @@ pub struct Backend {
     pub servers: Vec<String>,
     pub balance: Balance,
     pub check: Check,
+    pub passive: Passive,
+    /// Ramp-up time of a server's weight after it comes back up (HAProxy's `slowstart`).
+    pub slowstart: Option<Duration>,
+    /// Percent of healthy servers below which health is ignored (Envoy's panic threshold);
+    /// 0 = off, so that with every server down the answer is a quick 503.
+    pub panic_threshold: u32,
+    /// Retries in flight may add at most this percent to the requests in flight...
+    pub retry_budget_percent: u32,
+    /// ...but this many concurrent retries are always allowed.
+    pub retry_budget_min: u32,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
@@ -218,21 +253,56 @@ pub struct Check {
     pub kind: CheckType,
     pub path: String,
     pub inter: Duration,
+    /// Interval while the state is changing (some results against the current state).
+    pub fastinter: Duration,
+    /// Interval while the server is down.
+    pub downinter: Duration,
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// For `http` checks: the healthy statuses; empty = any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+    /// For `http` checks: the Host header; default the server's address.
+    pub host: Option<String>,
 }
 
 impl Default for Check {
     fn default() -> Self {
-        // HAProxy's defaults: inter 2s, rise 2, fall 3; timeout is HAProxy's `timeout check`.
+        // HAProxy's defaults: inter 2s, rise 2, fall 3, fastinter and downinter = inter;
+        // timeout is HAProxy's `timeout check`.
         Check {
             kind: CheckType::Tcp,
             path: "/".to_string(),
             inter: Duration::from_secs(2),
+            fastinter: Duration::from_secs(2),
+            downinter: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
             rise: 2,
             fall: 3,
+            expect_status: Vec::new(),
+            host: None,
+        }
+    }
+}
+
+/// Passive checks: what live traffic may do to a server's health.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passive {
+    /// Consecutive live failures (connect error, reset, timeout) that mark a server down
+    /// (HAProxy's `observe layer4 error-limit N on-error mark-down`); 0 = off.
+    pub error_limit: u32,
+    /// Consecutive 5xx answers that eject a server; 0 = off.
+    pub consecutive_5xx: u32,
+    /// Passive ejection never takes out more than this percent of a backend's servers.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            error_limit: 1,
+            consecutive_5xx: 0,
+            max_ejected_percent: 50,
         }
     }
 }
@@ -274,6 +344,13 @@ fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
         return Err(invalid(key, "must be greater than zero"));
     }
     Ok(d)
+}
+
+fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
+    if v > 100 {
+        return Err(invalid(key, format!("{v} is not a percentage (0-100)")));
+    }
+    Ok(v)
 }
 
 fn validate(file: FileConfig) -> Result<Config, ConfigError> {
@@ -382,17 +459,48 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             None => Check::default(),
             Some(c) => {
                 let d = Check::default();
+                let inter = positive(&format!("{key}.check.inter"), c.inter.unwrap_or(d.inter))?;
                 let check = Check {
                     kind: c.kind.unwrap_or(d.kind),
                     path: c.path.unwrap_or(d.path),
-                    inter: positive(&format!("{key}.check.inter"), c.inter.unwrap_or(d.inter))?,
+                    inter,
+                    fastinter: positive(
+                        &format!("{key}.check.fastinter"),
+                        c.fastinter.unwrap_or(inter),
+                    )?,
+                    downinter: positive(
+                        &format!("{key}.check.downinter"),
+                        c.downinter.unwrap_or(inter),
+                    )?,
                     timeout: positive(
                         &format!("{key}.check.timeout"),
                         c.timeout.unwrap_or(d.timeout),
                     )?,
                     rise: c.rise.unwrap_or(d.rise),
                     fall: c.fall.unwrap_or(d.fall),
+                    expect_status: c.expect_status.unwrap_or_default(),
+                    host: c.host,
                 };
+                if let Some(bad) = check
+                    .expect_status
+                    .iter()
+                    .find(|s| !(100..=599).contains(*s))
+                {
+                    return Err(invalid(
+                        format!("{key}.check.expect_status"),
+                        format!("{bad} is not an HTTP status"),
+                    ));
+                }
+                if check
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| h.is_empty() || http::HeaderValue::from_str(h).is_err())
+                {
+                    return Err(invalid(
+                        format!("{key}.check.host"),
+                        "not a valid Host header",
+                    ));
+                }
                 if check.rise == 0 {
                     return Err(invalid(format!("{key}.check.rise"), "must be at least 1"));
                 }
@@ -408,7 +516,35 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 check
             }
         };
+        let passive = match b.passive {
+            None => Passive::default(),
+            Some(p) => {
+                let d = Passive::default();
+                Passive {
+                    error_limit: p.error_limit.unwrap_or(d.error_limit),
+                    consecutive_5xx: p.consecutive_5xx.unwrap_or(d.consecutive_5xx),
+                    max_ejected_percent: percent(
+                        &format!("{key}.passive.max_ejected_percent"),
+                        p.max_ejected_percent.unwrap_or(d.max_ejected_percent),
+                    )?,
+                }
+            }
+        };
+        if let Some(d) = b.slowstart {
+            positive(&format!("{key}.slowstart"), d)?;
+        }
         backends.push(Backend {
+            passive,
+            slowstart: b.slowstart,
+            panic_threshold: percent(
+                &format!("{key}.panic_threshold"),
+                b.panic_threshold.unwrap_or(0),
+            )?,
+            retry_budget_percent: percent(
+                &format!("{key}.retry_budget_percent"),
+                b.retry_budget_percent.unwrap_or(20),
+            )?,
+            retry_budget_min: b.retry_budget_min.unwrap_or(3),
             connect_timeout: positive(
                 &format!("{key}.connect_timeout"),
                 b.connect_timeout.unwrap_or(Duration::from_secs(2)),
@@ -542,6 +678,11 @@ fall = 3
         assert_eq!(b.retries, 2);
         assert_eq!(b.drain_timeout, Duration::from_secs(30));
         assert_eq!(b.check.rise, 2);
+        assert_eq!(b.check.fastinter, Duration::from_secs(2));
+        assert_eq!(b.check.downinter, Duration::from_secs(2));
+        assert_eq!(b.passive, Passive::default());
+        assert_eq!(b.panic_threshold, 0);
+        assert_eq!(b.retry_budget_percent, 20);
         let e = c.etcd.unwrap();
         assert_eq!(e.poll_timeout, Duration::from_secs(60));
         assert_eq!(e.backoff_min, Duration::from_millis(100));
@@ -607,6 +748,32 @@ fall = 3
             "",
         );
         assert!(err(&text).contains("[etcd]"), "{}", err(&text));
+    }
+
+    #[test]
+    fn health_and_balancing_keys() {
+        let text = CLASSIC
+            .replace("balance = \"roundrobin\"", "balance = \"leastconn\"\nslowstart = \"10s\"\npanic_threshold = 50")
+            .replace("fall = 3", "fall = 3\nfastinter = \"500ms\"\nexpect_status = [200, 204]\nhost = \"svc.local\"\n[backend.passive]\nconsecutive_5xx = 5");
+        let c = Config::from_toml(&text).unwrap();
+        let b = &c.backends[0];
+        assert_eq!(b.balance, Balance::Leastconn);
+        assert_eq!(b.slowstart, Some(Duration::from_secs(10)));
+        assert_eq!(b.check.fastinter, Duration::from_millis(500));
+        assert_eq!(
+            b.check.downinter,
+            Duration::from_secs(2),
+            "downinter defaults to inter"
+        );
+        assert_eq!(b.check.expect_status, [200, 204]);
+        assert_eq!(b.passive.consecutive_5xx, 5);
+        assert_eq!(b.passive.error_limit, 1);
+        let bad = text.replace("panic_threshold = 50", "panic_threshold = 150");
+        assert!(err(&bad).contains("panic_threshold"));
+        let bad = text.replace("[200, 204]", "[200, 2040]");
+        assert!(err(&bad).contains("expect_status"));
+        let bad = CLASSIC.replace("balance = \"roundrobin\"", "balance = \"fastest\"");
+        assert!(err(&bad).contains("fastest"), "{}", err(&bad));
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Active health checks and the rise/fall state machine.
+//! Health: active checks, the rise/fall state machine, and passive checks on live traffic.
 //!
-//! One task walks the published snapshot every quarter second and starts a probe (TCP connect,
-//! or HTTP GET `path` where 2xx/3xx is healthy) for every server whose check is due; a new server
-//! is due at once. A server goes down after `fall` consecutive failures and up after `rise`
-//! consecutive successes (HAProxy's semantics). A connect failure on live traffic counts as a
-//! failed check too ([`observe_failure`]). Health lives on the server's shared state, so it
-//! survives snapshot updates; this module never publishes a snapshot.
+//! One task walks the published snapshot every 100 ms and starts a probe (TCP connect, or HTTP
+//! GET `path` where 2xx/3xx or the `expect_status` list is healthy) for every server whose check
+//! is due; a new server is due at once. A server goes down after `fall` consecutive failures and
+//! up after `rise` consecutive successes, checked every `inter`, `fastinter` while its state is
+//! changing and `downinter` while down (HAProxy's semantics and defaults, with +-10% jitter).
+//! Live traffic feeds in through [`observe_failure`] and [`observe_response`]: failures eject a
+//! server at once (guarded by `max_ejected_percent`) and switch it to fast checks; it comes back
+//! only through active checks. Health lives on the server's shared state, so it survives
+//! snapshot updates; this module never publishes a snapshot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +22,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use std::sync::atomic::Ordering;
+
 use crate::config::{Backend, CheckType};
 use crate::metrics as m;
-use crate::snapshot::{Server, Snapshot};
+use crate::snapshot::{BackendSet, Server, Snapshot};
 
 /// How often the task looks for due checks; also the latency of "checked at once".
-const SCAN: Duration = Duration::from_millis(250);
+const SCAN: Duration = Duration::from_millis(100);
 
 /// Consecutive results in the current direction, and when the next active check is due.
 #[derive(Debug, Default)]
@@ -33,6 +38,7 @@ pub struct Streak {
     fail: u32,
     next_due: Option<Instant>,
     in_flight: bool,
+    last: Option<(bool, Instant)>,
 }
 
 /// Records one check result; flips the server's state when rise or fall is reached.
@@ -44,6 +50,7 @@ pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Opt
             .streak
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        s.last = Some((ok, Instant::now()));
         if ok {
             s.ok = s.ok.saturating_add(1);
             s.fail = 0;
@@ -55,8 +62,12 @@ pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Opt
         }
     };
     let up = flip?;
+    flip_to(backend, server, up, reason).then_some(up)
+}
+
+fn flip_to(backend: &Backend, server: &Server, up: bool, reason: &str) -> bool {
     if !server.set_up(up) {
-        return None;
+        return false;
     }
     metrics::gauge!(m::SERVER_UP, "backend" => backend.name.clone(), "server" => server.addr.clone())
         .set(if up { 1.0 } else { 0.0 });
@@ -65,13 +76,26 @@ pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Opt
     } else {
         info!(backend = %backend.name, server = %server.addr, name = %server.name, reason, "server down");
     }
-    Some(up)
+    true
 }
 
-/// A failure seen on live traffic (connect refused, reset, timeout): counts as a failed check
-/// and makes the next active check due at once.
-/// Without active checks nothing could bring the server back, so then it only logs.
-pub fn observe_failure(backend: &Backend, server: &Server, reason: &str) {
+/// The interval to the next check: `downinter` while down, `fastinter` while the results
+/// disagree with the state (going up or going down), `inter` otherwise.
+fn interval(check: &crate::config::Check, up: bool, s: &Streak) -> Duration {
+    match (up, s.ok, s.fail) {
+        (true, _, 0) => check.inter,
+        (true, _, _) => check.fastinter,
+        (false, 0, _) => check.downinter,
+        (false, _, _) => check.fastinter,
+    }
+}
+
+/// A failure seen on live traffic (connect error, reset, timeout). It makes the next active
+/// check due at once, and `passive.error_limit` consecutive ones mark the server down (HAProxy's
+/// `observe layer4` with `on-error mark-down`). Without active checks nothing could bring the
+/// server back, so then it only logs.
+pub fn observe_failure(set: &BackendSet, server: &Server, reason: &str) {
+    let backend = &set.config;
     if backend.check.kind == CheckType::None {
         debug!(backend = %backend.name, server = %server.addr, reason, "live traffic failure (checks off)");
         return;
@@ -82,7 +106,68 @@ pub fn observe_failure(backend: &Backend, server: &Server, reason: &str) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .next_due = None;
-    record(backend, server, false, reason);
+    let n = server.state().live_errors.fetch_add(1, Ordering::Relaxed) + 1;
+    let limit = backend.passive.error_limit;
+    if limit > 0 && n >= limit {
+        eject(
+            set,
+            server,
+            &format!("{reason} ({n} consecutive on live traffic)"),
+        );
+    }
+}
+
+/// A response on live traffic: resets the live error count, and counts consecutive 5xx for
+/// the optional `passive.consecutive_5xx` ejection.
+#[inline]
+pub fn observe_response(set: &BackendSet, server: &Server, status: u16) {
+    let st = server.state();
+    if st.live_errors.load(Ordering::Relaxed) != 0 {
+        st.live_errors.store(0, Ordering::Relaxed);
+    }
+    let limit = set.config.passive.consecutive_5xx;
+    if limit == 0 || set.config.check.kind == CheckType::None {
+        return;
+    }
+    if status >= 500 {
+        let n = st.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= limit {
+            eject(
+                set,
+                server,
+                &format!("{n} consecutive {status}-class answers"),
+            );
+        }
+    } else if st.consecutive_5xx.load(Ordering::Relaxed) != 0 {
+        st.consecutive_5xx.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Passive ejection, guarded: never takes out more than `max_ejected_percent` of the servers.
+/// The server comes back through its active checks (`rise` passes).
+fn eject(set: &BackendSet, server: &Server, reason: &str) {
+    if !server.is_up() {
+        return;
+    }
+    let live: Vec<&Arc<Server>> = set.servers.iter().filter(|s| !s.is_draining()).collect();
+    let down = live.iter().filter(|s| !s.is_up()).count();
+    let max = set.config.passive.max_ejected_percent as usize;
+    if (down + 1) * 100 > max * live.len() {
+        debug!(backend = %set.config.name, server = %server.addr, down, total = live.len(),
+            "passive ejection skipped: max_ejected_percent reached");
+        return;
+    }
+    {
+        let mut s = server
+            .state()
+            .streak
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        s.ok = 0;
+        s.fail = set.config.check.fall;
+        s.next_due = None;
+    }
+    flip_to(&set.config, server, false, reason);
 }
 
 /// Runs the checks until cancelled.
@@ -100,7 +185,7 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
             if b.config.check.kind == CheckType::None {
                 continue;
             }
-            for server in &b.servers {
+            for server in b.servers.iter().filter(|s| !s.is_draining()) {
                 {
                     let mut s = server
                         .state()
@@ -112,7 +197,8 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
                     }
                     s.in_flight = true;
                     // Jitter of +-10% keeps checks of many servers from running in lockstep.
-                    let inter = b.config.check.inter.mul_f64(rand::random_range(0.9..1.1));
+                    let inter = interval(&b.config.check, server.is_up(), &s)
+                        .mul_f64(rand::random_range(0.9..1.1));
                     s.next_due = Some(now + inter);
                 }
                 let backend = Arc::clone(&b.config);
@@ -133,16 +219,30 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
                     record(&backend, &server, ok, &reason);
                     metrics::gauge!(m::SERVER_UP, "backend" => backend.name.clone(), "server" => server.addr.clone())
                         .set(if server.is_up() { 1.0 } else { 0.0 });
-                    server
+                    let mut s = server
                         .state()
                         .streak
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .in_flight = false;
+                        .unwrap_or_else(|e| e.into_inner());
+                    s.in_flight = false;
+                    // Re-plan with the new streak, so a change of state switches interval now.
+                    let inter = interval(&backend.check, server.is_up(), &s)
+                        .mul_f64(rand::random_range(0.9..1.1));
+                    s.next_due = Some(Instant::now() + inter);
                 });
             }
         }
     }
+}
+
+/// The last check's result and its age, for the admin API.
+pub fn last_check(server: &Server) -> Option<(bool, Duration)> {
+    let s = server
+        .state()
+        .streak
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    s.last.map(|(ok, at)| (ok, at.elapsed()))
 }
 
 /// One probe; `Err` carries the reason for the log.
@@ -159,8 +259,9 @@ async fn probe(backend: &Backend, server: &Server) -> Result<(), String> {
             .await
             .map_err(|e| format!("http: {e}"))?;
         tokio::spawn(conn);
+        let host = check.host.as_deref().unwrap_or(server.addr.as_str());
         let req = http::Request::get(check.path.as_str())
-            .header(http::header::HOST, server.addr.as_str())
+            .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "switchyard-check")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
@@ -169,7 +270,12 @@ async fn probe(backend: &Backend, server: &Server) -> Result<(), String> {
             .await
             .map_err(|e| format!("http: {e}"))?;
         let status = resp.status();
-        if status.is_success() || status.is_redirection() {
+        let healthy = if check.expect_status.is_empty() {
+            status.is_success() || status.is_redirection()
+        } else {
+            check.expect_status.contains(&status.as_u16())
+        };
+        if healthy {
             Ok(())
         } else {
             Err(format!("http status {}", status.as_u16()))

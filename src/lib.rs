@@ -193,6 +193,18 @@ impl Runtime {
     }
 }
 
+/// Finishes drains of removed servers (see `Publisher::sweep_draining`) every 100 ms.
+async fn sweep_drains(publisher: Arc<Publisher>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => publisher.sweep_draining(),
+        }
+    }
+}
+
 /// Runs Switchyard until `cancel` fires, then drains and returns. Each config received on
 /// `reloads` (already validated) replaces the running one.
 pub async fn run(
@@ -201,6 +213,8 @@ pub async fn run(
     cancel: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
+    // The recorder first: anything recorded before it is installed is lost.
+    let metrics = crate::metrics::handle();
     let publisher = Arc::new(Publisher::new(&config));
     let mut rt = Runtime {
         publisher: Arc::clone(&publisher),
@@ -216,10 +230,11 @@ pub async fn run(
     let admin = admin::Admin {
         shared: publisher.shared(),
         discovery: Arc::clone(&rt.discovery_status),
-        metrics: crate::metrics::handle(),
+        metrics,
     };
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, cancel.clone()));
     let health_task = tokio::spawn(health::run(publisher.shared(), cancel.clone()));
+    let sweep_task = tokio::spawn(sweep_drains(Arc::clone(&publisher), cancel.clone()));
     for (name, listener) in listeners.frontends {
         let f = config
             .frontends
@@ -253,6 +268,7 @@ pub async fn run(
     }
     let _ = admin_task.await;
     let _ = health_task.await;
+    let _ = sweep_task.await;
     info!("stopped");
     Ok(())
 }

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
@@ -40,9 +40,40 @@ use tracing::{debug, info, warn};
 
 use crate::config::Frontend;
 use crate::metrics as m;
-use crate::snapshot::{BackendSet, Server, Snapshot};
+use crate::snapshot::{ActiveGuard, BackendSet, Server, Snapshot};
 
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// What clients get: an upstream's body (counted as in flight until it ends), or our own.
+pub type Body = Either<Guarded, Full<Bytes>>;
+
+/// What upstreams get: the client's body, or an empty one when a bodiless request is replayed.
+type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// An upstream response body that keeps its server's in-flight count until it is done, so a
+/// removed server drains until its last byte is sent, not just its response head.
+pub struct Guarded {
+    inner: Incoming,
+    _active: ActiveGuard,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Idle upstream connections kept per server; beyond this, a returned connection is closed.
 const POOL_MAX_IDLE: usize = 128;
@@ -50,7 +81,7 @@ const POOL_MAX_IDLE: usize = 128;
 /// Idle keep-alive HTTP/1.1 connections to one server.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<SendRequest<UpBody>>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -62,21 +93,26 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A connection that is ready to take a request now. Closed ones are dropped; busy ones
     /// (still streaming a response body) stay for later.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|s| !s.is_closed());
         let pos = idle.iter().rposition(|s| s.is_ready())?;
         Some(idle.swap_remove(pos))
     }
 
-    fn checkin(&self, sender: SendRequest<Incoming>) {
-        if sender.is_closed() {
+    fn checkin(&self, server: &Server, sender: SendRequest<UpBody>) {
+        if sender.is_closed() || server.is_draining() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < POOL_MAX_IDLE {
             idle.push(sender);
         }
+    }
+
+    /// Closes every idle connection (the server is draining or gone).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -184,10 +220,46 @@ async fn handle(fe: &HttpFrontend, peer: SocketAddr, req: Request<Incoming>) -> 
 #[allow(clippy::large_enum_variant)]
 enum Failure {
     /// Nothing was sent: the request comes back and may go to another server.
-    Connect(io::Error, Request<Incoming>),
-    /// The request was sent (or partly sent) and no usable response came back.
-    Upstream(hyper::Error),
+    Connect(io::Error, Request<UpBody>),
+    /// The request reached the server (at least partly) and no usable response came back.
+    Sent(hyper::Error),
     Timeout,
+}
+
+/// The head of a request that may be replayed on another server after it reached one: an
+/// idempotent method and no body, so everything needed to send it again is here.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<UpBody>) -> Option<Replay> {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
+        (idempotent && bodiless).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<UpBody> {
+        let mut r = Request::new(Either::Right(Empty::new()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
 }
 
 async fn forward(
@@ -198,6 +270,8 @@ async fn forward(
 ) -> (Response<Body>, Option<Arc<Server>>) {
     let cfg = &backend.config;
     let mut req = rewrite_request(req, peer, &fe.frontend);
+    let replay = Replay::of(&req);
+    let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
     loop {
         let Some(server) = backend.pick_excluding(&tried).cloned() else {
@@ -210,11 +284,16 @@ async fn forward(
             }
             return (unreachable_backend(&cfg.name), tried.pop());
         };
-        let _active = server.track();
+        let active = server.track();
         match send(&server, req, cfg.connect_timeout, cfg.response_timeout).await {
             Ok(resp) => {
+                crate::health::observe_response(backend, &server, resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                let body = Guarded {
+                    inner: body,
+                    _active: active,
+                };
                 return (
                     Response::from_parts(parts, Either::Left(body)),
                     Some(server),
@@ -224,28 +303,44 @@ async fn forward(
                 metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
                     "backend" => cfg.name.clone(), "server" => server.addr.clone())
                 .increment(1);
-                crate::health::observe_failure(cfg, &server, &format!("connect: {e}"));
+                crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
                 tried.push(server);
+                // Nothing was sent, so any method may go to another server; no budget needed,
+                // since the failed attempt loaded nobody.
                 if tried.len() > cfg.retries as usize {
                     return (unreachable_backend(&cfg.name), tried.pop());
                 }
                 metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
                 req = back;
             }
+            Err(Failure::Sent(e)) => {
+                debug!(server = %server.addr, error = %e, "upstream failed before a response");
+                crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
+                let body = format!(
+                    "502 Bad Gateway: server {} of backend {} failed before answering\n",
+                    server.addr, cfg.name
+                );
+                tried.push(Arc::clone(&server));
+                // Replayed only if idempotent and bodiless, within `retries` and the budget.
+                match &replay {
+                    Some(r)
+                        if tried.len() <= cfg.retries as usize
+                            && in_flight
+                                .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min) =>
+                    {
+                        metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                        req = r.request();
+                    }
+                    _ => return (plain(StatusCode::BAD_GATEWAY, body), Some(server)),
+                }
+            }
             Err(Failure::Timeout) => {
+                crate::health::observe_failure(backend, &server, "response timeout");
                 let body = format!(
                     "504 Gateway Timeout: server {} of backend {} did not answer within {:?}\n",
                     server.addr, cfg.name, cfg.response_timeout
                 );
                 return (plain(StatusCode::GATEWAY_TIMEOUT, body), Some(server));
-            }
-            Err(Failure::Upstream(e)) => {
-                debug!(server = %server.addr, error = %e, "upstream failed before a response");
-                let body = format!(
-                    "502 Bad Gateway: server {} of backend {} failed before answering\n",
-                    server.addr, cfg.name
-                );
-                return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
             }
         }
     }
@@ -259,7 +354,7 @@ fn unreachable_backend(backend: &str) -> Response<Body> {
 /// Sends one request to one server: a pooled connection if one is ready, else a new one.
 async fn send(
     server: &Arc<Server>,
-    mut req: Request<Incoming>,
+    mut req: Request<UpBody>,
     connect_timeout: Duration,
     response_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
@@ -269,35 +364,36 @@ async fn send(
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(resp)) => {
-                server.pool().checkin(sender);
+                server.pool().checkin(server, sender);
                 return Ok(resp);
             }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => req = back,
-                None => return Err(Failure::Upstream(e.into_error())),
+                None => return Err(Failure::Sent(e.into_error())),
             },
         }
     }
-    let mut sender = match connect(&server.addr, connect_timeout).await {
+    let mut sender = match connect(server, connect_timeout).await {
         Ok(s) => s,
         Err(e) => return Err(Failure::Connect(e, req)),
     };
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(resp)) => {
-            server.pool().checkin(sender);
+            server.pool().checkin(server, sender);
             Ok(resp)
         }
         Ok(Err(mut e)) => match e.take_message() {
             // Refused before a byte was written: as good as a connect failure.
             Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
-            None => Err(Failure::Upstream(e.into_error())),
+            None => Err(Failure::Sent(e.into_error())),
         },
     }
 }
 
-async fn connect(addr: &str, timeout: Duration) -> io::Result<SendRequest<Incoming>> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+/// A new HTTP/1.1 connection to `server`. It closes when the server's drain times out.
+async fn connect(server: &Server, timeout: Duration) -> io::Result<SendRequest<UpBody>> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr.as_str()))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
@@ -305,9 +401,13 @@ async fn connect(addr: &str, timeout: Duration) -> io::Result<SendRequest<Incomi
         .handshake(TokioIo::new(stream))
         .await
         .map_err(io::Error::other)?;
+    let kill = server.kill_token();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "upstream connection closed with an error");
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                debug!(error = %e, "upstream connection closed with an error");
+            },
+            _ = kill.cancelled() => debug!("upstream connection closed: drain timeout"),
         }
     });
     Ok(sender)
@@ -345,7 +445,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Turns the client's request into the upstream one: origin-form URI, HTTP/1.1, hop-by-hop
 /// headers removed (before ours are added), X-Forwarded-For appended, X-Forwarded-Proto and
 /// X-Forwarded-Host set, and a Host header for HTTP/2 clients (which send :authority).
-fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> Request<Incoming> {
+fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> Request<UpBody> {
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let authority = parts.uri.authority().map(|a| a.as_str().to_string());
@@ -388,7 +488,7 @@ fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> 
         .unwrap_or("/");
     parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
+    Request::from_parts(parts, Either::Left(body))
 }
 
 fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

@@ -9,13 +9,15 @@
 //! This module does not watch etcd, probe servers or pick one; see `discovery`, `health` and
 //! `balancer`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
-use crate::balancer::RoundRobin;
+use crate::balancer::BackendRuntime;
 use crate::config::{self, Config};
 
 /// Where a server came from.
@@ -54,8 +56,19 @@ pub struct ServerState {
     active: AtomicUsize,
     /// When `up` last flipped, as milliseconds since the process epoch (for the admin API).
     changed_ms: AtomicU64,
+    /// When the server last came back up (ms), for slowstart; 0 = it never went down.
+    up_since_ms: AtomicU64,
+    /// When it started draining (ms, at least 1); 0 = not draining.
+    draining_since_ms: AtomicU64,
+    /// Consecutive failures seen on live traffic (connect error, reset, timeout).
+    pub(crate) live_errors: AtomicU32,
+    /// Consecutive 5xx answers seen on live traffic.
+    pub(crate) consecutive_5xx: AtomicU32,
     /// Consecutive check results in the current direction (rise/fall), owned by `health`.
     pub(crate) streak: Mutex<crate::health::Streak>,
+    /// Cancelled when a drain runs past its timeout: every upstream connection to the server
+    /// watches it and closes, which ends the requests still in flight.
+    kill: Mutex<CancellationToken>,
     /// Idle keep-alive connections to this server; they close when the server is gone.
     pool: crate::proxy_http::Pool,
 }
@@ -67,7 +80,12 @@ impl ServerState {
             up: AtomicBool::new(true),
             active: AtomicUsize::new(0),
             changed_ms: AtomicU64::new(uptime_ms()),
+            up_since_ms: AtomicU64::new(0),
+            draining_since_ms: AtomicU64::new(0),
+            live_errors: AtomicU32::new(0),
+            consecutive_5xx: AtomicU32::new(0),
             streak: Mutex::new(Default::default()),
+            kill: Mutex::new(CancellationToken::new()),
             pool: Default::default(),
         }
     }
@@ -103,10 +121,16 @@ impl Server {
         self.name == spec.name && self.addr == spec.addr && self.source == spec.source
     }
 
-    /// Healthy and not draining: may take new requests.
+    /// Healthy, not draining and with a weight: may take new requests.
     #[inline]
     pub fn available(&self) -> bool {
-        !self.drain && self.state.up.load(Ordering::Relaxed)
+        self.weight > 0 && self.state.up.load(Ordering::Relaxed) && !self.is_draining()
+    }
+
+    /// Removed from etcd or marked `"drain": true`: takes no new requests.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.drain || self.state.draining_since_ms.load(Ordering::Relaxed) != 0
     }
 
     pub fn is_up(&self) -> bool {
@@ -117,9 +141,27 @@ impl Server {
     pub fn set_up(&self, up: bool) -> bool {
         let flipped = self.state.up.swap(up, Ordering::Relaxed) != up;
         if flipped {
-            self.state.changed_ms.store(uptime_ms(), Ordering::Relaxed);
+            let now = uptime_ms().max(1);
+            self.state.changed_ms.store(now, Ordering::Relaxed);
+            if up {
+                self.state.up_since_ms.store(now, Ordering::Relaxed);
+                self.state.live_errors.store(0, Ordering::Relaxed);
+                self.state.consecutive_5xx.store(0, Ordering::Relaxed);
+            }
         }
         flipped
+    }
+
+    /// The share of its weight a server gets during `slowstart` after coming back up: from 5%
+    /// to 100% linearly. 1.0 when not ramping.
+    pub fn ramp(&self, slowstart: Option<Duration>) -> f64 {
+        let Some(ss) = slowstart else { return 1.0 };
+        let since = self.state.up_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return 1.0;
+        }
+        let elapsed = uptime_ms().saturating_sub(since) as f64 / 1000.0;
+        (elapsed / ss.as_secs_f64()).clamp(0.05, 1.0)
     }
 
     /// Milliseconds since the health state last changed.
@@ -145,9 +187,58 @@ impl Server {
         ActiveGuard(Arc::clone(&self.state))
     }
 
+    /// The token a new upstream connection watches (see `ServerState::kill`).
+    pub fn kill_token(&self) -> CancellationToken {
+        self.state
+            .kill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts draining (once) and closes the idle pooled connections.
+    fn start_draining(&self) {
+        let now = uptime_ms().max(1);
+        if self
+            .state
+            .draining_since_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.state.pool.clear();
+        }
+    }
+
+    /// Back in service (a `"drain": true` flag was lifted): a fresh kill token if the old one
+    /// fired, so new connections are not born dead.
+    fn stop_draining(&self) {
+        if self.state.draining_since_ms.swap(0, Ordering::Relaxed) != 0 {
+            let mut kill = self.state.kill.lock().unwrap_or_else(|e| e.into_inner());
+            if kill.is_cancelled() {
+                *kill = CancellationToken::new();
+            }
+        }
+    }
+
+    /// Whether a drain started more than `timeout` ago.
+    fn drain_expired(&self, timeout: Duration) -> bool {
+        let since = self.state.draining_since_ms.load(Ordering::Relaxed);
+        since != 0 && uptime_ms().saturating_sub(since) >= timeout.as_millis() as u64
+    }
+
+    /// Ends whatever is still in flight to this server.
+    fn kill(&self) {
+        self.state
+            .kill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
+        self.state.pool.clear();
+    }
+
     /// `up`, `down` or `draining`, as the admin API shows it.
     pub fn state_name(&self) -> &'static str {
-        if self.drain {
+        if self.is_draining() {
             "draining"
         } else if self.is_up() {
             "up"
@@ -165,18 +256,50 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// One backend as published: its settings, its servers and its round-robin counter.
+/// One backend as published: its settings, its servers, the weighted schedule and the runtime
+/// state (round-robin counter, retry budget) that outlives snapshots.
 #[derive(Debug)]
 pub struct BackendSet {
     pub config: Arc<config::Backend>,
     /// Static servers first (config order), then discovered ones sorted by key.
     pub servers: Vec<Arc<Server>>,
-    /// Lives outside the snapshot: the same counter is carried into every new snapshot so
-    /// rotation does not restart at 0 on each membership change.
-    pub rr: Arc<RoundRobin>,
+    /// Smooth weighted round-robin order, as indices into `servers`; empty when every server
+    /// has the same weight (then the order is simply `servers`).
+    pub schedule: Vec<u32>,
+    /// Removed servers still finishing requests in flight: listed as draining, never picked.
+    pub draining: Vec<Arc<Server>>,
+    /// Lives outside the snapshot: carried into every new snapshot so rotation does not restart
+    /// at 0 on each membership change, and the retry budget sees all requests.
+    pub runtime: Arc<BackendRuntime>,
 }
 
 impl BackendSet {
+    fn new(
+        config: Arc<config::Backend>,
+        servers: Vec<Arc<Server>>,
+        draining: Vec<Arc<Server>>,
+        runtime: Arc<BackendRuntime>,
+    ) -> BackendSet {
+        BackendSet {
+            schedule: crate::balancer::schedule(&servers),
+            config,
+            servers,
+            draining,
+            runtime,
+        }
+    }
+
+    /// The same set with another draining list (the schedule is reused).
+    fn with_draining(&self, draining: Vec<Arc<Server>>) -> BackendSet {
+        BackendSet {
+            config: Arc::clone(&self.config),
+            servers: self.servers.clone(),
+            schedule: self.schedule.clone(),
+            draining,
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -204,7 +327,8 @@ impl Snapshot {
 }
 
 /// The single writer side of the snapshot. Publishing takes a mutex so that concurrent
-/// discovery watchers and a reload never lose each other's update; readers never take it.
+/// discovery watchers, reloads and the drain sweep never lose each other's update; readers
+/// never take it.
 pub struct Publisher {
     shared: Arc<ArcSwap<Snapshot>>,
     write: Mutex<()>,
@@ -247,12 +371,13 @@ impl Publisher {
                 _ => Vec::new(),
             };
             let specs = merge(b, discovered);
-            let prev_servers = prev.map(|p| p.servers.as_slice()).unwrap_or(&[]);
-            backends.push(BackendSet {
-                config: Arc::new(b.clone()),
-                servers: reuse(prev_servers, specs),
-                rr: prev.map(|p| Arc::clone(&p.rr)).unwrap_or_default(),
-            });
+            backends.push(next_set(Arc::new(b.clone()), prev, specs));
+        }
+        // Servers of backends that are gone drain too; nothing lists them any more.
+        for b in &old.backends {
+            if config.backend(b.name()).is_none() {
+                b.servers.iter().for_each(|s| s.start_draining());
+            }
         }
         let routes = config
             .frontends
@@ -297,14 +422,12 @@ impl Publisher {
             .backends
             .iter()
             .enumerate()
-            .map(|(i, b)| BackendSet {
-                config: Arc::clone(&b.config),
-                servers: if i == pos {
-                    reuse(&b.servers, specs.clone())
+            .map(|(i, b)| {
+                if i == pos {
+                    next_set(Arc::clone(&b.config), Some(b), specs.clone())
                 } else {
-                    b.servers.clone()
-                },
-                rr: Arc::clone(&b.rr),
+                    b.with_draining(b.draining.clone())
+                }
             })
             .collect();
         self.shared.store(Arc::new(Snapshot {
@@ -326,16 +449,92 @@ impl Publisher {
             backends: old
                 .backends
                 .iter()
-                .map(|b| BackendSet {
-                    config: Arc::clone(&b.config),
-                    servers: b.servers.clone(),
-                    rr: Arc::clone(&b.rr),
-                })
+                .map(|b| b.with_draining(b.draining.clone()))
                 .collect(),
             routes: old.routes.clone(),
             ready: true,
         }));
     }
+
+    /// Ends drains: a removed server leaves the draining list once its last request finished;
+    /// one past `drain_timeout` has what is still in flight cut off. Run periodically.
+    pub fn sweep_draining(&self) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.shared.load_full();
+        let mut changed = false;
+        let backends: Vec<BackendSet> = old
+            .backends
+            .iter()
+            .map(|b| {
+                let timeout = b.config.drain_timeout;
+                for s in b.servers.iter().filter(|s| s.drain) {
+                    if s.active() > 0 && s.drain_expired(timeout) {
+                        warn!(backend = %b.name(), server = %s.addr, active = s.active(),
+                            "drain timeout: closing the requests still in flight");
+                        s.kill();
+                    }
+                }
+                let keep: Vec<Arc<Server>> = b
+                    .draining
+                    .iter()
+                    .filter(|s| {
+                        if s.active() == 0 {
+                            info!(backend = %b.name(), server = %s.addr, "drained");
+                            return false;
+                        }
+                        if s.drain_expired(timeout) {
+                            warn!(backend = %b.name(), server = %s.addr, active = s.active(),
+                                "drain timeout: closing the requests still in flight");
+                            s.kill();
+                            return false;
+                        }
+                        true
+                    })
+                    .cloned()
+                    .collect();
+                changed |= keep.len() != b.draining.len();
+                b.with_draining(keep)
+            })
+            .collect();
+        if changed {
+            self.shared.store(Arc::new(Snapshot {
+                backends,
+                routes: old.routes.clone(),
+                ready: old.ready,
+            }));
+        }
+    }
+}
+
+/// The next version of a backend: survivors reused, removed servers draining (listed while they
+/// still have requests in flight), drain flags applied.
+fn next_set(
+    config: Arc<config::Backend>,
+    prev: Option<&BackendSet>,
+    specs: Vec<ServerSpec>,
+) -> BackendSet {
+    let prev_servers = prev.map(|p| p.servers.as_slice()).unwrap_or(&[]);
+    let servers = reuse(prev_servers, specs);
+    for s in &servers {
+        if s.drain {
+            s.start_draining();
+        } else {
+            s.stop_draining();
+        }
+    }
+    let mut draining: Vec<Arc<Server>> = prev.map(|p| p.draining.clone()).unwrap_or_default();
+    for old in prev_servers {
+        if !servers.iter().any(|s| Arc::ptr_eq(&s.state, &old.state)) {
+            old.start_draining();
+            if old.active() > 0 {
+                info!(backend = %config.name, server = %old.addr, active = old.active(),
+                    "server removed: draining the requests in flight");
+                draining.push(Arc::clone(old));
+            }
+        }
+    }
+    let runtime = prev.map(|p| Arc::clone(&p.runtime)).unwrap_or_default();
+    BackendSet::new(config, servers, draining, runtime)
 }
 
 fn spec_of(s: &Server) -> ServerSpec {
@@ -452,7 +651,7 @@ servers = ["127.0.0.1:10"]
             "static server reused"
         );
         assert!(
-            Arc::ptr_eq(&b.rr, &b2.rr),
+            Arc::ptr_eq(&b.runtime, &b2.runtime),
             "round-robin counter carried over"
         );
         assert_eq!(b2.servers[2].name, "3");
