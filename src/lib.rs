@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod health;
 pub mod metrics;
 pub mod proxy_http;
+pub mod register;
 pub mod snapshot;
 
 use std::collections::HashMap;
