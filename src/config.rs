@@ -396,12 +396,6 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 ));
             }
             let api = e.api.unwrap_or(EtcdApi::V2);
-            if api == EtcdApi::V3 {
-                return Err(invalid(
-                    "etcd.api",
-                    "\"v3\" is not supported yet; use \"v2\"",
-                ));
-            }
             Some(EtcdConfig {
                 endpoints: clean,
                 api,

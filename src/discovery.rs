@@ -1,12 +1,12 @@
 //! Discovery: turns etcd keys under each backend's `etcd_prefix` into published server sets.
 //!
 //! Owns the value format (plain `host:port` or JSON), the per-prefix mirror `key -> server`, the
-//! application of v2 events to that mirror, the resync on errorCode 401, the reconnect loop and
-//! the readiness latch. Deltas never leave this module: each change publishes the prefix's whole
+//! application of v2 events and v3 watch events to that mirror, the resync on errorCode 401 (v2)
+//! or compaction (v3), the reconnect loop and the readiness latch. Deltas never leave this module: each change publishes the prefix's whole
 //! server list through [`Publisher::publish_discovered`], which publishes nothing when nothing
 //! changed.
 //!
-//! NOTE: one long-poll per prefix rather than one over a common root. A watch on a common root
+//! NOTE: one long-poll (v2) or watch stream (v3) per prefix rather than one over a common root. A watch on a common root
 //! (often `/`) is woken by every unrelated write in the cluster, and one 401 would force a re-list
 //! of everything; per-prefix watches only wake for their own keys, keep independent cursors, and
 //! a resync re-reads one prefix. The cost is one idle HTTP connection per prefix.
@@ -23,8 +23,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, EtcdConfig};
+use crate::config::{Config, EtcdApi, EtcdConfig};
 use crate::etcd::v2::{self, Wait};
+use crate::etcd::v3;
 use crate::etcd::{Backoff, Endpoints, EtcdError, http_client};
 use crate::metrics as m;
 use crate::snapshot::{Publisher, ServerSpec, Source};
@@ -230,34 +231,40 @@ impl Mirror {
         }
     }
 
+    /// A key was written (v2 set/create/update/compareAndSwap, v3 PUT). An invalid value keeps
+    /// the last good one of that key (e.g. a heartbeat that blanked it).
+    pub fn put(&mut self, key: &str, raw: &str) -> Applied {
+        match self.parse(key, raw) {
+            Some(v) if self.servers.get(key) == Some(&v) => Applied::Unchanged,
+            Some(v) => {
+                self.servers.insert(key.to_string(), v);
+                Applied::Changed
+            }
+            None => Applied::Unchanged,
+        }
+    }
+
+    /// A key was removed (v2 delete/compareAndDelete/expire, v3 DELETE, lease expiry).
+    pub fn delete(&mut self, key: &str) -> Applied {
+        self.reported_invalid.remove(key);
+        self.remove(key)
+    }
+
     /// Applies one v2 watch event.
     pub fn apply(&mut self, ev: &v2::Response) -> Applied {
         let node = &ev.node;
-        let before = self.servers.len();
         match ev.action.as_str() {
             "set" | "create" | "update" | "compareAndSwap" => {
                 if node.dir {
                     // A new (empty) directory holds no server; a dir replacing a key removes it.
                     return self.remove(&node.key);
                 }
-                let raw = node.value.as_deref().unwrap_or("");
-                match self.parse(&node.key, raw) {
-                    Some(v) => {
-                        if self.servers.get(&node.key) == Some(&v) {
-                            Applied::Unchanged
-                        } else {
-                            self.servers.insert(node.key.clone(), v);
-                            Applied::Changed
-                        }
-                    }
-                    // Keep the last good value of this key (e.g. a heartbeat that blanked it).
-                    None => Applied::Unchanged,
-                }
+                self.put(&node.key, node.value.as_deref().unwrap_or(""))
             }
             "delete" | "compareAndDelete" | "expire" => {
-                self.reported_invalid.remove(&node.key);
                 if node.dir || node.key == self.prefix {
                     // One event for a whole directory: drop every key below it.
+                    let before = self.servers.len();
                     let dir = format!("{}/", node.key.trim_end_matches('/'));
                     self.servers.retain(|k, _| !k.starts_with(&dir));
                     self.reported_invalid.retain(|k, _| !k.starts_with(&dir));
@@ -267,7 +274,7 @@ impl Mirror {
                         Applied::Changed
                     }
                 } else {
-                    self.remove(&node.key)
+                    self.delete(&node.key)
                 }
             }
             other => {
@@ -419,6 +426,7 @@ struct Watcher {
 enum Resync {
     Start,
     IndexCleared,
+    Compacted,
     Reconnect,
 }
 
@@ -427,14 +435,23 @@ impl Resync {
         match self {
             Resync::Start => "start",
             Resync::IndexCleared => "index_cleared",
+            Resync::Compacted => "compacted",
             Resync::Reconnect => "reconnect",
         }
     }
 }
 
 impl Watcher {
-    async fn run(mut self, cancel: CancellationToken) {
-        info!(backend = %self.backend, prefix = %self.prefix, api = "v2", "discovery started");
+    async fn run(self, cancel: CancellationToken) {
+        info!(backend = %self.backend, prefix = %self.prefix, api = self.etcd.api.as_str(), "discovery started");
+        match self.etcd.api {
+            EtcdApi::V2 => self.run_v2(cancel).await,
+            EtcdApi::V3 => self.run_v3(cancel).await,
+        }
+    }
+
+    /// v2: recursive GET, then `wait=true` long-polls from `modifiedIndex + 1`.
+    async fn run_v2(mut self, cancel: CancellationToken) {
         let mut need_list = Some(Resync::Start);
         let mut cursor = 0u64;
         loop {
@@ -445,7 +462,7 @@ impl Watcher {
                 };
                 match listed {
                     Ok(listing) => {
-                        self.on_listing(&listing, reason);
+                        self.on_listing(listing.index, &listing.leaves, reason);
                         cursor = listing.index + 1;
                         need_list = None;
                     }
@@ -464,7 +481,8 @@ impl Watcher {
             match waited {
                 Ok(Wait::Event(ev)) => {
                     cursor = ev.node.modified_index + 1;
-                    self.on_event(&ev, cursor);
+                    let changed = self.mirror.apply(&ev) == Applied::Changed;
+                    self.on_change(&ev.action, &ev.node.key, changed, ev.node.modified_index);
                 }
                 Ok(Wait::Cleared { current }) => {
                     info!(backend = %self.backend, prefix = %self.prefix, cursor, current,
@@ -487,8 +505,111 @@ impl Watcher {
         debug!(backend = %self.backend, "discovery stopped");
     }
 
-    fn on_listing(&mut self, listing: &v2::Listing, reason: Resync) {
-        let changed = self.mirror.replace(&listing.leaves) == Applied::Changed;
+    /// v3: range the prefix, then one watch stream from `revision + 1`; after events the cursor
+    /// is the highest `mod_revision + 1`. A stream that is silent for `poll_timeout` (no event,
+    /// no progress notification) is re-opened from the cursor.
+    async fn run_v3(mut self, cancel: CancellationToken) {
+        let mut need_list = Some(Resync::Start);
+        let mut cursor = 0i64;
+        'outer: loop {
+            if let Some(reason) = need_list {
+                let listed = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = v3::list(&self.client, self.endpoints.current(), &self.prefix, self.etcd.request_timeout) => r,
+                };
+                match listed {
+                    Ok(listing) => {
+                        self.on_listing(listing.revision as u64, &listing.leaves, reason);
+                        cursor = listing.revision + 1;
+                        need_list = None;
+                    }
+                    Err(e) => {
+                        if !self.on_error(&e, &cancel).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let opened = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = v3::watch(&self.client, self.endpoints.current(), &self.prefix, cursor, self.etcd.request_timeout) => r,
+            };
+            let mut stream = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    if !self.on_error(&e, &cancel).await {
+                        break;
+                    }
+                    need_list = Some(Resync::Reconnect);
+                    continue;
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => break 'outer,
+                    m = stream.next(self.etcd.poll_timeout) => m,
+                };
+                let failure = match next {
+                    Ok(None) => {
+                        debug!(backend = %self.backend, cursor, "watch silent; re-opening");
+                        continue 'outer;
+                    }
+                    Ok(Some(v3::Message::Created { .. })) => continue,
+                    Ok(Some(v3::Message::Progress { revision })) => {
+                        // Nothing for us up to `revision`: safe to resume after it.
+                        cursor = cursor.max(revision + 1);
+                        continue;
+                    }
+                    Ok(Some(v3::Message::Events(events))) => {
+                        for ev in &events {
+                            let (action, key, revision, changed) = match ev {
+                                v3::Event::Put {
+                                    key,
+                                    value,
+                                    revision,
+                                } => (
+                                    "put",
+                                    key,
+                                    *revision,
+                                    self.mirror.put(key, value) == Applied::Changed,
+                                ),
+                                v3::Event::Delete { key, revision } => (
+                                    "delete",
+                                    key,
+                                    *revision,
+                                    self.mirror.delete(key) == Applied::Changed,
+                                ),
+                            };
+                            cursor = cursor.max(revision + 1);
+                            self.on_change(action, key, changed, revision as u64);
+                        }
+                        continue;
+                    }
+                    Ok(Some(v3::Message::Compacted { compact_revision })) => {
+                        info!(backend = %self.backend, prefix = %self.prefix, cursor, compact_revision,
+                            "etcd compacted past our revision; re-reading the prefix");
+                        need_list = Some(Resync::Compacted);
+                        continue 'outer;
+                    }
+                    Ok(Some(v3::Message::Failed(msg))) => EtcdError::Decode {
+                        endpoint: self.endpoints.current().to_string(),
+                        detail: msg,
+                    },
+                    Err(e) => e,
+                };
+                if !self.on_error(&failure, &cancel).await {
+                    break 'outer;
+                }
+                need_list = Some(Resync::Reconnect);
+                continue 'outer;
+            }
+        }
+        debug!(backend = %self.backend, "discovery stopped");
+    }
+
+    fn on_listing(&mut self, index: u64, leaves: &[(String, String)], reason: Resync) {
+        let changed = self.mirror.replace(leaves) == Applied::Changed;
         let published = (changed || !self.listed_once)
             && self
                 .publisher
@@ -496,10 +617,9 @@ impl Watcher {
         if !matches!(reason, Resync::Start) {
             metrics::counter!(m::DISCOVERY_RESYNCS, "reason" => reason.as_str()).increment(1);
         }
-        let was_connected = self.status.view().connected;
         self.status.update(self.slot, |s| {
             s.connected = true;
-            s.index = listing.index;
+            s.index = index;
             s.last_sync = Some(SystemTime::now());
             if !matches!(reason, Resync::Start) {
                 s.resyncs += 1;
@@ -507,8 +627,8 @@ impl Watcher {
         });
         set_last_sync();
         self.backoff.reset();
-        info!(backend = %self.backend, prefix = %self.prefix, index = listing.index,
-            servers = self.mirror.len(), published, reason = reason.as_str(), was_connected,
+        info!(backend = %self.backend, prefix = %self.prefix, index,
+            servers = self.mirror.len(), published, reason = reason.as_str(),
             "etcd listing loaded");
         if !self.listed_once {
             self.listed_once = true;
@@ -519,24 +639,24 @@ impl Watcher {
         }
     }
 
-    fn on_event(&mut self, ev: &v2::Response, cursor: u64) {
-        metrics::counter!(m::DISCOVERY_EVENTS, "backend" => self.backend.clone(), "action" => ev.action.clone())
+    /// After one event was applied to the mirror: count it, publish if it changed something.
+    fn on_change(&mut self, action: &str, key: &str, changed: bool, index: u64) {
+        metrics::counter!(m::DISCOVERY_EVENTS, "backend" => self.backend.clone(), "action" => action.to_string())
             .increment(1);
-        let changed = self.mirror.apply(ev) == Applied::Changed;
         let published = changed
             && self
                 .publisher
                 .publish_discovered(&self.backend, self.mirror.specs());
         self.status.update(self.slot, |s| {
-            s.index = cursor - 1;
+            s.index = s.index.max(index);
             s.last_sync = Some(SystemTime::now());
         });
         set_last_sync();
         if published {
-            info!(backend = %self.backend, action = %ev.action, key = %ev.node.key,
-                index = ev.node.modified_index, servers = self.mirror.len(), "snapshot published");
+            info!(backend = %self.backend, action, key, index,
+                servers = self.mirror.len(), "snapshot published");
         } else {
-            debug!(backend = %self.backend, action = %ev.action, key = %ev.node.key, "event changed nothing");
+            debug!(backend = %self.backend, action, key, "event changed nothing");
         }
     }
 

@@ -5,6 +5,7 @@
 //! v3 revision are cluster-wide, so a cursor taken on one member is valid on any other.
 
 pub mod v2;
+pub mod v3;
 
 use std::time::Duration;
 
