@@ -135,6 +135,7 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
             "index": v.index,
             "last_sync_age_seconds": v.last_sync_age_seconds,
             "resyncs": v.resyncs,
+            "from_snapshot_file": v.from_snapshot_file,
         })
     });
     let backends: Vec<_> = snap

@@ -116,6 +116,7 @@ struct FileEtcd {
     poll_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
+    snapshot_file: Option<std::path::PathBuf>,
     #[serde(default, with = "humantime_serde")]
     backoff_min: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -212,6 +213,9 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Where the last published discovered servers are kept, to serve from when Switchyard
+    /// starts while etcd is unreachable.
+    pub snapshot_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -409,6 +413,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 )?,
                 backoff_min,
                 backoff_max,
+                snapshot_file: e.snapshot_file,
             })
         }
     };

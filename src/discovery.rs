@@ -298,6 +298,8 @@ impl Mirror {
 
 #[derive(Debug, Clone, Default)]
 struct PrefixStatus {
+    /// Serving what the snapshot file held, because etcd has not answered yet.
+    from_file: bool,
     connected: bool,
     index: u64,
     last_sync: Option<SystemTime>,
@@ -319,6 +321,7 @@ pub struct StatusView {
     pub index: u64,
     pub last_sync_age_seconds: Option<f64>,
     pub resyncs: u64,
+    pub from_snapshot_file: bool,
 }
 
 impl Status {
@@ -361,6 +364,7 @@ fn aggregate(api: &'static str, all: &[PrefixStatus]) -> StatusView {
                 .as_secs_f64()
         }),
         resyncs: all.iter().map(|p| p.resyncs).sum(),
+        from_snapshot_file: all.iter().any(|p| p.from_file),
     }
 }
 
@@ -384,10 +388,25 @@ pub fn spawn(
         return None;
     }
     let status = Arc::new(Status::new(etcd.api.as_str(), watched.len()));
+    let mut saved = match &etcd.snapshot_file {
+        Some(path) => match load_snapshot_file(path) {
+            Ok(saved) => saved,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "snapshot file not usable; ignoring it");
+                HashMap::new()
+            }
+        },
+        None => HashMap::new(),
+    };
     let pending = Arc::new(AtomicUsize::new(watched.len()));
     let client = http_client(&etcd);
     for (slot, (backend, prefix)) in watched.into_iter().enumerate() {
+        let fallback = saved
+            .remove(&backend)
+            .filter(|s| s.prefix == prefix)
+            .map(|s| s.servers);
         let w = Watcher {
+            fallback,
             etcd: etcd.clone(),
             client: client.clone(),
             endpoints: Endpoints::new(etcd.endpoints.clone()),
@@ -400,6 +419,7 @@ pub fn spawn(
             publisher: Arc::clone(&publisher),
             pending: Arc::clone(&pending),
             listed_once: false,
+            counted_ready: false,
         };
         tokio::spawn(w.run(cancel.clone()));
     }
@@ -407,6 +427,8 @@ pub fn spawn(
 }
 
 struct Watcher {
+    /// Servers from the snapshot file, published if etcd does not answer the first listing.
+    fallback: Option<Vec<ServerSpec>>,
     etcd: EtcdConfig,
     client: reqwest::Client,
     endpoints: Endpoints,
@@ -419,6 +441,7 @@ struct Watcher {
     publisher: Arc<Publisher>,
     pending: Arc<AtomicUsize>,
     listed_once: bool,
+    counted_ready: bool,
 }
 
 /// Why the mirror is re-read in full.
@@ -618,6 +641,7 @@ impl Watcher {
             metrics::counter!(m::DISCOVERY_RESYNCS, "reason" => reason.as_str()).increment(1);
         }
         self.status.update(self.slot, |s| {
+            s.from_file = false;
             s.connected = true;
             s.index = index;
             s.last_sync = Some(SystemTime::now());
@@ -632,10 +656,21 @@ impl Watcher {
             "etcd listing loaded");
         if !self.listed_once {
             self.listed_once = true;
-            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.publisher.set_ready();
-                info!("discovery ready: every prefix listed");
-            }
+            self.fallback = None;
+            self.count_ready();
+        }
+    }
+
+    /// This prefix has something authoritative enough to serve (a listing, or the snapshot
+    /// file while etcd is away); the last prefix to get there makes the snapshot ready.
+    fn count_ready(&mut self) {
+        if self.counted_ready {
+            return;
+        }
+        self.counted_ready = true;
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.publisher.set_ready();
+            info!("discovery ready: every prefix loaded");
         }
     }
 
@@ -663,6 +698,15 @@ impl Watcher {
     /// Logs the error, marks the prefix disconnected, rotates and backs off. Returns false when
     /// cancelled meanwhile.
     async fn on_error(&mut self, e: &EtcdError, cancel: &CancellationToken) -> bool {
+        if !self.listed_once
+            && let Some(servers) = self.fallback.take()
+        {
+            warn!(backend = %self.backend, servers = servers.len(), error = %e,
+                "etcd unreachable at start: serving the servers saved in the snapshot file until it answers");
+            self.publisher.publish_discovered(&self.backend, servers);
+            self.status.update(self.slot, |s| s.from_file = true);
+            self.count_ready();
+        }
         let was_connected = self.status.view().connected;
         self.status.update(self.slot, |s| s.connected = false);
         let delay = self.backoff.next_delay();
@@ -676,6 +720,158 @@ impl Watcher {
         tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The snapshot file (last known good, on disk).
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct SavedServer {
+    name: String,
+    addr: String,
+    weight: u32,
+    drain: bool,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct SavedBackend {
+    prefix: String,
+    servers: Vec<SavedServer>,
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct SavedFile {
+    written_at_unix: f64,
+    backends: BTreeMap<String, SavedBackend>,
+}
+
+/// What the snapshot file holds for one backend.
+#[derive(Debug, PartialEq)]
+pub struct Saved {
+    pub prefix: String,
+    pub servers: Vec<ServerSpec>,
+}
+
+/// Reads the snapshot file. Addresses are validated again: a hand-edited file cannot inject
+/// garbage.
+pub fn load_snapshot_file(path: &std::path::Path) -> Result<HashMap<String, Saved>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let file: SavedFile = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (name, b) in file.backends {
+        let servers = b
+            .servers
+            .into_iter()
+            .filter(|s| parse_addr(&s.addr).is_ok() && s.weight <= 256)
+            .map(|s| ServerSpec {
+                name: s.name,
+                addr: s.addr,
+                weight: s.weight,
+                drain: s.drain,
+                source: Source::Etcd,
+            })
+            .collect();
+        out.insert(
+            name,
+            Saved {
+                prefix: b.prefix,
+                servers,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn render_snapshot_file(snap: &crate::snapshot::Snapshot) -> String {
+    let mut backends = BTreeMap::new();
+    for b in &snap.backends {
+        let Some(prefix) = &b.config.etcd_prefix else {
+            continue;
+        };
+        let servers = b
+            .servers
+            .iter()
+            .filter(|s| s.source == Source::Etcd)
+            .map(|s| SavedServer {
+                name: s.name.clone(),
+                addr: s.addr.clone(),
+                weight: s.weight,
+                drain: s.drain,
+            })
+            .collect();
+        backends.insert(
+            b.name().to_string(),
+            SavedBackend {
+                prefix: prefix.clone(),
+                servers,
+            },
+        );
+    }
+    let file = SavedFile {
+        written_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        backends,
+    };
+    serde_json::to_string_pretty(&file).expect("plain data serializes")
+}
+
+/// Writes `text` to `path` atomically: a temp file in the same directory, fsync, rename.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Keeps the snapshot file up to date: every 200 ms, if a new snapshot was published (and only
+/// once discovery is ready, so a half-loaded start never overwrites a good file), writes it.
+/// Off the discovery path, so a slow disk never delays routing.
+pub async fn run_snapshot_writer(
+    path: std::path::PathBuf,
+    shared: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let snap = shared.load_full();
+        if !snap.ready {
+            continue;
+        }
+        let text = render_snapshot_file(&snap);
+        // Compare without the timestamp line: only a change of servers is worth a write.
+        let body = text
+            .lines()
+            .filter(|l| !l.contains("written_at_unix"))
+            .collect::<String>();
+        if last.as_deref() == Some(body.as_str()) {
+            continue;
+        }
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || write_atomically(&p, &text)).await {
+            Ok(Ok(())) => {
+                debug!(path = %path.display(), "snapshot file written");
+                last = Some(body);
+            }
+            Ok(Err(e)) => {
+                warn!(path = %path.display(), error = %e, "cannot write the snapshot file")
+            }
+            Err(e) => warn!(error = %e, "snapshot file writer failed"),
         }
     }
 }

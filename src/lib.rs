@@ -236,6 +236,14 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, cancel.clone()));
     let health_task = tokio::spawn(health::run(publisher.shared(), cancel.clone()));
     let sweep_task = tokio::spawn(sweep_drains(Arc::clone(&publisher), cancel.clone()));
+    // NOTE: the snapshot file path is read at start; a reload that changes it needs a restart.
+    if let Some(path) = config.etcd.as_ref().and_then(|e| e.snapshot_file.clone()) {
+        tokio::spawn(discovery::run_snapshot_writer(
+            path,
+            publisher.shared(),
+            cancel.clone(),
+        ));
+    }
     for (name, listener) in listeners.frontends {
         let f = config
             .frontends

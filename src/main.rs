@@ -33,6 +33,8 @@ enum Command {
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
+    /// Keep KEY=VALUE registered in etcd until SIGTERM/SIGINT, then remove it (the sidekick).
+    Register(switchyard::register::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,16 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Register(args) => match args.validate() {
+            Ok(cfg) => {
+                init_logging();
+                switchyard::register::main(cfg)
+            }
+            Err(e) => {
+                eprintln!("switchyard register: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

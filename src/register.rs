@@ -1,2 +1,1307 @@
-//! The register sidekick (`switchyard register`): keeps one key alive in etcd for the backend it
-//! runs next to. Being written; see issue 4.
+//! The register sidekick (`switchyard register`): keeps one `KEY=VALUE` alive in etcd for the
+//! backend it runs next to, as the classic stack's `etcdctl set --ttl` loop did, and removes it on
+//! SIGTERM/SIGINT. With `--api v2` the key carries a TTL and is refreshed every TTL/3 with
+//! `refresh=true&prevExist=true` (no value sent, no watcher woken), and re-created when a refresh
+//! finds it gone; with `--api v3` it is put with a lease that is kept alive every TTL/3 through
+//! the JSON gateway, and a lost lease is replaced. An optional local check (TCP connect or HTTP
+//! GET, with rise/fall) gates the registration: the key is in etcd only while the service passes.
+//!
+//! It owns argument validation ([`RegisterArgs::validate`]), the heartbeat loop ([`run`]), the
+//! local check and the cleanup, and the process around them ([`main`]: runtime, signals, exit
+//! code). Endpoint rotation and backoff come from [`crate::etcd`]; what a valid value is, from
+//! [`crate::discovery::parse_value`]. Wire shapes are those observed in shared/etcd-facts.md
+//! (2.6 refresh, 3.1 encoding, 3.6 leases).
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::discovery::parse_value;
+use crate::etcd::v2::{ErrorBody, KEY_NOT_FOUND};
+use crate::etcd::{Backoff, Endpoints, EtcdError};
+
+/// DESIGN.md's etcd reconnect backoff: 100 ms doubling to 5 s, with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// One etcd request gets the heartbeat period (TTL/3) within these bounds, so a member that
+/// accepts TCP but never answers is left in time to refresh through another one.
+const REQUEST_TIMEOUT_MIN: Duration = Duration::from_millis(500);
+const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+/// Removing the registration on shutdown gets this long in all; a dead etcd must not hold the
+/// exit (the TTL removes the key anyway).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// HAProxy's check timeout default; shortened to the interval when that is shorter.
+const CHECK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// etcd v3 gRPC status "NOT_FOUND": the lease is gone (etcd-facts.md 3.6).
+const GRPC_NOT_FOUND: i64 = 5;
+/// v2 errorCode "Compare failed": `prevValue` did not match (another instance's value).
+const V2_COMPARE_FAILED: u32 = 101;
+/// How long to sleep when nothing is due until the local check changes its mind.
+const IDLE: Duration = Duration::from_secs(3600);
+
+// ---------------------------------------------------------------------------------------------
+// Arguments and configuration.
+
+/// `switchyard register` flags as typed. Everything is kept as text so that [`validate`]
+/// (not clap) reports every bad value in one line naming the flag.
+///
+/// [`validate`]: RegisterArgs::validate
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegisterArgs {
+    /// etcd client URLs, comma-separated or repeated (required)
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub etcd: Vec<String>,
+    /// v2: a key with a TTL, refreshed; v3: a key with a lease, kept alive (JSON gateway)
+    #[arg(long, value_name = "v2|v3", default_value = "v2")]
+    pub api: String,
+    /// The key to keep alive, e.g. /testservice/backend/1 (required)
+    #[arg(long)]
+    pub key: Option<String>,
+    /// host:port, or {"addr":"host:port","weight":N,"drain":false} (required)
+    #[arg(long)]
+    pub value: Option<String>,
+    /// Time to live, e.g. 30s; whole seconds, rounded up (required)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Register only while GET URL answers 2xx/3xx
+    #[arg(long, value_name = "URL")]
+    pub check_url: Option<String>,
+    /// Register only while HOST:PORT accepts TCP connections
+    #[arg(long, value_name = "HOST:PORT")]
+    pub check_tcp: Option<String>,
+    /// Time between two checks
+    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    pub check_interval: String,
+    /// Deadline of one check [default: 1s, or the interval if shorter]
+    #[arg(long, value_name = "DURATION")]
+    pub check_timeout: Option<String>,
+    /// Consecutive passing checks before registering again
+    #[arg(long, value_name = "N", default_value = "2")]
+    pub rise: String,
+    /// Consecutive failing checks before deregistering
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub fall: String,
+}
+
+/// A bad `switchyard register` argument; the message names the flag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("{arg}: {detail}")]
+    Invalid { arg: &'static str, detail: String },
+    #[error("--check-url and --check-tcp exclude each other; give one")]
+    BothChecks,
+}
+
+fn invalid(arg: &'static str, detail: impl Into<String>) -> ArgError {
+    ArgError::Invalid {
+        arg,
+        detail: detail.into(),
+    }
+}
+
+/// Which etcd API keeps the key alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    V2,
+    V3,
+}
+
+/// The local check that gates the registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// `GET url`; 2xx and 3xx pass (redirects are not followed).
+    Http(String),
+    /// A TCP connect to `host:port`.
+    Tcp(String),
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Http(url) => write!(f, "http {url}"),
+            Check::Tcp(addr) => write!(f, "tcp {addr}"),
+        }
+    }
+}
+
+/// Validated `switchyard register` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterConfig {
+    /// Base URLs without a trailing slash.
+    pub endpoints: Vec<String>,
+    pub api: Api,
+    pub key: String,
+    /// Written as given (it already passed `parse_value`).
+    pub value: String,
+    /// Whole seconds, at least 1 (etcd v3 grants at least 2).
+    pub ttl_secs: u64,
+    pub check: Option<Check>,
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl RegisterConfig {
+    /// The deadline of one etcd request: the heartbeat period, within bounds.
+    pub fn request_timeout(&self) -> Duration {
+        heartbeat_period(self.ttl_secs).clamp(REQUEST_TIMEOUT_MIN, REQUEST_TIMEOUT_MAX)
+    }
+}
+
+/// A third of the TTL: two heartbeats can be lost before the key expires.
+fn heartbeat_period(ttl_secs: u64) -> Duration {
+    Duration::from_millis(ttl_secs.max(1).saturating_mul(1000) / 3)
+}
+
+impl RegisterArgs {
+    /// Checks every flag and builds the typed config; the first problem found is returned.
+    pub fn validate(&self) -> Result<RegisterConfig, ArgError> {
+        let mut endpoints = Vec::new();
+        for raw in self.etcd.iter().flat_map(|s| s.split(',')) {
+            endpoints.push(endpoint(raw.trim())?);
+        }
+        if endpoints.is_empty() {
+            return Err(ArgError::Missing("--etcd"));
+        }
+        let api = match self.api.trim() {
+            "v2" => Api::V2,
+            "v3" => Api::V3,
+            other => return Err(invalid("--api", format!("{other:?}: expected v2 or v3"))),
+        };
+        let key = self.key.as_deref().ok_or(ArgError::Missing("--key"))?;
+        check_key(key)?;
+        let value = self.value.as_deref().ok_or(ArgError::Missing("--value"))?;
+        parse_value(value).map_err(|e| {
+            invalid(
+                "--value",
+                format!("{e} (expected host:port or {{\"addr\":\"host:port\",...}})"),
+            )
+        })?;
+        let raw_ttl = self.ttl.as_deref().ok_or(ArgError::Missing("--ttl"))?;
+        let ttl = duration("--ttl", raw_ttl)?;
+        if ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "--ttl",
+                format!("{raw_ttl:?}: must be at least 1s"),
+            ));
+        }
+        let ttl_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+        let check = match (&self.check_url, &self.check_tcp) {
+            (Some(_), Some(_)) => return Err(ArgError::BothChecks),
+            (Some(url), None) => Some(Check::Http(check_url(url)?)),
+            (None, Some(addr)) => Some(Check::Tcp(check_addr(addr)?)),
+            (None, None) => None,
+        };
+        let check_interval = positive("--check-interval", &self.check_interval)?;
+        let check_timeout = match &self.check_timeout {
+            Some(raw) => positive("--check-timeout", raw)?,
+            None => CHECK_TIMEOUT_DEFAULT.min(check_interval),
+        };
+        Ok(RegisterConfig {
+            endpoints,
+            api,
+            key: key.to_string(),
+            value: value.to_string(),
+            ttl_secs,
+            check,
+            check_interval,
+            check_timeout,
+            rise: count("--rise", &self.rise)?,
+            fall: count("--fall", &self.fall)?,
+        })
+    }
+}
+
+/// An etcd base URL: `http://host[:port]`, no path, returned without a trailing slash.
+fn endpoint(raw: &str) -> Result<String, ArgError> {
+    if raw.is_empty() {
+        return Err(invalid("--etcd", "empty URL in the list"));
+    }
+    let url = reqwest::Url::parse(raw).map_err(|e| invalid("--etcd", format!("{raw:?}: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(invalid(
+            "--etcd",
+            format!("{raw:?}: only http:// endpoints are supported"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("--etcd", format!("{raw:?}: no host")));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            "--etcd",
+            format!("{raw:?}: give the base URL only (http://host:port)"),
+        ));
+    }
+    Ok(raw.trim_end_matches('/').to_string())
+}
+
+/// A key is an absolute path naming a leaf: `/dir/name`. Characters that would change the URL
+/// (`?`, `#`, `%`) or be mangled in it (white space, control characters) are refused.
+fn check_key(key: &str) -> Result<(), ArgError> {
+    if !key.starts_with('/') {
+        return Err(invalid("--key", format!("{key:?}: must start with '/'")));
+    }
+    if key.ends_with('/') {
+        return Err(invalid(
+            "--key",
+            format!("{key:?}: must name a key, not a directory (no trailing '/')"),
+        ));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| matches!(c, '?' | '#' | '%') || c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "--key",
+            format!("{key:?}: character {c:?} is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_url(raw: &str) -> Result<String, ArgError> {
+    let url =
+        reqwest::Url::parse(raw).map_err(|e| invalid("--check-url", format!("{raw:?}: {e}")))?;
+    if url.scheme() != "http" || url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "--check-url",
+            format!("{raw:?}: expected http://host:port/path"),
+        ));
+    }
+    Ok(raw.to_string())
+}
+
+/// `host:port` (or `[v6]:port`) with a port in 1-65535.
+fn check_addr(raw: &str) -> Result<String, ArgError> {
+    let bad = || {
+        invalid(
+            "--check-tcp",
+            format!("{raw:?}: expected host:port with a port in 1-65535"),
+        )
+    };
+    let (host, port) = raw.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && !host.is_empty() => Ok(raw.to_string()),
+        _ => Err(bad()),
+    }
+}
+
+fn duration(arg: &'static str, raw: &str) -> Result<Duration, ArgError> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| invalid(arg, format!("{raw:?}: {e} (e.g. 500ms, 2s, 1m)")))
+}
+
+fn positive(arg: &'static str, raw: &str) -> Result<Duration, ArgError> {
+    let d = duration(arg, raw)?;
+    if d.is_zero() {
+        return Err(invalid(arg, format!("{raw:?}: must be more than 0")));
+    }
+    Ok(d)
+}
+
+fn count(arg: &'static str, raw: &str) -> Result<u32, ArgError> {
+    match raw.trim().parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(invalid(
+            arg,
+            format!("{raw:?}: expected a whole number >= 1"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The process.
+
+/// Runs the sidekick as a process: a runtime, SIGTERM/SIGINT to stop, [`run`], the exit code
+/// (0 after a clean stop, 2 on a runtime failure). Logging is set up by the caller.
+pub fn main(cfg: RegisterConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        if let Err(e) = spawn_signals(cancel.clone()) {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+        match run(cfg, cancel).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT cancels `run`, which then removes the registration.
+fn spawn_signals(cancel: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received"),
+            _ = int.recv() => info!("SIGINT received"),
+        }
+        cancel.cancel();
+    });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The heartbeat loop.
+
+/// Keeps `cfg.key = cfg.value` in etcd until `cancel` fires, then removes it (bounded by
+/// [`CLEANUP_TIMEOUT`]) and returns. etcd errors never end it: each one rotates to the next
+/// endpoint and retries after a backoff.
+pub async fn run(cfg: RegisterConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    info!(key = %cfg.key, value = %cfg.value, ttl_secs = cfg.ttl_secs, api = ?cfg.api,
+        endpoints = ?cfg.endpoints, check = ?cfg.check.as_ref().map(|c| c.to_string()),
+        "register sidekick starting");
+    // Without a check the service counts as healthy; with one, registration waits for a pass.
+    let (health_tx, mut healthy) = watch::channel(cfg.check.is_none());
+    let checker_cancel = cancel.child_token();
+    let checker = cfg.check.clone().map(|check| {
+        let rf = RiseFall::new(cfg.rise, cfg.fall);
+        tokio::spawn(check_loop(
+            check,
+            cfg.check_interval,
+            cfg.check_timeout,
+            rf,
+            health_tx.clone(),
+            checker_cancel.clone(),
+        ))
+    });
+    let mut sk = Sidekick::new(cfg);
+    let mut wake = Instant::now();
+    loop {
+        // `health_tx` lives until the end, so `changed` never fails.
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = healthy.changed() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        let want = *healthy.borrow_and_update();
+        // NOTE: an etcd request in flight is dropped on cancel; `dirty` remembers that it may
+        // have landed, so the cleanup below still removes it.
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = sk.step(want) => next,
+        };
+        wake = Instant::now() + next;
+    }
+    if sk.dirty {
+        info!(key = %sk.cfg.key, "stopping: removing the registration");
+        if tokio::time::timeout(CLEANUP_TIMEOUT, sk.deregister_until_done())
+            .await
+            .is_err()
+        {
+            warn!(key = %sk.cfg.key, timeout = ?CLEANUP_TIMEOUT,
+                "could not remove the registration in time; it expires with its TTL");
+        }
+    } else {
+        info!(key = %sk.cfg.key, "stopping: nothing registered");
+    }
+    checker_cancel.cancel();
+    if let Some(task) = checker
+        && let Err(e) = task.await
+    {
+        warn!("health check task ended abnormally: {e}");
+    }
+    drop(health_tx);
+    Ok(())
+}
+
+/// A v3 lease as granted or last kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Lease IDs exceed 2^53: kept as i64, sent as a string.
+    pub id: i64,
+    pub ttl: u64,
+}
+
+/// What each API needs to remember between heartbeats.
+enum Store {
+    /// The key carries its own TTL; nothing to remember.
+    V2,
+    /// The lease the key is put with, once granted.
+    V3 { lease: Option<Lease> },
+}
+
+/// The registration's state and the etcd connection it goes through.
+struct Sidekick {
+    cfg: RegisterConfig,
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    backoff: Backoff,
+    store: Store,
+    /// The key is in etcd and being kept alive.
+    registered: bool,
+    /// Something of ours may be in etcd (a registration was attempted and not confirmed
+    /// removed): remove it when unhealthy or stopping.
+    dirty: bool,
+    /// In a streak of failed etcd requests: the first is logged at warn, the rest at debug.
+    failing: bool,
+}
+
+/// The outcome of a v2 refresh.
+enum Refresh {
+    Alive,
+    /// 404 errorCode 100: the key expired or was deleted.
+    Gone,
+}
+
+impl Sidekick {
+    fn new(cfg: RegisterConfig) -> Sidekick {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(cfg.request_timeout())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a client with these options always builds");
+        let store = match cfg.api {
+            Api::V2 => Store::V2,
+            Api::V3 => Store::V3 { lease: None },
+        };
+        Sidekick {
+            endpoints: Endpoints::new(cfg.endpoints.clone()),
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            cfg,
+            http,
+            store,
+            registered: false,
+            dirty: false,
+            failing: false,
+        }
+    }
+
+    /// Does what is due for the wanted state (register, heartbeat or deregister) and returns
+    /// how long to wait before the next step: the heartbeat period, the backoff after an error,
+    /// or [`IDLE`] when only a health change can make something due.
+    async fn step(&mut self, healthy: bool) -> Duration {
+        let (what, result) = match (healthy, self.registered, self.dirty) {
+            (true, false, _) => ("register", self.register().await),
+            (true, true, _) => ("heartbeat", self.heartbeat().await),
+            (false, _, true) => {
+                let r = self.deregister().await;
+                if r.is_ok() {
+                    info!(key = %self.cfg.key, "deregistered while the local service is unhealthy");
+                }
+                ("deregister", r)
+            }
+            (false, _, false) => return IDLE,
+        };
+        match result {
+            Ok(()) => {
+                self.succeeded();
+                if self.registered { self.period() } else { IDLE }
+            }
+            Err(e) => self.failed(what, &e),
+        }
+    }
+
+    fn period(&self) -> Duration {
+        match self.store {
+            Store::V3 { lease: Some(l) } => heartbeat_period(l.ttl),
+            _ => heartbeat_period(self.cfg.ttl_secs),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.failing {
+            info!(endpoint = %self.endpoints.current(), "etcd answers again");
+            self.failing = false;
+        }
+        self.backoff.reset();
+    }
+
+    /// Logs the error, moves to the next endpoint and returns the backoff delay.
+    fn failed(&mut self, what: &str, e: &EtcdError) -> Duration {
+        let delay = self.backoff.next_delay();
+        if self.failing {
+            debug!(error = %e, retry_in = ?delay, "{what} failed");
+        } else {
+            warn!(error = %e, retry_in = ?delay,
+                "{what} failed; retrying on the next endpoint until etcd answers");
+            self.failing = true;
+        }
+        self.endpoints.rotate();
+        delay
+    }
+
+    /// Removes the registration, retrying on other endpoints until it is done (the caller
+    /// bounds the time).
+    async fn deregister_until_done(&mut self) {
+        self.backoff.reset();
+        loop {
+            match self.deregister().await {
+                Ok(()) => return,
+                Err(e) => {
+                    let delay = self.failed("deregister", &e);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Puts the key in etcd: v2 writes it with its TTL; v3 grants a lease (unless one is held)
+    /// and puts the key with it.
+    async fn register(&mut self) -> Result<(), EtcdError> {
+        self.dirty = true;
+        match self.store {
+            Store::V2 => self.v2_create().await?,
+            Store::V3 { lease } => {
+                let mut lease = lease;
+                // A held lease may have died meanwhile: then grant another, once.
+                let mut attempts = 2;
+                loop {
+                    let l = match lease {
+                        Some(l) => l,
+                        None => {
+                            let l = self.v3_grant().await?;
+                            self.store = Store::V3 { lease: Some(l) };
+                            l
+                        }
+                    };
+                    if self.v3_put(l.id).await? {
+                        break;
+                    }
+                    attempts -= 1;
+                    self.store = Store::V3 { lease: None };
+                    lease = None;
+                    if attempts == 0 {
+                        return Err(EtcdError::Decode {
+                            endpoint: self.endpoints.current().to_string(),
+                            detail: "fresh lease not found on put".into(),
+                        });
+                    }
+                }
+            }
+        }
+        self.registered = true;
+        let lease = match self.store {
+            Store::V3 { lease: Some(l) } => Some(l.id),
+            _ => None,
+        };
+        info!(key = %self.cfg.key, value = %self.cfg.value, endpoint = %self.endpoints.current(),
+            lease = ?lease, "registered");
+        Ok(())
+    }
+
+    /// Keeps the registration alive; re-registers at once when it is gone (expired, deleted,
+    /// lease revoked).
+    async fn heartbeat(&mut self) -> Result<(), EtcdError> {
+        match self.store {
+            Store::V2 => match self.v2_refresh().await? {
+                Refresh::Alive => debug!(key = %self.cfg.key, "refreshed"),
+                Refresh::Gone => {
+                    info!(key = %self.cfg.key, "key gone (expired or deleted); re-creating it");
+                    self.registered = false;
+                    self.register().await?;
+                }
+            },
+            Store::V3 { lease: None } => {
+                self.registered = false;
+                self.register().await?;
+            }
+            Store::V3 { lease: Some(l) } => match self.v3_keepalive(l.id).await? {
+                Some(ttl) => {
+                    debug!(key = %self.cfg.key, lease = l.id, ttl, "lease kept alive");
+                    self.store = Store::V3 {
+                        lease: Some(Lease { id: l.id, ttl }),
+                    };
+                }
+                None => {
+                    info!(key = %self.cfg.key, lease = l.id,
+                        "lease gone (expired or revoked); granting a new one");
+                    self.store = Store::V3 { lease: None };
+                    self.registered = false;
+                    self.register().await?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Removes the registration: v2 deletes the key if it still holds our value; v3 revokes the
+    /// lease, which deletes the key.
+    async fn deregister(&mut self) -> Result<(), EtcdError> {
+        match self.store {
+            Store::V2 => self.v2_delete().await?,
+            Store::V3 { lease: Some(l) } => {
+                self.v3_revoke(l.id).await?;
+                self.store = Store::V3 { lease: None };
+            }
+            Store::V3 { lease: None } => {}
+        }
+        self.registered = false;
+        self.dirty = false;
+        Ok(())
+    }
+
+    // --- wire ---
+
+    /// Sends one request, bounded (headers and body) by the request timeout.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Bytes), EtcdError> {
+        let endpoint = self.endpoints.current();
+        let after = self.cfg.request_timeout();
+        let transport = |source| EtcdError::Transport {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let fut = async {
+            let resp = req.send().await.map_err(transport)?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(transport)?;
+            Ok((status, body))
+        };
+        tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
+            Err(EtcdError::Timeout {
+                endpoint: endpoint.to_string(),
+                after,
+            })
+        })
+    }
+
+    fn status_error(&self, status: u16, body: &[u8]) -> EtcdError {
+        EtcdError::Status {
+            endpoint: self.endpoints.current().to_string(),
+            status,
+            body: snippet(body),
+        }
+    }
+
+    fn key_url(&self) -> String {
+        format!("{}/v2/keys{}", self.endpoints.current(), self.cfg.key)
+    }
+
+    /// `PUT /v2/keys{key}` with `value` and `ttl`: creates or overwrites (a `set`).
+    async fn v2_create(&self) -> Result<(), EtcdError> {
+        let ttl = self.cfg.ttl_secs.to_string();
+        let req = self
+            .http
+            .put(self.key_url())
+            .form(&[("value", self.cfg.value.as_str()), ("ttl", ttl.as_str())]);
+        match self.send(req).await? {
+            (200..=299, _) => Ok(()),
+            (status, body) => Err(self.status_error(status, &body)),
+        }
+    }
+
+    /// `PUT /v2/keys{key}` with `ttl`, `refresh=true`, `prevExist=true`: resets the TTL, keeps
+    /// the value, wakes no watcher. Sending a value too would be refused (errorCode 211).
+    async fn v2_refresh(&self) -> Result<Refresh, EtcdError> {
+        let ttl = self.cfg.ttl_secs.to_string();
+        let req = self.http.put(self.key_url()).form(&[
+            ("ttl", ttl.as_str()),
+            ("refresh", "true"),
+            ("prevExist", "true"),
+        ]);
+        match self.send(req).await? {
+            (200..=299, _) => Ok(Refresh::Alive),
+            (404, body) if v2_error_code(&body) == Some(KEY_NOT_FOUND) => Ok(Refresh::Gone),
+            (status, body) => Err(self.status_error(status, &body)),
+        }
+    }
+
+    /// `DELETE /v2/keys{key}?prevValue=VALUE`: a newer value from another instance is kept.
+    async fn v2_delete(&self) -> Result<(), EtcdError> {
+        let req = self
+            .http
+            .delete(self.key_url())
+            .query(&[("prevValue", self.cfg.value.as_str())]);
+        match self.send(req).await? {
+            (200..=299, _) => info!(key = %self.cfg.key, "key deleted"),
+            (404, body) if v2_error_code(&body) == Some(KEY_NOT_FOUND) => {
+                info!(key = %self.cfg.key, "key already gone")
+            }
+            (412, body) if v2_error_code(&body) == Some(V2_COMPARE_FAILED) => {
+                info!(key = %self.cfg.key, "key holds another value (another instance?); left alone")
+            }
+            (status, body) => return Err(self.status_error(status, &body)),
+        }
+        Ok(())
+    }
+
+    async fn v3_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<(u16, Bytes), EtcdError> {
+        let url = format!("{}/v3/{path}", self.endpoints.current());
+        self.send(self.http.post(url).json(&body)).await
+    }
+
+    /// `/v3/lease/grant {"TTL":"N"}`.
+    async fn v3_grant(&self) -> Result<Lease, EtcdError> {
+        let ttl = self.cfg.ttl_secs.to_string();
+        let (status, body) = self
+            .v3_post("lease/grant", serde_json::json!({ "TTL": ttl }))
+            .await?;
+        if status != 200 {
+            return Err(self.status_error(status, &body));
+        }
+        let lease = decode_grant(&body).map_err(|detail| self.decode_error(detail))?;
+        if lease.ttl != self.cfg.ttl_secs {
+            info!(
+                asked = self.cfg.ttl_secs,
+                granted = lease.ttl,
+                "etcd granted another TTL"
+            );
+        }
+        Ok(lease)
+    }
+
+    /// `/v3/kv/put` of the key with the lease. `Ok(false)`: the lease is gone.
+    async fn v3_put(&self, lease: i64) -> Result<bool, EtcdError> {
+        let body = serde_json::json!({
+            "key": B64.encode(&self.cfg.key),
+            "value": B64.encode(&self.cfg.value),
+            "lease": lease.to_string(),
+        });
+        match self.v3_post("kv/put", body).await? {
+            (200, _) => Ok(true),
+            (404, body) if v3_error_code(&body) == Some(GRPC_NOT_FOUND) => Ok(false),
+            (status, body) => Err(self.status_error(status, &body)),
+        }
+    }
+
+    /// `/v3/lease/keepalive`: the lease's TTL, or `None` when it is gone.
+    async fn v3_keepalive(&self, id: i64) -> Result<Option<u64>, EtcdError> {
+        let (status, body) = self
+            .v3_post(
+                "lease/keepalive",
+                serde_json::json!({ "ID": id.to_string() }),
+            )
+            .await?;
+        if status != 200 {
+            return Err(self.status_error(status, &body));
+        }
+        decode_keepalive(&body).map_err(|detail| self.decode_error(detail))
+    }
+
+    /// `/v3/lease/revoke`: deletes every key put with the lease.
+    async fn v3_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self
+            .v3_post("lease/revoke", serde_json::json!({ "ID": id.to_string() }))
+            .await?
+        {
+            (200, _) => info!(key = %self.cfg.key, lease = id, "lease revoked"),
+            (404, body) if v3_error_code(&body) == Some(GRPC_NOT_FOUND) => {
+                info!(key = %self.cfg.key, lease = id, "lease already gone")
+            }
+            (status, body) => return Err(self.status_error(status, &body)),
+        }
+        Ok(())
+    }
+
+    fn decode_error(&self, detail: String) -> EtcdError {
+        EtcdError::Decode {
+            endpoint: self.endpoints.current().to_string(),
+            detail,
+        }
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)])
+        .trim()
+        .to_string()
+}
+
+fn v2_error_code(body: &[u8]) -> Option<u32> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|e| e.error_code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// v3 JSON answers (etcd-facts.md 3.1, 3.6): int64s are strings, zero fields are omitted.
+
+/// An int64 sent as a JSON string (etcd's gateway) or a number.
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(i64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        Raw::Number(n) => Ok(n),
+    }
+}
+
+/// The body of a grant answer and of a keepalive's `result`.
+#[derive(Debug, Deserialize)]
+struct LeaseAnswer {
+    #[serde(rename = "ID", default, deserialize_with = "int64")]
+    id: i64,
+    #[serde(rename = "TTL", default, deserialize_with = "int64")]
+    ttl: i64,
+}
+
+/// A keepalive answer: one `{"result":{...}}`, or a stream error `{"error":{...}}`.
+#[derive(Debug, Deserialize)]
+struct KeepaliveAnswer {
+    #[serde(default)]
+    result: Option<LeaseAnswer>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// A unary error: `{"error":"...","message":"...","code":5}`.
+#[derive(Debug, Deserialize)]
+struct UnaryError {
+    #[serde(default)]
+    code: i64,
+}
+
+/// Decodes `{"header":{...},"ID":"2228897030388046703","TTL":"4"}`.
+fn decode_grant(body: &[u8]) -> Result<Lease, String> {
+    let a: LeaseAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if a.id == 0 || a.ttl <= 0 {
+        return Err(format!("grant without ID or TTL: {}", snippet(body)));
+    }
+    Ok(Lease {
+        id: a.id,
+        ttl: a.ttl as u64,
+    })
+}
+
+/// Decodes a keepalive answer: `Some(ttl)` while the lease lives, `None` when the answer has no
+/// (or a zero) `TTL`, which is how etcd says the lease is gone. The first JSON object counts
+/// (one POST answers one object, then the stream ends).
+fn decode_keepalive(body: &[u8]) -> Result<Option<u64>, String> {
+    let first = body
+        .split(|b| *b == b'\n')
+        .find(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .ok_or_else(|| "empty keepalive answer".to_string())?;
+    let a: KeepaliveAnswer = serde_json::from_slice(first).map_err(|e| e.to_string())?;
+    if let Some(e) = a.error {
+        return Err(format!("keepalive stream error: {e}"));
+    }
+    let r = a
+        .result
+        .ok_or_else(|| format!("keepalive answer without result: {}", snippet(body)))?;
+    Ok((r.ttl > 0).then_some(r.ttl as u64))
+}
+
+fn v3_error_code(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<UnaryError>(body)
+        .ok()
+        .map(|e| e.code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local check.
+
+/// Consecutive-result counter. The first result decides the initial state (so a healthy
+/// service registers after one pass); after that `fall` failures in a row take it down and
+/// `rise` passes in a row bring it back.
+#[derive(Debug)]
+struct RiseFall {
+    rise: u32,
+    fall: u32,
+    up: Option<bool>,
+    streak: u32,
+}
+
+impl RiseFall {
+    fn new(rise: u32, fall: u32) -> RiseFall {
+        RiseFall {
+            rise,
+            fall,
+            up: None,
+            streak: 0,
+        }
+    }
+
+    /// Records one result; returns the new state when it changed (or was first decided).
+    fn record(&mut self, ok: bool) -> Option<bool> {
+        match self.up {
+            None => {
+                self.up = Some(ok);
+                return Some(ok);
+            }
+            Some(up) if up == ok => self.streak = 0,
+            Some(_) => self.streak += 1,
+        }
+        let need = if ok { self.rise } else { self.fall };
+        if self.streak >= need {
+            self.up = Some(ok);
+            self.streak = 0;
+            return Some(ok);
+        }
+        None
+    }
+}
+
+/// Runs the check every `interval` and publishes the healthy state on `tx`.
+async fn check_loop(
+    check: Check,
+    interval: Duration,
+    timeout: Duration,
+    mut rf: RiseFall,
+    tx: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a client with these options always builds");
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe(&check, &http, timeout) => r,
+        };
+        if let Err(why) = &result {
+            debug!(check = %check, reason = %why, "check failed");
+        }
+        match (rf.record(result.is_ok()), &result) {
+            (Some(true), _) => info!(check = %check, "local service passes its check: registering"),
+            (Some(false), Err(why)) => {
+                info!(check = %check, reason = %why, "local service fails its check: not registered")
+            }
+            _ => continue,
+        }
+        tx.send_replace(rf.up == Some(true));
+    }
+}
+
+/// One check; `Err` carries the reason for the log.
+async fn probe(check: &Check, http: &reqwest::Client, timeout: Duration) -> Result<(), String> {
+    match check {
+        Check::Tcp(addr) => {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no connection within {timeout:?}")),
+            }
+        }
+        Check::Http(url) => match tokio::time::timeout(timeout, http.get(url).send()).await {
+            Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("HTTP {}", resp.status().as_u16())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RegisterArgs,
+    }
+
+    fn validate(extra: &[&str]) -> Result<RegisterConfig, ArgError> {
+        let mut argv = vec!["register"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .expect("clap accepts the flags")
+            .args
+            .validate()
+    }
+
+    const BASE: [&str; 8] = [
+        "--etcd",
+        "http://127.0.0.1:2379",
+        "--key",
+        "/svc/backend/1",
+        "--value",
+        "127.0.0.1:8080",
+        "--ttl",
+        "30s",
+    ];
+
+    fn with(extra: &[&str]) -> Result<RegisterConfig, ArgError> {
+        let mut v = BASE.to_vec();
+        v.extend_from_slice(extra);
+        validate(&v)
+    }
+
+    /// `BASE` with the flag `name` replaced by `value`, or dropped when `value` is `None`.
+    fn replace(name: &str, value: Option<&str>) -> Result<RegisterConfig, ArgError> {
+        let mut v = Vec::new();
+        for pair in BASE.chunks(2) {
+            if pair[0] == name {
+                if let Some(x) = value {
+                    v.extend([pair[0], x]);
+                }
+            } else {
+                v.extend_from_slice(pair);
+            }
+        }
+        validate(&v)
+    }
+
+    fn arg_of(e: ArgError) -> String {
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.api, Api::V2);
+        assert_eq!(c.ttl_secs, 30);
+        assert_eq!(c.check, None);
+        assert_eq!(c.check_interval, Duration::from_secs(2));
+        assert_eq!(c.check_timeout, Duration::from_secs(1));
+        assert_eq!((c.rise, c.fall), (2, 3));
+        assert_eq!(c.request_timeout(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn endpoints_split_trim_and_repeat() {
+        let c = with(&[
+            "--etcd",
+            "http://127.0.0.1:1/, http://127.0.0.1:2",
+            "--api",
+            "v3",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.endpoints,
+            [
+                "http://127.0.0.1:2379",
+                "http://127.0.0.1:1",
+                "http://127.0.0.1:2"
+            ]
+        );
+        assert_eq!(c.api, Api::V3);
+    }
+
+    #[test]
+    fn ttl_rounds_up_to_whole_seconds_and_refuses_under_one() {
+        assert_eq!(replace("--ttl", Some("1500ms")).unwrap().ttl_secs, 2);
+        assert_eq!(replace("--ttl", Some("1s")).unwrap().ttl_secs, 1);
+        assert_eq!(replace("--ttl", Some("2m")).unwrap().ttl_secs, 120);
+        let c = replace("--ttl", Some("2s")).unwrap();
+        assert_eq!(c.request_timeout(), Duration::from_millis(666));
+        assert!(arg_of(replace("--ttl", Some("999ms")).unwrap_err()).starts_with("--ttl: "));
+        assert!(arg_of(replace("--ttl", Some("0s")).unwrap_err()).starts_with("--ttl: "));
+        assert!(arg_of(replace("--ttl", Some("30")).unwrap_err()).starts_with("--ttl: "));
+    }
+
+    #[test]
+    fn missing_flags_are_named() {
+        for flag in ["--etcd", "--key", "--value", "--ttl"] {
+            assert_eq!(
+                replace(flag, None).unwrap_err(),
+                ArgError::Missing(match flag {
+                    "--etcd" => "--etcd",
+                    "--key" => "--key",
+                    "--value" => "--value",
+                    _ => "--ttl",
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: &[(&str, &str)] = &[
+            ("--etcd", "127.0.0.1:2379"),
+            ("--etcd", "https://127.0.0.1:2379"),
+            ("--etcd", "http://127.0.0.1:2379/v2"),
+            ("--etcd", "http://127.0.0.1:2379,"),
+            ("--etcd", "not a url"),
+            ("--key", "svc/backend/1"),
+            ("--key", "/svc/backend/"),
+            ("--key", "/svc/a b"),
+            ("--key", "/svc/a?b"),
+            ("--value", "garbage"),
+            ("--value", "127.0.0.1:0"),
+            ("--value", ""),
+            ("--value", r#"{"addr":"nope"}"#),
+            ("--ttl", "fast"),
+        ];
+        for (flag, bad) in cases {
+            let e = replace(flag, Some(bad)).expect_err(bad);
+            assert!(
+                e.to_string().starts_with(&format!("{flag}: ")),
+                "{flag} {bad:?}: {e}"
+            );
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let extra: &[(&str, &str)] = &[
+            ("--api", "v4"),
+            ("--check-url", "ftp://127.0.0.1/"),
+            ("--check-url", "nope"),
+            ("--check-tcp", "127.0.0.1"),
+            ("--check-tcp", "127.0.0.1:0"),
+            ("--check-tcp", ":80"),
+            ("--check-interval", "0s"),
+            ("--check-interval", "soon"),
+            ("--check-timeout", "x"),
+            ("--rise", "0"),
+            ("--fall", "-1"),
+            ("--fall", "many"),
+        ];
+        for (flag, bad) in extra {
+            let e = with(&[flag, bad]).expect_err(bad);
+            assert!(
+                e.to_string().starts_with(&format!("{flag}: ")),
+                "{flag} {bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_values_and_checks_are_accepted() {
+        let c = replace(
+            "--value",
+            Some(r#"{"addr":"127.0.0.1:8080","weight":2,"drain":false}"#),
+        )
+        .unwrap();
+        assert!(c.value.starts_with('{'));
+        let c = with(&[
+            "--check-tcp",
+            "[::1]:8080",
+            "--check-interval",
+            "200ms",
+            "--rise",
+            "1",
+            "--fall",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.check, Some(Check::Tcp("[::1]:8080".into())));
+        assert_eq!(c.check_timeout, Duration::from_millis(200));
+        assert_eq!((c.rise, c.fall), (1, 5));
+        let c = with(&["--check-url", "http://127.0.0.1:8080/healthz"]).unwrap();
+        assert_eq!(
+            c.check,
+            Some(Check::Http("http://127.0.0.1:8080/healthz".into()))
+        );
+    }
+
+    #[test]
+    fn both_checks_are_refused() {
+        let e = with(&[
+            "--check-url",
+            "http://127.0.0.1:1/",
+            "--check-tcp",
+            "127.0.0.1:1",
+        ])
+        .unwrap_err();
+        assert_eq!(e, ArgError::BothChecks);
+        assert!(e.to_string().contains("--check-url") && e.to_string().contains("--check-tcp"));
+    }
+
+    // Literal answers observed on etcd 3.4.23 (etcd-facts.md 3.6).
+    const HEADER: &str = r#"{"cluster_id":"14443903163313418560","member_id":"11417610130673999598","revision":"4","raft_term":"2"}"#;
+
+    #[test]
+    fn grant_keeps_lease_ids_above_2_pow_53_exact() {
+        let body = format!(r#"{{"header":{HEADER},"ID":"2228897030388046703","TTL":"4"}}"#);
+        let l = decode_grant(body.as_bytes()).unwrap();
+        assert_eq!(
+            l,
+            Lease {
+                id: 2228897030388046703,
+                ttl: 4
+            }
+        );
+        assert!(l.id > 1 << 53);
+        // Sent back as a string, digit for digit.
+        assert_eq!(
+            serde_json::json!({ "ID": l.id.to_string() }).to_string(),
+            r#"{"ID":"2228897030388046703"}"#
+        );
+        // Numbers are accepted too.
+        let l = decode_grant(br#"{"ID":2228897030388046703,"TTL":2}"#).unwrap();
+        assert_eq!(l.id, 2228897030388046703);
+        assert!(decode_grant(br#"{"error":"context deadline exceeded","code":2}"#).is_err());
+        assert!(decode_grant(b"not json").is_err());
+    }
+
+    #[test]
+    fn keepalive_alive_dead_and_stream_error() {
+        let alive = format!(
+            "{{\"result\":{{\"header\":{HEADER},\"ID\":\"2228897030388046703\",\"TTL\":\"4\"}}}}\n"
+        );
+        assert_eq!(decode_keepalive(alive.as_bytes()), Ok(Some(4)));
+        // A dead or unknown lease: 200, no TTL, no error.
+        let dead = format!(r#"{{"result":{{"header":{HEADER},"ID":"2228897030388046709"}}}}"#);
+        assert_eq!(decode_keepalive(dead.as_bytes()), Ok(None));
+        let zero = r#"{"result":{"ID":"2228897030388046709","TTL":"0"}}"#;
+        assert_eq!(decode_keepalive(zero.as_bytes()), Ok(None));
+        let err = r#"{"error":{"grpc_code":14,"http_code":503,"message":"transport is closing","http_status":"Service Unavailable"}}"#;
+        assert!(decode_keepalive(err.as_bytes()).is_err());
+        assert!(decode_keepalive(b"").is_err());
+    }
+
+    #[test]
+    fn unary_errors_carry_the_grpc_code() {
+        let body = br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
+        assert_eq!(v3_error_code(body), Some(GRPC_NOT_FOUND));
+        let v2 =
+            br#"{"errorCode":100,"message":"Key not found","cause":"/svc/backend/1","index":9}"#;
+        assert_eq!(v2_error_code(v2), Some(KEY_NOT_FOUND));
+        assert_eq!(v2_error_code(b"404 page not found"), None);
+    }
+
+    #[test]
+    fn rise_fall_first_result_decides_then_streaks() {
+        let mut rf = RiseFall::new(2, 3);
+        assert_eq!(rf.record(true), Some(true));
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(true), None); // streak broken
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), None);
+        assert_eq!(rf.record(false), Some(false));
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(true), Some(true));
+
+        let mut rf = RiseFall::new(2, 3);
+        assert_eq!(rf.record(false), Some(false));
+        assert_eq!(rf.record(true), None);
+        assert_eq!(rf.record(true), Some(true));
+    }
+
+    #[test]
+    fn heartbeat_is_a_third_of_the_ttl() {
+        assert_eq!(heartbeat_period(30), Duration::from_secs(10));
+        assert_eq!(heartbeat_period(2), Duration::from_millis(666));
+        assert_eq!(heartbeat_period(0), Duration::from_millis(333));
+    }
+}
