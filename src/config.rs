@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -68,6 +68,23 @@ pub enum Balance {
     Random2,
 }
 
+/// What a backend speaks to its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2,
+}
+
+/// PROXY protocol header sent to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    None,
+    V1,
+    V2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
@@ -117,6 +134,11 @@ struct FileEtcd {
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     snapshot_file: Option<std::path::PathBuf>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<String>,
     #[serde(default, with = "humantime_serde")]
     backoff_min: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -135,6 +157,35 @@ struct FileFrontend {
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
     max_header_size: Option<usize>,
+    accept_proxy: Option<bool>,
+    tls: Option<FileFrontendTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFrontendTls {
+    #[serde(default)]
+    certs: Vec<FileCertPair>,
+    alpn: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCertPair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackendTls {
+    ca: Option<PathBuf>,
+    sni: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +210,9 @@ struct FileBackend {
     retries: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     drain_timeout: Option<Duration>,
+    protocol: Option<Protocol>,
+    send_proxy: Option<ProxyVersion>,
+    tls: Option<FileBackendTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +267,13 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// TLS to etcd (`https://` endpoints): a CA bundle, and a client certificate and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd authentication (v2: basic auth; v3: a token from `/v3/auth/authenticate`).
+    pub username: Option<String>,
+    pub password: Option<String>,
     /// Where the last published discovered servers are kept, to serve from when Switchyard
     /// starts while etcd is unreachable.
     pub snapshot_file: Option<std::path::PathBuf>,
@@ -227,6 +288,36 @@ pub struct Frontend {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_size: usize,
+    /// Expect a PROXY protocol v1 or v2 header from the peer before anything else.
+    pub accept_proxy: bool,
+    /// Present: the listener terminates TLS.
+    pub tls: Option<FrontendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrontendTls {
+    /// Chosen by SNI from each certificate's names; the first also serves a missing or unknown SNI.
+    pub certs: Vec<CertPair>,
+    pub alpn: Vec<String>,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendTls {
+    /// CA bundle to verify servers; None = the system roots.
+    pub ca: Option<PathBuf>,
+    /// Server name to send and verify; None = the server's host.
+    pub sni: Option<String>,
+    /// Client certificate for mutual TLS.
+    pub client: Option<CertPair>,
+    /// Verify the server certificate (default true).
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,6 +341,10 @@ pub struct Backend {
     pub response_timeout: Duration,
     pub retries: u32,
     pub drain_timeout: Duration,
+    pub protocol: Protocol,
+    pub send_proxy: ProxyVersion,
+    /// Present: connect to servers with TLS.
+    pub tls: Option<BackendTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -383,9 +478,6 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 if url.scheme() != "http" && url.scheme() != "https" {
                     return Err(invalid(&key, format!("{ep:?} must start with http://")));
                 }
-                if url.scheme() == "https" {
-                    return Err(invalid(&key, "https endpoints are not supported yet"));
-                }
                 clean.push(ep.trim_end_matches('/').to_string());
             }
             let backoff_min = positive(
@@ -400,6 +492,15 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 ));
             }
             let api = e.api.unwrap_or(EtcdApi::V2);
+            if e.cert.is_some() != e.key.is_some() {
+                return Err(invalid("etcd.cert", "cert and key go together"));
+            }
+            if e.username.is_some() != e.password.is_some() {
+                return Err(invalid(
+                    "etcd.username",
+                    "username and password go together",
+                ));
+            }
             Some(EtcdConfig {
                 endpoints: clean,
                 api,
@@ -414,6 +515,11 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 backoff_min,
                 backoff_max,
                 snapshot_file: e.snapshot_file,
+                ca: e.ca,
+                cert: e.cert,
+                key: e.key,
+                username: e.username,
+                password: e.password,
             })
         }
     };
@@ -532,7 +638,27 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         if let Some(d) = b.slowstart {
             positive(&format!("{key}.slowstart"), d)?;
         }
+        let tls = match b.tls {
+            None => None,
+            Some(t) => {
+                if t.cert.is_some() != t.key.is_some() {
+                    return Err(invalid(
+                        format!("{key}.tls.cert"),
+                        "cert and key go together",
+                    ));
+                }
+                Some(BackendTls {
+                    ca: t.ca,
+                    sni: t.sni,
+                    client: t.cert.zip(t.key).map(|(cert, key)| CertPair { cert, key }),
+                    verify: t.verify.unwrap_or(true),
+                })
+            }
+        };
         backends.push(Backend {
+            protocol: b.protocol.unwrap_or(Protocol::Http1),
+            send_proxy: b.send_proxy.unwrap_or(ProxyVersion::None),
+            tls,
             passive,
             slowstart: b.slowstart,
             panic_threshold: percent(
@@ -582,12 +708,42 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
         let mode = f.mode.unwrap_or(Mode::Http);
-        if mode == Mode::Tcp {
-            return Err(invalid(
-                format!("{key}.mode"),
-                "\"tcp\" is not supported yet; use \"http\"",
-            ));
-        }
+        let tls = match f.tls {
+            None => None,
+            Some(t) => {
+                if t.certs.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.tls.certs"),
+                        "needs at least one { cert, key } pair",
+                    ));
+                }
+                let alpn = t.alpn.unwrap_or_else(|| match mode {
+                    Mode::Http => vec!["h2".to_string(), "http/1.1".to_string()],
+                    Mode::Tcp => Vec::new(),
+                });
+                if let Some(bad) = alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+                    return Err(invalid(
+                        format!("{key}.tls.alpn"),
+                        format!("{bad:?} is not a protocol name"),
+                    ));
+                }
+                Some(FrontendTls {
+                    certs: t
+                        .certs
+                        .into_iter()
+                        .map(|c| CertPair {
+                            cert: c.cert,
+                            key: c.key,
+                        })
+                        .collect(),
+                    alpn,
+                    handshake_timeout: positive(
+                        &format!("{key}.tls.handshake_timeout"),
+                        t.handshake_timeout.unwrap_or(Duration::from_secs(10)),
+                    )?,
+                })
+            }
+        };
         if !backends.iter().any(|b| b.name == f.backend) {
             return Err(invalid(
                 format!("{key}.backend"),
@@ -611,6 +767,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 f.idle_timeout.unwrap_or(Duration::from_secs(60)),
             )?,
             max_header_size,
+            accept_proxy: f.accept_proxy.unwrap_or(false),
+            tls,
             name: f.name,
             bind,
             mode,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod proxy_http;
 pub mod register;
 pub mod snapshot;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,426 @@
+//! TLS with rustls (the `ring` provider, installed once per process): the frontend acceptor with
+//! certificates chosen by SNI and reloaded without dropping connections, and client configs for
+//! upstreams (`[backend.tls]`) and etcd (`[etcd] ca/cert/key`).
+//!
+//! The acceptor's rustls `ServerConfig` never changes; its certificate resolver reads one
+//! `ArcSwap` of loaded certificates, so a reload swaps that and the next handshake uses it while
+//! established connections carry on. A certificate or key that does not load leaves the old ones
+//! in place. Client configs are cached per settings, because loading the system roots is slow.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{BackendTls, CertPair, Config, EtcdConfig, FrontendTls};
+
+/// Installs the process-wide crypto provider; later calls do nothing.
+pub fn install_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        // Err means another provider is installed already (by an embedding program): fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn file_err(path: &Path, message: impl ToString) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
+}
+
+fn load_pair(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {
+    let certs = load_certs(&pair.cert)?;
+    let key = load_key(&pair.key)?;
+    let provider = rustls::crypto::ring::default_provider();
+    let ck = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        file_err(
+            &pair.key,
+            format!("does not match {}: {e}", pair.cert.display()),
+        )
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Loaded certificates, in config order; the first is the default.
+#[derive(Debug)]
+struct Certs(Vec<Arc<CertifiedKey>>);
+
+#[derive(Debug)]
+struct SniResolver {
+    certs: ArcSwap<Certs>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
+        if let Some(name) = hello.server_name()
+            && let Ok(name) = ServerName::try_from(name)
+        {
+            for ck in certs.0.iter() {
+                let Some(der) = ck.cert.first() else { continue };
+                if webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+                {
+                    return Some(Arc::clone(ck));
+                }
+            }
+        }
+        certs.0.first().cloned()
+    }
+}
+
+/// A frontend's TLS: the acceptor and its reloadable certificates.
+pub struct TlsAcceptor {
+    acceptor: tokio_rustls::TlsAcceptor,
+    resolver: Arc<SniResolver>,
+    config: FrontendTls,
+    stamps: Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl TlsAcceptor {
+    pub fn new(config: &FrontendTls) -> Result<TlsAcceptor, TlsError> {
+        install_provider();
+        let certs = config
+            .certs
+            .iter()
+            .map(load_pair)
+            .collect::<Result<Vec<_>, _>>()?;
+        let resolver = Arc::new(SniResolver {
+            certs: ArcSwap::from_pointee(Certs(certs)),
+        });
+        let mut sc = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        sc.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(TlsAcceptor {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+            resolver,
+            stamps: Mutex::new(stamps(config)),
+            config: config.clone(),
+        })
+    }
+
+    /// The handshake, bounded by `handshake_timeout`.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timeout",
+            )),
+        }
+    }
+
+    /// Re-reads every certificate and key. On any error the loaded ones stay in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.config);
+        let certs = self
+            .config
+            .certs
+            .iter()
+            .map(load_pair)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.resolver.certs.store(Arc::new(Certs(certs)));
+        Ok(())
+    }
+
+    /// Reloads when a certificate or key file changes (checked every second) until cancelled.
+    pub async fn watch_files(self: Arc<Self>, name: String, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = stamps(&self.config);
+            let changed = *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != now;
+            if changed {
+                self.reload_logged(&name, "certificate files changed");
+            }
+        }
+    }
+
+    /// `reload`, with the outcome logged and counted.
+    pub fn reload_logged(&self, frontend: &str, why: &str) {
+        match self.reload() {
+            Ok(()) => {
+                info!(frontend, why, "TLS certificates reloaded");
+                metrics::counter!(TLS_RELOADS, "result" => "success").increment(1);
+            }
+            Err(e) => {
+                error!(frontend, why, error = %e, "TLS certificates not reloaded; the old ones stay");
+                metrics::counter!(TLS_RELOADS, "result" => "failure").increment(1);
+            }
+        }
+    }
+}
+
+/// `switchyard_tls_reloads_total{result}`.
+pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
+
+fn stamps(config: &FrontendTls) -> Vec<Option<SystemTime>> {
+    config
+        .certs
+        .iter()
+        .flat_map(|p| [&p.cert, &p.key])
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client side.
+
+/// Accepts any server certificate: `[backend.tls] verify = false`, for self-signed upstreams
+/// on a trusted network. Signatures are still checked, so the handshake is real.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut store = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for c in load_certs(path)? {
+                store.add(c).map_err(|e| file_err(path, e))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(file_err(
+                    Path::new("system roots"),
+                    "no CA certificate found (install ca-certificates or set ca)",
+                ));
+            }
+        }
+    }
+    Ok(store)
+}
+
+fn build_client(
+    ca: Option<&Path>,
+    client: Option<&CertPair>,
+    verify: bool,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    install_provider();
+    let builder = if verify {
+        ClientConfig::builder().with_root_certificates(roots(ca)?)
+    } else {
+        ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))))
+    };
+    let mut cc = match client {
+        Some(pair) => {
+            builder.with_client_auth_cert(load_certs(&pair.cert)?, load_key(&pair.key)?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cc)
+}
+
+/// The client config for a backend's servers, cached per (settings, ALPN).
+pub fn client_config(tls: &BackendTls, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+    type Cache = Mutex<HashMap<String, Arc<ClientConfig>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = format!("{tls:?}{alpn:?}");
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(c) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(Arc::clone(c));
+    }
+    let cc = Arc::new(build_client(
+        tls.ca.as_deref(),
+        tls.client.as_ref(),
+        tls.verify,
+        alpn,
+    )?);
+    cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Arc::clone(&cc));
+    Ok(cc)
+}
+
+/// The host part of `host:port` / `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// TLS to an upstream server over an established TCP stream. The name sent and verified is
+/// `sni`, or else the server's host (an IP address is verified against the certificate's IPs).
+pub async fn connect(
+    tls: &BackendTls,
+    addr: &str,
+    stream: TcpStream,
+    alpn: &[&[u8]],
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let cc = client_config(tls, alpn).map_err(io::Error::other)?;
+    let name = tls.sni.as_deref().unwrap_or_else(|| host_of(addr));
+    let name = ServerName::try_from(name.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(cc)
+        .connect(name, stream)
+        .await
+}
+
+/// The TLS config for etcd, when `[etcd]` has `ca`, `cert` or an `https://` endpoint.
+pub fn etcd_client_config(etcd: &EtcdConfig) -> Result<Option<ClientConfig>, TlsError> {
+    let https = etcd.endpoints.iter().any(|e| e.starts_with("https://"));
+    if !https && etcd.ca.is_none() && etcd.cert.is_none() {
+        return Ok(None);
+    }
+    let client = etcd
+        .cert
+        .clone()
+        .zip(etcd.key.clone())
+        .map(|(cert, key)| CertPair { cert, key });
+    build_client(etcd.ca.as_deref(), client.as_ref(), true, &[b"http/1.1"]).map(Some)
+}
+
+/// Loads every TLS file the config names, so `check` and startup report a bad certificate
+/// with the key that names it, instead of failing at the first handshake.
+pub fn validate_files(config: &Config) -> Result<(), crate::config::ConfigError> {
+    let err = |key: String, e: TlsError| crate::config::ConfigError::Invalid {
+        key,
+        message: e.to_string(),
+    };
+    install_provider();
+    for f in &config.frontends {
+        if let Some(t) = &f.tls {
+            for (i, pair) in t.certs.iter().enumerate() {
+                load_pair(pair)
+                    .map_err(|e| err(format!("frontend {:?}.tls.certs[{i}]", f.name), e))?;
+            }
+        }
+    }
+    for b in &config.backends {
+        if let Some(t) = &b.tls {
+            build_client(t.ca.as_deref(), t.client.as_ref(), t.verify, &[])
+                .map_err(|e| err(format!("backend {:?}.tls", b.name), e))?;
+        }
+    }
+    if let Some(e) = &config.etcd {
+        etcd_client_config(e).map_err(|x| err("etcd.ca".to_string(), x))?;
+    }
+    Ok(())
+}
+
+/// Paths named in a frontend's TLS settings (for logs).
+pub fn cert_paths(config: &FrontendTls) -> Vec<PathBuf> {
+    config.certs.iter().map(|p| p.cert.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("10.0.0.1:443"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:8443"), "::1");
+        assert_eq!(host_of("api.internal:443"), "api.internal");
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let pair = CertPair {
+            cert: PathBuf::from("/nonexistent/cert.pem"),
+            key: PathBuf::from("/nonexistent/key.pem"),
+        };
+        let e = load_pair(&pair).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/cert.pem"), "{e}");
+    }
+}

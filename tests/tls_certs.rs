@@ -1,0 +1,219 @@
+//! The TLS acceptor on its own: SNI chooses the certificate (the first one serves a missing or
+//! unknown name), ALPN is offered, a bad PEM on reload keeps the old certificate, a changed
+//! file is picked up without a restart, and garbage on the port fails fast while the next
+//! handshake works. Certificates are generated while the test runs (rcgen).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use switchyard::config::{CertPair, FrontendTls};
+use switchyard::tls::TlsAcceptor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Cert {
+    der: CertificateDer<'static>,
+    pair: CertPair,
+}
+
+fn make_cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = dir.join(format!("{tag}.pem"));
+    let key = dir.join(format!("{tag}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    Cert {
+        der: ck.cert.der().clone(),
+        pair: CertPair { cert, key },
+    }
+}
+
+/// Serves handshakes forever; each connection gets "hi" after the handshake.
+async fn serve(acceptor: Arc<TlsAcceptor>) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let a = Arc::clone(&acceptor);
+            tokio::spawn(async move {
+                if let Ok(mut tls) = a.accept(s).await {
+                    let _ = tls.write_all(b"hi").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Connects with `sni` (no SNI is sent for an IP address), trusting `roots`; returns the
+/// certificate the server presented and the negotiated ALPN protocol.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    roots: &[&Cert],
+) -> (CertificateDer<'static>, Option<Vec<u8>>) {
+    switchyard::tls::install_provider();
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        store.add(c.der.clone()).unwrap();
+    }
+    let mut cc = rustls::ClientConfig::builder()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let conn = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    let s = TcpStream::connect(addr).await.unwrap();
+    let mut tls = conn
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), s)
+        .await
+        .unwrap_or_else(|e| panic!("handshake with {sni}: {e}"));
+    let mut hi = [0u8; 2];
+    tls.read_exact(&mut hi).await.unwrap();
+    assert_eq!(&hi, b"hi");
+    let (_, c) = tls.get_ref();
+    (
+        c.peer_certificates().unwrap()[0].clone().into_owned(),
+        c.alpn_protocol().map(|p| p.to_vec()),
+    )
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("switchyard-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn sni_chooses_the_certificate_and_alpn_is_offered() {
+    let dir = tempdir("sni");
+    let a = make_cert(&dir, "a", &["a.test", "127.0.0.1"]);
+    let b = make_cert(&dir, "b", &["b.test", "*.wild.test"]);
+    let cfg = FrontendTls {
+        certs: vec![a.pair.clone(), b.pair.clone()],
+        alpn: vec!["h2".into(), "http/1.1".into()],
+        handshake_timeout: Duration::from_secs(2),
+    };
+    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let addr = serve(acceptor).await;
+    let roots = [&a, &b];
+    let (got, alpn) = handshake(addr, "b.test", &roots).await;
+    assert_eq!(got, b.der, "SNI b.test gets b's certificate");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(
+        handshake(addr, "x.wild.test", &roots).await.0,
+        b.der,
+        "wildcard name"
+    );
+    assert_eq!(handshake(addr, "a.test", &roots).await.0, a.der);
+    // No SNI (an IP address): the first certificate.
+    assert_eq!(handshake(addr, "127.0.0.1", &roots).await.0, a.der);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up() {
+    let dir = tempdir("reload");
+    let a = make_cert(&dir, "a", &["a.test"]);
+    let cfg = FrontendTls {
+        certs: vec![a.pair.clone()],
+        alpn: vec![],
+        handshake_timeout: Duration::from_secs(2),
+    };
+    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(Arc::clone(&acceptor).watch_files("test".into(), cancel.clone()));
+    let addr = serve(Arc::clone(&acceptor)).await;
+    assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
+
+    // A broken PEM: reload fails and the old certificate keeps serving.
+    std::fs::write(
+        &a.pair.cert,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = acceptor.reload().unwrap_err().to_string();
+    assert!(e.contains("a.pem"), "{e}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the file watcher tries too
+    assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
+
+    // A new valid certificate in the same files is picked up by the watcher, no restart.
+    let a2 = make_cert(&dir, "a", &["a.test"]);
+    let t = Instant::now();
+    loop {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut store = rustls::RootCertStore::empty();
+        store.add(a2.der.clone()).unwrap();
+        let cc = rustls::ClientConfig::builder()
+            .with_root_certificates(store)
+            .with_no_client_auth();
+        let ok = tokio_rustls::TlsConnector::from(Arc::new(cc))
+            .connect(ServerName::try_from("a.test").unwrap(), s)
+            .await
+            .is_ok();
+        if ok {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "new certificate not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cancel.cancel();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn garbage_fails_fast_and_the_next_handshake_works() {
+    let dir = tempdir("garbage");
+    let a = make_cert(&dir, "a", &["a.test"]);
+    let cfg = FrontendTls {
+        certs: vec![a.pair.clone()],
+        alpn: vec![],
+        handshake_timeout: Duration::from_millis(500),
+    };
+    let addr = serve(Arc::new(TlsAcceptor::new(&cfg).unwrap())).await;
+    // Plain HTTP on the TLS port: closed quickly.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "held for {:?}",
+        t.elapsed()
+    );
+    // Silence: closed at the handshake timeout.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let t = Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
+    // A certificate file that does not exist is an error naming it.
+    let bad = FrontendTls {
+        certs: vec![CertPair {
+            cert: dir.join("missing.pem"),
+            key: a.pair.key.clone(),
+        }],
+        alpn: vec![],
+        handshake_timeout: Duration::from_secs(1),
+    };
+    let e = TlsAcceptor::new(&bad)
+        .err()
+        .expect("missing file")
+        .to_string();
+    assert!(e.contains("missing.pem"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
