@@ -391,6 +391,7 @@ async fn propagation(
 
 /// One keep-alive connection, polled back to back.
 fn poll_client() -> reqwest::Client {
+    switchyard::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()
@@ -509,6 +510,7 @@ struct ClientResult {
 
 /// One keep-alive client sending GETs back to back until `deadline`.
 async fn load_client(url: String, deadline: Instant) -> ClientResult {
+    switchyard::tls::install_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .http1_only()
@@ -843,6 +845,7 @@ struct Kv {
 
 impl Kv {
     fn new(base: &str) -> Kv {
+        switchyard::tls::install_provider();
         Kv {
             http: reqwest::Client::builder()
                 .no_proxy()

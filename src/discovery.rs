@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, EtcdApi, EtcdConfig};
 use crate::etcd::v2::{self, Wait};
@@ -399,7 +399,13 @@ pub fn spawn(
         None => HashMap::new(),
     };
     let pending = Arc::new(AtomicUsize::new(watched.len()));
-    let client = http_client(&etcd);
+    let client = match http_client(&etcd) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "etcd client cannot be built; discovery is off, static servers only");
+            return None;
+        }
+    };
     for (slot, (backend, prefix)) in watched.into_iter().enumerate() {
         let fallback = saved
             .remove(&backend)
@@ -534,11 +540,31 @@ impl Watcher {
     async fn run_v3(mut self, cancel: CancellationToken) {
         let mut need_list = Some(Resync::Start);
         let mut cursor = 0i64;
+        // With `username`/`password`, a token per connection: fetched before the first call
+        // and again after any error (it may have expired, or the member changed).
+        let mut token: Option<String> = None;
         'outer: loop {
+            if let (Some(user), Some(pass), None) =
+                (&self.etcd.username, &self.etcd.password, &token)
+            {
+                let auth = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    r = v3::authenticate(&self.client, self.endpoints.current(), user, pass, self.etcd.request_timeout) => r,
+                };
+                match auth {
+                    Ok(t) => token = Some(t),
+                    Err(e) => {
+                        if !self.on_error(&e, &cancel).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
             if let Some(reason) = need_list {
                 let listed = tokio::select! {
                     _ = cancel.cancelled() => break,
-                    r = v3::list(&self.client, self.endpoints.current(), &self.prefix, self.etcd.request_timeout) => r,
+                    r = v3::list(&self.client, self.endpoints.current(), &self.prefix, token.as_deref(), self.etcd.request_timeout) => r,
                 };
                 match listed {
                     Ok(listing) => {
@@ -547,6 +573,7 @@ impl Watcher {
                         need_list = None;
                     }
                     Err(e) => {
+                        token = None;
                         if !self.on_error(&e, &cancel).await {
                             break;
                         }
@@ -556,11 +583,12 @@ impl Watcher {
             }
             let opened = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = v3::watch(&self.client, self.endpoints.current(), &self.prefix, cursor, self.etcd.request_timeout) => r,
+                r = v3::watch(&self.client, self.endpoints.current(), &self.prefix, cursor, token.as_deref(), self.etcd.request_timeout) => r,
             };
             let mut stream = match opened {
                 Ok(s) => s,
                 Err(e) => {
+                    token = None;
                     if !self.on_error(&e, &cancel).await {
                         break;
                     }
@@ -621,6 +649,7 @@ impl Watcher {
                     },
                     Err(e) => e,
                 };
+                token = None;
                 if !self.on_error(&failure, &cancel).await {
                     break 'outer;
                 }

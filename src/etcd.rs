@@ -87,15 +87,39 @@ impl Backoff {
 }
 
 /// The HTTP client for etcd: no proxy from the environment (etcd is on the local network and a
-/// stray `http_proxy` must not capture it), and a connect timeout so a dead member fails fast.
-pub fn http_client(cfg: &EtcdConfig) -> reqwest::Client {
-    reqwest::Client::builder()
+/// stray `http_proxy` must not capture it), a connect timeout so a dead member fails fast, TLS
+/// when `[etcd]` asks for it (CA, client certificate), and for v2 the basic-auth credentials
+/// (v3 authenticates with a token per connection, see `v3::authenticate`).
+pub fn http_client(cfg: &EtcdConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
+    // reqwest is built without a crypto provider of its own; ours must be installed first.
+    crate::tls::install_provider();
+    let mut b = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(cfg.request_timeout.min(Duration::from_secs(2)))
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .expect("a client with these options always builds")
+        .pool_idle_timeout(Duration::from_secs(30));
+    if let Some(tls) = crate::tls::etcd_client_config(cfg)? {
+        b = b.use_preconfigured_tls(tls);
+    }
+    if cfg.api == crate::config::EtcdApi::V2
+        && let (Some(user), Some(pass)) = (&cfg.username, &cfg.password)
+    {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut v =
+            reqwest::header::HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| {
+                crate::tls::TlsError::File {
+                    path: "etcd.username".into(),
+                    message: e.to_string(),
+                }
+            })?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+        b = b.default_headers(headers);
+    }
+    Ok(b.build()
+        .expect("a client with these options always builds"))
 }
 
 #[cfg(test)]

@@ -121,6 +121,7 @@ async fn upstream_counts_hits_records_headers_and_stops() {
 async fn upstream_stop_closes_kept_alive_connections() {
     let up = Upstream::start("beta").await;
     // One pooled client: the second request reuses the first connection.
+    switchyard::tls::install_provider();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://{}/", up.addr());
     assert_eq!(client.get(&url).send().await.unwrap().status(), 200);

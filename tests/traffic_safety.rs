@@ -64,6 +64,7 @@ fn load(
         for _ in 0..clients {
             let stop = Arc::clone(&stop);
             tasks.push(tokio::spawn(async move {
+                switchyard::tls::install_provider();
                 let client = reqwest::Client::builder()
                     .no_proxy()
                     .timeout(Duration::from_secs(5))

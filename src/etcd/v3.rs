@@ -221,17 +221,65 @@ pub fn decode_message(line: &[u8]) -> Result<Message, String> {
     Ok(Message::Events(events))
 }
 
+/// `POST /v3/auth/authenticate`: a token for the `Authorization` header of later calls.
+pub async fn authenticate(
+    client: &reqwest::Client,
+    endpoint: &str,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<String, EtcdError> {
+    let fut = async {
+        let resp = client
+            .post(format!("{endpoint}/v3/auth/authenticate"))
+            .json(&serde_json::json!({"name": user, "password": password}))
+            .send()
+            .await
+            .map_err(|e| transport(endpoint, e))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| transport(endpoint, e))?;
+        if status != 200 {
+            return Err(EtcdError::Status {
+                endpoint: endpoint.to_string(),
+                status,
+                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| decode_err(endpoint, e.to_string()))?;
+        v.get("token")
+            .and_then(|t| t.as_str())
+            .map(String::from)
+            .ok_or_else(|| decode_err(endpoint, "no token in the answer"))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(EtcdError::Timeout {
+                endpoint: endpoint.to_string(),
+                after: timeout,
+            })
+        })
+}
+
+fn with_token(req: reqwest::RequestBuilder, token: Option<&str>) -> reqwest::RequestBuilder {
+    match token {
+        Some(t) => req.header(reqwest::header::AUTHORIZATION, t),
+        None => req,
+    }
+}
+
 /// `POST /v3/kv/range` for the whole prefix, bounded by `timeout`.
 pub async fn list(
     client: &reqwest::Client,
     endpoint: &str,
     prefix: &str,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<Listing, EtcdError> {
     let (key, range_end) = prefix_range(prefix);
     let fut = async {
-        let resp = client
-            .post(format!("{endpoint}/v3/kv/range"))
+        let resp = with_token(client.post(format!("{endpoint}/v3/kv/range")), token)
             .json(&serde_json::json!({"key": key, "range_end": range_end}))
             .send()
             .await
@@ -276,6 +324,7 @@ pub async fn watch(
     endpoint: &str,
     prefix: &str,
     start_revision: i64,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<Watch, EtcdError> {
     let (key, range_end) = prefix_range(prefix);
@@ -287,8 +336,7 @@ pub async fn watch(
     }});
     let resp = tokio::time::timeout(
         timeout,
-        client
-            .post(format!("{endpoint}/v3/watch"))
+        with_token(client.post(format!("{endpoint}/v3/watch")), token)
             .header("Grpc-Metadata-Hasleader", "true")
             .json(&body)
             .send(),

@@ -1,0 +1,334 @@
+//! Reaching etcd over TLS with a client certificate (a CA made while the test runs), and with
+//! v3 username/password authentication. Real etcd in both.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use support::{Etcd, Lb, Upstream, free_port, get, http_client, wait_until};
+
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+    fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("switchyard-pki-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        // NOTE: etcd 3.4's v3 gateway dials its own gRPC server with the *server* certificate,
+        // so with --client-cert-auth that certificate needs clientAuth too, or every /v3 call
+        // answers 503 "connection closed" (seen here).
+        for (name, sans, usage) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_string(), "localhost".to_string()],
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            ),
+            (
+                "client",
+                vec!["switchyard".to_string()],
+                vec![ExtendedKeyUsagePurpose::ClientAuth],
+            ),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            p.extended_key_usages = usage;
+            let cert = p.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+struct TlsEtcd {
+    child: Child,
+    url: String,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_client(pki: &Pki) -> reqwest::Client {
+    switchyard::tls::install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    for c in rustls_pemfile_certs(&ca) {
+        roots.add(c).unwrap();
+    }
+    let certs = rustls_pemfile_certs(&std::fs::read(pki.path("client.pem")).unwrap());
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("client.key")).unwrap();
+    let cc = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .use_preconfigured_tls(cc)
+        .build()
+        .unwrap()
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+async fn start_tls_etcd(pki: &Pki, dir: &Path) -> TlsEtcd {
+    let (cp, pp) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{cp}");
+    let peer = format!("http://127.0.0.1:{pp}");
+    let child = Command::new("/usr/bin/etcd")
+        .args(["--name", "tls1", "--enable-v2=true", "--logger=zap"])
+        .arg("--log-outputs")
+        .arg(dir.join("etcd.log"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("tls1={peer}")])
+        .arg("--cert-file")
+        .arg(pki.path("server.pem"))
+        .arg("--key-file")
+        .arg(pki.path("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(pki.path("ca.pem"))
+        .arg("--client-cert-auth")
+        .env_remove("ETCD_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian package etcd-server)");
+    let client = tls_client(pki);
+    let health = format!("{url}/health");
+    wait_until("TLS etcd healthy", Duration::from_secs(20), || {
+        let (c, h) = (client.clone(), health.clone());
+        async move {
+            match c.get(&h).timeout(Duration::from_millis(500)).send().await {
+                Ok(r) => r.text().await.unwrap_or_default().contains("true"),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    TlsEtcd { child, url }
+}
+
+#[tokio::test]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let pki = Pki::new("etcd");
+    let etcd = start_tls_etcd(&pki, &pki.dir).await;
+    let a = Upstream::start("A").await;
+    let client = tls_client(&pki);
+    let r = client
+        .put(format!("{}/v2/keys/tlsbe/backend/1", etcd.url))
+        .form(&[("value", a.addr().to_string())])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert!(
+        status.is_success(),
+        "{status} {}",
+        r.text().await.unwrap_or_default()
+    );
+    // Without a client certificate etcd refuses the connection.
+    assert!(
+        http_client()
+            .get(format!("{}/version", etcd.url))
+            .send()
+            .await
+            .is_err()
+    );
+
+    for api in ["v2", "v3"] {
+        if api == "v3" {
+            let key = B64.encode("/tlsbe/backend/1");
+            let r = client
+                .post(format!("{}/v3/kv/put", etcd.url))
+                .json(&serde_json::json!({"key": key, "value": B64.encode(a.addr().to_string())}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            assert!(
+                status.is_success(),
+                "{status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
+        let lb = Lb::start_ready(&format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[etcd]
+endpoints = ["{}"]
+api = "{api}"
+ca = "{}"
+cert = "{}"
+key = "{}"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "tlsbe"
+[[backend]]
+name = "tlsbe"
+etcd_prefix = "/tlsbe/backend"
+[backend.check]
+type = "none"
+"#,
+            etcd.url,
+            pki.path("ca.pem").display(),
+            pki.path("client.pem").display(),
+            pki.path("client.key").display()
+        ))
+        .await;
+        assert_eq!(
+            get(lb.http_addr("web"), "/").await,
+            (200, "A".to_string()),
+            "api {api}"
+        );
+        assert_eq!(lb.backends().await["discovery"]["connected"], true);
+        lb.shutdown().await;
+    }
+}
+
+async fn v3(
+    etcd: &Etcd,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let mut req = http_client()
+        .post(format!("{}/v3/{path}", etcd.url()))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.header("Authorization", t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let j: serde_json::Value = resp.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {j}");
+    j
+}
+
+#[tokio::test]
+async fn v3_username_and_password() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("A").await;
+    v3(
+        &etcd,
+        "auth/user/add",
+        None,
+        serde_json::json!({"name": "root", "password": "rootpw"}),
+    )
+    .await;
+    v3(
+        &etcd,
+        "auth/role/add",
+        None,
+        serde_json::json!({"name": "root"}),
+    )
+    .await;
+    v3(
+        &etcd,
+        "auth/user/grant",
+        None,
+        serde_json::json!({"user": "root", "role": "root"}),
+    )
+    .await;
+    v3(&etcd, "auth/enable", None, serde_json::json!({})).await;
+    let tok = v3(
+        &etcd,
+        "auth/authenticate",
+        None,
+        serde_json::json!({"name": "root", "password": "rootpw"}),
+    )
+    .await;
+    let tok = tok["token"].as_str().unwrap().to_string();
+    v3(
+        &etcd,
+        "kv/put",
+        Some(&tok),
+        serde_json::json!({"key": B64.encode("/authbe/backend/1"), "value": B64.encode(a.addr().to_string())}),
+    )
+    .await;
+    let conf = |pw: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[etcd]
+endpoints = ["{}"]
+api = "v3"
+username = "root"
+password = "{pw}"
+backoff_max = "300ms"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "authbe"
+[[backend]]
+name = "authbe"
+etcd_prefix = "/authbe/backend"
+[backend.check]
+type = "none"
+"#,
+            etcd.url()
+        )
+    };
+    let lb = Lb::start_ready(&conf("rootpw")).await;
+    assert_eq!(get(lb.http_addr("web"), "/").await, (200, "A".to_string()));
+    lb.shutdown().await;
+
+    // A wrong password: never ready, never a silent empty pool.
+    let lb = Lb::start(&conf("wrong")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, _) = get(lb.admin_addr(), "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(lb.backends().await["discovery"]["connected"], false);
+    lb.shutdown().await;
+}
