@@ -1,6 +1,7 @@
 //! The admin server (contract in DESIGN.md): `/healthz`, `/readyz`, `/api/v1/backends`,
-//! `/metrics` and a minimal stats page at `/`. It reads the published snapshot and the
-//! discovery status; it changes nothing.
+//! `/metrics` and the stats page at `/`, plus the runtime API: set a server's administrative
+//! state (drain, maint, ready), read the running config (secrets redacted), and reload the config
+//! file. The write endpoints and the config need the bearer token when `[admin] token` is set.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,14 +19,22 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::config::Config;
 use crate::discovery;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{AdminState, Publisher, Snapshot};
+use tokio::sync::{mpsc, oneshot};
+
+/// A reload asked through the API: the new config, and where to send the outcome.
+pub type ReloadRequest = (Config, oneshot::Sender<Result<(), String>>);
 
 #[derive(Clone)]
 pub struct Admin {
     pub shared: Arc<ArcSwap<Snapshot>>,
     pub discovery: Arc<ArcSwapOption<discovery::Status>>,
     pub metrics: PrometheusHandle,
+    pub publisher: Arc<Publisher>,
+    pub running: Arc<ArcSwap<Config>>,
+    pub reload: mpsc::Sender<ReloadRequest>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
@@ -56,7 +65,7 @@ pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToke
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(route(&admin, req)) }
+                async move { Ok::<_, Infallible>(route(&admin, req).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -85,7 +94,52 @@ fn respond(
     r
 }
 
-fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", v.to_string())
+}
+
+/// `None` when allowed; otherwise 401 (no token given) or 403 (a wrong one).
+fn unauthorized(admin: &Admin, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let running = admin.running.load();
+    let want = running.admin_token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "bearer token required"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            Some(r)
+        }
+        Some(t) if constant_time_eq(t.as_bytes(), want.as_bytes()) => None,
+        Some(_) => Some(json(StatusCode::FORBIDDEN, json!({"error": "wrong token"}))),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Largest admin request body read (a state change is a few bytes).
+const MAX_BODY: usize = 4096;
+
+async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    if req.method() == Method::POST {
+        if let Some(r) = unauthorized(admin, &req) {
+            return r;
+        }
+        return post(admin, &path, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -93,7 +147,13 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "method not allowed\n",
         );
     }
-    match req.uri().path() {
+    if path == "/api/v1/config" {
+        if let Some(r) = unauthorized(admin, &req) {
+            return r;
+        }
+        return json(StatusCode::OK, redacted_config(&admin.running.load()));
+    }
+    match path.as_str() {
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
             if admin.shared.load().ready {
@@ -122,6 +182,104 @@ fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", STATS_PAGE),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// `POST /api/v1/reload` and `POST /api/v1/backends/{backend}/servers/{server}/state`.
+async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "body too large"}),
+            );
+        }
+    };
+    if path == "/api/v1/reload" {
+        let Some(file) = admin.running.load().path.clone() else {
+            return json(
+                StatusCode::CONFLICT,
+                json!({"error": "not started from a config file"}),
+            );
+        };
+        let new = match Config::load(&file) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
+                    .increment(1);
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": e.to_string(), "reloaded": false}),
+                );
+            }
+        };
+        if let Err(e) = crate::tls::validate_files(&new) {
+            metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+            return json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": e.to_string(), "reloaded": false}),
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        if admin.reload.send((new, tx)).await.is_err() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "shutting down"}),
+            );
+        }
+        return match rx.await {
+            Ok(Ok(())) => json(StatusCode::OK, json!({"reloaded": true})),
+            Ok(Err(e)) => json(
+                StatusCode::BAD_REQUEST,
+                json!({"error": e, "reloaded": false}),
+            ),
+            Err(_) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "shutting down"}),
+            ),
+        };
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["api", "v1", "backends", backend, "servers", server, "state"] = parts.as_slice() else {
+        return json(StatusCode::NOT_FOUND, json!({"error": "not found"}));
+    };
+    let wanted = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(String::from));
+    let Some(state) = wanted.as_deref().and_then(AdminState::parse) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "body must be {\"state\": \"ready\" | \"drain\" | \"maint\"}"}),
+        );
+    };
+    match admin.publisher.set_admin_state(backend, server, state) {
+        Some(s) => json(
+            StatusCode::OK,
+            json!({"backend": backend, "name": s.name, "addr": s.addr,
+                   "admin": s.admin().as_str(), "state": s.state_name()}),
+        ),
+        None => json(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no server {server:?} in backend {backend:?}")}),
+        ),
+    }
+}
+
+/// The running config as JSON, with the secrets replaced.
+pub fn redacted_config(c: &Config) -> serde_json::Value {
+    let mut v = serde_json::to_value(c).unwrap_or_else(|e| json!({"error": e.to_string()}));
+    for ptr in ["/admin_token", "/etcd/password"] {
+        if let Some(x) = v.pointer_mut(ptr)
+            && !x.is_null()
+        {
+            *x = json!("<redacted>");
+        }
+    }
+    v
 }
 
 /// The `/api/v1/backends` document.
@@ -153,6 +311,7 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                         "addr": s.addr,
                         "source": s.source.as_str(),
                         "state": s.state_name(),
+                        "admin": s.admin().as_str(),
                         "weight": s.weight,
                         "active": s.active(),
                         "state_age_seconds": s.state_age_ms() as f64 / 1000.0,

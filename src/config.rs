@@ -34,7 +34,7 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 /// Which etcd API discovery speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EtcdApi {
     V2,
@@ -50,14 +50,14 @@ impl EtcdApi {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Http,
     Tcp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
     /// Smooth weighted round-robin.
@@ -69,7 +69,7 @@ pub enum Balance {
 }
 
 /// What a backend speaks to its servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -77,7 +77,7 @@ pub enum Protocol {
 }
 
 /// PROXY protocol header sent to servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyVersion {
     None,
@@ -85,7 +85,7 @@ pub enum ProxyVersion {
     V2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckType {
     Tcp,
@@ -121,6 +121,7 @@ struct FileGlobal {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,25 +248,34 @@ struct FilePassive {
 // Validated config.
 
 /// The validated configuration. Every field has its default filled in.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
+    #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub admin_listen: SocketAddr,
+    /// Bearer token required by the admin API's write endpoints and `/api/v1/config`.
+    pub admin_token: Option<String>,
+    /// The file this config was loaded from (for reloads asked through the admin API).
+    pub path: Option<PathBuf>,
     pub etcd: Option<EtcdConfig>,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EtcdConfig {
     /// Base URLs without a trailing slash, e.g. `http://127.0.0.1:2379`.
     pub endpoints: Vec<String>,
     pub api: EtcdApi,
     /// Client-side deadline on one long-poll; etcd never closes an idle one.
+    #[serde(with = "humantime_serde")]
     pub poll_timeout: Duration,
     /// Deadline on ordinary (non-watch) requests.
+    #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     /// TLS to etcd (`https://` endpoints): a CA bundle, and a client certificate and key.
     pub ca: Option<PathBuf>,
@@ -279,13 +289,15 @@ pub struct EtcdConfig {
     pub snapshot_file: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Frontend {
     pub name: String,
     pub bind: SocketAddr,
     pub mode: Mode,
     pub backend: String,
+    #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub max_header_size: usize,
     /// Expect a PROXY protocol v1 or v2 header from the peer before anything else.
@@ -294,21 +306,22 @@ pub struct Frontend {
     pub tls: Option<FrontendTls>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FrontendTls {
     /// Chosen by SNI from each certificate's names; the first also serves a missing or unknown SNI.
     pub certs: Vec<CertPair>,
     pub alpn: Vec<String>,
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BackendTls {
     /// CA bundle to verify servers; None = the system roots.
     pub ca: Option<PathBuf>,
@@ -320,7 +333,7 @@ pub struct BackendTls {
     pub verify: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Backend {
     pub name: String,
     pub etcd_prefix: Option<String>,
@@ -329,6 +342,7 @@ pub struct Backend {
     pub check: Check,
     pub passive: Passive,
     /// Ramp-up time of a server's weight after it comes back up (HAProxy's `slowstart`).
+    #[serde(with = "humantime_serde")]
     pub slowstart: Option<Duration>,
     /// Percent of healthy servers below which health is ignored (Envoy's panic threshold);
     /// 0 = off, so that with every server down the answer is a quick 503.
@@ -337,9 +351,12 @@ pub struct Backend {
     pub retry_budget_percent: u32,
     /// ...but this many concurrent retries are always allowed.
     pub retry_budget_min: u32,
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub response_timeout: Duration,
     pub retries: u32,
+    #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     pub protocol: Protocol,
     pub send_proxy: ProxyVersion,
@@ -347,15 +364,19 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Check {
     pub kind: CheckType,
     pub path: String,
+    #[serde(with = "humantime_serde")]
     pub inter: Duration,
     /// Interval while the state is changing (some results against the current state).
+    #[serde(with = "humantime_serde")]
     pub fastinter: Duration,
     /// Interval while the server is down.
+    #[serde(with = "humantime_serde")]
     pub downinter: Duration,
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
@@ -385,7 +406,7 @@ impl Default for Check {
 }
 
 /// Passive checks: what live traffic may do to a server's health.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Passive {
     /// Consecutive live failures (connect error, reset, timeout) that mark a server down
     /// (HAProxy's `observe layer4 error-limit N on-error mark-down`); 0 = off.
@@ -416,7 +437,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut c = Config::from_toml(&text)?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
     }
 
     /// Parses and validates TOML text.
@@ -461,6 +484,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         "admin.listen",
         file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN),
     )?;
+    let admin_token = file.admin.token;
+    if admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+        return Err(invalid("admin.token", "must be at least 16 characters"));
+    }
 
     let etcd = match file.etcd {
         None => None,
@@ -779,6 +806,8 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         shutdown_grace,
         admin_listen,
+        admin_token,
+        path: None,
         etcd,
         frontends,
         backends,

@@ -15,6 +15,8 @@ pub mod etcd;
 pub mod health;
 pub mod metrics;
 pub mod proxy_http;
+pub mod proxy_protocol;
+pub mod proxy_tcp;
 pub mod register;
 pub mod snapshot;
 pub mod tls;
@@ -78,6 +80,8 @@ struct FrontendTask {
 
 struct Runtime {
     config: Config,
+    /// The running config, for the admin API.
+    running: Arc<arc_swap::ArcSwap<Config>>,
     publisher: Arc<Publisher>,
     discovery_status: Arc<ArcSwapOption<discovery::Status>>,
     discovery_cancel: CancellationToken,
@@ -100,17 +104,41 @@ impl Runtime {
 
     fn start_frontend(&mut self, config: Frontend, listener: Arc<TcpListener>) {
         let stop_accept = self.cancel.child_token();
-        let fe = HttpFrontend {
-            frontend: Arc::new(config.clone()),
-            shared: self.publisher.shared(),
-        };
-        tokio::spawn(proxy_http::serve(
-            Arc::clone(&listener),
-            fe,
-            stop_accept.clone(),
-            self.conn_shutdown.clone(),
-            self.tracker.clone(),
-        ));
+        match config.mode {
+            crate::config::Mode::Http => {
+                match HttpFrontend::new(Arc::new(config.clone()), self.publisher.shared()) {
+                    Ok(fe) => {
+                        tokio::spawn(proxy_http::serve(
+                            Arc::clone(&listener),
+                            fe,
+                            stop_accept.clone(),
+                            self.conn_shutdown.clone(),
+                            self.tracker.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
+                    }
+                }
+            }
+            crate::config::Mode::Tcp => {
+                match proxy_tcp::TcpFrontend::new(Arc::new(config.clone()), self.publisher.shared())
+                {
+                    Ok(fe) => {
+                        tokio::spawn(proxy_tcp::serve(
+                            Arc::clone(&listener),
+                            fe,
+                            stop_accept.clone(),
+                            self.conn_shutdown.clone(),
+                            self.tracker.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
+                    }
+                }
+            }
+        }
         self.frontends.insert(
             config.name.clone(),
             FrontendTask {
@@ -123,7 +151,7 @@ impl Runtime {
 
     /// Applies a validated new config. Listeners whose frontend keeps its name and bind address
     /// are kept (their accept loop restarts if other settings changed); new ones are bound.
-    async fn reload(&mut self, new: Config) {
+    async fn reload(&mut self, new: Config) -> Result<(), String> {
         if new.admin_listen != self.config.admin_listen {
             warn!(old = %self.config.admin_listen, new = %new.admin_listen,
                 "admin.listen changes need a restart; keeping the old admin listener");
@@ -144,7 +172,7 @@ impl Runtime {
                         error!(frontend = %f.name, error = %e, "reload refused; the running configuration stays");
                         ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
                             .increment(1);
-                        return;
+                        return Err(format!("frontend {:?}: {e}", f.name));
                     }
                 }
             }
@@ -191,7 +219,9 @@ impl Runtime {
             t.stop_accept.cancel();
         }
         ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+        self.running.store(Arc::new(self.config.clone()));
         info!("configuration reloaded");
+        Ok(())
     }
 }
 
@@ -226,13 +256,18 @@ pub async fn run(
         cancel: cancel.clone(),
         conn_shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
     };
     rt.start_discovery();
+    let (admin_reload_tx, mut admin_reloads) = mpsc::channel::<admin::ReloadRequest>(1);
     let admin = admin::Admin {
         shared: publisher.shared(),
         discovery: Arc::clone(&rt.discovery_status),
         metrics,
+        publisher: Arc::clone(&publisher),
+        running: Arc::clone(&rt.running),
+        reload: admin_reload_tx,
     };
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, cancel.clone()));
     let health_task = tokio::spawn(health::run(publisher.shared(), cancel.clone()));
@@ -257,11 +292,14 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            next = reloads.recv() => match next {
-                Some(new) => rt.reload(new).await,
-                // Nobody can send reloads any more; keep running until cancelled.
-                None => { cancel.cancelled().await; break; }
+            next = reloads.recv(), if !reloads.is_closed() => match next {
+                Some(new) => { let _ = rt.reload(new).await; }
+                // Nobody can send SIGHUP reloads any more; the admin API still can.
+                None => {}
             },
+            Some((new, reply)) = admin_reloads.recv() => {
+                let _ = reply.send(rt.reload(new).await);
+            }
         }
     }
 

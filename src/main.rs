@@ -34,10 +34,12 @@ enum Command {
         config: PathBuf,
     },
     /// Keep KEY=VALUE registered in etcd until SIGTERM/SIGINT, then remove it (the sidekick).
-    Register(switchyard::register::RegisterArgs),
+    Register(Box<switchyard::register::RegisterArgs>),
 }
 
 fn main() -> ExitCode {
+    // Once, before any TLS or HTTP client exists (reqwest is built without a provider of its own).
+    switchyard::tls::install_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -1,20 +1,30 @@
 //! The L7 data plane: accepts client connections for one `mode = "http"` frontend (HTTP/1.1,
-//! and HTTP/2 with prior knowledge), picks a server from the published snapshot per request and
-//! forwards the request over a pooled keep-alive HTTP/1.1 connection, streaming bodies both ways.
+//! and HTTP/2 by prior knowledge or TLS ALPN), picks a server from the published snapshot per
+//! request and forwards the request over HTTP/1.1 (a pooled keep-alive connection) or HTTP/2
+//! (one shared multiplexed connection per server), streaming bodies and trailers both ways.
+//!
+//! Per client connection, in order: the PROXY header when `accept_proxy` is on (its source is
+//! the client address for X-Forwarded-For), TLS termination when the frontend has
+//! `[frontend.tls]`, then hyper's server. Per upstream connection: TCP, the PROXY header when
+//! the backend has `send_proxy`, TLS (ALPN `http/1.1` or `h2`) when it has `[backend.tls]`.
+//! An HTTP/1.1 `Upgrade` (WebSocket and friends) the server accepts with `101` becomes a
+//! byte tunnel that counts as in flight on its server until it ends or the drain times out.
 //!
 //! Owns: hop-by-hop stripping and the X-Forwarded-* headers, the connect/response timeouts and
 //! their status codes (502, 503, 504), connect-failure retries on a different server, the
 //! per-server connection pool, and the client-side header timeout (408) and size limit (431).
-//! It does not own server selection (`balancer`) or health (`health`).
+//! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`) or
+//! the PROXY header format (`proxy_protocol`).
 //!
-//! NOTE: the upstream pool is our own (one `Vec` of idle HTTP/1.1 senders per server, living on
-//! the server object) rather than hyper-util's legacy `Client`: connecting ourselves means a
-//! connect failure happens before the request body is handed over, so the same request can be
-//! retried on another server, and a stale pooled connection hands the request back
-//! (`try_send_request`). The pool dies with its server object, so a removed server's idle
-//! connections close on their own.
+//! NOTE: the upstream pool is our own (one `Vec` of idle HTTP/1.1 senders and one HTTP/2
+//! sender per server, living on the server object) rather than hyper-util's legacy `Client`:
+//! connecting ourselves means a connect failure happens before the request body is handed
+//! over, so the same request can be retried on another server, and a stale pooled connection
+//! hands the request back (`try_send_request`). The pool dies with its server object, so a
+//! removed server's idle connections close on their own.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,23 +34,26 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::config::Frontend;
+use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::metrics as m;
+use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::snapshot::{ActiveGuard, BackendSet, Server, Snapshot};
+use crate::tls::{TlsAcceptor, TlsError};
 
 /// What clients get: an upstream's body (counted as in flight until it ends), or our own.
 pub type Body = Either<Guarded, Full<Bytes>>;
@@ -48,8 +61,12 @@ pub type Body = Either<Guarded, Full<Bytes>>;
 /// What upstreams get: the client's body, or an empty one when a bodiless request is replayed.
 type UpBody = Either<Incoming, Empty<Bytes>>;
 
+type H1Sender = hyper::client::conn::http1::SendRequest<UpBody>;
+type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
+
 /// An upstream response body that keeps its server's in-flight count until it is done, so a
-/// removed server drains until its last byte is sent, not just its response head.
+/// removed server drains until its last byte is sent, not just its response head. Trailers
+/// frames pass through like data frames.
 pub struct Guarded {
     inner: Incoming,
     _active: ActiveGuard,
@@ -75,13 +92,33 @@ impl hyper::body::Body for Guarded {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Upstream connection pool.
+
 /// Idle upstream connections kept per server; beyond this, a returned connection is closed.
 const POOL_MAX_IDLE: usize = 128;
 
-/// Idle keep-alive HTTP/1.1 connections to one server.
+/// HTTP/2 keep-alive ping to servers: finds a dead shared connection before a request does.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP/2 connect in progress, awaited by every request that needs the connection meanwhile.
+type H2Connect = Shared<BoxFuture<'static, Result<H2Sender, Arc<io::Error>>>>;
+
+/// A server's shared HTTP/2 connection.
+#[derive(Default)]
+enum H2Slot {
+    #[default]
+    Empty,
+    Connecting(H2Connect),
+    Ready(H2Sender),
+}
+
+/// Connections to one server: idle keep-alive HTTP/1.1 ones, and the shared HTTP/2 one.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<SendRequest<UpBody>>>,
+    idle: Mutex<Vec<H1Sender>>,
+    h2: Mutex<H2Slot>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -93,14 +130,14 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A connection that is ready to take a request now. Closed ones are dropped; busy ones
     /// (still streaming a response body) stay for later.
-    fn checkout(&self) -> Option<SendRequest<UpBody>> {
+    fn checkout(&self) -> Option<H1Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|s| !s.is_closed());
         let pos = idle.iter().rposition(|s| s.is_ready())?;
         Some(idle.swap_remove(pos))
     }
 
-    fn checkin(&self, server: &Server, sender: SendRequest<UpBody>) {
+    fn checkin(&self, server: &Server, sender: H1Sender) {
         if sender.is_closed() || server.is_draining() {
             return;
         }
@@ -110,18 +147,100 @@ impl Pool {
         }
     }
 
-    /// Closes every idle connection (the server is draining or gone).
+    /// The server's shared HTTP/2 connection, connecting if there is none (or it closed).
+    /// Concurrent callers share one connect attempt and its outcome.
+    async fn h2_sender(&self, dial: impl FnOnce() -> Dial) -> io::Result<H2Sender> {
+        let connecting = {
+            let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            match &*slot {
+                H2Slot::Ready(s) if !s.is_closed() => return Ok(s.clone()),
+                H2Slot::Connecting(c) => c.clone(),
+                _ => {
+                    // NOTE: owns its inputs (no `Arc<Server>`), so a connect nobody awaits any
+                    // more cannot keep its server alive through the pool.
+                    let dial = dial();
+                    let c = async move { connect_h2(&dial).await.map_err(Arc::new) }
+                        .boxed()
+                        .shared();
+                    *slot = H2Slot::Connecting(c.clone());
+                    c
+                }
+            }
+        };
+        let res = connecting.clone().await;
+        let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if let H2Slot::Connecting(c) = &*slot
+            && c.ptr_eq(&connecting)
+        {
+            *slot = match &res {
+                Ok(s) => H2Slot::Ready(s.clone()),
+                Err(_) => H2Slot::Empty,
+            };
+        }
+        res.map_err(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    /// Forgets the shared HTTP/2 connection if it has closed.
+    fn h2_forget_closed(&self) {
+        let mut slot = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*slot, H2Slot::Ready(s) if s.is_closed()) {
+            *slot = H2Slot::Empty;
+        }
+    }
+
+    /// Closes every idle connection and lets go of the shared one (the server is draining or
+    /// gone); requests in flight on it finish.
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = H2Slot::Empty;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Accepting clients.
 
 /// Everything one frontend's connections need.
 #[derive(Clone)]
 pub struct HttpFrontend {
     pub frontend: Arc<Frontend>,
     pub shared: Arc<ArcSwap<Snapshot>>,
+    /// Present: the listener terminates TLS.
+    pub tls: Option<Arc<TlsAcceptor>>,
 }
+
+impl HttpFrontend {
+    /// Builds the TLS acceptor from `frontend.tls`, if any.
+    pub fn new(
+        frontend: Arc<Frontend>,
+        shared: Arc<ArcSwap<Snapshot>>,
+    ) -> Result<HttpFrontend, TlsError> {
+        let tls = match &frontend.tls {
+            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?)),
+            None => None,
+        };
+        Ok(HttpFrontend {
+            frontend,
+            shared,
+            tls,
+        })
+    }
+}
+
+/// One client connection: who is on the other end, and where its tunnels are tracked.
+struct Conn {
+    fe: HttpFrontend,
+    /// The client: the peer, or the PROXY header's source.
+    client: SocketAddr,
+    /// Where the client connected: our socket, or the PROXY header's destination.
+    local: SocketAddr,
+    https: bool,
+    tracker: TaskTracker,
+}
+
+/// After refusing a client: how long to read and drop what it already sent, so the close is a
+/// FIN rather than a reset (unread data at close makes the kernel send RST).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker` and is
 /// shut down gracefully (finish the in-flight request, then close) when `shutdown` fires.
@@ -147,7 +266,7 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builder = Arc::new(builder);
     let name = fe.frontend.name.clone();
-    info!(frontend = %name, bind = %fe.frontend.bind, "listening (http)");
+    info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
     loop {
         let accepted = tokio::select! {
             _ = stop_accept.cancelled() => break,
@@ -166,41 +285,146 @@ pub async fn serve(
         let fe = fe.clone();
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
+        let tunnels = tracker.clone();
         tracker.spawn(async move {
             let gauge =
                 metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => fe.frontend.name.clone());
             gauge.increment(1.0);
-            let io = HeadTimeout::new(stream, fe.frontend.header_timeout);
-            let svc = service_fn(move |req| {
-                let fe = fe.clone();
-                async move { Ok::<_, Infallible>(handle(&fe, peer, req).await) }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = res {
-                debug!(client = %peer, error = %e, "client connection ended with an error");
-            }
+            accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
             gauge.decrement(1.0);
         });
     }
     debug!(frontend = %name, "stopped accepting");
 }
 
+/// A client connection after its PROXY header and TLS handshake.
+type ClientIo = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// One client connection: PROXY header and TLS (dropped if `shutdown` fires meanwhile), then
+/// HTTP until the client ends it or `shutdown` closes it gracefully.
+async fn accept(
+    fe: HttpFrontend,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: &auto::Builder<TokioExecutor>,
+    shutdown: &CancellationToken,
+    tracker: TaskTracker,
+) {
+    let ready = tokio::select! {
+        r = setup(&fe, stream, peer) => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let Some((io, client, local)) = ready else {
+        return;
+    };
+    let conn = Conn {
+        https: fe.tls.is_some(),
+        fe,
+        client,
+        local,
+        tracker,
+    };
+    serve_conn(io, conn, builder, shutdown).await;
+}
+
+/// The PROXY header if `accept_proxy`, then TLS if the frontend has it. Returns the stream,
+/// the client's address and the address it connected to; `None` when the client was refused
+/// (already closed and logged).
+async fn setup(
+    fe: &HttpFrontend,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(ClientIo, SocketAddr, SocketAddr)> {
+    let f = &fe.frontend;
+    let local = stream.local_addr().unwrap_or(f.bind);
+    let (client, local) = if f.accept_proxy {
+        match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
+            Ok(Some(addrs)) => addrs,
+            Ok(None) => (peer, local),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %peer, error = %e, "PROXY header refused; closing");
+                metrics::counter!(PROXY_HEADER_ERRORS,
+                    "frontend" => f.name.clone(), "reason" => e.reason())
+                .increment(1);
+                linger_close(stream).await;
+                return None;
+            }
+        }
+    } else {
+        (peer, local)
+    };
+    let io = match &fe.tls {
+        None => ClientIo::Left(stream),
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(tls) => ClientIo::Right(tls),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %client, error = %e, "TLS handshake failed");
+                return None;
+            }
+        },
+    };
+    Some((io, client, local))
+}
+
+/// Runs hyper's server (HTTP/1.1 with upgrades, or HTTP/2) on one client connection.
+async fn serve_conn<S>(
+    io: S,
+    conn: Conn,
+    builder: &auto::Builder<TokioExecutor>,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let client = conn.client;
+    let io = HeadTimeout::new(io, conn.fe.frontend.header_timeout);
+    let conn = Arc::new(conn);
+    let svc = service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+    });
+    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(http);
+    let res = tokio::select! {
+        r = http.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = res {
+        debug!(client = %client, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
+/// drop what the peer sent (bounded in time and bytes).
+async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarding.
+
 /// Serves one request: pick, forward, map failures to status codes, record metrics.
-async fn handle(fe: &HttpFrontend, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
+    let fe = &conn.fe;
     let snap = fe.shared.load_full();
     let Some(backend) = snap.route(&fe.frontend.name) else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
     };
-    let (resp, server) = forward(fe, backend, peer, req).await;
+    let (resp, server) = forward(conn, backend, req).await;
     let code = resp.status().as_u16();
     metrics::counter!(m::REQUESTS,
         "frontend" => fe.frontend.name.clone(),
@@ -231,6 +455,7 @@ enum Failure {
 struct Replay {
     method: Method,
     uri: Uri,
+    version: Version,
     headers: HeaderMap,
 }
 
@@ -249,6 +474,7 @@ impl Replay {
         (idempotent && bodiless).then(|| Replay {
             method: req.method().clone(),
             uri: req.uri().clone(),
+            version: req.version(),
             headers: req.headers().clone(),
         })
     }
@@ -257,19 +483,37 @@ impl Replay {
         let mut r = Request::new(Either::Right(Empty::new()));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
         *r.headers_mut() = self.headers.clone();
         r
     }
 }
 
+/// How the upstream request is framed.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    /// HTTP/2 to the server (else HTTP/1.1).
+    h2: bool,
+    /// TLS to the server (the HTTP/2 `:scheme`).
+    tls: bool,
+    /// Keep `Connection: upgrade` and `Upgrade`.
+    upgrade: bool,
+}
+
 async fn forward(
-    fe: &HttpFrontend,
+    conn: &Conn,
     backend: &BackendSet,
-    peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> (Response<Body>, Option<Arc<Server>>) {
     let cfg = &backend.config;
-    let mut req = rewrite_request(req, peer, &fe.frontend);
+    let target = Target {
+        h2: cfg.protocol == Protocol::H2,
+        tls: cfg.tls.is_some(),
+        upgrade: cfg.protocol == Protocol::Http1 && wants_upgrade(&req),
+    };
+    // Taken before the request is rewritten; it resolves once our 101 reaches the client.
+    let mut client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = rewrite_request(req, conn, &cfg.name, target);
     let replay = Replay::of(&req);
     let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
@@ -285,11 +529,27 @@ async fn forward(
             return (unreachable_backend(&cfg.name), tried.pop());
         };
         let active = server.track();
-        match send(&server, req, cfg.connect_timeout, cfg.response_timeout).await {
-            Ok(resp) => {
+        match send(&server, cfg, conn, req, target).await {
+            Ok(mut resp) => {
                 crate::health::observe_response(backend, &server, resp.status().as_u16());
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(client_side) = client_upgrade.take() else {
+                        let body = format!(
+                            "502 Bad Gateway: server {} of backend {} switched protocols unasked\n",
+                            server.addr, cfg.name
+                        );
+                        return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
+                    };
+                    let server_side = hyper::upgrade::on(&mut resp);
+                    let (mut parts, _) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
+                    tunnel(conn, &server, active, client_side, server_side);
+                    let empty = Either::Right(Full::new(Bytes::new()));
+                    return (Response::from_parts(parts, empty), Some(server));
+                }
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                strip_hop_by_hop(&mut parts.headers, Keep::NONE);
+                announce_grpc_trailers(&mut parts.headers);
                 let body = Guarded {
                     inner: body,
                     _active: active,
@@ -300,6 +560,7 @@ async fn forward(
                 );
             }
             Err(Failure::Connect(e, back)) => {
+                debug!(server = %server.addr, error = %e, "upstream connect failed");
                 metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
                     "backend" => cfg.name.clone(), "server" => server.addr.clone())
                 .increment(1);
@@ -351,20 +612,81 @@ fn unreachable_backend(backend: &str) -> Response<Body> {
     plain(StatusCode::BAD_GATEWAY, body)
 }
 
-/// Sends one request to one server: a pooled connection if one is ready, else a new one.
+/// Relays the bytes of an upgraded connection (WebSocket, ...) both ways until either side
+/// closes or the server's drain times out. It counts as in flight on the server, and as an
+/// open connection of the frontend, for its whole life; it runs on the connection tracker,
+/// so shutdown waits for it up to the grace period.
+fn tunnel(
+    conn: &Conn,
+    server: &Arc<Server>,
+    active: ActiveGuard,
+    client_side: OnUpgrade,
+    server_side: OnUpgrade,
+) {
+    let kill = server.kill_token();
+    let addr = server.addr.clone();
+    let client = conn.client;
+    let gauge = metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => conn.fe.frontend.name.clone());
+    conn.tracker.spawn(async move {
+        let _active = active;
+        gauge.increment(1.0);
+        let relay = async {
+            let (c, s) = tokio::try_join!(client_side, server_side).map_err(io::Error::other)?;
+            let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+            tokio::io::copy_bidirectional(&mut c, &mut s).await
+        };
+        tokio::select! {
+            r = relay => match r {
+                Ok((up, down)) => debug!(client = %client, server = %addr, up, down, "tunnel closed"),
+                Err(e) => debug!(client = %client, server = %addr, error = %e, "tunnel ended with an error"),
+            },
+            _ = kill.cancelled() => debug!(client = %client, server = %addr, "tunnel closed: drain timeout"),
+        }
+        gauge.decrement(1.0);
+    });
+}
+
+/// Sends one request to one server over its backend's protocol.
 async fn send(
     server: &Arc<Server>,
+    cfg: &Arc<Backend>,
+    conn: &Conn,
+    req: Request<UpBody>,
+    target: Target,
+) -> Result<Response<Incoming>, Failure> {
+    // Built only when a connection is opened: a pooled or shared one needs none of it.
+    let dial = || Dial::new(server, cfg, conn);
+    // NOTE: a connection that began with a PROXY header speaks for one client only, so with
+    // `send_proxy` connections are neither pooled nor shared (HAProxy marks them private too).
+    let private = cfg.send_proxy != ProxyVersion::None;
+    if target.h2 {
+        send_h2(server, dial, req, private, cfg.response_timeout).await
+    } else {
+        // An upgraded connection is the tunnel's; one that was asked to upgrade is not reused.
+        let reuse = !private && !target.upgrade;
+        send_h1(server, dial, req, !private, reuse, cfg.response_timeout).await
+    }
+}
+
+/// HTTP/1.1: a pooled connection if one is ready (and `pooled`), else a new one, returned to
+/// the pool after the response head if `reuse`.
+async fn send_h1(
+    server: &Arc<Server>,
+    dial: impl FnOnce() -> Dial,
     mut req: Request<UpBody>,
-    connect_timeout: Duration,
+    pooled: bool,
+    reuse: bool,
     response_timeout: Duration,
 ) -> Result<Response<Incoming>, Failure> {
     // A pooled connection the server closed meanwhile hands the request back untouched; then
     // fall through to a fresh connection. Bounded: each round removes one pooled sender.
-    while let Some(mut sender) = server.pool().checkout() {
+    while let Some(mut sender) = pooled.then(|| server.pool().checkout()).flatten() {
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(resp)) => {
-                server.pool().checkin(server, sender);
+                if reuse {
+                    server.pool().checkin(server, sender);
+                }
                 return Ok(resp);
             }
             Ok(Err(mut e)) => match e.take_message() {
@@ -373,14 +695,16 @@ async fn send(
             },
         }
     }
-    let mut sender = match connect(server, connect_timeout).await {
+    let mut sender = match connect_h1(&dial()).await {
         Ok(s) => s,
         Err(e) => return Err(Failure::Connect(e, req)),
     };
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(resp)) => {
-            server.pool().checkin(server, sender);
+            if reuse {
+                server.pool().checkin(server, sender);
+            }
             Ok(resp)
         }
         Ok(Err(mut e)) => match e.take_message() {
@@ -391,20 +715,108 @@ async fn send(
     }
 }
 
-/// A new HTTP/1.1 connection to `server`. It closes when the server's drain times out.
-async fn connect(server: &Server, timeout: Duration) -> io::Result<SendRequest<UpBody>> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(server.addr.as_str()))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(io::Error::other)?;
-    let kill = server.kill_token();
+/// HTTP/2: the server's shared connection (or a private one), re-created once if it turns
+/// out to have closed before taking the request.
+async fn send_h2(
+    server: &Arc<Server>,
+    dial: impl Fn() -> Dial,
+    mut req: Request<UpBody>,
+    private: bool,
+    response_timeout: Duration,
+) -> Result<Response<Incoming>, Failure> {
+    let mut stale_ok = !private;
+    loop {
+        let sender = if private {
+            connect_h2(&dial()).await
+        } else {
+            server.pool().h2_sender(&dial).await
+        };
+        let mut sender = match sender {
+            Ok(s) => s,
+            Err(e) => return Err(Failure::Connect(e, req)),
+        };
+        match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if stale_ok => {
+                    debug!(server = %server.addr, "shared HTTP/2 connection closed; reconnecting");
+                    server.pool().h2_forget_closed();
+                    stale_ok = false;
+                    req = back;
+                }
+                Some(back) => {
+                    return Err(Failure::Connect(io::Error::other(e.into_error()), back));
+                }
+                None => return Err(Failure::Sent(e.into_error())),
+            },
+        }
+    }
+}
+
+/// Where and how to open one upstream connection. It owns its inputs, so a shared HTTP/2
+/// connect can outlive the request that started it.
+struct Dial {
+    addr: String,
+    backend: Arc<Backend>,
+    kill: CancellationToken,
+    /// The PROXY header to send first, if the backend sends one.
+    proxy_header: Option<Bytes>,
+}
+
+impl Dial {
+    fn new(server: &Server, backend: &Arc<Backend>, conn: &Conn) -> Dial {
+        let proxy_header = match backend.send_proxy {
+            ProxyVersion::None => None,
+            ProxyVersion::V1 => Some(proxy_protocol::encode_v1(conn.client, conn.local).into()),
+            ProxyVersion::V2 => Some(proxy_protocol::encode_v2(conn.client, conn.local).into()),
+        };
+        Dial {
+            addr: server.addr.clone(),
+            backend: Arc::clone(backend),
+            kill: server.kill_token(),
+            proxy_header,
+        }
+    }
+
+    /// TCP, the PROXY header, then TLS (offering `alpn`) if the backend has `[backend.tls]`.
+    async fn io(&self, alpn: &[&[u8]]) -> io::Result<UpIo> {
+        let mut stream = TcpStream::connect(self.addr.as_str()).await?;
+        stream.set_nodelay(true)?;
+        if let Some(h) = &self.proxy_header {
+            stream.write_all(h).await?;
+        }
+        let io: Box<dyn Io> = match &self.backend.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(crate::tls::connect(tls, &self.addr, stream, alpn).await?),
+        };
+        Ok(Killable::new(io, self.kill.clone()))
+    }
+
+    /// Runs `f` (connect and handshake) within the backend's connect timeout.
+    async fn timed<T>(&self, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::time::timeout(self.backend.connect_timeout, f)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// A new HTTP/1.1 connection. It closes when the server's drain times out; after a `101` its
+/// socket belongs to the upgrade.
+async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
+    let (sender, conn) = dial
+        .timed(async {
+            let io = dial.io(&[b"http/1.1"]).await?;
+            hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(io::Error::other)
+        })
+        .await?;
+    let kill = dial.kill.clone();
     tokio::spawn(async move {
         tokio::select! {
-            r = conn => if let Err(e) = r {
+            r = conn.with_upgrades() => if let Err(e) = r {
                 debug!(error = %e, "upstream connection closed with an error");
             },
             _ = kill.cancelled() => debug!("upstream connection closed: drain timeout"),
@@ -413,22 +825,188 @@ async fn connect(server: &Server, timeout: Duration) -> io::Result<SendRequest<U
     Ok(sender)
 }
 
+/// A new HTTP/2 connection (h2c by prior knowledge, or h2 over TLS with ALPN). The drain
+/// timeout closes its socket, which ends every stream on it.
+async fn connect_h2(dial: &Dial) -> io::Result<H2Sender> {
+    let (sender, conn) = dial
+        .timed(async {
+            let io = dial.io(&[b"h2"]).await?;
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(io::Error::other)
+        })
+        .await?;
+    let addr = dial.addr.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(server = %addr, error = %e, "upstream HTTP/2 connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Any upstream transport: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+type UpIo = Killable<Box<dyn Io>>;
+
+/// An upstream socket that fails every read and write once its server's kill token fires, so
+/// the connection ends even when hyper runs it in a task of its own (HTTP/2) or hands it to an
+/// upgrade.
+struct Killable<S> {
+    inner: S,
+    kill: Pin<Box<WaitForCancellationFutureOwned>>,
+    dead: bool,
+}
+
+impl<S> Killable<S> {
+    fn new(inner: S, kill: CancellationToken) -> Killable<S> {
+        Killable {
+            inner,
+            kill: Box::pin(kill.cancelled_owned()),
+            dead: false,
+        }
+    }
+
+    /// Whether the kill token fired; registers the task to be woken when it does.
+    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.dead && self.kill.as_mut().poll(cx).is_ready() {
+            self.dead = true;
+        }
+        self.dead
+    }
+}
+
+fn killed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "server drain timed out")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.killed(cx) {
+            return Poll::Ready(Err(killed_error()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed(cx) {
+            return Poll::Ready(Err(killed_error()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed(cx) {
+            return Poll::Ready(Err(killed_error()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.killed(cx) {
+            return Poll::Ready(Err(killed_error()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers.
+
 /// Hop-by-hop headers (RFC 9110 7.6.1), plus the non-standard ones proxies must not forward.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// (`Trailer` is end-to-end: it announces the trailer fields, which an HTTP/1.1 client only
+/// receives when they are announced.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::UPGRADE,
 ];
 
+/// Hop-by-hop headers that survive stripping.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    /// `Connection: upgrade` and `Upgrade` (a protocol switch, asked or granted).
+    upgrade: bool,
+    /// `TE: trailers` (required by gRPC; the only TE value HTTP/2 allows).
+    te_trailers: bool,
+}
+
+impl Keep {
+    const NONE: Keep = Keep {
+        upgrade: false,
+        te_trailers: false,
+    };
+    const UPGRADE: Keep = Keep {
+        upgrade: true,
+        te_trailers: false,
+    };
+}
+
+/// Whether the `Connection` header lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` and `Upgrade: X`).
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names (a client
-/// sending `Connection: X-Forwarded-For` must not strip ours). Transfer-Encoding is left to
-/// hyper, which frames each hop itself.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// sending `Connection: X-Forwarded-For` must not strip ours), except what `keep` asks for.
+/// Transfer-Encoding is left to hyper, which frames each hop itself.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
+    let upgrade: Vec<HeaderValue> = if keep.upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let te_trailers = keep.te_trailers
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -440,14 +1018,51 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(h);
     }
     headers.remove(header::TRANSFER_ENCODING);
+    if !upgrade.is_empty() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for v in upgrade {
+            headers.append(header::UPGRADE, v);
+        }
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
-/// Turns the client's request into the upstream one: origin-form URI, HTTP/1.1, hop-by-hop
-/// headers removed (before ours are added), X-Forwarded-For appended, X-Forwarded-Proto and
-/// X-Forwarded-Host set, and a Host header for HTTP/2 clients (which send :authority).
-fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> Request<UpBody> {
+/// gRPC trailers the response does not announce (gRPC servers never do over HTTP/2).
+const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
+
+/// Announces the gRPC trailers on a gRPC response that does not announce its own, so that an
+/// HTTP/1.1 client that sent `TE: trailers` gets them (hyper sends only announced fields).
+fn announce_grpc_trailers(headers: &mut HeaderMap) {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    if grpc && !headers.contains_key(header::TRAILER) {
+        headers.insert(header::TRAILER, HeaderValue::from_static(GRPC_TRAILERS));
+    }
+}
+
+/// Turns the client's request into the upstream one: hop-by-hop headers removed (before ours
+/// are added; upgrade and `TE: trailers` kept when `target` calls for them), X-Forwarded-For
+/// appended, X-Forwarded-Proto and X-Forwarded-Host set, a Host header for HTTP/2 clients
+/// (which send :authority), and the URI and version of the upstream protocol: origin-form
+/// and HTTP/1.1, or absolute (for `:scheme` and `:authority`) and HTTP/2.
+fn rewrite_request(
+    req: Request<Incoming>,
+    conn: &Conn,
+    backend: &str,
+    target: Target,
+) -> Request<UpBody> {
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(
+        &mut parts.headers,
+        Keep {
+            upgrade: target.upgrade,
+            te_trailers: target.h2,
+        },
+    );
     let authority = parts.uri.authority().map(|a| a.as_str().to_string());
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
@@ -459,7 +1074,7 @@ fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> 
             .headers
             .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
     }
-    let ip = peer.ip().to_canonical().to_string();
+    let ip = conn.client.ip().to_canonical().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");
     // NOTE: like HAProxy's `option forwardfor`, the client's own X-Forwarded-For is kept and our
     // peer address appended; only the last entry is trustworthy.
@@ -479,15 +1094,29 @@ fn rewrite_request(req: Request<Incoming>, peer: SocketAddr, _fe: &Frontend) -> 
     }
     parts.headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
+        HeaderValue::from_static(if conn.https { "https" } else { "http" }),
     );
     let pq = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
+    if target.h2 {
+        // The Host header stays too: RFC 9113 8.3.1 lets an intermediary keep it.
+        let scheme = if target.tls { "https" } else { "http" };
+        let authority = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+            .unwrap_or(backend);
+        parts.uri = Uri::try_from(format!("{scheme}://{authority}{pq}"))
+            .or_else(|_| Uri::try_from(format!("{scheme}://localhost{pq}")))
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+    }
     Request::from_parts(parts, Either::Left(body))
 }
 
@@ -507,16 +1136,17 @@ fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\n408 Request Timeout: headers too slow\n";
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
-/// Wraps a client socket to enforce the request-header timeout itself, so a client that does
-/// not finish its header section in time gets `408` and a close (hyper's own header timer only
-/// closes). The clock starts at the first byte of a request and stops at the blank line that
-/// ends its header section; a response write means the next byte read starts a new request.
-/// HTTP/2 connections (prior-knowledge preface) are left to hyper's HTTP/2 limits.
+/// Wraps a client connection (TCP or TLS) to enforce the request-header timeout itself, so a
+/// client that does not finish its header section in time gets `408` and a close (hyper's own
+/// header timer only closes). The clock starts at the first byte of a request and stops at the
+/// blank line that ends its header section; a response write means the next byte read starts
+/// a new request. HTTP/2 connections (prior-knowledge preface) are left to hyper's HTTP/2
+/// limits, and so is whatever follows a `101 Switching Protocols`.
 ///
 /// NOTE: written by hand because neither hyper nor hyper-util can answer a header timeout
 /// with a status; it only scans for CRLFCRLF and never parses.
-struct HeadTimeout {
-    inner: TcpStream,
+struct HeadTimeout<S> {
+    inner: S,
     limit: Duration,
     state: HeadState,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -532,12 +1162,12 @@ enum HeadState {
     Head,
     /// Header section done; body bytes or the response follow.
     Body,
-    /// HTTP/2, or the timeout fired: no more checks.
+    /// HTTP/2, an upgraded connection, or the timeout fired: no more checks.
     Off,
 }
 
-impl HeadTimeout {
-    fn new(inner: TcpStream, limit: Duration) -> HeadTimeout {
+impl<S> HeadTimeout<S> {
+    fn new(inner: S, limit: Duration) -> HeadTimeout<S> {
         HeadTimeout {
             inner,
             limit,
@@ -571,9 +1201,15 @@ impl HeadTimeout {
     }
 
     /// A write of a final response means the next byte read starts a new request; an interim
-    /// `1xx` (e.g. `100 Continue` before a slow upload) does not.
+    /// `1xx` (e.g. `100 Continue` before a slow upload) does not, and after a `101` the
+    /// connection carries another protocol.
     fn wrote(&mut self, first: &[u8]) {
-        if self.state != HeadState::Off && !first.starts_with(b"HTTP/1.1 1") {
+        if self.state == HeadState::Off {
+            return;
+        }
+        if first.starts_with(b"HTTP/1.1 101") {
+            self.state = HeadState::Off;
+        } else if !first.starts_with(b"HTTP/1.1 1") {
             self.state = HeadState::Idle;
         }
     }
@@ -597,7 +1233,7 @@ fn last3(tail: &[u8; 3], bytes: &[u8]) -> [u8; 3] {
     out
 }
 
-impl AsyncRead for HeadTimeout {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -614,8 +1250,13 @@ impl AsyncRead for HeadTimeout {
             Poll::Pending => {
                 if self.state == HeadState::Head && self.sleep.as_mut().poll(cx).is_ready() {
                     self.state = HeadState::Off;
-                    // Best effort: the socket buffer is empty at this point, so 130 bytes fit.
-                    let _ = self.inner.try_write(REQUEST_TIMEOUT);
+                    // Best effort, never waiting: the send buffer is empty at this point (the
+                    // client is still sending its head), so the 130 bytes fit; over TLS they
+                    // are sealed into one record and flushed.
+                    let inner = Pin::new(&mut self.inner);
+                    if let Poll::Ready(Ok(_)) = inner.poll_write(cx, REQUEST_TIMEOUT) {
+                        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                    }
                     debug!("request header timeout: 408 sent, closing");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -628,7 +1269,7 @@ impl AsyncRead for HeadTimeout {
     }
 }
 
-impl AsyncWrite for HeadTimeout {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -699,9 +1340,88 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("s"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("k"));
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, Keep::NONE);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_and_te_trailers_survive_when_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade, x-secret"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("sec-websocket-key", HeaderValue::from_static("k"));
+        strip_hop_by_hop(
+            &mut h,
+            Keep {
+                upgrade: true,
+                te_trailers: true,
+            },
+        );
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::TE], "trailers");
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("sec-websocket-key").is_some());
+    }
+
+    #[test]
+    fn upgrade_requests_are_recognised() {
+        let req = |conn: &str, up: Option<&str>, v: Version| {
+            let mut b = Request::builder().version(v).header("connection", conn);
+            if let Some(u) = up {
+                b = b.header("upgrade", u);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(wants_upgrade(&req(
+            "keep-alive, Upgrade",
+            Some("websocket"),
+            Version::HTTP_11
+        )));
+        assert!(!wants_upgrade(&req(
+            "keep-alive",
+            Some("websocket"),
+            Version::HTTP_11
+        )));
+        assert!(!wants_upgrade(&req("upgrade", None, Version::HTTP_11)));
+        assert!(!wants_upgrade(&req(
+            "upgrade",
+            Some("websocket"),
+            Version::HTTP_10
+        )));
+    }
+
+    #[tokio::test]
+    async fn head_timeout_stands_down_after_101() {
+        let mut h = HeadTimeout::new((), Duration::from_secs(1));
+        h.saw(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(h.state, HeadState::Body);
+        h.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        assert_eq!(h.state, HeadState::Off);
+        h.saw(b"\x81\x05hello");
+        assert_eq!(h.state, HeadState::Off);
+    }
+
+    #[test]
+    fn grpc_responses_announce_their_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        announce_grpc_trailers(&mut h);
+        assert_eq!(h[header::TRAILER], GRPC_TRAILERS);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        announce_grpc_trailers(&mut h);
+        assert!(h.get(header::TRAILER).is_none());
     }
 }

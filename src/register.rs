@@ -376,6 +376,8 @@ fn spawn_signals(cancel: CancellationToken) -> std::io::Result<()> {
 /// [`CLEANUP_TIMEOUT`]) and returns. etcd errors never end it: each one rotates to the next
 /// endpoint and retries after a backoff.
 pub async fn run(cfg: RegisterConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    // reqwest is built with rustls and no default provider; idempotent.
+    crate::tls::install_provider();
     info!(key = %cfg.key, value = %cfg.value, ttl_secs = cfg.ttl_secs, api = ?cfg.api,
         endpoints = ?cfg.endpoints, check = ?cfg.check.as_ref().map(|c| c.to_string()),
         "register sidekick starting");
@@ -435,10 +437,10 @@ pub async fn run(cfg: RegisterConfig, cancel: CancellationToken) -> anyhow::Resu
 
 /// A v3 lease as granted or last kept alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
+struct Lease {
     /// Lease IDs exceed 2^53: kept as i64, sent as a string.
-    pub id: i64,
-    pub ttl: u64,
+    id: i64,
+    ttl: u64,
 }
 
 /// What each API needs to remember between heartbeats.
@@ -540,6 +542,7 @@ impl Sidekick {
     /// Logs the error, moves to the next endpoint and returns the backoff delay.
     fn failed(&mut self, what: &str, e: &EtcdError) -> Duration {
         let delay = self.backoff.next_delay();
+        let e = error_chain(e);
         if self.failing {
             debug!(error = %e, retry_in = ?delay, "{what} failed");
         } else {
@@ -569,7 +572,20 @@ impl Sidekick {
     /// Puts the key in etcd: v2 writes it with its TTL; v3 grants a lease (unless one is held)
     /// and puts the key with it.
     async fn register(&mut self) -> Result<(), EtcdError> {
+        let was_dirty = self.dirty;
         self.dirty = true;
+        let result = self.register_once().await;
+        if let Err(EtcdError::Transport { source, .. }) = &result
+            && source.is_connect()
+        {
+            // Nothing was sent: nothing new can have landed.
+            self.dirty = was_dirty || matches!(self.store, Store::V3 { lease: Some(_) });
+        }
+        result
+    }
+
+    /// One attempt of [`Sidekick::register`].
+    async fn register_once(&mut self) -> Result<(), EtcdError> {
         match self.store {
             Store::V2 => self.v2_create().await?,
             Store::V3 { lease } => {
@@ -823,6 +839,21 @@ impl Sidekick {
             detail,
         }
     }
+}
+
+/// The error and its sources ("error sending request: ...: Connection refused").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 fn snippet(body: &[u8]) -> String {
@@ -1172,7 +1203,7 @@ mod tests {
             ("--check-interval", "soon"),
             ("--check-timeout", "x"),
             ("--rise", "0"),
-            ("--fall", "-1"),
+            ("--fall", "1.5"),
             ("--fall", "many"),
         ];
         for (flag, bad) in extra {

@@ -9,7 +9,8 @@
 //! This module does not watch etcd, probe servers or pick one; see `discovery`, `health` and
 //! `balancer`.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,8 @@ pub struct ServerState {
     up_since_ms: AtomicU64,
     /// When it started draining (ms, at least 1); 0 = not draining.
     draining_since_ms: AtomicU64,
+    /// The operator's word (runtime admin API): 0 ready, 1 drain, 2 maint. See [`AdminState`].
+    admin: AtomicU8,
     /// Consecutive failures seen on live traffic (connect error, reset, timeout).
     pub(crate) live_errors: AtomicU32,
     /// Consecutive 5xx answers seen on live traffic.
@@ -82,6 +85,7 @@ impl ServerState {
             changed_ms: AtomicU64::new(uptime_ms()),
             up_since_ms: AtomicU64::new(0),
             draining_since_ms: AtomicU64::new(0),
+            admin: AtomicU8::new(AdminState::Ready as u8),
             live_errors: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             streak: Mutex::new(Default::default()),
@@ -121,16 +125,33 @@ impl Server {
         self.name == spec.name && self.addr == spec.addr && self.source == spec.source
     }
 
-    /// Healthy, not draining and with a weight: may take new requests.
+    /// Healthy, not draining, not in maintenance and with a weight: may take new requests.
     #[inline]
     pub fn available(&self) -> bool {
-        self.weight > 0 && self.state.up.load(Ordering::Relaxed) && !self.is_draining()
+        self.weight > 0
+            && self.state.up.load(Ordering::Relaxed)
+            && !self.is_draining()
+            && self.admin() != AdminState::Maint
     }
 
-    /// Removed from etcd or marked `"drain": true`: takes no new requests.
+    /// Removed from etcd, marked `"drain": true`, or drained by the operator: takes no new
+    /// requests.
     #[inline]
     pub fn is_draining(&self) -> bool {
         self.drain || self.state.draining_since_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// What the operator set through the runtime admin API.
+    pub fn admin(&self) -> AdminState {
+        match self.state.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    fn set_admin(&self, a: AdminState) {
+        self.state.admin.store(a as u8, Ordering::Relaxed);
     }
 
     pub fn is_up(&self) -> bool {
@@ -236,14 +257,47 @@ impl Server {
         self.state.pool.clear();
     }
 
-    /// `up`, `down` or `draining`, as the admin API shows it.
+    /// `up`, `down` or `draining`, as the admin API shows it (maintenance shows as `down`,
+    /// with `admin: "maint"` beside it).
     pub fn state_name(&self) -> &'static str {
         if self.is_draining() {
             "draining"
+        } else if self.admin() == AdminState::Maint {
+            "down"
         } else if self.is_up() {
             "up"
         } else {
             "down"
+        }
+    }
+}
+
+/// A server's administrative state, as HAProxy's `set server state ready|drain|maint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// Normal: health decides.
+    Ready = 0,
+    /// No new requests; in-flight ones finish (no drain timeout: the operator decides).
+    Drain = 1,
+    /// Out of rotation entirely ("disable"); health checks go on.
+    Maint = 2,
+}
+
+impl AdminState {
+    pub fn parse(s: &str) -> Option<AdminState> {
+        match s {
+            "ready" | "enable" | "undrain" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" | "disable" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
         }
     }
 }
@@ -332,6 +386,9 @@ impl Snapshot {
 pub struct Publisher {
     shared: Arc<ArcSwap<Snapshot>>,
     write: Mutex<()>,
+    /// Operator overrides by (backend, server name): applied to every server object with that
+    /// name, so they survive snapshot updates and a key that expires and comes back.
+    admin: Mutex<HashMap<(String, String), AdminState>>,
 }
 
 impl Publisher {
@@ -339,6 +396,7 @@ impl Publisher {
         let p = Publisher {
             shared: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             write: Mutex::new(()),
+            admin: Mutex::new(HashMap::new()),
         };
         p.apply_config(config);
         p
@@ -371,7 +429,9 @@ impl Publisher {
                 _ => Vec::new(),
             };
             let specs = merge(b, discovered);
-            backends.push(next_set(Arc::new(b.clone()), prev, specs));
+            let set = next_set(Arc::new(b.clone()), prev, specs);
+            self.apply_admin(&set);
+            backends.push(set);
         }
         // Servers of backends that are gone drain too; nothing lists them any more.
         for b in &old.backends {
@@ -424,7 +484,9 @@ impl Publisher {
             .enumerate()
             .map(|(i, b)| {
                 if i == pos {
-                    next_set(Arc::clone(&b.config), Some(b), specs.clone())
+                    let set = next_set(Arc::clone(&b.config), Some(b), specs.clone());
+                    self.apply_admin(&set);
+                    set
                 } else {
                     b.with_draining(b.draining.clone())
                 }
@@ -436,6 +498,61 @@ impl Publisher {
             ready: old.ready,
         }));
         true
+    }
+
+    /// Sets a server's administrative state (runtime admin API). `server` is its name or its
+    /// address. Returns the server, or `None` when the backend or server is unknown.
+    pub fn set_admin_state(
+        &self,
+        backend: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Option<Arc<Server>> {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = self.shared.load_full();
+        let set = snap.backend(backend)?;
+        let found = Arc::clone(
+            set.servers
+                .iter()
+                .find(|s| s.name == server || s.addr == server)?,
+        );
+        let mut admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (backend.to_string(), found.name.clone());
+        if state == AdminState::Ready {
+            admin.remove(&key);
+        } else {
+            admin.insert(key, state);
+        }
+        drop(admin);
+        self.apply_admin(set);
+        Some(found)
+    }
+
+    /// Pushes the operator overrides onto a backend's server objects.
+    fn apply_admin(&self, set: &BackendSet) {
+        let admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        for s in &set.servers {
+            let want = admin
+                .get(&(set.name().to_string(), s.name.clone()))
+                .copied()
+                .unwrap_or(AdminState::Ready);
+            if s.admin() == want {
+                continue;
+            }
+            s.set_admin(want);
+            match want {
+                AdminState::Drain => {
+                    s.start_draining();
+                }
+                AdminState::Ready | AdminState::Maint => {
+                    if !s.drain {
+                        s.stop_draining();
+                    }
+                }
+            }
+            info!(backend = %set.name(), server = %s.addr, name = %s.name, state = want.as_str(),
+                "administrative state set");
+        }
     }
 
     /// Marks discovery as having loaded its first listing of every prefix.
@@ -516,7 +633,7 @@ fn next_set(
     let prev_servers = prev.map(|p| p.servers.as_slice()).unwrap_or(&[]);
     let servers = reuse(prev_servers, specs);
     for s in &servers {
-        if s.drain {
+        if s.drain || s.admin() == AdminState::Drain {
             s.start_draining();
         } else {
             s.stop_draining();

@@ -82,6 +82,8 @@ where
 /// A reqwest client for tests: no proxy (loopback only), bounded, and no pooled connections, so
 /// every request opens a new connection (matters for L4 round-robin, which balances per connection).
 pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a crypto provider of its own (Switchyard installs ring).
+    switchyard::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(HTTP_TIMEOUT)
@@ -220,6 +222,7 @@ impl Etcd {
     }
 
     async fn wait_healthy(&self) -> Result<(), String> {
+        switchyard::tls::install_provider();
         let probe = reqwest::Client::builder()
             .no_proxy()
             .timeout(ETCD_PROBE_TIMEOUT)
@@ -415,6 +418,648 @@ fn tail(path: &Path, n: usize) -> String {
             lines[lines.len().saturating_sub(n)..].join("\n")
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd v3 through the JSON gateway (etcd-facts.md section 3): `POST /v3/...`, keys and values in
+// base64, int64 fields as JSON strings. Free functions on a base URL, shared by `Etcd` and the
+// members of `EtcdCluster`.
+
+/// Why one etcd call failed. `retryable`: a transport error, a timeout or a 5xx (leader election,
+/// lost quorum), worth trying again; a 4xx means the request itself is wrong.
+#[derive(Debug)]
+struct CallError {
+    retryable: bool,
+    /// The HTTP status when etcd answered, and its body.
+    status: Option<u16>,
+    body: String,
+    message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Send `req`; `Ok(JSON body)` on a 2xx, else etcd's answer (status and body) in the error.
+async fn call_json(
+    what: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<serde_json::Value, CallError> {
+    let resp = req.send().await.map_err(|e| CallError {
+        retryable: true,
+        status: None,
+        body: String::new(),
+        message: format!("etcd {what}: {e}"),
+    })?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| CallError {
+        retryable: true,
+        status: Some(status.as_u16()),
+        body: String::new(),
+        message: format!("etcd {what}: {status}: reading body: {e}"),
+    })?;
+    if !status.is_success() {
+        return Err(CallError {
+            retryable: status.is_server_error(),
+            status: Some(status.as_u16()),
+            message: format!("etcd {what}: {status}: {body}"),
+            body,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| CallError {
+        retryable: false,
+        status: Some(status.as_u16()),
+        message: format!("etcd {what}: bad JSON {e}: {body}"),
+        body,
+    })
+}
+
+fn b64(s: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// An int64 field of a gateway answer: a JSON string (`"4"`) or number; omitted (= 0) is 0.
+fn json_i64(v: &serde_json::Value) -> i64 {
+    match v {
+        serde_json::Value::String(s) => s
+            .parse()
+            .unwrap_or_else(|e| panic!("etcd int64 field {s:?}: {e}")),
+        serde_json::Value::Number(n) => n.as_i64().unwrap_or_else(|| panic!("etcd int64 {n}")),
+        _ => 0,
+    }
+}
+
+/// A uint64 field of a gateway answer (`member_id`, `leader`, `cluster_id`): string or number.
+fn json_u64(v: &serde_json::Value) -> u64 {
+    match v {
+        serde_json::Value::String(s) => s
+            .parse()
+            .unwrap_or_else(|e| panic!("etcd uint64 field {s:?}: {e}")),
+        serde_json::Value::Number(n) => n.as_u64().unwrap_or_else(|| panic!("etcd uint64 {n}")),
+        _ => 0,
+    }
+}
+
+/// `range_end` for a prefix: the prefix with its last byte + 1 (trailing 0xff bytes dropped first).
+fn prefix_range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    panic!("prefix {prefix:?} has no range end (empty or all 0xff)");
+}
+
+async fn v3_post(
+    http: &reqwest::Client,
+    base: &str,
+    what: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, CallError> {
+    call_json(what, http.post(format!("{base}{path}")).json(&body)).await
+}
+
+/// `POST /v3/kv/put`; the put's revision (`header.revision`).
+async fn v3_put(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    value: &str,
+    lease: Option<&str>,
+) -> Result<i64, CallError> {
+    let mut body = serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value.as_bytes())});
+    if let Some(id) = lease {
+        body["lease"] = serde_json::Value::String(id.to_string());
+    }
+    let v = v3_post(http, base, &format!("v3 put {key}"), "/v3/kv/put", body).await?;
+    Ok(json_i64(&v["header"]["revision"]))
+}
+
+/// `POST /v3/lease/grant {"TTL":N}`; the lease ID (a string: IDs exceed 2^53).
+async fn v3_grant(http: &reqwest::Client, base: &str, ttl_secs: u64) -> Result<String, CallError> {
+    let v = v3_post(
+        http,
+        base,
+        &format!("v3 lease grant TTL {ttl_secs}"),
+        "/v3/lease/grant",
+        serde_json::json!({"TTL": ttl_secs.to_string()}),
+    )
+    .await?;
+    let id = json_i64(&v["ID"]);
+    assert!(id != 0, "etcd v3 lease grant: no ID in {v}");
+    Ok(id.to_string())
+}
+
+/// `POST /v3/kv/deleterange` of `key` (with `range_end` when given); the revision after it.
+async fn v3_delete_range(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    range_end: Option<Vec<u8>>,
+) -> Result<i64, CallError> {
+    let mut body = serde_json::json!({"key": b64(key.as_bytes())});
+    if let Some(end) = range_end {
+        body["range_end"] = serde_json::Value::String(b64(&end));
+    }
+    let what = format!("v3 delete {key}");
+    let v = v3_post(http, base, &what, "/v3/kv/deleterange", body).await?;
+    Ok(json_i64(&v["header"]["revision"]))
+}
+
+/// `POST /v3/maintenance/status`: the member's view (`header.revision`, `leader`, `header.member_id`).
+async fn v3_status(http: &reqwest::Client, base: &str) -> Result<serde_json::Value, CallError> {
+    let what = "v3 maintenance status";
+    v3_post(
+        http,
+        base,
+        what,
+        "/v3/maintenance/status",
+        serde_json::json!({}),
+    )
+    .await
+}
+
+/// `POST /v3/kv/compaction {"revision":"N","physical":true}`.
+async fn v3_compact(http: &reqwest::Client, base: &str, revision: i64) -> Result<(), CallError> {
+    let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
+    let what = format!("v3 compact {revision}");
+    v3_post(http, base, &what, "/v3/kv/compaction", body)
+        .await
+        .map(|_| ())
+}
+
+/// v3 helpers on the single node; each panics with etcd's answer on failure.
+impl Etcd {
+    /// v3 `put` (no lease); returns the put's revision.
+    pub async fn put_v3(&self, key: &str, value: &str) -> i64 {
+        or_panic(v3_put(&self.http, &self.url(), key, value, None).await)
+    }
+
+    /// Grant a lease of `ttl_secs` and put `key` with it; returns (lease ID, put revision).
+    pub async fn put_v3_lease(&self, key: &str, value: &str, ttl_secs: u64) -> (String, i64) {
+        let base = self.url();
+        let lease = or_panic(v3_grant(&self.http, &base, ttl_secs).await);
+        let rev = or_panic(v3_put(&self.http, &base, key, value, Some(&lease)).await);
+        (lease, rev)
+    }
+
+    /// v3 delete of one key; returns the revision after it (unchanged if the key was absent).
+    pub async fn delete_v3(&self, key: &str) -> i64 {
+        or_panic(v3_delete_range(&self.http, &self.url(), key, None).await)
+    }
+
+    /// v3 delete of every key starting with `prefix` (`range_end` = prefix with last byte + 1);
+    /// returns the revision after it.
+    pub async fn delete_prefix_v3(&self, prefix: &str) -> i64 {
+        let end = prefix_range_end(prefix);
+        or_panic(v3_delete_range(&self.http, &self.url(), prefix, Some(end)).await)
+    }
+
+    /// The current v3 store revision (a fresh store is at 1).
+    pub async fn revision_v3(&self) -> i64 {
+        let v = or_panic(v3_status(&self.http, &self.url()).await);
+        json_i64(&v["header"]["revision"])
+    }
+
+    /// Compact the v3 history up to `revision` (physically, before returning). Watches that start
+    /// below it are then canceled with `compact_revision`.
+    pub async fn compact_v3(&self, revision: i64) {
+        or_panic(v3_compact(&self.http, &self.url(), revision).await)
+    }
+}
+
+fn or_panic<T>(r: Result<T, CallError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd: a 3-member (or n-member) loopback cluster
+
+/// Fresh 3-member cluster, all started together, was healthy in ~2.2 s here (etcd-facts.md 1).
+const CLUSTER_HEALTHY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a cluster write keeps retrying a 5xx or timeout: a leader election takes ~2 s.
+const CLUSTER_WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// One write attempt: a PUT to a follower during an election hung > 2 s, then the retry worked.
+const CLUSTER_WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Locating the leader right after a kill may need an election first.
+const CLUSTER_LEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+/// A real etcd 3.4 cluster of `n` members on free loopback ports (command lines as in
+/// etcd-facts.md 1 "3-member loopback cluster", v2 enabled), data dirs and logs (`mN.log`) in one
+/// private temp dir. Members are indexed from 0 (named `m1`, `m2`, ...). Killed by PID on drop;
+/// the temp dir is kept (and printed) when the test is panicking.
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    dir: PathBuf,
+    /// Bounded per attempt; writes retry on top of it (see `CLUSTER_WRITE_DEADLINE`).
+    http: reqwest::Client,
+}
+
+impl EtcdCluster {
+    /// Start `n` members together, then wait until every one answers `{"health":"true"}`.
+    pub async fn start(n: usize) -> EtcdCluster {
+        assert!(n >= 1, "a cluster needs at least one member");
+        if !Path::new(ETCD_BIN).exists() {
+            panic!(
+                "{ETCD_BIN} not found: integration tests need a real etcd 3.4; \
+                 install the Debian package `etcd-server` (apt-get install -y etcd-server etcd-client)"
+            );
+        }
+        switchyard::tls::install_provider();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(CLUSTER_WRITE_ATTEMPT_TIMEOUT)
+            .connect_timeout(CLUSTER_WRITE_ATTEMPT_TIMEOUT)
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("build reqwest client");
+        let mut failures = Vec::new();
+        for _attempt in 0..ETCD_START_ATTEMPTS {
+            let ports = free_ports(2 * n);
+            let cluster = EtcdCluster {
+                members: (0..n)
+                    .map(|i| Member {
+                        name: format!("m{}", i + 1),
+                        client_port: ports[2 * i],
+                        peer_port: ports[2 * i + 1],
+                        child: Mutex::new(None),
+                    })
+                    .collect(),
+                dir: unique_temp_dir("switchyard-etcd-cluster"),
+                http: http.clone(),
+            };
+            let all: Vec<usize> = (0..n).collect();
+            for &i in &all {
+                cluster.spawn(i);
+            }
+            match cluster.wait_healthy(&all, CLUSTER_HEALTHY_DEADLINE).await {
+                Ok(()) => return cluster,
+                // `cluster` drops at the end of this arm: members killed, its dir removed.
+                Err(why) => failures.push(format!("{why}\n{}", cluster.log_tails(30))),
+            }
+        }
+        panic!(
+            "etcd cluster of {n} did not become healthy in {ETCD_START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n=====\n")
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Client URLs (`http://127.0.0.1:PORT`) in member order.
+    pub fn urls(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.url(i)).collect()
+    }
+
+    /// Member `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.member(i).client_port)
+    }
+
+    /// The temp dir holding `mN.etcd/`, `mN.log` and `mN.stderr`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Member `i`'s running child PID, if any.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.member(i)
+            .child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|c| c.id())
+    }
+
+    fn member(&self, i: usize) -> &Member {
+        self.members
+            .get(i)
+            .unwrap_or_else(|| panic!("no member {i} (cluster of {})", self.members.len()))
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&self, i: usize) {
+        let m = self.member(i);
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let stderr = std::fs::File::create(self.dir.join(format!("{}.stderr", m.name)))
+            .expect("member stderr file");
+        let mut cmd = Command::new(ETCD_BIN);
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("{}.etcd", m.name)))
+            .arg("--enable-v2=true")
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(self.initial_cluster())
+            .arg("--initial-cluster-token")
+            .arg("lb-test-cluster")
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--logger=zap")
+            .arg(format!(
+                "--log-outputs={}",
+                self.dir.join(format!("{}.log", m.name)).display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        // etcd reads ETCD_* variables as flags; a developer's environment must not leak in.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {ETCD_BIN} for {}: {e}", m.name));
+        *m.child.lock().unwrap() = Some(child);
+    }
+
+    /// Poll `/health` of each member in `which` (short per-probe timeout) until all are healthy.
+    async fn wait_healthy(&self, which: &[usize], deadline: Duration) -> Result<(), String> {
+        switchyard::tls::install_provider();
+        let probe = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(ETCD_PROBE_TIMEOUT)
+            .connect_timeout(ETCD_PROBE_TIMEOUT)
+            .build()
+            .expect("build probe client");
+        let end = Instant::now() + deadline;
+        let mut pending: Vec<usize> = which.to_vec();
+        loop {
+            for &i in &pending {
+                if let Some(status) = self.exited(i) {
+                    return Err(format!(
+                        "etcd member {i} ({}) exited early ({status})",
+                        self.member(i).name
+                    ));
+                }
+            }
+            let mut still = Vec::new();
+            for &i in &pending {
+                let url = format!("{}/health", self.url(i));
+                let healthy = match probe.get(&url).send().await {
+                    Ok(resp) => resp
+                        .text()
+                        .await
+                        .is_ok_and(|b| b.replace(' ', "").contains(r#""health":"true""#)),
+                    Err(_) => false,
+                };
+                if !healthy {
+                    still.push(i);
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(format!(
+                    "members {pending:?} gave no {{\"health\":\"true\"}} within {deadline:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn exited(&self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut guard = self.member(i).child.lock().unwrap();
+        let child = guard.as_mut()?;
+        child.try_wait().ok().flatten()
+    }
+
+    /// The last `n` lines of every member's log and stderr (for failure messages).
+    pub fn log_tails(&self, n: usize) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            out.push_str(&format!(
+                "--- tail of {}.log ---\n{}\n--- {}.stderr ---\n{}\n",
+                m.name,
+                tail(&self.dir.join(format!("{}.log", m.name)), n),
+                m.name,
+                tail(&self.dir.join(format!("{}.stderr", m.name)), 5),
+            ));
+        }
+        out
+    }
+
+    /// SIGKILL member `i` by PID and reap it. A no-op when it is not running.
+    pub fn kill(&self, i: usize) {
+        if let Some(mut child) = self.member(i).child.lock().unwrap().take() {
+            let _ = child.kill(); // SIGKILL; an error only means it already exited
+            let _ = child.wait();
+        }
+    }
+
+    /// Start member `i` again (killing it first if running) with the same command line and data
+    /// dir, then wait until it is healthy. It can only become healthy while a quorum is up: to
+    /// bring back several members of a cluster without quorum, use `restart_many`.
+    pub async fn restart(&self, i: usize) {
+        self.restart_many(&[i]).await;
+    }
+
+    /// Start all of `which` again (same command lines and data dirs), then wait until each is healthy.
+    pub async fn restart_many(&self, which: &[usize]) {
+        for &i in which {
+            self.kill(i);
+            self.spawn(i);
+        }
+        if let Err(why) = self.wait_healthy(which, CLUSTER_HEALTHY_DEADLINE).await {
+            panic!(
+                "etcd cluster restart of {which:?}: {why}\n(dir {})\n{}",
+                self.dir.display(),
+                self.log_tails(30)
+            );
+        }
+    }
+
+    /// Run `attempt` until it succeeds, fails for good (4xx), or `CLUSTER_WRITE_DEADLINE` passes
+    /// (5xx and timeouts are retried: a leader election takes ~2 s). Panics with etcd's answer.
+    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let end = Instant::now() + CLUSTER_WRITE_DEADLINE;
+        let mut retried = false;
+        loop {
+            match attempt(retried).await {
+                Ok(v) => return v,
+                Err(e) if e.retryable && Instant::now() < end => {
+                    retried = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!(
+                    "etcd cluster {what}: {e} (retried until {CLUSTER_WRITE_DEADLINE:?} on 5xx/timeouts)"
+                ),
+            }
+        }
+    }
+
+    fn key_url(&self, i: usize, key: &str) -> String {
+        assert!(
+            key.starts_with('/'),
+            "etcd key must start with '/': {key:?}"
+        );
+        format!("{}/v2/keys{}", self.url(i), key)
+    }
+
+    /// v2 `PUT /v2/keys{key} value=VALUE` via member `i`; returns `modifiedIndex`. Retries on a
+    /// 5xx or timeout for up to 10 s (a leader election after a kill).
+    pub async fn put(&self, i: usize, key: &str, value: &str) -> u64 {
+        let url = self.key_url(i, key);
+        let what = format!("put {key} via member {i}");
+        let v = self
+            .retry(&what, |_| {
+                call_json(&what, self.http.put(&url).form(&[("value", value)]))
+            })
+            .await;
+        modified_index(&v)
+    }
+
+    /// v2 `DELETE /v2/keys{key}` via member `i`; returns the delete's `modifiedIndex`. Retries like
+    /// `put`; a `404` on a retry means an earlier attempt did delete it (returns etcd's index then).
+    pub async fn delete(&self, i: usize, key: &str) -> u64 {
+        let url = self.key_url(i, key);
+        let what = format!("delete {key} via member {i}");
+        self.retry(&what, |retried| {
+            let req = self.http.delete(&url);
+            let what = what.clone();
+            async move {
+                match call_json(&what, req).await {
+                    Ok(v) => Ok(modified_index(&v)),
+                    // v2 "Key not found" (errorCode 100) carries the current index.
+                    Err(e) if retried && e.status == Some(404) => {
+                        let v: serde_json::Value =
+                            serde_json::from_str(&e.body).unwrap_or_default();
+                        Ok(v["index"].as_u64().unwrap_or(0))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
+    }
+
+    /// v3 put via member `i`'s gateway; returns the revision. Retries like `put`.
+    pub async fn put_v3(&self, i: usize, key: &str, value: &str) -> i64 {
+        let base = self.url(i);
+        let what = format!("v3 put {key} via member {i}");
+        self.retry(&what, |_| v3_put(&self.http, &base, key, value, None))
+            .await
+    }
+
+    /// v3 delete of one key via member `i`'s gateway; returns the revision after it. Retries
+    /// like `put` (deleting an absent key is not an error in v3).
+    pub async fn delete_v3(&self, i: usize, key: &str) -> i64 {
+        let base = self.url(i);
+        let what = format!("v3 delete {key} via member {i}");
+        self.retry(&what, |_| v3_delete_range(&self.http, &base, key, None))
+            .await
+    }
+
+    /// v3 delete of every key under `prefix` via member `i`; returns the revision after it.
+    pub async fn delete_prefix_v3(&self, i: usize, prefix: &str) -> i64 {
+        let base = self.url(i);
+        let what = format!("v3 delete prefix {prefix} via member {i}");
+        self.retry(&what, |_| {
+            v3_delete_range(&self.http, &base, prefix, Some(prefix_range_end(prefix)))
+        })
+        .await
+    }
+
+    /// The current v3 revision as member `i` sees it.
+    pub async fn revision_v3(&self, i: usize) -> i64 {
+        let base = self.url(i);
+        let v = self
+            .retry("v3 status", |_| v3_status(&self.http, &base))
+            .await;
+        json_i64(&v["header"]["revision"])
+    }
+
+    /// Which member is the leader (asks every running member's `/v3/maintenance/status` and
+    /// compares `leader` with `header.member_id`). Waits up to 10 s for an election; panics if
+    /// no running member reports itself as leader by then.
+    pub async fn leader(&self) -> usize {
+        let end = Instant::now() + CLUSTER_LEADER_DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            seen.clear();
+            for i in 0..self.members.len() {
+                if self.pid(i).is_none() {
+                    continue;
+                }
+                match v3_status(&self.http, &self.url(i)).await {
+                    Ok(v) => {
+                        let me = json_u64(&v["header"]["member_id"]);
+                        let leader = json_u64(&v["leader"]);
+                        if me != 0 && me == leader {
+                            return i;
+                        }
+                        seen.push(format!("member {i}: member_id {me}, leader {leader}"));
+                    }
+                    Err(e) => seen.push(format!("member {i}: {e}")),
+                }
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "no etcd member reported itself leader within {CLUSTER_LEADER_DEADLINE:?}: {seen:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "etcd cluster temp dir kept for inspection: {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

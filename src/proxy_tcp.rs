@@ -1,0 +1,522 @@
+//! The L4 data plane: accepts client connections for one `mode = "tcp"` frontend and relays
+//! each, byte for byte, to one server picked from the published snapshot per connection.
+//!
+//! Per connection, in order: the PROXY header when `accept_proxy` is on (its source becomes the
+//! client address), TLS termination when the frontend has `[frontend.tls]`, then a server:
+//! connect within `connect_timeout`, on failure report it to `health` and try a different
+//! server up to `retries` times; write a PROXY header when the backend has `send_proxy`, and
+//! wrap in TLS when it has `[backend.tls]`. The relay then runs both ways until both sides are
+//! done, no byte moves for `idle_timeout`, or the server's drain times out (its kill token).
+//! The connection is counted in flight on its server for its whole life, which is how a drain
+//! waits for it. Shutdown stops the accept loop; established relays run on, and the caller
+//! bounds them by the grace period. This module does not pick servers (`balancer`), judge
+//! health (`health`) or parse PROXY headers (`proxy_protocol`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metrics::{Counter, describe_counter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::{Backend, Frontend, ProxyVersion};
+use crate::metrics as m;
+use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
+use crate::snapshot::{ActiveGuard, Server, Snapshot};
+use crate::tls::{TlsAcceptor, TlsError};
+
+/// `switchyard_tcp_connections_total{frontend,backend,server}`: relays established.
+pub const TCP_CONNECTIONS: &str = "switchyard_tcp_connections_total";
+/// `switchyard_bytes_received_total{frontend}`: bytes read from clients (TCP mode).
+pub const BYTES_RECEIVED: &str = "switchyard_bytes_received_total";
+/// `switchyard_bytes_sent_total{frontend}`: bytes written to clients (TCP mode).
+pub const BYTES_SENT: &str = "switchyard_bytes_sent_total";
+/// `switchyard_tcp_rejected_total{frontend,reason}`: client connections closed before a relay
+/// started (reason `proxy_header`, `tls_handshake`, `no_server`, `unreachable`).
+pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
+
+/// After refusing a client: how long to read and drop what it already sent, so the close is a
+/// FIN rather than a reset (unread data at close makes the kernel send RST).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// Back-off after a failed accept (EMFILE and friends), instead of spinning on the error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// HELP texts for this module's metrics (and the PROXY header counter, which is shared with
+/// any other listener that accepts PROXY headers).
+pub fn describe() {
+    describe_counter!(
+        TCP_CONNECTIONS,
+        "TCP-mode relays established, by frontend, backend and server address."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        metrics::Unit::Bytes,
+        "Bytes received from clients on TCP-mode frontends."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        metrics::Unit::Bytes,
+        "Bytes sent to clients on TCP-mode frontends."
+    );
+    describe_counter!(
+        TCP_REJECTED,
+        "TCP-mode client connections closed before a relay started, by frontend and reason."
+    );
+    describe_counter!(
+        PROXY_HEADER_ERRORS,
+        "PROXY protocol headers refused (malformed, timeout, truncated), by frontend."
+    );
+}
+
+/// Everything one TCP frontend's connections need.
+#[derive(Clone)]
+pub struct TcpFrontend {
+    pub frontend: Arc<Frontend>,
+    pub shared: Arc<ArcSwap<Snapshot>>,
+    pub tls: Option<Arc<TlsAcceptor>>,
+}
+
+impl TcpFrontend {
+    /// Builds the TLS acceptor from `frontend.tls`, if any.
+    pub fn new(
+        frontend: Arc<Frontend>,
+        shared: Arc<ArcSwap<Snapshot>>,
+    ) -> Result<TcpFrontend, TlsError> {
+        let tls = match &frontend.tls {
+            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?)),
+            None => None,
+        };
+        Ok(TcpFrontend {
+            frontend,
+            shared,
+            tls,
+        })
+    }
+}
+
+type ClientIo = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Accepts connections until `stop_accept` fires; each connection runs on `tracker`. A
+/// connection still setting up (PROXY header, TLS handshake, connecting) is dropped when
+/// `shutdown` fires; an established relay runs until it ends on its own.
+pub async fn serve(
+    listener: Arc<TcpListener>,
+    fe: TcpFrontend,
+    stop_accept: CancellationToken,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let name = fe.frontend.name.clone();
+    info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (tcp)");
+    let mut failing = false;
+    loop {
+        let accepted = tokio::select! {
+            _ = stop_accept.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                if failing {
+                    info!(frontend = %name, "accepting again");
+                    failing = false;
+                }
+                a
+            }
+            Err(e) => {
+                // One warning per run of failures, not one per retry.
+                if failing {
+                    debug!(frontend = %name, error = %e, "accept failed");
+                } else {
+                    warn!(frontend = %name, error = %e, "accept failed; retrying every 50 ms");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = stop_accept.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let fe = fe.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _open = OpenConnection::new(&fe.frontend.name);
+            let ready = tokio::select! {
+                r = setup(&fe, stream, peer) => r,
+                _ = shutdown.cancelled() => {
+                    debug!(client = %peer, "shutdown before the relay started; closing");
+                    return;
+                }
+            };
+            if let Some((client, client_addr, upstream)) = ready {
+                relay(&fe.frontend, client, client_addr, upstream).await;
+            }
+        });
+    }
+    debug!(frontend = %name, "stopped accepting");
+}
+
+/// `switchyard_connections_active{frontend}`, up while the value lives.
+struct OpenConnection(metrics::Gauge);
+
+impl OpenConnection {
+    fn new(frontend: &str) -> OpenConnection {
+        let g = metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => frontend.to_string());
+        g.increment(1.0);
+        OpenConnection(g)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+fn reject(frontend: &Frontend, reason: &'static str) {
+    metrics::counter!(TCP_REJECTED, "frontend" => frontend.name.clone(), "reason" => reason)
+        .increment(1);
+}
+
+/// Everything before the relay: PROXY header, TLS, server. `None` when the client was refused
+/// (already closed, logged and counted).
+async fn setup(
+    fe: &TcpFrontend,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(ClientIo, SocketAddr, Upstream)> {
+    let f = &*fe.frontend;
+    let local = stream.local_addr().unwrap_or(f.bind);
+    let (client_addr, dst) = if f.accept_proxy {
+        match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
+            Ok(Some(addrs)) => addrs,
+            Ok(None) => (peer, local),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %peer, error = %e, "PROXY header refused; closing");
+                metrics::counter!(PROXY_HEADER_ERRORS,
+                    "frontend" => f.name.clone(), "reason" => e.reason())
+                .increment(1);
+                reject(f, "proxy_header");
+                linger_close(stream).await;
+                return None;
+            }
+        }
+    } else {
+        (peer, local)
+    };
+    let client: ClientIo = match &fe.tls {
+        None => Either::Left(stream),
+        Some(acceptor) => match acceptor.accept(stream).await {
+            Ok(s) => Either::Right(s),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %client_addr, error = %e, "TLS handshake failed");
+                reject(f, "tls_handshake");
+                return None;
+            }
+        },
+    };
+    match connect_upstream(fe, client_addr, dst).await {
+        Ok(up) => Some((client, client_addr, up)),
+        Err(reason) => {
+            debug!(frontend = %f.name, client = %client_addr, reason, "no server for the connection; closing");
+            reject(f, reason);
+            // The close is sent at once; lingering only drains what the client already sent.
+            linger_close(client).await;
+            None
+        }
+    }
+}
+
+/// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
+/// drop what the peer sent (bounded in time and bytes), so the close finds no unread data.
+async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_MAX_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// An established upstream connection and the in-flight mark on its server.
+struct Upstream {
+    io: UpstreamIo,
+    server: Arc<Server>,
+    backend: String,
+    _active: ActiveGuard,
+}
+
+/// Picks a server and connects, moving on to a different server after a failure, up to
+/// `retries` times. Errs with the rejection reason.
+async fn connect_upstream(
+    fe: &TcpFrontend,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<Upstream, &'static str> {
+    // Held for the connect attempts only, never for the relay: an old snapshot must not live
+    // as long as a long-lived connection.
+    let snap = fe.shared.load_full();
+    let Some(set) = snap.route(&fe.frontend.name) else {
+        return Err("no_server");
+    };
+    let cfg = &set.config;
+    let mut tried: Vec<Arc<Server>> = Vec::new();
+    loop {
+        let Some(server) = set.pick_excluding(&tried).cloned() else {
+            return Err(if tried.is_empty() {
+                "no_server"
+            } else {
+                "unreachable"
+            });
+        };
+        let active = server.track();
+        match establish(cfg, &server, client, dst).await {
+            Ok(io) => {
+                return Ok(Upstream {
+                    io,
+                    backend: cfg.name.clone(),
+                    server,
+                    _active: active,
+                });
+            }
+            Err(e) => {
+                debug!(backend = %cfg.name, server = %server.addr, error = %e, "upstream connect failed");
+                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
+                    "backend" => cfg.name.clone(), "server" => server.addr.clone())
+                .increment(1);
+                crate::health::observe_failure(set, &server, &format!("connect: {e}"));
+                tried.push(server);
+                if tried.len() > cfg.retries as usize {
+                    return Err("unreachable");
+                }
+                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+            }
+        }
+    }
+}
+
+/// One connection to one server: TCP within `connect_timeout`, the PROXY header if the backend
+/// sends one, then TLS (its handshake also within `connect_timeout`). Nothing of the client's
+/// has been sent when this fails, so another server may be tried.
+async fn establish(
+    cfg: &Backend,
+    server: &Server,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> io::Result<UpstreamIo> {
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+    let mut stream = tokio::time::timeout(
+        cfg.connect_timeout,
+        TcpStream::connect(server.addr.as_str()),
+    )
+    .await
+    .map_err(|_| timed_out())??;
+    stream.set_nodelay(true)?;
+    match cfg.send_proxy {
+        ProxyVersion::None => {}
+        ProxyVersion::V1 => {
+            stream
+                .write_all(&proxy_protocol::encode_v1(client, dst))
+                .await?
+        }
+        ProxyVersion::V2 => {
+            stream
+                .write_all(&proxy_protocol::encode_v2(client, dst))
+                .await?
+        }
+    }
+    let Some(tls) = &cfg.tls else {
+        return Ok(Either::Left(stream));
+    };
+    let tls = tokio::time::timeout(
+        cfg.connect_timeout,
+        crate::tls::connect(tls, &server.addr, stream, &[]),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+    Ok(Either::Right(tls))
+}
+
+/// Relays both ways until both directions are done, the idle timeout passes with no byte
+/// either way, or the server's drain times out.
+async fn relay(f: &Frontend, client: ClientIo, client_addr: SocketAddr, up: Upstream) {
+    let Upstream {
+        io: mut upstream,
+        server,
+        backend,
+        _active,
+    } = up;
+    metrics::counter!(TCP_CONNECTIONS,
+        "frontend" => f.name.clone(), "backend" => backend.clone(), "server" => server.addr.clone())
+    .increment(1);
+    debug!(frontend = %f.name, client = %client_addr, server = %server.addr, "relay started");
+    let start = Instant::now();
+    let activity = AtomicU64::new(0);
+    let mut client = Metered {
+        inner: client,
+        received: metrics::counter!(BYTES_RECEIVED, "frontend" => f.name.clone()),
+        sent: metrics::counter!(BYTES_SENT, "frontend" => f.name.clone()),
+        totals: (0, 0),
+        start,
+        activity: &activity,
+    };
+    let kill = server.kill_token();
+    let outcome = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok(_) => "closed",
+            Err(e) => {
+                debug!(client = %client_addr, server = %server.addr, error = %e, "relay ended with an error");
+                "error"
+            }
+        },
+        _ = idle(&activity, start, f.idle_timeout) => "idle timeout",
+        _ = kill.cancelled() => "drain timeout",
+    };
+    debug!(frontend = %f.name, client = %client_addr, server = %server.addr,
+        received = client.totals.0, sent = client.totals.1,
+        secs = start.elapsed().as_secs_f64(), outcome, "relay ended");
+}
+
+/// Returns once `idle` has passed since the last activity. Each round either returns or sleeps
+/// until a deadline later than the previous one, so it never spins.
+async fn idle(activity: &AtomicU64, start: Instant, idle: Duration) {
+    loop {
+        let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
+        let deadline = last + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// The client side of a relay: counts bytes both ways into the metrics and marks activity for
+/// the idle timeout. Every byte to or from the upstream passes through here too, so watching
+/// the client side is enough.
+struct Metered<'a, S> {
+    inner: S,
+    received: Counter,
+    sent: Counter,
+    /// (received, sent) for the log line.
+    totals: (u64, u64),
+    start: Instant,
+    /// Milliseconds since `start` of the last byte moved.
+    activity: &'a AtomicU64,
+}
+
+impl<S> Metered<'_, S> {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.received.increment(n);
+            self.totals.0 += n;
+            self.touch();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        if n > 0 {
+            self.sent.increment(n as u64);
+            self.totals.1 += n as u64;
+            self.touch();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_the_last_activity() {
+        let start = Instant::now();
+        let activity = AtomicU64::new(0);
+        let limit = Duration::from_secs(10);
+        let fut = idle(&activity, start, limit);
+        tokio::pin!(fut);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        activity.store(6000, Ordering::Relaxed);
+        // The first deadline (10 s) passes, but the activity at 6 s moves it to 16 s.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(9), fut.as_mut())
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(Duration::from_secs(2), fut.as_mut())
+            .await
+            .expect("idle after 16 s");
+        assert!(start.elapsed() >= Duration::from_secs(16));
+    }
+
+    #[tokio::test]
+    async fn metered_counts_both_ways() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let activity = AtomicU64::new(0);
+        let mut m = Metered {
+            inner: a,
+            received: Counter::noop(),
+            sent: Counter::noop(),
+            totals: (0, 0),
+            start: Instant::now(),
+            activity: &activity,
+        };
+        m.write_all(b"hello").await.unwrap();
+        b.write_all(b"abc").await.unwrap();
+        let mut buf = [0u8; 3];
+        m.read_exact(&mut buf).await.unwrap();
+        assert_eq!(m.totals, (3, 5));
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}

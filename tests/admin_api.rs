@@ -1,0 +1,254 @@
+//! The runtime admin API: drain, maint and ready a server (the state survives snapshot updates
+//! and a key that expires and comes back), the bearer token (401/403), the running config with
+//! secrets redacted, and a reload asked over HTTP.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Etcd, Lb, Upstream, get, http_client, wait_until};
+use switchyard::Listeners;
+use switchyard::config::Config;
+
+const TOKEN: &str = "s3cret-token-0123456789";
+
+fn config(etcd: &Etcd, backend: &str, token: bool) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+{}
+[etcd]
+endpoints = ["{}"]
+username = "nobody"
+password = "hunter2-hunter2"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "{backend}"
+[[backend]]
+name = "{backend}"
+etcd_prefix = "/{backend}/backend"
+[backend.check]
+type = "none"
+"#,
+        if token {
+            format!("token = \"{TOKEN}\"")
+        } else {
+            String::new()
+        },
+        etcd.url()
+    )
+}
+
+async fn set_state(
+    lb: &Lb,
+    backend: &str,
+    server: &str,
+    state: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = http_client()
+        .post(format!(
+            "http://{}/api/v1/backends/{backend}/servers/{server}/state",
+            lb.admin_addr()
+        ))
+        .body(format!("{{\"state\":\"{state}\"}}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn hits(web: std::net::SocketAddr, n: usize) -> Vec<String> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(get(web, "/").await.1);
+    }
+    v
+}
+
+#[tokio::test]
+async fn drain_maint_and_ready_survive_updates() {
+    let etcd = Etcd::start().await;
+    // etcd has no auth enabled: the v2 basic-auth header is simply ignored.
+    let (a, b) = (Upstream::start("A").await, Upstream::start("B").await);
+    etcd.put("/adm/backend/a", &a.addr().to_string()).await;
+    etcd.put("/adm/backend/b", &b.addr().to_string()).await;
+    let lb = Lb::start_ready(&config(&etcd, "adm", false)).await;
+    let web = lb.http_addr("web");
+    wait_until("both serve", Duration::from_secs(5), || async move {
+        let h = hits(web, 4).await;
+        h.contains(&"A".to_string()) && h.contains(&"B".to_string())
+    })
+    .await;
+
+    let (status, j) = set_state(&lb, "adm", "a", "drain", None).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["admin"], "drain");
+    assert_eq!(j["state"], "draining");
+    assert!(hits(web, 6).await.iter().all(|h| h == "B"));
+
+    // Another key changes (a new snapshot), and the drained key expires and comes back:
+    // the operator's drain stays.
+    let c = Upstream::start("C").await;
+    etcd.put("/adm/backend/c", &c.addr().to_string()).await;
+    etcd.delete("/adm/backend/a").await;
+    etcd.put("/adm/backend/a", &a.addr().to_string()).await;
+    let lb_ref = &lb;
+    wait_until("c listed", Duration::from_secs(5), || async move {
+        lb_ref.backends().await["backends"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 3
+    })
+    .await;
+    let h = hits(web, 8).await;
+    assert!(!h.contains(&"A".to_string()), "{h:?}");
+    let j = lb.backends().await;
+    let sa = j["backends"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (sa["state"].as_str(), sa["admin"].as_str()),
+        (Some("draining"), Some("drain"))
+    );
+
+    // maint (by address this time): out of rotation, shown as down.
+    let (status, j) = set_state(&lb, "adm", &b.addr().to_string(), "maint", None).await;
+    assert_eq!(status, 200, "{j}");
+    assert_eq!(j["state"], "down");
+    assert!(hits(web, 4).await.iter().all(|h| h == "C"));
+
+    // ready: both back.
+    assert_eq!(set_state(&lb, "adm", "a", "ready", None).await.0, 200);
+    assert_eq!(set_state(&lb, "adm", "b", "enable", None).await.0, 200);
+    let h = hits(web, 9).await;
+    for name in ["A", "B", "C"] {
+        assert_eq!(h.iter().filter(|x| *x == name).count(), 3, "{h:?}");
+    }
+
+    // Bad requests get clear answers.
+    assert_eq!(set_state(&lb, "adm", "nope", "drain", None).await.0, 404);
+    assert_eq!(set_state(&lb, "nope", "a", "drain", None).await.0, 404);
+    assert_eq!(set_state(&lb, "adm", "a", "sleep", None).await.0, 400);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_and_redacted_config() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("A").await;
+    etcd.put("/tok/backend/a", &a.addr().to_string()).await;
+    let lb = Lb::start_ready(&config(&etcd, "tok", true)).await;
+    assert_eq!(set_state(&lb, "tok", "a", "drain", None).await.0, 401);
+    assert_eq!(
+        set_state(&lb, "tok", "a", "drain", Some("wrong-token-0123456789"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        set_state(&lb, "tok", "a", "ready", Some(TOKEN)).await.0,
+        200
+    );
+
+    let url = format!("http://{}/api/v1/config", lb.admin_addr());
+    assert_eq!(
+        http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    let r = http_client()
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("hunter2"), "password leaked: {text}");
+    assert!(!text.contains(TOKEN), "token leaked: {text}");
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(j["etcd"]["password"], "<redacted>");
+    assert_eq!(j["backends"][0]["name"], "tok");
+    assert_eq!(j["frontends"][0]["header_timeout"], "10s");
+    // Read-only endpoints stay open (Prometheus scrapes without a token).
+    assert_eq!(get(lb.admin_addr(), "/metrics").await.0, 200);
+    assert_eq!(get(lb.admin_addr(), "/api/v1/backends").await.0, 200);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_over_http() {
+    let a = Upstream::start("A").await;
+    let b = Upstream::start("B").await;
+    let dir = std::env::temp_dir().join(format!("switchyard-admin-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sy.toml");
+    let text = |servers: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nbackend = \"r\"\n[[backend]]\nname = \"r\"\nservers = [{servers}]\n[backend.check]\ntype = \"none\"\n"
+        )
+    };
+    std::fs::write(&path, text(&format!("\"{}\"", a.addr()))).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let (admin, web) = (
+        listeners.admin_addr(),
+        listeners.frontend_addr("web").unwrap(),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (_tx, rx) = tokio::sync::mpsc::channel(1);
+    let run = tokio::spawn(switchyard::run(cfg, listeners, cancel.clone(), rx));
+    wait_until("ready", Duration::from_secs(5), || async move {
+        get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(get(web, "/").await.1, "A");
+
+    let reload = || async {
+        let r = http_client()
+            .post(format!("http://{admin}/api/v1/reload"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    // A bad file is refused with the key named; the running config stays.
+    std::fs::write(&path, text("\"127.0.0.1:0\"")).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("servers[0]"), "{body}");
+    assert_eq!(get(web, "/").await.1, "A");
+    // A good one is applied.
+    std::fs::write(&path, text(&format!("\"{}\"", b.addr()))).unwrap();
+    let (status, body) = reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(web, "/").await.1, "B");
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(
+        metrics.contains("switchyard_config_reloads_total{result=\"success\"}"),
+        "{metrics}"
+    );
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
