@@ -292,10 +292,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            next = reloads.recv(), if !reloads.is_closed() => match next {
-                Some(new) => { let _ = rt.reload(new).await; }
-                // Nobody can send SIGHUP reloads any more; the admin API still can.
-                None => {}
+            // `None`: nobody can send SIGHUP reloads any more; the admin API still can.
+            next = reloads.recv(), if !reloads.is_closed() => if let Some(new) = next {
+                let _ = rt.reload(new).await;
             },
             Some((new, reply)) = admin_reloads.recv() => {
                 let _ = reply.send(rt.reload(new).await);
