@@ -204,7 +204,10 @@ impl Runtime {
                 }
                 None => {
                     let t = old.remove(&f.name).expect("kept frontends exist");
-                    if t.config == f {
+                    // A TLS frontend restarts its accept loop on every reload, so SIGHUP re-reads
+                    // its certificates (validated before the reload got here); established
+                    // connections keep the old ones.
+                    if t.config == f && f.tls.is_none() {
                         self.frontends.insert(f.name.clone(), t);
                         continue;
                     }

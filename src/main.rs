@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match load(&config) {
             Ok(_) => {
                 println!("configuration valid");
                 ExitCode::SUCCESS
@@ -77,6 +77,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Parses and validates the config file, including every TLS file it names.
+fn load(path: &std::path::Path) -> Result<Config, switchyard::config::ConfigError> {
+    let c = Config::load(path)?;
+    switchyard::tls::validate_files(&c)?;
+    Ok(c)
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -89,7 +96,7 @@ fn init_logging() {
 
 fn run(path: PathBuf) -> ExitCode {
     init_logging();
-    let config = match Config::load(&path) {
+    let config = match load(&path) {
         Ok(c) => c,
         Err(e) => {
             error!("{}: {e}", path.display());
@@ -147,7 +154,7 @@ fn spawn_signals(
                 _ = int.recv() => { info!("SIGINT received"); cancel.cancel(); return; }
                 _ = hup.recv() => {
                     info!(path = %path.display(), "SIGHUP received: reloading the configuration");
-                    match Config::load(&path) {
+                    match load(&path) {
                         Ok(c) => { let _ = reload_tx.send(c).await; }
                         Err(e) => {
                             metrics::counter!(switchyard::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
