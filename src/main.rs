@@ -1,4 +1,5 @@
-//! The `switchyard` binary: the command line (`run`, `check`), logging, signals and exit codes.
+//! The `switchyard` binary: the command line (`run`, `check`, `register`), logging, signals and
+//! exit codes.
 //! Exit codes: 0 success, 1 invalid configuration or arguments, 2 runtime failure.
 
 use std::path::PathBuf;
