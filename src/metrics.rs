@@ -40,6 +40,8 @@ pub fn handle() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
             describe();
+            crate::tls::describe();
+            crate::proxy_tcp::describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             metrics::gauge!(DISCOVERY_CONNECTED).set(0.0);
             handle

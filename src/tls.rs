@@ -200,6 +200,20 @@ impl TlsAcceptor {
 
 /// `switchyard_tls_reloads_total{result}`.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
+/// `switchyard_tls_handshakes_total{result}`: success, failure (garbage, no shared cipher, ...)
+/// or timeout.
+pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        TLS_RELOADS,
+        "Certificate reloads (SIGHUP or a changed file), by result."
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes on frontends, by result (success, failure, timeout)."
+    );
+}
 
 fn stamps(config: &FrontendTls) -> Vec<Option<SystemTime>> {
     config
