@@ -96,7 +96,7 @@ impl TcpFrontend {
         shared: Arc<ArcSwap<Snapshot>>,
     ) -> Result<TcpFrontend, TlsError> {
         let tls = match &frontend.tls {
-            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?)),
+            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone())),
             None => None,
         };
         Ok(TcpFrontend {

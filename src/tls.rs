@@ -166,6 +166,26 @@ impl TlsAcceptor {
         Ok(())
     }
 
+    /// Starts the file watcher for this acceptor: it reloads when a certificate or key file
+    /// changes, and stops by itself once the acceptor is dropped (frontend restarted or removed).
+    pub fn spawn_watcher(self: &Arc<Self>, frontend: String) -> Arc<Self> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                let now = stamps(&me.config);
+                let changed = *me.stamps.lock().unwrap_or_else(|e| e.into_inner()) != now;
+                if changed {
+                    me.reload_logged(&frontend, "certificate files changed");
+                }
+            }
+        });
+        Arc::clone(self)
+    }
+
     /// Reloads when a certificate or key file changes (checked every second) until cancelled.
     pub async fn watch_files(self: Arc<Self>, name: String, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
