@@ -1,0 +1,320 @@
+//! HTTP Upgrade through the L7 proxy: a WebSocket client talks to a WebSocket echo server
+//! through Switchyard (text, binary and large frames), the upgrade headers reach the server,
+//! the tunnel counts as in flight on its server, a server that declines the upgrade answers
+//! normally, and a tunnel to a removed server is cut when its drain times out.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use support::{Lb, Upstream, wait_until};
+
+/// A WebSocket echo server on `127.0.0.1:0`: echoes text and binary messages, and remembers
+/// the headers of the last handshake it accepted.
+struct EchoServer {
+    addr: SocketAddr,
+    headers: Arc<Mutex<Option<http::HeaderMap>>>,
+    cancel: CancellationToken,
+}
+
+impl EchoServer {
+    async fn start() -> EchoServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let headers = Arc::new(Mutex::new(None));
+        let cancel = CancellationToken::new();
+        let (h, c) = (Arc::clone(&headers), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = c.cancelled() => return,
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                };
+                let (h, c) = (Arc::clone(&h), c.clone());
+                tokio::spawn(async move {
+                    // The error type is tungstenite's; its size is not ours to choose.
+                    #[allow(clippy::result_large_err)]
+                    let record = |req: &Request, resp: Response| {
+                        *h.lock().unwrap() = Some(req.headers().clone());
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    loop {
+                        let msg = tokio::select! {
+                            _ = c.cancelled() => return,
+                            m = ws.next() => m,
+                        };
+                        match msg {
+                            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                                if ws.send(m).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            None | Some(Err(_)) => return,
+                        }
+                    }
+                });
+            }
+        });
+        EchoServer {
+            addr,
+            headers,
+            cancel,
+        }
+    }
+
+    fn last_headers(&self) -> http::HeaderMap {
+        self.headers
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the echo server saw a handshake")
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn config(servers: &[String], drain: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "ws"
+[[backend]]
+name = "ws"
+servers = [{}]
+drain_timeout = "{drain}"
+[backend.check]
+type = "none"
+"#,
+        list.join(", ")
+    )
+}
+
+type Client = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn connect(lb: SocketAddr, path: &str) -> Client {
+    let stream = TcpStream::connect(lb).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{lb}{path}"), stream)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket handshake through {lb}: {e}"));
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+/// Sends `msg` and returns the next data message (5 s deadline).
+async fn echo(ws: &mut Client, msg: Message) -> Message {
+    ws.send(msg).await.expect("send");
+    let deadline = Duration::from_secs(5);
+    loop {
+        let next = tokio::time::timeout(deadline, ws.next())
+            .await
+            .expect("no echo within 5 s")
+            .expect("stream ended before the echo")
+            .expect("WebSocket error before the echo");
+        if matches!(next, Message::Text(_) | Message::Binary(_)) {
+            return next;
+        }
+    }
+}
+
+/// The `active` count of server `addr` of the first backend (-1 once it is gone), from the admin API.
+async fn active(lb: &Lb, addr: &str) -> i64 {
+    let j = lb.backends().await;
+    j["backends"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == addr)
+        .map(|s| s["active"].as_i64().unwrap())
+        .unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn websocket_frames_are_echoed_through_the_proxy() {
+    let server = EchoServer::start().await;
+    let lb = Lb::start_ready(&config(&[server.addr.to_string()], "30s")).await;
+    let mut ws = connect(lb.http_addr("web"), "/chat?room=1").await;
+
+    let got = echo(&mut ws, Message::text("hello through switchyard")).await;
+    assert_eq!(got, Message::text("hello through switchyard"));
+    let bytes: Vec<u8> = vec![0, 1, 2, 254, 255];
+    let got = echo(&mut ws, Message::binary(bytes.clone())).await;
+    assert_eq!(got, Message::binary(bytes));
+    // Larger than any single read or TCP segment: the tunnel copies, it does not frame.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let got = echo(&mut ws, Message::binary(big.clone())).await;
+    assert_eq!(got.into_data().as_ref(), &big[..]);
+    for i in 0..20 {
+        let m = format!("message {i}");
+        assert_eq!(
+            echo(&mut ws, Message::text(m.clone())).await,
+            Message::text(m)
+        );
+    }
+
+    let h = server.last_headers();
+    assert_eq!(h["upgrade"].to_str().unwrap().to_lowercase(), "websocket");
+    assert!(
+        h["connection"]
+            .to_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("upgrade"),
+        "{h:?}"
+    );
+    assert!(h.contains_key("sec-websocket-key"), "{h:?}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+
+    // The tunnel is in flight on its server until it closes.
+    let addr = server.addr.to_string();
+    assert_eq!(active(&lb, &addr).await, 1);
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    // The server closed its side after the close handshake; the client closes its own.
+    drop(ws);
+    wait_until("tunnel released its server", Duration::from_secs(5), || {
+        let (lb, addr) = (&lb, addr.clone());
+        async move { active(lb, &addr).await == 0 }
+    })
+    .await;
+
+    let text = lb.metrics().await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("switchyard_requests_total") && l.contains("code=\"101\"")),
+        "{text}"
+    );
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_tunnels_at_once_stay_apart() {
+    let server = EchoServer::start().await;
+    let lb = Lb::start_ready(&config(&[server.addr.to_string()], "30s")).await;
+    let addr = lb.http_addr("web");
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut ws = connect(addr, "/").await;
+            for i in 0..10 {
+                let m = format!("client {c} message {i}");
+                assert_eq!(
+                    echo(&mut ws, Message::text(m.clone())).await,
+                    Message::text(m)
+                );
+            }
+            ws.close(None).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_declined_upgrade_is_an_ordinary_response() {
+    // A plain HTTP server ignores the Upgrade header and answers 200: the client gets that 200
+    // on a connection that stays HTTP (a second request on it works).
+    let plain = Upstream::start("plain").await;
+    let lb = Lb::start_ready(&config(&[plain.addr().to_string()], "30s")).await;
+    let mut s = TcpStream::connect(lb.http_addr("web")).await.unwrap();
+    s.write_all(
+        b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\n\r\n\
+          GET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("response within 5 s")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+    assert_eq!(plain.hits(), 2);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_is_cut_when_its_server_drain_times_out() {
+    let server = EchoServer::start().await;
+    let other = Upstream::start("other").await;
+    let addr = server.addr.to_string();
+    let lb = Lb::start_ready(&config(std::slice::from_ref(&addr), "1s")).await;
+    let mut ws = connect(lb.http_addr("web"), "/").await;
+    assert_eq!(
+        echo(&mut ws, Message::text("before")).await,
+        Message::text("before")
+    );
+
+    // Remove the server: it drains; the open tunnel keeps working until the drain timeout.
+    lb.reload_toml(&config(&[other.addr().to_string()], "1s"))
+        .await;
+    wait_until("server draining", Duration::from_secs(5), || {
+        let (lb, addr) = (&lb, addr.clone());
+        async move {
+            let j = lb.backends().await;
+            j["backends"][0]["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["addr"] == addr.as_str() && s["state"] == "draining")
+        }
+    })
+    .await;
+    let removed = Instant::now();
+    assert_eq!(
+        echo(&mut ws, Message::text("during")).await,
+        Message::text("during")
+    );
+
+    // Then the tunnel is cut: the client's stream ends (EOF or an error), within a bound.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "tunnel still open {:?} after its server was removed (drain timeout 1 s)",
+        removed.elapsed()
+    );
+    // The tunnel no longer counts on its server (which may be gone from the list by now).
+    wait_until("tunnel released its server", Duration::from_secs(5), || {
+        let (lb, addr) = (&lb, addr.clone());
+        async move { active(lb, &addr).await <= 0 }
+    })
+    .await;
+    lb.shutdown().await;
+}
