@@ -215,7 +215,7 @@ impl HttpFrontend {
         shared: Arc<ArcSwap<Snapshot>>,
     ) -> Result<HttpFrontend, TlsError> {
         let tls = match &frontend.tls {
-            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?)),
+            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone())),
             None => None,
         };
         Ok(HttpFrontend {
