@@ -4,18 +4,23 @@
 //! and Switchyard running in-process (`tests/support`). Prints a table that is also written to
 //! `benches/results/failover.txt`.
 //!
-//! `cargo bench --bench failover` runs the full measurement (about 30 s); run without `--bench`
+//! `cargo bench --bench failover` runs the full measurement (about 40 s); run without `--bench`
 //! (e.g. `cargo test --benches`) it is a short smoke run that writes no results file.
 //!
-//! Each scenario: 32 keep-alive clients send `GET /` back to back for 12 s. Every non-200 answer
-//! and every transport error is a failure (with its reason). Checks are
-//! `type = "tcp", inter = 1s, fastinter = 200ms, downinter = 1s, rise = 2, fall = 3`.
-//! 1. `dead`: at 3 s upstream u2 is stopped (`Upstream::stop`: listener closed and the open
-//!    keep-alive connections dropped mid-flight, as when the process dies); at 7 s it is started
-//!    again on the same port. Expected: 0 failed requests.
-//! 2. `hung`: at 3 s u2 stops answering (connections are still accepted, its handler never
-//!    returns) with `response_timeout = 1s`; at 7 s it answers again. Requests that were sent to
-//!    it before it was ejected end in 504: this scenario documents that limit.
+//! Each scenario: 32 keep-alive clients send `GET /` back to back. Every non-200 answer and every
+//! transport error is a failure (with its reason). Checks are
+//! `type = "tcp", inter = 1s, fastinter = 200ms, downinter = 1s, rise = 2, fall = 3`; every other
+//! setting is Switchyard's default (passive `error_limit = 1`, `retries = 2`, retry budget 20 %
+//! of the requests in flight, at least 3).
+//! 1. `dead`: 12 s of load; at 3 s upstream u2 is stopped (`Upstream::stop`: listener closed and
+//!    the open keep-alive connections dropped mid-flight, as when the process dies); at 7 s it is
+//!    started again on the same port. Expected: 0 failed requests.
+//! 2. `dead, 20ms answers`: the same with every upstream taking 20 ms to answer (8 s of load,
+//!    fault at 2 s, repair at 5 s), so that about a third of the 32 requests in flight are on
+//!    u2 when it dies instead of the handful an instant answer leaves there. Expected: 0 failed.
+//! 3. `hung`: 12 s of load; at 3 s u2 stops answering (connections are still accepted, its
+//!    handler never returns) with `response_timeout = 1s`; at 7 s it answers again. Requests that
+//!    were sent to it before it was ejected end in 504: this scenario documents that limit.
 //!
 //! Measured from the fault (a 5 ms poll of `/api/v1/backends` and a 10 ms poll of `/metrics`):
 //! detect = until u2 shows `down` (bound inter x fall; passive ejection on live traffic is
@@ -67,6 +72,18 @@ const RESPONSE_TIMEOUT_MS: u64 = 1000;
 struct Params {
     full: bool,
     clients: usize,
+    scenarios: Vec<Scenario>,
+}
+
+#[derive(Clone, Copy)]
+struct Scenario {
+    /// Backend name and etcd prefix `/failover/{key}`.
+    key: &'static str,
+    label: &'static str,
+    /// Fault = u2 stops answering (else: u2 is stopped); with `response_timeout`.
+    hung: bool,
+    /// Every upstream answers after this long.
+    service: Duration,
     load_for: Duration,
     fault_at: Duration,
     repair_at: Duration,
@@ -74,48 +91,38 @@ struct Params {
 
 impl Params {
     fn full() -> Params {
+        let s = |key, label, hung, service_ms, load, fault, repair| Scenario {
+            key,
+            label,
+            hung,
+            service: Duration::from_millis(service_ms),
+            load_for: Duration::from_secs(load),
+            fault_at: Duration::from_secs(fault),
+            repair_at: Duration::from_secs(repair),
+        };
         Params {
             full: true,
             clients: 32,
-            load_for: Duration::from_secs(12),
-            fault_at: Duration::from_secs(3),
-            repair_at: Duration::from_secs(7),
+            scenarios: vec![
+                s("dead", "dead (stop)", false, 0, 12, 3, 7),
+                s("dead20", "dead, 20ms answers", false, 20, 8, 2, 5),
+                s("hung", "hung (1s timeout)", true, 0, 12, 3, 7),
+            ],
         }
     }
 
     /// `cargo test --benches`: prove it runs, measure nothing worth keeping.
     fn smoke() -> Params {
-        Params {
-            full: false,
-            clients: 8,
-            load_for: Duration::from_secs(4),
-            fault_at: Duration::from_millis(1000),
-            repair_at: Duration::from_millis(2000),
+        let mut p = Params::full();
+        p.full = false;
+        p.clients = 8;
+        for s in &mut p.scenarios {
+            s.load_for = Duration::from_secs(4);
+            s.fault_at = Duration::from_secs(1);
+            // After the hung scenario's first response timeout (1 s), so its ejection is seen.
+            s.repair_at = Duration::from_millis(2500);
         }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    /// Stopped: refused connects, open connections dropped.
-    Dead,
-    /// Accepts, never answers.
-    Hung,
-}
-
-impl Mode {
-    fn key(self) -> &'static str {
-        match self {
-            Mode::Dead => "dead",
-            Mode::Hung => "hung",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Mode::Dead => "dead (stop)",
-            Mode::Hung => "hung (1s timeout)",
-        }
+        p
     }
 }
 
@@ -180,32 +187,26 @@ async fn run(p: &Params) -> anyhow::Result<Vec<Outcome>> {
     let etcd = Etcd::start().await;
     progress(format!("etcd {} up", etcd.url()));
     let mut out = Vec::new();
-    for mode in [Mode::Dead, Mode::Hung] {
-        let o = scenario(&etcd, mode, p)
+    for sc in &p.scenarios {
+        let o = scenario(&etcd, sc, p.clients)
             .await
-            .with_context(|| format!("scenario {}", mode.key()))?;
+            .with_context(|| format!("scenario {}", sc.key))?;
         progress(format!(
             "{}: {} requests, {} failed",
-            mode.key(),
-            o.requests,
-            o.failed
+            sc.key, o.requests, o.failed
         ));
         out.push(o);
     }
     Ok(out)
 }
 
-fn config(etcd: &str, prefix: &str, mode: Mode) -> String {
-    let timeout = match mode {
-        Mode::Dead => {
-            std::env::var("FO_EXTRA")
-                .unwrap_or_default()
-                .replace(';', "\n")
-                + "\n"
-        }
-        Mode::Hung => format!("response_timeout = \"{RESPONSE_TIMEOUT_MS}ms\"\n"),
+fn config(etcd: &str, prefix: &str, sc: &Scenario) -> String {
+    let timeout = if sc.hung {
+        format!("response_timeout = \"{RESPONSE_TIMEOUT_MS}ms\"\n")
+    } else {
+        String::new()
     };
-    let name = mode.key();
+    let name = sc.key;
     format!(
         r#"
 [admin]
@@ -237,15 +238,26 @@ fall = {FALL}
     )
 }
 
-/// `200 u2`, unless `hang` is set: then the answer never comes (until the upstream stops).
-async fn u2_answer(hang: Arc<AtomicBool>) -> Response<Full<Bytes>> {
+/// `200` with the upstream's name after `service`, unless `hang` is set: then the answer never
+/// comes (until the upstream stops).
+async fn answer(
+    name: &'static str,
+    hang: Arc<AtomicBool>,
+    service: Duration,
+) -> Response<Full<Bytes>> {
     if hang.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
     }
-    if let Ok(ms) = std::env::var("FO_SLOW") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    if !service.is_zero() {
+        tokio::time::sleep(service).await;
     }
-    Response::new(Full::new(Bytes::from_static(b"u2")))
+    Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+}
+
+/// An upstream answering with [`answer`].
+async fn upstream(name: &'static str, hang: &Arc<AtomicBool>, service: Duration) -> Upstream {
+    let hang = hang.clone();
+    Upstream::start_with(name, move |_req| answer(name, hang.clone(), service)).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,7 +266,9 @@ async fn u2_answer(hang: Arc<AtomicBool>) -> Response<Full<Bytes>> {
 #[derive(Default)]
 struct Outcome {
     label: &'static str,
-    mode_hung: bool,
+    hung: bool,
+    fault_at: Duration,
+    repair_at: Duration,
     elapsed: Duration,
     requests: u64,
     failed: u64,
@@ -283,7 +297,8 @@ struct Outcome {
     recovery_up: Option<Duration>,
     /// Repair -> first 200 from u2 completed.
     recovery_traffic: Option<Duration>,
-    /// The longest gap without any completed request, and where it started (relative to fault).
+    /// The longest gap without any completed request, and where it started (relative to the
+    /// fault).
     longest_stall: (Duration, f64),
     state_poll_errors: u64,
     /// u2's requests in flight (`active`) just before the fault, and the most seen before it.
@@ -291,19 +306,19 @@ struct Outcome {
     in_flight_before: u64,
 }
 
-async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome> {
-    let prefix = format!("/failover/{}", mode.key());
+async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<Outcome> {
+    let prefix = format!("/failover/{}", sc.key);
     let hang = Arc::new(AtomicBool::new(false));
-    let u1 = Upstream::start(NAMES[0]).await;
-    let h = hang.clone();
-    let u2 = Upstream::start_with(NAMES[1], move |_req| u2_answer(h.clone())).await;
-    let u3 = Upstream::start(NAMES[2]).await;
+    let never = Arc::new(AtomicBool::new(false));
+    let u1 = upstream(NAMES[0], &never, sc.service).await;
+    let u2 = upstream(NAMES[1], &hang, sc.service).await;
+    let u3 = upstream(NAMES[2], &never, sc.service).await;
     let victim_addr = u2.addr();
     for (i, u) in [&u1, &u2, &u3].iter().enumerate() {
         etcd.put(&format!("{prefix}/{}", i + 1), &u.addr().to_string())
             .await;
     }
-    let lb = Lb::start_ready(&config(&etcd.url(), &prefix, mode)).await;
+    let lb = Lb::start_ready(&config(&etcd.url(), &prefix, sc)).await;
     let admin = lb.admin_addr();
     let http = admin_client();
     let settle = Instant::now() + SETTLE_LIMIT;
@@ -327,7 +342,7 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
     );
     progress(format!(
         "{}: switchyard {url}, upstreams {}",
-        mode.key(),
+        sc.key,
         addrs
             .iter()
             .map(|(a, n)| format!("{n}={a}"))
@@ -336,8 +351,8 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
     ));
 
     let start = Instant::now();
-    let end = start + p.load_for;
-    let clients: Vec<_> = (0..p.clients)
+    let end = start + sc.load_for;
+    let clients: Vec<_> = (0..clients)
         .map(|_| tokio::spawn(load_client(url.clone(), start, end, addrs.clone())))
         .collect();
     let metrics = tokio::spawn(poll_metrics(
@@ -353,8 +368,10 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
     let mut restarted: Option<Upstream> = None;
     let mut last_state = "up".to_string();
     let mut o = Outcome {
-        label: mode.label(),
-        mode_hung: mode == Mode::Hung,
+        label: sc.label,
+        hung: sc.hung,
+        fault_at: sc.fault_at,
+        repair_at: sc.repair_at,
         ..Outcome::default()
     };
     let mut hits_seen = 0usize;
@@ -364,32 +381,34 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
         if now >= end {
             break;
         }
-        if fault.is_none() && now >= start + p.fault_at {
+        if fault.is_none() && now >= start + sc.fault_at {
             if let Ok(s) = states(&http, admin).await {
                 o.in_flight_at_fault = s.get("2").map(|s| s.1);
             }
             hits_at_fault = u2.hits();
             hits_seen = hits_at_fault;
             fault = Some(Instant::now());
-            match mode {
-                Mode::Dead => u2.stop().await,
-                Mode::Hung => hang.store(true, Ordering::SeqCst),
+            if sc.hung {
+                hang.store(true, Ordering::SeqCst);
+            } else {
+                u2.stop().await;
             }
-            progress(format!("{}: u2 faulted", mode.key()));
+            progress(format!("{}: u2 faulted", sc.key));
         }
-        if repair.is_none() && now >= start + p.repair_at {
+        if repair.is_none() && now >= start + sc.repair_at {
             repair = Some(Instant::now());
-            match mode {
-                Mode::Dead => {
-                    let h = hang.clone();
-                    restarted = Some(
-                        Upstream::start_at(NAMES[1], victim_addr, move |_req| u2_answer(h.clone()))
-                            .await,
-                    );
-                }
-                Mode::Hung => hang.store(false, Ordering::SeqCst),
+            if sc.hung {
+                hang.store(false, Ordering::SeqCst);
+            } else {
+                let (h, service) = (hang.clone(), sc.service);
+                restarted = Some(
+                    Upstream::start_at(NAMES[1], victim_addr, move |_req| {
+                        answer(NAMES[1], h.clone(), service)
+                    })
+                    .await,
+                );
             }
-            progress(format!("{}: u2 repaired", mode.key()));
+            progress(format!("{}: u2 repaired", sc.key));
         }
         match states(&http, admin).await {
             Ok(s) => {
@@ -416,7 +435,7 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
             }
             Err(_) => o.state_poll_errors += 1,
         }
-        if let (Some(f), None, Mode::Hung) = (fault, repair, mode) {
+        if let (Some(f), None, true) = (fault, repair, sc.hung) {
             let hits = u2.hits();
             if hits > hits_seen {
                 hits_seen = hits;
@@ -442,13 +461,13 @@ async fn scenario(etcd: &Etcd, mode: Mode, p: &Params) -> anyhow::Result<Outcome
     if metrics_errors > 0 {
         progress(format!(
             "{}: {metrics_errors} failed /metrics polls",
-            mode.key()
+            sc.key
         ));
     }
     let fault = fault.context("the load ended before the fault")?;
     let repair = repair.context("the load ended before the repair")?;
     analyse(&mut o, &events, &timeline, start, fault, repair);
-    o.retries = scrape(&http, admin, "switchyard_retries_total{", mode.key())
+    o.retries = scrape(&http, admin, "switchyard_retries_total{", sc.key)
         .await
         .unwrap_or(0.0) as u64;
 
@@ -482,7 +501,9 @@ fn analyse(
     };
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by_key(|e| e.done_us);
-    let mut prev = 0u32;
+    // Gaps are measured from the first completed request (not from the start of the load, which
+    // includes the clients' connection setup).
+    let mut prev = sorted.first().map(|e| e.done_us).unwrap_or(0);
     for e in &sorted {
         let at = rel(e.done_us);
         o.latency.push(e.latency_us);
@@ -522,6 +543,7 @@ fn analyse(
 // Admin API and metrics polling.
 
 fn admin_client() -> reqwest::Client {
+    switchyard::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()
@@ -640,6 +662,7 @@ async fn load_client(
     end: Instant,
     addrs: Arc<Vec<(String, &'static str)>>,
 ) -> ClientResult {
+    switchyard::tls::install_provider();
     let client = reqwest::Client::builder()
         .no_proxy()
         .http1_only()
@@ -778,12 +801,9 @@ fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
     );
     let _ = writeln!(
         out,
-        "load: {} keep-alive clients, GET / back to back for {:.0} s over u1 u2 u3 (etcd v2 prefix, \
-         round-robin); u2 faulted at {:.1} s, repaired at {:.1} s",
+        "load: {} keep-alive clients, GET / back to back over u1 u2 u3 (etcd v2 prefix, \
+         round-robin); u2 is faulted, then repaired (times per scenario below)",
         p.clients,
-        p.load_for.as_secs_f64(),
-        p.fault_at.as_secs_f64(),
-        p.repair_at.as_secs_f64()
     );
     let _ = writeln!(
         out,
@@ -830,10 +850,13 @@ fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{}: {} requests in {:.1} s, {} failed; latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.1} ms  max {:.1} ms",
+            "{}: {} requests in {:.1} s (u2 faulted at {:.1} s, repaired at {:.1} s), {} failed; \
+             latency p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.1} ms  max {:.1} ms",
             o.label,
             o.requests,
             o.elapsed.as_secs_f64(),
+            o.fault_at.as_secs_f64(),
+            o.repair_at.as_secs_f64(),
             o.failed,
             pct_ms(&o.latency, 0.5),
             pct_ms(&o.latency, 0.99),
@@ -860,7 +883,7 @@ fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
              client failures from {} to {}; longest stall {:.0} ms at {}",
             ms(o.detect),
             ms(o.last_served_before),
-            if o.mode_hung {
+            if o.hung {
                 format!(
                     "{} requests reached hung u2, the last at {}; u2 re-admitted {} times by a passing check",
                     o.reached_while_hung,
@@ -893,6 +916,16 @@ fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
         }
     }
     let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "notes: detect and recovery come from polling /api/v1/backends every {} ms on a machine the \
+         load keeps busy, so they are good to a few ms (tens under contention). A TCP check passes \
+         against a hung server (it still accepts), so after each passive ejection the hung u2 is \
+         re-admitted after rise x fastinter and each client's next request to it waits out \
+         response_timeout again: about one 504 per client per re-admission; \"up after\" on repair \
+         can then be ~0 ms because u2 was already re-admitted.",
+        STATE_POLL.as_millis()
+    );
     let _ = writeln!(out, "bench wall time {:.1} s", took.as_secs_f64());
     out
 }
@@ -906,7 +939,7 @@ fn short(s: &str) -> String {
 fn problems(results: &[Outcome], p: &Params) -> Vec<String> {
     let mut v = Vec::new();
     for o in results {
-        if !o.mode_hung && o.failed > 0 {
+        if !o.hung && o.failed > 0 {
             v.push(format!(
                 "{}: {} of {} requests failed (expected 0)",
                 o.label, o.failed, o.requests

@@ -583,11 +583,17 @@ async fn forward(
                 );
                 tried.push(Arc::clone(&server));
                 // Replayed only if idempotent and bodiless, within `retries` and the budget.
+                // NOTE: a server this failure (or a concurrent one) ejected takes no new
+                // requests, so replaying what was caught on it cannot snowball: it is bounded by
+                // what was in flight there. The budget guards failures that eject nobody
+                // (checks off, error_limit 0, or max_ejected_percent reached).
+                let ejected = !server.is_up();
                 match &replay {
                     Some(r)
                         if tried.len() <= cfg.retries as usize
-                            && in_flight
-                                .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min) =>
+                            && (ejected
+                                || in_flight
+                                    .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
                         metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
                         req = r.request();

@@ -643,6 +643,9 @@ fn next_set(
     for old in prev_servers {
         if !servers.iter().any(|s| Arc::ptr_eq(&s.state, &old.state)) {
             old.start_draining();
+            // A departed server must not keep reporting "up" (alerts sum this gauge).
+            metrics::gauge!(crate::metrics::SERVER_UP, "backend" => config.name.clone(), "server" => old.addr.clone())
+                .set(0.0);
             if old.active() > 0 {
                 info!(backend = %config.name, server = %old.addr, active = old.active(),
                     "server removed: draining the requests in flight");
