@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod etcd;
 pub mod health;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy_http;
 pub mod proxy_protocol;
 pub mod proxy_tcp;

@@ -36,6 +36,23 @@ enum Command {
     },
     /// Keep KEY=VALUE registered in etcd until SIGTERM/SIGINT, then remove it (the sidekick).
     Register(Box<switchyard::register::RegisterArgs>),
+    /// Translate haproxy.cfg (and a confd template resource and template) into a switchyard.toml
+    /// on stdout; what cannot be mapped is one warning line each on stderr.
+    Migrate {
+        /// The (rendered) haproxy.cfg.
+        #[arg(long)]
+        haproxy: PathBuf,
+        /// The confd template resource, e.g. /etc/confd/conf.d/haproxy.toml.
+        #[arg(long)]
+        confd_toml: Option<PathBuf>,
+        /// The confd template, e.g. /etc/confd/templates/haproxy.cfg.tmpl (default: the
+        /// resource's `src` under <confdir>/templates).
+        #[arg(long)]
+        confd_template: Option<PathBuf>,
+        /// etcd endpoint URL(s), comma-separated, for `[etcd] endpoints`.
+        #[arg(long, default_value = switchyard::migrate::DEFAULT_ETCD)]
+        etcd: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +92,17 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Migrate {
+            haproxy,
+            confd_toml,
+            confd_template,
+            etcd,
+        } => switchyard::migrate::main(switchyard::migrate::Options {
+            haproxy,
+            confd_toml,
+            confd_template,
+            etcd,
+        }),
     }
 }
 
