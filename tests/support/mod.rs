@@ -112,11 +112,11 @@ thread_local! {
     static CACHED_HTTP_CLIENT: reqwest::Client = http_client();
 }
 
-/// `http_client()`, built once per thread and then cloned (a clone is an `Arc`). Building a
-/// reqwest client costs 45–85 ms here (rustls loads the platform's root certificates), which
-/// dominates a 1–10 ms polling loop: code that polls should use this. It still opens a new
-/// connection per request (no idle pool). Each `#[tokio::test]` runs on its own thread, so a
-/// cached client is not shared between tests' runtimes.
+/// `http_client()`, built once per thread and then cloned (a clone is an `Arc`), for polling
+/// loops that want no per-request client build at all. (A build without `plain_tls()` cost
+/// 45–85 ms here, rustls loading the system roots.) It still opens a new connection per request
+/// (no idle pool). Each `#[tokio::test]` runs on its own thread, so a cached client is not
+/// shared between tests' runtimes.
 pub fn cached_http_client() -> reqwest::Client {
     CACHED_HTTP_CLIENT.with(|c| c.clone())
 }
