@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Etcd, Lb, Upstream, get, http_client, try_get, wait_until};
+use support::{Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
 
 const PREFIX: &str = "/testservice/backend";
 
@@ -74,14 +74,6 @@ async fn wait_listed(lb: &Lb, what: &str, want: &[SocketAddr]) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{what}: listed {last:?}, wanted {want:?}");
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use support::{Etcd, Lb, Upstream, get, http_client, wait_until};
+use support::{Etcd, Lb, Upstream, get, http_client, metric, wait_until};
 
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
     format!(
@@ -111,14 +111,6 @@ async fn wait_listed(lb: &Lb, what: &str, want: &[SocketAddr]) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{what}: listed {last:?}, wanted {want:?}");
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

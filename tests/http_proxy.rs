@@ -15,7 +15,7 @@ use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Lb, Upstream, free_port, get, http_client};
+use support::{Lb, Upstream, free_port, get, http_client, metric};
 
 fn config(backend: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
@@ -37,14 +37,6 @@ type = "none"
 "#,
         list.join(", ")
     )
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// Writes raw bytes and reads until the peer closes or `limit` passes.

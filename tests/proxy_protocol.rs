@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::Lb;
+use support::{Lb, metric};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -105,14 +105,6 @@ send_proxy = "{send_proxy}"
 type = "none"
 "#
     )
-}
-
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 async fn read_line(s: &mut TcpStream) -> String {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, free_port, wait_until};
+use support::{Lb, free_port, metric, wait_until};
 
 /// Bound on every single network wait in this file.
 const WAIT: Duration = Duration::from_secs(5);
@@ -197,15 +197,6 @@ servers = [{}]
 "#,
         list.join(", ")
     )
-}
-
-/// The value of the first sample line starting with `name_and_labels` (0 when absent).
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(0.0)
 }
 
 /// The sum over every sample of `name` whose labels contain all of `labels`.

@@ -96,6 +96,15 @@ pub fn http_client() -> reqwest::Client {
         .expect("build reqwest client")
 }
 
+/// The value of the first `/metrics` line that starts with `name_and_labels` (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// An empty-roots rustls config, built once, for clients that never speak TLS.
 pub fn plain_tls() -> rustls::ClientConfig {
     static CFG: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
