@@ -273,6 +273,19 @@ pub async fn run(
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
     };
+    // Histogram samples pile up in the recorder until an upkeep drains them; without a
+    // Prometheus scraping /metrics that would grow without bound, so drain them here too.
+    let upkeep = admin.metrics.clone();
+    let upkeep_cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = upkeep_cancel.cancelled() => return,
+                _ = tick.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, cancel.clone()));
     let health_task = tokio::spawn(health::run(publisher.shared(), cancel.clone()));
     let sweep_task = tokio::spawn(sweep_drains(Arc::clone(&publisher), cancel.clone()));
