@@ -314,6 +314,8 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                         "admin": s.admin().as_str(),
                         "weight": s.weight,
                         "active": s.active(),
+                        "requests": s.request_counts().0,
+                        "errors": s.request_counts().1,
                         "state_age_seconds": s.state_age_ms() as f64 / 1000.0,
                         "last_check": last.map(|(ok, _)| if ok { "passed" } else { "failed" }),
                         "last_check_age_seconds": last.map(|(_, age)| age.as_secs_f64()),
@@ -346,8 +348,8 @@ async function refresh(){
     document.getElementById('disc').textContent=d?`discovery ${d.api}: ${d.connected?'connected':'DISCONNECTED'}, index ${d.index}, last sync ${d.last_sync_age_seconds==null?'never':d.last_sync_age_seconds.toFixed(1)+' s ago'}, resyncs ${d.resyncs}`:'no discovery';
     let h='';
     for(const b of j.backends){
-      h+=`<h2>${e(b.name)}</h2><table><tr><th>name</th><th>address</th><th>source</th><th>state</th><th>weight</th><th>active</th><th>in state</th></tr>`;
-      for(const s of b.servers){h+=`<tr class="${e(s.state)}"><td>${e(s.name)}</td><td>${e(s.addr)}</td><td>${e(s.source)}</td><td>${e(s.state)}</td><td>${s.weight}</td><td>${s.active}</td><td>${s.state_age_seconds.toFixed(0)} s</td></tr>`;}
+      h+=`<h2>${e(b.name)}</h2><table><tr><th>name</th><th>address</th><th>source</th><th>state</th><th>admin</th><th>weight</th><th>active</th><th>requests</th><th>5xx</th><th>last check</th><th>in state</th></tr>`;
+      for(const s of b.servers){h+=`<tr class="${e(s.state)}"><td>${e(s.name)}</td><td>${e(s.addr)}</td><td>${e(s.source)}</td><td>${e(s.state)}</td><td>${e(s.admin)}</td><td>${s.weight}</td><td>${s.active}</td><td>${s.requests}</td><td>${s.errors}</td><td>${s.last_check==null?'-':e(s.last_check)+' '+s.last_check_age_seconds.toFixed(1)+' s ago'}</td><td>${s.state_age_seconds.toFixed(0)} s</td></tr>`;}
       h+='</table>';
     }
     document.getElementById('out').innerHTML=h;

@@ -426,6 +426,9 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     };
     let (resp, server) = forward(conn, backend, req).await;
     let code = resp.status().as_u16();
+    if let Some(s) = &server {
+        s.count_request(code);
+    }
     metrics::counter!(m::REQUESTS,
         "frontend" => fe.frontend.name.clone(),
         "backend" => backend.config.name.clone(),

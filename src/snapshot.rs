@@ -63,6 +63,9 @@ pub struct ServerState {
     draining_since_ms: AtomicU64,
     /// The operator's word (runtime admin API): 0 ready, 1 drain, 2 maint. See [`AdminState`].
     admin: AtomicU8,
+    /// Requests answered through this server, and how many of them were 5xx (stats page).
+    requests: AtomicU64,
+    errors: AtomicU64,
     /// Consecutive failures seen on live traffic (connect error, reset, timeout).
     pub(crate) live_errors: AtomicU32,
     /// Consecutive 5xx answers seen on live traffic.
@@ -86,6 +89,8 @@ impl ServerState {
             up_since_ms: AtomicU64::new(0),
             draining_since_ms: AtomicU64::new(0),
             admin: AtomicU8::new(AdminState::Ready as u8),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
             live_errors: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             streak: Mutex::new(Default::default()),
@@ -196,6 +201,23 @@ impl Server {
 
     pub(crate) fn state(&self) -> &ServerState {
         &self.state
+    }
+
+    /// Counts one answered request (for the stats page); 5xx count as errors.
+    #[inline]
+    pub fn count_request(&self, status: u16) {
+        self.state.requests.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.state.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (requests, errors) answered through this server so far.
+    pub fn request_counts(&self) -> (u64, u64) {
+        (
+            self.state.requests.load(Ordering::Relaxed),
+            self.state.errors.load(Ordering::Relaxed),
+        )
     }
 
     pub fn active(&self) -> usize {

@@ -66,6 +66,10 @@ async fn round_robin_over_static_servers() {
     assert_eq!((m["A"], m["B"], m["C"]), (10, 10, 10), "{m:?}");
     let j = lb.backends().await;
     assert_eq!(j["backends"][0]["servers"][0]["source"], "static");
+    for srv in j["backends"][0]["servers"].as_array().unwrap() {
+        assert_eq!(srv["requests"], 10, "per-server request count: {srv}");
+        assert_eq!(srv["errors"], 0);
+    }
     assert!(j["discovery"].is_null(), "no etcd configured");
     let text = lb.metrics().await;
     assert!(
