@@ -43,7 +43,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -214,10 +214,7 @@ impl HttpFrontend {
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
     ) -> Result<HttpFrontend, TlsError> {
-        let tls = match &frontend.tls {
-            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone())),
-            None => None,
-        };
+        let tls = TlsAcceptor::for_frontend(&frontend)?;
         Ok(HttpFrontend {
             frontend,
             shared,
@@ -236,11 +233,6 @@ struct Conn {
     https: bool,
     tracker: TaskTracker,
 }
-
-/// After refusing a client: how long to read and drop what it already sent, so the close is a
-/// FIN rather than a reset (unread data at close makes the kernel send RST).
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_MAX_BYTES: usize = 64 * 1024;
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker` and is
 /// shut down gracefully (finish the in-flight request, then close) when `shutdown` fires.
@@ -346,7 +338,7 @@ async fn setup(
                 metrics::counter!(PROXY_HEADER_ERRORS,
                     "frontend" => f.name.clone(), "reason" => e.reason())
                 .increment(1);
-                linger_close(stream).await;
+                crate::proxy_tcp::linger_close(stream).await;
                 return None;
             }
         }
@@ -394,23 +386,6 @@ async fn serve_conn<S>(
     if let Err(e) = res {
         debug!(client = %client, error = %e, "client connection ended with an error");
     }
-}
-
-/// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
-/// drop what the peer sent (bounded in time and bytes).
-async fn linger_close(mut stream: TcpStream) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut buf = [0u8; 4096];
-        let mut total = 0;
-        while total < LINGER_MAX_BYTES {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 // ---------------------------------------------------------------------------------------------

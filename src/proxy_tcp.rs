@@ -95,10 +95,7 @@ impl TcpFrontend {
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
     ) -> Result<TcpFrontend, TlsError> {
-        let tls = match &frontend.tls {
-            Some(t) => Some(Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone())),
-            None => None,
-        };
+        let tls = TlsAcceptor::for_frontend(&frontend)?;
         Ok(TcpFrontend {
             frontend,
             shared,
@@ -243,7 +240,7 @@ async fn setup(
 
 /// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
 /// drop what the peer sent (bounded in time and bytes), so the close finds no unread data.
-async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut buf = [0u8; 4096];

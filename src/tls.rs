@@ -137,6 +137,19 @@ impl TlsAcceptor {
         })
     }
 
+    /// The acceptor a frontend needs (none without `[frontend.tls]`), with its certificate
+    /// file watcher running; shared by the http and tcp listeners.
+    pub fn for_frontend(
+        frontend: &crate::config::Frontend,
+    ) -> Result<Option<Arc<TlsAcceptor>>, TlsError> {
+        match &frontend.tls {
+            Some(t) => Ok(Some(
+                Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone()),
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// The handshake, bounded by `handshake_timeout`.
     pub async fn accept(
         &self,
