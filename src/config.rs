@@ -57,6 +57,16 @@ pub enum Mode {
     Tcp,
 }
 
+/// `[log] access`: the access log's line format, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    #[default]
+    Off,
+    Json,
+    Logfmt,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
@@ -103,6 +113,8 @@ struct FileConfig {
     global: FileGlobal,
     #[serde(default)]
     admin: FileAdmin,
+    #[serde(default)]
+    log: LogConfig,
     etcd: Option<FileEtcd>,
     #[serde(default)]
     frontend: Vec<FileFrontend>,
@@ -115,6 +127,16 @@ struct FileConfig {
 struct FileGlobal {
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+}
+
+/// `[log]`: the access log (one line per request, or per connection in tcp mode).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub access: AccessFormat,
+    /// Appended to; stdout when unset.
+    pub access_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +279,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The file this config was loaded from (for reloads asked through the admin API).
     pub path: Option<PathBuf>,
+    pub log: LogConfig,
     pub etcd: Option<EtcdConfig>,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
@@ -803,11 +826,22 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         });
     }
 
+    if let Some(path) = &file.log.access_file {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(invalid(
+                "log.access_file",
+                format!("{}: its directory does not exist", path.display()),
+            ));
+        }
+    }
+
     Ok(Config {
         shutdown_grace,
         admin_listen,
         admin_token,
         path: None,
+        log: file.log,
         etcd,
         frontends,
         backends,

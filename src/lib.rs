@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod config;
@@ -90,6 +91,8 @@ struct Runtime {
     cancel: CancellationToken,
     conn_shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// The access log writer the frontends hand their records to (`None`: off).
+    access_log: Option<access_log::AccessLog>,
 }
 
 impl Runtime {
@@ -107,7 +110,11 @@ impl Runtime {
         let stop_accept = self.cancel.child_token();
         match config.mode {
             crate::config::Mode::Http => {
-                match HttpFrontend::new(Arc::new(config.clone()), self.publisher.shared()) {
+                match HttpFrontend::new(
+                    Arc::new(config.clone()),
+                    self.publisher.shared(),
+                    self.access_log.clone(),
+                ) {
                     Ok(fe) => {
                         tokio::spawn(proxy_http::serve(
                             Arc::clone(&listener),
@@ -123,8 +130,11 @@ impl Runtime {
                 }
             }
             crate::config::Mode::Tcp => {
-                match proxy_tcp::TcpFrontend::new(Arc::new(config.clone()), self.publisher.shared())
-                {
+                match proxy_tcp::TcpFrontend::new(
+                    Arc::new(config.clone()),
+                    self.publisher.shared(),
+                    self.access_log.clone(),
+                ) {
                     Ok(fe) => {
                         tokio::spawn(proxy_tcp::serve(
                             Arc::clone(&listener),
@@ -178,6 +188,20 @@ impl Runtime {
                 }
             }
         }
+        // A new access log setting gets a new writer (the old one ends with the connections
+        // that still hold it) and restarts every accept loop so new connections use it.
+        let relog = new.log != self.config.log;
+        if relog {
+            match access_log::AccessLog::start(&new.log) {
+                Ok(log) => self.access_log = log,
+                Err(e) => {
+                    error!(error = %e, "reload refused; the running configuration stays");
+                    ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
+                        .increment(1);
+                    return Err(format!("log.access_file: {e}"));
+                }
+            }
+        }
         self.publisher.apply_config(&new);
         let watched = |c: &Config| {
             (
@@ -208,7 +232,7 @@ impl Runtime {
                     // A TLS frontend restarts its accept loop on every reload, so SIGHUP re-reads
                     // its certificates (validated before the reload got here); established
                     // connections keep the old ones.
-                    if t.config == f && f.tls.is_none() {
+                    if t.config == f && f.tls.is_none() && !relog {
                         self.frontends.insert(f.name.clone(), t);
                         continue;
                     }
@@ -252,7 +276,10 @@ pub async fn run(
     // The recorder first: anything recorded before it is installed is lost.
     let metrics = crate::metrics::handle();
     let publisher = Arc::new(Publisher::new(&config));
+    let access_log = access_log::AccessLog::start(&config.log)
+        .map_err(|e| anyhow::anyhow!("log.access_file: {e}"))?;
     let mut rt = Runtime {
+        access_log,
         publisher: Arc::clone(&publisher),
         discovery_status: Arc::new(ArcSwapOption::empty()),
         discovery_cancel: cancel.child_token(),

@@ -41,6 +41,7 @@ pub fn handle() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed in this process");
             describe();
             crate::tls::describe();
+            crate::access_log::describe();
             crate::proxy_tcp::describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             metrics::gauge!(DISCOVERY_CONNECTED).set(0.0);

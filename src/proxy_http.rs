@@ -49,6 +49,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::metrics as m;
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
@@ -66,10 +67,12 @@ type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
 
 /// An upstream response body that keeps its server's in-flight count until it is done, so a
 /// removed server drains until its last byte is sent, not just its response head. Trailers
-/// frames pass through like data frames.
+/// frames pass through like data frames. With the access log on, it carries the request's
+/// record, counts the body bytes into it, and writes it when the body ends or is dropped.
 pub struct Guarded {
     inner: Incoming,
     _active: ActiveGuard,
+    log: Option<Pending>,
 }
 
 impl hyper::body::Body for Guarded {
@@ -80,7 +83,22 @@ impl hyper::body::Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(log) = &mut this.log {
+            let r = log.record();
+            match &frame {
+                Some(Ok(f)) => {
+                    r.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if this.inner.is_end_stream() {
+                        r.termination = Termination::Ok;
+                    }
+                }
+                Some(Err(_)) => r.termination = Termination::ServerAbort,
+                None => r.termination = Termination::Ok,
+            }
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -206,6 +224,14 @@ pub struct HttpFrontend {
     pub shared: Arc<ArcSwap<Snapshot>>,
     /// Present: the listener terminates TLS.
     pub tls: Option<Arc<TlsAcceptor>>,
+    /// Present: one access log line per request.
+    pub log: Option<AccessLog>,
+    /// The frontend's name, shared by its access log records.
+    name: Arc<str>,
+    /// This frontend's metric handles, looked up once rather than per connection.
+    connections: metrics::Gauge,
+    received: metrics::Counter,
+    sent: metrics::Counter,
 }
 
 impl HttpFrontend {
@@ -213,12 +239,19 @@ impl HttpFrontend {
     pub fn new(
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
+        log: Option<AccessLog>,
     ) -> Result<HttpFrontend, TlsError> {
         let tls = TlsAcceptor::for_frontend(&frontend)?;
+        let label = || frontend.name.clone();
         Ok(HttpFrontend {
+            connections: metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => label()),
+            received: metrics::counter!(crate::proxy_tcp::BYTES_RECEIVED, "frontend" => label()),
+            sent: metrics::counter!(crate::proxy_tcp::BYTES_SENT, "frontend" => label()),
+            name: Arc::from(frontend.name.as_str()),
             frontend,
             shared,
             tls,
+            log,
         })
     }
 }
@@ -279,8 +312,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let tunnels = tracker.clone();
         tracker.spawn(async move {
-            let gauge =
-                metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => fe.frontend.name.clone());
+            let gauge = fe.connections.clone();
             gauge.increment(1.0);
             accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
             gauge.decrement(1.0);
@@ -368,7 +400,12 @@ async fn serve_conn<S>(
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let client = conn.client;
-    let io = HeadTimeout::new(io, conn.fe.frontend.header_timeout);
+    let io = HeadTimeout::new(
+        io,
+        conn.fe.frontend.header_timeout,
+        conn.fe.received.clone(),
+        conn.fe.sent.clone(),
+    );
     let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
@@ -391,18 +428,56 @@ async fn serve_conn<S>(
 // ---------------------------------------------------------------------------------------------
 // Forwarding.
 
-/// Serves one request: pick, forward, map failures to status codes, record metrics.
+/// Serves one request: pick, forward, map failures to status codes, record metrics and the
+/// access log line.
 async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let fe = &conn.fe;
+    // Dropped with this future if the client goes away first: then it logs `client_abort`.
+    let log = fe.log.as_ref().map(|log| {
+        let mut p = Pending::new(log, conn.client, Arc::clone(&fe.name));
+        p.record().http = Some(HttpRequest {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            status: 0,
+        });
+        p
+    });
     let snap = fe.shared.load_full();
     let Some(backend) = snap.route(&fe.frontend.name) else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
+        let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
+        if let Some(mut p) = log {
+            finish_log(&mut p, &resp, Termination::NoRoute);
+        }
+        return resp;
     };
-    let (resp, server) = forward(conn, backend, req).await;
+    let mut trace = Trace::default();
+    let (mut resp, server) = forward(conn, backend, req, &mut trace).await;
     let code = resp.status().as_u16();
     if let Some(s) = &server {
         s.count_request(code);
+    }
+    if let Some(mut p) = log {
+        let r = p.record();
+        r.backend = Some(Arc::clone(&backend.config));
+        r.server = server.clone();
+        r.retries = trace.retries;
+        r.connect = trace.connect;
+        r.response = trace.response;
+        if let Some(h) = &mut r.http {
+            h.status = code;
+        }
+        match resp.body_mut() {
+            // Written when the upstream body ends (or the client drops it).
+            Either::Left(body) => {
+                // hyper never polls a body that is already at its end (HEAD, 204, 304, empty).
+                if hyper::body::Body::is_end_stream(&body.inner) {
+                    p.record().termination = Termination::Ok;
+                }
+                body.log = Some(p);
+            }
+            Either::Right(_) => finish_log(&mut p, &resp, trace.termination),
+        }
     }
     metrics::counter!(m::REQUESTS,
         "frontend" => fe.frontend.name.clone(),
@@ -415,6 +490,32 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         "backend" => backend.config.name.clone())
     .record(start.elapsed().as_secs_f64());
     resp
+}
+
+/// Fills in the record of a request answered with one of our own (complete) bodies, or a
+/// `101`; it is written when `p` is dropped.
+fn finish_log(p: &mut Pending, resp: &Response<Body>, termination: Termination) {
+    let r = p.record();
+    if let Some(h) = &mut r.http {
+        h.status = resp.status().as_u16();
+    }
+    r.bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    r.termination = termination;
+}
+
+/// How a request was forwarded, for the access log: the last attempt's timings.
+#[derive(Debug, Default)]
+struct Trace {
+    /// Further servers tried after the first.
+    retries: u32,
+    /// Getting a connection to the server (about 0 for a pooled or shared one).
+    connect: Option<Duration>,
+    /// From the connection being ready to the response head.
+    response: Option<Duration>,
+    /// How it ended when our own answer (or a `101`) is the response.
+    termination: Termination,
 }
 
 /// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
@@ -482,6 +583,7 @@ async fn forward(
     conn: &Conn,
     backend: &BackendSet,
     mut req: Request<Incoming>,
+    trace: &mut Trace,
 ) -> (Response<Body>, Option<Arc<Server>>) {
     let cfg = &backend.config;
     let target = Target {
@@ -498,20 +600,23 @@ async fn forward(
     loop {
         let Some(server) = backend.pick_excluding(&tried).cloned() else {
             if tried.is_empty() {
+                trace.termination = Termination::NoServer;
                 let body = format!(
                     "503 Service Unavailable: no server available for backend {}\n",
                     cfg.name
                 );
                 return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
             }
+            trace.termination = Termination::ConnectError;
             return (unreachable_backend(&cfg.name), tried.pop());
         };
         let active = server.track();
-        match send(&server, cfg, conn, req, target).await {
+        match send(&server, cfg, conn, req, target, trace).await {
             Ok(mut resp) => {
                 crate::health::observe_response(backend, &server, resp.status().as_u16());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_side) = client_upgrade.take() else {
+                        trace.termination = Termination::ServerError;
                         let body = format!(
                             "502 Bad Gateway: server {} of backend {} switched protocols unasked\n",
                             server.addr, cfg.name
@@ -522,6 +627,7 @@ async fn forward(
                     let (mut parts, _) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
                     tunnel(conn, &server, active, client_side, server_side);
+                    trace.termination = Termination::Upgrade;
                     let empty = Either::Right(Full::new(Bytes::new()));
                     return (Response::from_parts(parts, empty), Some(server));
                 }
@@ -531,6 +637,7 @@ async fn forward(
                 let body = Guarded {
                     inner: body,
                     _active: active,
+                    log: None,
                 };
                 return (
                     Response::from_parts(parts, Either::Left(body)),
@@ -547,9 +654,11 @@ async fn forward(
                 // Nothing was sent, so any method may go to another server; no budget needed,
                 // since the failed attempt loaded nobody.
                 if tried.len() > cfg.retries as usize {
+                    trace.termination = Termination::ConnectError;
                     return (unreachable_backend(&cfg.name), tried.pop());
                 }
                 metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                trace.retries += 1;
                 req = back;
             }
             Err(Failure::Sent(e)) => {
@@ -574,12 +683,17 @@ async fn forward(
                                     .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
                         metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                        trace.retries += 1;
                         req = r.request();
                     }
-                    _ => return (plain(StatusCode::BAD_GATEWAY, body), Some(server)),
+                    _ => {
+                        trace.termination = Termination::ServerError;
+                        return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
+                    }
                 }
             }
             Err(Failure::Timeout) => {
+                trace.termination = Termination::ServerTimeout;
                 crate::health::observe_failure(backend, &server, "response timeout");
                 let body = format!(
                     "504 Gateway Timeout: server {} of backend {} did not answer within {:?}\n",
@@ -637,6 +751,7 @@ async fn send(
     conn: &Conn,
     req: Request<UpBody>,
     target: Target,
+    trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
     // Built only when a connection is opened: a pooled or shared one needs none of it.
     let dial = || Dial::new(server, cfg, conn);
@@ -644,11 +759,20 @@ async fn send(
     // `send_proxy` connections are neither pooled nor shared (HAProxy marks them private too).
     let private = cfg.send_proxy != ProxyVersion::None;
     if target.h2 {
-        send_h2(server, dial, req, private, cfg.response_timeout).await
+        send_h2(server, dial, req, private, cfg.response_timeout, trace).await
     } else {
         // An upgraded connection is the tunnel's; one that was asked to upgrade is not reused.
         let reuse = !private && !target.upgrade;
-        send_h1(server, dial, req, !private, reuse, cfg.response_timeout).await
+        send_h1(
+            server,
+            dial,
+            req,
+            !private,
+            reuse,
+            cfg.response_timeout,
+            trace,
+        )
+        .await
     }
 }
 
@@ -661,13 +785,18 @@ async fn send_h1(
     pooled: bool,
     reuse: bool,
     response_timeout: Duration,
+    trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
+    let start = Instant::now();
     // A pooled connection the server closed meanwhile hands the request back untouched; then
     // fall through to a fresh connection. Bounded: each round removes one pooled sender.
     while let Some(mut sender) = pooled.then(|| server.pool().checkout()).flatten() {
+        let ready = Instant::now();
+        trace.connect = Some(ready - start);
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Failure::Timeout),
             Ok(Ok(resp)) => {
+                trace.response = Some(ready.elapsed());
                 if reuse {
                     server.pool().checkin(server, sender);
                 }
@@ -683,9 +812,12 @@ async fn send_h1(
         Ok(s) => s,
         Err(e) => return Err(Failure::Connect(e, req)),
     };
+    let ready = Instant::now();
+    trace.connect = Some(ready - start);
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(resp)) => {
+            trace.response = Some(ready.elapsed());
             if reuse {
                 server.pool().checkin(server, sender);
             }
@@ -707,7 +839,9 @@ async fn send_h2(
     mut req: Request<UpBody>,
     private: bool,
     response_timeout: Duration,
+    trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
+    let start = Instant::now();
     let mut stale_ok = !private;
     loop {
         let sender = if private {
@@ -719,9 +853,14 @@ async fn send_h2(
             Ok(s) => s,
             Err(e) => return Err(Failure::Connect(e, req)),
         };
+        let ready = Instant::now();
+        trace.connect = Some(ready - start);
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Ok(resp)) => {
+                trace.response = Some(ready.elapsed());
+                return Ok(resp);
+            }
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if stale_ok => {
                     debug!(server = %server.addr, "shared HTTP/2 connection closed; reconnecting");
@@ -1131,6 +1270,9 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// with a status; it only scans for CRLFCRLF and never parses.
 struct HeadTimeout<S> {
     inner: S,
+    /// Every byte read from and written to the client (`switchyard_bytes_*_total`).
+    received: metrics::Counter,
+    sent: metrics::Counter,
     limit: Duration,
     state: HeadState,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -1151,9 +1293,16 @@ enum HeadState {
 }
 
 impl<S> HeadTimeout<S> {
-    fn new(inner: S, limit: Duration) -> HeadTimeout<S> {
+    fn new(
+        inner: S,
+        limit: Duration,
+        received: metrics::Counter,
+        sent: metrics::Counter,
+    ) -> HeadTimeout<S> {
         HeadTimeout {
             inner,
+            received,
+            sent,
             limit,
             state: HeadState::Idle,
             sleep: Box::pin(tokio::time::sleep(limit)),
@@ -1227,7 +1376,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let this = &mut *self;
-                this.saw(&buf.filled()[before..]);
+                let read = &buf.filled()[before..];
+                this.received.increment(read.len() as u64);
+                this.saw(read);
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -1261,6 +1412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
         if n > 0 {
+            self.sent.increment(n as u64);
             self.wrote(buf);
         }
         Poll::Ready(Ok(n))
@@ -1273,6 +1425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
     ) -> Poll<io::Result<usize>> {
         let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
         if n > 0 {
+            self.sent.increment(n as u64);
             let first = bufs
                 .iter()
                 .find(|b| !b.is_empty())
@@ -1385,7 +1538,12 @@ mod tests {
 
     #[tokio::test]
     async fn head_timeout_stands_down_after_101() {
-        let mut h = HeadTimeout::new((), Duration::from_secs(1));
+        let mut h = HeadTimeout::new(
+            (),
+            Duration::from_secs(1),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        );
         h.saw(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(h.state, HeadState::Body);
         h.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");

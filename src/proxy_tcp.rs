@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::access_log::{AccessLog, Pending, Termination};
 use crate::config::{Backend, Frontend, ProxyVersion};
 use crate::metrics as m;
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
@@ -64,12 +65,12 @@ pub fn describe() {
     describe_counter!(
         BYTES_RECEIVED,
         metrics::Unit::Bytes,
-        "Bytes received from clients on TCP-mode frontends."
+        "Bytes received from clients, by frontend (tcp and http mode; headers included)."
     );
     describe_counter!(
         BYTES_SENT,
         metrics::Unit::Bytes,
-        "Bytes sent to clients on TCP-mode frontends."
+        "Bytes sent to clients, by frontend (tcp and http mode; headers included)."
     );
     describe_counter!(
         TCP_REJECTED,
@@ -87,6 +88,9 @@ pub struct TcpFrontend {
     pub frontend: Arc<Frontend>,
     pub shared: Arc<ArcSwap<Snapshot>>,
     pub tls: Option<Arc<TlsAcceptor>>,
+    /// Present: one access log line per connection.
+    pub log: Option<AccessLog>,
+    name: Arc<str>,
 }
 
 impl TcpFrontend {
@@ -94,12 +98,15 @@ impl TcpFrontend {
     pub fn new(
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
+        log: Option<AccessLog>,
     ) -> Result<TcpFrontend, TlsError> {
         let tls = TlsAcceptor::for_frontend(&frontend)?;
         Ok(TcpFrontend {
+            name: Arc::from(frontend.name.as_str()),
             frontend,
             shared,
             tls,
+            log,
         })
     }
 }
@@ -152,15 +159,22 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _open = OpenConnection::new(&fe.frontend.name);
+            let mut log = fe
+                .log
+                .as_ref()
+                .map(|l| Pending::new(l, peer, Arc::clone(&fe.name)));
             let ready = tokio::select! {
-                r = setup(&fe, stream, peer) => r,
+                r = setup(&fe, stream, peer, &mut log) => r,
                 _ = shutdown.cancelled() => {
                     debug!(client = %peer, "shutdown before the relay started; closing");
+                    if let Some(p) = log {
+                        p.discard();
+                    }
                     return;
                 }
             };
             if let Some((client, client_addr, upstream)) = ready {
-                relay(&fe.frontend, client, client_addr, upstream).await;
+                relay(&fe.frontend, client, client_addr, upstream, log).await;
             }
         });
     }
@@ -195,6 +209,7 @@ async fn setup(
     fe: &TcpFrontend,
     mut stream: TcpStream,
     peer: SocketAddr,
+    log: &mut Option<Pending>,
 ) -> Option<(ClientIo, SocketAddr, Upstream)> {
     let f = &*fe.frontend;
     let local = stream.local_addr().unwrap_or(f.bind);
@@ -208,6 +223,9 @@ async fn setup(
                     "frontend" => f.name.clone(), "reason" => e.reason())
                 .increment(1);
                 reject(f, "proxy_header");
+                if let Some(p) = log.take() {
+                    p.discard();
+                }
                 linger_close(stream).await;
                 return None;
             }
@@ -222,15 +240,45 @@ async fn setup(
             Err(e) => {
                 debug!(frontend = %f.name, client = %client_addr, error = %e, "TLS handshake failed");
                 reject(f, "tls_handshake");
+                if let Some(p) = log.take() {
+                    p.discard();
+                }
                 return None;
             }
         },
     };
+    if let Some(p) = log {
+        p.record().client = client_addr;
+    }
+    let start = Instant::now();
     match connect_upstream(fe, client_addr, dst).await {
-        Ok(up) => Some((client, client_addr, up)),
-        Err(reason) => {
+        Ok(up) => {
+            if let Some(p) = log {
+                let r = p.record();
+                r.connect = Some(start.elapsed());
+                r.backend = Some(Arc::clone(&up.config));
+                r.server = Some(Arc::clone(&up.server));
+                r.retries = up.retries;
+            }
+            Some((client, client_addr, up))
+        }
+        Err(Refused {
+            reason,
+            config,
+            retries,
+        }) => {
             debug!(frontend = %f.name, client = %client_addr, reason, "no server for the connection; closing");
             reject(f, reason);
+            if let Some(mut p) = log.take() {
+                let r = p.record();
+                r.backend = config;
+                r.retries = retries;
+                r.bytes_in = Some(0);
+                r.termination = match reason {
+                    "no_server" => Termination::NoServer,
+                    _ => Termination::ConnectError,
+                };
+            }
             // The close is sent at once; lingering only drains what the client already sent.
             linger_close(client).await;
             None
@@ -259,39 +307,60 @@ pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: 
 struct Upstream {
     io: UpstreamIo,
     server: Arc<Server>,
-    backend: String,
+    config: Arc<Backend>,
+    /// Servers tried before this one.
+    retries: u32,
     _active: ActiveGuard,
 }
 
+/// Why no upstream connection was made: the rejection reason (a metric label), the backend
+/// if the frontend had one, and the servers tried after the first.
+struct Refused {
+    reason: &'static str,
+    config: Option<Arc<Backend>>,
+    retries: u32,
+}
+
 /// Picks a server and connects, moving on to a different server after a failure, up to
-/// `retries` times. Errs with the rejection reason.
+/// `retries` times.
 async fn connect_upstream(
     fe: &TcpFrontend,
     client: SocketAddr,
     dst: SocketAddr,
-) -> Result<Upstream, &'static str> {
+) -> Result<Upstream, Refused> {
     // Held for the connect attempts only, never for the relay: an old snapshot must not live
     // as long as a long-lived connection.
     let snap = fe.shared.load_full();
     let Some(set) = snap.route(&fe.frontend.name) else {
-        return Err("no_server");
+        return Err(Refused {
+            reason: "no_server",
+            config: None,
+            retries: 0,
+        });
     };
     let cfg = &set.config;
+    let refused = |reason, tried: &Vec<Arc<Server>>| Refused {
+        reason,
+        config: Some(Arc::clone(cfg)),
+        retries: tried.len().saturating_sub(1) as u32,
+    };
     let mut tried: Vec<Arc<Server>> = Vec::new();
     loop {
         let Some(server) = set.pick_excluding(&tried).cloned() else {
-            return Err(if tried.is_empty() {
+            let reason = if tried.is_empty() {
                 "no_server"
             } else {
                 "unreachable"
-            });
+            };
+            return Err(refused(reason, &tried));
         };
         let active = server.track();
         match establish(cfg, &server, client, dst).await {
             Ok(io) => {
                 return Ok(Upstream {
                     io,
-                    backend: cfg.name.clone(),
+                    config: Arc::clone(cfg),
+                    retries: tried.len() as u32,
                     server,
                     _active: active,
                 });
@@ -304,7 +373,7 @@ async fn connect_upstream(
                 crate::health::observe_failure(set, &server, &format!("connect: {e}"));
                 tried.push(server);
                 if tried.len() > cfg.retries as usize {
-                    return Err("unreachable");
+                    return Err(refused("unreachable", &tried));
                 }
                 metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
             }
@@ -356,15 +425,22 @@ async fn establish(
 
 /// Relays both ways until both directions are done, the idle timeout passes with no byte
 /// either way, or the server's drain times out.
-async fn relay(f: &Frontend, client: ClientIo, client_addr: SocketAddr, up: Upstream) {
+async fn relay(
+    f: &Frontend,
+    client: ClientIo,
+    client_addr: SocketAddr,
+    up: Upstream,
+    log: Option<Pending>,
+) {
     let Upstream {
         io: mut upstream,
         server,
-        backend,
+        config,
         _active,
+        ..
     } = up;
     metrics::counter!(TCP_CONNECTIONS,
-        "frontend" => f.name.clone(), "backend" => backend.clone(), "server" => server.addr.clone())
+        "frontend" => f.name.clone(), "backend" => config.name.clone(), "server" => server.addr.clone())
     .increment(1);
     debug!(frontend = %f.name, client = %client_addr, server = %server.addr, "relay started");
     let start = Instant::now();
@@ -380,18 +456,24 @@ async fn relay(f: &Frontend, client: ClientIo, client_addr: SocketAddr, up: Upst
     let kill = server.kill_token();
     let outcome = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
-            Ok(_) => "closed",
+            Ok(_) => Termination::Ok,
             Err(e) => {
                 debug!(client = %client_addr, server = %server.addr, error = %e, "relay ended with an error");
-                "error"
+                Termination::IoError
             }
         },
-        _ = idle(&activity, start, f.idle_timeout) => "idle timeout",
-        _ = kill.cancelled() => "drain timeout",
+        _ = idle(&activity, start, f.idle_timeout) => Termination::IdleTimeout,
+        _ = kill.cancelled() => Termination::DrainTimeout,
     };
     debug!(frontend = %f.name, client = %client_addr, server = %server.addr,
         received = client.totals.0, sent = client.totals.1,
-        secs = start.elapsed().as_secs_f64(), outcome, "relay ended");
+        secs = start.elapsed().as_secs_f64(), outcome = outcome.as_str(), "relay ended");
+    if let Some(mut p) = log {
+        let r = p.record();
+        r.bytes_in = Some(client.totals.0);
+        r.bytes_out = client.totals.1;
+        r.termination = outcome;
+    }
 }
 
 /// Returns once `idle` has passed since the last activity. Each round either returns or sleeps
