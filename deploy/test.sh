@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the integration tests need on a fresh Debian machine
-# (etcd 3.4 from Debian's etcd-server, etcdctl from etcd-client), then runs the whole test suite
-# (unit tests, and integration tests against a real etcd on free loopback ports).
+# (etcd 3.4 from Debian's etcd-server, etcdctl from etcd-client, and Debian's chromium for the
+# headless stats page test), then runs the whole test suite (unit tests, and integration tests
+# against a real etcd on free loopback ports).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+[[ -x /usr/bin/chromium ]] || command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ((${#need[@]})); then
     SUDO=""
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; fi
