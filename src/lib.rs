@@ -20,6 +20,7 @@ pub mod proxy_http;
 pub mod proxy_protocol;
 pub mod proxy_tcp;
 pub mod register;
+pub mod signal;
 pub mod snapshot;
 pub mod tls;
 
@@ -89,7 +90,8 @@ struct Runtime {
     discovery_cancel: CancellationToken,
     frontends: HashMap<String, FrontendTask>,
     cancel: CancellationToken,
-    conn_shutdown: CancellationToken,
+    /// Fired at shutdown: every connection finishes its in-flight request and closes.
+    conn_shutdown: signal::Signal,
     tracker: TaskTracker,
     /// The access log writer the frontends hand their records to (`None`: off).
     access_log: Option<access_log::AccessLog>,
@@ -285,7 +287,7 @@ pub async fn run(
         discovery_cancel: cancel.child_token(),
         frontends: HashMap::new(),
         cancel: cancel.clone(),
-        conn_shutdown: CancellationToken::new(),
+        conn_shutdown: signal::Signal::new(),
         tracker: TaskTracker::new(),
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
@@ -349,7 +351,7 @@ pub async fn run(
     // Shutdown: the accept loops stopped with `cancel` (their tokens are its children). Now ask
     // every connection to finish its in-flight request and close, and wait up to the grace.
     info!(grace = ?rt.config.shutdown_grace, "shutting down: draining connections");
-    rt.conn_shutdown.cancel();
+    rt.conn_shutdown.fire();
     rt.tracker.close();
     if tokio::time::timeout(rt.config.shutdown_grace, rt.tracker.wait())
         .await

@@ -23,6 +23,46 @@ pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
 
+/// Metric handles looked up once per label set, then reused. The recorder's own lookup on every
+/// `counter!` (building the key's label strings, hashing, searching the registry) was about 8% of
+/// the instructions of a proxied request. Entries are few (status codes seen, times frontends),
+/// so a short vector under a mutex beats a map; past `CACHE_MAX` entries handles are not kept.
+#[derive(Debug)]
+pub struct HandleCache<K, H> {
+    entries: std::sync::Mutex<Vec<(K, H)>>,
+}
+
+const CACHE_MAX: usize = 64;
+
+impl<K, H> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        HandleCache {
+            entries: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<K, H> HandleCache<K, H> {
+    /// Runs `f` on the handle whose key `is` matches, registering it with `make` the first time.
+    pub fn with<R>(
+        &self,
+        is: impl Fn(&K) -> bool,
+        make: impl FnOnce() -> (K, H),
+        f: impl FnOnce(&H) -> R,
+    ) -> R {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = entries.iter().find(|(k, _)| is(k)) {
+            return f(h);
+        }
+        let (k, h) = make();
+        let r = f(&h);
+        if entries.len() < CACHE_MAX {
+            entries.push((k, h));
+        }
+        r
+    }
+}
+
 /// Latency buckets in seconds: sub-millisecond proxying up to the 60 s response timeout.
 const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -110,4 +150,27 @@ fn describe() {
         "Configuration reloads (SIGHUP), by result (success, failure)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label is the build.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_handle_is_made_once_per_key() {
+        let cache: HandleCache<u16, u32> = HandleCache::default();
+        let mut made = 0;
+        for code in [200, 200, 503, 200] {
+            let v = cache.with(
+                |k| *k == code,
+                || {
+                    made += 1;
+                    (code, u32::from(code) * 2)
+                },
+                |h| *h,
+            );
+            assert_eq!(v, u32::from(code) * 2);
+        }
+        assert_eq!(made, 2);
+    }
 }

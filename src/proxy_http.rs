@@ -45,14 +45,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
-use crate::metrics as m;
+use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
+use crate::signal::{Signal, Watch};
 use crate::snapshot::{ActiveGuard, BackendSet, Server, Snapshot};
 use crate::tls::{TlsAcceptor, TlsError};
 
@@ -228,10 +229,20 @@ pub struct HttpFrontend {
     pub log: Option<AccessLog>,
     /// The frontend's name, shared by its access log records.
     name: Arc<str>,
-    /// This frontend's metric handles, looked up once rather than per connection.
+    /// This frontend's metric handles, looked up once rather than per connection or request.
     connections: metrics::Gauge,
     received: metrics::Counter,
     sent: metrics::Counter,
+    metrics: Arc<FrontendMetrics>,
+}
+
+/// Per-request metric handles of one frontend (server-labelled ones live on the server).
+#[derive(Default)]
+struct FrontendMetrics {
+    /// `switchyard_request_duration_seconds`, by backend.
+    durations: HandleCache<String, metrics::Histogram>,
+    /// `switchyard_requests_total` answered without a server, by backend and code.
+    no_server: HandleCache<(String, u16), metrics::Counter>,
 }
 
 impl HttpFrontend {
@@ -248,6 +259,7 @@ impl HttpFrontend {
             received: metrics::counter!(crate::proxy_tcp::BYTES_RECEIVED, "frontend" => label()),
             sent: metrics::counter!(crate::proxy_tcp::BYTES_SENT, "frontend" => label()),
             name: Arc::from(frontend.name.as_str()),
+            metrics: Arc::default(),
             frontend,
             shared,
             tls,
@@ -265,6 +277,8 @@ struct Conn {
     local: SocketAddr,
     https: bool,
     tracker: TaskTracker,
+    /// The client's IP as an X-Forwarded-For entry, formatted once per connection.
+    xff: HeaderValue,
 }
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker` and is
@@ -273,7 +287,7 @@ pub async fn serve(
     listener: Arc<TcpListener>,
     fe: HttpFrontend,
     stop_accept: CancellationToken,
-    shutdown: CancellationToken,
+    shutdown: Signal,
     tracker: TaskTracker,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -331,17 +345,20 @@ async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     builder: &auto::Builder<TokioExecutor>,
-    shutdown: &CancellationToken,
+    shutdown: &Signal,
     tracker: TaskTracker,
 ) {
     let ready = tokio::select! {
         r = setup(&fe, stream, peer) => r,
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.watch() => return,
     };
     let Some((io, client, local)) = ready else {
         return;
     };
+    let xff = HeaderValue::try_from(client.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     let conn = Conn {
+        xff,
         https: fe.tls.is_some(),
         fe,
         client,
@@ -391,12 +408,8 @@ async fn setup(
 }
 
 /// Runs hyper's server (HTTP/1.1 with upgrades, or HTTP/2) on one client connection.
-async fn serve_conn<S>(
-    io: S,
-    conn: Conn,
-    builder: &auto::Builder<TokioExecutor>,
-    shutdown: &CancellationToken,
-) where
+async fn serve_conn<S>(io: S, conn: Conn, builder: &auto::Builder<TokioExecutor>, shutdown: &Signal)
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let client = conn.client;
@@ -415,7 +428,7 @@ async fn serve_conn<S>(
     tokio::pin!(http);
     let res = tokio::select! {
         r = http.as_mut() => r,
-        _ = shutdown.cancelled() => {
+        _ = shutdown.watch() => {
             http.as_mut().graceful_shutdown();
             http.await
         }
@@ -479,16 +492,29 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             Either::Right(_) => finish_log(&mut p, &resp, trace.termination),
         }
     }
-    metrics::counter!(m::REQUESTS,
-        "frontend" => fe.frontend.name.clone(),
-        "backend" => backend.config.name.clone(),
-        "server" => server.map(|s| s.addr.clone()).unwrap_or_default(),
-        "code" => code.to_string())
-    .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION,
-        "frontend" => fe.frontend.name.clone(),
-        "backend" => backend.config.name.clone())
-    .record(start.elapsed().as_secs_f64());
+    let backend_name = backend.config.name.as_str();
+    match &server {
+        Some(s) => s.count_request_metric(&fe.name, backend_name, code),
+        None => fe.metrics.no_server.with(
+            |(b, c)| *c == code && b == backend_name,
+            || {
+                let c = metrics::counter!(m::REQUESTS,
+                    "frontend" => fe.frontend.name.clone(), "backend" => backend_name.to_string(),
+                    "server" => "", "code" => code.to_string());
+                ((backend_name.to_string(), code), c)
+            },
+            |c| c.increment(1),
+        ),
+    }
+    fe.metrics.durations.with(
+        |b| b == backend_name,
+        || {
+            let h = metrics::histogram!(m::REQUEST_DURATION,
+                "frontend" => fe.frontend.name.clone(), "backend" => backend_name.to_string());
+            (backend_name.to_string(), h)
+        },
+        |h| h.record(start.elapsed().as_secs_f64()),
+    );
     resp
 }
 
@@ -721,7 +747,7 @@ fn tunnel(
     client_side: OnUpgrade,
     server_side: OnUpgrade,
 ) {
-    let kill = server.kill_token();
+    let mut kill = server.kill_token().watch();
     let addr = server.addr.clone();
     let client = conn.client;
     let gauge = metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => conn.fe.frontend.name.clone());
@@ -738,7 +764,7 @@ fn tunnel(
                 Ok((up, down)) => debug!(client = %client, server = %addr, up, down, "tunnel closed"),
                 Err(e) => debug!(client = %client, server = %addr, error = %e, "tunnel ended with an error"),
             },
-            _ = kill.cancelled() => debug!(client = %client, server = %addr, "tunnel closed: drain timeout"),
+            _ = &mut kill => debug!(client = %client, server = %addr, "tunnel closed: drain timeout"),
         }
         gauge.decrement(1.0);
     });
@@ -882,7 +908,7 @@ async fn send_h2(
 struct Dial {
     addr: String,
     backend: Arc<Backend>,
-    kill: CancellationToken,
+    kill: Signal,
     /// The PROXY header to send first, if the backend sends one.
     proxy_header: Option<Bytes>,
 }
@@ -913,7 +939,7 @@ impl Dial {
             None => Box::new(stream),
             Some(tls) => Box::new(crate::tls::connect(tls, &self.addr, stream, alpn).await?),
         };
-        Ok(Killable::new(io, self.kill.clone()))
+        Ok(Killable::new(io, self.kill.watch()))
     }
 
     /// Runs `f` (connect and handshake) within the backend's connect timeout.
@@ -936,13 +962,10 @@ async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
                 .map_err(io::Error::other)
         })
         .await?;
-    let kill = dial.kill.clone();
+    // The socket is `Killable`: a drain timeout fails its reads and writes, which ends this.
     tokio::spawn(async move {
-        tokio::select! {
-            r = conn.with_upgrades() => if let Err(e) = r {
-                debug!(error = %e, "upstream connection closed with an error");
-            },
-            _ = kill.cancelled() => debug!("upstream connection closed: drain timeout"),
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upstream connection closed with an error");
         }
     });
     Ok(sender)
@@ -983,22 +1006,22 @@ type UpIo = Killable<Box<dyn Io>>;
 /// upgrade.
 struct Killable<S> {
     inner: S,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
+    kill: Watch,
     dead: bool,
 }
 
 impl<S> Killable<S> {
-    fn new(inner: S, kill: CancellationToken) -> Killable<S> {
+    fn new(inner: S, kill: Watch) -> Killable<S> {
         Killable {
             inner,
-            kill: Box::pin(kill.cancelled_owned()),
+            kill,
             dead: false,
         }
     }
 
     /// Whether the kill token fired; registers the task to be woken when it does.
     fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.dead && self.kill.as_mut().poll(cx).is_ready() {
+        if !self.dead && self.kill.poll_fired(cx) {
             self.dead = true;
         }
         self.dead
@@ -1118,6 +1141,14 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// sending `Connection: X-Forwarded-For` must not strip ours), except what `keep` asks for.
 /// Transfer-Encoding is left to hyper, which frames each hop itself.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
+    // Most messages carry none of them (or only `Connection`): one pass over the names, which
+    // compares standard names by their tag, is cheaper than a dozen hashed removals.
+    let any = headers
+        .keys()
+        .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
+    if !any {
+        return;
+    }
     let upgrade: Vec<HeaderValue> = if keep.upgrade {
         headers.get_all(header::UPGRADE).iter().cloned().collect()
     } else {
@@ -1197,22 +1228,22 @@ fn rewrite_request(
             .headers
             .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
     }
-    let ip = conn.client.ip().to_canonical().to_string();
     let xff = HeaderName::from_static("x-forwarded-for");
     // NOTE: like HAProxy's `option forwardfor`, the client's own X-Forwarded-For is kept and our
     // peer address appended; only the last entry is trustworthy.
-    let prior: Vec<&str> = parts
-        .headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let value = if prior.is_empty() {
-        ip
+    let value = if parts.headers.contains_key(&xff) {
+        let prior: Vec<&str> = parts
+            .headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = conn.xff.to_str().unwrap_or("unknown");
+        HeaderValue::from_str(&format!("{}, {ip}", prior.join(", "))).ok()
     } else {
-        format!("{}, {ip}", prior.join(", "))
+        Some(conn.xff.clone())
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         parts.headers.insert(xff, v);
     }
     parts.headers.insert(
@@ -1237,7 +1268,10 @@ fn rewrite_request(
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_2;
     } else {
-        parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        // Origin-form already (the usual HTTP/1.1 request) stays as it is.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+        }
         parts.version = Version::HTTP_11;
     }
     Request::from_parts(parts, Either::Left(body))

@@ -34,6 +34,7 @@ use crate::access_log::{AccessLog, Pending, Termination};
 use crate::config::{Backend, Frontend, ProxyVersion};
 use crate::metrics as m;
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
+use crate::signal::Signal;
 use crate::snapshot::{ActiveGuard, Server, Snapshot};
 use crate::tls::{TlsAcceptor, TlsError};
 
@@ -121,7 +122,7 @@ pub async fn serve(
     listener: Arc<TcpListener>,
     fe: TcpFrontend,
     stop_accept: CancellationToken,
-    shutdown: CancellationToken,
+    shutdown: Signal,
     tracker: TaskTracker,
 ) {
     let name = fe.frontend.name.clone();
@@ -165,7 +166,7 @@ pub async fn serve(
                 .map(|l| Pending::new(l, peer, Arc::clone(&fe.name)));
             let ready = tokio::select! {
                 r = setup(&fe, stream, peer, &mut log) => r,
-                _ = shutdown.cancelled() => {
+                _ = shutdown.watch() => {
                     debug!(client = %peer, "shutdown before the relay started; closing");
                     if let Some(p) = log {
                         p.discard();
@@ -453,7 +454,7 @@ async fn relay(
         start,
         activity: &activity,
     };
-    let kill = server.kill_token();
+    let mut kill = server.kill_token().watch();
     let outcome = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
             Ok(_) => Termination::Ok,
@@ -463,7 +464,7 @@ async fn relay(
             }
         },
         _ = idle(&activity, start, f.idle_timeout) => Termination::IdleTimeout,
-        _ = kill.cancelled() => Termination::DrainTimeout,
+        _ = &mut kill => Termination::DrainTimeout,
     };
     debug!(frontend = %f.name, client = %client_addr, server = %server.addr,
         received = client.totals.0, sent = client.totals.1,

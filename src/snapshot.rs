@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::balancer::BackendRuntime;
@@ -74,9 +73,11 @@ pub struct ServerState {
     pub(crate) streak: Mutex<crate::health::Streak>,
     /// Cancelled when a drain runs past its timeout: every upstream connection to the server
     /// watches it and closes, which ends the requests still in flight.
-    kill: Mutex<CancellationToken>,
+    kill: Mutex<crate::signal::Signal>,
     /// Idle keep-alive connections to this server; they close when the server is gone.
     pool: crate::proxy_http::Pool,
+    /// `switchyard_requests_total` handles of this server, by frontend and status code.
+    pub(crate) request_counters: crate::metrics::HandleCache<(Arc<str>, u16), metrics::Counter>,
 }
 
 impl ServerState {
@@ -94,8 +95,9 @@ impl ServerState {
             live_errors: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
             streak: Mutex::new(Default::default()),
-            kill: Mutex::new(CancellationToken::new()),
+            kill: Mutex::new(crate::signal::Signal::new()),
             pool: Default::default(),
+            request_counters: Default::default(),
         }
     }
 }
@@ -212,6 +214,20 @@ impl Server {
         }
     }
 
+    /// Counts one answer in `switchyard_requests_total` (the stats counters are `count_request`).
+    pub fn count_request_metric(&self, frontend: &Arc<str>, backend: &str, status: u16) {
+        self.state.request_counters.with(
+            |(f, code)| *code == status && **f == **frontend,
+            || {
+                let c = metrics::counter!(crate::metrics::REQUESTS,
+                    "frontend" => frontend.to_string(), "backend" => backend.to_string(),
+                    "server" => self.addr.clone(), "code" => status.to_string());
+                ((Arc::clone(frontend), status), c)
+            },
+            |c| c.increment(1),
+        );
+    }
+
     /// (requests, errors) answered through this server so far.
     pub fn request_counts(&self) -> (u64, u64) {
         (
@@ -230,8 +246,8 @@ impl Server {
         ActiveGuard(Arc::clone(&self.state))
     }
 
-    /// The token a new upstream connection watches (see `ServerState::kill`).
-    pub fn kill_token(&self) -> CancellationToken {
+    /// The signal a new upstream connection watches (see `ServerState::kill`).
+    pub fn kill_token(&self) -> crate::signal::Signal {
         self.state
             .kill
             .lock()
@@ -257,8 +273,8 @@ impl Server {
     fn stop_draining(&self) {
         if self.state.draining_since_ms.swap(0, Ordering::Relaxed) != 0 {
             let mut kill = self.state.kill.lock().unwrap_or_else(|e| e.into_inner());
-            if kill.is_cancelled() {
-                *kill = CancellationToken::new();
+            if kill.is_fired() {
+                *kill = crate::signal::Signal::new();
             }
         }
     }
@@ -275,7 +291,7 @@ impl Server {
             .kill
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .cancel();
+            .fire();
         self.state.pool.clear();
     }
 
