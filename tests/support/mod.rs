@@ -7,6 +7,7 @@
 //! Facts this relies on (etcd accepts TCP before it answers HTTP, `--log-outputs` needs
 //! `--logger=zap`, `--enable-v2` is off by default) are in shared/etcd-facts.md section 1.
 #![allow(dead_code)]
+pub mod raw;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
