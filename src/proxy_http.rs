@@ -1090,7 +1090,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
 /// Hop-by-hop headers (RFC 9110 7.6.1), plus the non-standard ones proxies must not forward.
 /// (`Trailer` is end-to-end: it announces the trailer fields, which an HTTP/1.1 client only
 /// receives when they are announced.)
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -1099,6 +1099,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TE,
     header::UPGRADE,
 ];
+
+// Built at compile time: `HeaderName::from_static` called at run time validates its input.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `Connection` tokens that name no header to remove beyond `HOP_BY_HOP` itself.
+const CONNECTION_TOKENS: [&str; 4] = ["keep-alive", "close", "upgrade", "te"];
 
 /// Hop-by-hop headers that survive stripping.
 #[derive(Debug, Clone, Copy)]
@@ -1141,12 +1149,19 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 /// sending `Connection: X-Forwarded-For` must not strip ours), except what `keep` asks for.
 /// Transfer-Encoding is left to hyper, which frames each hop itself.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
-    // Most messages carry none of them (or only `Connection`): one pass over the names, which
-    // compares standard names by their tag, is cheaper than a dozen hashed removals.
-    let any = headers
-        .keys()
-        .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
-    if !any {
+    // Most messages carry none of them, or only `Connection: keep-alive`: one pass over the
+    // names (standard names compare by their tag) finds which are present, so only those are
+    // removed, instead of a dozen hashed removals per message.
+    let mut present = 0u8;
+    let mut te = false;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == header::TRANSFER_ENCODING {
+            te = true;
+        }
+    }
+    if present == 0 && !te {
         return;
     }
     let upgrade: Vec<HeaderValue> = if keep.upgrade {
@@ -1161,17 +1176,28 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    // Headers the `Connection` header names (beyond the usual tokens, which are no headers or
+    // hop-by-hop anyway).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !CONNECTION_TOKENS.iter().any(|c| t.eq_ignore_ascii_case(c)))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
+    for h in &named {
         headers.remove(h);
     }
-    headers.remove(header::TRANSFER_ENCODING);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
+    }
+    if te {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
     if !upgrade.is_empty() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         for v in upgrade {
@@ -1224,11 +1250,9 @@ fn rewrite_request(
     };
     if let Some(h) = &host {
         parts.headers.insert(header::HOST, h.clone());
-        parts
-            .headers
-            .insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+        parts.headers.insert(X_FORWARDED_HOST, h.clone());
     }
-    let xff = HeaderName::from_static("x-forwarded-for");
+    let xff = X_FORWARDED_FOR;
     // NOTE: like HAProxy's `option forwardfor`, the client's own X-Forwarded-For is kept and our
     // peer address appended; only the last entry is trustworthy.
     let value = if parts.headers.contains_key(&xff) {
@@ -1247,7 +1271,7 @@ fn rewrite_request(
         parts.headers.insert(xff, v);
     }
     parts.headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.https { "https" } else { "http" }),
     );
     let pq = parts
