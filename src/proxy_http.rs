@@ -336,7 +336,10 @@ pub async fn serve(
 }
 
 /// A client connection after its PROXY header and TLS handshake.
-type ClientIo = tokio_util::either::Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+/// (The TLS stream is boxed: unboxed, its ~1 KiB would be copied with every move of a plain
+/// connection's future too.)
+type ClientIo =
+    tokio_util::either::Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// One client connection: PROXY header and TLS (dropped if `shutdown` fires meanwhile), then
 /// HTTP until the client ends it or `shutdown` closes it gracefully.
@@ -397,7 +400,7 @@ async fn setup(
     let io = match &fe.tls {
         None => ClientIo::Left(stream),
         Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => ClientIo::Right(tls),
+            Ok(tls) => ClientIo::Right(Box::new(tls)),
             Err(e) => {
                 debug!(frontend = %f.name, client = %client, error = %e, "TLS handshake failed");
                 return None;
@@ -424,8 +427,8 @@ where
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(handle(&conn, req).await) }
     });
-    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(http);
+    // Boxed: hyper's connection state is large, and the task's future is moved on spawn.
+    let mut http = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     let res = tokio::select! {
         r = http.as_mut() => r,
         _ = shutdown.watch() => {

@@ -112,7 +112,8 @@ impl TcpFrontend {
     }
 }
 
-type ClientIo = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+/// (Boxed TLS: see `proxy_http::ClientIo`.)
+type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker`. A
@@ -237,7 +238,7 @@ async fn setup(
     let client: ClientIo = match &fe.tls {
         None => Either::Left(stream),
         Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(s) => Either::Right(s),
+            Ok(s) => Either::Right(Box::new(s)),
             Err(e) => {
                 debug!(frontend = %f.name, client = %client_addr, error = %e, "TLS handshake failed");
                 reject(f, "tls_handshake");
