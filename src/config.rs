@@ -127,6 +127,7 @@ struct FileConfig {
 struct FileGlobal {
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    threads: Option<usize>,
 }
 
 /// `[log]`: the access log (one line per request, or per connection in tcp mode).
@@ -274,6 +275,8 @@ struct FilePassive {
 pub struct Config {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Worker threads (HAProxy's `nbthread`); `None`: one per CPU. Read at start only.
+    pub threads: Option<usize>,
     pub admin_listen: SocketAddr,
     /// Bearer token required by the admin API's write endpoints and `/api/v1/config`.
     pub admin_token: Option<String>,
@@ -503,6 +506,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         .global
         .shutdown_grace
         .unwrap_or(Duration::from_secs(30));
+    let threads = file.global.threads;
+    if threads.is_some_and(|t| t == 0 || t > 1024) {
+        return Err(invalid("global.threads", "must be between 1 and 1024"));
+    }
     let admin_listen = parse_listen(
         "admin.listen",
         file.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN),
@@ -838,6 +845,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
 
     Ok(Config {
         shutdown_grace,
+        threads,
         admin_listen,
         admin_token,
         path: None,
@@ -1012,5 +1020,18 @@ servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
         .unwrap();
         assert!(c.etcd.is_none());
         assert_eq!(c.backends[0].check.kind, CheckType::Tcp);
+        assert_eq!(c.threads, None);
+    }
+
+    #[test]
+    fn threads_must_be_positive() {
+        let with = |n: &str| {
+            format!(
+                "[global]\nthreads = {n}\n[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\n\
+                 backend = \"b\"\n[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        assert_eq!(Config::from_toml(&with("1")).unwrap().threads, Some(1));
+        assert!(err(&with("0")).contains("global.threads"), "{}", err(&with("0")));
     }
 }

@@ -452,20 +452,34 @@ async fn relay(
         received: metrics::counter!(BYTES_RECEIVED, "frontend" => f.name.clone()),
         sent: metrics::counter!(BYTES_SENT, "frontend" => f.name.clone()),
         totals: (0, 0),
-        start,
         activity: &activity,
     };
     let mut kill = server.kill_token().watch();
-    let outcome = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
-            Ok(_) => Termination::Ok,
-            Err(e) => {
-                debug!(client = %client_addr, server = %server.addr, error = %e, "relay ended with an error");
-                Termination::IoError
+    let mut idle = IdleClock::new(f.idle_timeout);
+    let outcome = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        // NOTE: a hand-written poll rather than `select!`, which would poll (and re-register)
+        // the idle timer and draw a random number on every wake-up of the relay.
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = copy.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(_) => Termination::Ok,
+                    Err(e) => {
+                        debug!(client = %client_addr, server = %server.addr, error = %e, "relay ended with an error");
+                        Termination::IoError
+                    }
+                });
             }
-        },
-        _ = idle(&activity, start, f.idle_timeout) => Termination::IdleTimeout,
-        _ = &mut kill => Termination::DrainTimeout,
+            if kill.poll_fired(cx) {
+                return Poll::Ready(Termination::DrainTimeout);
+            }
+            if idle.poll_expired(cx, activity.load(Ordering::Relaxed)) {
+                return Poll::Ready(Termination::IdleTimeout);
+            }
+            Poll::Pending
+        })
+        .await
     };
     debug!(frontend = %f.name, client = %client_addr, server = %server.addr,
         received = client.totals.0, sent = client.totals.1,
@@ -478,16 +492,53 @@ async fn relay(
     }
 }
 
-/// Returns once `idle` has passed since the last activity. Each round either returns or sleeps
-/// until a deadline later than the previous one, so it never spins.
-async fn idle(activity: &AtomicU64, start: Instant, idle: Duration) {
-    loop {
-        let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
-        let deadline = last + idle;
-        if Instant::now() >= deadline {
-            return;
+/// A relay's idle timeout, cheap on the data path: the relay only bumps a counter per read or
+/// write, and a timer looks at the counter every `limit / 8`. The connection is idle once the
+/// counter has not moved for `limit`, measured from the check that last saw it move, so the
+/// timeout fires between `limit` and `limit * 9 / 8` after the last byte.
+struct IdleClock {
+    limit: Duration,
+    check: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The timer holds our waker and is polled again only once it has fired.
+    armed: bool,
+    seen: u64,
+    last_moved: Instant,
+}
+
+impl IdleClock {
+    fn new(limit: Duration) -> IdleClock {
+        let check = (limit / 8).max(Duration::from_millis(1));
+        IdleClock {
+            limit,
+            check,
+            sleep: Box::pin(tokio::time::sleep(check)),
+            armed: false,
+            seen: 0,
+            last_moved: Instant::now(),
         }
-        tokio::time::sleep_until(deadline).await;
+    }
+
+    /// Whether `limit` has passed with `moves` unchanged; else the task is woken at the next
+    /// check.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, moves: u64) -> bool {
+        if self.armed && !self.sleep.is_elapsed() {
+            return false;
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if moves != self.seen {
+                self.seen = moves;
+                self.last_moved = now;
+            }
+            let deadline = self.last_moved + self.limit;
+            if now >= deadline {
+                return true;
+            }
+            self.sleep.as_mut().reset(deadline.min(now + self.check));
+        }
+        self.armed = true;
+        false
     }
 }
 
@@ -500,15 +551,15 @@ struct Metered<'a, S> {
     sent: Counter,
     /// (received, sent) for the log line.
     totals: (u64, u64),
-    start: Instant,
-    /// Milliseconds since `start` of the last byte moved.
+    /// Bumped on every read or write that moved bytes (for the idle timeout).
     activity: &'a AtomicU64,
 }
 
 impl<S> Metered<'_, S> {
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.activity.store(ms, Ordering::Relaxed);
+        // One writer (this relay's task): a plain load and store, no locked instruction.
+        let n = self.activity.load(Ordering::Relaxed);
+        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
     }
 }
 
@@ -562,21 +613,41 @@ mod tests {
     async fn idle_waits_for_the_last_activity() {
         let start = Instant::now();
         let activity = AtomicU64::new(0);
-        let limit = Duration::from_secs(10);
-        let fut = idle(&activity, start, limit);
-        tokio::pin!(fut);
-        tokio::time::advance(Duration::from_secs(6)).await;
-        activity.store(6000, Ordering::Relaxed);
-        // The first deadline (10 s) passes, but the activity at 6 s moves it to 16 s.
+        let mut clock = IdleClock::new(Duration::from_secs(8));
+        fn idle<'a>(
+            clock: &'a mut IdleClock,
+            activity: &'a AtomicU64,
+        ) -> impl std::future::Future<Output = ()> + 'a {
+            std::future::poll_fn(move |cx| {
+                if clock.poll_expired(cx, activity.load(Ordering::Relaxed)) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        }
         assert!(
-            tokio::time::timeout(Duration::from_secs(9), fut.as_mut())
+            tokio::time::timeout(Duration::from_millis(5500), idle(&mut clock, &activity))
                 .await
-                .is_err()
+                .is_err(),
+            "not idle at 5.5 s"
         );
-        tokio::time::timeout(Duration::from_secs(2), fut.as_mut())
+        activity.store(1, Ordering::Relaxed);
+        // The check at 6 s sees the move, so idle lasts until 14 s (not 8 s).
+        assert!(
+            tokio::time::timeout(Duration::from_secs(8), idle(&mut clock, &activity))
+                .await
+                .is_err(),
+            "not idle at 13.5 s"
+        );
+        tokio::time::timeout(Duration::from_secs(2), idle(&mut clock, &activity))
             .await
-            .expect("idle after 16 s");
-        assert!(start.elapsed() >= Duration::from_secs(16));
+            .expect("idle by 15.5 s");
+        let at = start.elapsed();
+        assert!(
+            at >= Duration::from_secs(14) && at <= Duration::from_secs(15),
+            "{at:?}"
+        );
     }
 
     #[tokio::test]
@@ -588,7 +659,6 @@ mod tests {
             received: Counter::noop(),
             sent: Counter::noop(),
             totals: (0, 0),
-            start: Instant::now(),
             activity: &activity,
         };
         m.write_all(b"hello").await.unwrap();

@@ -178,6 +178,7 @@ write_switchyard() {   # dir scenario port admin
     local d=$1 sc=$2 port=$3 admin=$4 mode=http
     [ "$sc" = tcp ] && mode=tcp
     {
+        printf '[global]\nthreads = 1\n\n'
         echo "[admin]"
         echo "listen = \"127.0.0.1:$admin\""
         echo
@@ -295,7 +296,7 @@ start_proxy() {   # name scenario ; sets PID_OF, PORT_OF, NA_OF
             NA_OF[$name]="not working: switchyard check: $(echo "$out" | tr '\n' ' ' | cut -c1-160)"
             return 0
         fi
-        RUST_LOG=${SWITCHYARD_LOG:-warn} TOKIO_WORKER_THREADS=1 \
+        RUST_LOG=${SWITCHYARD_LOG:-warn} \
             "$BIN" run -c "$d/switchyard.toml" >"$d/stdout.log" 2>"$d/stderr.log" &
         ;;
     haproxy)
@@ -443,7 +444,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "nproc: $(nproc)   kernel: $(uname -r)   cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "parameters: ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s wrk -t$THREADS -c$CONNS; medians over rounds"
     echo "setup: one nginx (1 worker, two server blocks) as both upstreams on loopback; every proxy with one"
-    echo "worker/thread (Switchyard TOKIO_WORKER_THREADS=1, HAProxy nbthread 1, nginx worker_processes 1),"
+    echo "worker/thread (Switchyard [global] threads = 1, HAProxy nbthread 1, nginx worker_processes 1),"
     echo "round-robin over the two upstreams, no access logs, X-Forwarded-For added by all three in http mode."
     echo "wrk, the proxy and the upstream nginx share the same $(nproc) CPUs, so req/s is bounded by contention;"
     echo "req per CPU-s (requests / proxy CPU seconds, master+workers for nginx) is the efficiency figure."
