@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 
 use crate::config::{Backend, CheckType};
 use crate::metrics as m;
-use crate::snapshot::{BackendSet, Server, Snapshot};
+use crate::snapshot::{AdminState, BackendSet, Server, Snapshot};
 
 /// How often the task looks for due checks; also the latency of "checked at once".
 const SCAN: Duration = Duration::from_millis(100);
@@ -185,7 +185,10 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
             if b.config.check.kind == CheckType::None {
                 continue;
             }
-            for server in b.servers.iter().filter(|s| !s.is_draining()) {
+            // Draining servers are still checked (HAProxy does the same), so an undrained one
+            // comes back with a known state; a server in maintenance is not, and removed ones
+            // are no longer in `servers`.
+            for server in b.servers.iter().filter(|s| s.admin() != AdminState::Maint) {
                 {
                     let mut s = server
                         .state()

@@ -119,3 +119,50 @@ async fn http_check_judges_the_status() {
     assert_eq!(seen.uri.path(), "/healthz");
     lb.shutdown().await;
 }
+
+/// Seconds since the server's last check, from the admin API (`None`: never checked).
+async fn check_age(lb: &Lb, addr: &str) -> Option<f64> {
+    let j = lb.backends().await;
+    j["backends"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == addr)
+        .and_then(|s| s["last_check_age_seconds"].as_f64())
+}
+
+#[tokio::test]
+async fn drained_servers_are_still_checked_and_maintenance_ones_are_not() {
+    let a = Upstream::start("A").await;
+    let addr = a.addr().to_string();
+    let lb = Lb::start_ready(&config(
+        "drainchecks",
+        std::slice::from_ref(&addr),
+        "type = \"tcp\"\ninter = \"100ms\"\ntimeout = \"100ms\"",
+    ))
+    .await;
+    let set = |state: &'static str| {
+        let url = format!(
+            "http://{}/api/v1/backends/drainchecks/servers/{addr}/state",
+            lb.admin_addr()
+        );
+        async move {
+            let r = support::http_client()
+                .post(url)
+                .body(format!("{{\"state\":\"{state}\"}}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    set("drain").await;
+    // Checked on: the last check stays fresh (HAProxy checks servers in drain too).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let age = check_age(&lb, &addr).await.expect("checked while draining");
+    assert!(age < 0.4, "last check {age} s ago while draining");
+    set("maint").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let age = check_age(&lb, &addr).await.expect("checked before");
+    assert!(age >= 0.5, "maintenance stops the checks, last one {age} s ago");
+}
