@@ -80,7 +80,8 @@ impl Backoff {
     /// The delay to wait now; doubles the next one up to the cap.
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(self.max);
+        // Saturating: a validated config can set `backoff_max` near `Duration::MAX`.
+        self.next = self.next.saturating_mul(2).min(self.max);
         let half = d / 2;
         half + Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
     }
@@ -145,6 +146,20 @@ mod tests {
         assert_eq!(*caps.last().unwrap(), Duration::from_secs(5));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn backoff_near_duration_max_does_not_overflow() {
+        // Regression (fuzz target `config`): `[etcd] backoff_max = "400000000000years"` is valid
+        // config, and the doubling overflowed `Duration` on the way there.
+        let max = Duration::from_secs(400_000_000_000 * 31_557_600);
+        let mut b = Backoff::new(Duration::from_millis(100), max);
+        for _ in 0..70 {
+            assert!(b.next_delay() <= max);
+        }
+        let mut b = Backoff::new(max, max);
+        assert!(b.next_delay() <= max);
+        assert!(b.next_delay() <= max);
     }
 
     #[test]
