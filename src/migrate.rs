@@ -334,13 +334,15 @@ fn haproxy_time(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
+    // A number of minutes, hours or days too large for u64 seconds is not a time (it overflowed).
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
     Some(match unit {
         "" | "ms" => Duration::from_millis(n),
         "us" => Duration::from_micros(n),
         "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86400)?,
         _ => return None,
     })
 }
@@ -1855,6 +1857,13 @@ mod tests {
         }
         assert!(haproxy_time("5x").is_none());
         assert!(haproxy_time("s").is_none());
+        // Regression (fuzz target `migrate`): the unit multiplication overflowed u64.
+        assert!(haproxy_time("999999999999999999d").is_none());
+        assert!(haproxy_time("307445734561825861m").is_none());
+        assert_eq!(
+            haproxy_time("213503982334601d"),
+            Some(Duration::from_secs(213_503_982_334_601 * 86_400))
+        );
     }
 
     #[test]
