@@ -152,6 +152,28 @@ pub async fn read_header<R: AsyncRead + Unpin>(
     }
 }
 
+/// [`read_header`] over bytes already in memory, without the timeout (for the fuzz targets):
+/// the result and how many bytes of `buf` the header took. Missing bytes are `Truncated`.
+#[doc(hidden)]
+pub fn decode_header(
+    buf: &[u8],
+) -> (
+    Result<Option<(SocketAddr, SocketAddr)>, ProxyHeaderError>,
+    usize,
+) {
+    let mut rest = buf;
+    let res = {
+        let fut = std::pin::pin!(read_any(&mut rest));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.poll(&mut cx) {
+            std::task::Poll::Ready(r) => r,
+            // Reading from a slice never waits.
+            std::task::Poll::Pending => Err(ProxyHeaderError::Truncated),
+        }
+    };
+    (res, buf.len() - rest.len())
+}
+
 async fn read_any<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(SocketAddr, SocketAddr)>, ProxyHeaderError> {
@@ -340,6 +362,21 @@ mod tests {
         let mut left = Vec::new();
         cur.read_to_end(&mut left).await.unwrap();
         (res, left)
+    }
+
+    #[test]
+    fn decode_header_reports_the_bytes_it_took() {
+        let (src, dst) = (a("1.2.3.4:5"), a("[::1]:10"));
+        for h in [encode_v1(src, dst), encode_v2(src, dst)] {
+            let mut wire = h.clone();
+            wire.extend_from_slice(b"GET /");
+            let (res, used) = decode_header(&wire);
+            let (s, d) = same_family(src, dst);
+            assert_eq!(res.unwrap(), Some((s, d)));
+            assert_eq!(used, h.len());
+            let (res, _) = decode_header(&h[..h.len() - 1]);
+            assert!(matches!(res, Err(ProxyHeaderError::Truncated)), "{res:?}");
+        }
     }
 
     #[test]
