@@ -55,6 +55,10 @@ pub enum Termination {
     NoServer,
     /// The frontend has no backend in the running snapshot (503).
     NoRoute,
+    /// The request was refused as malformed (400, 414, 501), or its body broke off.
+    BadRequest,
+    /// The request body did not arrive within `response_timeout` (408).
+    ClientTimeout,
     /// The server switched protocols (101); the line is written when the tunnel starts.
     Upgrade,
     /// tcp: no byte either way for `idle_timeout`.
@@ -76,6 +80,8 @@ impl Termination {
             Termination::ConnectError => "connect_error",
             Termination::NoServer => "no_server",
             Termination::NoRoute => "no_route",
+            Termination::BadRequest => "bad_request",
+            Termination::ClientTimeout => "client_timeout",
             Termination::Upgrade => "upgrade",
             Termination::IdleTimeout => "idle_timeout",
             Termination::DrainTimeout => "drain_timeout",

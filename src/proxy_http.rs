@@ -12,7 +12,9 @@
 //!
 //! Owns: hop-by-hop stripping and the X-Forwarded-* headers, the connect/response timeouts and
 //! their status codes (502, 503, 504), connect-failure retries on a different server, the
-//! per-server connection pool, and the client-side header timeout (408) and size limit (431).
+//! per-server connection pool, the client-side header timeout (408) and size limit (431),
+//! refusing ambiguous requests (400, 414, 501), blaming a broken or stalled request body on
+//! the client (400, 408), and the idle and stalled-write bounds on client connections.
 //! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`) or
 //! the PROXY header format (`proxy_protocol`).
 //!
@@ -28,6 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -61,7 +64,7 @@ use crate::tls::{TlsAcceptor, TlsError};
 pub type Body = Either<Guarded, Full<Bytes>>;
 
 /// What upstreams get: the client's body, or an empty one when a bodiless request is replayed.
-type UpBody = Either<Incoming, Empty<Bytes>>;
+type UpBody = Either<ClientBody, Empty<Bytes>>;
 
 type H1Sender = hyper::client::conn::http1::SendRequest<UpBody>;
 type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
@@ -100,6 +103,87 @@ impl hyper::body::Body for Guarded {
             }
         }
         Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's request body on its way upstream, recording who the transfer is waiting on,
+/// so that a body that breaks (a bad chunk, a client that hangs up mid-body) or stalls until
+/// the response timeout is blamed on the client (`400`, `408`) rather than on the server
+/// (`502`, `504`, and a passive ejection).
+struct ClientBody {
+    inner: Incoming,
+    /// `None` for a body that is empty from the start: bodiless requests allocate nothing.
+    /// (The state is shared with `forward`, which needs it after the body was handed to the
+    /// upstream connection; an error type alone would not tell a stalled body from a slow
+    /// server, and HTTP/2 upstreams drop the body's error.)
+    state: Option<Arc<BodyState>>,
+}
+
+/// Where a `ClientBody` is; shared with `forward`, which keeps it after the body is handed over.
+#[derive(Debug, Default)]
+struct BodyState(AtomicU8);
+
+impl BodyState {
+    /// Not waiting on the client: not polled yet, or the last frame was taken (so the upstream
+    /// side has not asked for more).
+    const IDLE: u8 = 0;
+    /// Polled and waiting for the client to send more.
+    const WAITING_CLIENT: u8 = 1;
+    const DONE: u8 = 2;
+    /// The client's body failed (malformed framing, or the connection ended mid-body).
+    const FAILED: u8 = 3;
+
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn failed(&self) -> bool {
+        self.get() == Self::FAILED
+    }
+
+    fn waiting_on_client(&self) -> bool {
+        self.get() == Self::WAITING_CLIENT
+    }
+}
+
+impl ClientBody {
+    fn new(inner: Incoming) -> ClientBody {
+        let state = (!hyper::body::Body::is_end_stream(&inner)).then(Arc::default);
+        ClientBody { inner, state }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(state) = &self.state {
+            state.set(match &polled {
+                Poll::Pending => BodyState::WAITING_CLIENT,
+                Poll::Ready(None) => BodyState::DONE,
+                Poll::Ready(Some(Err(_))) => BodyState::FAILED,
+                Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => BodyState::DONE,
+                Poll::Ready(Some(Ok(_))) => BodyState::IDLE,
+            });
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -419,6 +503,7 @@ where
     let io = HeadTimeout::new(
         io,
         conn.fe.frontend.header_timeout,
+        conn.fe.frontend.idle_timeout,
         conn.fe.received.clone(),
         conn.fe.sent.clone(),
     );
@@ -468,7 +553,13 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         return resp;
     };
     let mut trace = Trace::default();
-    let (mut resp, server) = forward(conn, backend, req, &mut trace).await;
+    let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size) {
+        Some(resp) => {
+            trace.termination = Termination::BadRequest;
+            (resp, None)
+        }
+        None => forward(conn, backend, req, &mut trace).await,
+    };
     let code = resp.status().as_u16();
     if let Some(s) = &server {
         s.count_request(code);
@@ -547,6 +638,151 @@ struct Trace {
     termination: Termination,
 }
 
+/// A request that must not be forwarded, answered here (with a close, so nothing the client
+/// sent after it is read as another request): a transfer coding other than one `chunked`
+/// (hyper accepts any list that ends in `chunked`, and the other codings would be dropped when
+/// the body is re-framed), an HTTP/1.1 request without exactly one valid Host (RFC 9112 3.2),
+/// an absolute-form target whose authority differs from Host (HAProxy answers 400 too), and a
+/// request-target longer than a quarter of `max_header_size` (414). Host rules apply to
+/// HTTP/1.x only: HTTP/2 carries `:authority`.
+///
+/// NOTE: on the path of every request, so it allocates nothing unless it refuses, and looks
+/// up at most two headers: Host (HTTP/1.x), and Transfer-Encoding only when there is a body
+/// (hyper gives a request with that header a body, or refuses it itself).
+fn refuse<B: hyper::body::Body>(
+    req: &Request<B>,
+    max_header_size: usize,
+) -> Option<Response<Body>> {
+    let bad = |why: &str| {
+        Some(refusal(
+            StatusCode::BAD_REQUEST,
+            format!("400 Bad Request: {why}\n"),
+        ))
+    };
+    if !req.body().is_end_stream() {
+        let mut chunked = 0usize;
+        for v in req.headers().get_all(header::TRANSFER_ENCODING) {
+            let Ok(v) = v.to_str() else {
+                return bad("invalid Transfer-Encoding");
+            };
+            for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if !t.eq_ignore_ascii_case("chunked") {
+                    return Some(refusal(
+                        StatusCode::NOT_IMPLEMENTED,
+                        format!("501 Not Implemented: transfer coding {t:?} is not supported\n"),
+                    ));
+                }
+                chunked += 1;
+            }
+        }
+        if chunked > 1 {
+            return bad("chunked applied more than once");
+        }
+    }
+    if uri_len(req.uri()) > max_header_size / 4 {
+        return Some(refusal(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "414 URI Too Long: the request-target is over {} bytes\n",
+                max_header_size / 4
+            ),
+        ));
+    }
+    if req.version() > Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    // `None`: no Host (HTTP/1.0); `Some(None)`: an empty one (allowed when the target has no
+    // authority); `Some(Some((host, port)))`.
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == Version::HTTP_11 => return bad("no Host header"),
+        (None, _) => None,
+        (Some(h), None) if h.is_empty() => Some(None),
+        (Some(h), None) => match h.to_str().ok().and_then(split_host) {
+            Some(hp) => Some(Some(hp)),
+            None => return bad("invalid Host header"),
+        },
+        (Some(_), Some(_)) => return bad("more than one Host header"),
+    };
+    if let Some(target) = req.uri().authority() {
+        let default = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        let same = match host {
+            Some(Some((h, port))) => {
+                target.host().eq_ignore_ascii_case(h)
+                    && target.port_u16().unwrap_or(default) == port.unwrap_or(default)
+            }
+            Some(None) => false,
+            // HTTP/1.0 without Host: the target's authority is the only one.
+            None => true,
+        };
+        if !same {
+            return bad("the Host header does not match the absolute request-target");
+        }
+    }
+    None
+}
+
+/// What a registered name may hold besides letters and digits (RFC 3986 3.2.2: unreserved and
+/// sub-delims), except `,`: a Host with a comma is a list of Hosts.
+const REG_NAME_MARKS: &[u8] = b"-._~!$&'()*+;=";
+
+/// The host and port of a Host header value, `host[:port]` (RFC 9110 7.2, RFC 3986 3.2.2): a
+/// registered name or IPv4 address, or an IP literal in brackets; no userinfo, no list, no
+/// percent-encoding outside an IP literal. Parsed in place (`http::uri::Authority` would copy
+/// the value, and accepts userinfo).
+fn split_host(v: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = if v.starts_with('[') {
+        let end = v.find(']')?;
+        let literal = &v[1..end];
+        let ok = literal.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'%' | b'-' | b'_' | b'~')
+        });
+        if literal.is_empty() || !ok {
+            return None;
+        }
+        (&v[..=end], &v[end + 1..])
+    } else {
+        let end = v.find(':').unwrap_or(v.len());
+        let name = &v[..end];
+        let ok = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || REG_NAME_MARKS.contains(&b));
+        if name.is_empty() || !ok {
+            return None;
+        }
+        (name, &v[end..])
+    };
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => None,
+        None => return None,
+        // RFC 3986 allows an empty port: the scheme's default.
+        Some("") => None,
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// The length of the request-target as it was sent (scheme, authority, path and query).
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + pq
+}
+
+/// Our own error answer to a request, closing the connection after it.
+fn refusal(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = plain(status, body);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
 /// would add an allocation on the retry path for nothing.)
 #[allow(clippy::large_enum_variant)]
@@ -623,6 +859,11 @@ async fn forward(
     // Taken before the request is rewritten; it resolves once our 101 reaches the client.
     let mut client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut req));
     let mut req = rewrite_request(req, conn, &cfg.name, target);
+    // Kept to tell, once the body is gone upstream, whether a failure was the client's.
+    let body_state = match req.body() {
+        Either::Left(b) => b.state.clone(),
+        Either::Right(_) => None,
+    };
     let replay = Replay::of(&req);
     let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
@@ -690,6 +931,13 @@ async fn forward(
                 trace.retries += 1;
                 req = back;
             }
+            Err(Failure::Sent(e)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
+                // The client's body broke (bad chunk, hung up mid-body): not the server's fault.
+                debug!(server = %server.addr, error = %e, "client request body failed");
+                trace.termination = Termination::BadRequest;
+                let body = "400 Bad Request: the request body was malformed or cut short\n";
+                return (refusal(StatusCode::BAD_REQUEST, body), Some(server));
+            }
             Err(Failure::Sent(e)) => {
                 debug!(server = %server.addr, error = %e, "upstream failed before a response");
                 crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
@@ -720,6 +968,16 @@ async fn forward(
                         return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
                     }
                 }
+            }
+            Err(Failure::Timeout) if body_state.as_ref().is_some_and(|b| b.waiting_on_client()) => {
+                // The server is waiting for the rest of the body, and so are we: the client is
+                // too slow, not the server.
+                trace.termination = Termination::ClientTimeout;
+                let body = format!(
+                    "408 Request Timeout: the request body did not arrive within {:?}\n",
+                    cfg.response_timeout
+                );
+                return (refusal(StatusCode::REQUEST_TIMEOUT, body), Some(server));
             }
             Err(Failure::Timeout) => {
                 trace.termination = Termination::ServerTimeout;
@@ -1149,7 +1407,8 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names (a client
-/// sending `Connection: X-Forwarded-For` must not strip ours), except what `keep` asks for.
+/// sending `Connection: X-Forwarded-For` must not strip ours; Host is never stripped this
+/// way), except what `keep` asks for.
 /// Transfer-Encoding is left to hyper, which frames each hop itself.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
     // Most messages carry none of them, or only `Connection: keep-alive`: one pass over the
@@ -1189,6 +1448,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
         .map(str::trim)
         .filter(|t| !CONNECTION_TOKENS.iter().any(|c| t.eq_ignore_ascii_case(c)))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        // Host is end-to-end whatever the client says: without it the server gets a request
+        // that HTTP/1.1 forbids, aimed at no virtual host.
+        .filter(|h| *h != header::HOST)
         .collect();
     for h in &named {
         headers.remove(h);
@@ -1246,13 +1508,22 @@ fn rewrite_request(
             te_trailers: target.h2,
         },
     );
-    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    // Host survives the stripping above (`Connection` cannot name it), so it is set only when
+    // the request has none: HTTP/2 (`:authority`), or an HTTP/1.0 absolute-form target.
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
-        None => authority.and_then(|a| HeaderValue::from_str(&a).ok()),
+        None => {
+            let h = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(h) = &h {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+            h
+        }
     };
     if let Some(h) = &host {
-        parts.headers.insert(header::HOST, h.clone());
         parts.headers.insert(X_FORWARDED_HOST, h.clone());
     }
     let xff = X_FORWARDED_FOR;
@@ -1301,7 +1572,7 @@ fn rewrite_request(
         }
         parts.version = Version::HTTP_11;
     }
-    Request::from_parts(parts, Either::Left(body))
+    Request::from_parts(parts, Either::Left(ClientBody::new(body)))
 }
 
 fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -1327,22 +1598,38 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// a new request. HTTP/2 connections (prior-knowledge preface) are left to hyper's HTTP/2
 /// limits, and so is whatever follows a `101 Switching Protocols`.
 ///
+/// It also bounds two waits nothing else does: a new connection's first byte (hyper-util's
+/// protocol detection reads it with no timer, and hyper's own header timer starts only after
+/// it) must come within `idle` (else a close, no `408`: browsers open spare connections), and
+/// a response write the client does not take for `idle` (it stopped reading) fails, which
+/// closes the connection and lets go of the upstream one, like HAProxy's `timeout client`. A
+/// tunnel after `101` is exempt.
+///
 /// NOTE: written by hand because neither hyper nor hyper-util can answer a header timeout
-/// with a status; it only scans for CRLFCRLF and never parses.
+/// with a status; it only scans for the blank line and never parses.
 struct HeadTimeout<S> {
     inner: S,
     /// Every byte read from and written to the client (`switchyard_bytes_*_total`).
     received: metrics::Counter,
     sent: metrics::Counter,
     limit: Duration,
+    idle: Duration,
     state: HeadState,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// The last 3 bytes read, to find a CRLFCRLF split across reads.
+    /// The last 3 bytes read, to find a blank line split across reads.
     tail: [u8; 3],
+    /// Armed while a write is blocked on the client; made on the first blocked write only
+    /// (most connections never have one).
+    write_sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_blocked: bool,
+    /// After a `101`: the connection is a tunnel, no write timer.
+    upgraded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum HeadState {
+    /// A new connection, no byte yet; `sleep` is armed with `idle`.
+    Fresh,
     /// Between requests: no byte of the next one yet.
     Idle,
     /// Reading a header section; `sleep` is armed.
@@ -1357,6 +1644,7 @@ impl<S> HeadTimeout<S> {
     fn new(
         inner: S,
         limit: Duration,
+        idle: Duration,
         received: metrics::Counter,
         sent: metrics::Counter,
     ) -> HeadTimeout<S> {
@@ -1365,9 +1653,13 @@ impl<S> HeadTimeout<S> {
             received,
             sent,
             limit,
-            state: HeadState::Idle,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            idle,
+            state: HeadState::Fresh,
+            sleep: Box::pin(tokio::time::sleep(idle)),
             tail: [0; 3],
+            write_sleep: None,
+            write_blocked: false,
+            upgraded: false,
         }
     }
 
@@ -1375,7 +1667,7 @@ impl<S> HeadTimeout<S> {
         if bytes.is_empty() {
             return;
         }
-        if self.state == HeadState::Idle {
+        if matches!(self.state, HeadState::Idle | HeadState::Fresh) {
             if bytes.starts_with(H2_PREFACE_START) {
                 self.state = HeadState::Off;
                 return;
@@ -1403,19 +1695,68 @@ impl<S> HeadTimeout<S> {
         }
         if first.starts_with(b"HTTP/1.1 101") {
             self.state = HeadState::Off;
+            self.upgraded = true;
         } else if !first.starts_with(b"HTTP/1.1 1") {
             self.state = HeadState::Idle;
         }
     }
+
+    /// After a write attempt: `Pending` arms the stall timer (once per stall) and turns into
+    /// an error when it fires; anything else disarms it.
+    fn write_outcome<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if res.is_ready() {
+            self.write_blocked = false;
+            return res;
+        }
+        if self.upgraded {
+            return res;
+        }
+        if !self.write_blocked {
+            self.write_blocked = true;
+            let deadline = tokio::time::Instant::now() + self.idle;
+            match &mut self.write_sleep {
+                Some(s) => s.as_mut().reset(deadline),
+                None => self.write_sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        if let Some(sleep) = &mut self.write_sleep
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            debug!("client stopped reading the response; closing");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )));
+        }
+        Poll::Pending
+    }
 }
 
-/// Whether `tail` (the previous 3 bytes) followed by `bytes` contains CRLFCRLF.
+/// Whether `tail` (the previous 3 bytes) followed by `bytes` contains the blank line that
+/// ends a header section: CRLFCRLF, or a bare LF where a CRLF could be (hyper, through
+/// httparse, accepts a bare LF as a line ending).
 fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
     let k = bytes.len().min(3);
     let mut seam = [0u8; 6];
     seam[..3].copy_from_slice(tail);
     seam[3..3 + k].copy_from_slice(&bytes[..k]);
-    seam[..3 + k].windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(4).any(|w| w == b"\r\n\r\n")
+    has_blank_line(&seam[..3 + k]) || has_blank_line(bytes)
+}
+
+/// Whether `w` holds LF LF or LF CR LF (which CRLFCRLF contains): one pass over the bytes.
+fn has_blank_line(w: &[u8]) -> bool {
+    w.iter().enumerate().any(|(i, &b)| {
+        b == b'\n'
+            && match w.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => w.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// The last 3 bytes of `tail` followed by `bytes`.
@@ -1444,6 +1785,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if self.state == HeadState::Fresh && self.sleep.as_mut().poll(cx).is_ready() {
+                    self.state = HeadState::Off;
+                    debug!("no request on a new connection within the idle timeout; closing");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request on a new connection",
+                    )));
+                }
                 if self.state == HeadState::Head && self.sleep.as_mut().poll(cx).is_ready() {
                     self.state = HeadState::Off;
                     // Best effort, never waiting: the send buffer is empty at this point (the
@@ -1471,7 +1820,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let n = ready!(self.write_outcome(cx, res))?;
         if n > 0 {
             self.sent.increment(n as u64);
             self.wrote(buf);
@@ -1484,7 +1834,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let n = ready!(self.write_outcome(cx, res))?;
         if n > 0 {
             self.sent.increment(n as u64);
             let first = bufs
@@ -1502,7 +1853,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.write_outcome(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -1525,6 +1877,29 @@ mod tests {
         assert_eq!(&t, b"\r\n\r");
         assert!(ends_head(&t, b"\n"));
         assert!(!ends_head(&[0; 3], b""));
+        // Bare LF line endings, which hyper accepts, end a head too.
+        assert!(ends_head(&[0; 3], b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\n\r\n"));
+        let t = last3(&[0; 3], b"GET / HTTP/1.1\nHost: x\n");
+        assert!(ends_head(&t, b"\n"));
+        let t = last3(&[0; 3], b"GET / HTTP/1.1\nHost: x\n\r");
+        assert!(ends_head(&t, b"\n"));
+        assert!(!ends_head(&[0; 3], b"GET / HTTP/1.1\nHost: x\n"));
+        assert!(!ends_head(&[0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n\r"));
+    }
+
+    #[test]
+    fn connection_cannot_strip_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, x-secret"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("x"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        strip_hop_by_hop(&mut h, Keep::NONE);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["host"]);
     }
 
     #[test]
@@ -1602,6 +1977,7 @@ mod tests {
         let mut h = HeadTimeout::new(
             (),
             Duration::from_secs(1),
+            Duration::from_secs(1),
             metrics::Counter::noop(),
             metrics::Counter::noop(),
         );
@@ -1611,6 +1987,122 @@ mod tests {
         assert_eq!(h.state, HeadState::Off);
         h.saw(b"\x81\x05hello");
         assert_eq!(h.state, HeadState::Off);
+        assert!(h.upgraded);
+    }
+
+    #[test]
+    fn ambiguous_or_hostless_requests_are_refused() {
+        let req = |v: Version, target: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().version(v).uri(target);
+            for (n, val) in headers {
+                b = b.header(*n, *val);
+            }
+            b.body(Full::new(Bytes::from_static(b"abc"))).unwrap()
+        };
+        let status = |r: &Request<Full<Bytes>>| refuse(r, 65536).map(|resp| resp.status().as_u16());
+        let v11 = Version::HTTP_11;
+        assert_eq!(status(&req(v11, "/", &[("host", "x")])), None);
+        assert_eq!(status(&req(v11, "/", &[("host", "x:8080")])), None);
+        assert_eq!(status(&req(v11, "/", &[("host", "[::1]:8080")])), None);
+        assert_eq!(status(&req(v11, "/", &[("host", "")])), None);
+        assert_eq!(status(&req(v11, "/", &[])), Some(400));
+        assert_eq!(status(&req(Version::HTTP_10, "/", &[])), None);
+        assert_eq!(
+            status(&req(v11, "/", &[("host", "a"), ("host", "b")])),
+            Some(400)
+        );
+        for bad in [
+            "a, b", "a,b", "u@a", "a b", "a:b", "a:1:2", "a:99999", ":80", "[::1", "a/b",
+        ] {
+            assert_eq!(status(&req(v11, "/", &[("host", bad)])), Some(400), "{bad}");
+        }
+        assert_eq!(status(&req(v11, "http://a/", &[("host", "b")])), Some(400));
+        assert_eq!(status(&req(v11, "http://a/", &[("host", "")])), Some(400));
+        assert_eq!(status(&req(v11, "http://a/", &[])), Some(400));
+        assert_eq!(status(&req(v11, "http://A:80/", &[("host", "a")])), None);
+        assert_eq!(status(&req(v11, "http://a/", &[("host", "a:")])), None);
+        assert_eq!(status(&req(v11, "https://a/", &[("host", "a:443")])), None);
+        assert_eq!(
+            status(&req(v11, "http://[::1]:81/", &[("host", "[::1]:81")])),
+            None
+        );
+        assert_eq!(
+            status(&req(v11, "http://a:8080/", &[("host", "a")])),
+            Some(400)
+        );
+        assert_eq!(status(&req(Version::HTTP_10, "http://a/", &[])), None);
+        // HTTP/2 carries :authority; Host rules are HTTP/1.x only.
+        assert_eq!(status(&req(Version::HTTP_2, "http://a/", &[])), None);
+        let te = |v: &str| status(&req(v11, "/", &[("host", "x"), ("transfer-encoding", v)]));
+        assert_eq!(te("chunked"), None);
+        assert_eq!(te("Chunked"), None);
+        assert_eq!(te("gzip, chunked"), Some(501));
+        assert_eq!(te("chunked, chunked"), Some(400));
+        let long = format!("/{}", "u".repeat(16 * 1024));
+        assert_eq!(status(&req(v11, &long, &[("host", "x")])), Some(414));
+        assert_eq!(
+            status(&req(v11, &long[..16 * 1024], &[("host", "x")])),
+            None
+        );
+        // Every refusal closes the connection.
+        let resp = refuse(&req(v11, "/", &[]), 65536).unwrap();
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_must_speak_within_idle() {
+        use tokio::io::AsyncReadExt;
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut h = HeadTimeout::new(
+            ours,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        );
+        let started = tokio::time::Instant::now();
+        let err = h.read(&mut [0; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_after_idle() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut h = HeadTimeout::new(
+            ours,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        );
+        h.saw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let started = tokio::time::Instant::now();
+        let err = h.write_all(&[b'z'; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_is_not_cut_for_a_slow_reader() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut h = HeadTimeout::new(
+            ours,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        );
+        h.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
+        let write = h.write_all(&[b'z'; 1024]);
+        let slow_reader = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let mut buf = vec![0; 1024];
+            tokio::io::AsyncReadExt::read_exact(&mut theirs, &mut buf).await
+        };
+        let (w, r) = tokio::join!(write, slow_reader);
+        w.unwrap();
+        r.unwrap();
     }
 
     #[test]
