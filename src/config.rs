@@ -1032,6 +1032,10 @@ servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
             )
         };
         assert_eq!(Config::from_toml(&with("1")).unwrap().threads, Some(1));
-        assert!(err(&with("0")).contains("global.threads"), "{}", err(&with("0")));
+        assert!(
+            err(&with("0")).contains("global.threads"),
+            "{}",
+            err(&with("0"))
+        );
     }
 }

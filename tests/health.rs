@@ -164,5 +164,8 @@ async fn drained_servers_are_still_checked_and_maintenance_ones_are_not() {
     set("maint").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let age = check_age(&lb, &addr).await.expect("checked before");
-    assert!(age >= 0.5, "maintenance stops the checks, last one {age} s ago");
+    assert!(
+        age >= 0.5,
+        "maintenance stops the checks, last one {age} s ago"
+    );
 }
