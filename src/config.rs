@@ -125,7 +125,7 @@ struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileGlobal {
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     shutdown_grace: Option<Duration>,
     threads: Option<usize>,
 }
@@ -153,9 +153,9 @@ struct FileEtcd {
     #[serde(default)]
     endpoints: Vec<String>,
     api: Option<EtcdApi>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     poll_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     request_timeout: Option<Duration>,
     snapshot_file: Option<std::path::PathBuf>,
     ca: Option<PathBuf>,
@@ -163,9 +163,9 @@ struct FileEtcd {
     key: Option<PathBuf>,
     username: Option<String>,
     password: Option<String>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     backoff_min: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     backoff_max: Option<Duration>,
 }
 
@@ -176,9 +176,9 @@ struct FileFrontend {
     bind: String,
     mode: Option<Mode>,
     backend: String,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     header_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     idle_timeout: Option<Duration>,
     max_header_size: Option<usize>,
     accept_proxy: Option<bool>,
@@ -191,7 +191,7 @@ struct FileFrontendTls {
     #[serde(default)]
     certs: Vec<FileCertPair>,
     alpn: Option<Vec<String>>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     handshake_timeout: Option<Duration>,
 }
 
@@ -222,17 +222,17 @@ struct FileBackend {
     balance: Option<Balance>,
     check: Option<FileCheck>,
     passive: Option<FilePassive>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     slowstart: Option<Duration>,
     panic_threshold: Option<u32>,
     retry_budget_percent: Option<u32>,
     retry_budget_min: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     connect_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     response_timeout: Option<Duration>,
     retries: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     drain_timeout: Option<Duration>,
     protocol: Option<Protocol>,
     send_proxy: Option<ProxyVersion>,
@@ -245,13 +245,13 @@ struct FileCheck {
     #[serde(rename = "type")]
     kind: Option<CheckType>,
     path: Option<String>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     inter: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     fastinter: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     downinter: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "bounded::deserialize")]
     timeout: Option<Duration>,
     rise: Option<u32>,
     fall: Option<u32>,
@@ -485,6 +485,27 @@ fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| invalid(key, format!("{value:?} is not an ip:port address")))
+}
+
+/// Durations in the file: humantime strings, at most [`bounded::MAX`]. Every duration ends up
+/// added to an `Instant` (a deadline, a timer), and one of centuries would overflow it there.
+mod bounded {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v: Option<humantime_serde::Serde<Duration>> = Option::deserialize(d)?;
+        match v.map(|s| s.into_inner()) {
+            Some(x) if x > MAX => Err(D::Error::custom(format!(
+                "{} is longer than the limit of 365 days",
+                humantime::format_duration(x)
+            ))),
+            v => Ok(v),
+        }
+    }
 }
 
 fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
@@ -1021,6 +1042,22 @@ servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
         assert!(c.etcd.is_none());
         assert_eq!(c.backends[0].check.kind, CheckType::Tcp);
         assert_eq!(c.threads, None);
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        let e = err(
+            "[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.check]\n\
+             inter = \"300000000000years\"\n",
+        );
+        assert!(e.contains("365 days") && e.contains("inter"), "{e}");
+        let ok = Config::from_toml(
+            "[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.check]\n\
+             inter = \"1day\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

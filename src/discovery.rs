@@ -492,7 +492,7 @@ impl Watcher {
                 match listed {
                     Ok(listing) => {
                         self.on_listing(listing.index, &listing.leaves, reason);
-                        cursor = listing.index + 1;
+                        cursor = listing.index.saturating_add(1);
                         need_list = None;
                     }
                     Err(e) => {
@@ -509,7 +509,7 @@ impl Watcher {
             };
             match waited {
                 Ok(Wait::Event(ev)) => {
-                    cursor = ev.node.modified_index + 1;
+                    cursor = ev.node.modified_index.saturating_add(1);
                     let changed = self.mirror.apply(&ev) == Applied::Changed;
                     self.on_change(&ev.action, &ev.node.key, changed, ev.node.modified_index);
                 }
@@ -569,7 +569,7 @@ impl Watcher {
                 match listed {
                     Ok(listing) => {
                         self.on_listing(listing.revision as u64, &listing.leaves, reason);
-                        cursor = listing.revision + 1;
+                        cursor = listing.revision.saturating_add(1);
                         need_list = None;
                     }
                     Err(e) => {
@@ -609,7 +609,7 @@ impl Watcher {
                     Ok(Some(v3::Message::Created { .. })) => continue,
                     Ok(Some(v3::Message::Progress { revision })) => {
                         // Nothing for us up to `revision`: safe to resume after it.
-                        cursor = cursor.max(revision + 1);
+                        cursor = cursor.max(revision.saturating_add(1));
                         continue;
                     }
                     Ok(Some(v3::Message::Events(events))) => {
@@ -632,7 +632,7 @@ impl Watcher {
                                     self.mirror.delete(key) == Applied::Changed,
                                 ),
                             };
-                            cursor = cursor.max(revision + 1);
+                            cursor = cursor.max(revision.saturating_add(1));
                             self.on_change(action, key, changed, revision as u64);
                         }
                         continue;
