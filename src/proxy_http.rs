@@ -377,6 +377,9 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Over TLS, one flat buffer per response (hyper copies the small body in) makes one
+        // plaintext slice for rustls, which seals it without gathering the pieces first.
+        .writev(fe.tls.is_none())
         .timer(TokioTimer::new())
         // hyper's own header timer also bounds the idle wait between keep-alive requests.
         .header_read_timeout(fe.frontend.idle_timeout)
@@ -464,7 +467,18 @@ async fn setup(
     peer: SocketAddr,
 ) -> Option<(ClientIo, SocketAddr, SocketAddr)> {
     let f = &fe.frontend;
-    let local = stream.local_addr().unwrap_or(f.bind);
+    // The address the client connected to only matters for a PROXY header we send, so the
+    // `getsockname` is skipped (one syscall per connection) when the backend sends none.
+    let sends_proxy = fe
+        .shared
+        .load()
+        .route(&f.name)
+        .is_some_and(|b| b.config.send_proxy != ProxyVersion::None);
+    let local = if sends_proxy {
+        stream.local_addr().unwrap_or(f.bind)
+    } else {
+        f.bind
+    };
     let (client, local) = if f.accept_proxy {
         match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
             Ok(Some(addrs)) => addrs,
