@@ -181,6 +181,7 @@ struct FileFrontend {
     #[serde(default, deserialize_with = "bounded::deserialize")]
     idle_timeout: Option<Duration>,
     max_header_size: Option<usize>,
+    maxconn: Option<usize>,
     accept_proxy: Option<bool>,
     tls: Option<FileFrontendTls>,
 }
@@ -326,6 +327,9 @@ pub struct Frontend {
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     pub max_header_size: usize,
+    /// Client connections open at once (HAProxy's `maxconn`); beyond it the listener stops
+    /// accepting and new clients wait in the kernel's accept queue.
+    pub maxconn: usize,
     /// Expect a PROXY protocol v1 or v2 header from the peer before anything else.
     pub accept_proxy: bool,
     /// Present: the listener terminates TLS.
@@ -507,6 +511,9 @@ mod bounded {
         }
     }
 }
+
+/// HAProxy's own default `maxconn` is of this order (it derives it from the open-files limit).
+const DEFAULT_MAXCONN: usize = 10_000;
 
 fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
     if d.is_zero() {
@@ -845,6 +852,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 f.idle_timeout.unwrap_or(Duration::from_secs(60)),
             )?,
             max_header_size,
+            maxconn: match f.maxconn.unwrap_or(DEFAULT_MAXCONN) {
+                0 => return Err(invalid(format!("{key}.maxconn"), "must be at least 1")),
+                n => n,
+            },
             accept_proxy: f.accept_proxy.unwrap_or(false),
             tls,
             name: f.name,

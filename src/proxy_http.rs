@@ -393,7 +393,11 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
+    let limit = crate::proxy_tcp::ConnLimit::new(&fe.frontend);
     loop {
+        let Some(permit) = limit.admit(&stop_accept, &name).await else {
+            break;
+        };
         let accepted = tokio::select! {
             _ = stop_accept.cancelled() => break,
             a = listener.accept() => a,
@@ -413,6 +417,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         let tunnels = tracker.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let gauge = fe.connections.clone();
             gauge.increment(1.0);
             accept(fe, stream, peer, &builder, &shutdown, tunnels).await;

@@ -74,6 +74,10 @@ pub fn describe() {
         "Bytes sent to clients, by frontend (tcp and http mode; headers included)."
     );
     describe_counter!(
+        CONNECTIONS_LIMITED,
+        "Times a frontend reached its maxconn and stopped accepting until a connection closed."
+    );
+    describe_counter!(
         TCP_REJECTED,
         "TCP-mode client connections closed before a relay started, by frontend and reason."
     );
@@ -129,7 +133,11 @@ pub async fn serve(
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (tcp)");
     let mut failing = false;
+    let limit = ConnLimit::new(&fe.frontend);
     loop {
+        let Some(permit) = limit.admit(&stop_accept, &name).await else {
+            break;
+        };
         let accepted = tokio::select! {
             _ = stop_accept.cancelled() => break,
             a = listener.accept() => a,
@@ -160,6 +168,7 @@ pub async fn serve(
         let fe = fe.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let _open = OpenConnection::new(&fe.frontend.name);
             let mut log = fe
                 .log
@@ -284,6 +293,54 @@ async fn setup(
             // The close is sent at once; lingering only drains what the client already sent.
             linger_close(client).await;
             None
+        }
+    }
+}
+
+pub const CONNECTIONS_LIMITED: &str = "switchyard_connections_limited_total";
+
+/// A frontend's `maxconn`: the permits its open connections hold.
+#[derive(Debug)]
+pub(crate) struct ConnLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    limited: Counter,
+    /// The listener is waiting at the limit (to log once per episode, not per connection).
+    saturated: std::sync::atomic::AtomicBool,
+}
+
+impl ConnLimit {
+    pub(crate) fn new(f: &Frontend) -> ConnLimit {
+        ConnLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(f.maxconn)),
+            limited: metrics::counter!(CONNECTIONS_LIMITED, "frontend" => f.name.clone()),
+            saturated: Default::default(),
+        }
+    }
+
+    /// A permit for one more connection, waiting while `maxconn` are open (the listener stops
+    /// accepting meanwhile, so new clients queue in the kernel's backlog, as with HAProxy).
+    /// `None` when `stop` fires first.
+    pub(crate) async fn admit(
+        &self,
+        stop: &CancellationToken,
+        frontend: &str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            if self.saturated.swap(false, Ordering::Relaxed) {
+                info!(frontend, "below maxconn again; accepting");
+            }
+            return Some(p);
+        }
+        self.limited.increment(1);
+        if !self.saturated.swap(true, Ordering::Relaxed) {
+            warn!(
+                frontend,
+                "maxconn reached: new connections wait in the accept queue"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
         }
     }
 }
