@@ -1,0 +1,1402 @@
+//! HTTP/2 abuse against the HTTP frontend, with a real (in-process) upstream behind it and
+//! static servers (no etcd): rapid reset (CVE-2023-44487: HEADERS then RST_STREAM for
+//! thousands of streams, reset before the server accepts them and, the costlier variant for a
+//! proxy, after it has forwarded each request), a CONTINUATION flood (a header block that
+//! never ends, in big frames and in empty ones), more streams than the advertised
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` (256) from a well-behaved client that queues and from a
+//! raw one that ignores the limit, garbage after the connection preface, and a legitimate
+//! client whose preface arrives split across reads (ignored: a known bug, see that test).
+//! Rapid reset and the CONTINUATION flood also run over TLS with ALPN `h2` (rcgen
+//! certificates); the rest is h2c by prior knowledge. Each test asserts that the abusive
+//! connection ends (or is held to the advertised limit) within a bound, that this process's
+//! resident memory stays bounded, that nothing panicked, and — the point of it all — that a
+//! separate well-behaved client keeps getting `200` during and after the abuse. Attackers
+//! speak raw frames on their own thread and runtime, so a busy attacker cannot starve the
+//! probes; the tests in this file run one at a time (memory readings are per process).
+
+mod support;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Response;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use support::{Lb, Upstream, get};
+
+/// The tests here measure this process's memory and time: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Panics anywhere in this process (a panicking connection task of Switchyard's is otherwise
+/// swallowed by its runtime), counted by a hook installed by `serial()`.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes the `SERIAL` lock (installing the panic counter once) and returns the guard with the
+/// panic count at that point.
+async fn serial() -> (tokio::sync::MutexGuard<'static, ()>, usize) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            default(info);
+        }));
+    });
+    let guard = SERIAL.lock().await;
+    (guard, PANICS.load(Ordering::SeqCst))
+}
+
+/// Asserts that nothing panicked since `serial()` returned `before`.
+fn assert_no_panic(before: usize) {
+    let now = PANICS.load(Ordering::SeqCst);
+    assert_eq!(
+        now,
+        before,
+        "{} panic(s) in this process during the test",
+        now - before
+    );
+}
+
+/// Allowed growth of this process's VmRSS over its level before the abuse.
+const RSS_BOUND_KB: u64 = 50 * 1024;
+/// A well-behaved request (fresh connection, handshake included) must answer within this.
+const PROBE_LIMIT: Duration = Duration::from_secs(3);
+/// Time between two well-behaved probes.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How long an attacker may take, end to end.
+const ATTACK_LIMIT: Duration = Duration::from_secs(15);
+/// How long the server may take to end an abusive connection once the abuse is on the wire.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
+/// The `:authority` of every request here; the TLS frontend's certificate is for it.
+const SITE: &str = "switchyard.test";
+/// Upstream paths starting with this are answered after `SLOW`.
+const SLOW_PATH: &str = "/slow";
+const SLOW: Duration = Duration::from_millis(300);
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP/2 frames.
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const REFUSED_STREAM: u32 = 0x7;
+const CANCEL: u32 = 0x8;
+
+/// Appends one frame to `out`.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len();
+    assert!(len < 1 << 24);
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags]);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The HPACK block of `GET http://SITE{path}`: `:method GET` and `:scheme http` from the
+/// static table, `:authority` and `:path` as literals without indexing (no dynamic table).
+fn request_block(path: &str) -> Vec<u8> {
+    assert!(SITE.len() < 127 && path.len() < 127);
+    let mut b = vec![0x82, 0x86, 0x01, SITE.len() as u8];
+    b.extend_from_slice(SITE.as_bytes());
+    b.extend_from_slice(&[0x04, path.len() as u8]);
+    b.extend_from_slice(path.as_bytes());
+    b
+}
+
+fn u32_at(p: &[u8], at: usize) -> u32 {
+    p.get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0)
+}
+
+struct Frame {
+    kind: u8,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+/// The next frame, or `None` at EOF (a connection reset counts as EOF too).
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<Frame> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head).await.ok()?;
+    let len = (head[0] as usize) << 16 | (head[1] as usize) << 8 | head[2] as usize;
+    let mut payload = vec![0; len];
+    r.read_exact(&mut payload).await.ok()?;
+    Some(Frame {
+        kind: head[3],
+        flags: head[4],
+        payload,
+    })
+}
+
+/// What the server sent on a raw connection.
+#[derive(Debug, Default)]
+struct Seen {
+    /// GOAWAY error code and debug data.
+    goaway: Option<(u32, String)>,
+    /// The connection ended (EOF or reset) this long after the abuse began.
+    closed_after: Option<Duration>,
+    /// RST_STREAM frames by error code.
+    resets: HashMap<u32, usize>,
+    /// Streams whose response HEADERS began with `:status 200` (HPACK static index 8).
+    ok_heads: usize,
+    /// Streams whose response HEADERS had another status.
+    other_heads: usize,
+    /// Streams the server ended (END_STREAM on HEADERS or DATA).
+    ended: usize,
+}
+
+/// Reads frames into `seen` until EOF (`start`: when the abuse began).
+async fn watch<R: AsyncRead + Unpin>(mut r: R, seen: Arc<Mutex<Seen>>, start: Instant) {
+    while let Some(f) = read_frame(&mut r).await {
+        let mut s = seen.lock().unwrap();
+        match f.kind {
+            GOAWAY => {
+                let debug = String::from_utf8_lossy(f.payload.get(8..).unwrap_or(&[])).into_owned();
+                s.goaway = Some((u32_at(&f.payload, 4), debug));
+            }
+            RST_STREAM => *s.resets.entry(u32_at(&f.payload, 0)).or_default() += 1,
+            HEADERS => {
+                if f.payload.first() == Some(&0x88) {
+                    s.ok_heads += 1;
+                } else {
+                    s.other_heads += 1;
+                }
+                if f.flags & END_STREAM != 0 {
+                    s.ended += 1;
+                }
+            }
+            DATA if f.flags & END_STREAM != 0 => s.ended += 1,
+            _ => {}
+        }
+    }
+    seen.lock().unwrap().closed_after = Some(start.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transports.
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How a client reaches the frontend: h2c by prior knowledge, or TLS with ALPN `h2`.
+#[derive(Clone)]
+enum Dial {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl Dial {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<Box<dyn Io>> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        match self {
+            Dial::Plain => Ok(Box::new(tcp)),
+            Dial::Tls(cfg) => {
+                let tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+                    .connect(ServerName::try_from(SITE).unwrap(), tcp)
+                    .await?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err(io::Error::other("the frontend did not choose ALPN h2"));
+                }
+                Ok(Box::new(tls))
+            }
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Dial::Plain => "http",
+            Dial::Tls(_) => "https",
+        }
+    }
+}
+
+/// A raw HTTP/2 connection past the handshake: preface and empty SETTINGS sent, the server's
+/// SETTINGS read and acknowledged. Returns the halves and the server's SETTINGS payload.
+async fn raw_h2(
+    dial: &Dial,
+    addr: SocketAddr,
+) -> (
+    tokio::io::ReadHalf<Box<dyn Io>>,
+    tokio::io::WriteHalf<Box<dyn Io>>,
+    Vec<u8>,
+) {
+    let mut io = dial.connect(addr).await.expect("connect to the frontend");
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    io.write_all(&hello).await.unwrap();
+    let settings = timeout(Duration::from_secs(5), async {
+        loop {
+            let f = read_frame(&mut io)
+                .await
+                .expect("server closed before its SETTINGS");
+            if f.kind == SETTINGS && f.flags & ACK == 0 {
+                return f.payload;
+            }
+        }
+    })
+    .await
+    .expect("server SETTINGS within 5 s");
+    let mut ack = Vec::new();
+    frame(&mut ack, SETTINGS, ACK, 0, &[]);
+    io.write_all(&ack).await.unwrap();
+    let (r, w) = tokio::io::split(io);
+    (r, w, settings)
+}
+
+/// The value of setting `id` in a SETTINGS payload.
+fn setting(payload: &[u8], id: u16) -> Option<u32> {
+    payload
+        .chunks_exact(6)
+        .find(|c| u16::from_be_bytes([c[0], c[1]]) == id)
+        .map(|c| u32_at(c, 2))
+}
+
+/// Runs `f` on a new thread with its own runtime; the result arrives on the receiver.
+fn off_thread<F, Fut, T>(f: F) -> tokio::sync::oneshot::Receiver<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = tx.send(rt.block_on(f()));
+    });
+    rx
+}
+
+async fn join_attacker<T>(rx: tokio::sync::oneshot::Receiver<T>, limit: Duration) -> T {
+    timeout(limit, rx)
+        .await
+        .unwrap_or_else(|_| panic!("the attacker did not finish within {limit:?}"))
+        .expect("the attacker thread panicked")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Well-behaved clients, memory, the system under test.
+
+/// `GET {path}` over a fresh HTTP/2 connection (hyper's client): status and body.
+async fn h2_get(addr: SocketAddr, dial: &Dial, path: &str) -> Result<(u16, Bytes), String> {
+    let io = dial
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("{}://{SITE}{path}", dial.scheme()))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = async {
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
+    conn.abort();
+    res
+}
+
+/// This process's resident set size, in KiB.
+fn rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// A well-behaved client probing `GET /probe` every `PROBE_EVERY` on fresh HTTP/2
+/// connections, and sampling this process's RSS, until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<ProbeReport>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeReport {
+    ok: usize,
+    failures: Vec<String>,
+    slowest: Duration,
+    peak_rss_kb: u64,
+}
+
+impl Prober {
+    fn start(addr: SocketAddr, dial: Dial) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let mut rep = ProbeReport::default();
+            while !s.load(Ordering::SeqCst) {
+                let t0 = Instant::now();
+                match timeout(PROBE_LIMIT, h2_get(addr, &dial, "/probe")).await {
+                    Ok(Ok((200, body))) if &body[..] == b"up" => rep.ok += 1,
+                    Ok(Ok((status, body))) => rep.failures.push(format!(
+                        "status {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    )),
+                    Ok(Err(e)) => rep.failures.push(e),
+                    Err(_) => rep
+                        .failures
+                        .push(format!("no answer within {PROBE_LIMIT:?}")),
+                }
+                rep.slowest = rep.slowest.max(t0.elapsed());
+                rep.peak_rss_kb = rep.peak_rss_kb.max(rss_kb());
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+            rep
+        });
+        Prober { stop, task }
+    }
+
+    async fn finish(self) -> ProbeReport {
+        self.stop.store(true, Ordering::SeqCst);
+        timeout(PROBE_LIMIT + Duration::from_secs(2), self.task)
+            .await
+            .expect("prober stops")
+            .expect("prober task")
+    }
+}
+
+/// Asserts that the probes all got `200` in time, and enough of them ran.
+fn assert_served(what: &str, rep: &ProbeReport, min_ok: usize) {
+    assert!(
+        rep.failures.is_empty(),
+        "{what}: a well-behaved client failed during the abuse: {:?} ({} ok)",
+        rep.failures,
+        rep.ok
+    );
+    assert!(
+        rep.ok >= min_ok,
+        "{what}: only {} well-behaved requests completed (want >= {min_ok}); slowest {:?}",
+        rep.ok,
+        rep.slowest
+    );
+}
+
+/// The upstream: `/probe` answers `up` at once; `/hang*` answers after `HANG`; `/slow*`
+/// answers `slow` after `SLOW`, counting how many of those are in flight (and the most ever);
+/// anything else answers `ok` at once.
+struct Backend {
+    up: Upstream,
+    /// Requests that reached `/hang*`.
+    hang_hits: Arc<AtomicUsize>,
+    slow_peak: Arc<AtomicUsize>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let hang_hits = Arc::new(AtomicUsize::new(0));
+        let (f, p, h) = (
+            Arc::clone(&in_flight),
+            Arc::clone(&peak),
+            Arc::clone(&hang_hits),
+        );
+        let up = Upstream::start_with("abused", move |req| {
+            let (f, p, h) = (Arc::clone(&f), Arc::clone(&p), Arc::clone(&h));
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/probe" {
+                    return Response::new(Full::new(Bytes::from_static(b"up")));
+                }
+                if path.starts_with(HANG_PATH) {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(HANG).await;
+                    return Response::new(Full::new(Bytes::from_static(b"late")));
+                }
+                if path.starts_with(SLOW_PATH) {
+                    // Decremented on drop too: Switchyard may give up on a cancelled stream.
+                    struct Gauge(Arc<AtomicUsize>);
+                    impl Drop for Gauge {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    let _g = Gauge(f);
+                    tokio::time::sleep(SLOW).await;
+                    return Response::new(Full::new(Bytes::from_static(b"slow")));
+                }
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            }
+        })
+        .await;
+        Backend {
+            up,
+            hang_hits,
+            slow_peak: peak,
+        }
+    }
+}
+
+/// A static-server config: frontend "web" (extra lines `frontend`) in front of `server`.
+fn config(server: SocketAddr, frontend: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "b"
+{frontend}
+[[backend]]
+name = "b"
+servers = ["{server}"]
+[backend.check]
+type = "none"
+"#
+    )
+}
+
+/// A private CA and a certificate for `SITE` it signed, as PEM files in a temp dir.
+struct Pki {
+    dir: PathBuf,
+    ca_der: CertificateDer<'static>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-h2-abuse-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard h2 abuse CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf_params = rcgen::CertificateParams::new(vec![SITE.to_string()]).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let (cert, key) = (dir.join("site.pem"), dir.join("site.key"));
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        Pki {
+            ca_der: issuer.der().clone(),
+            dir,
+            cert,
+            key,
+        }
+    }
+
+    /// The frontend lines that turn on TLS with this certificate.
+    fn frontend_tls(&self) -> String {
+        let p = |p: &PathBuf| p.display().to_string().replace('\\', "\\\\");
+        format!(
+            "[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]",
+            p(&self.cert),
+            p(&self.key)
+        )
+    }
+
+    /// A client trusting only this CA, offering ALPN `h2` only.
+    fn dial(&self) -> Dial {
+        switchyard::tls::install_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let mut cc = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cc.alpn_protocols = vec![b"h2".to_vec()];
+        Dial::Tls(Arc::new(cc))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            std::fs::remove_dir_all(&self.dir).ok();
+        }
+    }
+}
+
+/// Upstream, Switchyard in front of it (plain or TLS), and the way to dial it.
+async fn setup(tls: bool) -> (Backend, Lb, Dial, Option<Pki>) {
+    let backend = Backend::start().await;
+    let (pki, frontend) = if tls {
+        let pki = Pki::new("t");
+        let f = pki.frontend_tls();
+        (Some(pki), f)
+    } else {
+        (None, String::new())
+    };
+    let lb = Lb::start_ready(&config(backend.up.addr(), &frontend)).await;
+    let dial = pki.as_ref().map(Pki::dial).unwrap_or(Dial::Plain);
+    // Warm up (first connections, lazily built state) before the baseline is read.
+    for _ in 0..3 {
+        let r = timeout(PROBE_LIMIT, h2_get(lb.http_addr("web"), &dial, "/probe")).await;
+        assert!(
+            matches!(r, Ok(Ok((200, _)))),
+            "warm-up request failed: {r:?}"
+        );
+    }
+    (backend, lb, dial, pki)
+}
+
+/// After the abuse: a fresh well-behaved request is served, over HTTP/2 and (plain) HTTP/1.1.
+async fn assert_served_after(lb: &Lb, dial: &Dial) {
+    let addr = lb.http_addr("web");
+    let r = timeout(PROBE_LIMIT, h2_get(addr, dial, "/probe")).await;
+    assert!(
+        matches!(&r, Ok(Ok((200, b))) if &b[..] == b"up"),
+        "h2 request after the abuse: {r:?}"
+    );
+    if matches!(dial, Dial::Plain) {
+        let (status, body) = timeout(PROBE_LIMIT, get(addr, "/probe"))
+            .await
+            .expect("HTTP/1.1 request after the abuse");
+        assert_eq!((status, body.as_str()), (200, "up"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rapid reset.
+
+/// HEADERS+RST_STREAM pairs per write.
+const RAPID_RESET_BATCH: u32 = 100;
+/// The upstream holds requests on this path for `HANG`: a request still counted `active`
+/// at Switchyard well before that was let go when its stream was reset.
+const HANG_PATH: &str = "/hang";
+const HANG: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Pacing {
+    /// Each write carries HEADERS and RST_STREAM for 100 streams: the resets arrive before
+    /// the server has accepted the streams (the classic CVE-2023-44487 pattern).
+    Burst,
+    /// HEADERS for 100 streams, then (once the upstream has seen their requests, or after
+    /// 1 s) their RST_STREAMs: every stream costs the server an upstream request.
+    /// The worst case for a proxy: h2's counter of streams reset before they were accepted
+    /// never sees these.
+    AfterAccept,
+}
+
+impl Pacing {
+    fn streams(self) -> u32 {
+        match self {
+            Pacing::Burst => 20_000,
+            Pacing::AfterAccept => 3_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RapidReset {
+    /// Streams whose HEADERS and RST_STREAM were written before a write failed.
+    sent: u32,
+    /// How long writing them took.
+    writing: Duration,
+    /// A write failed (the server closed or reset the connection) or blocked for
+    /// `CLOSE_LIMIT` (it stopped reading).
+    write_failed: bool,
+    /// AfterAccept batches whose requests had not all reached the upstream after 1 s.
+    stalls: u32,
+    seen: Seen,
+}
+
+async fn rapid_reset(
+    dial: Dial,
+    addr: SocketAddr,
+    pacing: Pacing,
+    arrived: Arc<AtomicUsize>,
+) -> RapidReset {
+    let (r, mut w, _) = raw_h2(&dial, addr).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let start = Instant::now();
+    let watcher = tokio::spawn(watch(r, Arc::clone(&seen), start));
+    let block = request_block(&format!("{HANG_PATH}/rapid-reset"));
+    let (mut sent, mut write_failed, mut stalls) = (0, false, 0);
+    let base = arrived.load(Ordering::SeqCst);
+    let mut heads = Vec::new();
+    let mut resets = Vec::new();
+    while sent < pacing.streams() {
+        heads.clear();
+        resets.clear();
+        for i in 0..RAPID_RESET_BATCH {
+            let id = 2 * (sent + i) + 1;
+            frame(&mut heads, HEADERS, END_STREAM | END_HEADERS, id, &block);
+            frame(&mut resets, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+        }
+        let wrote = async {
+            if pacing == Pacing::Burst {
+                heads.extend_from_slice(&resets);
+                w.write_all(&heads).await
+            } else {
+                w.write_all(&heads).await?;
+                let want = base + (sent + RAPID_RESET_BATCH) as usize;
+                let all_in = async {
+                    while arrived.load(Ordering::SeqCst) < want {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                };
+                if timeout(Duration::from_secs(1), all_in).await.is_err() {
+                    stalls += 1;
+                }
+                w.write_all(&resets).await
+            }
+        };
+        match timeout(CLOSE_LIMIT, wrote).await {
+            Ok(Ok(())) => sent += RAPID_RESET_BATCH,
+            // An error: the server is gone. A timeout: it stopped reading (also a defence).
+            _ => {
+                write_failed = true;
+                break;
+            }
+        }
+        if seen.lock().unwrap().closed_after.is_some() {
+            break;
+        }
+    }
+    let writing = start.elapsed();
+    if pacing == Pacing::Burst {
+        // The server has had every frame it took: give it `CLOSE_LIMIT` to end things.
+        let _ = timeout(CLOSE_LIMIT, watcher).await;
+    } else {
+        // A polite-looking end: the server may keep the connection; close it ourselves.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        watcher.abort();
+    }
+    drop(w);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    RapidReset {
+        sent,
+        writing,
+        write_failed,
+        stalls,
+        seen,
+    }
+}
+
+/// The upstream server's `active` count (requests Switchyard has in flight there).
+async fn active(lb: &Lb) -> u64 {
+    lb.backends().await["backends"][0]["servers"][0]["active"]
+        .as_u64()
+        .expect("servers[0].active")
+}
+
+async fn rapid_reset_case(tls: bool, pacing: Pacing) {
+    let (_serial, panics) = serial().await;
+    let (backend, lb, dial, _pki) = setup(tls).await;
+    let addr = lb.http_addr("web");
+    let rss_before = rss_kb();
+    let prober = Prober::start(addr, dial.clone());
+    // The most requests Switchyard had in flight at the upstream at once, sampled.
+    let peak_active = Arc::new(AtomicUsize::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, on, admin) = (
+            Arc::clone(&peak_active),
+            Arc::clone(&sampling),
+            lb.admin_addr(),
+        );
+        tokio::spawn(async move {
+            while on.load(Ordering::SeqCst) {
+                if let Ok((200, body)) = support::try_get_cached(admin, "/api/v1/backends").await
+                    && let Ok(j) = serde_json::from_str::<serde_json::Value>(&body)
+                    && let Some(a) = j["backends"][0]["servers"][0]["active"].as_u64()
+                {
+                    peak.fetch_max(a as usize, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // Let a few probes through first, so "during" really overlaps the attack.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let d = dial.clone();
+    let arrived = Arc::clone(&backend.hang_hits);
+    let out = join_attacker(
+        off_thread(move || rapid_reset(d, addr, pacing, arrived)),
+        ATTACK_LIMIT,
+    )
+    .await;
+    let took = t0.elapsed();
+    // Requests of reset streams are let go well before the upstream would have answered.
+    let released = Instant::now();
+    support::wait_until(
+        "no request of a reset stream still in flight at the upstream",
+        HANG / 2,
+        || async { active(&lb).await == 0 },
+    )
+    .await;
+    let released = released.elapsed();
+    // Keep probing a little after the attack too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rep = prober.finish().await;
+    sampling.store(false, Ordering::SeqCst);
+    let _ = timeout(Duration::from_secs(5), sampler).await;
+    let rss_after = rss_kb();
+    let hits = backend.up.hits();
+    eprintln!(
+        "rapid reset (tls={tls}, {pacing:?}): {} streams written in {:?} (write failed: {}), \
+         goaway {:?}, closed after {:?}, resets {:?}, {hits} upstream requests, peak {} active, \
+         all released {released:?} after the attack; attack {took:?}; probes {} ok, slowest \
+         {:?}; RSS {} -> peak {} -> {} KiB; {} stalled batches",
+        out.sent,
+        out.writing,
+        out.write_failed,
+        out.seen.goaway,
+        out.seen.closed_after,
+        out.seen.resets,
+        peak_active.load(Ordering::SeqCst),
+        rep.ok,
+        rep.slowest,
+        rss_before,
+        rep.peak_rss_kb,
+        rss_after,
+        out.stalls
+    );
+    if let Some((code, _)) = &out.seen.goaway {
+        // ENHANCE_YOUR_CALM (0xb) is h2's rapid-reset answer; any error code ends it, though.
+        assert_ne!(*code, 0, "GOAWAY NO_ERROR is not a defence: {out:?}");
+    }
+    match pacing {
+        Pacing::Burst => {
+            // The abusive connection was ended: a GOAWAY or EOF, not an endless accept.
+            assert!(
+                out.seen.goaway.is_some() || out.seen.closed_after.is_some() || out.write_failed,
+                "the rapid-reset connection was neither closed nor throttled: {out:?}"
+            );
+            // The upstream did not see one request per reset stream (no amplification).
+            assert!(
+                hits < (pacing.streams() / 4) as usize,
+                "{hits} of {} reset streams reached the upstream",
+                out.sent
+            );
+        }
+        Pacing::AfterAccept => {
+            // Each stream may cost a request (it was accepted before its reset), but never
+            // more of them at once than the advertised stream limit.
+            let peak = peak_active.load(Ordering::SeqCst);
+            assert!(
+                peak <= ADVERTISED_STREAMS as usize,
+                "{peak} requests of one connection in flight at once (limit 256)"
+            );
+        }
+    }
+    assert_served("rapid reset", &rep, 5);
+    assert!(
+        rep.peak_rss_kb.saturating_sub(rss_before) < RSS_BOUND_KB,
+        "RSS grew from {rss_before} KiB to {} KiB during the attack",
+        rep.peak_rss_kb
+    );
+    assert_served_after(&lb, &dial).await;
+    assert_no_panic(panics);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_h2c_is_cut_off_and_others_are_served() {
+    timeout(
+        Duration::from_secs(30),
+        rapid_reset_case(false, Pacing::Burst),
+    )
+    .await
+    .expect("test within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_over_tls_is_cut_off_and_others_are_served() {
+    timeout(
+        Duration::from_secs(30),
+        rapid_reset_case(true, Pacing::Burst),
+    )
+    .await
+    .expect("test within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_of_accepted_streams_is_bounded_and_others_are_served() {
+    timeout(
+        Duration::from_secs(30),
+        rapid_reset_case(false, Pacing::AfterAccept),
+    )
+    .await
+    .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// CONTINUATION flood.
+
+/// How long the flooder keeps writing if the server never reacts.
+const FLOOD_FOR: Duration = Duration::from_secs(4);
+
+#[derive(Debug)]
+struct Flood {
+    /// CONTINUATION frames and bytes written before the server reacted.
+    frames: u64,
+    bytes: u64,
+    /// The server closed the connection, or stopped reading (a write blocked for 1 s).
+    write_failed: bool,
+    write_blocked: bool,
+    /// Time from the HEADERS to the end of writing.
+    writing: Duration,
+    seen: Seen,
+}
+
+/// HEADERS for stream 1 without END_HEADERS, then CONTINUATION frames of `frame_len` bytes
+/// (a valid-looking literal header repeated), none of them ending the block.
+async fn continuation_flood(dial: Dial, addr: SocketAddr, frame_len: usize) -> Flood {
+    let (r, mut w, _) = raw_h2(&dial, addr).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let start = Instant::now();
+    let watcher = tokio::spawn(watch(r, Arc::clone(&seen), start));
+    let mut first = Vec::new();
+    frame(&mut first, HEADERS, END_STREAM, 1, &request_block("/flood"));
+    w.write_all(&first).await.unwrap();
+    // `x-a: aaaa...` literals without indexing, 2 + 1 + 1 + 60 bytes each.
+    let mut header = vec![0x00, 0x03, b'x', b'-', b'a', 60];
+    header.extend_from_slice(&[b'a'; 60]);
+    let payload: Vec<u8> = header.iter().copied().cycle().take(frame_len).collect();
+    let mut batch = Vec::new();
+    let per_write = (64 * 1024 / (frame_len + 9)).max(1);
+    for _ in 0..per_write {
+        frame(&mut batch, CONTINUATION, 0, 1, &payload);
+    }
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    let (mut write_failed, mut write_blocked) = (false, false);
+    while start.elapsed() < FLOOD_FOR {
+        match timeout(Duration::from_secs(1), w.write_all(&batch)).await {
+            Ok(Ok(())) => {
+                frames += per_write as u64;
+                bytes += batch.len() as u64;
+            }
+            Ok(Err(_)) => {
+                write_failed = true;
+                break;
+            }
+            Err(_) => {
+                write_blocked = true;
+                break;
+            }
+        }
+        if seen.lock().unwrap().closed_after.is_some() {
+            break;
+        }
+    }
+    let writing = start.elapsed();
+    let _ = timeout(CLOSE_LIMIT, watcher).await;
+    drop(w);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    Flood {
+        frames,
+        bytes,
+        write_failed,
+        write_blocked,
+        writing,
+        seen,
+    }
+}
+
+async fn continuation_flood_case(tls: bool) {
+    let (_serial, panics) = serial().await;
+    let (_backend, lb, dial, _pki) = setup(tls).await;
+    let addr = lb.http_addr("web");
+    let rss_before = rss_kb();
+    let prober = Prober::start(addr, dial.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Full 16 KiB frames (the header-list size limit), then empty ones (the frame-count limit).
+    for frame_len in [16_384, 0] {
+        let d = dial.clone();
+        let out = join_attacker(
+            off_thread(move || continuation_flood(d, addr, frame_len)),
+            ATTACK_LIMIT,
+        )
+        .await;
+        eprintln!(
+            "CONTINUATION flood (tls={tls}, {frame_len}-byte frames): {} frames / {} bytes \
+             in {:?}, write failed {}, write blocked {}, goaway {:?}, closed after {:?}",
+            out.frames,
+            out.bytes,
+            out.writing,
+            out.write_failed,
+            out.write_blocked,
+            out.seen.goaway,
+            out.seen.closed_after
+        );
+        // The server ended it: closed, or at least stopped reading, well before the flooder
+        // gave up on its own.
+        assert!(
+            out.seen.closed_after.is_some() || out.write_failed || out.write_blocked,
+            "the server kept reading an endless header block for {FLOOD_FOR:?}: {out:?}"
+        );
+        assert!(
+            out.writing < FLOOD_FOR,
+            "the server took {:?} to react to the flood: {out:?}",
+            out.writing
+        );
+        assert!(
+            out.seen.closed_after.is_some(),
+            "the flooded connection was not closed within {CLOSE_LIMIT:?}: {out:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rep = prober.finish().await;
+    eprintln!(
+        "CONTINUATION flood (tls={tls}): probes {} ok, slowest {:?}; RSS {} -> peak {} KiB",
+        rep.ok, rep.slowest, rss_before, rep.peak_rss_kb
+    );
+    assert_served("CONTINUATION flood", &rep, 3);
+    assert!(
+        rep.peak_rss_kb.saturating_sub(rss_before) < RSS_BOUND_KB,
+        "RSS grew from {rss_before} KiB to {} KiB during the flood",
+        rep.peak_rss_kb
+    );
+    assert_served_after(&lb, &dial).await;
+    assert_no_panic(panics);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_h2c_is_cut_off() {
+    timeout(Duration::from_secs(30), continuation_flood_case(false))
+        .await
+        .expect("test within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_over_tls_is_cut_off() {
+    timeout(Duration::from_secs(30), continuation_flood_case(true))
+        .await
+        .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// More streams than SETTINGS_MAX_CONCURRENT_STREAMS.
+
+const ADVERTISED_STREAMS: u32 = 256;
+const MANY_STREAMS: usize = 1000;
+
+/// A well-behaved client (hyper's, which queues streams over the server's limit) sends 1000
+/// requests at once on one connection: all complete with 200, and the upstream never sees
+/// more than the advertised 256 of them at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_from_a_polite_client_queue_behind_the_limit() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let (backend, lb, dial, _pki) = setup(false).await;
+        let addr = lb.http_addr("web");
+        let rss_before = rss_kb();
+        let prober = Prober::start(addr, dial.clone());
+        let io = dial.connect(addr).await.unwrap();
+        let (tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..MANY_STREAMS {
+            let mut tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = http::Request::get(format!("http://{SITE}{SLOW_PATH}/polite/{i}"))
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>((status, body.to_bytes()))
+            }));
+        }
+        let mut codes: HashMap<String, usize> = HashMap::new();
+        for t in tasks {
+            let r = timeout(Duration::from_secs(15), t)
+                .await
+                .expect("every request ends within 15 s")
+                .expect("request task");
+            let key = match r {
+                Ok((200, body)) if &body[..] == b"slow" => "200".to_string(),
+                Ok((s, _)) => format!("status {s}"),
+                Err(e) => e,
+            };
+            *codes.entry(key).or_default() += 1;
+        }
+        let took = t0.elapsed();
+        conn.abort();
+        let rep = prober.finish().await;
+        let peak = backend.slow_peak.load(Ordering::SeqCst);
+        eprintln!(
+            "1000 polite streams: {codes:?} in {took:?}; upstream peak {peak} in flight; \
+             probes {} ok, slowest {:?}; RSS {rss_before} -> peak {} KiB",
+            rep.ok, rep.slowest, rep.peak_rss_kb
+        );
+        assert_eq!(codes.get("200"), Some(&MANY_STREAMS), "{codes:?}");
+        assert!(
+            peak <= ADVERTISED_STREAMS as usize,
+            "the upstream saw {peak} requests of one client connection at once (limit 256)"
+        );
+        // Queued behind the limit: at least ceil(1000 / 256) = 4 rounds of `SLOW`.
+        assert!(
+            took >= SLOW * 3,
+            "{took:?}: the requests cannot all have run at once"
+        );
+        assert_served("1000 polite streams", &rep, 3);
+        assert!(rep.peak_rss_kb.saturating_sub(rss_before) < RSS_BOUND_KB);
+        assert_served_after(&lb, &dial).await;
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+#[derive(Debug)]
+struct Flooded {
+    advertised: Option<u32>,
+    seen: Seen,
+    took: Duration,
+}
+
+/// A raw client that ignores the limit: 1000 HEADERS at once, then reads until every stream
+/// was answered or refused (or the connection ends).
+async fn open_many(dial: Dial, addr: SocketAddr) -> Flooded {
+    let (r, mut w, settings) = raw_h2(&dial, addr).await;
+    let advertised = setting(&settings, 0x3);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let t0 = Instant::now();
+    let watcher = tokio::spawn(watch(r, Arc::clone(&seen), t0));
+    let mut buf = Vec::new();
+    for i in 0..MANY_STREAMS as u32 {
+        let block = request_block(&format!("{SLOW_PATH}/rude/{i}"));
+        frame(
+            &mut buf,
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            2 * i + 1,
+            &block,
+        );
+    }
+    w.write_all(&buf).await.unwrap();
+    let all_done = async {
+        loop {
+            {
+                let s = seen.lock().unwrap();
+                let settled = s.ended + s.resets.values().sum::<usize>();
+                if settled >= MANY_STREAMS || s.closed_after.is_some() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = timeout(Duration::from_secs(10), all_done).await;
+    let took = t0.elapsed();
+    drop(w);
+    watcher.abort();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    Flooded {
+        advertised,
+        seen,
+        took,
+    }
+}
+
+/// A raw client opens 1000 streams at once on one connection, ignoring the advertised limit:
+/// the server refuses what is over 256 (REFUSED_STREAM, safe to retry) and answers the rest
+/// with 200; the upstream never sees more than 256 at a time; nothing else suffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_streams_from_a_rude_client_are_refused_over_the_limit() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let (backend, lb, dial, _pki) = setup(false).await;
+        let addr = lb.http_addr("web");
+        let rss_before = rss_kb();
+        let prober = Prober::start(addr, dial.clone());
+        let d = dial.clone();
+        let out = join_attacker(off_thread(move || open_many(d, addr)), ATTACK_LIMIT).await;
+        let rep = prober.finish().await;
+        let peak = backend.slow_peak.load(Ordering::SeqCst);
+        eprintln!(
+            "1000 rude streams: advertised {:?}, {} answered 200, {} other, {} ended, resets {:?}, \
+             goaway {:?}, closed {:?}, in {:?}; upstream peak {peak}; probes {} ok, slowest {:?}; \
+             RSS {rss_before} -> peak {} KiB",
+            out.advertised,
+            out.seen.ok_heads,
+            out.seen.other_heads,
+            out.seen.ended,
+            out.seen.resets,
+            out.seen.goaway,
+            out.seen.closed_after,
+            out.took,
+            rep.ok,
+            rep.slowest,
+            rep.peak_rss_kb
+        );
+        assert_eq!(
+            out.advertised,
+            Some(ADVERTISED_STREAMS),
+            "SETTINGS_MAX_CONCURRENT_STREAMS"
+        );
+        assert!(
+            peak <= ADVERTISED_STREAMS as usize,
+            "the upstream saw {peak} requests of one client connection at once (limit 256)"
+        );
+        let refused = out.seen.resets.get(&REFUSED_STREAM).copied().unwrap_or(0);
+        assert!(
+            refused >= MANY_STREAMS - ADVERTISED_STREAMS as usize,
+            "streams over the limit were not refused: {out:?}"
+        );
+        assert_eq!(out.seen.other_heads, 0, "{out:?}");
+        assert_eq!(
+            out.seen.ok_heads + refused,
+            MANY_STREAMS,
+            "every stream is either answered 200 or refused: {out:?}"
+        );
+        assert!(out.seen.ok_heads >= 1, "{out:?}");
+        assert_served("1000 rude streams", &rep, 3);
+        assert!(rep.peak_rss_kb.saturating_sub(rss_before) < RSS_BOUND_KB);
+        assert_served_after(&lb, &dial).await;
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage after the preface.
+
+/// xorshift64*: reproducible noise without a dependency.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Writes `bytes`, then reads until EOF: how long the server took to close (`None`: it did
+/// not within `limit`), and the GOAWAY code if one came.
+async fn close_time(
+    dial: &Dial,
+    addr: SocketAddr,
+    bytes: &[u8],
+    limit: Duration,
+) -> (Option<Duration>, Option<u32>) {
+    let mut io = dial.connect(addr).await.expect("connect");
+    let t0 = Instant::now();
+    // The server may close before taking everything: a failed write is fine.
+    let _ = timeout(limit, io.write_all(bytes)).await;
+    let mut goaway = None;
+    let end = timeout(limit, async {
+        while let Some(f) = read_frame(&mut io).await {
+            if f.kind == GOAWAY {
+                goaway = Some(u32_at(&f.payload, 4));
+            }
+        }
+    })
+    .await;
+    (end.ok().map(|_| t0.elapsed()), goaway)
+}
+
+/// Random bytes right after the preface, and after preface + SETTINGS, close the connection
+/// within 2 s (no hang waiting for a frame that never parses), over h2c and TLS; other
+/// clients are served meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_the_preface_closes_quickly() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        for tls in [false, true] {
+            let (_backend, lb, dial, _pki) = setup(tls).await;
+            let addr = lb.http_addr("web");
+            let prober = Prober::start(addr, dial.clone());
+            for seed in 1..=5u64 {
+                for with_settings in [false, true] {
+                    let mut bytes = PREFACE.to_vec();
+                    if with_settings {
+                        frame(&mut bytes, SETTINGS, 0, 0, &[]);
+                    }
+                    bytes.extend(noise(seed, 4096));
+                    let (closed, goaway) =
+                        close_time(&dial, addr, &bytes, Duration::from_secs(2)).await;
+                    eprintln!(
+                        "garbage (tls={tls}, seed {seed}, settings first {with_settings}): \
+                         closed after {closed:?}, goaway {goaway:?}"
+                    );
+                    assert!(
+                        closed.is_some(),
+                        "garbage after the preface (tls={tls}, seed {seed}, settings first \
+                         {with_settings}) left the connection open for 2 s"
+                    );
+                    if let Some(code) = goaway {
+                        assert_ne!(code, 0, "GOAWAY NO_ERROR for garbage");
+                    }
+                }
+            }
+            let rep = prober.finish().await;
+            assert_served("garbage after the preface", &rep, 1);
+            assert_served_after(&lb, &dial).await;
+            assert_no_panic(panics);
+            lb.shutdown().await;
+        }
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A preface that arrives in pieces.
+
+/// A frontend `header_timeout` much shorter than the upstream's `HANG`.
+const SHORT_HEADER_TIMEOUT: &str = "500ms";
+
+/// A legitimate raw HTTP/2 client: the preface (written in two pieces, split after `split`
+/// bytes, when `split` is shorter than it) and SETTINGS; once the server's SETTINGS and its
+/// ACK of ours are in, the ACK of the server's; then, in a write of its own, `GET /hang` on
+/// stream 1. Waits for the answer (at most `HANG` + 3 s).
+async fn slow_answer_over_h2(addr: SocketAddr, split: usize) -> Seen {
+    let mut io = Dial::Plain.connect(addr).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    frame(&mut hello, SETTINGS, 0, 0, &[]);
+    let (first, rest) = hello.split_at(split.min(hello.len()));
+    io.write_all(first).await.unwrap();
+    if !rest.is_empty() {
+        // Its own read at the server: the first bytes arrive alone.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        io.write_all(rest).await.unwrap();
+    }
+    let handshake = async {
+        let (mut settings, mut acked) = (false, false);
+        while !(settings && acked) {
+            let f = read_frame(&mut io)
+                .await
+                .expect("server closed in the handshake");
+            if f.kind == SETTINGS {
+                if f.flags & ACK == 0 {
+                    settings = true;
+                } else {
+                    acked = true;
+                }
+            }
+        }
+    };
+    timeout(Duration::from_secs(5), handshake)
+        .await
+        .expect("SETTINGS exchange within 5 s");
+    let mut ack = Vec::new();
+    frame(&mut ack, SETTINGS, ACK, 0, &[]);
+    io.write_all(&ack).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut req = Vec::new();
+    let block = request_block(&format!("{HANG_PATH}/legit"));
+    frame(&mut req, HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    io.write_all(&req).await.unwrap();
+    let (r, _w) = tokio::io::split(io);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let watcher = tokio::spawn(watch(r, Arc::clone(&seen), Instant::now()));
+    let answered = async {
+        loop {
+            {
+                let s = seen.lock().unwrap();
+                if s.ended >= 1 || s.closed_after.is_some() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let _ = timeout(HANG + Duration::from_secs(3), answered).await;
+    watcher.abort();
+    std::mem::take(&mut *seen.lock().unwrap())
+}
+
+async fn slow_answer_case(split: usize) {
+    let (_serial, panics) = serial().await;
+    let backend = Backend::start().await;
+    let lb = Lb::start_ready(&config(
+        backend.up.addr(),
+        &format!("header_timeout = \"{SHORT_HEADER_TIMEOUT}\""),
+    ))
+    .await;
+    let seen = slow_answer_over_h2(lb.http_addr("web"), split).await;
+    eprintln!("slow answer over h2 (preface split at {split}): {seen:?}");
+    assert!(
+        seen.ok_heads == 1 && seen.ended == 1 && seen.closed_after.is_none(),
+        "an HTTP/2 request answered after {HANG:?} (header_timeout {SHORT_HEADER_TIMEOUT}), \
+         preface split at byte {split}, did not get its 200: {seen:?}"
+    );
+    assert_no_panic(panics);
+    lb.shutdown().await;
+}
+
+/// Control: the preface in one piece; HTTP/2 is left to hyper, and a request the upstream
+/// answers long after `header_timeout` gets its `200`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_over_h2_outlives_the_header_timeout() {
+    timeout(Duration::from_secs(30), slow_answer_case(usize::MAX))
+        .await
+        .expect("test within 30 s");
+}
+
+/// The same client, but its first TCP segment carries only `PRI * HT` (8 bytes of the
+/// 24-byte preface): still HTTP/2, and the slow answer must still arrive.
+///
+/// BUG (found here): `HeadTimeout::saw` recognises HTTP/2 only when one read starts with the
+/// whole `PRI * HTTP/2.0`; a shorter first read makes it treat the preface as an HTTP/1 head,
+/// and later h2 frames (no blank line in them) as a slow header section: `header_timeout`
+/// after a read the server does not answer with a write, it writes `HTTP/1.1 408 Request
+/// Timeout` into the HTTP/2 byte stream and closes the connection, losing the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: HeadTimeout misses a split h2 preface and later writes an HTTP/1.1 408 into the h2 stream"]
+async fn a_preface_split_across_reads_is_still_http2() {
+    timeout(Duration::from_secs(30), slow_answer_case(8))
+        .await
+        .expect("test within 30 s");
+}
