@@ -394,6 +394,7 @@ pub async fn serve(
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
     let limit = crate::proxy_tcp::ConnLimit::new(&fe.frontend);
+    let mut failing = false;
     loop {
         let Some(permit) = limit.admit(&stop_accept, &name).await else {
             break;
@@ -403,12 +404,26 @@ pub async fn serve(
             a = listener.accept() => a,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                if failing {
+                    info!(frontend = %name, "accepting again");
+                    failing = false;
+                }
+                a
+            }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(frontend = %name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                // EMFILE and friends: back off briefly instead of spinning; one warning per
+                // run of failures, not one per retry.
+                if failing {
+                    debug!(frontend = %name, error = %e, "accept failed");
+                } else {
+                    warn!(frontend = %name, error = %e, "accept failed; retrying every 50 ms");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = stop_accept.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                }
             }
         };
         let _ = stream.set_nodelay(true);
@@ -1637,6 +1652,8 @@ struct HeadTimeout<S> {
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// The last 3 bytes read, to find a blank line split across reads.
     tail: [u8; 3],
+    /// While `Fresh`: how many bytes of the HTTP/2 preface start have arrived.
+    preface: u8,
     /// Armed while a write is blocked on the client; made on the first blocked write only
     /// (most connections never have one).
     write_sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -1676,6 +1693,7 @@ impl<S> HeadTimeout<S> {
             state: HeadState::Fresh,
             sleep: Box::pin(tokio::time::sleep(idle)),
             tail: [0; 3],
+            preface: 0,
             write_sleep: None,
             write_blocked: false,
             upgraded: false,
@@ -1686,11 +1704,22 @@ impl<S> HeadTimeout<S> {
         if bytes.is_empty() {
             return;
         }
-        if matches!(self.state, HeadState::Idle | HeadState::Fresh) {
-            if bytes.starts_with(H2_PREFACE_START) {
-                self.state = HeadState::Off;
+        if self.state == HeadState::Fresh {
+            // The HTTP/2 preface may arrive split over several reads: stay `Fresh` while what
+            // came so far is a prefix of it, and only a mismatch makes this an HTTP/1 head.
+            let k = usize::from(self.preface);
+            let want = &H2_PREFACE_START[k..];
+            let n = want.len().min(bytes.len());
+            if bytes[..n] == want[..n] {
+                if k + n == H2_PREFACE_START.len() {
+                    self.state = HeadState::Off;
+                } else {
+                    self.preface = (k + n) as u8;
+                }
                 return;
             }
+        }
+        if matches!(self.state, HeadState::Idle | HeadState::Fresh) {
             self.state = HeadState::Head;
             self.tail = [0; 3];
             let deadline = tokio::time::Instant::now() + self.limit;

@@ -1388,13 +1388,11 @@ async fn a_slow_answer_over_h2_outlives_the_header_timeout() {
 /// The same client, but its first TCP segment carries only `PRI * HT` (8 bytes of the
 /// 24-byte preface): still HTTP/2, and the slow answer must still arrive.
 ///
-/// BUG (found here): `HeadTimeout::saw` recognises HTTP/2 only when one read starts with the
-/// whole `PRI * HTTP/2.0`; a shorter first read makes it treat the preface as an HTTP/1 head,
-/// and later h2 frames (no blank line in them) as a slow header section: `header_timeout`
-/// after a read the server does not answer with a write, it writes `HTTP/1.1 408 Request
-/// Timeout` into the HTTP/2 byte stream and closes the connection, losing the request.
+/// Regression (found here, fixed): `HeadTimeout::saw` recognised HTTP/2 only when one read
+/// started with the whole `PRI * HTTP/2.0`; a shorter first read made it treat the preface as an
+/// HTTP/1 head and later h2 frames as a slow header section, and it wrote `HTTP/1.1 408 Request
+/// Timeout` into the HTTP/2 byte stream, losing the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: HeadTimeout misses a split h2 preface and later writes an HTTP/1.1 408 into the h2 stream"]
 async fn a_preface_split_across_reads_is_still_http2() {
     timeout(Duration::from_secs(30), slow_answer_case(8))
         .await
