@@ -351,6 +351,9 @@ pub async fn run(
     // Shutdown: the accept loops stopped with `cancel` (their tokens are its children). Now ask
     // every connection to finish its in-flight request and close, and wait up to the grace.
     info!(grace = ?rt.config.shutdown_grace, "shutting down: draining connections");
+    // Close the listening sockets (once their accept loops let go of them too), so that new
+    // clients are refused at once instead of queueing in a backlog nobody accepts from.
+    rt.frontends.clear();
     rt.conn_shutdown.fire();
     rt.tracker.close();
     if tokio::time::timeout(rt.config.shutdown_grace, rt.tracker.wait())

@@ -355,10 +355,14 @@ async fn in_flight_requests_finish_on_shutdown() {
     let web = lb.http_addr("web");
     let inflight = tokio::spawn(async move { get(web, "/").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    lb.cancel_token().cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // While the request in flight drains, a new client is refused at once (not left in a
+    // backlog nobody accepts from).
+    assert!(!inflight.is_finished());
+    assert!(TcpStream::connect(web).await.is_err());
     lb.shutdown().await;
     assert_eq!(inflight.await.unwrap(), (200, "done".to_string()));
-    // And the listener is closed.
-    assert!(TcpStream::connect(web).await.is_err());
 }
 
 #[tokio::test]
