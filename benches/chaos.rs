@@ -41,11 +41,12 @@
 //!    `poll_timeout` and the frontend's `header_timeout` changed (restarts discovery and the
 //!    accept loop). Expected: 0 failed, every reload applied.
 //! g. `shutdown`: `shutdown_grace = 3s`; 16 requests taking 1.5 s and 4 taking 10 s are in flight
-//!    (plus the keep-alive load, stopped when `run()` returns) when the Lb is cancelled (what
-//!    SIGTERM does). Expected: the 16 answer 200 and `run()` returns at the grace. Reported: what
-//!    the 4 longer requests get (in-process, `run()` returning does not end the connection tasks
-//!    it leaves behind; the binary exits, which does), and what a new connection gets during the
-//!    drain and after `run()` returned (probed with a raw socket).
+//!    (plus the keep-alive load, each client stopping at its first failure) when the Lb is
+//!    cancelled (what SIGTERM does). Expected: the 16 answer 200, `run()` returns at the grace,
+//!    and a new connection (probed with a raw socket during the drain and after `run()`
+//!    returned) is refused at once. Reported: how each keep-alive client's first request after
+//!    the cancel ends, and what the 4 longer requests get (in-process, `run()` returning does
+//!    not end the connection tasks it leaves behind; the binary exits, which does).
 //!
 //! NOTE: everything (etcd aside) shares one machine and one tokio runtime: the load clients compete
 //! with the proxy and etcd for the same cores, so req/s is a floor, not Switchyard's capacity.
@@ -999,10 +1000,29 @@ struct LoadResult {
 impl Load {
     /// `clients` keep-alive clients sending `GET {url}` back to back until `finish`.
     fn start(url: String, clients: usize, ports: Arc<Vec<(String, String)>>) -> Load {
+        Self::start_with(url, clients, ports, false)
+    }
+
+    /// Like `start`; with `first_failure_ends`, a client stops after its first failure (so a
+    /// server that is going away is not hammered with reconnects).
+    fn start_with(
+        url: String,
+        clients: usize,
+        ports: Arc<Vec<(String, String)>>,
+        first_failure_ends: bool,
+    ) -> Load {
         let stop = CancellationToken::new();
         let start = Instant::now();
         let handles = (0..clients)
-            .map(|_| tokio::spawn(load_client(url.clone(), stop.clone(), start, ports.clone())))
+            .map(|_| {
+                tokio::spawn(load_client(
+                    url.clone(),
+                    stop.clone(),
+                    start,
+                    ports.clone(),
+                    first_failure_ends,
+                ))
+            })
             .collect();
         Load {
             stop,
@@ -1039,6 +1059,7 @@ async fn load_client(
     stop: CancellationToken,
     start: Instant,
     names: Arc<Vec<(String, String)>>,
+    first_failure_ends: bool,
 ) -> ClientResult {
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -1080,6 +1101,9 @@ async fn load_client(
                     r.fail_times.push((t.duration_since(start), why.clone()));
                 }
                 *r.failures.entry(why).or_default() += 1;
+                if first_failure_ends {
+                    break;
+                }
             }
         }
     }
@@ -2376,7 +2400,8 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
     let ports = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
-    let load = Load::start(format!("http://{web}/"), p.clients, ports.clone());
+    // Each keep-alive client stops at its first failure (expected after the cancel).
+    let load = Load::start_with(format!("http://{web}/"), p.clients, ports.clone(), true);
     let l_start = load.start;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Slow requests, each on its own connection.
@@ -2438,7 +2463,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
                 tokio::time::sleep_until(cancel_t + at).await;
                 let started = cancel_t.elapsed();
                 let r = probe_new_connection(web).await;
-                format!("opened at +{} ms: {r}", started.as_millis())
+                (format!("opened at +{} ms", started.as_millis()), r)
             })
         })
         .collect();
@@ -2450,8 +2475,10 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     for t in probe_tasks {
         probes.push(t.await?);
     }
-    let after_probe = probe_new_connection(web).await;
-    probes.push(format!("after run() returned: {after_probe}"));
+    probes.push((
+        "after run() returned".to_string(),
+        probe_new_connection(web).await,
+    ));
     let l = load.finish().await;
     let mut ok_done = Vec::new();
     let mut ok_failed = Vec::new();
@@ -2488,7 +2515,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     row.failed = l.failed + (ok_failed.len() + long_failed.len()) as u64;
     for (k, n) in &l.failures {
         *row.failures
-            .entry(format!("keep-alive load after cancel: {k}"))
+            .entry(format!("keep-alive client after cancel: {k}"))
             .or_default() += n;
     }
     for e in &ok_failed {
@@ -2533,7 +2560,14 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
         run_took.as_millis(),
         p.grace.as_millis()
     ));
-    row.detail(format!("new connections: {}", probes.join("; ")));
+    row.detail(format!(
+        "new connections: {}",
+        probes
+            .iter()
+            .map(|(when, what)| format!("{when}: {what}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
     failure_lines(&mut row, &l, Some(cancel_t), l_start);
     if !ok_failed.is_empty() {
         row.problems.push(format!(
@@ -2549,10 +2583,13 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
             p.grace.as_millis()
         ));
     }
-    if !after_probe.starts_with("connect: ") {
-        row.problems.push(format!(
-            "{id}: a connection after run() returned: {after_probe}"
-        ));
+    // Refused at once, during the drain too (not left queueing in a backlog nobody serves).
+    for (when, what) in &probes {
+        if !what.starts_with("connect: ") {
+            row.problems.push(format!(
+                "{id}: a new connection {when} was not refused: {what}"
+            ));
+        }
     }
     for u in &ups {
         u.stop().await;
