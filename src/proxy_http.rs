@@ -317,16 +317,12 @@ pub struct HttpFrontend {
     connections: metrics::Gauge,
     received: metrics::Counter,
     sent: metrics::Counter,
-    metrics: Arc<FrontendMetrics>,
-}
-
-/// Per-request metric handles of one frontend (server-labelled ones live on the server).
-#[derive(Default)]
-struct FrontendMetrics {
-    /// `switchyard_request_duration_seconds`, by backend.
-    durations: HandleCache<String, metrics::Histogram>,
-    /// `switchyard_requests_total` answered without a server, by backend and code.
-    no_server: HandleCache<(String, u16), metrics::Counter>,
+    /// `switchyard_request_duration_seconds` of this frontend and its backend (which its
+    /// config fixes: a reload that changes it starts a new `HttpFrontend`).
+    duration: metrics::Histogram,
+    /// `switchyard_requests_total` answered without a server, by code (server-labelled ones
+    /// live on the server).
+    no_server: Arc<HandleCache<u16, metrics::Counter>>,
 }
 
 impl HttpFrontend {
@@ -343,7 +339,9 @@ impl HttpFrontend {
             received: metrics::counter!(crate::proxy_tcp::BYTES_RECEIVED, "frontend" => label()),
             sent: metrics::counter!(crate::proxy_tcp::BYTES_SENT, "frontend" => label()),
             name: Arc::from(frontend.name.as_str()),
-            metrics: Arc::default(),
+            duration: metrics::histogram!(m::REQUEST_DURATION,
+                "frontend" => label(), "backend" => frontend.backend.clone()),
+            no_server: Arc::default(),
             frontend,
             shared,
             tls,
@@ -595,9 +593,6 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         None => forward(conn, backend, req, &mut trace).await,
     };
     let code = resp.status().as_u16();
-    if let Some(s) = &server {
-        s.count_request(code);
-    }
     if let Some(mut p) = log {
         let r = p.record();
         r.backend = Some(Arc::clone(&backend.config));
@@ -620,29 +615,20 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             Either::Right(_) => finish_log(&mut p, &resp, trace.termination),
         }
     }
-    let backend_name = backend.config.name.as_str();
     match &server {
-        Some(s) => s.count_request_metric(&fe.name, backend_name, code),
-        None => fe.metrics.no_server.with(
-            |(b, c)| *c == code && b == backend_name,
+        Some(s) => s.count_request(&fe.name, &fe.frontend.backend, code),
+        None => fe.no_server.with(
+            |c| *c == code,
             || {
                 let c = metrics::counter!(m::REQUESTS,
-                    "frontend" => fe.frontend.name.clone(), "backend" => backend_name.to_string(),
+                    "frontend" => fe.frontend.name.clone(), "backend" => fe.frontend.backend.clone(),
                     "server" => "", "code" => code.to_string());
-                ((backend_name.to_string(), code), c)
+                (code, c)
             },
             |c| c.increment(1),
         ),
     }
-    fe.metrics.durations.with(
-        |b| b == backend_name,
-        || {
-            let h = metrics::histogram!(m::REQUEST_DURATION,
-                "frontend" => fe.frontend.name.clone(), "backend" => backend_name.to_string());
-            (backend_name.to_string(), h)
-        },
-        |h| h.record(start.elapsed().as_secs_f64()),
-    );
+    fe.duration.record(start.elapsed().as_secs_f64());
     resp
 }
 

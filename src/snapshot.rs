@@ -210,17 +210,13 @@ impl Server {
         &self.state
     }
 
-    /// Counts one answered request (for the stats page); 5xx count as errors.
-    #[inline]
-    pub fn count_request(&self, status: u16) {
+    /// Counts one answered request: for the stats page (5xx count as errors) and in
+    /// `switchyard_requests_total`, whose handle is looked up once per frontend and code.
+    pub fn count_request(&self, frontend: &Arc<str>, backend: &str, status: u16) {
         self.state.requests.fetch_add(1, Ordering::Relaxed);
         if status >= 500 {
             self.state.errors.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    /// Counts one answer in `switchyard_requests_total` (the stats counters are `count_request`).
-    pub fn count_request_metric(&self, frontend: &Arc<str>, backend: &str, status: u16) {
         self.state.request_counters.with(
             |(f, code)| *code == status && **f == **frontend,
             || {
