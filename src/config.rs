@@ -235,6 +235,8 @@ struct FileBackend {
     retries: Option<u32>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
     drain_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "bounded::deserialize")]
+    pool_idle_timeout: Option<Duration>,
     protocol: Option<Protocol>,
     send_proxy: Option<ProxyVersion>,
     tls: Option<FileBackendTls>,
@@ -388,6 +390,11 @@ pub struct Backend {
     pub retries: u32,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this long (nginx's upstream
+    /// `keepalive_timeout`); keep it below the servers' own keep-alive timeout, so that a
+    /// request never races a server closing the connection it was sent on.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
     pub protocol: Protocol,
     pub send_proxy: ProxyVersion,
     /// Present: connect to servers with TLS.
@@ -765,6 +772,10 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             )?,
             retries: b.retries.unwrap_or(2),
             drain_timeout: b.drain_timeout.unwrap_or(Duration::from_secs(30)),
+            pool_idle_timeout: positive(
+                &format!("{key}.pool_idle_timeout"),
+                b.pool_idle_timeout.unwrap_or(Duration::from_secs(60)),
+            )?,
             name: b.name,
             etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
             servers: b.servers,
@@ -937,6 +948,7 @@ fall = 3
         assert_eq!(b.response_timeout, Duration::from_secs(60));
         assert_eq!(b.retries, 2);
         assert_eq!(b.drain_timeout, Duration::from_secs(30));
+        assert_eq!(b.pool_idle_timeout, Duration::from_secs(60));
         assert_eq!(b.check.rise, 2);
         assert_eq!(b.check.fastinter, Duration::from_secs(2));
         assert_eq!(b.check.downinter, Duration::from_secs(2));
@@ -978,6 +990,18 @@ fall = 3
     fn prefix_must_start_with_slash() {
         let text = CLASSIC.replace("\"/testservice/backend\"", "\"testservice/backend\"");
         assert!(err(&text).contains("etcd_prefix"));
+    }
+
+    #[test]
+    fn pool_idle_timeout_is_read_and_zero_is_named() {
+        let set = CLASSIC.replace(
+            "etcd_prefix = \"/testservice/backend\"",
+            "etcd_prefix = \"/testservice/backend\"\npool_idle_timeout = \"4s\"",
+        );
+        let c = Config::from_toml(&set).unwrap();
+        assert_eq!(c.backends[0].pool_idle_timeout, Duration::from_secs(4));
+        let e = err(&set.replace("\"4s\"", "\"0s\""));
+        assert!(e.contains("pool_idle_timeout"), "{e}");
     }
 
     #[test]

@@ -255,6 +255,10 @@ impl Runtime {
     }
 }
 
+/// How often histogram samples are drained and idle upstream connections past their
+/// `pool_idle_timeout` are closed (so one may outlive it by up to this much).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Finishes drains of removed servers (see `Publisher::sweep_draining`) every 100 ms.
 async fn sweep_drains(publisher: Arc<Publisher>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
@@ -304,14 +308,19 @@ pub async fn run(
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.
+    // The same tick closes idle upstream connections past their backend's pool_idle_timeout.
     let upkeep = admin.metrics.clone();
     let upkeep_cancel = cancel.clone();
+    let upkeep_shared = publisher.shared();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
         loop {
             tokio::select! {
                 _ = upkeep_cancel.cancelled() => return,
-                _ = tick.tick() => upkeep.run_upkeep(),
+                _ = tick.tick() => {
+                    upkeep.run_upkeep();
+                    proxy_http::close_idle_connections(&upkeep_shared.load());
+                }
             }
         }
     });

@@ -13,6 +13,7 @@ pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const SERVER_UP: &str = "switchyard_server_up";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "switchyard_upstream_connect_errors_total";
 pub const RETRIES: &str = "switchyard_retries_total";
+pub const UPSTREAM_ABORTS: &str = "switchyard_upstream_aborts_total";
 pub const DISCOVERY_CONNECTED: &str = "switchyard_discovery_connected";
 pub const DISCOVERY_INDEX: &str = "switchyard_discovery_index";
 pub const DISCOVERY_EVENTS: &str = "switchyard_discovery_events_total";
@@ -111,6 +112,10 @@ fn describe() {
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS,
         "Failed connection attempts to an upstream server."
+    );
+    describe_counter!(
+        UPSTREAM_ABORTS,
+        "Responses whose body the upstream server cut short (reset or closed mid-body)."
     );
     describe_counter!(
         RETRIES,

@@ -77,6 +77,31 @@ pub struct Guarded {
     inner: Incoming,
     _active: ActiveGuard,
     log: Option<Pending>,
+    /// Where the body comes from, to blame the server if it cuts the body short.
+    origin: Option<Origin>,
+}
+
+/// The server a response body comes from, and the snapshot holding its backend.
+struct Origin {
+    snap: Arc<Snapshot>,
+    backend: usize,
+    server: Arc<Server>,
+}
+
+impl Origin {
+    /// The server cut the body short (a reset or close mid-body): the client gets a truncated
+    /// answer, so it counts as a live failure towards ejection (the head, and its status, were
+    /// already sent and counted). A server whose drain timed out is cut by us, not counted.
+    fn aborted(self) {
+        if self.server.is_draining() {
+            return;
+        }
+        let set = &self.snap.backends[self.backend];
+        metrics::counter!(m::UPSTREAM_ABORTS,
+            "backend" => set.config.name.clone(), "server" => self.server.addr.clone())
+        .increment(1);
+        crate::health::observe_failure(set, &self.server, "response body cut short");
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -101,6 +126,11 @@ impl hyper::body::Body for Guarded {
                 Some(Err(_)) => r.termination = Termination::ServerAbort,
                 None => r.termination = Termination::Ok,
             }
+        }
+        if let Some(Err(_)) = &frame
+            && let Some(origin) = this.origin.take()
+        {
+            origin.aborted();
         }
         Poll::Ready(frame)
     }
@@ -217,10 +247,11 @@ enum H2Slot {
     Ready(H2Sender),
 }
 
-/// Connections to one server: idle keep-alive HTTP/1.1 ones, and the shared HTTP/2 one.
+/// Connections to one server: idle keep-alive HTTP/1.1 ones (each with the time it was
+/// returned), and the shared HTTP/2 one.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<H1Sender>>,
+    idle: Mutex<Vec<(H1Sender, Instant)>>,
     h2: Mutex<H2Slot>,
 }
 
@@ -230,14 +261,20 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// An idle connection that is still open and has not been idle for `max_idle` yet.
+fn usable(sender: &H1Sender, since: Instant, now: Instant, max_idle: Duration) -> bool {
+    !sender.is_closed() && now.saturating_duration_since(since) < max_idle
+}
+
 impl Pool {
-    /// A connection that is ready to take a request now. Closed ones are dropped; busy ones
-    /// (still streaming a response body) stay for later.
-    fn checkout(&self) -> Option<H1Sender> {
+    /// The most recently returned connection that is ready to take a request now. Closed ones,
+    /// and ones idle for `max_idle` or longer, are dropped (which closes them); busy ones (still
+    /// streaming a response body) stay for later.
+    fn checkout(&self, now: Instant, max_idle: Duration) -> Option<H1Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let pos = idle.iter().rposition(|s| s.is_ready())?;
-        Some(idle.swap_remove(pos))
+        idle.retain(|(s, since)| usable(s, *since, now, max_idle));
+        let pos = idle.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(idle.swap_remove(pos).0)
     }
 
     fn checkin(&self, server: &Server, sender: H1Sender) {
@@ -246,8 +283,15 @@ impl Pool {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < POOL_MAX_IDLE {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
+    }
+
+    /// Closes the connections idle for `max_idle` or longer (and closed ones), for a server that
+    /// gets no request to do it in `checkout`.
+    pub fn close_idle(&self, now: Instant, max_idle: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(s, since)| usable(s, *since, now, max_idle));
     }
 
     /// The server's shared HTTP/2 connection, connecting if there is none (or it closed).
@@ -296,6 +340,18 @@ impl Pool {
     pub fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = H2Slot::Empty;
+    }
+}
+
+/// Closes, on every server of `snap`, the pooled connections idle for longer than their
+/// backend's `pool_idle_timeout` (run periodically: a server that gets no requests never
+/// reaches `checkout`, which does it otherwise).
+pub fn close_idle_connections(snap: &Snapshot) {
+    let now = Instant::now();
+    for set in &snap.backends {
+        for server in &set.servers {
+            server.pool().close_idle(now, set.config.pool_idle_timeout);
+        }
     }
 }
 
@@ -590,7 +646,7 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        None => forward(conn, backend, req, &mut trace).await,
+        None => forward(conn, &snap, backend, req, &mut trace).await,
     };
     let code = resp.status().as_u16();
     if let Some(mut p) = log {
@@ -866,6 +922,7 @@ struct Target {
 
 async fn forward(
     conn: &Conn,
+    snap: &Arc<Snapshot>,
     backend: &BackendSet,
     mut req: Request<Incoming>,
     trace: &mut Trace,
@@ -924,10 +981,21 @@ async fn forward(
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, Keep::NONE);
                 announce_grpc_trailers(&mut parts.headers);
+                // (A position among a handful of backends: cheaper than keeping an index.)
+                let origin = snap
+                    .backends
+                    .iter()
+                    .position(|b| std::ptr::eq(b, backend))
+                    .map(|i| Origin {
+                        snap: Arc::clone(snap),
+                        backend: i,
+                        server: Arc::clone(&server),
+                    });
                 let body = Guarded {
                     inner: body,
                     _active: active,
                     log: None,
+                    origin,
                 };
                 return (
                     Response::from_parts(parts, Either::Left(body)),
@@ -1070,16 +1138,7 @@ async fn send(
     } else {
         // An upgraded connection is the tunnel's; one that was asked to upgrade is not reused.
         let reuse = !private && !target.upgrade;
-        send_h1(
-            server,
-            dial,
-            req,
-            !private,
-            reuse,
-            cfg.response_timeout,
-            trace,
-        )
-        .await
+        send_h1(server, cfg, dial, req, !private, reuse, trace).await
     }
 }
 
@@ -1087,17 +1146,21 @@ async fn send(
 /// the pool after the response head if `reuse`.
 async fn send_h1(
     server: &Arc<Server>,
+    cfg: &Backend,
     dial: impl FnOnce() -> Dial,
     mut req: Request<UpBody>,
     pooled: bool,
     reuse: bool,
-    response_timeout: Duration,
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
     let start = Instant::now();
+    let response_timeout = cfg.response_timeout;
     // A pooled connection the server closed meanwhile hands the request back untouched; then
     // fall through to a fresh connection. Bounded: each round removes one pooled sender.
-    while let Some(mut sender) = pooled.then(|| server.pool().checkout()).flatten() {
+    while let Some(mut sender) = pooled
+        .then(|| server.pool().checkout(start, cfg.pool_idle_timeout))
+        .flatten()
+    {
         let ready = Instant::now();
         trace.connect = Some(ready - start);
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
