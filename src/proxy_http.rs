@@ -36,7 +36,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -45,7 +45,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -428,9 +427,8 @@ pub async fn serve(
     shutdown: Signal,
     tracker: TaskTracker,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1
         // Over TLS, one flat buffer per response (hyper copies the small body in) makes one
         // plaintext slice for rustls, which seals it without gathering the pieces first.
         .writev(fe.tls.is_none())
@@ -439,12 +437,11 @@ pub async fn serve(
         .header_read_timeout(fe.frontend.idle_timeout)
         .max_buf_size(fe.frontend.max_header_size.max(8192))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Servers { h1, h2 });
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
     let limit = crate::proxy_tcp::ConnLimit::new(&fe.frontend);
@@ -496,6 +493,12 @@ pub async fn serve(
     debug!(frontend = %name, "stopped accepting");
 }
 
+/// hyper's servers for one frontend's connections, one per protocol.
+struct Servers {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
 /// A client connection after its PROXY header and TLS handshake.
 /// (The TLS stream is boxed: unboxed, its ~1 KiB would be copied with every move of a plain
 /// connection's future too.)
@@ -508,7 +511,7 @@ async fn accept(
     fe: HttpFrontend,
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Servers,
     shutdown: &Signal,
     tracker: TaskTracker,
 ) {
@@ -518,6 +521,11 @@ async fn accept(
     };
     let Some((io, client, local)) = ready else {
         return;
+    };
+    // ALPN settles the protocol of a TLS connection; without it, the first bytes do.
+    let alpn_h2 = match &io {
+        ClientIo::Left(_) => None,
+        ClientIo::Right(tls) => tls.get_ref().1.alpn_protocol().map(|p| p == b"h2"),
     };
     let xff = HeaderValue::try_from(client.ip().to_canonical().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -529,7 +537,7 @@ async fn accept(
         local,
         tracker,
     };
-    serve_conn(io, conn, builder, shutdown).await;
+    serve_conn(io, alpn_h2, conn, builder, shutdown).await;
 }
 
 /// The PROXY header if `accept_proxy`, then TLS if the frontend has it. Returns the stream,
@@ -582,31 +590,62 @@ async fn setup(
     Some((io, client, local))
 }
 
-/// Runs hyper's server (HTTP/1.1 with upgrades, or HTTP/2) on one client connection.
-async fn serve_conn<S>(io: S, conn: Conn, builder: &auto::Builder<TokioExecutor>, shutdown: &Signal)
-where
+/// Runs hyper's server (HTTP/1.1 with upgrades, or HTTP/2) on one client connection: the
+/// protocol ALPN chose (`alpn_h2`), else the one its first bytes show.
+async fn serve_conn<S>(
+    io: S,
+    alpn_h2: Option<bool>,
+    conn: Conn,
+    builder: &Servers,
+    shutdown: &Signal,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let client = conn.client;
-    let io = HeadTimeout::new(
+    let mut io = HeadTimeout::new(
         io,
         conn.fe.frontend.header_timeout,
         conn.fe.frontend.idle_timeout,
         conn.fe.received.clone(),
         conn.fe.sent.clone(),
     );
+    let h2 = match alpn_h2 {
+        Some(h2) => h2,
+        None => tokio::select! {
+            r = io.sniff_h2() => match r {
+                Ok(h2) => h2,
+                Err(e) => {
+                    debug!(client = %client, error = %e, "client connection ended before a request");
+                    return;
+                }
+            },
+            _ = shutdown.watch() => return,
+        },
+    };
     let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(handle(&conn, req).await) }
     });
+    let io = TokioIo::new(io);
     // Boxed: hyper's connection state is large, and the task's future is moved on spawn.
-    let mut http = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
-    let res = tokio::select! {
-        r = http.as_mut() => r,
-        _ = shutdown.watch() => {
-            http.as_mut().graceful_shutdown();
-            http.await
+    let res = if h2 {
+        let mut http = Box::pin(builder.h2.serve_connection(io, svc));
+        tokio::select! {
+            r = http.as_mut() => r,
+            _ = shutdown.watch() => {
+                http.as_mut().graceful_shutdown();
+                http.await
+            }
+        }
+    } else {
+        let mut http = Box::pin(builder.h1.serve_connection(io, svc).with_upgrades());
+        tokio::select! {
+            r = http.as_mut() => r,
+            _ = shutdown.watch() => {
+                http.as_mut().graceful_shutdown();
+                http.await
+            }
         }
     };
     if let Err(e) = res {
@@ -1709,6 +1748,8 @@ struct HeadTimeout<S> {
     write_blocked: bool,
     /// After a `101`: the connection is a tunnel, no write timer.
     upgraded: bool,
+    /// Bytes `sniff_h2` read, served before any new read.
+    pending: Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -1746,6 +1787,7 @@ impl<S> HeadTimeout<S> {
             write_sleep: None,
             write_blocked: false,
             upgraded: false,
+            pending: Bytes::new(),
         }
     }
 
@@ -1865,12 +1907,46 @@ fn last3(tail: &[u8; 3], bytes: &[u8]) -> [u8; 3] {
     out
 }
 
+/// Room for the first read of a connection: a whole request head, for nearly every client.
+const SNIFF_BUF: usize = 4096;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
+    /// Reads the connection's first bytes until they tell HTTP/2 (its preface) from HTTP/1
+    /// (anything else, or the end of the stream), and keeps them to be read again. The first
+    /// read nearly always holds the whole request head, so this costs no extra read.
+    /// (Not hyper-util's `auto` server: it reads 24 bytes first, which costs every connection a
+    /// second read and a reallocation of the buffer it hands on.)
+    async fn sniff_h2(&mut self) -> io::Result<bool> {
+        let mut buf = BytesMut::with_capacity(SNIFF_BUF);
+        loop {
+            let n = tokio::io::AsyncReadExt::read_buf(self, &mut buf).await?;
+            let k = buf.len().min(H2_PREFACE_START.len());
+            let h2 = buf[..k] == H2_PREFACE_START[..k];
+            if n == 0 || !h2 || k == H2_PREFACE_START.len() {
+                self.pending = buf.freeze();
+                return Ok(h2 && n != 0);
+            }
+        }
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.pending.is_empty() {
+            // Already seen and counted by `saw` when `sniff_h2` read them.
+            let n = self.pending.len().min(buf.remaining());
+            buf.put_slice(&self.pending[..n]);
+            if n == self.pending.len() {
+                self.pending = Bytes::new();
+            } else {
+                self.pending.advance(n);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -2067,6 +2143,40 @@ mod tests {
             Some("websocket"),
             Version::HTTP_10
         )));
+    }
+
+    #[tokio::test]
+    async fn sniffing_tells_h2_by_its_preface_and_keeps_every_byte() {
+        let cases: [(&[&[u8]], bool); 4] = [
+            (&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], false),
+            (&[b"PRI * HT", b"TP/2.0\r\n\r\nSM\r\n\r\n"], true),
+            (&[b"P", b"OST / HTTP/1.1\r\n"], false),
+            (&[b"PRI"], false),
+        ];
+        for (chunks, want_h2) in cases {
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut h = HeadTimeout::new(
+                server,
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            );
+            let write = async {
+                for c in chunks {
+                    client.write_all(c).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                client.shutdown().await.unwrap();
+            };
+            let (h2, ()) = tokio::join!(h.sniff_h2(), write);
+            assert_eq!(h2.unwrap(), want_h2, "{chunks:?}");
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut h, &mut all)
+                .await
+                .unwrap();
+            assert_eq!(all, chunks.concat(), "every byte is read again");
+        }
     }
 
     #[tokio::test]
