@@ -527,8 +527,7 @@ async fn accept(
         ClientIo::Left(_) => None,
         ClientIo::Right(tls) => tls.get_ref().1.alpn_protocol().map(|p| p == b"h2"),
     };
-    let xff = HeaderValue::try_from(client.ip().to_canonical().to_string())
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let xff = forwarded_for(client.ip());
     let conn = Conn {
         xff,
         https: fe.tls.is_some(),
@@ -538,6 +537,38 @@ async fn accept(
         tracker,
     };
     serve_conn(io, alpn_h2, conn, builder, shutdown).await;
+}
+
+/// The client's address as an X-Forwarded-For value (an IPv4-mapped IPv6 address as IPv4).
+/// IPv4 digits are written by hand: through `Display` they cost about 1,500 instructions, which
+/// is 2% of a whole one-request connection.
+fn forwarded_for(ip: std::net::IpAddr) -> HeaderValue {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            HeaderValue::from_bytes(&buf[..n])
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        }
+        v6 => HeaderValue::try_from(v6.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+    }
 }
 
 /// The PROXY header if `accept_proxy`, then TLS if the frontend has it. Returns the stream,
@@ -2143,6 +2174,24 @@ mod tests {
             Some("websocket"),
             Version::HTTP_10
         )));
+    }
+
+    #[test]
+    fn forwarded_for_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "127.0.0.1",
+            "192.168.10.99",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(forwarded_for(ip).to_str().unwrap(), ip.to_string());
+        }
+        let mapped: std::net::IpAddr = "::ffff:1.20.3.40".parse().unwrap();
+        assert_eq!(forwarded_for(mapped).to_str().unwrap(), "1.20.3.40");
     }
 
     #[tokio::test]
