@@ -30,7 +30,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -416,6 +416,76 @@ struct Conn {
     tracker: TaskTracker,
     /// The client's IP as an X-Forwarded-For entry, formatted once per connection.
     xff: HeaderValue,
+    /// HTTP/2 only: streams the client reset before their answer.
+    resets: Option<Resets>,
+}
+
+/// Streams of one HTTP/2 connection, and how many of them the client reset before their
+/// answer. Each such stream cost an upstream request, and h2's own rapid-reset defence only
+/// counts streams reset before they were accepted. So, like Envoy's premature-reset check, a
+/// connection where more than half of at least `RESETS_MIN` streams were reset early is closed.
+struct Resets {
+    streams: AtomicU32,
+    early: AtomicU32,
+    close: Signal,
+}
+
+/// Early resets a connection may have before its ratio is judged: browsers cancel streams too
+/// (a navigation away, an aborted fetch), though rarely a hundred on one connection.
+const RESETS_MIN: u32 = 100;
+
+impl Resets {
+    fn new() -> Resets {
+        Resets {
+            streams: AtomicU32::new(0),
+            early: AtomicU32::new(0),
+            close: Signal::new(),
+        }
+    }
+
+    fn reset_early(&self) {
+        let early = self.early.fetch_add(1, Ordering::Relaxed) + 1;
+        let streams = self.streams.load(Ordering::Relaxed);
+        if early >= RESETS_MIN
+            && u64::from(early) * 2 > u64::from(streams)
+            && !self.close.is_fired()
+        {
+            warn!(
+                early,
+                streams,
+                "closing an HTTP/2 connection: most of its streams were reset by the client before their answer"
+            );
+            self.close.fire();
+        }
+    }
+}
+
+/// Counts a stream as reset early if it is dropped before `answered`.
+struct StreamGuard<'a> {
+    resets: Option<&'a Resets>,
+    answered: bool,
+}
+
+impl<'a> StreamGuard<'a> {
+    fn new(resets: Option<&'a Resets>) -> StreamGuard<'a> {
+        if let Some(r) = resets {
+            r.streams.fetch_add(1, Ordering::Relaxed);
+        }
+        StreamGuard {
+            resets,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        if !self.answered
+            && let Some(r) = self.resets
+        {
+            r.reset_early();
+        }
+    }
 }
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker` and is
@@ -535,6 +605,7 @@ async fn accept(
         client,
         local,
         tracker,
+        resets: None,
     };
     serve_conn(io, alpn_h2, conn, builder, shutdown).await;
 }
@@ -626,7 +697,7 @@ async fn setup(
 async fn serve_conn<S>(
     io: S,
     alpn_h2: Option<bool>,
-    conn: Conn,
+    mut conn: Conn,
     builder: &Servers,
     shutdown: &Signal,
 ) where
@@ -653,14 +724,25 @@ async fn serve_conn<S>(
             _ = shutdown.watch() => return,
         },
     };
+    let close = h2.then(|| {
+        let r = Resets::new();
+        let watch = r.close.watch();
+        conn.resets = Some(r);
+        watch
+    });
     let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+        async move {
+            let mut stream = StreamGuard::new(conn.resets.as_ref());
+            let resp = handle(&conn, req).await;
+            stream.answered = true;
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(io);
     // Boxed: hyper's connection state is large, and the task's future is moved on spawn.
-    let res = if h2 {
+    let res = if let Some(close) = close {
         let mut http = Box::pin(builder.h2.serve_connection(io, svc));
         tokio::select! {
             r = http.as_mut() => r,
@@ -668,6 +750,8 @@ async fn serve_conn<S>(
                 http.as_mut().graceful_shutdown();
                 http.await
             }
+            // Dropped at once: its streams end, the socket closes.
+            _ = close => Ok(()),
         }
     } else {
         let mut http = Box::pin(builder.h1.serve_connection(io, svc).with_upgrades());
