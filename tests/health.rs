@@ -12,23 +12,7 @@ use hyper::{Response, StatusCode};
 use support::{Lb, Upstream, get, wait_until};
 
 fn config(backend: &str, servers: &[String], check: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-servers = [{}]
-[backend.check]
-{check}
-"#,
-        list.join(", ")
-    )
+    support::static_config(backend, servers, &format!("[backend.check]\n{check}"))
 }
 
 async fn state_of(lb: &Lb, addr: &str) -> String {

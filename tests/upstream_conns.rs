@@ -10,28 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{Lb, Upstream, get, http_client, metric, wait_until};
+use support::{Lb, Upstream, get, http_client, metric, static_config as config, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-fn config(backend: &str, servers: &[String], extra: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-servers = [{}]
-{extra}
-"#,
-        list.join(", ")
-    )
-}
 
 /// Connections a raw upstream accepted and saw closed by the peer.
 #[derive(Default)]

@@ -97,6 +97,27 @@ pub fn http_client() -> reqwest::Client {
         .expect("build reqwest client")
 }
 
+/// A config with one admin listener, one HTTP frontend `web` on a free port and one backend
+/// of static `servers`, with `extra` lines appended to the backend (keys, then its sections).
+pub fn static_config(backend: &str, servers: &[String], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:0"
+backend = "{backend}"
+[[backend]]
+name = "{backend}"
+servers = [{}]
+{extra}
+"#,
+        list.join(", ")
+    )
+}
+
 /// The value of the first `/metrics` line that starts with `name_and_labels` (0 when absent).
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
