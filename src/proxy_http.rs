@@ -260,20 +260,21 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// An idle connection that is still open and has not been idle for `max_idle` yet.
-fn usable(sender: &H1Sender, since: Instant, now: Instant, max_idle: Duration) -> bool {
-    !sender.is_closed() && now.saturating_duration_since(since) < max_idle
-}
-
 impl Pool {
-    /// The most recently returned connection that is ready to take a request now. Closed ones,
-    /// and ones idle for `max_idle` or longer, are dropped (which closes them); busy ones (still
-    /// streaming a response body) stay for later.
+    /// The most recently returned connection that is ready to take a request now, unless it
+    /// has been idle for `max_idle` (then it is dropped, which closes it). Busy ones (still
+    /// streaming a response body) stay for later. Only the connection taken is looked at
+    /// closely: the upkeep's `close_idle` clears out closed and expired ones every second.
     fn checkout(&self, now: Instant, max_idle: Duration) -> Option<H1Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(s, since)| usable(s, *since, now, max_idle));
-        let pos = idle.iter().rposition(|(s, _)| s.is_ready())?;
-        Some(idle.swap_remove(pos).0)
+        loop {
+            let pos = idle.iter().rposition(|(s, _)| s.is_ready())?;
+            // `remove`, not `swap_remove`: the list stays in the order connections came back.
+            let (sender, since) = idle.remove(pos);
+            if now.saturating_duration_since(since) < max_idle {
+                return Some(sender);
+            }
+        }
     }
 
     fn checkin(&self, server: &Server, sender: H1Sender) {
@@ -281,6 +282,9 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= POOL_MAX_IDLE {
+            idle.retain(|(s, _)| !s.is_closed());
+        }
         if idle.len() < POOL_MAX_IDLE {
             idle.push((sender, Instant::now()));
         }
@@ -290,7 +294,9 @@ impl Pool {
     /// gets no request to do it in `checkout`.
     pub fn close_idle(&self, now: Instant, max_idle: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(s, since)| usable(s, *since, now, max_idle));
+        idle.retain(|(s, since)| {
+            !s.is_closed() && now.saturating_duration_since(*since) < max_idle
+        });
     }
 
     /// The server's shared HTTP/2 connection, connecting if there is none (or it closed).
