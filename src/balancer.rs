@@ -326,8 +326,8 @@ balance = "{balance}"
                 drain: false,
                 source: Source::Etcd,
             })
-            .collect();
-        p.publish_discovered("b", specs);
+            .collect::<Vec<_>>();
+        p.publish_discovered("b", &specs);
         p
     }
 

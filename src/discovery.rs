@@ -141,13 +141,14 @@ pub fn parse_value(raw: &str) -> Result<Value, ValueError> {
 // ---------------------------------------------------------------------------------------------
 // The mirror of one prefix.
 
-/// `key -> value` for every valid key below one prefix, plus the invalid values already reported
-/// (so each is warned about and counted once, not on every re-list).
+/// `key -> server` for every valid key below one prefix, plus the invalid values already reported
+/// (so each is warned about and counted once, not on every re-list). Each key's server is kept
+/// as the spec to publish, so publishing after one event copies nothing per server.
 #[derive(Debug, Default)]
 pub struct Mirror {
     prefix: String,
     backend: String,
-    servers: BTreeMap<String, Value>,
+    servers: BTreeMap<String, ServerSpec>,
     reported_invalid: HashMap<String, String>,
 }
 
@@ -167,18 +168,9 @@ impl Mirror {
         }
     }
 
-    /// The server list to publish.
-    pub fn specs(&self) -> Vec<ServerSpec> {
-        self.servers
-            .iter()
-            .map(|(key, v)| ServerSpec {
-                name: key.rsplit('/').next().unwrap_or(key).to_string(),
-                addr: v.addr.clone(),
-                weight: v.weight,
-                drain: v.drain,
-                source: Source::Etcd,
-            })
-            .collect()
+    /// The server list to publish, in key order.
+    pub fn specs(&self) -> impl Iterator<Item = &ServerSpec> {
+        self.servers.values()
     }
 
     pub fn len(&self) -> usize {
@@ -189,12 +181,19 @@ impl Mirror {
         self.servers.is_empty()
     }
 
-    /// Parses `raw` for `key`. An invalid value is reported once and yields `None`.
-    fn parse(&mut self, key: &str, raw: &str) -> Option<Value> {
+    /// Parses `raw` for `key` into the server to publish, named after the key's last segment
+    /// (confd's `base`). An invalid value is reported once and yields `None`.
+    fn parse(&mut self, key: &str, raw: &str) -> Option<ServerSpec> {
         match parse_value(raw) {
             Ok(v) => {
                 self.reported_invalid.remove(key);
-                Some(v)
+                Some(ServerSpec {
+                    name: key.rsplit('/').next().unwrap_or(key).to_string(),
+                    addr: v.addr,
+                    weight: v.weight,
+                    drain: v.drain,
+                    source: Source::Etcd,
+                })
             }
             Err(e) => {
                 if self.reported_invalid.get(key).map(String::as_str) != Some(raw) {
@@ -732,7 +731,7 @@ impl Watcher {
         {
             warn!(backend = %self.backend, servers = servers.len(), error = %e,
                 "etcd unreachable at start: serving the servers saved in the snapshot file until it answers");
-            self.publisher.publish_discovered(&self.backend, servers);
+            self.publisher.publish_discovered(&self.backend, &servers);
             self.status.update(self.slot, |s| s.from_file = true);
             self.count_ready();
         }
@@ -985,7 +984,6 @@ mod tests {
 
     fn addrs(m: &Mirror) -> Vec<String> {
         m.specs()
-            .into_iter()
             .map(|s| format!("{}={}", s.name, s.addr))
             .collect()
     }
@@ -1079,7 +1077,8 @@ mod tests {
     fn nested_names_are_the_last_segment() {
         let mut m = Mirror::new("b", "/svc");
         m.replace(&[("/svc/sub/3".into(), "h:3".into())]);
-        assert_eq!(m.specs()[0].name, "3");
+        let names: Vec<&str> = m.specs().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["3"]);
     }
 
     #[test]
