@@ -49,6 +49,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     }
 fi
 
+# Taken before anything is written: the results file itself is tracked.
+COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' (working tree modified)')"
 log "cargo build --release"
 (cd "$ROOT" && timeout 1200 cargo build --release --quiet)
 
@@ -407,25 +409,32 @@ for sc in $SCENARIOS; do
         for col in 1 2 3 4 5 6 8; do
             MED[$p.$col]=$(cat "$WORK/$sc/$p"/row.* 2>/dev/null | awk -v c=$col '{print $c}' | median)
         done
+        # The median of the per-round ratios: each round pairs runs made seconds apart, so a
+        # slow spell of the shared machine weighs on both sides of a ratio, not on one median.
+        MED[$p.ratio]=$(for r in $(seq "$ROUNDS"); do
+            a=$WORK/$sc/$p/row.$r; b=$WORK/$sc/haproxy/row.$r
+            [ -f "$a" ] && [ -f "$b" ] && echo "$(awk '{print $5}' "$a") $(awk '{print $5}' "$b")"
+        done | awk '$2 > 0 {printf "%.4f\n", $1 / $2}' | median)
     done
     {
         echo
         echo "### ${TITLE[$sc]}"
         echo
-        echo "| proxy | req/s | p50 | p99 | CPU-s | req per CPU-s | ratio to HAProxy | peak RSS MB | errors |"
-        echo "|---|---|---|---|---|---|---|---|---|"
+        echo "| proxy | req/s | p50 | p99 | CPU-s | req per CPU-s | ratio to HAProxy | per-round ratio | peak RSS MB | errors |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
         for p in "${PROXIES[@]}"; do
             if [ -n "${NA_OF[$p]}" ]; then
-                echo "| $p | n/a (${NA_OF[$p]}) | | | | | | | |"
+                echo "| $p | n/a (${NA_OF[$p]}) | | | | | | | | |"
                 continue
             fi
-            ratio=n/a
+            ratio=n/a; pround=n/a
             if [ -z "${NA_OF[haproxy]}" ]; then
                 ratio=$(awk -v a="${MED[$p.5]}" -v b="${MED[haproxy.5]}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
+                pround=$(awk -v a="${MED[$p.ratio]}" 'BEGIN {if (a != "") printf "%.2f", a; else print "n/a"}')
             fi
             awk -v p="$p" -v rps="${MED[$p.1]}" -v p50="${MED[$p.2]}" -v p99="${MED[$p.3]}" -v cpu="${MED[$p.4]}" \
-                -v rpc="${MED[$p.5]}" -v ratio="$ratio" -v rss="${MED[$p.6]}" -v err="${MED[$p.8]}" \
-                'BEGIN {printf "| %s | %.0f | %.2f ms | %.2f ms | %.2f | %.0f | %s | %.1f | %d |\n", p, rps, p50, p99, cpu, rpc, ratio, rss / 1024, err}'
+                -v rpc="${MED[$p.5]}" -v ratio="$ratio" -v pround="$pround" -v rss="${MED[$p.6]}" -v err="${MED[$p.8]}" \
+                'BEGIN {printf "| %s | %.0f | %.2f ms | %.2f ms | %.2f | %.0f | %s | %s | %.1f | %d |\n", p, rps, p50, p99, cpu, rpc, ratio, pround, rss / 1024, err}'
         done
     } | tee -a "$TABLES"
     unset MED
@@ -437,7 +446,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "# Switchyard load comparison (benches/load/compare.sh)"
     echo
     echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-    echo "commit: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' (working tree modified)')"
+    echo "commit: $COMMIT"
     echo "haproxy: $(haproxy -v 2>&1 | head -n 1)"
     echo "nginx: $(nginx -v 2>&1 | head -n 1)"
     echo "wrk: $(wrk --version 2>&1 | head -n 1 || true)"
@@ -448,6 +457,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "round-robin over the two upstreams, no access logs, X-Forwarded-For added by all three in http mode."
     echo "wrk, the proxy and the upstream nginx share the same $(nproc) CPUs, so req/s is bounded by contention;"
     echo "req per CPU-s (requests / proxy CPU seconds, master+workers for nginx) is the efficiency figure."
+    echo "ratio to HAProxy: of the medians; per-round ratio: the median of each round's ratio (the steadier one)."
     cat "$TABLES"
     echo
     echo "raw rows (req/s p50ms p99ms cpu-s req/cpu-s peakRSS-kB requests errors):"
