@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
 
     let mut mirror = Mirror::new("b", "/svc");
     mirror.put("/svc/1", &raw);
-    let specs = mirror.specs();
+    let specs: Vec<_> = mirror.specs().collect();
     assert_eq!(specs.len(), parsed.is_ok() as usize, "{raw:?}: {parsed:?}");
 
     let Ok(v) = parsed else { return };
