@@ -12,7 +12,7 @@ use hyper::{Response, StatusCode};
 use support::{Lb, Upstream, get, wait_until};
 
 fn config(backend: &str, servers: &[String], check: &str) -> String {
-    support::static_config(backend, servers, &format!("[backend.check]\n{check}"))
+    support::static_config(backend, servers, "", &format!("[backend.check]\n{check}"))
 }
 
 async fn state_of(lb: &Lb, addr: &str) -> String {

@@ -18,25 +18,8 @@ use tokio::net::TcpStream;
 use support::{Lb, Upstream, free_port, get, http_client, metric};
 
 fn config(backend: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-{extra_frontend}
-[[backend]]
-name = "{backend}"
-servers = [{}]
-{extra_backend}
-[backend.check]
-type = "none"
-"#,
-        list.join(", ")
-    )
+    let backend_lines = format!("{extra_backend}\n[backend.check]\ntype = \"none\"");
+    support::static_config(backend, servers, extra_frontend, &backend_lines)
 }
 
 /// Writes raw bytes and reads until the peer closes or `limit` passes.

@@ -120,26 +120,8 @@ fn toml_path(p: &Path) -> String {
 
 /// One frontend "web" in front of backend "b" with `servers`; extra lines for each section.
 fn config(servers: &[String], frontend: &str, backend: &str, backend_tls: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "b"
-{frontend}
-[[backend]]
-name = "b"
-servers = [{}]
-{backend}
-[backend.check]
-type = "none"
-{backend_tls}
-"#,
-        list.join(", ")
-    )
+    let backend_lines = format!("{backend}\n[backend.check]\ntype = \"none\"\n{backend_tls}");
+    support::static_config("b", servers, frontend, &backend_lines)
 }
 
 fn frontend_tls(leaf: &Leaf) -> String {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{Lb, Upstream, get, http_client, metric, static_config as config, wait_until};
+use support::{Lb, Upstream, get, http_client, metric, static_config, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -64,9 +64,10 @@ async fn raw_upstream(cut: bool) -> (SocketAddr, Arc<Counts>) {
 #[tokio::test]
 async fn idle_pooled_connections_close_after_pool_idle_timeout() {
     let (up, counts) = raw_upstream(false).await;
-    let lb = Lb::start_ready(&config(
+    let lb = Lb::start_ready(&static_config(
         "idlepool",
         &[up.to_string()],
+        "",
         "pool_idle_timeout = \"400ms\"\n[backend.check]\ntype = \"none\"",
     ))
     .await;
@@ -100,9 +101,10 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
     let (bad, _) = raw_upstream(true).await;
     let backend = "cutter";
     // Checks pass for both (both accept), and slowly: only the live failure can eject `bad`.
-    let lb = Lb::start_ready(&config(
+    let lb = Lb::start_ready(&static_config(
         backend,
         &[good.addr().to_string(), bad.to_string()],
+        "",
         CHECKS_SLOW,
     ))
     .await;

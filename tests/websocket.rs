@@ -95,24 +95,8 @@ impl Drop for EchoServer {
 }
 
 fn config(servers: &[String], drain: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "ws"
-[[backend]]
-name = "ws"
-servers = [{}]
-drain_timeout = "{drain}"
-[backend.check]
-type = "none"
-"#,
-        list.join(", ")
-    )
+    let backend_lines = format!("drain_timeout = \"{drain}\"\n[backend.check]\ntype = \"none\"");
+    support::static_config("ws", servers, "", &backend_lines)
 }
 
 type Client = tokio_tungstenite::WebSocketStream<TcpStream>;

@@ -97,9 +97,10 @@ pub fn http_client() -> reqwest::Client {
         .expect("build reqwest client")
 }
 
-/// A config with one admin listener, one HTTP frontend `web` on a free port and one backend
-/// of static `servers`, with `extra` lines appended to the backend (keys, then its sections).
-pub fn static_config(backend: &str, servers: &[String], extra: &str) -> String {
+/// A config with one admin listener, one HTTP frontend `web` on a free port (with `frontend`
+/// lines appended) and one backend of static `servers` (with `backend` lines appended: keys,
+/// then its sections).
+pub fn static_config(name: &str, servers: &[String], frontend: &str, backend: &str) -> String {
     let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         r#"
@@ -108,11 +109,12 @@ listen = "127.0.0.1:0"
 [[frontend]]
 name = "web"
 bind = "127.0.0.1:0"
-backend = "{backend}"
+backend = "{name}"
+{frontend}
 [[backend]]
-name = "{backend}"
+name = "{name}"
 servers = [{}]
-{extra}
+{backend}
 "#,
         list.join(", ")
     )
