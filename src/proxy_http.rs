@@ -56,7 +56,7 @@ use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
-use crate::snapshot::{ActiveGuard, BackendSet, Server, Snapshot};
+use crate::snapshot::{ActiveGuard, Server, Snapshot};
 use crate::tls::{TlsAcceptor, TlsError};
 
 /// What clients get: an upstream's body (counted as in flight until it ends), or our own.
@@ -793,20 +793,21 @@ async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
         p
     });
     let snap = fe.shared.load_full();
-    let Some(backend) = snap.route(&fe.frontend.name) else {
+    let Some(index) = snap.route_index(&fe.frontend.name) else {
         let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
         if let Some(mut p) = log {
             finish_log(&mut p, &resp, Termination::NoRoute);
         }
         return resp;
     };
+    let backend = &snap.backends[index];
     let mut trace = Trace::default();
     let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size) {
         Some(resp) => {
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        None => forward(conn, &snap, backend, req, &mut trace).await,
+        None => forward(conn, &snap, index, req, &mut trace).await,
     };
     let code = resp.status().as_u16();
     if let Some(mut p) = log {
@@ -1083,10 +1084,11 @@ struct Target {
 async fn forward(
     conn: &Conn,
     snap: &Arc<Snapshot>,
-    backend: &BackendSet,
+    index: usize,
     mut req: Request<Incoming>,
     trace: &mut Trace,
 ) -> (Response<Body>, Option<Arc<Server>>) {
+    let backend = &snap.backends[index];
     let cfg = &backend.config;
     let target = Target {
         h2: cfg.protocol == Protocol::H2,
@@ -1141,16 +1143,11 @@ async fn forward(
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, Keep::NONE);
                 announce_grpc_trailers(&mut parts.headers);
-                // (A position among a handful of backends: cheaper than keeping an index.)
-                let origin = snap
-                    .backends
-                    .iter()
-                    .position(|b| std::ptr::eq(b, backend))
-                    .map(|i| Origin {
-                        snap: Arc::clone(snap),
-                        backend: i,
-                        server: Arc::clone(&server),
-                    });
+                let origin = Some(Origin {
+                    snap: Arc::clone(snap),
+                    backend: index,
+                    server: Arc::clone(&server),
+                });
                 let body = Guarded {
                     inner: body,
                     _active: active,

@@ -427,8 +427,13 @@ impl Snapshot {
     }
 
     pub fn route(&self, frontend: &str) -> Option<&BackendSet> {
+        self.backends.get(self.route_index(frontend)?)
+    }
+
+    /// The position in `backends` of the frontend's backend.
+    pub fn route_index(&self, frontend: &str) -> Option<usize> {
         let (_, idx) = self.routes.iter().find(|(f, _)| f == frontend)?;
-        self.backends.get(*idx)
+        (*idx < self.backends.len()).then_some(*idx)
     }
 }
 
