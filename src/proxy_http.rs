@@ -53,6 +53,7 @@ use tracing::{debug, info, warn};
 
 use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
+use crate::h1_client;
 use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
@@ -73,7 +74,7 @@ type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
 /// frames pass through like data frames. With the access log on, it carries the request's
 /// record, counts the body bytes into it, and writes it when the body ends or is dropped.
 pub struct Guarded {
-    inner: Incoming,
+    inner: RespBody,
     _active: ActiveGuard,
     log: Option<Pending>,
     /// Where the body comes from, to blame the server if it cuts the body short.
@@ -105,12 +106,12 @@ impl Origin {
 
 impl hyper::body::Body for Guarded {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(log) = &mut this.log {
@@ -140,6 +141,43 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A server's response body: read by our HTTP/1.1 client, or by hyper (HTTP/2 and upgrades).
+enum RespBody {
+    H1(h1_client::Body),
+    Hyper(Incoming),
+}
+
+impl hyper::body::Body for RespBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RespBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RespBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::H1(b) => b.is_end_stream(),
+            RespBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            RespBody::H1(b) => b.size_hint(),
+            RespBody::Hyper(b) => b.size_hint(),
+        }
     }
 }
 
@@ -250,7 +288,7 @@ enum H2Slot {
 /// returned), and the shared HTTP/2 one.
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(H1Sender, Instant)>>,
+    idle: Mutex<Vec<(h1_client::Conn, Instant)>>,
     h2: Mutex<H2Slot>,
 }
 
@@ -261,41 +299,37 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// The most recently returned connection that is ready to take a request now, unless it
-    /// has been idle for `max_idle` (then it is dropped, which closes it). Busy ones (still
-    /// streaming a response body) stay for later. Only the connection taken is looked at
-    /// closely: the upkeep's `close_idle` clears out closed and expired ones every second.
-    fn checkout(&self, now: Instant, max_idle: Duration) -> Option<H1Sender> {
+    /// The most recently returned connection that the server has not closed, unless it has
+    /// been idle for `max_idle` (then it is dropped, which closes it). Only the connections
+    /// taken are looked at: the upkeep's `close_idle` clears out closed and expired ones every
+    /// second.
+    fn checkout(&self, now: Instant, max_idle: Duration) -> Option<h1_client::Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            let pos = idle.iter().rposition(|(s, _)| s.is_ready())?;
-            // `remove`, not `swap_remove`: the list stays in the order connections came back.
-            let (sender, since) = idle.remove(pos);
-            if now.saturating_duration_since(since) < max_idle {
-                return Some(sender);
+        while let Some((mut conn, since)) = idle.pop() {
+            if now.saturating_duration_since(since) < max_idle && conn.is_reusable() {
+                return Some(conn);
             }
         }
+        None
     }
 
-    fn checkin(&self, server: &Server, sender: H1Sender) {
-        if sender.is_closed() || server.is_draining() {
+    /// Takes back a connection whose last response was read to its end.
+    pub(crate) fn checkin(&self, server: &Server, conn: h1_client::Conn) {
+        if server.is_draining() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= POOL_MAX_IDLE {
-            idle.retain(|(s, _)| !s.is_closed());
-        }
         if idle.len() < POOL_MAX_IDLE {
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 
-    /// Closes the connections idle for `max_idle` or longer (and closed ones), for a server that
-    /// gets no request to do it in `checkout`.
+    /// Closes the connections idle for `max_idle` or longer (and those the server closed), for
+    /// a server that gets no request to do it in `checkout`.
     pub fn close_idle(&self, now: Instant, max_idle: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(s, since)| {
-            !s.is_closed() && now.saturating_duration_since(*since) < max_idle
+        idle.retain_mut(|(conn, since)| {
+            now.saturating_duration_since(*since) < max_idle && conn.is_reusable()
         });
     }
 
@@ -1027,7 +1061,7 @@ enum Failure {
     /// Nothing was sent: the request comes back and may go to another server.
     Connect(io::Error, Request<UpBody>),
     /// The request reached the server (at least partly) and no usable response came back.
-    Sent(hyper::Error),
+    Sent(BoxError),
     Timeout,
 }
 
@@ -1041,16 +1075,21 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(req: &Request<UpBody>) -> Option<Replay> {
-        let idempotent = matches!(
-            *req.method(),
+    /// Methods that may be sent twice (RFC 9110 9.2.2).
+    fn idempotent(method: &Method) -> bool {
+        matches!(
+            *method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
                 | Method::TRACE
                 | Method::PUT
                 | Method::DELETE
-        );
+        )
+    }
+
+    fn of(req: &Request<UpBody>) -> Option<Replay> {
+        let idempotent = Replay::idempotent(req.method());
         let bodiless = hyper::body::Body::is_end_stream(req.body());
         (idempotent && bodiless).then(|| Replay {
             method: req.method().clone(),
@@ -1284,57 +1323,97 @@ async fn send(
     req: Request<UpBody>,
     target: Target,
     trace: &mut Trace,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<RespBody>, Failure> {
     // Built only when a connection is opened: a pooled or shared one needs none of it.
     let dial = || Dial::new(server, cfg, conn);
     // NOTE: a connection that began with a PROXY header speaks for one client only, so with
     // `send_proxy` connections are neither pooled nor shared (HAProxy marks them private too).
     let private = cfg.send_proxy != ProxyVersion::None;
-    if target.h2 {
+    let resp = if target.h2 {
         send_h2(server, dial, req, private, cfg.response_timeout, trace).await
+    } else if target.upgrade {
+        // An upgraded connection is the tunnel's: hyper hands its socket over after the `101`.
+        send_upgrade(dial, req, cfg.response_timeout, trace).await
     } else {
-        // An upgraded connection is the tunnel's; one that was asked to upgrade is not reused.
-        let reuse = !private && !target.upgrade;
-        send_h1(server, cfg, dial, req, !private, reuse, trace).await
-    }
+        return send_h1(server, cfg, dial, req, private, trace).await;
+    };
+    resp.map(|r| r.map(RespBody::Hyper))
 }
 
-/// HTTP/1.1: a pooled connection if one is ready (and `pooled`), else a new one, returned to
-/// the pool after the response head if `reuse`.
+/// HTTP/1.1 with our own client: a pooled connection the server has not closed, else a new
+/// one; the response body hands it back to the pool when it is read to the end (unless the
+/// connection is `private` to this client). A replayable request (idempotent, bodiless)
+/// that finds its pooled connection closed under it is sent again on a new one: the server
+/// closing an idle connection as we reuse it is a race, not a failure.
 async fn send_h1(
     server: &Arc<Server>,
     cfg: &Backend,
+    dial: impl Fn() -> Dial,
+    req: Request<UpBody>,
+    private: bool,
+    trace: &mut Trace,
+) -> Result<Response<RespBody>, Failure> {
+    let start = Instant::now();
+    let pooled = (!private)
+        .then(|| server.pool().checkout(start, cfg.pool_idle_timeout))
+        .flatten();
+    let (mut conn, mut reused) = match pooled {
+        Some(c) => (c, true),
+        None => match connect_raw(&dial()).await {
+            Ok(c) => (c, false),
+            Err(e) => return Err(Failure::Connect(e, req)),
+        },
+    };
+    let ready = Instant::now();
+    trace.connect = Some(ready - start);
+    let (parts, body) = req.into_parts();
+    let body_empty = hyper::body::Body::is_end_stream(&body);
+    let head = h1_client::RequestHead::encode(
+        &parts,
+        body_empty,
+        hyper::body::Body::size_hint(&body).exact(),
+    );
+    let mut body = std::pin::pin!(body);
+    let replayable = body_empty && Replay::idempotent(&parts.method);
+    let response_timeout = cfg.response_timeout;
+    let resp_head = loop {
+        let sending = h1_client::exchange(&mut conn, &head, (!body_empty).then_some(body.as_mut()));
+        match tokio::time::timeout(response_timeout, sending).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(h)) => break h,
+            Ok(Err(h1_client::Error::Closed(_))) if reused && replayable => {
+                debug!(server = %server.addr, "pooled connection closed under a request; resending");
+                reused = false;
+                conn = match connect_raw(&dial()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let back = Request::from_parts(parts, Either::Right(Empty::new()));
+                        return Err(Failure::Connect(e, back));
+                    }
+                };
+            }
+            Ok(Err(e)) => return Err(Failure::Sent(e.into())),
+        }
+    };
+    trace.response = Some(ready.elapsed());
+    let pool = (!private).then(|| Arc::clone(server));
+    let body = h1_client::Body::new(conn, &resp_head, pool);
+    let mut resp = Response::new(RespBody::H1(body));
+    *resp.status_mut() = resp_head.status;
+    *resp.version_mut() = resp_head.version;
+    *resp.headers_mut() = resp_head.headers;
+    Ok(resp)
+}
+
+/// An HTTP/1.1 request asking to upgrade, on a new connection through hyper, which hands the
+/// socket to the tunnel after a `101` (the connection is never pooled).
+async fn send_upgrade(
     dial: impl FnOnce() -> Dial,
-    mut req: Request<UpBody>,
-    pooled: bool,
-    reuse: bool,
+    req: Request<UpBody>,
+    response_timeout: Duration,
     trace: &mut Trace,
 ) -> Result<Response<Incoming>, Failure> {
     let start = Instant::now();
-    let response_timeout = cfg.response_timeout;
-    // A pooled connection the server closed meanwhile hands the request back untouched; then
-    // fall through to a fresh connection. Bounded: each round removes one pooled sender.
-    while let Some(mut sender) = pooled
-        .then(|| server.pool().checkout(start, cfg.pool_idle_timeout))
-        .flatten()
-    {
-        let ready = Instant::now();
-        trace.connect = Some(ready - start);
-        match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(resp)) => {
-                trace.response = Some(ready.elapsed());
-                if reuse {
-                    server.pool().checkin(server, sender);
-                }
-                return Ok(resp);
-            }
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => req = back,
-                None => return Err(Failure::Sent(e.into_error())),
-            },
-        }
-    }
     let mut sender = match connect_h1(&dial()).await {
         Ok(s) => s,
         Err(e) => return Err(Failure::Connect(e, req)),
@@ -1345,15 +1424,12 @@ async fn send_h1(
         Err(_) => Err(Failure::Timeout),
         Ok(Ok(resp)) => {
             trace.response = Some(ready.elapsed());
-            if reuse {
-                server.pool().checkin(server, sender);
-            }
             Ok(resp)
         }
         Ok(Err(mut e)) => match e.take_message() {
             // Refused before a byte was written: as good as a connect failure.
             Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
-            None => Err(Failure::Sent(e.into_error())),
+            None => Err(Failure::Sent(e.into_error().into())),
         },
     }
 }
@@ -1398,7 +1474,7 @@ async fn send_h2(
                 Some(back) => {
                     return Err(Failure::Connect(io::Error::other(e.into_error()), back));
                 }
-                None => return Err(Failure::Sent(e.into_error())),
+                None => return Err(Failure::Sent(e.into_error().into())),
             },
         }
     }
@@ -1451,8 +1527,14 @@ impl Dial {
     }
 }
 
-/// A new HTTP/1.1 connection. It closes when the server's drain times out; after a `101` its
-/// socket belongs to the upgrade.
+/// A new HTTP/1.1 connection for our own client. It closes when the server's drain times out.
+async fn connect_raw(dial: &Dial) -> io::Result<h1_client::Conn> {
+    let io = dial.timed(dial.io(&[b"http/1.1"])).await?;
+    Ok(h1_client::Conn::new(io))
+}
+
+/// A new HTTP/1.1 connection driven by hyper, for an upgrade. It closes when the server's
+/// drain times out; after a `101` its socket belongs to the upgrade.
 async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
     let (sender, conn) = dial
         .timed(async {
@@ -1497,22 +1579,22 @@ async fn connect_h2(dial: &Dial) -> io::Result<H2Sender> {
 }
 
 /// Any upstream transport: plain TCP or TLS.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-type UpIo = Killable<Box<dyn Io>>;
+pub(crate) type UpIo = Killable<Box<dyn Io>>;
 
 /// An upstream socket that fails every read and write once its server's kill token fires, so
 /// the connection ends even when hyper runs it in a task of its own (HTTP/2) or hands it to an
 /// upgrade.
-struct Killable<S> {
+pub(crate) struct Killable<S> {
     inner: S,
     kill: Watch,
     dead: bool,
 }
 
 impl<S> Killable<S> {
-    fn new(inner: S, kill: Watch) -> Killable<S> {
+    pub(crate) fn new(inner: S, kill: Watch) -> Killable<S> {
         Killable {
             inner,
             kill,

@@ -1,0 +1,840 @@
+//! Our HTTP/1.1 client side of the L7 data plane: on one upstream connection, writes a request
+//! head and streams its body while watching for the response, parses the response head
+//! (`httparse`), and streams the response body (Content-Length, chunked with trailers, or up
+//! to the close) straight off the socket, handing the connection back to its server's pool the
+//! moment the last body byte is read. Everything runs in the task of the client's request.
+//!
+//! It owns HTTP/1.1 message framing towards servers: which requests and responses have a body
+//! and how long it is, chunked coding both ways, skipping interim (`1xx`) responses, and
+//! whether a connection may be reused. It does not own header rewriting, pooling policy,
+//! retries or timeouts (`proxy_http`).
+//!
+//! NOTE: hand-written rather than hyper's client connection, which runs every upstream
+//! connection in a task of its own and hands each request, response and body chunk across
+//! channels: per keep-alive request that was two extra task wake-ups, three channels and a
+//! third of all instructions (callgrind). HTTP/2 upstreams and HTTP/1.1 upgrades (WebSocket),
+//! which need a connection driven on its own, still go through hyper.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::AsyncWrite;
+
+use crate::proxy_http::UpIo;
+use crate::snapshot::Server;
+
+/// Largest response head (status line and headers) taken from a server (HAProxy's default
+/// `tune.bufsize` is 16 KiB, nginx's `proxy_buffer_size` 4–8 KiB; hyper allows about 400 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in one response head or trailer section (hyper's limit too).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Why an exchange with a server failed.
+#[derive(Debug)]
+pub enum Error {
+    /// The server closed (or reset) the connection before any byte of a response.
+    Closed(Option<io::Error>),
+    /// Reading or writing the connection failed after the response began.
+    Io(io::Error),
+    /// The server's response is not valid HTTP/1.1 (or is over our limits).
+    Invalid(&'static str),
+    /// The client's request body failed (cut short or malformed).
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed(None) => f.write_str("connection closed before a response"),
+            Error::Closed(Some(e)) => write!(f, "connection failed before a response: {e}"),
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Invalid(what) => write!(f, "invalid response: {what}"),
+            Error::ClientBody(e) => write!(f, "client request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// One HTTP/1.1 connection to a server, with what has been read from it and not used yet.
+pub struct Conn {
+    io: UpIo,
+    buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: UpIo) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the server has not closed it or sent
+    /// anything unasked. Looks without waiting (a closed socket is readable at once), so a
+    /// connection the server timed out is not picked and the request is not lost on it.
+    pub fn is_reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match self.poll_fill(&mut cx) {
+            Poll::Pending => self.buf.is_empty(),
+            Poll::Ready(_) => false,
+        }
+    }
+
+    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Up to the end of the connection (responses only).
+    Close,
+}
+
+/// A request head ready to be written, and how its body is framed.
+pub struct RequestHead {
+    bytes: Vec<u8>,
+    framing: Framing,
+    /// A `HEAD` request: the response has no body whatever its headers say.
+    head_method: bool,
+}
+
+impl RequestHead {
+    /// Encodes `parts` as an HTTP/1.1 request head (origin-form target, lower-case names).
+    /// The body is framed by its `Content-Length` if it has one, else by its known size, else
+    /// chunked; a request whose body is empty from the start is sent as it is.
+    /// Transfer-Encoding must have been stripped already (it is hop-by-hop here).
+    pub fn encode(parts: &http::request::Parts, body_empty: bool, exact: Option<u64>) -> Self {
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut bytes = Vec::with_capacity(256 + parts.headers.len() * 32);
+        bytes.extend_from_slice(parts.method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(target.as_bytes());
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut length = None;
+        for (name, value) in &parts.headers {
+            if name == header::CONTENT_LENGTH {
+                length = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            }
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        let framing = match (body_empty, length, exact) {
+            (true, _, _) => Framing::None,
+            (false, Some(n), _) => Framing::Length(n),
+            (false, None, Some(n)) => {
+                bytes.extend_from_slice(b"content-length: ");
+                bytes.extend_from_slice(n.to_string().as_bytes());
+                bytes.extend_from_slice(b"\r\n");
+                Framing::Length(n)
+            }
+            (false, None, None) => {
+                bytes.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        };
+        bytes.extend_from_slice(b"\r\n");
+        RequestHead {
+            bytes,
+            framing,
+            head_method: parts.method == Method::HEAD,
+        }
+    }
+}
+
+/// A response head, and what the exchange learnt about its body and the connection.
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Sends one request on `conn` and reads the response head. The body (if any) is streamed
+/// while the socket is watched for the response: a server that answers early (a `413`, a
+/// redirect) is heard without waiting for a body it will not read; the connection is then
+/// not reused. Interim `1xx` responses other than `101` are skipped.
+pub async fn exchange<B>(
+    conn: &mut Conn,
+    req: &RequestHead,
+    mut body: Option<Pin<&mut B>>,
+) -> Result<ResponseHead, Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut out = Outgoing::default();
+    out.push(Bytes::copy_from_slice(&req.bytes));
+    let mut sent_all = false;
+    let mut write_error: Option<io::Error> = None;
+    let mut got_bytes = !conn.buf.is_empty();
+    poll_fn(|cx| {
+        // Write side: as much of the head and body as the socket takes now.
+        while !sent_all && write_error.is_none() {
+            if !out.is_empty() {
+                match out.poll_write(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(e)) => write_error = Some(e),
+                    Poll::Pending => break,
+                }
+                continue;
+            }
+            let Some(b) = body.as_mut() else {
+                match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => sent_all = true,
+                    Poll::Ready(Err(e)) => write_error = Some(e),
+                    Poll::Pending => break,
+                }
+                continue;
+            };
+            match b.as_mut().poll_frame(cx) {
+                Poll::Pending => {
+                    // Waiting on the client: push out what was written so far.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut conn.io).poll_flush(cx) {
+                        write_error = Some(e);
+                    }
+                    break;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::ClientBody(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => out.frame(frame, req.framing),
+                Poll::Ready(None) => {
+                    if req.framing == Framing::Chunked {
+                        out.push(Bytes::from_static(b"0\r\n\r\n"));
+                    }
+                    body = None;
+                }
+            }
+        }
+        // Read side: the response head, once it is all here.
+        loop {
+            match parse_head(&mut conn.buf, req.head_method)? {
+                Some(mut head) => {
+                    if !sent_all {
+                        // The rest of the request body is not sent: the connection is done.
+                        head.keep_alive = false;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+                None => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) if got_bytes => {
+                        return Poll::Ready(Err(Error::Invalid("connection closed mid-head")));
+                    }
+                    Ok(0) => return Poll::Ready(Err(Error::Closed(write_error.take()))),
+                    Ok(_) => got_bytes = true,
+                    Err(e) if got_bytes => return Poll::Ready(Err(Error::Io(e))),
+                    Err(e) => return Poll::Ready(Err(Error::Closed(Some(e)))),
+                },
+            }
+        }
+    })
+    .await
+}
+
+/// Bytes queued for the socket: a request head, or body data with its chunk framing.
+#[derive(Default)]
+struct Outgoing {
+    parts: std::collections::VecDeque<Bytes>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.parts.push_back(b);
+        }
+    }
+
+    /// Queues one frame of the request body as `framing` wants it. Trailers go out only in
+    /// chunked coding (there is nowhere to put them otherwise, as in hyper).
+    fn frame(&mut self, frame: Frame<Bytes>, framing: Framing) {
+        match frame.into_data() {
+            Ok(data) if framing == Framing::Chunked => {
+                if !data.is_empty() {
+                    self.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                    self.push(data);
+                    self.push(Bytes::from_static(b"\r\n"));
+                }
+            }
+            Ok(data) => self.push(data),
+            Err(frame) => {
+                if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), framing) {
+                    let mut t = b"0\r\n".to_vec();
+                    for (name, value) in &trailers {
+                        t.extend_from_slice(name.as_str().as_bytes());
+                        t.extend_from_slice(b": ");
+                        t.extend_from_slice(value.as_bytes());
+                        t.extend_from_slice(b"\r\n");
+                    }
+                    t.extend_from_slice(b"\r\n");
+                    self.push(Bytes::from(t));
+                }
+            }
+        }
+    }
+
+    /// Writes until everything queued is out (`Ready(Ok)`) or the socket is full.
+    fn poll_write(&mut self, io: &mut UpIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.parts.is_empty() {
+            let n = {
+                let mut slices = [io::IoSlice::new(&[]); 4];
+                let mut k = 0;
+                for (s, p) in slices.iter_mut().zip(&self.parts) {
+                    *s = io::IoSlice::new(p);
+                    k += 1;
+                }
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let mut n = n;
+            while n > 0 {
+                let front = self.parts.front_mut().expect("written bytes were queued");
+                if n >= front.len() {
+                    n -= front.len();
+                    self.parts.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Parses a complete response head off the front of `buf`, skipping interim responses;
+/// `None` until all of it is there.
+fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHead>, Error> {
+    loop {
+        // Where each header's name and value sit in `buf`, kept past the parse so the values
+        // can share the head's bytes instead of being copied one by one.
+        let mut spots = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let (len, code, minor, count) = {
+            let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut resp,
+                buf,
+                &mut fields,
+            );
+            let len = match parsed {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                    return Err(Error::Invalid("response head too large"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(Error::Invalid("too many header fields"));
+                }
+                Err(_) => return Err(Error::Invalid("malformed response head")),
+            };
+            let base = buf.as_ptr() as usize;
+            for (spot, h) in spots.iter_mut().zip(resp.headers.iter()) {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                *spot = (
+                    name as u32,
+                    (name + h.name.len()) as u32,
+                    value as u32,
+                    (value + h.value.len()) as u32,
+                );
+            }
+            (
+                len,
+                resp.code.unwrap_or(0),
+                resp.version.unwrap_or(1),
+                resp.headers.len(),
+            )
+        };
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Error::Invalid("status code out of range"))?;
+        let raw = buf.split_to(len).freeze();
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(count);
+        let mut length: Option<u64> = None;
+        let mut bad_length = false;
+        let mut chunked = None;
+        let mut close = version == Version::HTTP_10;
+        for &(n0, n1, v0, v1) in &spots[..count] {
+            let name = HeaderName::from_bytes(&raw[n0 as usize..n1 as usize])
+                .map_err(|_| Error::Invalid("malformed header name"))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
+                .map_err(|_| Error::Invalid("malformed header value"))?;
+            if name == header::CONTENT_LENGTH {
+                for v in value.as_bytes().split(|&b| b == b',') {
+                    match std::str::from_utf8(v).ok().and_then(parse_decimal) {
+                        Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                        _ => bad_length = true,
+                    }
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                // Only the last coding counts: `gzip, chunked` is chunked, `chunked, gzip` is
+                // delimited by the close.
+                let last = value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or(b"");
+                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+                        close = false;
+                    }
+                }
+            }
+            headers.append(name, value);
+        }
+        let bodiless = head_method
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        // RFC 9112 6.3: Transfer-Encoding beats Content-Length (and then the connection is not
+        // trusted for another message); a bad Content-Length is an unrecoverable error.
+        let framing = match (bodiless, chunked, length) {
+            (true, _, _) => Framing::None,
+            (false, Some(true), _) => Framing::Chunked,
+            (false, Some(false), _) => Framing::Close,
+            (false, None, _) if bad_length => return Err(Error::Invalid("bad content-length")),
+            (false, None, Some(n)) => Framing::Length(n),
+            (false, None, None) => Framing::Close,
+        };
+        let keep_alive = !close
+            && framing != Framing::Close
+            && !(chunked.is_some() && length.is_some())
+            && status != StatusCode::SWITCHING_PROTOCOLS;
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// A Content-Length value: decimal digits only (no sign, no spaces inside).
+fn parse_decimal(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy)]
+enum Chunked {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailers, then the final CRLF.
+    Trailers,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    Close,
+    Done,
+}
+
+/// A response body read straight off its connection. When it is read to its end on a
+/// connection that may be reused, the connection goes back to `server`'s pool; dropped before
+/// that, it closes the connection.
+pub struct Body {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
+    /// The pool to return the connection to (`None`: close it when done).
+    server: Option<Arc<Server>>,
+    /// A failure held back for one poll (see `poll_frame`).
+    failed: Option<Error>,
+}
+
+impl Body {
+    /// The body that follows `head` on `conn`; returned to `server`'s pool once done (if
+    /// given, and the connection may be reused).
+    pub fn new(conn: Conn, head: &ResponseHead, server: Option<Arc<Server>>) -> Body {
+        let state = match head.framing {
+            Framing::None | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::Close => State::Close,
+        };
+        let mut body = Body {
+            conn: Some(conn),
+            state,
+            keep_alive: head.keep_alive,
+            server,
+            failed: None,
+        };
+        if matches!(body.state, State::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body is complete: the connection goes back to the pool if it is clean.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.keep_alive
+            && conn.buf.is_empty()
+            && let Some(server) = self.server.take()
+        {
+            server.pool().checkin(&server, conn);
+        }
+    }
+
+    /// The body broke: the connection is closed and the error reported at the next poll.
+    /// NOTE: held back one poll on purpose. hyper's server gathers the response head and the
+    /// data frames it can get into one write, and drops that unwritten output when the body
+    /// fails; the `Pending` lets it flush, so the client gets the head and the data that did
+    /// arrive (a visibly truncated answer, as from HAProxy) rather than a bare close.
+    fn fail(
+        &mut self,
+        e: Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.state = State::Done;
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("a body not done has its connection")
+    }
+
+    /// Reads more; the end of the stream is an error unless the body runs to the close.
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
+        match ready!(self.conn().poll_fill(cx)) {
+            Ok(0) if matches!(self.state, State::Close) => Poll::Ready(Ok(false)),
+            Ok(0) => Poll::Ready(Err(Error::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection mid-body",
+            )))),
+            Ok(_) => Poll::Ready(Ok(true)),
+            Err(e) => Poll::Ready(Err(Error::Io(e))),
+        }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        loop {
+            match this.state {
+                State::Done => return Poll::Ready(None),
+                State::Length(left) => {
+                    let buf = &mut this.conn().buf;
+                    if !buf.is_empty() {
+                        let n = (buf.len() as u64).min(left) as usize;
+                        let data = buf.split_to(n).freeze();
+                        this.state = State::Length(left - n as u64);
+                        if left == n as u64 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Close => {
+                    let buf = &mut this.conn().buf;
+                    if !buf.is_empty() {
+                        let data = buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(c) => match this.chunked_step(c) {
+                    Ok(Step::Frame(f)) => return Poll::Ready(Some(Ok(f))),
+                    Ok(Step::Again) => continue,
+                    Ok(Step::More) => {}
+                    Ok(Step::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Err(e) => return this.fail(e, cx),
+                },
+            }
+            match ready!(this.poll_more(cx)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // The close ends a body delimited by it.
+                    this.keep_alive = false;
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Err(e) => return this.fail(e, cx),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.failed.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What one step of chunked decoding came to.
+enum Step {
+    Frame(Frame<Bytes>),
+    /// The state moved on; go again.
+    Again,
+    /// Needs more bytes.
+    More,
+    /// The body (trailers included) is complete.
+    End,
+}
+
+impl Body {
+    fn chunked_step(&mut self, c: Chunked) -> Result<Step, Error> {
+        let buf = &mut self.conn().buf;
+        let next = match c {
+            Chunked::Size => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    if size == 0 {
+                        Chunked::Trailers
+                    } else {
+                        Chunked::Data(size)
+                    }
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    return Err(Error::Invalid("chunk-size line too long"));
+                }
+                Ok(httparse::Status::Partial) => return Ok(Step::More),
+                Err(_) => return Err(Error::Invalid("malformed chunk size")),
+            },
+            Chunked::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = (buf.len() as u64).min(left) as usize;
+                let data = buf.split_to(n).freeze();
+                self.state = State::Chunked(if left == n as u64 {
+                    Chunked::DataEnd
+                } else {
+                    Chunked::Data(left - n as u64)
+                });
+                return Ok(Step::Frame(Frame::data(data)));
+            }
+            Chunked::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::More);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Error::Invalid("chunk data not followed by CRLF"));
+                }
+                buf.advance(2);
+                Chunked::Size
+            }
+            Chunked::Trailers => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                    Ok(httparse::Status::Complete((used, fields))) => {
+                        let mut map = HeaderMap::with_capacity(fields.len());
+                        for f in fields {
+                            let name = HeaderName::from_bytes(f.name.as_bytes())
+                                .map_err(|_| Error::Invalid("malformed trailer name"))?;
+                            let value = HeaderValue::from_bytes(f.value)
+                                .map_err(|_| Error::Invalid("malformed trailer value"))?;
+                            map.append(name, value);
+                        }
+                        (used, map)
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                        return Err(Error::Invalid("trailers too large"));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::More),
+                    Err(_) => return Err(Error::Invalid("malformed trailers")),
+                };
+                buf.advance(used);
+                self.state = State::Done;
+                if trailers.is_empty() {
+                    return Ok(Step::End);
+                }
+                self.finish();
+                return Ok(Step::Frame(Frame::trailers(trailers)));
+            }
+        };
+        self.state = State::Chunked(next);
+        Ok(Step::Again)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], head_method: bool) -> Result<Option<ResponseHead>, Error> {
+        parse_head(&mut BytesMut::from(bytes), head_method)
+    }
+
+    #[test]
+    fn framing_follows_rfc9112() {
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        let h = head(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = head(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::None, true));
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::None);
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        let h = head(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert!(
+            head(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTZ/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                head(bad, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(MAX_HEAD));
+        assert!(head(huge.as_bytes(), false).is_err());
+        let same = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false);
+        assert_eq!(same.unwrap().unwrap().framing, Framing::Length(5));
+    }
+
+    #[test]
+    fn request_heads_frame_their_bodies() {
+        let req = |cl: Option<&str>| {
+            let mut r = http::Request::post("/a?b=1");
+            if let Some(cl) = cl {
+                r = r.header("content-length", cl);
+            }
+            r.header("host", "x").body(()).unwrap().into_parts().0
+        };
+        let h = RequestHead::encode(&req(None), true, Some(0));
+        assert_eq!(h.bytes, b"POST /a?b=1 HTTP/1.1\r\nhost: x\r\n\r\n");
+        assert_eq!(h.framing, Framing::None);
+        let h = RequestHead::encode(&req(Some("3")), false, Some(3));
+        assert_eq!(h.framing, Framing::Length(3));
+        let h = RequestHead::encode(&req(None), false, Some(4));
+        assert!(h.bytes.ends_with(b"content-length: 4\r\n\r\n"));
+        let h = RequestHead::encode(&req(None), false, None);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(h.bytes.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+}
