@@ -238,7 +238,11 @@ where
         }
         // Read side: the response head, once it is all here.
         loop {
-            match parse_head(&mut conn.buf, req.head_method)? {
+            let parsed = match conn.buf.is_empty() {
+                true => None,
+                false => parse_head(&mut conn.buf, req.head_method)?,
+            };
+            match parsed {
                 Some(mut head) => {
                     if !sent_all {
                         // The rest of the request body is not sent: the connection is done.

@@ -592,13 +592,15 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let tunnels = tracker.clone();
-        tracker.spawn(async move {
+        // Boxed: the connection's future is a few KiB (TLS handshake, hyper's state), and
+        // spawning moves it several times on its way into the task; a box moves as a pointer.
+        tracker.spawn(Box::pin(async move {
             let _permit = permit;
             let gauge = fe.connections.clone();
             gauge.increment(1.0);
             accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
             gauge.decrement(1.0);
-        });
+        }));
     }
     debug!(frontend = %name, "stopped accepting");
 }
@@ -625,9 +627,11 @@ async fn accept(
     shutdown: &Signal,
     tracker: TaskTracker,
 ) {
+    // One watch for the connection's whole life: each new one allocates and registers.
+    let mut stop = shutdown.watch();
     let ready = tokio::select! {
         r = setup(&fe, stream, peer) => r,
-        _ = shutdown.watch() => return,
+        _ = &mut stop => return,
     };
     let Some((io, client, local)) = ready else {
         return;
@@ -647,7 +651,7 @@ async fn accept(
         tracker,
         resets: None,
     };
-    serve_conn(io, alpn_h2, conn, builder, shutdown).await;
+    serve_conn(io, alpn_h2, conn, builder, &mut stop).await;
 }
 
 /// The client's address as an X-Forwarded-For value (an IPv4-mapped IPv6 address as IPv4).
@@ -739,7 +743,7 @@ async fn serve_conn<S>(
     alpn_h2: Option<bool>,
     mut conn: Conn,
     builder: &Servers,
-    shutdown: &Signal,
+    stop: &mut Watch,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -761,7 +765,7 @@ async fn serve_conn<S>(
                     return;
                 }
             },
-            _ = shutdown.watch() => return,
+            _ = &mut *stop => return,
         },
     };
     let close = h2.then(|| {
@@ -786,7 +790,7 @@ async fn serve_conn<S>(
         let mut http = Box::pin(builder.h2.serve_connection(io, svc));
         tokio::select! {
             r = http.as_mut() => r,
-            _ = shutdown.watch() => {
+            _ = &mut *stop => {
                 http.as_mut().graceful_shutdown();
                 http.await
             }
@@ -797,7 +801,7 @@ async fn serve_conn<S>(
         let mut http = Box::pin(builder.h1.serve_connection(io, svc).with_upgrades());
         tokio::select! {
             r = http.as_mut() => r,
-            _ = shutdown.watch() => {
+            _ = &mut *stop => {
                 http.as_mut().graceful_shutdown();
                 http.await
             }
