@@ -229,7 +229,7 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::ClientBody(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => out.frame(frame, req.framing),
                 Poll::Ready(None) => {
-                    if req.framing == Framing::Chunked {
+                    if req.framing == Framing::Chunked && !out.ended {
                         out.push(Bytes::from_static(b"0\r\n\r\n"));
                     }
                     body = None;
@@ -269,6 +269,8 @@ where
 #[derive(Default)]
 struct Outgoing {
     parts: std::collections::VecDeque<Bytes>,
+    /// The last chunk went out (with the trailers): nothing more may follow.
+    ended: bool,
 }
 
 impl Outgoing {
@@ -305,6 +307,7 @@ impl Outgoing {
                     }
                     t.extend_from_slice(b"\r\n");
                     self.push(Bytes::from(t));
+                    self.ended = true;
                 }
             }
         }
@@ -433,6 +436,11 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
                 }
             }
             headers.append(name, value);
+        }
+        if chunked.is_some() && (length.is_some() || bad_length) {
+            // RFC 9112 6.3: the length is wrong and must not be passed on (the client's side
+            // would frame the body by it and cut it short without an error).
+            headers.remove(header::CONTENT_LENGTH);
         }
         let bodiless = head_method
             || status.is_informational()
