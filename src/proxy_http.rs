@@ -543,7 +543,9 @@ pub async fn serve(
         // plaintext slice for rustls, which seals it without gathering the pieces first.
         .writev(fe.tls.is_none())
         .timer(TokioTimer::new())
-        // hyper's own header timer also bounds the idle wait between keep-alive requests.
+        // hyper's own header timer bounds the idle wait between keep-alive requests: it starts
+        // when hyper starts reading the next request, after the response has ended (a stream
+        // with long gaps between its chunks is not cut).
         .header_read_timeout(fe.frontend.idle_timeout)
         .max_buf_size(fe.frontend.max_header_size.max(8192))
         .keep_alive(true);
@@ -1065,7 +1067,9 @@ enum Failure {
     /// Nothing was sent: the request comes back and may go to another server.
     Connect(io::Error, Request<UpBody>),
     /// The request reached the server (at least partly) and no usable response came back.
-    Sent(BoxError),
+    /// Our HTTP/1.1 client hands back the head of a replayable request (idempotent and
+    /// bodiless), so it needs no `Replay` copy.
+    Sent(BoxError, Option<http::request::Parts>),
     Timeout,
 }
 
@@ -1146,7 +1150,10 @@ async fn forward(
         Either::Left(b) => b.state.clone(),
         Either::Right(_) => None,
     };
-    let replay = Replay::of(&req);
+    // hyper (HTTP/2, upgrades) consumes the request; our HTTP/1.1 client gives it back.
+    let replay = (target.h2 || target.upgrade)
+        .then(|| Replay::of(&req))
+        .flatten();
     let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
     loop {
@@ -1219,14 +1226,14 @@ async fn forward(
                 trace.retries += 1;
                 req = back;
             }
-            Err(Failure::Sent(e)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
+            Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
                 // The client's body broke (bad chunk, hung up mid-body): not the server's fault.
                 debug!(server = %server.addr, error = %e, "client request body failed");
                 trace.termination = Termination::BadRequest;
                 let body = "400 Bad Request: the request body was malformed or cut short\n";
                 return (refusal(StatusCode::BAD_REQUEST, body), Some(server));
             }
-            Err(Failure::Sent(e)) => {
+            Err(Failure::Sent(e, back)) => {
                 debug!(server = %server.addr, error = %e, "upstream failed before a response");
                 crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
                 let body = format!(
@@ -1240,7 +1247,10 @@ async fn forward(
                 // what was in flight there. The budget guards failures that eject nobody
                 // (checks off, error_limit 0, or max_ejected_percent reached).
                 let ejected = !server.is_up();
-                match &replay {
+                let again = back
+                    .map(|parts| Request::from_parts(parts, Either::Right(Empty::new())))
+                    .or_else(|| replay.as_ref().map(Replay::request));
+                match again {
                     Some(r)
                         if tried.len() <= cfg.retries as usize
                             && (ejected
@@ -1249,7 +1259,7 @@ async fn forward(
                     {
                         metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
                         trace.retries += 1;
-                        req = r.request();
+                        req = r;
                     }
                     _ => {
                         trace.termination = Termination::ServerError;
@@ -1396,7 +1406,7 @@ async fn send_h1(
                     }
                 };
             }
-            Ok(Err(e)) => return Err(Failure::Sent(e.into())),
+            Ok(Err(e)) => return Err(Failure::Sent(e.into(), replayable.then_some(parts))),
         }
     };
     trace.response = Some(ready.elapsed());
@@ -1433,7 +1443,7 @@ async fn send_upgrade(
         Ok(Err(mut e)) => match e.take_message() {
             // Refused before a byte was written: as good as a connect failure.
             Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
-            None => Err(Failure::Sent(e.into_error().into())),
+            None => Err(Failure::Sent(e.into_error().into(), None)),
         },
     }
 }
@@ -1478,7 +1488,7 @@ async fn send_h2(
                 Some(back) => {
                     return Err(Failure::Connect(io::Error::other(e.into_error()), back));
                 }
-                None => return Err(Failure::Sent(e.into_error().into())),
+                None => return Err(Failure::Sent(e.into_error().into(), None)),
             },
         }
     }
@@ -1924,12 +1934,16 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 /// a new request. HTTP/2 connections (prior-knowledge preface) are left to hyper's HTTP/2
 /// limits, and so is whatever follows a `101 Switching Protocols`.
 ///
-/// It also bounds two waits nothing else does: a new connection's first byte (hyper-util's
-/// protocol detection reads it with no timer, and hyper's own header timer starts only after
-/// it) must come within `idle` (else a close, no `408`: browsers open spare connections), and
-/// a response write the client does not take for `idle` (it stopped reading) fails, which
-/// closes the connection and lets go of the upstream one, like HAProxy's `timeout client`. A
-/// tunnel after `101` is exempt.
+/// It also bounds two waits nothing else does: a new connection's first byte (hyper's own
+/// header timer starts only after it) must come within `idle` (else a close, no `408`:
+/// browsers open spare connections), and a response write the client does not take for
+/// `idle` (it stopped reading) fails, which closes the connection and lets go of the upstream
+/// one, like HAProxy's `timeout client`. A tunnel after `101` is exempt.
+///
+/// The timer is moved lazily: a new deadline re-arms it only when it is earlier than the
+/// armed one, and a timer that fires before the deadline is re-armed then. On a busy
+/// keep-alive connection it fires about once per `limit` instead of being re-registered with
+/// the runtime's timer wheel for every request.
 ///
 /// NOTE: written by hand because neither hyper nor hyper-util can answer a header timeout
 /// with a status; it only scans for the blank line and never parses.
@@ -1941,6 +1955,9 @@ struct HeadTimeout<S> {
     limit: Duration,
     idle: Duration,
     state: HeadState,
+    /// When the current wait (`Fresh`, `Head`) times out.
+    deadline: tokio::time::Instant,
+    /// Armed at `deadline` or earlier (see above).
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// The last 3 bytes read, to find a blank line split across reads.
     tail: [u8; 3],
@@ -1958,11 +1975,11 @@ struct HeadTimeout<S> {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum HeadState {
-    /// A new connection, no byte yet; `sleep` is armed with `idle`.
+    /// A new connection, no byte yet; the deadline is `idle` after the accept.
     Fresh,
-    /// Between requests: no byte of the next one yet.
+    /// Between requests: no byte of the next one yet (hyper's header timer runs).
     Idle,
-    /// Reading a header section; `sleep` is armed.
+    /// Reading a header section; the deadline is `limit` after its first byte.
     Head,
     /// Header section done; body bytes or the response follow.
     Body,
@@ -1978,6 +1995,7 @@ impl<S> HeadTimeout<S> {
         received: metrics::Counter,
         sent: metrics::Counter,
     ) -> HeadTimeout<S> {
+        let deadline = tokio::time::Instant::now() + idle;
         HeadTimeout {
             inner,
             received,
@@ -1985,7 +2003,8 @@ impl<S> HeadTimeout<S> {
             limit,
             idle,
             state: HeadState::Fresh,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            deadline,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
             tail: [0; 3],
             preface: 0,
             write_sleep: None,
@@ -2017,8 +2036,7 @@ impl<S> HeadTimeout<S> {
         if matches!(self.state, HeadState::Idle | HeadState::Fresh) {
             self.state = HeadState::Head;
             self.tail = [0; 3];
-            let deadline = tokio::time::Instant::now() + self.limit;
-            self.sleep.as_mut().reset(deadline);
+            self.set_deadline(self.limit);
         }
         if self.state == HeadState::Head {
             if ends_head(&self.tail, bytes) {
@@ -2042,6 +2060,28 @@ impl<S> HeadTimeout<S> {
         } else if !first.starts_with(b"HTTP/1.1 1") {
             self.state = HeadState::Idle;
         }
+    }
+
+    /// The current wait times out `after` from now. The timer is re-armed only if that is
+    /// earlier than where it is armed.
+    fn set_deadline(&mut self, after: Duration) {
+        self.deadline = tokio::time::Instant::now() + after;
+        if self.deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// Whether the current wait has timed out; if not, the timer is armed and registered to
+    /// wake the task (re-armed at the deadline if it fired early).
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= self.deadline {
+                return true;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+        false
     }
 
     /// After a write attempt: `Pending` arms the stall timer (once per stall) and turns into
@@ -2162,7 +2202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if self.state == HeadState::Fresh && self.sleep.as_mut().poll(cx).is_ready() {
+                if self.state == HeadState::Fresh && self.timed_out(cx) {
                     self.state = HeadState::Off;
                     debug!("no request on a new connection within the idle timeout; closing");
                     return Poll::Ready(Err(io::Error::new(
@@ -2170,7 +2210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
                         "no request on a new connection",
                     )));
                 }
-                if self.state == HeadState::Head && self.sleep.as_mut().poll(cx).is_ready() {
+                if self.state == HeadState::Head && self.timed_out(cx) {
                     self.state = HeadState::Off;
                     // Best effort, never waiting: the send buffer is empty at this point (the
                     // client is still sending its head), so the 130 bytes fit; over TLS they
