@@ -15,6 +15,7 @@
 //! third of all instructions (callgrind). HTTP/2 upstreams and HTTP/1.1 upgrades (WebSocket),
 //! which need a connection driven on its own, still go through hyper.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -29,7 +30,7 @@ use http::{Method, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWrite;
 
-use crate::proxy_http::UpIo;
+use crate::proxy_http::{HOP_BY_HOP, UpIo};
 use crate::snapshot::Server;
 
 /// Largest response head (status line and headers) taken from a server (HAProxy's default
@@ -176,6 +177,8 @@ impl RequestHead {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
+    /// The end-to-end fields: hop-by-hop ones (RFC 9110 7.6.1), Transfer-Encoding and those
+    /// the `Connection` header names are left out, as `proxy_http::strip_hop_by_hop` does.
     pub headers: HeaderMap,
     framing: Framing,
     keep_alive: bool,
@@ -194,8 +197,11 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut out = Outgoing::default();
-    out.push(Bytes::copy_from_slice(&req.bytes));
+    let mut out = Outgoing {
+        head: &req.bytes,
+        parts: VecDeque::new(),
+        ended: false,
+    };
     let mut sent_all = false;
     let mut write_error: Option<io::Error> = None;
     let mut got_bytes = !conn.buf.is_empty();
@@ -265,17 +271,18 @@ where
     .await
 }
 
-/// Bytes queued for the socket: a request head, or body data with its chunk framing.
-#[derive(Default)]
-struct Outgoing {
-    parts: std::collections::VecDeque<Bytes>,
+/// Bytes queued for the socket: what is left of the request head, then body data with its
+/// chunk framing. (The head is borrowed, and a bodiless request allocates nothing here.)
+struct Outgoing<'a> {
+    head: &'a [u8],
+    parts: VecDeque<Bytes>,
     /// The last chunk went out (with the trailers): nothing more may follow.
     ended: bool,
 }
 
-impl Outgoing {
+impl Outgoing<'_> {
     fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.head.is_empty() && self.parts.is_empty()
     }
 
     fn push(&mut self, b: Bytes) {
@@ -315,12 +322,16 @@ impl Outgoing {
 
     /// Writes until everything queued is out (`Ready(Ok)`) or the socket is full.
     fn poll_write(&mut self, io: &mut UpIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.parts.is_empty() {
+        while !self.is_empty() {
             let n = {
                 let mut slices = [io::IoSlice::new(&[]); 4];
                 let mut k = 0;
-                for (s, p) in slices.iter_mut().zip(&self.parts) {
-                    *s = io::IoSlice::new(p);
+                if !self.head.is_empty() {
+                    slices[0] = io::IoSlice::new(self.head);
+                    k = 1;
+                }
+                for p in self.parts.iter().take(slices.len() - k) {
+                    slices[k] = io::IoSlice::new(p);
                     k += 1;
                 }
                 ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..k]))?
@@ -328,7 +339,9 @@ impl Outgoing {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            let mut n = n;
+            let from_head = n.min(self.head.len());
+            self.head = &self.head[from_head..];
+            let mut n = n - from_head;
             while n > 0 {
                 let front = self.parts.front_mut().expect("written bytes were queued");
                 if n >= front.len() {
@@ -404,6 +417,8 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
         let mut bad_length = false;
         let mut chunked = None;
         let mut close = version == Version::HTTP_10;
+        // Headers the `Connection` header names (rare): removed once all are in.
+        let mut named: Vec<HeaderName> = Vec::new();
         for &(n0, n1, v0, v1) in &spots[..count] {
             let name = HeaderName::from_bytes(&raw[n0 as usize..n1 as usize])
                 .map_err(|_| Error::Invalid("malformed header name"))?;
@@ -430,12 +445,22 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                        close = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        close &= minor != 0;
+                    } else if let Ok(h) = HeaderName::from_bytes(token)
+                        && h != header::HOST
+                    {
+                        named.push(h);
                     }
                 }
             }
-            headers.append(name, value);
+            // Hop-by-hop fields stay on this hop; the client's side frames the body itself.
+            if name != header::TRANSFER_ENCODING && !HOP_BY_HOP.contains(&name) {
+                headers.append(name, value);
+            }
+        }
+        for h in &named {
+            headers.remove(h);
         }
         if chunked.is_some() && (length.is_some() || bad_length) {
             // RFC 9112 6.3: the length is wrong and must not be passed on (the client's side
@@ -790,6 +815,21 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out() {
+        let h = head(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
+              X-Secret: 1\r\nTransfer-Encoding: chunked\r\nHost: h\r\nX-Up: a\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let mut names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["host", "x-up"]);
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, true));
     }
 
     #[test]

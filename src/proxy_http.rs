@@ -1191,7 +1191,10 @@ async fn forward(
                     return (Response::from_parts(parts, empty), Some(server));
                 }
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers, Keep::NONE);
+                // Our HTTP/1.1 client leaves hop-by-hop fields out as it parses.
+                if let RespBody::Hyper(_) = body {
+                    strip_hop_by_hop(&mut parts.headers, Keep::NONE);
+                }
                 announce_grpc_trailers(&mut parts.headers);
                 let origin = Some(Origin {
                     snap: Arc::clone(snap),
@@ -1687,7 +1690,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
 /// Hop-by-hop headers (RFC 9110 7.6.1), plus the non-standard ones proxies must not forward.
 /// (`Trailer` is end-to-end: it announces the trailer fields, which an HTTP/1.1 client only
 /// receives when they are announced.)
-static HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
