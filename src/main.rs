@@ -55,6 +55,15 @@ enum Command {
     },
 }
 
+/// mimalloc instead of glibc's malloc: each new client connection allocates a few blocks too
+/// big for glibc's per-thread cache (hyper's buffers, tokio's cache-aligned task and I/O
+/// registration), and glibc's slow path cost about 9,000 instructions per connection
+/// (callgrind, one request per connection: 43.8k -> 38.8k instructions a request).
+/// `no_thp`: without it, mimalloc asks for transparent huge pages on its arenas, which raised
+/// peak RSS from 12 to 17 MB; with it, RSS stays within 0.5 MB of glibc's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Once, before any TLS or HTTP client exists (reqwest is built without a provider of its own).
     switchyard::tls::install_provider();
