@@ -50,7 +50,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 # Taken before anything is written: the results file itself is tracked.
-COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' (working tree modified)')"
+COMMIT="$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && echo ' (working tree modified)' || true)"
 log "cargo build --release"
 (cd "$ROOT" && timeout 1200 cargo build --release --quiet)
 
