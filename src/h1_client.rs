@@ -71,13 +71,13 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// One HTTP/1.1 connection to a server, with what has been read from it and not used yet.
-pub struct Conn {
+pub(crate) struct Conn {
     io: UpIo,
     buf: BytesMut,
 }
 
 impl Conn {
-    pub fn new(io: UpIo) -> Conn {
+    pub(crate) fn new(io: UpIo) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
@@ -87,7 +87,7 @@ impl Conn {
     /// Whether an idle connection can take a request: the server has not closed it or sent
     /// anything unasked. Looks without waiting (a closed socket is readable at once), so a
     /// connection the server timed out is not picked and the request is not lost on it.
-    pub fn is_reusable(&mut self) -> bool {
+    pub(crate) fn is_reusable(&mut self) -> bool {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         match self.poll_fill(&mut cx) {
             Poll::Pending => self.buf.is_empty(),
@@ -106,7 +106,7 @@ impl Conn {
 
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body at all.
     None,
     /// `Content-Length` bytes.
@@ -118,7 +118,7 @@ pub enum Framing {
 }
 
 /// A request head ready to be written, and how its body is framed.
-pub struct RequestHead {
+pub(crate) struct RequestHead {
     bytes: Vec<u8>,
     framing: Framing,
     /// A `HEAD` request: the response has no body whatever its headers say.
@@ -130,7 +130,11 @@ impl RequestHead {
     /// The body is framed by its `Content-Length` if it has one, else by its known size, else
     /// chunked; a request whose body is empty from the start is sent as it is.
     /// Transfer-Encoding must have been stripped already (it is hop-by-hop here).
-    pub fn encode(parts: &http::request::Parts, body_empty: bool, exact: Option<u64>) -> Self {
+    pub(crate) fn encode(
+        parts: &http::request::Parts,
+        body_empty: bool,
+        exact: Option<u64>,
+    ) -> Self {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let mut bytes = Vec::with_capacity(256 + parts.headers.len() * 32);
         bytes.extend_from_slice(parts.method.as_str().as_bytes());
@@ -174,12 +178,12 @@ impl RequestHead {
 }
 
 /// A response head, and what the exchange learnt about its body and the connection.
-pub struct ResponseHead {
-    pub status: StatusCode,
-    pub version: Version,
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
     /// The end-to-end fields: hop-by-hop ones (RFC 9110 7.6.1), Transfer-Encoding and those
     /// the `Connection` header names are left out, as `proxy_http::strip_hop_by_hop` does.
-    pub headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
     framing: Framing,
     keep_alive: bool,
 }
@@ -188,7 +192,7 @@ pub struct ResponseHead {
 /// while the socket is watched for the response: a server that answers early (a `413`, a
 /// redirect) is heard without waiting for a body it will not read; the connection is then
 /// not reused. Interim `1xx` responses other than `101` are skipped.
-pub async fn exchange<B>(
+pub(crate) async fn exchange<B>(
     conn: &mut Conn,
     req: &RequestHead,
     mut body: Option<Pin<&mut B>>,
@@ -323,6 +327,16 @@ impl Outgoing<'_> {
     /// Writes until everything queued is out (`Ready(Ok)`) or the socket is full.
     fn poll_write(&mut self, io: &mut UpIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
+            if self.parts.is_empty() {
+                // Only the head (a bodiless request): a plain write is a `send(2)`, which the
+                // kernel takes a little more directly than a one-slice `writev(2)`.
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, self.head))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.head = &self.head[n..];
+                continue;
+            }
             let n = {
                 let mut slices = [io::IoSlice::new(&[]); 4];
                 let mut k = 0;
@@ -528,7 +542,7 @@ enum State {
 /// A response body read straight off its connection. When it is read to its end on a
 /// connection that may be reused, the connection goes back to `server`'s pool; dropped before
 /// that, it closes the connection.
-pub struct Body {
+pub(crate) struct Body {
     conn: Option<Conn>,
     state: State,
     keep_alive: bool,
@@ -541,13 +555,8 @@ pub struct Body {
 impl Body {
     /// The body that follows `head` on `conn`; returned to `server`'s pool once done (if
     /// given, and the connection may be reused).
-    pub fn new(conn: Conn, head: &ResponseHead, server: Option<Arc<Server>>) -> Body {
-        let state = match head.framing {
-            Framing::None | Framing::Length(0) => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunked::Size),
-            Framing::Close => State::Close,
-        };
+    pub(crate) fn new(conn: Conn, head: &ResponseHead, server: Option<Arc<Server>>) -> Body {
+        let state = State::new(head.framing);
         let mut body = Body {
             conn: Some(conn),
             state,
@@ -625,37 +634,22 @@ impl hyper::body::Body for Body {
             return Poll::Ready(Some(Err(e)));
         }
         loop {
-            match this.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) => {
-                    let buf = &mut this.conn().buf;
-                    if !buf.is_empty() {
-                        let n = (buf.len() as u64).min(left) as usize;
-                        let data = buf.split_to(n).freeze();
-                        this.state = State::Length(left - n as u64);
-                        if left == n as u64 {
-                            this.finish();
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Close => {
-                    let buf = &mut this.conn().buf;
-                    if !buf.is_empty() {
-                        let data = buf.split().freeze();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                }
-                State::Chunked(c) => match this.chunked_step(c) {
-                    Ok(Step::Frame(f)) => return Poll::Ready(Some(Ok(f))),
-                    Ok(Step::Again) => continue,
-                    Ok(Step::More) => {}
-                    Ok(Step::End) => {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.state.step(&mut conn.buf) {
+                Ok(Step::Frame(f)) => {
+                    if matches!(this.state, State::Done) {
                         this.finish();
-                        return Poll::Ready(None);
                     }
-                    Err(e) => return this.fail(e, cx),
-                },
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => return this.fail(e, cx),
             }
             match ready!(this.poll_more(cx)) {
                 Ok(true) => {}
@@ -683,91 +677,158 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// What one step of chunked decoding came to.
+/// What one decoding step came to.
 enum Step {
     Frame(Frame<Bytes>),
-    /// The state moved on; go again.
-    Again,
     /// Needs more bytes.
     More,
     /// The body (trailers included) is complete.
     End,
 }
 
-impl Body {
-    fn chunked_step(&mut self, c: Chunked) -> Result<Step, Error> {
-        let buf = &mut self.conn().buf;
-        let next = match c {
-            Chunked::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    if size == 0 {
-                        Chunked::Trailers
-                    } else {
-                        Chunked::Data(size)
-                    }
+impl State {
+    fn new(framing: Framing) -> State {
+        match framing {
+            Framing::None | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::Close => State::Close,
+        }
+    }
+
+    /// Takes the next frame of the body off the front of `buf`, if it is there.
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
+        loop {
+            let c = match *self {
+                State::Done => return Ok(Step::End),
+                State::Length(_) | State::Close if buf.is_empty() => return Ok(Step::More),
+                State::Length(left) => {
+                    let n = (buf.len() as u64).min(left) as usize;
+                    *self = match left - n as u64 {
+                        0 => State::Done,
+                        rest => State::Length(rest),
+                    };
+                    return Ok(Step::Frame(Frame::data(buf.split_to(n).freeze())));
                 }
-                Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                    return Err(Error::Invalid("chunk-size line too long"));
-                }
-                Ok(httparse::Status::Partial) => return Ok(Step::More),
-                Err(_) => return Err(Error::Invalid("malformed chunk size")),
-            },
-            Chunked::Data(left) => {
-                if buf.is_empty() {
-                    return Ok(Step::More);
-                }
-                let n = (buf.len() as u64).min(left) as usize;
-                let data = buf.split_to(n).freeze();
-                self.state = State::Chunked(if left == n as u64 {
-                    Chunked::DataEnd
-                } else {
-                    Chunked::Data(left - n as u64)
-                });
-                return Ok(Step::Frame(Frame::data(data)));
-            }
-            Chunked::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(Step::More);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(Error::Invalid("chunk data not followed by CRLF"));
-                }
-                buf.advance(2);
-                Chunked::Size
-            }
-            Chunked::Trailers => {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
-                    Ok(httparse::Status::Complete((used, fields))) => {
-                        let mut map = HeaderMap::with_capacity(fields.len());
-                        for f in fields {
-                            let name = HeaderName::from_bytes(f.name.as_bytes())
-                                .map_err(|_| Error::Invalid("malformed trailer name"))?;
-                            let value = HeaderValue::from_bytes(f.value)
-                                .map_err(|_| Error::Invalid("malformed trailer value"))?;
-                            map.append(name, value);
+                State::Close => return Ok(Step::Frame(Frame::data(buf.split().freeze()))),
+                State::Chunked(c) => c,
+            };
+            let next = match c {
+                Chunked::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
                         }
-                        (used, map)
                     }
-                    Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-                        return Err(Error::Invalid("trailers too large"));
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Err(Error::Invalid("chunk-size line too long"));
                     }
                     Ok(httparse::Status::Partial) => return Ok(Step::More),
-                    Err(_) => return Err(Error::Invalid("malformed trailers")),
-                };
-                buf.advance(used);
-                self.state = State::Done;
-                if trailers.is_empty() {
-                    return Ok(Step::End);
+                    Err(_) => return Err(Error::Invalid("malformed chunk size")),
+                },
+                Chunked::Data(_) if buf.is_empty() => return Ok(Step::More),
+                Chunked::Data(left) => {
+                    let n = (buf.len() as u64).min(left) as usize;
+                    *self = State::Chunked(match left - n as u64 {
+                        0 => Chunked::DataEnd,
+                        rest => Chunked::Data(rest),
+                    });
+                    return Ok(Step::Frame(Frame::data(buf.split_to(n).freeze())));
                 }
-                self.finish();
-                return Ok(Step::Frame(Frame::trailers(trailers)));
-            }
-        };
-        self.state = State::Chunked(next);
-        Ok(Step::Again)
+                Chunked::DataEnd if buf.len() < 2 => return Ok(Step::More),
+                Chunked::DataEnd if &buf[..2] != b"\r\n" => {
+                    return Err(Error::Invalid("chunk data not followed by CRLF"));
+                }
+                Chunked::DataEnd => {
+                    buf.advance(2);
+                    Chunked::Size
+                }
+                Chunked::Trailers => {
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let (used, trailers) = match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut map = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let name = HeaderName::from_bytes(f.name.as_bytes())
+                                    .map_err(|_| Error::Invalid("malformed trailer name"))?;
+                                let value = HeaderValue::from_bytes(f.value)
+                                    .map_err(|_| Error::Invalid("malformed trailer value"))?;
+                                map.append(name, value);
+                            }
+                            (used, map)
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                            return Err(Error::Invalid("trailers too large"));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Step::More),
+                        Err(_) => return Err(Error::Invalid("malformed trailers")),
+                    };
+                    buf.advance(used);
+                    *self = State::Done;
+                    if trailers.is_empty() {
+                        return Ok(Step::End);
+                    }
+                    return Ok(Step::Frame(Frame::trailers(trailers)));
+                }
+            };
+            *self = State::Chunked(next);
+        }
     }
+}
+
+/// A whole response decoded from memory by the same parser and body decoder as the data
+/// plane: the in-memory form of `exchange` plus `Body`, for the fuzz target.
+#[derive(Debug)]
+pub struct Decoded {
+    pub status: u16,
+    pub keep_alive: bool,
+    /// The body's data, in order.
+    pub body: Vec<u8>,
+    /// Trailer fields.
+    pub trailers: usize,
+    /// The body ended by its own framing (or, delimited by the close, at the end of `input`).
+    pub complete: bool,
+    /// Bytes of `input` after the message.
+    pub rest: usize,
+}
+
+/// Decodes the response at the start of `input` (the answer to a `HEAD` if `head_method`);
+/// `Ok(None)` while its head is incomplete.
+pub fn decode_response(input: &[u8], head_method: bool) -> Result<Option<Decoded>, Error> {
+    let mut buf = BytesMut::from(input);
+    let Some(head) = parse_head(&mut buf, head_method)? else {
+        return Ok(None);
+    };
+    let mut state = State::new(head.framing);
+    let mut d = Decoded {
+        status: head.status.as_u16(),
+        keep_alive: head.keep_alive,
+        body: Vec::new(),
+        trailers: 0,
+        complete: false,
+        rest: 0,
+    };
+    loop {
+        match state.step(&mut buf)? {
+            Step::Frame(f) => match f.into_data() {
+                Ok(data) => d.body.extend_from_slice(&data),
+                Err(f) => d.trailers += f.trailers_ref().map_or(0, HeaderMap::len),
+            },
+            Step::More => {
+                d.complete = matches!(state, State::Close);
+                break;
+            }
+            Step::End => {
+                d.complete = true;
+                break;
+            }
+        }
+    }
+    d.rest = buf.len();
+    Ok(Some(d))
 }
 
 #[cfg(test)]
@@ -867,6 +928,41 @@ mod tests {
         assert!(head(huge.as_bytes(), false).is_err());
         let same = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false);
         assert_eq!(same.unwrap().unwrap().framing, Framing::Length(5));
+    }
+
+    #[test]
+    fn bodies_decode_by_their_framing() {
+        let d = decode_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;x=y\r\nhello\r\nA\r\n and more!\r\n0\r\nx-sum: 1\r\n\r\nNEXT",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(d.body, b"hello and more!");
+        assert_eq!((d.trailers, d.complete, d.rest), (1, true, 4));
+        let d = decode_response(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.body.as_slice(), d.complete), (&b"ab"[..], false));
+        let d = decode_response(b"HTTP/1.0 200 OK\r\n\r\nto the end", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (d.body.as_slice(), d.complete, d.keep_alive),
+            (&b"to the end"[..], true, false)
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n11111111111111111\r\n",
+        ] {
+            assert!(
+                decode_response(bad, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
-mod h1_client;
+pub mod h1_client;
 pub mod health;
 pub mod metrics;
 pub mod migrate;
