@@ -18,12 +18,16 @@
 //! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`) or
 //! the PROXY header format (`proxy_protocol`).
 //!
-//! NOTE: the upstream pool is our own (one `Vec` of idle HTTP/1.1 senders and one HTTP/2
+//! HTTP/1.1 to servers goes through our own client (`h1_client`), in the request's task; HTTP/2
+//! and upgrade requests go through hyper's client connections.
+//!
+//! NOTE: the upstream pool is our own (one `Vec` of idle HTTP/1.1 connections and one HTTP/2
 //! sender per server, living on the server object) rather than hyper-util's legacy `Client`:
 //! connecting ourselves means a connect failure happens before the request body is handed
-//! over, so the same request can be retried on another server, and a stale pooled connection
-//! hands the request back (`try_send_request`). The pool dies with its server object, so a
-//! removed server's idle connections close on their own.
+//! over, so the same request can be retried on another server; an idle connection the server
+//! closed is seen at checkout (it reads as closed) and skipped, and a replayable request caught
+//! by a close racing its reuse is sent again on a new connection. The pool dies with its
+//! server object, so a removed server's idle connections close on their own.
 
 use std::convert::Infallible;
 use std::future::Future;
