@@ -543,9 +543,12 @@ pub async fn serve(
 ) {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1
-        // Over TLS, one flat buffer per response (hyper copies the small body in) makes one
-        // plaintext slice for rustls, which seals it without gathering the pieces first.
-        .writev(fe.tls.is_none())
+        // One flat buffer per response (hyper copies the body in): over TLS one plaintext
+        // slice for rustls, which seals it without gathering the pieces first; over TCP one
+        // `send(2)` instead of a `writev(2)` of head and body. Measured on plain HTTP
+        // keep-alive: 25.4k -> 24.9k instructions a request, and a median of +8% requests per
+        // CPU-second over 8 alternated pairs of runs (the copy is cheaper than the iovecs).
+        .writev(false)
         .timer(TokioTimer::new())
         // hyper's own header timer bounds the idle wait between keep-alive requests: it starts
         // when hyper starts reading the next request, after the response has ended (a stream
