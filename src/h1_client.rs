@@ -144,10 +144,7 @@ impl RequestHead {
         let mut length = None;
         for (name, value) in &parts.headers {
             if name == header::CONTENT_LENGTH {
-                length = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                length = value.to_str().ok().and_then(parse_decimal);
             }
             bytes.extend_from_slice(name.as_str().as_bytes());
             bytes.extend_from_slice(b": ");
