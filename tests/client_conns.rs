@@ -1,0 +1,1043 @@
+//! The client-facing HTTP/1.x connection, as HAProxy, nginx and Envoy users expect it: the
+//! behaviour any replacement of the frontend's HTTP/1.1 server must keep. Every case writes
+//! exact bytes on a raw `TcpStream` and reads the answers off the wire by the framing rules a
+//! client uses (RFC 9112 section 6.3), so framing, interim responses and closes are visible.
+//!
+//! - Keep-alive: sequential requests on one connection; `Connection: close` and HTTP/1.0
+//!   without keep-alive end it after the answer; HTTP/1.0 with `Connection: keep-alive` keeps it.
+//! - Pipelining: requests with bodies (Content-Length and chunked) and GETs in one write are
+//!   answered in order and reach the upstream whole.
+//! - Response framing: a length is kept; a chunked answer stays delimited for an HTTP/1.1
+//!   client, and an HTTP/1.0 client never gets chunked; a close-delimited answer arrives whole;
+//!   HEAD, 204 and 304 have no body and the next answer on the connection is read right.
+//! - `date` on every answer; our own error answers (502, 503, 504) have a length and a type.
+//! - Request heads: `max_header_size` and the 100-field limit (431 and a close), malformed
+//!   request lines (400 and a close), an `HTTP/2.0` request line (an error answer, no crash).
+//! - `Expect: 100-continue`: the interim `100` before the body, then the final answer, the
+//!   body byte for byte upstream; no `100` when the answer is an error that needs no body.
+//! - Connection ends: a client FIN on an idle connection, `idle_timeout` between requests,
+//!   and shutdown (idle connections closed at once, one in flight answered with a close).
+//! - Bodies: 1 MiB request bodies (chunked, and with a length) reach the upstream byte for
+//!   byte; a 4 MiB answer arrives whole and the connection is used again after it.
+//!
+//! Covered elsewhere and not repeated here: hostile framing and smuggling, bare-LF line
+//! endings, 50 pipelined GETs stopping at a bad one, slowloris and header timeouts
+//! (`tests/raw_http.rs`); the slow upload after `100 Continue` and in-flight requests on
+//! shutdown (`tests/http_proxy.rs`); upstream-side framing (`tests/upstream_conns.rs`).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use support::raw::{self, Recorder};
+use support::{Lb, Upstream, free_port, http_client};
+
+/// Bound on any single wait for bytes from the proxy (or for its close).
+const STEP: Duration = Duration::from_secs(5);
+/// How long "nothing more comes" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Switchyard with frontend `web` (plus `frontend` lines) in front of `servers`, checks off.
+async fn lb(servers: &[String], frontend: &str) -> Lb {
+    Lb::start_ready(&support::static_config(
+        "cc",
+        servers,
+        frontend,
+        "[backend.check]\ntype = \"none\"",
+    ))
+    .await
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A raw client that reads one response at a time.
+
+/// How a response's body was delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body by rule: an answer to HEAD, a 1xx, 204 or 304.
+    Bodiless,
+    Length,
+    Chunked,
+    /// Neither length nor chunked: the body runs to the close.
+    UntilClose,
+}
+
+#[derive(Debug)]
+struct Resp {
+    /// `HTTP/1.1`, `HTTP/1.0`, ...
+    version: String,
+    status: u16,
+    /// The head as received, without the blank line (for failure messages).
+    head: String,
+    /// Names lowercased, values trimmed, in wire order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    framing: Framing,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether header `name` lists `token` (case-insensitive), as in `Connection: close`.
+    fn lists(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .any(|(n, v)| n == name && v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+
+    fn content_length(&self) -> Option<usize> {
+        self.header("content-length").map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("bad content-length in {}", self.head))
+        })
+    }
+
+    /// A `date` header in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`).
+    fn assert_date(&self) {
+        let date = self
+            .header("date")
+            .unwrap_or_else(|| panic!("no date header in {:?}", self.head));
+        let b = date.as_bytes();
+        assert!(
+            b.len() == 29 && &b[3..5] == b", " && date.ends_with(" GMT"),
+            "date {date:?} is not an IMF-fixdate"
+        );
+    }
+
+    /// Status, the `x-path` the recording upstream names the request by, and the body.
+    fn assert_ok(&self, path: &str, body: &[u8]) {
+        assert_eq!(self.status, 200, "{}", self.head);
+        assert_eq!(self.header("x-path"), Some(path), "{}", self.head);
+        assert_eq!(self.body, body, "body of {path}: {}", self.head);
+        self.assert_date();
+    }
+}
+
+/// One client connection: exact bytes out, responses read one by one, every wait bounded.
+struct Client {
+    stream: TcpStream,
+    /// Bytes received and not yet taken by a response.
+    buf: Vec<u8>,
+    /// The peer closed (FIN or reset).
+    eof: bool,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect frontend");
+        let _ = stream.set_nodelay(true);
+        Client {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
+    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        self.stream
+            .write_all(bytes.as_ref())
+            .await
+            .expect("write to frontend");
+    }
+
+    /// Reads more into `buf`; false once the peer has closed. Panics after `STEP` of silence.
+    async fn fill(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        match tokio::time::timeout(STEP, self.stream.read(&mut chunk)).await {
+            Err(_) => panic!(
+                "nothing from the proxy for {STEP:?}; unread: {}",
+                shown(&self.buf)
+            ),
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Ok(_) => {
+                self.eof = true;
+                false
+            }
+        }
+    }
+
+    /// The next response; `head_request`: it answers a HEAD (so it has no body).
+    async fn response(&mut self, head_request: bool) -> Resp {
+        let end = loop {
+            if let Some(i) = raw::find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            assert!(
+                self.fill().await,
+                "closed before a whole response head: {}",
+                shown(&self.buf)
+            );
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let mut start = lines.next().unwrap_or_default().splitn(3, ' ');
+        let version = start.next().unwrap_or_default().to_string();
+        let status = start
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+        let headers = lines
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap_or((l, ""));
+                (n.trim().to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let mut resp = Resp {
+            version,
+            status,
+            head,
+            headers,
+            body: Vec::new(),
+            framing: Framing::Bodiless,
+        };
+        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+            return resp;
+        }
+        if resp.lists("transfer-encoding", "chunked") {
+            resp.framing = Framing::Chunked;
+            resp.body = self.chunked_body().await;
+        } else if let Some(n) = resp.content_length() {
+            resp.framing = Framing::Length;
+            while self.buf.len() < n {
+                assert!(
+                    self.fill().await,
+                    "closed after {} of {n} body bytes: {}",
+                    self.buf.len(),
+                    resp.head
+                );
+            }
+            resp.body = self.buf.drain(..n).collect();
+        } else {
+            resp.framing = Framing::UntilClose;
+            while self.fill().await {}
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        resp
+    }
+
+    /// A chunked body (chunk extensions and trailers allowed), taken off `buf`.
+    async fn chunked_body(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.line().await;
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size, 16)
+                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
+            if size == 0 {
+                while !self.line().await.is_empty() {}
+                return body;
+            }
+            while self.buf.len() < size + 2 {
+                assert!(self.fill().await, "closed inside a {size}-byte chunk");
+            }
+            assert_eq!(
+                &self.buf[size..size + 2],
+                b"\r\n",
+                "chunk data without CRLF"
+            );
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+        }
+    }
+
+    /// The next CRLF-terminated line, without its CRLF.
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(i) = raw::find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill().await, "closed inside a chunked body");
+        }
+    }
+
+    /// Sends `GET path` and reads its answer.
+    async fn get(&mut self, path: &str) -> Resp {
+        self.send(get(path)).await;
+        self.response(false).await
+    }
+
+    /// Waits up to `within` for the peer to close, with no further byte; how long it took,
+    /// or what came instead.
+    async fn closed_within(&mut self, within: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        if !self.buf.is_empty() {
+            return Err(format!("unexpected bytes: {}", shown(&self.buf)));
+        }
+        if self.eof {
+            return Ok(Duration::ZERO);
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(within, self.stream.read(&mut chunk)).await {
+            Err(_) => Err(format!("still open after {within:?}")),
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                self.eof = true;
+                Ok(start.elapsed())
+            }
+            Ok(Ok(n)) => Err(format!("unexpected bytes: {}", shown(&chunk[..n]))),
+        }
+    }
+
+    /// Panics unless the peer closes within `STEP` with nothing more sent.
+    async fn assert_closed(&mut self) {
+        if let Err(e) = self.closed_within(STEP).await {
+            panic!("wanted a close: {e}");
+        }
+    }
+
+    /// Panics if anything (a byte or a close) comes within `QUIET`.
+    async fn assert_quiet(&mut self) {
+        let mut chunk = [0u8; 4096];
+        assert!(
+            self.buf.is_empty(),
+            "unexpected bytes: {}",
+            shown(&self.buf)
+        );
+        match tokio::time::timeout(QUIET, self.stream.read(&mut chunk)).await {
+            Err(_) => {}
+            Ok(Ok(0)) => panic!("wanted silence, the proxy closed"),
+            Ok(Ok(n)) => panic!("wanted silence, got {}", shown(&chunk[..n])),
+            Ok(Err(e)) => panic!("wanted silence, got {e}"),
+        }
+    }
+}
+
+/// Bytes as text for failure messages, clipped.
+fn shown(b: &[u8]) -> String {
+    format!("{:?}", raw::clip(&String::from_utf8_lossy(b), 300))
+}
+
+/// `len` bytes of a pattern that does not repeat within 251 bytes, with every byte value
+/// (CR, LF and `0\r\n\r\n` sequences included), so a shifted or cut body shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upstream with fixed answers, for response framing.
+
+/// A raw upstream that reads bodiless request heads and answers by path with exact bytes:
+/// `/len` 12 bytes with a length, `/chunk` "hello world" chunked (in two writes), `/eof` an
+/// HTTP/1.0 answer with no length that ends at the close, `/204`, `/304` (with a
+/// Content-Length of the representation, as RFC 9110 allows); any HEAD gets the `/len` head.
+async fn origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(origin_conn(s));
+        }
+    });
+    addr
+}
+
+const LEN_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n\r\n";
+
+async fn origin_conn(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = raw::find(&buf, b"\r\n\r\n") else {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        let mut words = head.split(' ');
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let pieces: Vec<&[u8]> = match (method, target) {
+            ("HEAD", _) => vec![LEN_HEAD],
+            (_, "/len") => vec![LEN_HEAD, b"twelve bytes"],
+            (_, "/chunk") => vec![
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                b"6\r\n world\r\n0\r\n\r\n",
+            ],
+            (_, "/eof") => vec![
+                b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nclose-delimited ",
+                b"body",
+            ],
+            (_, "/204") => vec![b"HTTP/1.1 204 No Content\r\nx-kind: 204\r\n\r\n"],
+            (_, "/304") => {
+                vec![b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 12\r\n\r\n"]
+            }
+            _ => vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"],
+        };
+        for p in pieces {
+            if s.write_all(p).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if target == "/eof" {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keep-alive and connection ends.
+
+/// Five requests one after another on one connection, each answered in turn; the connection
+/// is still open afterwards.
+#[tokio::test]
+async fn sequential_requests_share_one_connection() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    for i in 0..5 {
+        let path = format!("/seq{i}");
+        let r = c.get(&path).await;
+        r.assert_ok(&path, raw::FIXED_BODY);
+        assert_eq!(r.version, "HTTP/1.1", "{}", r.head);
+        assert!(!r.lists("connection", "close"), "{}", r.head);
+    }
+    c.assert_quiet().await;
+    let targets: Vec<String> = up.take().requests.into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/seq0", "/seq1", "/seq2", "/seq3", "/seq4"]);
+    lb.shutdown().await;
+}
+
+/// HTTP/1.1 `Connection: close`: the answer says `connection: close` and the proxy closes
+/// after it; a request pipelined behind it is not answered.
+#[tokio::test]
+async fn connection_close_is_answered_then_closed() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    c.send("GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    r.assert_ok("/last", raw::FIXED_BODY);
+    assert!(r.lists("connection", "close"), "{}", r.head);
+    c.assert_closed().await;
+    let targets: Vec<String> = up.take().requests.into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/last"]);
+    lb.shutdown().await;
+}
+
+/// HTTP/1.0 without keep-alive: answered (never chunked) and closed. HTTP/1.0 with
+/// `Connection: keep-alive`: the answer says keep-alive, has a length, and the connection
+/// carries a second request.
+#[tokio::test]
+async fn http10_closes_unless_keep_alive_is_asked_for() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let web = lb.http_addr("web");
+
+    let mut c = Client::connect(web).await;
+    c.send("GET /ten HTTP/1.0\r\n\r\n").await;
+    let r = c.response(false).await;
+    r.assert_ok("/ten", raw::FIXED_BODY);
+    assert!(r.version.starts_with("HTTP/1."), "{}", r.head);
+    assert!(r.header("transfer-encoding").is_none(), "{}", r.head);
+    c.assert_closed().await;
+
+    let mut c = Client::connect(web).await;
+    for path in ["/ka1", "/ka2"] {
+        c.send(format!(
+            "GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        ))
+        .await;
+        let r = c.response(false).await;
+        r.assert_ok(path, raw::FIXED_BODY);
+        assert!(r.lists("connection", "keep-alive"), "{}", r.head);
+        assert_eq!(r.framing, Framing::Length, "{}", r.head);
+    }
+    c.assert_quiet().await;
+    lb.shutdown().await;
+}
+
+/// A client that sends FIN on an idle keep-alive connection (after its answer) is closed at
+/// once, not left until `idle_timeout`.
+#[tokio::test]
+async fn client_fin_on_an_idle_connection_closes_it() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "idle_timeout = \"30s\"").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    c.get("/one").await.assert_ok("/one", raw::FIXED_BODY);
+    c.stream.shutdown().await.expect("shutdown(Write)");
+    let took = c
+        .closed_within(Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("after our FIN: {e}"));
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    lb.shutdown().await;
+}
+
+/// `idle_timeout` bounds the wait between requests: a connection used every 1.2 s outlives a
+/// 2 s timeout (the clock restarts with each request), and once idle it is closed after about
+/// 2 s, with no answer sent.
+#[tokio::test]
+async fn idle_keep_alive_connection_closes_after_idle_timeout() {
+    const IDLE: Duration = Duration::from_secs(2);
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "idle_timeout = \"2s\"").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        let path = format!("/busy{i}");
+        c.get(&path).await.assert_ok(&path, raw::FIXED_BODY);
+    }
+    let took = c
+        .closed_within(IDLE + Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|e| panic!("idle connection: {e}"));
+    assert!(took >= IDLE / 2, "closed after only {took:?}");
+    lb.shutdown().await;
+}
+
+/// On shutdown an idle keep-alive connection is closed at once, and one with a request in
+/// flight gets its whole answer, marked `connection: close`, then the close; `run()` returns
+/// as soon as that answer is out (not at the 30 s shutdown grace).
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_ends_busy_ones_after_their_answer() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let web = lb.http_addr("web");
+    let mut idle = Client::connect(web).await;
+    idle.get("/before")
+        .await
+        .assert_ok("/before", raw::FIXED_BODY);
+    let mut busy = Client::connect(web).await;
+    busy.get("/warm").await.assert_ok("/warm", raw::FIXED_BODY);
+    let slow = format!("{}-inflight", raw::SLOW_PATH);
+    busy.send(get(&slow)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t = Instant::now();
+    lb.cancel_token().cancel();
+    let took = idle
+        .closed_within(Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("idle connection on shutdown: {e}"));
+    assert!(took < Duration::from_secs(1), "idle closed after {took:?}");
+
+    let r = busy.response(false).await;
+    r.assert_ok(&slow, raw::FIXED_BODY);
+    assert!(r.lists("connection", "close"), "{}", r.head);
+    busy.assert_closed().await;
+    lb.shutdown_within(Duration::from_secs(5)).await;
+    assert!(t.elapsed() < raw::SLOW_ANSWER + Duration::from_secs(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipelining and request bodies.
+
+/// POST with a length, GET, POST chunked, GET, all in one write: answered in order, and the
+/// upstream gets each request whole, in order.
+#[tokio::test]
+async fn pipelined_requests_with_bodies_are_answered_in_order() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    c.send(concat!(
+        "POST /p1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /p2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /p3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+        "GET /p4 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ))
+    .await;
+    for path in ["/p1", "/p2", "/p3", "/p4"] {
+        c.response(false).await.assert_ok(path, raw::FIXED_BODY);
+    }
+    c.assert_quiet().await;
+    let seen: Vec<(String, String, Vec<u8>, bool)> = up
+        .take()
+        .requests
+        .into_iter()
+        .map(|r| (r.method, r.target, r.body, r.complete))
+        .collect();
+    let want = [
+        ("POST", "/p1", &b"hello"[..]),
+        ("GET", "/p2", b""),
+        ("POST", "/p3", b"abcdefg"),
+        ("GET", "/p4", b""),
+    ];
+    assert_eq!(seen.len(), want.len(), "{seen:?}");
+    for ((m, t, body, complete), (wm, wt, wb)) in seen.iter().zip(want) {
+        assert!(
+            *complete && m == wm && t == wt && body == wb,
+            "wanted {wm} {wt} {wb:?}, upstream saw {m} {t} {body:?} complete={complete}"
+        );
+    }
+    lb.shutdown().await;
+}
+
+/// 1 MiB request bodies reach the upstream byte for byte: one chunked in uneven chunks (one
+/// with an extension), one with a Content-Length, on one connection, then a GET on it.
+#[tokio::test]
+async fn large_request_bodies_reach_the_upstream_byte_for_byte() {
+    const MIB: usize = 1 << 20;
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    let body = pattern(MIB);
+
+    let mut chunked =
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut at = 0;
+    for (i, size) in [1usize, 4095, 65536, 100_000, 7].iter().cycle().enumerate() {
+        let n = (*size).min(MIB - at);
+        let ext = if i == 2 { ";name=value" } else { "" };
+        chunked.extend(format!("{n:x}{ext}\r\n").as_bytes());
+        chunked.extend(&body[at..at + n]);
+        chunked.extend(b"\r\n");
+        at += n;
+        if at == MIB {
+            break;
+        }
+    }
+    chunked.extend(b"0\r\n\r\n");
+    c.send(&chunked).await;
+    c.response(false)
+        .await
+        .assert_ok("/chunked", raw::FIXED_BODY);
+
+    c.send(format!(
+        "PUT /length HTTP/1.1\r\nHost: x\r\nContent-Length: {MIB}\r\n\r\n"
+    ))
+    .await;
+    c.send(&body).await;
+    c.response(false)
+        .await
+        .assert_ok("/length", raw::FIXED_BODY);
+    c.get("/after").await.assert_ok("/after", raw::FIXED_BODY);
+
+    let seen = up.take();
+    let bodies: Vec<(&str, bool, usize)> = seen
+        .requests
+        .iter()
+        .map(|r| (r.target.as_str(), r.complete, r.body.len()))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            ("/chunked", true, MIB),
+            ("/length", true, MIB),
+            ("/after", true, 0)
+        ]
+    );
+    assert!(
+        seen.requests[0].body == body,
+        "the chunked body changed on the way"
+    );
+    assert!(
+        seen.requests[1].body == body,
+        "the Content-Length body changed on the way"
+    );
+    lb.shutdown().await;
+}
+
+/// A 4 MiB answer arrives whole, with its length, and the connection carries the next request.
+#[tokio::test]
+async fn large_response_then_another_request_on_the_same_connection() {
+    const LEN: usize = 4 << 20;
+    let up = Upstream::start_with("big", |req| async move {
+        let body = match req.uri().path() {
+            "/big" => pattern(LEN),
+            _ => b"small".to_vec(),
+        };
+        Response::new(Full::new(Bytes::from(body)))
+    })
+    .await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    let r = c.get("/big").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.content_length(), Some(LEN), "{}", r.head);
+    assert!(r.body == pattern(LEN), "the 4 MiB body changed on the way");
+    r.assert_date();
+    let r = c.get("/small").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"small"[..]), "{}", r.head);
+    lb.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response framing.
+
+/// An upstream length is passed on as is; a chunked upstream answer reaches an HTTP/1.1
+/// client delimited (chunked or with a length) and the connection stays usable; HEAD gets the
+/// head with the upstream's length and no body, and the next answer is read from its first
+/// byte; so are 204 and 304 (the 304's Content-Length describes the representation, not a body).
+#[tokio::test]
+async fn responses_keep_their_framing_on_a_keep_alive_connection() {
+    let lb = lb(&[origin().await.to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+
+    let r = c.get("/len").await;
+    assert_eq!((r.status, r.framing), (200, Framing::Length), "{}", r.head);
+    assert_eq!(
+        (r.content_length(), &r.body[..]),
+        (Some(12), &b"twelve bytes"[..])
+    );
+    r.assert_date();
+
+    let r = c.get("/chunk").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        matches!(r.framing, Framing::Chunked | Framing::Length),
+        "{:?}: {}",
+        r.framing,
+        r.head
+    );
+    assert_eq!(r.body, b"hello world");
+    r.assert_date();
+
+    c.send("HEAD /len HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let r = c.response(true).await;
+    assert_eq!(
+        (r.status, r.content_length()),
+        (200, Some(12)),
+        "{}",
+        r.head
+    );
+    assert!(r.header("transfer-encoding").is_none(), "{}", r.head);
+    r.assert_date();
+
+    for (path, status) in [("/204", 204), ("/304", 304)] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, status, "{}", r.head);
+        assert!(r.header("transfer-encoding").is_none(), "{}", r.head);
+        r.assert_date();
+    }
+    // Had any of those carried body bytes, they would be read here as the next head.
+    let r = c.get("/len").await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"twelve bytes"[..]),
+        "{}",
+        r.head
+    );
+    c.assert_quiet().await;
+    lb.shutdown().await;
+}
+
+/// An HTTP/1.0 client never gets chunked coding: a chunked upstream answer and a
+/// close-delimited one reach it whole, with a length or ending at the close.
+#[tokio::test]
+async fn http10_clients_never_get_chunked() {
+    let lb = lb(&[origin().await.to_string()], "").await;
+    let web = lb.http_addr("web");
+    for (path, keep_alive, body) in [
+        ("/chunk", false, &b"hello world"[..]),
+        ("/chunk", true, b"hello world"),
+        ("/eof", false, b"close-delimited body"),
+        ("/eof", true, b"close-delimited body"),
+    ] {
+        let mut c = Client::connect(web).await;
+        let ka = if keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        c.send(format!("GET {path} HTTP/1.0\r\n{ka}\r\n")).await;
+        let r = c.response(false).await;
+        let case = format!("{path} keep-alive={keep_alive}: {}", r.head);
+        assert_eq!(r.status, 200, "{case}");
+        assert!(r.header("transfer-encoding").is_none(), "{case}");
+        assert!(
+            matches!(r.framing, Framing::Length | Framing::UntilClose),
+            "{case}"
+        );
+        assert_eq!(r.body, body, "{case}");
+        r.assert_date();
+        if !keep_alive {
+            c.assert_closed().await;
+        }
+    }
+    lb.shutdown().await;
+}
+
+/// An upstream answer delimited by its close reaches an HTTP/1.1 client whole, in a framing
+/// the client can delimit: chunked or a length (the connection may stay), or up to a close.
+#[tokio::test]
+async fn close_delimited_upstream_answer_reaches_an_http11_client_whole() {
+    let lb = lb(&[origin().await.to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    let r = c.get("/eof").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.body, b"close-delimited body", "{}", r.head);
+    r.assert_date();
+    match r.framing {
+        // Ended by the close, which is all a client can go by here.
+        Framing::UntilClose => {}
+        Framing::Chunked | Framing::Length => {
+            let r = c.get("/len").await;
+            assert_eq!(r.body, b"twelve bytes", "{}", r.head);
+        }
+        Framing::Bodiless => panic!("no body: {}", r.head),
+    }
+    lb.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Our own answers.
+
+/// 502 (the server refuses), 503 (its only server in maintenance) and 504 (too slow) come
+/// with a content type, a length that matches the body, and a date.
+#[tokio::test]
+async fn own_error_answers_are_framed_and_dated() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let lb502 = lb(&[dead], "").await;
+    let mut c = Client::connect(lb502.http_addr("web")).await;
+    assert_error(&c.get("/").await, 502);
+
+    let up = Upstream::start("up").await;
+    let lb503 = lb(&[up.addr().to_string()], "").await;
+    let resp = http_client()
+        .post(format!(
+            "http://{}/api/v1/backends/cc/servers/{}/state",
+            lb503.admin_addr(),
+            up.addr()
+        ))
+        .body(r#"{"state": "maint"}"#)
+        .send()
+        .await
+        .expect("admin API");
+    assert_eq!(resp.status(), 200);
+    let mut c = Client::connect(lb503.http_addr("web")).await;
+    assert_error(&c.get("/").await, 503);
+
+    let slow = Upstream::start_with("slow", |_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(Full::new(Bytes::from("late")))
+    })
+    .await;
+    let lb504 = Lb::start_ready(&support::static_config(
+        "cc",
+        &[slow.addr().to_string()],
+        "",
+        "response_timeout = \"300ms\"\n[backend.check]\ntype = \"none\"",
+    ))
+    .await;
+    let mut c = Client::connect(lb504.http_addr("web")).await;
+    assert_error(&c.get("/").await, 504);
+
+    lb502.shutdown().await;
+    lb503.shutdown().await;
+    lb504.shutdown().await;
+}
+
+fn assert_error(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{}", r.head);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/")),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.content_length(), Some(r.body.len()), "{}", r.head);
+    assert!(!r.body.is_empty(), "{}", r.head);
+    r.assert_date();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request heads.
+
+/// Sends `bytes` on a new connection and expects one answer in `statuses`, with a length and
+/// a date, then a close.
+async fn refused(addr: SocketAddr, bytes: &[u8], statuses: &[u16], what: &str) {
+    let mut c = Client::connect(addr).await;
+    c.send(bytes).await;
+    let r = c.response(false).await;
+    assert!(statuses.contains(&r.status), "{what}: {}", r.head);
+    assert!(r.content_length().is_some(), "{what}: {}", r.head);
+    r.assert_date();
+    if let Err(e) = c.closed_within(STEP).await {
+        panic!("{what}: wanted a close after {}: {e}", r.status);
+    }
+}
+
+/// A GET whose header section is `size` bytes long, give or take a few.
+fn head_of_size(path: &str, size: usize) -> Vec<u8> {
+    let mut h = format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Fill: ").into_bytes();
+    let fill = size.saturating_sub(h.len() + 4);
+    h.extend(std::iter::repeat_n(b'a', fill));
+    h.extend(b"\r\n\r\n");
+    h
+}
+
+/// With `max_header_size = 16384`: a 15 KiB header section is forwarded; one over 16 KiB is
+/// answered 431 and closed, and nothing pipelined behind it is read.
+#[tokio::test]
+async fn header_section_over_max_header_size_is_431_and_closed() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "max_header_size = 16384").await;
+    let web = lb.http_addr("web");
+    let mut c = Client::connect(web).await;
+    c.send(head_of_size("/fits", 15 * 1024)).await;
+    c.response(false).await.assert_ok("/fits", raw::FIXED_BODY);
+
+    let mut big = head_of_size("/too-big", 17 * 1024);
+    big.extend(get("/behind").as_bytes());
+    refused(web, &big, &[431], "17 KiB head").await;
+    let targets: Vec<String> = up.take().requests.into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/fits"]);
+    lb.shutdown().await;
+}
+
+/// 100 header fields are forwarded; 101 are refused (431, or 400) and the connection closed.
+#[tokio::test]
+async fn more_than_100_header_fields_are_refused() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let web = lb.http_addr("web");
+    let with_fields = |path: &str, n: usize| {
+        let mut h = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        for i in 1..n {
+            h.push_str(&format!("X-Field-{i}: v\r\n"));
+        }
+        h.push_str("\r\n");
+        h
+    };
+    let mut c = Client::connect(web).await;
+    c.send(with_fields("/hundred", 100)).await;
+    c.response(false)
+        .await
+        .assert_ok("/hundred", raw::FIXED_BODY);
+    refused(
+        web,
+        with_fields("/too-many", 101).as_bytes(),
+        &[431, 400],
+        "101 fields",
+    )
+    .await;
+    let seen = up.take();
+    let targets: Vec<&str> = seen.requests.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/hundred"]);
+    assert_eq!(seen.requests[0].all("x-field-99"), ["v"]);
+    lb.shutdown().await;
+}
+
+/// Malformed request lines get 400 and a close; a bad version (`http/1.1` in lower case, or an
+/// `HTTP/2.0` or `HTTP/3.0` request line that is not the h2 preface) gets 400, 426 or 505 and
+/// a close. Nothing reaches the upstream,
+/// and the frontend serves the next client.
+#[tokio::test]
+async fn malformed_request_lines_are_refused() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let web = lb.http_addr("web");
+    const VERSION: &[u16] = &[400, 426, 505];
+    let cases: &[(&str, &[u16])] = &[
+        ("GET\r\nHost: x\r\n\r\n", &[400]),
+        ("GET /\r\nHost: x\r\n\r\n", &[400]),
+        ("GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n", &[400]),
+        ("GET  / HTTP/1.1\r\nHost: x\r\n\r\n", &[400]),
+        ("GET / HTTP/1.1\r\n: no-name\r\n\r\n", &[400]),
+        ("GET / http/1.1\r\nHost: x\r\n\r\n", VERSION),
+        ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", VERSION),
+        ("GET / HTTP/3.0\r\nHost: x\r\n\r\n", VERSION),
+    ];
+    for (bytes, statuses) in cases {
+        refused(web, bytes.as_bytes(), statuses, &format!("{bytes:?}")).await;
+    }
+    assert!(
+        up.take().is_empty(),
+        "a malformed request reached the upstream"
+    );
+    let mut c = Client::connect(web).await;
+    c.get("/still-up")
+        .await
+        .assert_ok("/still-up", raw::FIXED_BODY);
+    lb.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expect: 100-continue.
+
+/// A client that waits for `100 Continue` gets it (and no final answer) before it sends its
+/// body, then the final answer; the upstream gets the body byte for byte, with a length or
+/// chunked, and the connection carries the next request.
+#[tokio::test]
+async fn expect_100_continue_then_the_body_byte_for_byte() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    let body = pattern(300);
+
+    c.send("POST /expect-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let interim = c.response(false).await;
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    assert_eq!(interim.version, "HTTP/1.1", "{}", interim.head);
+    c.assert_quiet().await;
+    c.send(&body).await;
+    c.response(false)
+        .await
+        .assert_ok("/expect-cl", raw::FIXED_BODY);
+
+    c.send("POST /expect-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let interim = c.response(false).await;
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    c.assert_quiet().await;
+    c.send(b"64\r\n").await;
+    c.send(&body[..100]).await;
+    c.send(b"\r\nc8\r\n").await;
+    c.send(&body[100..]).await;
+    c.send(b"\r\n0\r\n\r\n").await;
+    c.response(false)
+        .await
+        .assert_ok("/expect-chunked", raw::FIXED_BODY);
+
+    c.get("/after").await.assert_ok("/after", raw::FIXED_BODY);
+    let seen = up.take();
+    assert_eq!(seen.requests.len(), 3, "{}", seen.describe());
+    for r in &seen.requests[..2] {
+        assert!(
+            r.complete && r.body == body,
+            "{} body changed: {}",
+            r.target,
+            seen.describe()
+        );
+    }
+    lb.shutdown().await;
+}
+
+/// When the answer needs no body (no server can be reached: 502), the client gets that final
+/// answer with no `100 Continue` before it, and never has to send the body.
+#[tokio::test]
+async fn expect_100_continue_is_not_sent_before_an_error_answer() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let lb = lb(&[dead], "").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_error(&r, 502);
+    lb.shutdown().await;
+}
