@@ -507,7 +507,7 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
 }
 
 /// A Content-Length value: decimal digits only (no sign, no spaces inside).
-fn parse_decimal(v: &str) -> Option<u64> {
+pub(crate) fn parse_decimal(v: &str) -> Option<u64> {
     let v = v.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -517,7 +517,7 @@ fn parse_decimal(v: &str) -> Option<u64> {
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy)]
-enum Chunked {
+pub(crate) enum Chunked {
     /// Before a chunk-size line.
     Size,
     /// Inside a chunk, with this many bytes left.
@@ -529,7 +529,7 @@ enum Chunked {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum State {
+pub(crate) enum State {
     Length(u64),
     Chunked(Chunked),
     Close,
@@ -666,16 +666,12 @@ impl hyper::body::Body for Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            State::Done => SizeHint::with_exact(0),
-            State::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.state.size_hint()
     }
 }
 
 /// What one decoding step came to.
-enum Step {
+pub(crate) enum Step {
     Frame(Frame<Bytes>),
     /// Needs more bytes.
     More,
@@ -684,7 +680,7 @@ enum Step {
 }
 
 impl State {
-    fn new(framing: Framing) -> State {
+    pub(crate) fn new(framing: Framing) -> State {
         match framing {
             Framing::None | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
@@ -693,8 +689,21 @@ impl State {
         }
     }
 
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, State::Done)
+    }
+
+    /// What is known of the body's remaining length.
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match *self {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+
     /// Takes the next frame of the body off the front of `buf`, if it is there.
-    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Result<Step, Error> {
         loop {
             let c = match *self {
                 State::Done => return Ok(Step::End),

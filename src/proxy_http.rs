@@ -58,6 +58,7 @@ use tracing::{debug, info, warn};
 use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::h1_client;
+use crate::h1_server;
 use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
@@ -148,7 +149,7 @@ impl hyper::body::Body for Guarded {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A server's response body: read by our HTTP/1.1 client, or by hyper (HTTP/2 and upgrades).
 enum RespBody {
@@ -185,12 +186,47 @@ impl hyper::body::Body for RespBody {
     }
 }
 
+/// A client's request body: read by our HTTP/1.x server, or by hyper's (HTTP/2).
+pub(crate) enum ReqBody {
+    H1(h1_server::Body),
+    Hyper(Incoming),
+}
+
+impl hyper::body::Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::H1(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::H1(b) => b.is_end_stream(),
+            ReqBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ReqBody::H1(b) => b.size_hint(),
+            ReqBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body on its way upstream, recording who the transfer is waiting on,
 /// so that a body that breaks (a bad chunk, a client that hangs up mid-body) or stalls until
 /// the response timeout is blamed on the client (`400`, `408`) rather than on the server
 /// (`502`, `504`, and a passive ejection).
 struct ClientBody {
-    inner: Incoming,
+    inner: ReqBody,
     /// `None` for a body that is empty from the start: bodiless requests allocate nothing.
     /// (The state is shared with `forward`, which needs it after the body was handed to the
     /// upstream connection; an error type alone would not tell a stalled body from a slow
@@ -230,7 +266,7 @@ impl BodyState {
 }
 
 impl ClientBody {
-    fn new(inner: Incoming) -> ClientBody {
+    fn new(inner: ReqBody) -> ClientBody {
         let state = (!hyper::body::Body::is_end_stream(&inner)).then(Arc::default);
         ClientBody { inner, state }
     }
@@ -238,12 +274,12 @@ impl ClientBody {
 
 impl hyper::body::Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Some(state) = &self.state {
             state.set(match &polled {
@@ -450,7 +486,7 @@ impl HttpFrontend {
 }
 
 /// One client connection: who is on the other end, and where its tunnels are tracked.
-struct Conn {
+pub(crate) struct Conn {
     fe: HttpFrontend,
     /// The client: the peer, or the PROXY header's source.
     client: SocketAddr,
@@ -462,6 +498,13 @@ struct Conn {
     xff: HeaderValue,
     /// HTTP/2 only: streams the client reset before their answer.
     resets: Option<Resets>,
+}
+
+impl Conn {
+    /// The largest request head taken: the frontend's `max_header_size`.
+    pub(crate) fn head_limit(&self) -> usize {
+        self.fe.frontend.max_header_size
+    }
 }
 
 /// Streams of one HTTP/2 connection, and how many of them the client reset before their
@@ -541,26 +584,11 @@ pub async fn serve(
     shutdown: Signal,
     tracker: TaskTracker,
 ) {
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    h1
-        // One flat buffer per response (hyper copies the body in): over TLS one plaintext
-        // slice for rustls, which seals it without gathering the pieces first; over TCP one
-        // `send(2)` instead of a `writev(2)` of head and body. Measured on plain HTTP
-        // keep-alive: 25.4k -> 24.9k instructions a request, and a median of +8% requests per
-        // CPU-second over 8 alternated pairs of runs (the copy is cheaper than the iovecs).
-        .writev(false)
-        .timer(TokioTimer::new())
-        // hyper's own header timer bounds the idle wait between keep-alive requests: it starts
-        // when hyper starts reading the next request, after the response has ended (a stream
-        // with long gaps between its chunks is not cut).
-        .header_read_timeout(fe.frontend.idle_timeout)
-        .max_buf_size(fe.frontend.max_header_size.max(8192))
-        .keep_alive(true);
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(Servers { h1, h2 });
+    let builder = Arc::new(h2);
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
     let limit = crate::proxy_tcp::ConnLimit::new(&fe.frontend);
@@ -614,17 +642,17 @@ pub async fn serve(
     debug!(frontend = %name, "stopped accepting");
 }
 
-/// hyper's servers for one frontend's connections, one per protocol.
-struct Servers {
-    h1: hyper::server::conn::http1::Builder,
-    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
-}
+/// hyper's server for one frontend's HTTP/2 connections (HTTP/1.x is `h1_server`'s).
+type H2Server = hyper::server::conn::http2::Builder<TokioExecutor>;
 
 /// A client connection after its PROXY header and TLS handshake.
 /// (The TLS stream is boxed: unboxed, its ~1 KiB would be copied with every move of a plain
 /// connection's future too.)
-type ClientIo =
+pub(crate) type ClientIo =
     tokio_util::either::Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+
+/// A client connection as the HTTP servers read it: with its timeouts and byte counts.
+pub(crate) type Stream = HeadTimeout<ClientIo>;
 
 /// One client connection: PROXY header and TLS (dropped if `shutdown` fires meanwhile), then
 /// HTTP until the client ends it or `shutdown` closes it gracefully.
@@ -632,7 +660,7 @@ async fn accept(
     fe: HttpFrontend,
     stream: TcpStream,
     peer: SocketAddr,
-    builder: &Servers,
+    builder: &H2Server,
     shutdown: &Signal,
     tracker: TaskTracker,
 ) {
@@ -745,17 +773,15 @@ async fn setup(
     Some((io, client, local))
 }
 
-/// Runs hyper's server (HTTP/1.1 with upgrades, or HTTP/2) on one client connection: the
-/// protocol ALPN chose (`alpn_h2`), else the one its first bytes show.
-async fn serve_conn<S>(
-    io: S,
+/// Serves one client connection: our HTTP/1.x server, or hyper's HTTP/2 one, as ALPN chose
+/// (`alpn_h2`), else as its first bytes show.
+async fn serve_conn(
+    io: ClientIo,
     alpn_h2: Option<bool>,
     mut conn: Conn,
-    builder: &Servers,
+    builder: &H2Server,
     stop: &mut Watch,
-) where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
+) {
     let client = conn.client;
     let mut io = HeadTimeout::new(
         io,
@@ -777,44 +803,35 @@ async fn serve_conn<S>(
             _ = &mut *stop => return,
         },
     };
-    let close = h2.then(|| {
-        let r = Resets::new();
-        let watch = r.close.watch();
-        conn.resets = Some(r);
-        watch
-    });
+    if !h2 {
+        let first = io.take_sniffed();
+        h1_server::serve(io, first, &conn, stop).await;
+        return;
+    }
+    let r = Resets::new();
+    let mut close = r.close.watch();
+    conn.resets = Some(r);
     let conn = Arc::new(conn);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move {
             let mut stream = StreamGuard::new(conn.resets.as_ref());
-            let resp = handle(&conn, req).await;
+            let resp = handle(&conn, req.map(ReqBody::Hyper)).await;
             stream.answered = true;
             Ok::<_, Infallible>(resp)
         }
     });
     let io = TokioIo::new(io);
     // Boxed: hyper's connection state is large, and the task's future is moved on spawn.
-    let res = if let Some(close) = close {
-        let mut http = Box::pin(builder.h2.serve_connection(io, svc));
-        tokio::select! {
-            r = http.as_mut() => r,
-            _ = &mut *stop => {
-                http.as_mut().graceful_shutdown();
-                http.await
-            }
-            // Dropped at once: its streams end, the socket closes.
-            _ = close => Ok(()),
+    let mut http = Box::pin(builder.serve_connection(io, svc));
+    let res = tokio::select! {
+        r = http.as_mut() => r,
+        _ = &mut *stop => {
+            http.as_mut().graceful_shutdown();
+            http.await
         }
-    } else {
-        let mut http = Box::pin(builder.h1.serve_connection(io, svc).with_upgrades());
-        tokio::select! {
-            r = http.as_mut() => r,
-            _ = &mut *stop => {
-                http.as_mut().graceful_shutdown();
-                http.await
-            }
-        }
+        // Dropped at once: its streams end, the socket closes.
+        _ = &mut close => Ok(()),
     };
     if let Err(e) = res {
         debug!(client = %client, error = %e, "client connection ended with an error");
@@ -826,7 +843,7 @@ async fn serve_conn<S>(
 
 /// Serves one request: pick, forward, map failures to status codes, record metrics and the
 /// access log line.
-async fn handle(conn: &Conn, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body> {
     let start = Instant::now();
     let fe = &conn.fe;
     // Dropped with this future if the client goes away first: then it logs `client_abort`.
@@ -1139,7 +1156,7 @@ async fn forward(
     conn: &Conn,
     snap: &Arc<Snapshot>,
     index: usize,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     trace: &mut Trace,
 ) -> (Response<Body>, Option<Arc<Server>>) {
     let backend = &snap.backends[index];
@@ -1150,7 +1167,10 @@ async fn forward(
         upgrade: cfg.protocol == Protocol::Http1 && wants_upgrade(&req),
     };
     // Taken before the request is rewritten; it resolves once our 101 reaches the client.
-    let mut client_upgrade = target.upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut client_upgrade = target
+        .upgrade
+        .then(|| req.extensions_mut().remove::<h1_server::ClientUpgrade>())
+        .flatten();
     let mut req = rewrite_request(req, conn, &cfg.name, target);
     // Kept to tell, once the body is gone upstream, whether a failure was the client's.
     let body_state = match req.body() {
@@ -1313,7 +1333,7 @@ fn tunnel(
     conn: &Conn,
     server: &Arc<Server>,
     active: ActiveGuard,
-    client_side: OnUpgrade,
+    client_side: h1_server::ClientUpgrade,
     server_side: OnUpgrade,
 ) {
     let mut kill = server.kill_token().watch();
@@ -1324,8 +1344,11 @@ fn tunnel(
         let _active = active;
         gauge.increment(1.0);
         let relay = async {
-            let (c, s) = tokio::try_join!(client_side, server_side).map_err(io::Error::other)?;
-            let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
+            let (mut c, s) = tokio::try_join!(
+                client_side.io(),
+                async { server_side.await.map_err(io::Error::other) },
+            )?;
+            let mut s = TokioIo::new(s);
             tokio::io::copy_bidirectional(&mut c, &mut s).await
         };
         tokio::select! {
@@ -1736,7 +1759,7 @@ impl Keep {
 }
 
 /// Whether the `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1746,7 +1769,7 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` and `Upgrade: X`).
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade")
@@ -1841,7 +1864,7 @@ fn announce_grpc_trailers(headers: &mut HeaderMap) {
 /// (which send :authority), and the URI and version of the upstream protocol: origin-form
 /// and HTTP/1.1, or absolute (for `:scheme` and `:authority`) and HTTP/2.
 fn rewrite_request(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     conn: &Conn,
     backend: &str,
     target: Target,
@@ -1957,7 +1980,7 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 ///
 /// NOTE: written by hand because neither hyper nor hyper-util can answer a header timeout
 /// with a status; it only scans for the blank line and never parses.
-struct HeadTimeout<S> {
+pub(crate) struct HeadTimeout<S> {
     inner: S,
     /// Every byte read from and written to the client (`switchyard_bytes_*_total`).
     received: metrics::Counter,
@@ -1987,7 +2010,8 @@ struct HeadTimeout<S> {
 enum HeadState {
     /// A new connection, no byte yet; the deadline is `idle` after the accept.
     Fresh,
-    /// Between requests: no byte of the next one yet (hyper's header timer runs).
+    /// Between requests: no byte of the next one yet; the deadline is `idle` after the last
+    /// write of a response.
     Idle,
     /// Reading a header section; the deadline is `limit` after its first byte.
     Head,
@@ -2068,7 +2092,9 @@ impl<S> HeadTimeout<S> {
             self.state = HeadState::Off;
             self.upgraded = true;
         } else if !first.starts_with(b"HTTP/1.1 1") {
+            // Set on every write, so a long response does not use up the wait that follows it.
             self.state = HeadState::Idle;
+            self.set_deadline(self.idle);
         }
     }
 
@@ -2140,15 +2166,13 @@ fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
     has_blank_line(&seam[..3 + k]) || has_blank_line(bytes)
 }
 
-/// Whether `w` holds LF LF or LF CR LF (which CRLFCRLF contains): one pass over the bytes.
+/// Whether `w` holds LF LF or LF CR LF (which CRLFCRLF contains). `memchr` jumps from line
+/// end to line end (a byte-by-byte scan cost about 500 instructions a request).
 fn has_blank_line(w: &[u8]) -> bool {
-    w.iter().enumerate().any(|(i, &b)| {
-        b == b'\n'
-            && match w.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => w.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
+    memchr::memchr_iter(b'\n', w).any(|i| match w.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => w.get(i + 2) == Some(&b'\n'),
+        _ => false,
     })
 }
 
@@ -2165,6 +2189,19 @@ fn last3(tail: &[u8; 3], bytes: &[u8]) -> [u8; 3] {
 const SNIFF_BUF: usize = 4096;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
+    /// The bytes `sniff_h2` read, to be parsed without reading them again.
+    pub(crate) fn take_sniffed(&mut self) -> BytesMut {
+        std::mem::take(&mut self.pending)
+            .try_into_mut()
+            .unwrap_or_else(|b| BytesMut::from(&b[..]))
+    }
+
+    /// Puts bytes back to be read before anything new (what a client sent after its upgrade
+    /// request, for the tunnel).
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        self.pending = bytes;
+    }
+
     /// Reads the connection's first bytes until they tell HTTP/2 (its preface) from HTTP/1
     /// (anything else, or the end of the stream), and keeps them to be read again. The first
     /// read nearly always holds the whole request head, so this costs no extra read.
@@ -2212,12 +2249,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if self.state == HeadState::Fresh && self.timed_out(cx) {
+                if matches!(self.state, HeadState::Fresh | HeadState::Idle) && self.timed_out(cx) {
                     self.state = HeadState::Off;
-                    debug!("no request on a new connection within the idle timeout; closing");
+                    debug!("no request within the idle timeout; closing");
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "no request on a new connection",
+                        "no request within the idle timeout",
                     )));
                 }
                 if self.state == HeadState::Head && self.timed_out(cx) {

@@ -69,6 +69,11 @@ impl std::fmt::Debug for Watch {
 }
 
 impl Watch {
+    /// Whether the signal fired, without registering for a wake-up.
+    pub fn is_fired(&self) -> bool {
+        self.signal.is_fired()
+    }
+
     /// Whether the signal fired; if not, the task of `cx` is woken when it does.
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.signal.is_fired() {
