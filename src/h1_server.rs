@@ -21,7 +21,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -363,6 +363,9 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
     let mut reader = Reader { half, buf: first };
     let mut out: Vec<u8> = Vec::new();
     let mut closing = false;
+    // Each request's future runs in this one slot on the heap. Inline, its several KiB would
+    // make the connection's future that much larger, and that is copied whole when spawned.
+    let mut slot = Box::pin(None);
     loop {
         // The next request head; while none of it has come, `stop` closes the connection.
         let head = loop {
@@ -426,7 +429,10 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             expecting,
             w: &mut w,
         };
-        let Some(mut resp) = respond(conn, req, watch, stop, &mut closing).await else {
+        slot.set(Some(proxy_http::handle(conn, req)));
+        let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
+        slot.set(None);
+        let Some(mut resp) = resp else {
             // The client left: dropping the request cancels it (`client_abort` in the log).
             return;
         };
@@ -500,24 +506,28 @@ struct Watching<'a> {
 /// Runs the request to its response while watching the connection (see `Watching`): the
 /// client closing it or failing cancels the request (`None`), as hyper's server did. If
 /// `stop` has fired by the time the response is ready, it closes the connection.
-async fn respond(
-    conn: &Conn,
-    req: Request<ReqBody>,
+async fn respond<F>(
+    mut handling: Pin<&mut Option<F>>,
     watch: Watching<'_>,
     stop: &Watch,
     closing: &mut bool,
-) -> Option<Response<proxy_http::Body>> {
+) -> Option<Response<proxy_http::Body>>
+where
+    F: Future<Output = Response<proxy_http::Body>>,
+{
     let Watching {
         held,
         limit,
         mut expecting,
         w,
     } = watch;
-    let mut handling = pin!(proxy_http::handle(conn, req));
     let mut reading = true;
     let mut sent = 0;
     poll_fn(|cx| {
-        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+        let Some(handle) = handling.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(resp) = handle.poll(cx) {
             *closing |= stop.is_fired();
             return Poll::Ready(Some(resp));
         }

@@ -762,7 +762,9 @@ async fn setup(
     };
     let io = match &fe.tls {
         None => ClientIo::Left(stream),
-        Some(acceptor) => match acceptor.accept(stream).await {
+        // Boxed: the handshake's state is over a KiB, which every connection's future would
+        // otherwise carry (and copy when spawned), TLS or not.
+        Some(acceptor) => match Box::pin(acceptor.accept(stream)).await {
             Ok(tls) => ClientIo::Right(Box::new(tls)),
             Err(e) => {
                 debug!(frontend = %f.name, client = %client, error = %e, "TLS handshake failed");
@@ -1376,11 +1378,21 @@ async fn send(
     // NOTE: a connection that began with a PROXY header speaks for one client only, so with
     // `send_proxy` connections are neither pooled nor shared (HAProxy marks them private too).
     let private = cfg.send_proxy != ProxyVersion::None;
+    // HTTP/2 and upgrades are boxed: hyper's futures (and a TLS handshake) are several KiB,
+    // which every request's future would otherwise carry and copy.
     let resp = if target.h2 {
-        send_h2(server, dial, req, private, cfg.response_timeout, trace).await
+        Box::pin(send_h2(
+            server,
+            dial,
+            req,
+            private,
+            cfg.response_timeout,
+            trace,
+        ))
+        .await
     } else if target.upgrade {
         // An upgraded connection is the tunnel's: hyper hands its socket over after the `101`.
-        send_upgrade(dial, req, cfg.response_timeout, trace).await
+        Box::pin(send_upgrade(dial, req, cfg.response_timeout, trace)).await
     } else {
         return send_h1(server, cfg, dial, req, private, trace).await;
     };
@@ -1575,8 +1587,10 @@ impl Dial {
 }
 
 /// A new HTTP/1.1 connection for our own client. It closes when the server's drain times out.
+/// (Boxed: a TLS handshake's future is several KiB, which every request's future would
+/// otherwise carry and copy; the allocation is per new connection only.)
 async fn connect_raw(dial: &Dial) -> io::Result<h1_client::Conn> {
-    let io = dial.timed(dial.io(&[b"http/1.1"])).await?;
+    let io = Box::pin(dial.timed(dial.io(&[b"http/1.1"]))).await?;
     Ok(h1_client::Conn::new(io))
 }
 
