@@ -582,10 +582,12 @@ impl Body {
     }
 
     /// The body broke: the connection is closed and the error reported at the next poll.
-    /// NOTE: held back one poll on purpose. hyper's server gathers the response head and the
-    /// data frames it can get into one write, and drops that unwritten output when the body
-    /// fails; the `Pending` lets it flush, so the client gets the head and the data that did
-    /// arrive (a visibly truncated answer, as from HAProxy) rather than a bare close.
+    /// NOTE: held back one poll on purpose. A server side that gathers the response head and
+    /// the data frames it can get into one write may drop that unwritten output when the body
+    /// fails (hyper's HTTP/1 server did); the `Pending` lets it flush, so the client gets the
+    /// head and the data that did arrive (a visibly truncated answer, as from HAProxy) rather
+    /// than a bare close. Our HTTP/1.x server writes what it gathered before it looks at the
+    /// error anyway; for hyper's HTTP/2 server the hold-back still applies.
     fn fail(
         &mut self,
         e: Error,

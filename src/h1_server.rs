@@ -359,6 +359,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
 /// `first` holds bytes already read from it.
 pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut Watch) {
     let limit = conn.head_limit();
+    let serving = io.serving();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
     let mut out: Vec<u8> = Vec::new();
@@ -398,6 +399,8 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             expect_continue,
             te_trailers,
         } = head;
+        // Until the response is written: what is read meanwhile is read ahead, not waited for.
+        serving.store(true, Ordering::Relaxed);
         closing |= !keep_alive;
         let head_method = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
@@ -469,6 +472,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         if out.capacity() > KEEP_OUT {
             out = Vec::new();
         }
+        serving.store(false, Ordering::Relaxed);
         if sent.is_err() {
             return;
         }
@@ -705,25 +709,15 @@ where
     let mut pos = 0;
     poll_fn(|cx| {
         loop {
-            while pos < out.len() {
-                match ready!(Pin::new(&mut *w).poll_write(cx, &out[pos..])) {
-                    Ok(0) | Err(_) => return Poll::Ready(Err(Cut)),
-                    Ok(n) => pos += n,
-                }
-            }
-            out.clear();
-            pos = 0;
-            if ended {
-                ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|_| Cut)?;
-                return Poll::Ready(if failed { Err(Cut) } else { Ok(()) });
-            }
-            loop {
+            // Gather what the body has ready behind what is already there (the head, first),
+            // unless a write of it is under way.
+            let mut waiting = false;
+            while pos == 0 && !ended && out.len() < WRITE_CHUNK {
                 let frame = match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Pending if out.is_empty() => {
-                        ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|_| Cut)?;
-                        return Poll::Pending;
+                    Poll::Pending => {
+                        waiting = true;
+                        break;
                     }
-                    Poll::Pending => break,
                     Poll::Ready(None) => None,
                     Poll::Ready(Some(Ok(f))) => Some(f),
                     Poll::Ready(Some(Err(_))) => {
@@ -738,42 +732,50 @@ where
                     break;
                 };
                 match frame.into_data() {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            continue;
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => match framing {
+                        Out::Length(_) if data.len() as u64 > left => {
+                            // Longer than announced: the rest would be read as a response.
+                            failed = true;
+                            ended = true;
                         }
-                        match framing {
-                            Out::Length(_) if data.len() as u64 > left => {
-                                // Longer than announced: the rest would be read as a response.
-                                failed = true;
-                                ended = true;
-                                break;
-                            }
-                            Out::Length(_) => {
-                                left -= data.len() as u64;
-                                out.extend_from_slice(&data);
-                            }
-                            Out::Chunked => {
-                                encode_hex(out, data.len());
-                                out.extend_from_slice(b"\r\n");
-                                out.extend_from_slice(&data);
-                                out.extend_from_slice(b"\r\n");
-                            }
-                            Out::Close => out.extend_from_slice(&data),
-                            Out::None => {}
+                        Out::Length(_) => {
+                            left -= data.len() as u64;
+                            out.extend_from_slice(&data);
                         }
-                    }
+                        Out::Chunked => {
+                            encode_hex(out, data.len());
+                            out.extend_from_slice(b"\r\n");
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        Out::Close => out.extend_from_slice(&data),
+                        Out::None => {}
+                    },
                     Err(frame) => {
                         if let Ok(t) = frame.into_trailers() {
                             ended = true;
                             failed |= !finish(out, framing, left, Some(&t), trailers.as_ref());
-                            break;
                         }
                     }
                 }
-                if out.len() >= WRITE_CHUNK {
-                    break;
+            }
+            // Write it: head and body together when the body was ready.
+            while pos < out.len() {
+                match ready!(Pin::new(&mut *w).poll_write(cx, &out[pos..])) {
+                    Ok(0) | Err(_) => return Poll::Ready(Err(Cut)),
+                    Ok(n) => pos += n,
                 }
+            }
+            out.clear();
+            pos = 0;
+            if ended || waiting {
+                // Done, or the body has nothing more yet: what was written goes out now.
+                ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|_| Cut)?;
+                if ended {
+                    return Poll::Ready(if failed { Err(Cut) } else { Ok(()) });
+                }
+                return Poll::Pending;
             }
         }
     })
@@ -1107,6 +1109,43 @@ mod tests {
         let (ok, w) = written(vec![data("ab"), data("c")], Out::Close, None).await;
         assert!(ok);
         assert_eq!(w, "HEAD\r\nabc");
+    }
+
+    /// Records each write it takes.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_body_goes_out_with_its_head_in_one_write() {
+        let mut w = Writes::default();
+        let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec();
+        let mut body = frames(vec![data("he"), data("llo")]);
+        assert!(
+            write_body(&mut w, &mut out, &mut body, Out::Length(5), None)
+                .await
+                .is_ok()
+        );
+        assert_eq!(w.0.len(), 1, "one write of head and body");
+        assert!(w.0[0].ends_with(b"\r\n\r\nhello"));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! Per client connection, in order: the PROXY header when `accept_proxy` is on (its source is
 //! the client address for X-Forwarded-For), TLS termination when the frontend has
-//! `[frontend.tls]`, then hyper's server. Per upstream connection: TCP, the PROXY header when
-//! the backend has `send_proxy`, TLS (ALPN `http/1.1` or `h2`) when it has `[backend.tls]`.
+//! `[frontend.tls]`, then our HTTP/1.x server (`h1_server`) or hyper's HTTP/2 one. Per
+//! upstream connection: TCP, the PROXY header when the backend has `send_proxy`, TLS (ALPN
+//! `http/1.1` or `h2`) when it has `[backend.tls]`.
 //! An HTTP/1.1 `Upgrade` (WebSocket and friends) the server accepts with `101` becomes a
 //! byte tunnel that counts as in flight on its server until it ends or the drain times out.
 //!
@@ -34,7 +35,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -2018,6 +2019,9 @@ pub(crate) struct HeadTimeout<S> {
     upgraded: bool,
     /// Bytes `sniff_h2` read, served before any new read.
     pending: Bytes,
+    /// Set by the HTTP/1.x server while it serves a request: bytes read meanwhile (a pipelined
+    /// request, read ahead) start no header timer, and no idle timeout applies.
+    serving: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2059,6 +2063,7 @@ impl<S> HeadTimeout<S> {
             write_blocked: false,
             upgraded: false,
             pending: Bytes::new(),
+            serving: Arc::default(),
         }
     }
 
@@ -2081,7 +2086,9 @@ impl<S> HeadTimeout<S> {
                 return;
             }
         }
-        if matches!(self.state, HeadState::Idle | HeadState::Fresh) {
+        if matches!(self.state, HeadState::Idle | HeadState::Fresh)
+            && !self.serving.load(Ordering::Relaxed)
+        {
             self.state = HeadState::Head;
             self.tail = [0; 3];
             self.set_deadline(self.limit);
@@ -2210,6 +2217,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
             .unwrap_or_else(|b| BytesMut::from(&b[..]))
     }
 
+    /// The flag that tells this wrapper a request is being served (see `serving`).
+    pub(crate) fn serving(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.serving)
+    }
+
     /// Puts bytes back to be read before anything new (what a client sent after its upgrade
     /// request, for the tunnel).
     pub(crate) fn unread(&mut self, bytes: Bytes) {
@@ -2263,7 +2275,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if matches!(self.state, HeadState::Fresh | HeadState::Idle) && self.timed_out(cx) {
+                if matches!(self.state, HeadState::Fresh | HeadState::Idle)
+                    && !self.serving.load(Ordering::Relaxed)
+                    && self.timed_out(cx)
+                {
                     self.state = HeadState::Off;
                     debug!("no request within the idle timeout; closing");
                     return Poll::Ready(Err(io::Error::new(

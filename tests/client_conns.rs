@@ -556,6 +556,23 @@ async fn shutdown_closes_idle_connections_and_ends_busy_ones_after_their_answer(
 // ---------------------------------------------------------------------------------------------
 // Pipelining and request bodies.
 
+/// A pipelined request that is served for longer than `idle_timeout` (its head was read with
+/// the one before it, so the connection is never idle while it is served) is answered, and so
+/// is one that follows it.
+#[tokio::test]
+async fn a_slow_pipelined_request_is_not_cut_by_the_idle_timeout() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "idle_timeout = \"1s\"").await;
+    let mut c = Client::connect(lb.http_addr("web")).await;
+    let slow = format!("{}-piped", raw::SLOW_PATH);
+    c.send(format!("{}{}{}", get("/first"), get(&slow), get("/third")))
+        .await;
+    c.response(false).await.assert_ok("/first", raw::FIXED_BODY);
+    c.response(false).await.assert_ok(&slow, raw::FIXED_BODY);
+    c.response(false).await.assert_ok("/third", raw::FIXED_BODY);
+    lb.shutdown().await;
+}
+
 /// POST with a length, GET, POST chunked, GET, all in one write: answered in order, and the
 /// upstream gets each request whole, in order.
 #[tokio::test]
