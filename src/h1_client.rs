@@ -50,6 +50,8 @@ pub enum Error {
     Closed(Option<io::Error>),
     /// Reading or writing the connection failed after the response began.
     Io(io::Error),
+    /// No response head by the deadline.
+    TimedOut,
     /// The server's response is not valid HTTP/1.1 (or is over our limits).
     Invalid(&'static str),
     /// The client's request body failed (cut short or malformed).
@@ -62,6 +64,7 @@ impl fmt::Display for Error {
             Error::Closed(None) => f.write_str("connection closed before a response"),
             Error::Closed(Some(e)) => write!(f, "connection failed before a response: {e}"),
             Error::Io(e) => write!(f, "{e}"),
+            Error::TimedOut => f.write_str("no response within the response timeout"),
             Error::Invalid(what) => write!(f, "invalid response: {what}"),
             Error::ClientBody(e) => write!(f, "client request body: {e}"),
         }
@@ -74,6 +77,9 @@ impl std::error::Error for Error {}
 pub(crate) struct Conn {
     io: UpIo,
     buf: BytesMut,
+    /// The response timer, made at the first request and then moved lazily (see
+    /// `timed_out`).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -81,7 +87,29 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            timer: None,
         }
+    }
+
+    /// Whether `deadline` has passed; if not, the timer is set to wake the task by then.
+    /// NOTE: the timer is re-armed only when the deadline is earlier than where it is armed,
+    /// or when it fires early: each request's deadline is later than the one before, so on a
+    /// busy connection the timer is registered about once per timeout instead of once per
+    /// request (registering and removing a timer was about 800 instructions a request).
+    fn timed_out(&mut self, deadline: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if deadline < timer.deadline() {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            timer.as_mut().reset(deadline);
+        }
+        false
     }
 
     /// Whether an idle connection can take a request: the server has not closed it or sent
@@ -188,11 +216,13 @@ pub(crate) struct ResponseHead {
 /// Sends one request on `conn` and reads the response head. The body (if any) is streamed
 /// while the socket is watched for the response: a server that answers early (a `413`, a
 /// redirect) is heard without waiting for a body it will not read; the connection is then
-/// not reused. Interim `1xx` responses other than `101` are skipped.
+/// not reused. Interim `1xx` responses other than `101` are skipped. Without a response head
+/// by `deadline`, it fails with `TimedOut`.
 pub(crate) async fn exchange<B>(
     conn: &mut Conn,
     req: &RequestHead,
     mut body: Option<Pin<&mut B>>,
+    deadline: tokio::time::Instant,
 ) -> Result<ResponseHead, Error>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -249,23 +279,28 @@ where
                 true => None,
                 false => parse_head(&mut conn.buf, req.head_method)?,
             };
-            match parsed {
-                Some(mut head) => {
-                    if !sent_all {
-                        // The rest of the request body is not sent: the connection is done.
-                        head.keep_alive = false;
-                    }
-                    return Poll::Ready(Ok(head));
+            if let Some(mut head) = parsed {
+                if !sent_all {
+                    // The rest of the request body is not sent: the connection is done.
+                    head.keep_alive = false;
                 }
-                None => match ready!(conn.poll_fill(cx)) {
-                    Ok(0) if got_bytes => {
-                        return Poll::Ready(Err(Error::Invalid("connection closed mid-head")));
-                    }
-                    Ok(0) => return Poll::Ready(Err(Error::Closed(write_error.take()))),
-                    Ok(_) => got_bytes = true,
-                    Err(e) if got_bytes => return Poll::Ready(Err(Error::Io(e))),
-                    Err(e) => return Poll::Ready(Err(Error::Closed(Some(e)))),
-                },
+                return Poll::Ready(Ok(head));
+            }
+            let filled = match conn.poll_fill(cx) {
+                Poll::Pending if conn.timed_out(deadline, cx) => {
+                    return Poll::Ready(Err(Error::TimedOut));
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            };
+            match filled {
+                Ok(0) if got_bytes => {
+                    return Poll::Ready(Err(Error::Invalid("connection closed mid-head")));
+                }
+                Ok(0) => return Poll::Ready(Err(Error::Closed(write_error.take()))),
+                Ok(_) => got_bytes = true,
+                Err(e) if got_bytes => return Poll::Ready(Err(Error::Io(e))),
+                Err(e) => return Poll::Ready(Err(Error::Closed(Some(e)))),
             }
         }
     })
@@ -992,5 +1027,44 @@ mod tests {
         let h = RequestHead::encode(&req(None), false, None);
         assert_eq!(h.framing, Framing::Chunked);
         assert!(h.bytes.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    /// The lazily moved response timer times each request out at its own deadline: not late
+    /// for the first, and not early for a later one while it is still armed at the first one's.
+    #[tokio::test(start_paused = true)]
+    async fn each_request_times_out_at_its_own_deadline() {
+        use tokio::io::AsyncWriteExt;
+        use tokio::time::{Duration, Instant};
+
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let kill = crate::signal::Signal::new();
+        let io: Box<dyn crate::proxy_http::Io> = Box::new(ours);
+        let mut conn = Conn::new(crate::proxy_http::Killable::new(io, kill.watch()));
+        let parts = http::Request::get("/").body(()).unwrap().into_parts().0;
+        let head = RequestHead::encode(&parts, true, None);
+        let no_body: Option<Pin<&mut http_body_util::Empty<Bytes>>> = None;
+
+        let t0 = Instant::now();
+        let r = exchange(&mut conn, &head, no_body, t0 + Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(Error::TimedOut)), "{:?}", r.err());
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+
+        // Answered after 7 s, within this request's 10 s (the timer was first armed at the
+        // first request's deadline, which passes meanwhile).
+        let t1 = Instant::now();
+        let answer = async {
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            theirs
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        };
+        let no_body: Option<Pin<&mut http_body_util::Empty<Bytes>>> = None;
+        let (r, ()) = tokio::join!(
+            exchange(&mut conn, &head, no_body, t1 + Duration::from_secs(10)),
+            answer
+        );
+        assert_eq!(r.unwrap().status, StatusCode::OK);
+        assert_eq!(t1.elapsed(), Duration::from_secs(7));
     }
 }

@@ -1436,12 +1436,13 @@ async fn send_h1(
     let mut body = std::pin::pin!(body);
     let replayable = body_empty && Replay::idempotent(&parts.method);
     let response_timeout = cfg.response_timeout;
+    let mut deadline = tokio::time::Instant::from_std(ready) + response_timeout;
     let resp_head = loop {
-        let sending = h1_client::exchange(&mut conn, &head, (!body_empty).then_some(body.as_mut()));
-        match tokio::time::timeout(response_timeout, sending).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(h)) => break h,
-            Ok(Err(h1_client::Error::Closed(_))) if reused && replayable => {
+        let body = (!body_empty).then_some(body.as_mut());
+        match h1_client::exchange(&mut conn, &head, body, deadline).await {
+            Err(h1_client::Error::TimedOut) => return Err(Failure::Timeout),
+            Ok(h) => break h,
+            Err(h1_client::Error::Closed(_)) if reused && replayable => {
                 debug!(server = %server.addr, "pooled connection closed under a request; resending");
                 reused = false;
                 conn = match connect_raw(&dial()).await {
@@ -1451,8 +1452,9 @@ async fn send_h1(
                         return Err(Failure::Connect(e, back));
                     }
                 };
+                deadline = tokio::time::Instant::now() + response_timeout;
             }
-            Ok(Err(e)) => return Err(Failure::Sent(e.into(), replayable.then_some(parts))),
+            Err(e) => return Err(Failure::Sent(e.into(), replayable.then_some(parts))),
         }
     };
     trace.response = Some(ready.elapsed());
@@ -1664,12 +1666,23 @@ impl<S> Killable<S> {
         }
     }
 
-    /// Whether the kill token fired; registers the task to be woken when it does.
-    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.dead && self.kill.poll_fired(cx) {
-            self.dead = true;
-        }
+    /// Whether the kill token fired (one atomic load).
+    fn killed(&mut self) -> bool {
+        self.dead |= self.kill.is_fired();
         self.dead
+    }
+
+    /// After the socket said `Pending`: registers the task to be woken if the kill token
+    /// fires meanwhile, and turns the wait into the kill error if it already has.
+    /// NOTE: only then, not on every poll: a pooled connection serves a different task at
+    /// almost every request, so each registration replaces a waker (about 250 instructions),
+    /// and a read or write that is ready needs none.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.kill.poll_fired(cx) {
+            self.dead = true;
+            return Poll::Ready(Err(killed_error()));
+        }
+        Poll::Pending
     }
 }
 
@@ -1683,10 +1696,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
+        if self.killed() {
             return Poll::Ready(Err(killed_error()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
     }
 }
 
@@ -1696,10 +1712,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.killed(cx) {
+        if self.killed() {
             return Poll::Ready(Err(killed_error()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
     }
 
     fn poll_write_vectored(
@@ -1707,10 +1726,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.killed(cx) {
+        if self.killed() {
             return Poll::Ready(Err(killed_error()));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1718,10 +1740,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
+        if self.killed() {
             return Poll::Ready(Err(killed_error()));
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
