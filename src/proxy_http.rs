@@ -13,14 +13,17 @@
 //!
 //! Owns: hop-by-hop stripping and the X-Forwarded-* headers, the connect/response timeouts and
 //! their status codes (502, 503, 504), connect-failure retries on a different server, the
-//! per-server connection pool, the client-side header timeout (408) and size limit (431),
-//! refusing ambiguous requests (400, 414, 501), blaming a broken or stalled request body on
-//! the client (400, 408), and the idle and stalled-write bounds on client connections.
-//! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`) or
-//! the PROXY header format (`proxy_protocol`).
+//! per-server connection pool, the client-side header timeout (408), refusing ambiguous
+//! requests (400, 414, 501), blaming a broken or stalled request body on the client (400,
+//! 408), and the idle and stalled-write bounds on client connections.
+//! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`),
+//! the PROXY header format (`proxy_protocol`), or HTTP/1.x message framing (`h1_server` towards
+//! clients, with the head size limit (431); `h1_client` towards servers).
 //!
-//! HTTP/1.1 to servers goes through our own client (`h1_client`), in the request's task; HTTP/2
-//! and upgrade requests go through hyper's client connections.
+//! HTTP/1.x from clients is read by our own server (`h1_server`) and HTTP/1.1 to servers goes
+//! through our own client (`h1_client`), both in the client connection's task; HTTP/2 clients
+//! are hyper's server's, and HTTP/2 and upgrade requests to servers go through hyper's client
+//! connections.
 //!
 //! NOTE: the upstream pool is our own (one `Vec` of idle HTTP/1.1 connections and one HTTP/2
 //! sender per server, living on the server object) rather than hyper-util's legacy `Client`:
