@@ -407,9 +407,7 @@ impl Outgoing<'_> {
 /// `None` until all of it is there.
 fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHead>, Error> {
     loop {
-        // Where each header's name and value sit in `buf`, kept past the parse so the values
-        // can share the head's bytes instead of being copied one by one.
-        let mut spots = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut spots = [Spot::default(); MAX_HEADERS];
         let (len, code, minor, count) = {
             let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut []);
@@ -429,17 +427,7 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
                 }
                 Err(_) => return Err(Error::Invalid("malformed response head")),
             };
-            let base = buf.as_ptr() as usize;
-            for (spot, h) in spots.iter_mut().zip(resp.headers.iter()) {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                *spot = (
-                    name as u32,
-                    (name + h.name.len()) as u32,
-                    value as u32,
-                    (value + h.value.len()) as u32,
-                );
-            }
+            Spot::record(buf, resp.headers, &mut spots);
             (
                 len,
                 resp.code.unwrap_or(0),
@@ -465,11 +453,10 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
         let mut close = version == Version::HTTP_10;
         // Headers the `Connection` header names (rare): removed once all are in.
         let mut named: Vec<HeaderName> = Vec::new();
-        for &(n0, n1, v0, v1) in &spots[..count] {
-            let name = HeaderName::from_bytes(&raw[n0 as usize..n1 as usize])
-                .map_err(|_| Error::Invalid("malformed header name"))?;
-            let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
-                .map_err(|_| Error::Invalid("malformed header value"))?;
+        for spot in &spots[..count] {
+            let (name, value) = spot
+                .field(&raw)
+                .ok_or(Error::Invalid("malformed header field"))?;
             if name == header::CONTENT_LENGTH {
                 for v in value.as_bytes().split(|&b| b == b',') {
                     match std::str::from_utf8(v).ok().and_then(parse_decimal) {
@@ -478,14 +465,8 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
                     }
                 }
             } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding counts: `gzip, chunked` is chunked, `chunked, gzip` is
-                // delimited by the close.
-                let last = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or(b"");
-                chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                // `gzip, chunked` is chunked, `chunked, gzip` is delimited by the close.
+                chunked = Some(chunked_last(&value));
             } else if name == header::CONNECTION {
                 for token in value.as_bytes().split(|&b| b == b',') {
                     let token = token.trim_ascii();
@@ -539,6 +520,53 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
             keep_alive,
         }));
     }
+}
+
+/// Where a parsed header field's name and value sit in the buffer it was parsed from, kept past
+/// the parse (which borrows the buffer) so that the values can share the head's bytes instead
+/// of being copied one by one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Spot {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Spot {
+    /// The spots of `fields`, which httparse parsed out of `buf`.
+    pub(crate) fn record(buf: &[u8], fields: &[httparse::Header<'_>], spots: &mut [Spot]) {
+        let base = buf.as_ptr() as usize;
+        let at = |p: *const u8, len: usize| {
+            let start = (p as usize - base) as u32;
+            (start, start + len as u32)
+        };
+        for (spot, f) in spots.iter_mut().zip(fields) {
+            *spot = Spot {
+                name: at(f.name.as_ptr(), f.name.len()),
+                value: at(f.value.as_ptr(), f.value.len()),
+            };
+        }
+    }
+
+    /// The field, out of the head `raw` (the parsed bytes, frozen): `None` if its name or value
+    /// is not valid. The value shares `raw`'s bytes.
+    pub(crate) fn field(self, raw: &Bytes) -> Option<(HeaderName, HeaderValue)> {
+        let name = HeaderName::from_bytes(&raw[self.name.0 as usize..self.name.1 as usize]).ok()?;
+        let value =
+            HeaderValue::from_maybe_shared(raw.slice(self.value.0 as usize..self.value.1 as usize))
+                .ok()?;
+        Some((name, value))
+    }
+}
+
+/// Whether the last transfer coding on a Transfer-Encoding line is `chunked` (only the last one
+/// frames the message).
+pub(crate) fn chunked_last(value: &HeaderValue) -> bool {
+    let last = value
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .unwrap_or(b"");
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// A Content-Length value: decimal digits only (no sign, no spaces inside).

@@ -28,13 +28,13 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
-use crate::h1_client::{self, Framing, State, Step};
+use crate::h1_client::{self, Framing, Spot, State, Step};
 use crate::proxy_http::{self, Conn, ReqBody, Stream};
 use crate::signal::Watch;
 
@@ -213,9 +213,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "the request head is too large",
     );
-    // Where each piece sits in `buf`, kept past the parse so the values can share the head's
-    // bytes instead of being copied one by one.
-    let mut spots = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spots = [Spot::default(); MAX_HEADERS];
     let (len, method, target, minor, count) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
@@ -240,18 +238,9 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
                 return Err(Refused(StatusCode::BAD_REQUEST, "malformed request head"));
             }
         };
+        Spot::record(buf, req.headers, &mut spots);
         let base = buf.as_ptr() as usize;
         let at = |s: &str| (s.as_ptr() as usize - base) as u32;
-        for (spot, h) in spots.iter_mut().zip(req.headers.iter()) {
-            let name = at(h.name);
-            let value = (h.value.as_ptr() as usize - base) as u32;
-            *spot = (
-                name,
-                name + h.name.len() as u32,
-                value,
-                value + h.value.len() as u32,
-            );
-        }
         let method = req.method.unwrap_or("");
         let path = req.path.unwrap_or("");
         (
@@ -280,11 +269,8 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
     let mut te_trailers = false;
-    for &(n0, n1, v0, v1) in &spots[..count] {
-        let name = HeaderName::from_bytes(&raw[n0 as usize..n1 as usize])
-            .map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(v0 as usize..v1 as usize))
-            .map_err(|_| bad("invalid header value"))?;
+    for spot in &spots[..count] {
+        let (name, value) = spot.field(&raw).ok_or(bad("invalid header field"))?;
         if name == header::CONTENT_LENGTH {
             match std::str::from_utf8(value.as_bytes())
                 .ok()
@@ -296,14 +282,9 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
                 _ => return Err(bad("invalid Content-Length")),
             }
         } else if name == header::TRANSFER_ENCODING {
-            // Only the last coding of the last line counts; `proxy_http` refuses the other
-            // codings of a list that ends in `chunked` (501).
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Only the last line counts; `proxy_http` refuses the other codings of a list that
+            // ends in `chunked` (501).
+            chunked = Some(h1_client::chunked_last(&value));
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
