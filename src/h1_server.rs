@@ -335,6 +335,65 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
     }))
 }
 
+/// A whole request decoded from memory by the same head parser and body decoder as the data
+/// plane: the in-memory form of `serve`'s reading side, for the fuzz target.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The fields passed on, lower-cased names, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub keep_alive: bool,
+    /// The body's data, in order.
+    pub body: Vec<u8>,
+    /// Trailer fields.
+    pub trailers: usize,
+    /// The body ended by its own framing.
+    pub complete: bool,
+    /// Bytes of `input` after the request (the next pipelined one).
+    pub rest: usize,
+}
+
+/// Decodes the request at the start of `input`, with `limit` as the head size limit;
+/// `Ok(None)` while its head is incomplete, `Err(status)` for a head we refuse (and an
+/// error in the body as `Err(400)`).
+pub fn decode_request(input: &[u8], limit: usize) -> Result<Option<Decoded>, u16> {
+    let mut buf = BytesMut::from(input);
+    let head = match parse_head(&mut buf, limit) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(Refused(status, _)) => return Err(status.as_u16()),
+    };
+    let mut state = State::new(head.framing);
+    let mut decoded = Decoded {
+        headers: head
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        keep_alive: head.keep_alive,
+        body: Vec::new(),
+        trailers: 0,
+        complete: false,
+        rest: 0,
+    };
+    loop {
+        match state.step(&mut buf) {
+            Ok(Step::Frame(f)) => match f.into_data() {
+                Ok(d) => decoded.body.extend_from_slice(&d),
+                Err(f) => decoded.trailers += f.into_trailers().map_or(0, |t| t.len()),
+            },
+            Ok(Step::End) => {
+                decoded.complete = true;
+                break;
+            }
+            Ok(Step::More) => break,
+            Err(_) => return Err(400),
+        }
+    }
+    decoded.rest = buf.len();
+    Ok(Some(decoded))
+}
+
 /// Serves HTTP/1.x requests on one client connection until either side closes it, or
 /// `stop` fires (the request in flight is answered first, with `Connection: close`).
 /// `first` holds bytes already read from it.
@@ -930,6 +989,24 @@ mod tests {
             status("GET / HTTP/2.0\r\n\r\n"),
             StatusCode::HTTP_VERSION_NOT_SUPPORTED
         );
+    }
+
+    #[test]
+    fn pipelined_requests_decode_one_at_a_time() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      3\r\nabc\r\n0\r\nx-t: 1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        let d = decode_request(input, 8192).unwrap().unwrap();
+        assert_eq!(d.body, b"abc");
+        assert!(d.complete && d.keep_alive);
+        assert_eq!(d.trailers, 1);
+        assert_eq!(d.rest, b"GET /b HTTP/1.1\r\n\r\n".len());
+        // A body cut short is incomplete; a broken chunk is the client's 400.
+        let d = decode_request(b"PUT / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab", 8192)
+            .unwrap()
+            .unwrap();
+        assert!(!d.complete);
+        let bad = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        assert_eq!(decode_request(bad, 8192).err(), Some(400));
     }
 
     #[test]

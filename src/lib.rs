@@ -14,7 +14,7 @@ pub mod config;
 pub mod discovery;
 pub mod etcd;
 pub mod h1_client;
-pub(crate) mod h1_server;
+pub mod h1_server;
 pub mod health;
 pub mod metrics;
 pub mod migrate;
