@@ -754,6 +754,22 @@ impl State {
         }
     }
 
+    /// Decodes what of the body is in `buf`, for the in-memory decoders of the fuzz targets:
+    /// its data, how many trailer fields it had, and whether it ended.
+    pub(crate) fn drain(&mut self, buf: &mut BytesMut) -> Result<(Vec<u8>, usize, bool), Error> {
+        let (mut body, mut trailers) = (Vec::new(), 0);
+        loop {
+            match self.step(buf)? {
+                Step::Frame(f) => match f.into_data() {
+                    Ok(data) => body.extend_from_slice(&data),
+                    Err(f) => trailers += f.trailers_ref().map_or(0, HeaderMap::len),
+                },
+                Step::More => return Ok((body, trailers, false)),
+                Step::End => return Ok((body, trailers, true)),
+            }
+        }
+    }
+
     pub(crate) fn is_done(&self) -> bool {
         matches!(self, State::Done)
     }
@@ -882,22 +898,9 @@ pub fn decode_response(input: &[u8], head_method: bool) -> Result<Option<Decoded
         complete: false,
         rest: 0,
     };
-    loop {
-        match state.step(&mut buf)? {
-            Step::Frame(f) => match f.into_data() {
-                Ok(data) => d.body.extend_from_slice(&data),
-                Err(f) => d.trailers += f.trailers_ref().map_or(0, HeaderMap::len),
-            },
-            Step::More => {
-                d.complete = matches!(state, State::Close);
-                break;
-            }
-            Step::End => {
-                d.complete = true;
-                break;
-            }
-        }
-    }
+    let ended;
+    (d.body, d.trailers, ended) = state.drain(&mut buf)?;
+    d.complete = ended || matches!(state, State::Close);
     d.rest = buf.len();
     Ok(Some(d))
 }

@@ -376,20 +376,8 @@ pub fn decode_request(input: &[u8], limit: usize) -> Result<Option<Decoded>, u16
         complete: false,
         rest: 0,
     };
-    loop {
-        match state.step(&mut buf) {
-            Ok(Step::Frame(f)) => match f.into_data() {
-                Ok(d) => decoded.body.extend_from_slice(&d),
-                Err(f) => decoded.trailers += f.into_trailers().map_or(0, |t| t.len()),
-            },
-            Ok(Step::End) => {
-                decoded.complete = true;
-                break;
-            }
-            Ok(Step::More) => break,
-            Err(_) => return Err(400),
-        }
-    }
+    (decoded.body, decoded.trailers, decoded.complete) =
+        state.drain(&mut buf).map_err(|_| 400u16)?;
     decoded.rest = buf.len();
     Ok(Some(decoded))
 }

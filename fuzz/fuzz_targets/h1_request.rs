@@ -12,6 +12,8 @@
 use libfuzzer_sys::fuzz_target;
 use switchyard::h1_server::decode_request;
 
+mod chunked;
+
 const LIMIT: usize = 8192;
 
 fuzz_target!(|data: &[u8]| {
@@ -32,34 +34,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let next = b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n";
 
-    let mut chunked =
-        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    let mut rest = body;
-    let mut i = 0usize;
-    while !rest.is_empty() {
-        let len = (1 + usize::from(rest[0]) % 37).min(rest.len());
-        let size = if (shape >> (i % 8)) & 1 == 1 {
-            format!("{len:X}")
-        } else {
-            format!("{len:x}")
-        };
-        chunked.extend_from_slice(size.as_bytes());
-        if shape & 2 == 2 {
-            chunked.extend_from_slice(b";ext=\"a;b\"");
-        }
-        chunked.extend_from_slice(b"\r\n");
-        chunked.extend_from_slice(&rest[..len]);
-        chunked.extend_from_slice(b"\r\n");
-        rest = &rest[len..];
-        i += 1;
-    }
-    chunked.extend_from_slice(b"0\r\n");
-    let trailer = shape & 4 == 4;
-    if trailer {
-        chunked.extend_from_slice(b"x-sum: 1\r\n");
-    }
-    chunked.extend_from_slice(b"\r\n");
-    chunked.extend_from_slice(next);
+    let (chunked, trailer) = chunked::message(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        shape,
+        body,
+        next,
+    );
     let d = decode_request(&chunked, LIMIT)
         .expect("valid chunked request")
         .expect("complete head");
@@ -68,8 +48,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(d.trailers, usize::from(trailer));
     assert_eq!(d.rest, next.len());
 
-    let mut sized =
-        format!("POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut sized = format!(
+        "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     sized.extend_from_slice(body);
     sized.extend_from_slice(next);
     let d = decode_request(&sized, LIMIT)

@@ -10,6 +10,8 @@
 use libfuzzer_sys::fuzz_target;
 use switchyard::h1_client::decode_response;
 
+mod chunked;
+
 fuzz_target!(|data: &[u8]| {
     let head_method = data.first().is_some_and(|b| b & 1 == 1);
     if let Ok(Some(d)) = decode_response(data, head_method) {
@@ -25,33 +27,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let tail = b"HTTP/1.1 200 OK\r\n";
 
-    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    let mut rest = body;
-    let mut i = 0usize;
-    while !rest.is_empty() {
-        let len = (1 + usize::from(rest[0]) % 37).min(rest.len());
-        let size = if (shape >> (i % 8)) & 1 == 1 {
-            format!("{len:X}")
-        } else {
-            format!("{len:x}")
-        };
-        chunked.extend_from_slice(size.as_bytes());
-        if shape & 2 == 2 {
-            chunked.extend_from_slice(b";ext=\"a;b\"");
-        }
-        chunked.extend_from_slice(b"\r\n");
-        chunked.extend_from_slice(&rest[..len]);
-        chunked.extend_from_slice(b"\r\n");
-        rest = &rest[len..];
-        i += 1;
-    }
-    chunked.extend_from_slice(b"0\r\n");
-    let trailer = shape & 4 == 4;
-    if trailer {
-        chunked.extend_from_slice(b"x-sum: 1\r\n");
-    }
-    chunked.extend_from_slice(b"\r\n");
-    chunked.extend_from_slice(tail);
+    let (chunked, trailer) = chunked::message(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        shape,
+        body,
+        tail,
+    );
     let d = decode_response(&chunked, false)
         .expect("valid chunked response")
         .expect("complete head");
@@ -60,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(d.trailers, usize::from(trailer));
     assert_eq!(d.rest, tail.len());
 
-    let mut sized = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut sized =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     sized.extend_from_slice(body);
     sized.extend_from_slice(tail);
     let d = decode_response(&sized, false)
