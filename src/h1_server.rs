@@ -47,6 +47,10 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// A write buffer grown past this by a large response is not kept for the next one.
 const KEEP_OUT: usize = 16 * 1024;
 
+/// Room the output buffer starts with: a typical response head and a small body, without the
+/// buffer growing four times on each new connection's first response.
+const OUT_START: usize = 1024;
+
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The client side of a connection once a `101` was written: the socket, with the bytes the
@@ -388,9 +392,10 @@ pub fn decode_request(input: &[u8], limit: usize) -> Result<Option<Decoded>, u16
 pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut Watch) {
     let limit = conn.head_limit();
     let serving = io.serving();
+    let tls = io.is_tls();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
-    let mut out: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
     let mut closing = false;
     // Each request's future runs in this one slot on the heap. Inline, its several KiB would
     // make the connection's future that much larger, and that is copied whole when spawned.
@@ -498,14 +503,18 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         let sent = write_body(&mut w, &mut out, resp.body_mut(), framing, trailers).await;
         drop(resp);
         if out.capacity() > KEEP_OUT {
-            out = Vec::new();
+            out = Vec::with_capacity(OUT_START);
         }
         serving.store(false, Ordering::Relaxed);
         if sent.is_err() {
             return;
         }
         if closing {
-            let _ = w.shutdown().await;
+            // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
+            // more system call per connection for the same packets. TLS sends its close_notify.
+            if tls {
+                let _ = w.shutdown().await;
+            }
             return;
         }
         reader = match held.or_else(|| home.and_then(|h| take(&h))) {

@@ -2237,6 +2237,13 @@ fn last3(tail: &[u8; 3], bytes: &[u8]) -> [u8; 3] {
 /// Room for the first read of a connection: a whole request head, for nearly every client.
 const SNIFF_BUF: usize = 4096;
 
+impl HeadTimeout<ClientIo> {
+    /// Whether the client connection is TLS (else plain TCP).
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.inner, ClientIo::Right(_))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
     /// The bytes `sniff_h2` read, to be parsed without reading them again.
     pub(crate) fn take_sniffed(&mut self) -> BytesMut {
