@@ -350,7 +350,9 @@ impl ConnLimit {
 pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let _ = stream.shutdown().await;
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap: inline, these 4 KiB would be part of every connection's future (and
+        // copied with it), for a path few connections take.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_MAX_BYTES {
             match stream.read(&mut buf).await {
