@@ -164,17 +164,10 @@ async fn json_lines_for_requests_connections_and_failures() {
     assert_eq!(v["termination"], "connect_error");
 
     // A backend whose only server is in maintenance: 503.
-    let resp = http_client()
-        .post(format!(
-            "http://{}/api/v1/backends/aljson_empty/servers/{}/state",
-            lb.admin_addr(),
-            up.addr()
-        ))
-        .body(r#"{"state": "maint"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let status = lb
+        .set_server_state("aljson_empty", &up.addr().to_string(), "maint")
+        .await;
+    assert_eq!(status, 200);
     let (status, _) = get(lb.http_addr("empty"), "/").await;
     assert_eq!(status, 503);
     let v = json_line(&file, "empty").await;

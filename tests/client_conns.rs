@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use support::raw::{self, Recorder};
-use support::{Lb, Upstream, free_port, http_client};
+use support::{Lb, Upstream, free_port};
 
 /// Bound on any single wait for bytes from the proxy (or for its close).
 const STEP: Duration = Duration::from_secs(5);
@@ -834,17 +834,10 @@ async fn own_error_answers_are_framed_and_dated() {
 
     let up = Upstream::start("up").await;
     let lb503 = lb(&[up.addr().to_string()], "").await;
-    let resp = http_client()
-        .post(format!(
-            "http://{}/api/v1/backends/cc/servers/{}/state",
-            lb503.admin_addr(),
-            up.addr()
-        ))
-        .body(r#"{"state": "maint"}"#)
-        .send()
-        .await
-        .expect("admin API");
-    assert_eq!(resp.status(), 200);
+    let status = lb503
+        .set_server_state("cc", &up.addr().to_string(), "maint")
+        .await;
+    assert_eq!(status, 200);
     let mut c = Client::connect(lb503.http_addr("web")).await;
     assert_error(&c.get("/").await, 503);
 

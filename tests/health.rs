@@ -126,18 +126,9 @@ async fn drained_servers_are_still_checked_and_maintenance_ones_are_not() {
     ))
     .await;
     let set = |state: &'static str| {
-        let url = format!(
-            "http://{}/api/v1/backends/drainchecks/servers/{addr}/state",
-            lb.admin_addr()
-        );
+        let (lb, addr) = (&lb, &addr);
         async move {
-            let r = support::http_client()
-                .post(url)
-                .body(format!("{{\"state\":\"{state}\"}}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
+            assert_eq!(lb.set_server_state("drainchecks", addr, state).await, 200);
         }
     };
     set("drain").await;

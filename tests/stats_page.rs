@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Etcd, Lb, Upstream, get, http_client, wait_until};
+use support::{Etcd, Lb, Upstream, get, wait_until};
 
 /// One Chromium run took ~1 s here; a loaded machine gets a lot more before it counts as hung.
 const BROWSER_LIMIT: Duration = Duration::from_secs(30);
@@ -364,16 +364,8 @@ async fn stats_page_renders_servers_and_shows_a_dead_one_down() {
     for _ in 0..12 {
         assert_eq!(get(lb.http_addr("api"), "/").await.0, 200);
     }
-    let r = http_client()
-        .post(format!(
-            "http://{}/api/v1/backends/{api}/servers/api-2/state",
-            lb.admin_addr()
-        ))
-        .body(r#"{"state":"drain"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "drain api-2");
+    let status = lb.set_server_state(api, "api-2", "drain").await;
+    assert_eq!(status, 200, "drain api-2");
     wait_states(&lb, "api-2 draining", &[(addr(&apis[1]), "draining")]).await;
 
     let page = format!("http://{}/", lb.admin_addr());

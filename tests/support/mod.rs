@@ -1344,6 +1344,22 @@ impl Lb {
         self.admin
     }
 
+    /// Sets a server's state (`ready`, `drain`, `maint`) through the admin API, without a token;
+    /// returns the HTTP status.
+    pub async fn set_server_state(&self, backend: &str, server: &str, state: &str) -> u16 {
+        http_client()
+            .post(format!(
+                "http://{}/api/v1/backends/{backend}/servers/{server}/state",
+                self.admin
+            ))
+            .body(format!("{{\"state\":\"{state}\"}}"))
+            .send()
+            .await
+            .expect("admin API")
+            .status()
+            .as_u16()
+    }
+
     /// Poll `GET /readyz` until `200` (10 s deadline).
     pub async fn wait_ready(&self) {
         let admin = self.admin;
