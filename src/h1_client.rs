@@ -151,6 +151,8 @@ pub(crate) struct RequestHead {
     framing: Framing,
     /// A `HEAD` request: the response has no body whatever its headers say.
     head_method: bool,
+    /// A `CONNECT` request: a `2xx` to it makes the connection a tunnel (RFC 9112 6.3).
+    connect: bool,
 }
 
 impl RequestHead {
@@ -198,6 +200,7 @@ impl RequestHead {
             bytes,
             framing,
             head_method: parts.method == Method::HEAD,
+            connect: parts.method == Method::CONNECT,
         }
     }
 }
@@ -280,6 +283,13 @@ where
                 false => parse_head(&mut conn.buf, req.head_method)?,
             };
             if let Some(mut head) = parsed {
+                if req.connect && head.status.is_success() {
+                    // What follows is the tunnel's, not a message: never pooled, no body read.
+                    // (`proxy_http` refuses CONNECT before it gets here; this keeps the pool
+                    // safe whatever sends one.)
+                    head.framing = Framing::None;
+                    head.keep_alive = false;
+                }
                 if !sent_all {
                     // The rest of the request body is not sent: the connection is done.
                     head.keep_alive = false;
@@ -569,13 +579,81 @@ pub(crate) fn chunked_last(value: &HeaderValue) -> bool {
     last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
-/// A Content-Length value: decimal digits only (no sign, no spaces inside).
+/// A Content-Length value: decimal digits only (no sign, no spaces inside), at most
+/// `i64::MAX`: a larger length, passed on, is misread by servers that parse it signed (HAProxy
+/// and nginx refuse it too).
 pub(crate) fn parse_decimal(v: &str) -> Option<u64> {
     let v = v.trim();
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    v.parse().ok()
+    v.parse().ok().filter(|&n| n <= i64::MAX as u64)
+}
+
+/// Largest chunk size taken: 2^52 - 1, thirteen hex digits, as HAProxy caps it (a size past a
+/// double's exact integers is misread by servers written in languages that parse it into one).
+const MAX_CHUNK_SIZE: u64 = (1 << 52) - 1;
+
+/// Parses a chunk-size line off the front of `buf` (RFC 9112 7.1): at least one hex digit, then
+/// optional spaces or tabs, optional extensions after `;`, and CRLF. `None` until the CRLF is
+/// there; otherwise how many bytes the line took and the size.
+///
+/// NOTE: hand-written instead of `httparse::parse_chunk_size`, which takes a line with no digit
+/// (`\r\n`, `;x\r\n`) as size 0, i.e. the last chunk, lets bare LF and other control
+/// characters through inside extensions (so a proxy in front that ends lines at LF reads
+/// another message than we do), and has no cap on the size. Here any of those is an error.
+pub(crate) fn parse_chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == buf.len() {
+        // Digits may still be arriving; a run that is too long already is refused below.
+        if digits > 0 && parse_hex(&buf[..digits]).is_none() {
+            return Err(Error::Invalid("chunk size too large"));
+        }
+        return Ok(None);
+    }
+    if digits == 0 {
+        return Err(Error::Invalid("chunk size has no hex digit"));
+    }
+    let size = parse_hex(&buf[..digits]).ok_or(Error::Invalid("chunk size too large"))?;
+    let mut i = digits;
+    while let Some(b' ' | b'\t') = buf.get(i) {
+        i += 1;
+    }
+    match buf.get(i) {
+        None => return Ok(None),
+        Some(b';') => {
+            // Extensions: ignored, but only visible characters, spaces and tabs may appear.
+            while let Some(&b) = buf.get(i) {
+                if b == b'\r' {
+                    break;
+                }
+                if b != b'\t' && (b < 0x20 || b == 0x7f) {
+                    return Err(Error::Invalid("control character in a chunk extension"));
+                }
+                i += 1;
+            }
+        }
+        Some(b'\r') => {}
+        Some(_) => return Err(Error::Invalid("malformed chunk size")),
+    }
+    match buf.get(i..i + 2) {
+        Some(b"\r\n") => Ok(Some((i + 2, size))),
+        Some(_) => Err(Error::Invalid("chunk-size line not ended by CRLF")),
+        None => Ok(None),
+    }
+}
+
+/// Hex digits as a number, `None` above `MAX_CHUNK_SIZE` (leading zeros are fine).
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    let mut n: u64 = 0;
+    for &d in digits {
+        let v = (d as char).to_digit(16)? as u64;
+        n = n.checked_mul(16)?.checked_add(v)?;
+        if n > MAX_CHUNK_SIZE {
+            return None;
+        }
+    }
+    Some(n)
 }
 
 /// Where a chunked body is.
@@ -801,8 +879,8 @@ impl State {
                 State::Chunked(c) => c,
             };
             let next = match c {
-                Chunked::Size => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Chunked::Size => match parse_chunk_size(buf)? {
+                    Some((used, size)) => {
                         buf.advance(used);
                         if size == 0 {
                             Chunked::Trailers
@@ -810,11 +888,10 @@ impl State {
                             Chunked::Data(size)
                         }
                     }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                    None if buf.len() > MAX_CHUNK_LINE => {
                         return Err(Error::Invalid("chunk-size line too long"));
                     }
-                    Ok(httparse::Status::Partial) => return Ok(Step::More),
-                    Err(_) => return Err(Error::Invalid("malformed chunk size")),
+                    None => return Ok(Step::More),
                 },
                 Chunked::Data(_) if buf.is_empty() => return Ok(Step::More),
                 Chunked::Data(left) => {
@@ -911,6 +988,50 @@ mod tests {
 
     fn head(bytes: &[u8], head_method: bool) -> Result<Option<ResponseHead>, Error> {
         parse_head(&mut BytesMut::from(bytes), head_method)
+    }
+
+    #[test]
+    fn chunk_size_lines_are_parsed_strictly() {
+        let ok = |line: &[u8]| parse_chunk_size(line).map_err(|e| format!("{e:?}"));
+        assert_eq!(ok(b"3\r\nabc").unwrap(), Some((3, 3)));
+        assert_eq!(ok(b"0\r\n").unwrap(), Some((3, 0)));
+        assert_eq!(ok(b"00000000000000000000a\r\n").unwrap(), Some((23, 10)));
+        assert_eq!(ok(b"A \t;name=\"v a\"\t;x\r\n").unwrap(), Some((19, 10)));
+        assert_eq!(
+            ok(b"fffffffffffff\r\n").unwrap(),
+            Some((15, MAX_CHUNK_SIZE))
+        );
+        // Partial lines wait for more.
+        for partial in [&b""[..], b"3", b"3 ", b"3;ext", b"3\r", b"3;a=b\r"] {
+            assert_eq!(ok(partial).unwrap(), None, "{partial:?}");
+        }
+        // No hex digit, stray characters, bare LF or CR, control characters, too large.
+        for bad in [
+            &b"\r\n"[..],
+            b";x\r\n",
+            b"  \r\n",
+            b" 3\r\n",
+            b"3x\r\n",
+            b"-3\r\n",
+            b"0x3\r\n",
+            b"3\n",
+            b"3;a\nX\r\n",
+            b"3;a\rX\r\n",
+            b"3;a\x01b\r\n",
+            b"3;a\x7fb\r\n",
+            b"3\rX",
+            b"10000000000000\r\n",
+            b"fffffffffffffffffff",
+        ] {
+            assert!(parse_chunk_size(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn content_length_is_at_most_i64_max() {
+        assert_eq!(parse_decimal("9223372036854775807"), Some(i64::MAX as u64));
+        assert_eq!(parse_decimal("9223372036854775808"), None);
+        assert_eq!(parse_decimal("18446744073709551615"), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -52,6 +52,12 @@ const KEEP_OUT: usize = 16 * 1024;
 const OUT_START: usize = 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// After an answer sent before the request body was all read: how long, and how many bytes,
+/// the rest of the body is read and dropped before the close (nginx's `lingering_time` is
+/// 30 s; a client that saw the answer and its `Connection: close` stops well before this).
+const EARLY_ANSWER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+const EARLY_ANSWER_DRAIN_BYTES: usize = 32 * 1024 * 1024;
 
 /// The client side of a connection once a `101` was written: the socket, with the bytes the
 /// client sent after its request already put back in front. Handed to the tunnel through the
@@ -93,6 +99,9 @@ impl Reader {
 struct Home {
     /// The connection's read side, left here once the body was read to its end.
     reader: Mutex<Option<Reader>>,
+    /// The read side of a body dropped before its end (the server answered without reading
+    /// all of it): what is left of the body is drained from it before the close.
+    cut: Mutex<Option<Reader>>,
     /// The body was asked for while the client waits for `100 Continue`.
     wants_continue: AtomicBool,
     /// The server loop, woken when `wants_continue` is set: the body may be read in another
@@ -101,7 +110,8 @@ struct Home {
 }
 
 /// A client's request body, read straight off its connection. Read to its end, it puts the
-/// reader back for the next request; dropped or failed before that, it keeps it, and the
+/// reader back for the next request; dropped before that, it leaves the reader in `Home::cut`
+/// (the rest of the body is drained before the close); failed, it drops it. Either way the
 /// connection closes after the response.
 pub(crate) struct Body {
     reader: Option<Reader>,
@@ -134,6 +144,14 @@ impl Body {
         self.reader = None;
         self.state = State::new(Framing::None);
         Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let (Some(reader), Some(home)) = (self.reader.take(), &self.home) {
+            *home.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        }
     }
 }
 
@@ -217,6 +235,10 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "the request head is too large",
     );
+    skip_empty_lines(buf);
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let mut spots = [Spot::default(); MAX_HEADERS];
     let (len, method, target, minor, count) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -275,6 +297,15 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
     let mut te_trailers = false;
     for spot in &spots[..count] {
         let (name, value) = spot.field(&raw).ok_or(bad("invalid header field"))?;
+        if aliases_framing(&name) {
+            // Dropped, as nginx does with underscores by default: a server behind us that maps
+            // `_` to `-` (CGI, many frameworks) would read a second length or coding into it.
+            tracing::debug!(
+                field = name.as_str(),
+                "header field with an underscore dropped"
+            );
+            continue;
+        }
         if name == header::CONTENT_LENGTH {
             match std::str::from_utf8(value.as_bytes())
                 .ok()
@@ -286,6 +317,16 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
                 _ => return Err(bad("invalid Content-Length")),
             }
         } else if name == header::TRANSFER_ENCODING {
+            // `,chunked` or `chunked,,`: HAProxy (422) and nginx (501) refuse empty list
+            // elements here, and a parser that skips them frames the body differently from
+            // one that does not.
+            if value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().is_empty())
+            {
+                return Err(bad("empty element in Transfer-Encoding"));
+            }
             // Only the last line counts; `proxy_http` refuses the other codings of a list that
             // ends in `chunked` (501).
             chunked = Some(h1_client::chunked_last(&value));
@@ -337,6 +378,38 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
         keep_alive,
         te_trailers,
     }))
+}
+
+/// Fields whose names are a framing field's with `_` for `-` (`content_length`,
+/// `Transfer_Encoding`). Names with an underscore are rare, so the usual field costs one scan
+/// of its name.
+pub(crate) fn aliases_framing(name: &header::HeaderName) -> bool {
+    const ALIASED: [&[u8]; 2] = [b"content-length", b"transfer-encoding"];
+    let n = name.as_str().as_bytes();
+    memchr::memchr(b'_', n).is_some()
+        && ALIASED.iter().any(|a| {
+            a.len() == n.len()
+                && a.iter()
+                    .zip(n)
+                    .all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
+
+/// Drops the empty lines (CRLF or LF) at the front of `buf`: RFC 9112 2.2 lets a server skip
+/// them before a request-line, and httparse does. Dropped here, they neither count towards the
+/// head size limit nor make an idle connection look busy when a graceful stop comes; the header
+/// clock they started (`proxy_http::HeadTimeout`) keeps running. A lone CR before anything but
+/// LF stays, for the parser to refuse.
+fn skip_empty_lines(buf: &mut BytesMut) {
+    let mut n = 0;
+    loop {
+        match buf.get(n..n + 2) {
+            Some(b"\r\n") => n += 2,
+            _ if buf.get(n) == Some(&b'\n') => n += 1,
+            _ => break,
+        }
+    }
+    buf.advance(n);
 }
 
 /// A whole request decoded from memory by the same head parser and body decoder as the data
@@ -492,6 +565,14 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             return;
         }
         closing |= proxy_http::connection_has(resp.headers(), "close");
+        // Answered before the request body was all read (an early `413`, a redirect): the
+        // connection cannot carry another request, and the client is told so before it sends
+        // more (RFC 9112 9.6).
+        let cut_short = held.is_none()
+            && home
+                .as_ref()
+                .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
+        closing |= cut_short;
         let framing = response_framing(&resp, head_method, http10);
         // Unknown length to an HTTP/1.0 client: the close ends the body.
         closing |= framing == Out::Close;
@@ -507,6 +588,15 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         }
         serving.store(false, Ordering::Relaxed);
         if sent.is_err() {
+            return;
+        }
+        if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
+            // The client may still be sending the body: closing with its bytes unread would
+            // reset the connection, and the reset can destroy the answer before the client
+            // reads it. Shut our side, then read and drop what comes, for a bounded time.
+            let io = reader.half.unsplit(w);
+            crate::proxy_tcp::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
+                .await;
             return;
         }
         if closing {
@@ -530,6 +620,10 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
 
 fn take(home: &Home) -> Option<Reader> {
     home.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+fn take_cut(home: &Home) -> Option<Reader> {
+    home.cut.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 /// What the server loop looks after while a request is being served.

@@ -141,7 +141,7 @@ impl hyper::body::Body for Guarded {
         {
             origin.aborted();
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map(drop_forbidden_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -294,7 +294,7 @@ impl hyper::body::Body for ClientBody {
                 Poll::Ready(Some(Ok(_))) => BodyState::IDLE,
             });
         }
-        polled
+        polled.map(|f| f.map(|f| f.map(drop_forbidden_trailers)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -966,6 +966,15 @@ fn refuse<B: hyper::body::Body>(
             format!("400 Bad Request: {why}\n"),
         ))
     };
+    if req.method() == Method::CONNECT {
+        // A load balancer is no forward proxy. Forwarded, a CONNECT would reach the server as
+        // `CONNECT / HTTP/1.1`, and a `2xx` to it turns that connection into a tunnel that must
+        // never carry another client's request (nginx answers 405 too).
+        return Some(refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: CONNECT is not served here\n",
+        ));
+    }
     if !req.body().is_end_stream() {
         let mut chunked = 0usize;
         for v in req.headers().get_all(header::TRANSFER_ENCODING) {
@@ -1763,8 +1772,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
 /// Hop-by-hop headers (RFC 9110 7.6.1), plus the non-standard ones proxies must not forward.
 /// (`Trailer` is end-to-end: it announces the trailer fields, which an HTTP/1.1 client only
 /// receives when they are announced.)
-pub(crate) static HOP_BY_HOP: [HeaderName; 7] = [
+pub(crate) static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
+    // An h2c upgrade's settings: meant for this hop, and never passed on (see `wants_upgrade`).
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -1811,11 +1822,26 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` and `Upgrade: X`).
+/// An HTTP/1.1 request asking to switch protocols (`Connection: upgrade` and `Upgrade: X`) to
+/// something other than `h2c`. An h2c upgrade is never passed on: after the server's `101`,
+/// the tunnel would carry HTTP/2 requests that this proxy never sees (nor adds its
+/// X-Forwarded-For to), so `Upgrade: h2c` and `HTTP2-Settings` are dropped like any other
+/// hop-by-hop field and the request goes on as a plain one.
 pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && upgrade_tokens(req.headers()).next().is_some()
         && connection_has(req.headers(), "upgrade")
+}
+
+/// The protocols the `Upgrade` fields ask for, `h2c` left out.
+fn upgrade_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("h2c"))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names (a client
@@ -1838,10 +1864,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
     if present == 0 && !te {
         return;
     }
-    let upgrade: Vec<HeaderValue> = if keep.upgrade {
-        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    let upgrade: Option<HeaderValue> = if keep.upgrade {
+        let tokens: Vec<&str> = upgrade_tokens(headers).collect();
+        HeaderValue::from_str(&tokens.join(", ")).ok()
     } else {
-        Vec::new()
+        None
     };
     let te_trailers = keep.te_trailers
         && headers
@@ -1875,15 +1902,74 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
     if te {
         headers.remove(header::TRANSFER_ENCODING);
     }
-    if !upgrade.is_empty() {
+    if let Some(v) = upgrade.filter(|v| !v.is_empty()) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        for v in upgrade {
-            headers.append(header::UPGRADE, v);
-        }
+        headers.insert(header::UPGRADE, v);
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Fields that must not be taken from a trailer section (RFC 9110 6.5.1): framing, routing,
+/// request modifiers and authentication, response control data, and how to read the content
+/// (with every other `content-*` field too). Applied to the trailers of every body passed on,
+/// request or response, HTTP/1.1 or HTTP/2: a `content-length` or `host` that arrives after
+/// the body would otherwise reach a server that may merge it into the header section.
+static FORBIDDEN_TRAILERS: [HeaderName; 31] = [
+    header::AGE,
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::COOKIE,
+    header::DATE,
+    header::EXPECT,
+    header::EXPIRES,
+    header::HOST,
+    header::IF_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_NONE_MATCH,
+    header::IF_RANGE,
+    header::IF_UNMODIFIED_SINCE,
+    HeaderName::from_static("keep-alive"),
+    header::LOCATION,
+    header::MAX_FORWARDS,
+    header::PRAGMA,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::RANGE,
+    header::RETRY_AFTER,
+    header::SET_COOKIE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::VARY,
+    header::WWW_AUTHENTICATE,
+];
+
+/// Whether a field may not be taken from a trailer section (see `FORBIDDEN_TRAILERS`).
+pub(crate) fn forbidden_trailer(name: &HeaderName) -> bool {
+    name.as_str().starts_with("content-") || FORBIDDEN_TRAILERS.contains(name)
+}
+
+/// A body frame with the forbidden fields taken out of it if it is a trailer section.
+fn drop_forbidden_trailers(mut frame: hyper::body::Frame<Bytes>) -> hyper::body::Frame<Bytes> {
+    if let Some(map) = frame.trailers_mut()
+        && map.keys().any(forbidden_trailer)
+    {
+        let names: Vec<HeaderName> = map
+            .keys()
+            .filter(|n| forbidden_trailer(n))
+            .cloned()
+            .collect();
+        for n in &names {
+            map.remove(n);
+        }
+    }
+    frame
 }
 
 /// gRPC trailers the response does not announce (gRPC servers never do over HTTP/2).
@@ -1913,6 +1999,18 @@ fn rewrite_request(
     target: Target,
 ) -> Request<UpBody> {
     let (mut parts, body) = req.into_parts();
+    if parts.version == Version::HTTP_2 {
+        // What our HTTP/1.x server drops while parsing (see `h1_server::aliases_framing`).
+        let aliases: Vec<HeaderName> = parts
+            .headers
+            .keys()
+            .filter(|n| h1_server::aliases_framing(n))
+            .cloned()
+            .collect();
+        for n in &aliases {
+            parts.headers.remove(n);
+        }
+    }
     strip_hop_by_hop(
         &mut parts.headers,
         Keep {
@@ -2000,7 +2098,7 @@ fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 // ---------------------------------------------------------------------------------------------
 // Header timeout with a 408.
 
-const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\n\r\n408 Request Timeout: headers too slow\n";
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nconnection: close\r\n\r\n408 Request Timeout: headers too slow\n";
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
 /// Wraps a client connection (TCP or TLS) to enforce the request-header timeout itself, so a
@@ -2039,6 +2137,8 @@ pub(crate) struct HeadTimeout<S> {
     tail: [u8; 3],
     /// While `Fresh`: how many bytes of the HTTP/2 preface start have arrived.
     preface: u8,
+    /// In `Head`: only empty lines (CR and LF bytes) have arrived so far.
+    blank: bool,
     /// Armed while a write is blocked on the client; made on the first blocked write only
     /// (most connections never have one).
     write_sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -2087,6 +2187,7 @@ impl<S> HeadTimeout<S> {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             tail: [0; 3],
             preface: 0,
+            blank: false,
             write_sleep: None,
             write_blocked: false,
             upgraded: false,
@@ -2117,11 +2218,25 @@ impl<S> HeadTimeout<S> {
         if matches!(self.state, HeadState::Idle | HeadState::Fresh)
             && !self.serving.load(Ordering::Relaxed)
         {
+            // Empty lines start the header clock too: a client that sends only those and then
+            // nothing gets its `408` at `limit`, like any other unfinished head.
             self.state = HeadState::Head;
             self.tail = [0; 3];
+            self.blank = true;
             self.set_deadline(self.limit);
         }
         if self.state == HeadState::Head {
+            let mut bytes = bytes;
+            if self.blank {
+                // RFC 9112 2.2: empty lines before the request-line are skipped (httparse does
+                // so too); their CRLFs must not be taken for the blank line that ends a head.
+                let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n');
+                let Some(start) = start else {
+                    return;
+                };
+                self.blank = false;
+                bytes = &bytes[start..];
+            }
             if ends_head(&self.tail, bytes) {
                 self.state = HeadState::Body;
             } else {
@@ -2393,6 +2508,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_408_is_framed_by_its_length() {
+        let end = REQUEST_TIMEOUT
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4;
+        let head = std::str::from_utf8(&REQUEST_TIMEOUT[..end]).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, REQUEST_TIMEOUT.len() - end);
+    }
+
+    #[tokio::test]
+    async fn blank_lines_before_a_request_do_not_end_its_head() {
+        for first in [&b"\r\n\r\n"[..], b"\n\n", b"\r\n\r\nGET / HTTP/1.1\r\n"] {
+            let (ours, _theirs) = tokio::io::duplex(64);
+            let mut h = HeadTimeout::new(
+                ours,
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                metrics::Counter::noop(),
+                metrics::Counter::noop(),
+            );
+            h.saw(first);
+            assert_eq!(h.state, HeadState::Head, "{first:?}");
+            h.saw(b"\r\n");
+            let state = h.state;
+            h.saw(b"Host: x\r\n\r\n");
+            // After blank lines alone, a CRLF is one more blank line; after a request-line, it
+            // is the end of a head without fields. Either way the head ends with the fields.
+            assert!(state == HeadState::Head || first.len() > 4, "{first:?}");
+            assert_eq!(h.state, HeadState::Body, "{first:?}");
+        }
+    }
 
     #[test]
     fn head_end_is_found_across_reads() {

@@ -347,21 +347,31 @@ impl ConnLimit {
 
 /// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
 /// drop what the peer sent (bounded in time and bytes), so the close finds no unread data.
-pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    drain_then_close(stream, LINGER, LINGER_MAX_BYTES).await;
+}
+
+/// Shuts our side of `stream` down, then reads and drops what the peer sends until it closes,
+/// for at most `within` and `max_bytes`, then closes.
+pub(crate) async fn drain_then_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    within: Duration,
+    max_bytes: usize,
+) {
     let _ = stream.shutdown().await;
     let drain = async {
         // On the heap: inline, these 4 KiB would be part of every connection's future (and
         // copied with it), for a path few connections take.
         let mut buf = vec![0u8; 4096];
         let mut total = 0;
-        while total < LINGER_MAX_BYTES {
+        while total < max_bytes {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    let _ = tokio::time::timeout(within, drain).await;
 }
 
 /// An established upstream connection and the in-flight mark on its server.

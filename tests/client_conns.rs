@@ -519,6 +519,100 @@ async fn idle_keep_alive_connection_closes_after_idle_timeout() {
     lb.shutdown().await;
 }
 
+/// What a client may send before going silent that is not yet a request: empty lines only
+/// (which RFC 9112 2.2 lets a server skip), or empty lines and part of a head.
+fn blank_starts() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("CRLF CRLF", b"\r\n\r\n".to_vec()),
+        ("LF LF", b"\n\n".to_vec()),
+        ("1,000 CRLFs", b"\r\n".repeat(1000)),
+        (
+            "CRLFs then a partial head",
+            b"\r\n\r\nGET /partial HTTP/1.1\r\nHost: x\r\n".to_vec(),
+        ),
+    ]
+}
+
+/// Empty lines start the header clock like any other byte of a head: each start above, then
+/// silence, gets `408` and a close at `header_timeout`, on a new connection and on a
+/// keep-alive connection after its first answer. (They once read as a finished head to the
+/// timer and as nothing to the parser, which held the connection open for good.)
+#[tokio::test]
+async fn empty_lines_then_silence_get_408_at_the_header_timeout() {
+    const HEADER: Duration = Duration::from_secs(1);
+    let up = Recorder::start().await;
+    let lb = lb(
+        &[up.addr().to_string()],
+        "header_timeout = \"1s\"\nidle_timeout = \"30s\"",
+    )
+    .await;
+    let web = lb.http_addr("web");
+    for (what, bytes) in blank_starts() {
+        for keep_alive in [false, true] {
+            let mut c = Client::connect(web).await;
+            if keep_alive {
+                c.get("/first").await.assert_ok("/first", raw::FIXED_BODY);
+            }
+            let t = Instant::now();
+            c.send(&bytes).await;
+            let r = c.response(false).await;
+            let took = t.elapsed();
+            assert_eq!(
+                r.status, 408,
+                "{what} (keep-alive {keep_alive}): {}",
+                r.head
+            );
+            assert!(
+                took >= HEADER - Duration::from_millis(100) && took < HEADER * 3,
+                "{what} (keep-alive {keep_alive}): 408 after {took:?}"
+            );
+            if let Err(e) = c.closed_within(STEP).await {
+                panic!("{what} (keep-alive {keep_alive}): wanted a close after 408: {e}");
+            }
+        }
+    }
+    // Nothing of those bytes reached the upstream as a request.
+    let taken = up.take();
+    assert!(
+        taken.requests.iter().all(|r| r.target == "/first"),
+        "{}",
+        taken.describe()
+    );
+    lb.shutdown().await;
+}
+
+/// A connection that sent only empty lines holds no request: a graceful stop closes it at
+/// once (it once counted as busy and held the stop for the whole grace period).
+#[tokio::test]
+async fn empty_lines_do_not_hold_a_graceful_stop() {
+    let up = Recorder::start().await;
+    let lb = lb(&[up.addr().to_string()], "header_timeout = \"30s\"").await;
+    let web = lb.http_addr("web");
+    let mut fresh = Client::connect(web).await;
+    fresh.send(b"\r\n\r\n").await;
+    let mut reused = Client::connect(web).await;
+    reused
+        .get("/first")
+        .await
+        .assert_ok("/first", raw::FIXED_BODY);
+    reused.send(b"\r\n".repeat(1000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    lb.cancel_token().cancel();
+    for (what, c) in [("new connection", &mut fresh), ("keep-alive", &mut reused)] {
+        let took = c
+            .closed_within(Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| panic!("{what} on shutdown: {e}"));
+        assert!(
+            took < Duration::from_secs(1),
+            "{what} closed after {took:?}"
+        );
+    }
+    lb.shutdown_within(Duration::from_secs(5)).await;
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
 /// On shutdown an idle keep-alive connection is closed at once, and one with a request in
 /// flight gets its whole answer, marked `connection: close`, then the close; `run()` returns
 /// as soon as that answer is out (not at the 30 s shutdown grace).
@@ -1049,5 +1143,87 @@ async fn expect_100_continue_is_not_sent_before_an_error_answer() {
         .await;
     let r = c.response(false).await;
     assert_error(&r, 502);
+    lb.shutdown().await;
+}
+
+/// A server that answers `413` as soon as it has a request head, without reading the body,
+/// then reads and drops whatever comes until the client closes (as servers with a body limit
+/// do).
+async fn early_413_origin() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                while raw::find(&buf, b"\r\n\r\n").is_none() {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upload answered before its body arrived (a `413` to a 10 MiB POST): the client gets the
+/// answer with `connection: close`, its whole upload is taken (read and dropped) rather than
+/// reset, and then the connection closes cleanly. Before, Switchyard closed with the body's
+/// bytes unread, which reset the client's send (`curl --data-binary` exited 55).
+#[tokio::test]
+async fn an_early_answer_to_an_upload_is_sent_with_a_close_and_the_body_drained() {
+    const BODY: usize = 10 * 1024 * 1024;
+    let lb = lb(&[early_413_origin().await.to_string()], "").await;
+    let stream = TcpStream::connect(lb.http_addr("web")).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let upload = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+        wr.write_all(head.as_bytes()).await?;
+        let piece = vec![b'u'; 64 * 1024];
+        for _ in 0..BODY / piece.len() {
+            wr.write_all(&piece).await?;
+        }
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("no close within 10 s");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("too large"), "{text:?}");
+    ended.unwrap_or_else(|e| panic!("the connection ended with {e} after {text:?}"));
+    let upload = tokio::time::timeout(STEP, upload)
+        .await
+        .expect("upload still running")
+        .unwrap();
+    assert!(upload.is_ok(), "the upload was cut: {:?}", upload.err());
     lb.shutdown().await;
 }

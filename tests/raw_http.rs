@@ -233,6 +233,74 @@ fn framing_cases() -> Vec<Case> {
             Nothing,
         ),
         case(
+            "cl_over_i64_max",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9223372036854775808\r\n\r\nabc",
+            StatusThenClose(BAD),
+            Nothing,
+        ),
+        case(
+            "te_empty_element_first",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            StatusThenClose(BAD),
+            Nothing,
+        ),
+        case(
+            "te_empty_element_middle",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, ,chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            StatusThenClose(BAD),
+            Nothing,
+        ),
+        case(
+            "underscore_content_length",
+            "POST /us-cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent_Length: 10\r\n\r\nabc",
+            Status(OK),
+            One(Want {
+                target: "/us-cl",
+                body: b"abc",
+                headers: &[("content-length", Some("3")), ("content_length", None)],
+            }),
+        ),
+        case(
+            "underscore_transfer_encoding",
+            "POST /us-te HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer_Encoding: chunked\r\n\r\nabc",
+            Status(OK),
+            One(Want {
+                target: "/us-te",
+                body: b"abc",
+                headers: &[
+                    ("content-length", Some("3")),
+                    ("transfer_encoding", None),
+                    ("transfer-encoding", None),
+                ],
+            }),
+        ),
+        case(
+            "connect_refused",
+            "CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n",
+            StatusThenClose(&[405]),
+            Nothing,
+        ),
+        case(
+            "h2c_upgrade_dropped",
+            "GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+            Status(OK),
+            One(Want {
+                target: "/h2c",
+                body: b"",
+                headers: &[("upgrade", None), ("http2-settings", None)],
+            }),
+        ),
+        case(
+            "empty_lines_before_a_request",
+            "\r\n\r\n\nGET /after-blank HTTP/1.1\r\nHost: x\r\n\r\n",
+            Status(OK),
+            One(Want {
+                target: "/after-blank",
+                body: b"",
+                headers: &[("host", Some("x"))],
+            }),
+        ),
+        case(
             "te_xchunked",
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             StatusThenClose(BAD),
@@ -521,6 +589,48 @@ fn bad_body_cases() -> Vec<Case> {
         case(
             "chunk_size_overflow",
             "POST /big-chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_size_line_empty",
+            "POST /chunk-empty HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_size_extension_only",
+            "POST /chunk-ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_size_spaces_only",
+            "POST /chunk-sp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n  \r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_extension_bare_lf",
+            "POST /chunk-lf HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;a\nX\r\nabc\r\n0\r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_extension_control_char",
+            "POST /chunk-ctl HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;a\x01b\r\nabc\r\n0\r\n\r\n",
+            StatusOrClose(BAD),
+            NoComplete,
+        )
+        .server_stays_up(),
+        case(
+            "chunk_size_over_the_cap",
+            "POST /chunk-cap HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000\r\nabc\r\n0\r\n\r\n",
             StatusOrClose(BAD),
             NoComplete,
         )
@@ -854,6 +964,33 @@ async fn bad_bodies_are_the_clients_fault() {
     )
     .await;
     run_table(&rig, bad_body_cases()).await;
+}
+
+/// Trailer fields that RFC 9110 6.5.1 forbids (framing, routing, authentication, `content-*`)
+/// are dropped on the way to the server; the others pass.
+#[tokio::test]
+async fn forbidden_trailer_fields_are_dropped() {
+    let rig = Rig::start("", "", NO_CHECKS).await;
+    let send = "POST /trailers HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nContent-Length: 50\r\nHost: evil.example\r\nTransfer-Encoding: chunked\r\nAuthorization: Basic eDp5\r\nContent-Type: text/evil\r\nX-Checksum: 42\r\n\r\n";
+    let drive = Drive {
+        responses: Some(1),
+        unexpected_stops: vec![],
+        half_close: false,
+        deadline: CASE_DEADLINE,
+    };
+    let ex = raw::exchange(rig.web(), send.as_bytes(), &drive).await;
+    tokio::time::sleep(SETTLE).await;
+    let seen = rig.up.take();
+    assert_eq!(ex.statuses(), vec![200], "{}", ex.describe());
+    let complete = seen.complete();
+    assert_eq!(complete.len(), 1, "{}", seen.describe());
+    assert_eq!(complete[0].body, b"abc");
+    assert_eq!(
+        complete[0].trailers,
+        vec![("x-checksum".to_string(), "42".to_string())],
+        "{}",
+        seen.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

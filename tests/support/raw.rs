@@ -35,6 +35,8 @@ pub struct Recorded {
     /// Names lowercased, values trimmed, in wire order (duplicates kept).
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Trailer fields of a chunked body, names lowercased, values trimmed, in wire order.
+    pub trailers: Vec<(String, String)>,
     /// The head and the whole body (by its framing) arrived.
     pub complete: bool,
     /// Why it is incomplete or was not answered, if so.
@@ -399,6 +401,10 @@ impl RecConn {
                     if l == b"\r\n" {
                         return Ok(());
                     }
+                    let l = String::from_utf8_lossy(&l[..l.len() - 2]).into_owned();
+                    let (name, value) = l.split_once(':').unwrap_or((&l, ""));
+                    req.trailers
+                        .push((name.to_ascii_lowercase(), value.trim().to_owned()));
                 }
             }
             let data = self
