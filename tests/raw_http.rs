@@ -993,6 +993,53 @@ async fn forbidden_trailer_fields_are_dropped() {
     );
 }
 
+/// The same over HTTP/2: trailers of an HTTP/2 upload go into the upstream's chunked trailer
+/// section without the forbidden fields.
+#[tokio::test]
+async fn forbidden_trailer_fields_are_dropped_from_http2_uploads() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let rig = Rig::start("", "", NO_CHECKS).await;
+    let tcp = TcpStream::connect(rig.web()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("content-length", "50".parse().unwrap());
+    trailers.insert("host", "evil.example".parse().unwrap());
+    trailers.insert("authorization", "Basic eDp5".parse().unwrap());
+    trailers.insert("x-checksum", "42".parse().unwrap());
+    // No length: the upstream request goes chunked, which is what carries trailers.
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(Frame::data(bytes::Bytes::from_static(b"abc"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let req = http::Request::post(format!("http://{}/h2-trailers", rig.web()))
+        .body(body)
+        .unwrap();
+    let resp = tokio::time::timeout(CASE_DEADLINE, sender.send_request(req))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(SETTLE).await;
+    let seen = rig.up.take();
+    let complete = seen.complete();
+    assert_eq!(complete.len(), 1, "{}", seen.describe());
+    assert_eq!(complete[0].body, b"abc");
+    assert_eq!(
+        complete[0].trailers,
+        vec![("x-checksum".to_string(), "42".to_string())],
+        "{}",
+        seen.describe()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Slow clients (issue #8 item 2).
 
