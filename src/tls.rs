@@ -2,10 +2,12 @@
 //! certificates chosen by SNI and reloaded without dropping connections, and client configs for
 //! upstreams (`[backend.tls]`) and etcd (`[etcd] ca/cert/key`).
 //!
-//! The acceptor's rustls `ServerConfig` never changes; its certificate resolver reads one
-//! `ArcSwap` of loaded certificates, so a reload swaps that and the next handshake uses it while
-//! established connections carry on. A certificate or key that does not load leaves the old ones
-//! in place. Client configs are cached per settings, because loading the system roots is slow.
+//! The acceptor's rustls `ServerConfig` never changes; it picks cipher suites in the provider's
+//! order, not the client's (the order is listed in the README and pinned by a unit test below).
+//! Its certificate resolver reads one `ArcSwap` of loaded certificates, so a reload swaps that and
+//! the next handshake uses it while established connections carry on. A certificate or key that
+//! does not load leaves the old ones in place. Client configs are cached per settings, because
+//! loading the system roots is slow.
 
 use std::collections::HashMap;
 use std::io;
@@ -128,6 +130,9 @@ impl TlsAcceptor {
         let mut sc = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        // The server's suite order wins over the client's (what testssl.sh reports as "has
+        // server cipher order"): the provider's order, AEAD with ECDHE only, strongest first.
+        sc.ignore_client_order = true;
         sc.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(TlsAcceptor {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
@@ -459,6 +464,53 @@ mod tests {
         assert_eq!(host_of("10.0.0.1:443"), "10.0.0.1");
         assert_eq!(host_of("[::1]:8443"), "::1");
         assert_eq!(host_of("api.internal:443"), "api.internal");
+    }
+
+    /// The suites a frontend negotiates, in its order of preference, which wins over the
+    /// client's; the README's TLS section lists the same. A rustls upgrade that changes the
+    /// provider's order fails here.
+    #[test]
+    fn frontend_suites_are_the_documented_ones_in_server_order() {
+        use rustls::CipherSuite::*;
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-unit-suites-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let pair = CertPair {
+            cert: dir.join("a.pem"),
+            key: dir.join("a.key"),
+        };
+        std::fs::write(&pair.cert, ck.cert.pem()).unwrap();
+        std::fs::write(&pair.key, ck.signing_key.serialize_pem()).unwrap();
+        let acceptor = TlsAcceptor::new(&FrontendTls {
+            certs: vec![pair],
+            alpn: vec![],
+            handshake_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let sc = acceptor.acceptor.config();
+        assert!(sc.ignore_client_order);
+        let suites: Vec<_> = sc
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]
+        );
     }
 
     #[test]
