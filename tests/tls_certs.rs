@@ -99,7 +99,7 @@ async fn sni_chooses_the_certificate_and_alpn_is_offered() {
         alpn: vec!["h2".into(), "http/1.1".into()],
         handshake_timeout: Duration::from_secs(2),
     };
-    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let acceptor = Arc::new(TlsAcceptor::new("test", &cfg).unwrap());
     let addr = serve(acceptor).await;
     let roots = [&a, &b];
     let (got, alpn) = handshake(addr, "b.test", &roots).await;
@@ -154,7 +154,7 @@ async fn the_servers_cipher_suite_order_wins() {
         alpn: vec![],
         handshake_timeout: Duration::from_secs(2),
     };
-    let addr = serve(Arc::new(TlsAcceptor::new(&cfg).unwrap())).await;
+    let addr = serve(Arc::new(TlsAcceptor::new("test", &cfg).unwrap())).await;
     // A client that prefers the server's last choices: CHACHA20 first, then AES-128, AES-256.
     let reversed: Vec<_> = rustls::crypto::ring::default_provider()
         .cipher_suites
@@ -203,9 +203,9 @@ async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up
         alpn: vec![],
         handshake_timeout: Duration::from_secs(2),
     };
-    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let acceptor = Arc::new(TlsAcceptor::new("test", &cfg).unwrap());
     let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(Arc::clone(&acceptor).watch_files("test".into(), cancel.clone()));
+    tokio::spawn(Arc::clone(&acceptor).watch_files(cancel.clone()));
     let addr = serve(Arc::clone(&acceptor)).await;
     assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
 
@@ -256,7 +256,7 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
         alpn: vec![],
         handshake_timeout: Duration::from_millis(500),
     };
-    let addr = serve(Arc::new(TlsAcceptor::new(&cfg).unwrap())).await;
+    let addr = serve(Arc::new(TlsAcceptor::new("test", &cfg).unwrap())).await;
     // Plain HTTP on the TLS port: closed quickly.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let t = Instant::now();
@@ -289,7 +289,7 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
         alpn: vec![],
         handshake_timeout: Duration::from_secs(1),
     };
-    let e = TlsAcceptor::new(&bad)
+    let e = TlsAcceptor::new("test", &bad)
         .err()
         .expect("missing file")
         .to_string();
