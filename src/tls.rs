@@ -1,13 +1,17 @@
 //! TLS with rustls (the `ring` provider, installed once per process): the frontend acceptor with
-//! certificates chosen by SNI and reloaded without dropping connections, and client configs for
-//! upstreams (`[backend.tls]`) and etcd (`[etcd] ca/cert/key`).
+//! certificates chosen by SNI, OCSP responses stapled from `<cert>.ocsp` files, both reloaded
+//! without dropping connections, and client configs for upstreams (`[backend.tls]`) and etcd
+//! (`[etcd] ca/cert/key`).
 //!
-//! The acceptor's rustls `ServerConfig` never changes; its certificate resolver reads one
-//! `ArcSwap` of loaded certificates, so a reload swaps that and the next handshake uses it while
-//! established connections carry on. A certificate or key that does not load leaves the old ones
-//! in place. Client configs are cached per settings, because loading the system roots is slow.
+//! The acceptor's rustls `ServerConfig` never changes; it picks cipher suites in the provider's
+//! order, not the client's (the order is listed in the README and pinned by a unit test below).
+//! Its certificate resolver reads one `ArcSwap` of loaded certificates, so a reload swaps that and
+//! the next handshake uses it while established connections carry on. A certificate or key that
+//! does not load leaves the old ones in place; an OCSP file that does not load only drops that
+//! certificate's staple. Client configs are cached per settings, because loading the system roots
+//! is slow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +26,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use x509_cert::der::Decode;
+use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::config::{BackendTls, CertPair, Config, EtcdConfig, FrontendTls};
 
@@ -65,17 +71,158 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(path, e))
 }
 
-fn load_pair(pair: &CertPair) -> Result<Arc<CertifiedKey>, TlsError> {
+fn load_pair(pair: &CertPair) -> Result<CertifiedKey, TlsError> {
     let certs = load_certs(&pair.cert)?;
     let key = load_key(&pair.key)?;
     let provider = rustls::crypto::ring::default_provider();
-    let ck = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
         file_err(
             &pair.key,
             format!("does not match {}: {e}", pair.cert.display()),
         )
-    })?;
-    Ok(Arc::new(ck))
+    })
+}
+
+/// Appended to a certificate's file name to find its OCSP response (HAProxy's convention:
+/// `site.pem` -> `site.pem.ocsp`, a DER-encoded OCSPResponse).
+pub const OCSP_SUFFIX: &str = ".ocsp";
+
+/// The OCSP response file that belongs to certificate file `cert`.
+pub fn ocsp_path(cert: &Path) -> PathBuf {
+    let mut p = cert.as_os_str().to_owned();
+    p.push(OCSP_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// Checks that `der` is a successful basic OCSP response with an answer for the certificate
+/// whose serial number is `serial`, and returns that answer's nextUpdate in Unix seconds (`None`
+/// when the responder left it out). The response's signature is not checked here: clients check
+/// it against the CA they trust.
+fn parse_ocsp(
+    der: &[u8],
+    serial: &x509_cert::serial_number::SerialNumber,
+) -> Result<Option<u64>, String> {
+    let resp = OcspResponse::from_der(der).map_err(|e| format!("not an OCSPResponse: {e}"))?;
+    if resp.response_status != OcspResponseStatus::Successful {
+        return Err(format!("response status {:?}", resp.response_status));
+    }
+    let bytes = resp
+        .response_bytes
+        .ok_or("a successful response without responseBytes")?;
+    let basic = BasicOcspResponse::from_der(bytes.response.as_bytes())
+        .map_err(|e| format!("not a BasicOCSPResponse: {e}"))?;
+    let single = basic
+        .tbs_response_data
+        .responses
+        .iter()
+        .find(|r| &r.cert_id.serial_number == serial)
+        .ok_or("no answer for this certificate's serial number")?;
+    Ok(single
+        .next_update
+        .as_ref()
+        .map(|t| t.0.to_unix_duration().as_secs()))
+}
+
+/// The `name` label of a certificate's metrics: its first DNS name, else its file name.
+fn cert_label(leaf: Option<&x509_cert::Certificate>, path: &Path) -> String {
+    use x509_cert::ext::pkix::{SubjectAltName, name::GeneralName};
+    let dns = leaf
+        .and_then(|c| c.tbs_certificate.get::<SubjectAltName>().ok().flatten())
+        .and_then(|(_, san)| {
+            san.0.into_iter().find_map(|n| match n {
+                GeneralName::DnsName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        });
+    dns.unwrap_or_else(|| {
+        path.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    })
+}
+
+/// Sets `frontend`/`name`'s nextUpdate gauge; 0 once a certificate that had a staple has none, or
+/// its new response has no nextUpdate (the exporter cannot drop a gauge). A certificate that
+/// never had a staple with a nextUpdate gets no gauge.
+fn set_next_update(frontend: &str, name: &str, next_update: Option<u64>) {
+    static SET: OnceLock<Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    let mut set = SET
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let key = (frontend.to_string(), name.to_string());
+    let value = match next_update {
+        Some(t) => {
+            set.insert(key);
+            t as f64
+        }
+        None if set.remove(&key) => 0.0,
+        None => return,
+    };
+    let labels = [
+        ("frontend", frontend.to_string()),
+        ("name", name.to_string()),
+    ];
+    metrics::gauge!(TLS_OCSP_NEXT_UPDATE, &labels).set(value);
+}
+
+/// Staples `<cert>.ocsp` to `ck` when that file exists. A file that cannot be read or is not a
+/// successful response for this certificate is logged and counted, and `ck` is served without
+/// a staple.
+fn staple(frontend: &str, pair: &CertPair, mut ck: CertifiedKey) -> CertifiedKey {
+    let path = ocsp_path(&pair.cert);
+    let read = match std::fs::read(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        r => Some(r),
+    };
+    let leaf = ck
+        .cert
+        .first()
+        .and_then(|der| x509_cert::Certificate::from_der(der).ok());
+    let name = cert_label(leaf.as_ref(), &pair.cert);
+    let Some(read) = read else {
+        set_next_update(frontend, &name, None);
+        return ck;
+    };
+    let parsed = read.map_err(|e| e.to_string()).and_then(|der| {
+        let leaf = leaf
+            .as_ref()
+            .ok_or("the certificate's serial number cannot be read")?;
+        let next = parse_ocsp(&der, &leaf.tbs_certificate.serial_number)?;
+        Ok((der, next))
+    });
+    match parsed {
+        Ok((der, next)) => {
+            ck.ocsp = Some(der);
+            // A response without nextUpdate (newer information is always available) has no
+            // expiry to export.
+            set_next_update(frontend, &name, next);
+        }
+        Err(e) => {
+            warn!(frontend, file = %path.display(), error = %e,
+                "OCSP response not stapled; the certificate is served without it");
+            let labels = [("frontend", frontend.to_string()), ("name", name.clone())];
+            metrics::counter!(TLS_OCSP_ERRORS, &labels).increment(1);
+            set_next_update(frontend, &name, None);
+        }
+    }
+    ck
+}
+
+/// A frontend's certificates as served: every pair loaded (or the first error), then stapled.
+fn load_served(frontend: &str, config: &FrontendTls) -> Result<Certs, TlsError> {
+    let loaded = config
+        .certs
+        .iter()
+        .map(load_pair)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Certs(
+        loaded
+            .into_iter()
+            .zip(&config.certs)
+            .map(|(ck, pair)| Arc::new(staple(frontend, pair, ck)))
+            .collect(),
+    ))
 }
 
 /// Loaded certificates, in config order; the first is the default.
@@ -110,29 +257,32 @@ impl ResolvesServerCert for SniResolver {
 pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
     resolver: Arc<SniResolver>,
+    /// The frontend's name, for logs and metric labels.
+    frontend: String,
     config: FrontendTls,
     stamps: Mutex<Vec<Option<SystemTime>>>,
 }
 
 impl TlsAcceptor {
-    pub fn new(config: &FrontendTls) -> Result<TlsAcceptor, TlsError> {
+    /// The acceptor for `frontend`'s `[frontend.tls]` settings.
+    pub fn new(frontend: &str, config: &FrontendTls) -> Result<TlsAcceptor, TlsError> {
         install_provider();
-        let certs = config
-            .certs
-            .iter()
-            .map(load_pair)
-            .collect::<Result<Vec<_>, _>>()?;
+        let stamps = stamps(config);
         let resolver = Arc::new(SniResolver {
-            certs: ArcSwap::from_pointee(Certs(certs)),
+            certs: ArcSwap::from_pointee(load_served(frontend, config)?),
         });
         let mut sc = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        // The server's suite order wins over the client's (what testssl.sh reports as "has
+        // server cipher order"): the provider's order, AEAD with ECDHE only, strongest first.
+        sc.ignore_client_order = true;
         sc.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(TlsAcceptor {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
             resolver,
-            stamps: Mutex::new(stamps(config)),
+            frontend: frontend.to_string(),
+            stamps: Mutex::new(stamps),
             config: config.clone(),
         })
     }
@@ -144,7 +294,7 @@ impl TlsAcceptor {
     ) -> Result<Option<Arc<TlsAcceptor>>, TlsError> {
         match &frontend.tls {
             Some(t) => Ok(Some(
-                Arc::new(TlsAcceptor::new(t)?).spawn_watcher(frontend.name.clone()),
+                Arc::new(TlsAcceptor::new(&frontend.name, t)?).spawn_watcher(),
             )),
             None => Ok(None),
         }
@@ -166,22 +316,20 @@ impl TlsAcceptor {
         }
     }
 
-    /// Re-reads every certificate and key. On any error the loaded ones stay in use.
+    /// Re-reads every certificate, key and OCSP response. On a certificate or key error the
+    /// loaded ones stay in use; an OCSP file that does not load only loses its staple.
     pub fn reload(&self) -> Result<(), TlsError> {
         *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.config);
-        let certs = self
-            .config
-            .certs
-            .iter()
-            .map(load_pair)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.resolver.certs.store(Arc::new(Certs(certs)));
+        let certs = load_served(&self.frontend, &self.config)?;
+        self.resolver.certs.store(Arc::new(certs));
         Ok(())
     }
 
-    /// Starts the file watcher for this acceptor: it reloads when a certificate or key file
-    /// changes, and stops by itself once the acceptor is dropped (frontend restarted or removed).
-    pub fn spawn_watcher(self: &Arc<Self>, frontend: String) -> Arc<Self> {
+    /// Starts the file watcher for this acceptor: it reloads when a certificate, key or OCSP
+    /// file changes (appears, is replaced or is removed), and stops by itself once the acceptor
+    /// is dropped (frontend restarted or removed).
+    pub fn spawn_watcher(self: &Arc<Self>) -> Arc<Self> {
+        let frontend = self.frontend.clone();
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -199,8 +347,9 @@ impl TlsAcceptor {
         Arc::clone(self)
     }
 
-    /// Reloads when a certificate or key file changes (checked every second) until cancelled.
-    pub async fn watch_files(self: Arc<Self>, name: String, cancel: CancellationToken) {
+    /// Reloads when a certificate, key or OCSP file changes (checked every second) until
+    /// cancelled.
+    pub async fn watch_files(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -211,7 +360,7 @@ impl TlsAcceptor {
             let now = stamps(&self.config);
             let changed = *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != now;
             if changed {
-                self.reload_logged(&name, "certificate files changed");
+                self.reload_logged(&self.frontend, "certificate files changed");
             }
         }
     }
@@ -237,10 +386,25 @@ pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 /// or timeout.
 pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
 
+/// `switchyard_tls_ocsp_next_update_timestamp_seconds{frontend, name}`: the stapled response's
+/// nextUpdate; `name` is the certificate's first DNS name, else its file name.
+pub const TLS_OCSP_NEXT_UPDATE: &str = "switchyard_tls_ocsp_next_update_timestamp_seconds";
+/// `switchyard_tls_ocsp_errors_total{frontend, name}`: OCSP files that could not be stapled.
+pub const TLS_OCSP_ERRORS: &str = "switchyard_tls_ocsp_errors_total";
+
 pub fn describe() {
     metrics::describe_counter!(
         TLS_RELOADS,
         "Certificate reloads (SIGHUP or a changed file), by result."
+    );
+    metrics::describe_gauge!(
+        TLS_OCSP_NEXT_UPDATE,
+        metrics::Unit::Seconds,
+        "Unix time of the stapled OCSP response's nextUpdate (0 once none is stapled)."
+    );
+    metrics::describe_counter!(
+        TLS_OCSP_ERRORS,
+        "OCSP files not stapled: unreadable, or no answer for their certificate."
     );
     metrics::describe_counter!(
         TLS_HANDSHAKES,
@@ -248,11 +412,12 @@ pub fn describe() {
     );
 }
 
+/// Modification times of every certificate, key and OCSP file (`None`: missing or unreadable).
 fn stamps(config: &FrontendTls) -> Vec<Option<SystemTime>> {
     config
         .certs
         .iter()
-        .flat_map(|p| [&p.cert, &p.key])
+        .flat_map(|p| [p.cert.clone(), p.key.clone(), ocsp_path(&p.cert)])
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
 }
@@ -459,6 +624,74 @@ mod tests {
         assert_eq!(host_of("10.0.0.1:443"), "10.0.0.1");
         assert_eq!(host_of("[::1]:8443"), "::1");
         assert_eq!(host_of("api.internal:443"), "api.internal");
+    }
+
+    /// The suites a frontend negotiates, in its order of preference, which wins over the
+    /// client's; the README's TLS section lists the same. A rustls upgrade that changes the
+    /// provider's order fails here.
+    #[test]
+    fn frontend_suites_are_the_documented_ones_in_server_order() {
+        use rustls::CipherSuite::*;
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-unit-suites-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let pair = CertPair {
+            cert: dir.join("a.pem"),
+            key: dir.join("a.key"),
+        };
+        std::fs::write(&pair.cert, ck.cert.pem()).unwrap();
+        std::fs::write(&pair.key, ck.signing_key.serialize_pem()).unwrap();
+        let acceptor = TlsAcceptor::new(
+            "unit",
+            &FrontendTls {
+                certs: vec![pair],
+                alpn: vec![],
+                handshake_timeout: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let sc = acceptor.acceptor.config();
+        assert!(sc.ignore_client_order);
+        let suites: Vec<_> = sc
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            ]
+        );
+    }
+
+    #[test]
+    fn ocsp_file_is_named_after_the_certificate() {
+        assert_eq!(
+            ocsp_path(Path::new("/etc/ssl/site.pem")),
+            PathBuf::from("/etc/ssl/site.pem.ocsp")
+        );
+    }
+
+    #[test]
+    fn ocsp_responses_that_answer_nothing_are_refused() {
+        let serial = x509_cert::serial_number::SerialNumber::new(&[1]).unwrap();
+        let e = parse_ocsp(b"not DER", &serial).unwrap_err();
+        assert!(e.contains("not an OCSPResponse"), "{e}");
+        // OCSPResponse { responseStatus tryLater (3) }: a responder's "ask again", no answer.
+        let e = parse_ocsp(&[0x30, 0x03, 0x0a, 0x01, 0x03], &serial).unwrap_err();
+        assert!(e.contains("TryLater"), "{e}");
     }
 
     #[test]

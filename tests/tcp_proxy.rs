@@ -545,14 +545,17 @@ async fn tls_is_terminated_and_originated() {
     std::fs::create_dir_all(&dir).unwrap();
     let front = make_cert(&dir, "front", &["lb.test"]);
     let back = make_cert(&dir, "back", &["127.0.0.1"]);
-    let up_tls = switchyard::tls::TlsAcceptor::new(&switchyard::config::FrontendTls {
-        certs: vec![switchyard::config::CertPair {
-            cert: back.cert.clone(),
-            key: back.key.clone(),
-        }],
-        alpn: vec![],
-        handshake_timeout: WAIT,
-    })
+    let up_tls = switchyard::tls::TlsAcceptor::new(
+        "upstream",
+        &switchyard::config::FrontendTls {
+            certs: vec![switchyard::config::CertPair {
+                cert: back.cert.clone(),
+                key: back.key.clone(),
+            }],
+            alpn: vec![],
+            handshake_timeout: WAIT,
+        },
+    )
     .unwrap();
     let up = Banner::start_tls("secure", Some(Arc::new(up_tls))).await;
     let fe_tls = format!(

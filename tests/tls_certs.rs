@@ -1,7 +1,8 @@
 //! The TLS acceptor on its own: SNI chooses the certificate (the first one serves a missing or
-//! unknown name), ALPN is offered, a bad PEM on reload keeps the old certificate, a changed
-//! file is picked up without a restart, and garbage on the port fails fast while the next
-//! handshake works. Certificates are generated while the test runs (rcgen).
+//! unknown name), ALPN is offered, the server's cipher suite order wins over the client's, a bad
+//! PEM on reload keeps the old certificate, a changed file is picked up without a restart, and
+//! garbage on the port fails fast while the next handshake works. Certificates are generated
+//! while the test runs (rcgen).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -98,7 +99,7 @@ async fn sni_chooses_the_certificate_and_alpn_is_offered() {
         alpn: vec!["h2".into(), "http/1.1".into()],
         handshake_timeout: Duration::from_secs(2),
     };
-    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let acceptor = Arc::new(TlsAcceptor::new("test", &cfg).unwrap());
     let addr = serve(acceptor).await;
     let roots = [&a, &b];
     let (got, alpn) = handshake(addr, "b.test", &roots).await;
@@ -115,6 +116,84 @@ async fn sni_chooses_the_certificate_and_alpn_is_offered() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The suite negotiated with a client that speaks only `version` and offers `suites` in that
+/// order.
+async fn negotiated_suite(
+    addr: std::net::SocketAddr,
+    root: &Cert,
+    version: &'static rustls::SupportedProtocolVersion,
+    suites: Vec<rustls::SupportedCipherSuite>,
+) -> rustls::CipherSuite {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..rustls::crypto::ring::default_provider()
+    };
+    let mut store = rustls::RootCertStore::empty();
+    store.add(root.der.clone()).unwrap();
+    let cc = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let s = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cc))
+        .connect(ServerName::try_from("a.test").unwrap(), s)
+        .await
+        .unwrap_or_else(|e| panic!("handshake with {version:?}: {e}"));
+    tls.get_ref().1.negotiated_cipher_suite().unwrap().suite()
+}
+
+#[tokio::test]
+async fn the_servers_cipher_suite_order_wins() {
+    switchyard::tls::install_provider();
+    let dir = tempdir("order");
+    // rcgen makes ECDSA P-256 keys, so only the ECDHE_ECDSA suites apply in TLS 1.2.
+    let a = make_cert(&dir, "a", &["a.test"]);
+    let cfg = FrontendTls {
+        certs: vec![a.pair.clone()],
+        alpn: vec![],
+        handshake_timeout: Duration::from_secs(2),
+    };
+    let addr = serve(Arc::new(TlsAcceptor::new("test", &cfg).unwrap())).await;
+    // A client that prefers the server's last choices: CHACHA20 first, then AES-128, AES-256.
+    let reversed: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .rev()
+        .collect();
+    use rustls::CipherSuite::*;
+    assert_eq!(
+        negotiated_suite(addr, &a, &rustls::version::TLS12, reversed.clone()).await,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+    );
+    assert_eq!(
+        negotiated_suite(addr, &a, &rustls::version::TLS13, reversed).await,
+        TLS13_AES_256_GCM_SHA384
+    );
+    // The client still decides what it offers: without AES-256 the server's next choice wins.
+    let no_aes256: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .into_iter()
+        .rev()
+        .filter(|s| {
+            ![
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS13_AES_256_GCM_SHA384,
+            ]
+            .contains(&s.suite())
+        })
+        .collect();
+    assert_eq!(
+        negotiated_suite(addr, &a, &rustls::version::TLS12, no_aes256.clone()).await,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    );
+    assert_eq!(
+        negotiated_suite(addr, &a, &rustls::version::TLS13, no_aes256).await,
+        TLS13_AES_128_GCM_SHA256
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[tokio::test]
 async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up() {
     let dir = tempdir("reload");
@@ -124,9 +203,9 @@ async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up
         alpn: vec![],
         handshake_timeout: Duration::from_secs(2),
     };
-    let acceptor = Arc::new(TlsAcceptor::new(&cfg).unwrap());
+    let acceptor = Arc::new(TlsAcceptor::new("test", &cfg).unwrap());
     let cancel = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(Arc::clone(&acceptor).watch_files("test".into(), cancel.clone()));
+    tokio::spawn(Arc::clone(&acceptor).watch_files(cancel.clone()));
     let addr = serve(Arc::clone(&acceptor)).await;
     assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
 
@@ -177,7 +256,7 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
         alpn: vec![],
         handshake_timeout: Duration::from_millis(500),
     };
-    let addr = serve(Arc::new(TlsAcceptor::new(&cfg).unwrap())).await;
+    let addr = serve(Arc::new(TlsAcceptor::new("test", &cfg).unwrap())).await;
     // Plain HTTP on the TLS port: closed quickly.
     let mut s = TcpStream::connect(addr).await.unwrap();
     let t = Instant::now();
@@ -210,7 +289,7 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
         alpn: vec![],
         handshake_timeout: Duration::from_secs(1),
     };
-    let e = TlsAcceptor::new(&bad)
+    let e = TlsAcceptor::new("test", &bad)
         .err()
         .expect("missing file")
         .to_string();
