@@ -2509,6 +2509,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for HeadTimeout<S> {
 mod tests {
     use super::*;
 
+    /// `io` wrapped with a 1 s header timeout and a 5 s idle timeout.
+    fn timed<S>(io: S) -> HeadTimeout<S> {
+        HeadTimeout::new(
+            io,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+        )
+    }
+
     #[test]
     fn the_408_is_framed_by_its_length() {
         let end = REQUEST_TIMEOUT
@@ -2530,13 +2541,7 @@ mod tests {
     async fn blank_lines_before_a_request_do_not_end_its_head() {
         for first in [&b"\r\n\r\n"[..], b"\n\n", b"\r\n\r\nGET / HTTP/1.1\r\n"] {
             let (ours, _theirs) = tokio::io::duplex(64);
-            let mut h = HeadTimeout::new(
-                ours,
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            );
+            let mut h = timed(ours);
             h.saw(first);
             assert_eq!(h.state, HeadState::Head, "{first:?}");
             h.saw(b"\r\n");
@@ -2683,13 +2688,7 @@ mod tests {
         ];
         for (chunks, want_h2) in cases {
             let (mut client, server) = tokio::io::duplex(1024);
-            let mut h = HeadTimeout::new(
-                server,
-                Duration::from_secs(5),
-                Duration::from_secs(5),
-                metrics::Counter::noop(),
-                metrics::Counter::noop(),
-            );
+            let mut h = timed(server);
             let write = async {
                 for c in chunks {
                     client.write_all(c).await.unwrap();
@@ -2709,13 +2708,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_timeout_stands_down_after_101() {
-        let mut h = HeadTimeout::new(
-            (),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            metrics::Counter::noop(),
-            metrics::Counter::noop(),
-        );
+        let mut h = timed(());
         h.saw(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(h.state, HeadState::Body);
         h.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
@@ -2788,13 +2781,7 @@ mod tests {
     async fn a_new_connection_must_speak_within_idle() {
         use tokio::io::AsyncReadExt;
         let (ours, _theirs) = tokio::io::duplex(64);
-        let mut h = HeadTimeout::new(
-            ours,
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            metrics::Counter::noop(),
-            metrics::Counter::noop(),
-        );
+        let mut h = timed(ours);
         let started = tokio::time::Instant::now();
         let err = h.read(&mut [0; 16]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -2804,13 +2791,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_client_that_stops_reading_is_cut_after_idle() {
         let (ours, _theirs) = tokio::io::duplex(64);
-        let mut h = HeadTimeout::new(
-            ours,
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            metrics::Counter::noop(),
-            metrics::Counter::noop(),
-        );
+        let mut h = timed(ours);
         h.saw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let started = tokio::time::Instant::now();
         let err = h.write_all(&[b'z'; 1024]).await.unwrap_err();
@@ -2821,13 +2802,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_is_not_cut_for_a_slow_reader() {
         let (ours, mut theirs) = tokio::io::duplex(64);
-        let mut h = HeadTimeout::new(
-            ours,
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            metrics::Counter::noop(),
-            metrics::Counter::noop(),
-        );
+        let mut h = timed(ours);
         h.wrote(b"HTTP/1.1 101 Switching Protocols\r\n");
         let write = h.write_all(&[b'z'; 1024]);
         let slow_reader = async {
