@@ -35,7 +35,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
 use crate::h1_client::{self, Framing, Spot, State, Step};
-use crate::proxy_http::{self, Conn, ReqBody, Stream};
+use crate::proxy_http::{self, Conn, Phase, ReqBody, Stream};
 use crate::signal::Watch;
 
 /// Most header fields in one request head (hyper's limit too).
@@ -464,7 +464,7 @@ pub fn decode_request(input: &[u8], limit: usize) -> Result<Option<Decoded>, u16
 /// `first` holds bytes already read from it.
 pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut Watch) {
     let limit = conn.head_limit();
-    let serving = io.serving();
+    let phase = io.phase();
     let tls = io.is_tls();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
@@ -479,7 +479,9 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             if !reader.buf.is_empty() {
                 match parse_head(&mut reader.buf, limit) {
                     Ok(Some(h)) => break h,
-                    Ok(None) => {}
+                    // Part of a head, or empty lines, read with the request before: the header
+                    // timer must run for it though no new byte may come.
+                    Ok(None) => phase.set(Phase::HEAD_BEGUN),
                     Err(r) => return refuse(&mut w, &mut out, r).await,
                 }
             }
@@ -506,7 +508,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             te_trailers,
         } = head;
         // Until the response is written: what is read meanwhile is read ahead, not waited for.
-        serving.store(true, Ordering::Relaxed);
+        phase.set(Phase::SERVING);
         closing |= !keep_alive;
         let head_method = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
@@ -586,7 +588,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         if out.capacity() > KEEP_OUT {
             out = Vec::with_capacity(OUT_START);
         }
-        serving.store(false, Ordering::Relaxed);
+        phase.set(Phase::WAITING);
         if sent.is_err() {
             return;
         }

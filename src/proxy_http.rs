@@ -38,7 +38,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -2027,8 +2027,18 @@ fn rewrite_request(
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-            if let Some(h) = &h {
-                parts.headers.insert(header::HOST, h.clone());
+            match &h {
+                Some(h) => {
+                    parts.headers.insert(header::HOST, h.clone());
+                }
+                // An HTTP/1.0 request without any: it goes on as HTTP/1.1, which must have a
+                // Host (RFC 9112 3.2), so it gets the backend's name, as nginx sends its
+                // upstream's. No X-Forwarded-Host: the client named no host.
+                None => {
+                    let name = HeaderValue::from_str(backend)
+                        .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+                    parts.headers.insert(header::HOST, name);
+                }
             }
             h
         }
@@ -2099,7 +2109,9 @@ fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 // Header timeout with a 408.
 
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 38\r\nconnection: close\r\n\r\n408 Request Timeout: headers too slow\n";
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface (RFC 9113 3.4), all of it: its first line alone is also an
+/// HTTP/1.x request line (`PRI * HTTP/2.0`), which gets an HTTP/1.x answer.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Wraps a client connection (TCP or TLS) to enforce the request-header timeout itself, so a
 /// client that does not finish its header section in time gets `408` and a close (hyper's own
@@ -2147,9 +2159,32 @@ pub(crate) struct HeadTimeout<S> {
     upgraded: bool,
     /// Bytes `sniff_h2` read, served before any new read.
     pending: Bytes,
-    /// Set by the HTTP/1.x server while it serves a request: bytes read meanwhile (a pipelined
-    /// request, read ahead) start no header timer, and no idle timeout applies.
-    serving: Arc<AtomicBool>,
+    /// Where the HTTP/1.x server is (see `Phase`).
+    phase: Arc<Phase>,
+}
+
+/// What the HTTP/1.x server tells `HeadTimeout` of the bytes it has already read: only it
+/// knows where a head that arrived with an earlier read starts and ends.
+#[derive(Debug, Default)]
+pub(crate) struct Phase(std::sync::atomic::AtomicU8);
+
+impl Phase {
+    /// Waiting for a request; whether one has begun shows in the bytes read from now on.
+    pub(crate) const WAITING: u8 = 0;
+    /// Serving a request: bytes read meanwhile (a pipelined request, read ahead) start no
+    /// header timer, and neither the header nor the idle timeout applies.
+    pub(crate) const SERVING: u8 = 1;
+    /// Waiting for the rest of a head (or after empty lines) that was read along with the
+    /// request before: the header timer runs from when the server went back to reading.
+    pub(crate) const HEAD_BEGUN: u8 = 2;
+
+    pub(crate) fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2192,7 +2227,7 @@ impl<S> HeadTimeout<S> {
             write_blocked: false,
             upgraded: false,
             pending: Bytes::new(),
-            serving: Arc::default(),
+            phase: Arc::default(),
         }
     }
 
@@ -2204,10 +2239,10 @@ impl<S> HeadTimeout<S> {
             // The HTTP/2 preface may arrive split over several reads: stay `Fresh` while what
             // came so far is a prefix of it, and only a mismatch makes this an HTTP/1 head.
             let k = usize::from(self.preface);
-            let want = &H2_PREFACE_START[k..];
+            let want = &H2_PREFACE[k..];
             let n = want.len().min(bytes.len());
             if bytes[..n] == want[..n] {
-                if k + n == H2_PREFACE_START.len() {
+                if k + n == H2_PREFACE.len() {
                     self.state = HeadState::Off;
                 } else {
                     self.preface = (k + n) as u8;
@@ -2215,14 +2250,13 @@ impl<S> HeadTimeout<S> {
                 return;
             }
         }
-        if matches!(self.state, HeadState::Idle | HeadState::Fresh)
-            && !self.serving.load(Ordering::Relaxed)
-        {
+        let phase = self.phase.get();
+        if matches!(self.state, HeadState::Idle | HeadState::Fresh) && phase != Phase::SERVING {
             // Empty lines start the header clock too: a client that sends only those and then
             // nothing gets its `408` at `limit`, like any other unfinished head.
             self.state = HeadState::Head;
             self.tail = [0; 3];
-            self.blank = true;
+            self.blank = phase == Phase::WAITING;
             self.set_deadline(self.limit);
         }
         if self.state == HeadState::Head {
@@ -2367,9 +2401,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
             .unwrap_or_else(|b| BytesMut::from(&b[..]))
     }
 
-    /// The flag that tells this wrapper a request is being served (see `serving`).
-    pub(crate) fn serving(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.serving)
+    /// Where the HTTP/1.x server tells this wrapper it is (see `Phase`).
+    pub(crate) fn phase(&self) -> Arc<Phase> {
+        Arc::clone(&self.phase)
     }
 
     /// Puts bytes back to be read before anything new (what a client sent after its upgrade
@@ -2387,9 +2421,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> HeadTimeout<S> {
         let mut buf = BytesMut::with_capacity(SNIFF_BUF);
         loop {
             let n = tokio::io::AsyncReadExt::read_buf(self, &mut buf).await?;
-            let k = buf.len().min(H2_PREFACE_START.len());
-            let h2 = buf[..k] == H2_PREFACE_START[..k];
-            if n == 0 || !h2 || k == H2_PREFACE_START.len() {
+            let k = buf.len().min(H2_PREFACE.len());
+            let h2 = buf[..k] == H2_PREFACE[..k];
+            if n == 0 || !h2 || k == H2_PREFACE.len() {
                 self.pending = buf.freeze();
                 return Ok(h2 && n != 0);
             }
@@ -2425,8 +2459,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                let phase = self.phase.get();
+                if phase == Phase::HEAD_BEGUN
+                    && matches!(self.state, HeadState::Fresh | HeadState::Idle)
+                {
+                    // A head that came with the previous request's bytes: its clock starts now.
+                    self.state = HeadState::Head;
+                    self.tail = [0; 3];
+                    self.blank = false;
+                    let limit = self.limit;
+                    self.set_deadline(limit);
+                }
                 if matches!(self.state, HeadState::Fresh | HeadState::Idle)
-                    && !self.serving.load(Ordering::Relaxed)
+                    && phase != Phase::SERVING
                     && self.timed_out(cx)
                 {
                     self.state = HeadState::Off;
@@ -2436,7 +2481,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<S> {
                         "no request within the idle timeout",
                     )));
                 }
-                if self.state == HeadState::Head && self.timed_out(cx) {
+                // (A head whose end the scan missed, having begun in the server's buffer, is
+                // never timed out while its request is served.)
+                if self.state == HeadState::Head && phase != Phase::SERVING && self.timed_out(cx) {
                     self.state = HeadState::Off;
                     // Best effort, never waiting: the send buffer is empty at this point (the
                     // client is still sending its head), so the 130 bytes fit; over TLS they

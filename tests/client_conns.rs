@@ -548,6 +548,8 @@ async fn empty_lines_then_silence_get_408_at_the_header_timeout() {
     .await;
     let web = lb.http_addr("web");
     for (what, bytes) in blank_starts() {
+        // New connection; after an answer; and in the same write as a request (the server
+        // has the bytes in its buffer before the answer, and no new byte comes after it).
         for keep_alive in [false, true] {
             let mut c = Client::connect(web).await;
             if keep_alive {
@@ -569,6 +571,20 @@ async fn empty_lines_then_silence_get_408_at_the_header_timeout() {
             if let Err(e) = c.closed_within(STEP).await {
                 panic!("{what} (keep-alive {keep_alive}): wanted a close after 408: {e}");
             }
+        }
+        let mut c = Client::connect(web).await;
+        let t = Instant::now();
+        c.send([get("/first").as_bytes(), &bytes].concat()).await;
+        c.response(false).await.assert_ok("/first", raw::FIXED_BODY);
+        let r = c.response(false).await;
+        let took = t.elapsed();
+        assert_eq!(r.status, 408, "{what} (with a request): {}", r.head);
+        assert!(
+            took >= HEADER - Duration::from_millis(100) && took < HEADER * 3,
+            "{what} (with a request): 408 after {took:?}"
+        );
+        if let Err(e) = c.closed_within(STEP).await {
+            panic!("{what} (with a request): wanted a close after 408: {e}");
         }
     }
     // Nothing of those bytes reached the upstream as a request.

@@ -33,7 +33,7 @@
 //! bare_lf_lines                          LF-only line endings                  200              one GET, Host x (CRLF again)
 //! -- host_sizes_and_forwarded_headers (checks off) --
 //! host_missing_http11                    HTTP/1.1, no Host                     400 then close   nothing
-//! host_missing_http10                    HTTP/1.0, no Host                     200 then close   one GET, no Host
+//! host_missing_http10                    HTTP/1.0, no Host                     200 then close   one GET, Host raw (the backend)
 //! host_twice                             two Host lines                        400 then close   nothing
 //! host_list                              "Host: a.example, b.example"          400 then close   nothing
 //! absolute_uri_host_differs              GET http://evil.example/ + Host good  400 then close   nothing
@@ -291,6 +291,12 @@ fn framing_cases() -> Vec<Case> {
             }),
         ),
         case(
+            "h2_preface_first_line_only",
+            "PRI * HTTP/2.0\r\nHost: x\r\n\r\n",
+            StatusThenClose(&[400, 505]),
+            Nothing,
+        ),
+        case(
             "empty_lines_before_a_request",
             "\r\n\r\n\nGET /after-blank HTTP/1.1\r\nHost: x\r\n\r\n",
             Status(OK),
@@ -445,7 +451,8 @@ fn host_size_forwarded_cases() -> Vec<Case> {
             One(Want {
                 target: "/no-host-10",
                 body: b"",
-                headers: &[("host", None)],
+                // Forwarded as HTTP/1.1, which must have one: the backend's name, as nginx does.
+                headers: &[("host", Some("raw")), ("x-forwarded-host", None)],
             }),
         ),
         case(
