@@ -183,6 +183,7 @@ struct FileFrontend {
     max_header_size: Option<usize>,
     maxconn: Option<usize>,
     accept_proxy: Option<bool>,
+    allow_connect: Option<bool>,
     tls: Option<FileFrontendTls>,
 }
 
@@ -334,6 +335,9 @@ pub struct Frontend {
     pub maxconn: usize,
     /// Expect a PROXY protocol v1 or v2 header from the peer before anything else.
     pub accept_proxy: bool,
+    /// HTTP/1.1 `CONNECT` requests are passed on to the backend (a pool of forward proxies),
+    /// and a `2xx` answer makes the connection a tunnel; otherwise they get `405`.
+    pub allow_connect: bool,
     /// Present: the listener terminates TLS.
     pub tls: Option<FrontendTls>,
 }
@@ -868,6 +872,15 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
                 n => n,
             },
             accept_proxy: f.accept_proxy.unwrap_or(false),
+            allow_connect: match (f.allow_connect, mode) {
+                (Some(true), Mode::Tcp) => {
+                    return Err(invalid(
+                        format!("{key}.allow_connect"),
+                        "is for mode = \"http\" frontends",
+                    ));
+                }
+                (v, _) => v.unwrap_or(false),
+            },
             tls,
             name: f.name,
             bind,
@@ -984,6 +997,20 @@ fall = 3
         let e = err(&text);
         assert!(e.contains("frontend \"testloadbalancer\".backend"), "{e}");
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn allow_connect_is_off_by_default_and_http_only() {
+        let c = Config::from_toml(CLASSIC).unwrap();
+        assert!(!c.frontends[0].allow_connect);
+        let on = CLASSIC.replace("mode = \"http\"", "mode = \"http\"\nallow_connect = true");
+        assert!(Config::from_toml(&on).unwrap().frontends[0].allow_connect);
+        let tcp = CLASSIC.replace("mode = \"http\"", "mode = \"tcp\"\nallow_connect = true");
+        let e = err(&tcp);
+        assert!(
+            e.contains("frontend \"testloadbalancer\".allow_connect"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -511,6 +511,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         phase.set(Phase::SERVING);
         closing |= !keep_alive;
         let head_method = parts.method == Method::HEAD;
+        let method = parts.method.clone();
         let http10 = parts.version == Version::HTTP_10;
         // A request with a body takes the reader with it; it comes back through `home` once
         // the body was read to its end.
@@ -527,7 +528,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             (body, None, Some(home))
         };
         let mut req = Request::from_parts(parts, ReqBody::H1(body));
-        let upgrade = proxy_http::wants_upgrade(&req).then(|| {
+        let upgrade = proxy_http::wants_tunnel(&req).then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
                 .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
@@ -547,13 +548,14 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             // The client left: dropping the request cancels it (`client_abort` in the log).
             return;
         };
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        if proxy_http::opens_tunnel(&method, resp.status())
             && let Some(tx) = upgrade
         {
             // The tunnel takes the whole socket, with what the client sent after its request.
             let Some(reader) = held.or_else(|| home.and_then(|h| take(&h))) else {
                 return;
             };
+            phase.set(Phase::TUNNEL);
             out.clear();
             encode_status(&mut out, resp.status());
             encode_fields(&mut out, resp.headers(), false);

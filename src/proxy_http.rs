@@ -872,7 +872,9 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
     };
     let backend = &snap.backends[index];
     let mut trace = Trace::default();
-    let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size) {
+    // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
+    let connect_ok = fe.frontend.allow_connect && backend.config.protocol == Protocol::Http1;
+    let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size, connect_ok) {
         Some(resp) => {
             trace.termination = Termination::BadRequest;
             (resp, None)
@@ -959,6 +961,7 @@ struct Trace {
 fn refuse<B: hyper::body::Body>(
     req: &Request<B>,
     max_header_size: usize,
+    connect_ok: bool,
 ) -> Option<Response<Body>> {
     let bad = |why: &str| {
         Some(refusal(
@@ -966,10 +969,11 @@ fn refuse<B: hyper::body::Body>(
             format!("400 Bad Request: {why}\n"),
         ))
     };
-    if req.method() == Method::CONNECT {
-        // A load balancer is no forward proxy. Forwarded, a CONNECT would reach the server as
-        // `CONNECT / HTTP/1.1`, and a `2xx` to it turns that connection into a tunnel that must
-        // never carry another client's request (nginx answers 405 too).
+    if req.method() == Method::CONNECT && !(connect_ok && req.version() == Version::HTTP_11) {
+        // Unless the frontend fronts forward proxies (`allow_connect`), a load balancer is no
+        // forward proxy, and a `2xx` to a CONNECT turns the connection it went on into a
+        // tunnel (nginx answers 400, and HAProxy passes it on). Over HTTP/2 a CONNECT is a
+        // stream, which is not tunnelled here.
         return Some(refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed: CONNECT is not served here\n",
@@ -1163,7 +1167,8 @@ struct Target {
     h2: bool,
     /// TLS to the server (the HTTP/2 `:scheme`).
     tls: bool,
-    /// Keep `Connection: upgrade` and `Upgrade`.
+    /// A tunnel if the server agrees (an upgrade, or a CONNECT): sent through hyper, which
+    /// hands the socket over, keeping `Connection: upgrade` and `Upgrade`.
     upgrade: bool,
 }
 
@@ -1179,13 +1184,14 @@ async fn forward(
     let target = Target {
         h2: cfg.protocol == Protocol::H2,
         tls: cfg.tls.is_some(),
-        upgrade: cfg.protocol == Protocol::Http1 && wants_upgrade(&req),
+        upgrade: cfg.protocol == Protocol::Http1 && wants_tunnel(&req),
     };
     // Taken before the request is rewritten; it resolves once our 101 reaches the client.
     let mut client_upgrade = target
         .upgrade
         .then(|| req.extensions_mut().remove::<h1_server::ClientUpgrade>())
         .flatten();
+    let method = req.method().clone();
     let mut req = rewrite_request(req, conn, &cfg.name, target);
     // Kept to tell, once the body is gone upstream, whether a failure was the client's.
     let body_state = match req.body() {
@@ -1215,7 +1221,7 @@ async fn forward(
         match send(&server, cfg, conn, req, target, trace).await {
             Ok(mut resp) => {
                 crate::health::observe_response(backend, &server, resp.status().as_u16());
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if opens_tunnel(&method, resp.status()) {
                     let Some(client_side) = client_upgrade.take() else {
                         trace.termination = Termination::ServerError;
                         let body = format!(
@@ -1227,6 +1233,8 @@ async fn forward(
                     let server_side = hyper::upgrade::on(&mut resp);
                     let (mut parts, _) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
+                    // A `2xx` to CONNECT has no content (RFC 9110 9.3.6): the tunnel follows.
+                    parts.headers.remove(header::CONTENT_LENGTH);
                     tunnel(conn, &server, active, client_side, server_side);
                     trace.termination = Termination::Upgrade;
                     let empty = Either::Right(Full::new(Bytes::new()));
@@ -1833,6 +1841,17 @@ pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
+/// An HTTP/1.1 request that becomes a tunnel if the server agrees: an upgrade (`101`), or a
+/// CONNECT (`2xx`; refused before it gets here unless the frontend has `allow_connect`).
+pub(crate) fn wants_tunnel<B>(req: &Request<B>) -> bool {
+    wants_upgrade(req) || (req.method() == Method::CONNECT && req.version() == Version::HTTP_11)
+}
+
+/// Whether `status`, answering `method`, makes the connection a tunnel.
+pub(crate) fn opens_tunnel(method: &Method, status: StatusCode) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && status.is_success())
+}
+
 /// The protocols the `Upgrade` fields ask for, `h2c` left out.
 fn upgrade_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
@@ -2086,8 +2105,11 @@ fn rewrite_request(
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_2;
     } else {
-        // Origin-form already (the usual HTTP/1.1 request) stays as it is.
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        // Origin-form already (the usual HTTP/1.1 request) stays as it is; a CONNECT keeps its
+        // authority-form target (RFC 9112 3.2.3).
+        if parts.method != Method::CONNECT
+            && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
+        {
             parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
         }
         parts.version = Version::HTTP_11;
@@ -2177,6 +2199,9 @@ impl Phase {
     /// Waiting for the rest of a head (or after empty lines) that was read along with the
     /// request before: the header timer runs from when the server went back to reading.
     pub(crate) const HEAD_BEGUN: u8 = 2;
+    /// The answer about to be written opens a tunnel (a `2xx` to CONNECT; a `101` is seen in
+    /// the bytes): no more header, idle or write-stall timers.
+    pub(crate) const TUNNEL: u8 = 3;
 
     pub(crate) fn set(&self, phase: u8) {
         self.0.store(phase, Ordering::Relaxed);
@@ -2286,7 +2311,7 @@ impl<S> HeadTimeout<S> {
         if self.state == HeadState::Off {
             return;
         }
-        if first.starts_with(b"HTTP/1.1 101") {
+        if first.starts_with(b"HTTP/1.1 101") || self.phase.get() == Phase::TUNNEL {
             self.state = HeadState::Off;
             self.upgraded = true;
         } else if !first.starts_with(b"HTTP/1.1 1") {
@@ -2774,7 +2799,8 @@ mod tests {
             }
             b.body(Full::new(Bytes::from_static(b"abc"))).unwrap()
         };
-        let status = |r: &Request<Full<Bytes>>| refuse(r, 65536).map(|resp| resp.status().as_u16());
+        let status =
+            |r: &Request<Full<Bytes>>| refuse(r, 65536, false).map(|resp| resp.status().as_u16());
         let v11 = Version::HTTP_11;
         assert_eq!(status(&req(v11, "/", &[("host", "x")])), None);
         assert_eq!(status(&req(v11, "/", &[("host", "x:8080")])), None);
@@ -2820,7 +2846,7 @@ mod tests {
             None
         );
         // Every refusal closes the connection.
-        let resp = refuse(&req(v11, "/", &[]), 65536).unwrap();
+        let resp = refuse(&req(v11, "/", &[]), 65536, false).unwrap();
         assert_eq!(resp.headers()[header::CONNECTION], "close");
     }
 

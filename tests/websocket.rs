@@ -1,7 +1,8 @@
 //! HTTP Upgrade through the L7 proxy: a WebSocket client talks to a WebSocket echo server
 //! through Switchyard (text, binary and large frames), the upgrade headers reach the server,
 //! the tunnel counts as in flight on its server, a server that declines the upgrade answers
-//! normally, and a tunnel to a removed server is cut when its drain times out.
+//! normally, and a tunnel to a removed server is cut when its drain times out. CONNECT
+//! tunnels to a forward proxy behind a frontend with `allow_connect` (and `405` without).
 
 mod support;
 
@@ -300,5 +301,146 @@ async fn a_tunnel_is_cut_when_its_server_drain_times_out() {
         async move { active(lb, &addr).await <= 0 }
     })
     .await;
+    lb.shutdown().await;
+}
+
+/// A forward proxy on `127.0.0.1:0`, as a frontend with `allow_connect` would front: each
+/// connection's first request must be a CONNECT; it is answered `200` (with a stray
+/// `Content-Length: 0`, which must not make the connection look reusable) and then every byte
+/// is echoed back, prefixed with `tunnel:` once. Any other request gets `400`. The request
+/// heads it saw are kept.
+async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                seen.lock().unwrap().push(head.clone());
+                if !head.starts_with("CONNECT ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let ok = b"HTTP/1.1 200 Connection Established\r\ncontent-length: 0\r\n\r\ntunnel:";
+                if s.write_all(ok).await.is_err() {
+                    return;
+                }
+                if s.write_all(&buf[end..]).await.is_err() {
+                    return;
+                }
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if s.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// With `allow_connect`, an HTTP/1.1 CONNECT goes to the backend with its authority-form
+/// target, and its `200` makes the client's connection a tunnel to that server connection:
+/// bytes flow both ways, past the frontend's idle timeout. The server connection is never
+/// pooled: a plain request afterwards goes on a new one (the forward proxy would echo it
+/// into the tunnel otherwise). Without `allow_connect` (the default), CONNECT gets `405`.
+#[tokio::test]
+async fn connect_is_tunnelled_only_where_the_frontend_allows_it() {
+    let (proxy, heads) = forward_proxy().await;
+    let backend = "[backend.check]\ntype = \"none\"";
+    let lb = Lb::start_ready(&support::static_config(
+        "fwd",
+        &[proxy.to_string()],
+        "allow_connect = true\nidle_timeout = \"1s\"",
+        backend,
+    ))
+    .await;
+    let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
+    c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Duration::from_secs(5);
+    while !got.ends_with(b"tunnel:") {
+        let n = tokio::time::timeout(deadline, c.read(&mut chunk))
+            .await
+            .expect("no tunnel answer")
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text:?}"
+    );
+    assert!(
+        heads.lock().unwrap()[0].starts_with("CONNECT internal.example:443 HTTP/1.1\r\n"),
+        "{:?}",
+        heads.lock().unwrap()
+    );
+    // Quiet for longer than idle_timeout, then bytes both ways.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(deadline, c.read_exact(&mut echo))
+        .await
+        .expect("no echo through the tunnel")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+    // A plain request now goes on its own connection, not into the tunnel.
+    let (status, _) = support::get(lb.http_addr("web"), "/after").await;
+    assert_eq!(status, 400, "the forward proxy answers plain requests 400");
+    assert_eq!(heads.lock().unwrap().len(), 2);
+    assert!(heads.lock().unwrap()[1].starts_with("GET /after HTTP/1.1\r\n"));
+    drop(c);
+    lb.shutdown().await;
+
+    let lb = Lb::start_ready(&support::static_config(
+        "fwd",
+        &[proxy.to_string()],
+        "",
+        backend,
+    ))
+    .await;
+    let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
+    c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(deadline, c.read_to_end(&mut answer))
+        .await
+        .expect("no close after 405")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 405"), "{text:?}");
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        2,
+        "nothing more reached the server"
+    );
     lb.shutdown().await;
 }
