@@ -17,8 +17,9 @@
 //! requests (400, 414, 501), blaming a broken or stalled request body on the client (400,
 //! 408), and the idle and stalled-write bounds on client connections.
 //! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`),
-//! the PROXY header format (`proxy_protocol`), or HTTP/1.x message framing (`h1_server` towards
-//! clients, with the head size limit (431); `h1_client` towards servers).
+//! the PROXY header format (`proxy_protocol`), HTTP/1.x message framing (`h1_server` towards
+//! clients, with the head size limit (431); `h1_client` towards servers), or the rules HTTP/2
+//! requests must meet and their translation to HTTP/1.1 fields (`h2_rules`).
 //!
 //! HTTP/1.x from clients is read by our own server (`h1_server`) and HTTP/1.1 to servers goes
 //! through our own client (`h1_client`), both in the client connection's task; HTTP/2 clients
@@ -872,7 +873,20 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
     };
     let backend = &snap.backends[index];
     let mut trace = Trace::default();
-    let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size) {
+    let mut req = req;
+    let refused = match refuse(&req, fe.frontend.max_header_size) {
+        // HTTP/2's own rules: Host and :authority, Content-Length, Cookie crumbs.
+        None if req.version() == Version::HTTP_2 => {
+            let (mut parts, body) = req.into_parts();
+            let checked = crate::h2_rules::h2_to_h1(&mut parts);
+            req = Request::from_parts(parts, body);
+            checked
+                .err()
+                .map(|m| plain(StatusCode::BAD_REQUEST, format!("400 Bad Request: {m}\n")))
+        }
+        r => r,
+    };
+    let (mut resp, server) = match refused {
         Some(resp) => {
             trace.termination = Termination::BadRequest;
             (resp, None)
@@ -950,8 +964,8 @@ struct Trace {
 /// (hyper accepts any list that ends in `chunked`, and the other codings would be dropped when
 /// the body is re-framed), an HTTP/1.1 request without exactly one valid Host (RFC 9112 3.2),
 /// an absolute-form target whose authority differs from Host (HAProxy answers 400 too), and a
-/// request-target longer than a quarter of `max_header_size` (414). Host rules apply to
-/// HTTP/1.x only: HTTP/2 carries `:authority`.
+/// request-target longer than a quarter of `max_header_size` (414). Host rules here apply to
+/// HTTP/1.x only: HTTP/2 requests get theirs (`:authority`) from `h2_rules::h2_to_h1`.
 ///
 /// NOTE: on the path of every request, so it allocates nothing unless it refuses, and looks
 /// up at most two headers: Host (HTTP/1.x), and Transfer-Encoding only when there is a body
@@ -1041,7 +1055,7 @@ const REG_NAME_MARKS: &[u8] = b"-._~!$&'()*+;=";
 /// registered name or IPv4 address, or an IP literal in brackets; no userinfo, no list, no
 /// percent-encoding outside an IP literal. Parsed in place (`http::uri::Authority` would copy
 /// the value, and accepts userinfo).
-fn split_host(v: &str) -> Option<(&str, Option<u16>)> {
+pub(crate) fn split_host(v: &str) -> Option<(&str, Option<u16>)> {
     let (host, rest) = if v.starts_with('[') {
         let end = v.find(']')?;
         let literal = &v[1..end];
@@ -1903,9 +1917,10 @@ fn announce_grpc_trailers(headers: &mut HeaderMap) {
 
 /// Turns the client's request into the upstream one: hop-by-hop headers removed (before ours
 /// are added; upgrade and `TE: trailers` kept when `target` calls for them), X-Forwarded-For
-/// appended, X-Forwarded-Proto and X-Forwarded-Host set, a Host header for HTTP/2 clients
-/// (which send :authority), and the URI and version of the upstream protocol: origin-form
-/// and HTTP/1.1, or absolute (for `:scheme` and `:authority`) and HTTP/2.
+/// appended, X-Forwarded-Proto and X-Forwarded-Host set, a Host header for an HTTP/1.0
+/// absolute-form target (HTTP/2 requests have theirs from `h2_rules::h2_to_h1`), and the URI
+/// and version of the upstream protocol: origin-form and HTTP/1.1, or absolute (for `:scheme`
+/// and `:authority`) and HTTP/2.
 fn rewrite_request(
     req: Request<ReqBody>,
     conn: &Conn,
@@ -1921,7 +1936,8 @@ fn rewrite_request(
         },
     );
     // Host survives the stripping above (`Connection` cannot name it), so it is set only when
-    // the request has none: HTTP/2 (`:authority`), or an HTTP/1.0 absolute-form target.
+    // the request has none: an HTTP/1.0 absolute-form target (`h2_rules::h2_to_h1` gave every
+    // HTTP/2 request its `:authority` as Host).
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => {
@@ -2611,7 +2627,7 @@ mod tests {
             Some(400)
         );
         assert_eq!(status(&req(Version::HTTP_10, "http://a/", &[])), None);
-        // HTTP/2 carries :authority; Host rules are HTTP/1.x only.
+        // HTTP/2's Host rules are `h2_rules::h2_to_h1`'s, not `refuse`'s.
         assert_eq!(status(&req(Version::HTTP_2, "http://a/", &[])), None);
         let te = |v: &str| status(&req(v11, "/", &[("host", "x"), ("transfer-encoding", v)]));
         assert_eq!(te("chunked"), None);
