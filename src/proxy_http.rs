@@ -18,8 +18,9 @@
 //! 408), and the idle and stalled-write bounds on client connections.
 //! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`),
 //! the PROXY header format (`proxy_protocol`), HTTP/1.x message framing (`h1_server` towards
-//! clients, with the head size limit (431); `h1_client` towards servers), or the rules HTTP/2
-//! requests must meet and their translation to HTTP/1.1 fields (`h2_rules`).
+//! clients, with the head size limit (431); `h1_client` towards servers), the rules HTTP/2
+//! requests must meet and their translation to HTTP/1.1 fields (`h2_rules`), or the idle and
+//! first-request timers of HTTP/2 connections (`h2_conn`).
 //!
 //! HTTP/1.x from clients is read by our own server (`h1_server`) and HTTP/1.1 to servers goes
 //! through our own client (`h1_client`), both in the client connection's task; HTTP/2 clients
@@ -64,6 +65,7 @@ use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::h1_client;
 use crate::h1_server;
+use crate::h2_conn;
 use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
@@ -818,14 +820,21 @@ async fn serve_conn(
     let r = Resets::new();
     let mut close = r.close.watch();
     conn.resets = Some(r);
+    let (first, idle) = (
+        conn.fe.frontend.header_timeout,
+        conn.fe.frontend.idle_timeout,
+    );
     let conn = Arc::new(conn);
+    let activity = h2_conn::Activity::new();
+    let streams = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
+        let open = streams.open();
         async move {
             let mut stream = StreamGuard::new(conn.resets.as_ref());
             let resp = handle(&conn, req.map(ReqBody::Hyper)).await;
             stream.answered = true;
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|b| h2_conn::Tracked::new(b, open)))
         }
     });
     let io = TokioIo::new(io);
@@ -835,10 +844,16 @@ async fn serve_conn(
         r = http.as_mut() => r,
         _ = &mut *stop => {
             http.as_mut().graceful_shutdown();
-            http.await
+            h2_conn::after_goaway(&mut http, &activity).await.unwrap_or(Ok(()))
         }
         // Dropped at once: its streams end, the socket closes.
         _ = &mut close => Ok(()),
+        // No request within `header_timeout`, or no stream open for `idle_timeout`.
+        _ = activity.expired(first, idle) => {
+            debug!(client = %client, "HTTP/2 connection idle; closing");
+            http.as_mut().graceful_shutdown();
+            h2_conn::after_goaway(&mut http, &activity).await.unwrap_or(Ok(()))
+        }
     };
     if let Err(e) = res {
         debug!(client = %client, error = %e, "client connection ended with an error");

@@ -16,7 +16,8 @@
 //!
 //! Also, with raw frames: the rules an HTTP/2 request must meet before it is forwarded (Host
 //! and `:authority`, Content-Length, Cookie; h2c and TLS, against a recording HTTP/1.1
-//! upstream).
+//! upstream), the frontend's `header_timeout` and `idle_timeout` on HTTP/2 connections (and the
+//! `maxconn` slots they free), and a shutdown that a client ignoring PINGs does not hold up.
 
 mod support;
 
@@ -1824,4 +1825,203 @@ async fn host_and_authority_must_agree_over_tls() {
     timeout(Duration::from_secs(30), host_rules_case(true))
         .await
         .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections, and connections that never send a request.
+
+/// Reads a raw connection until it ends, answering PINGs if `pong`: the GOAWAY code if one
+/// came, and when the connection ended (`None`: not within `limit`).
+async fn until_closed<R, W>(
+    mut r: R,
+    mut w: W,
+    pong: bool,
+    limit: Duration,
+) -> (Option<u32>, Option<Instant>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut goaway = None;
+    let ended = timeout(limit, async {
+        while let Some(f) = read_frame(&mut r).await {
+            match f.kind {
+                GOAWAY => goaway = Some(u32_at(&f.payload, 4)),
+                PING if pong && f.flags & ACK == 0 => {
+                    let mut out = Vec::new();
+                    frame(&mut out, PING, ACK, 0, &f.payload);
+                    let _ = w.write_all(&out).await;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    (goaway, ended.ok().map(|_| Instant::now()))
+}
+
+/// A frontend `idle_timeout` for the idle tests.
+const SHORT_IDLE: Duration = Duration::from_secs(1);
+/// How late a close may come after its timeout: GOAWAY, the client's PING answer, the close.
+const CLOSE_SLACK: Duration = Duration::from_secs(1);
+
+/// HTTP/2 connections with no open stream are closed at the frontend's `idle_timeout`, with a
+/// GOAWAY (NO_ERROR), not before; and a `maxconn = 2` frontend held by two such connections
+/// takes a third client once they are gone.
+///
+/// Regression (found here, fixed): `idle_timeout` did not apply to HTTP/2; idle connections
+/// stayed open for good (hyper's keep-alive PINGs, which clients answer, kept them), and held
+/// their `maxconn` slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_at_idle_timeout() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            &format!("idle_timeout = \"{}ms\"\nmaxconn = 2", SHORT_IDLE.as_millis()),
+        ))
+        .await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+        let mut watchers = Vec::new();
+        for i in 0..2u32 {
+            let (mut r, mut w, _) = raw_h2(&dial, addr).await;
+            let block = request_block(&format!("/probe/idle/{i}"));
+            let got = raw_exchange(&mut r, &mut w, 1, &block, None).await;
+            assert_eq!(got, Ok(200), "request on idle connection {i}");
+            let answered = Instant::now();
+            // The first answers PINGs (a well-behaved client), the second does not.
+            let pong = i == 0;
+            let limit = SHORT_IDLE + Duration::from_secs(5);
+            watchers.push(tokio::spawn(async move {
+                let (goaway, ended) = until_closed(r, w, pong, limit).await;
+                (pong, goaway, ended.map(|t| t - answered))
+            }));
+        }
+        // The frontend is full: this one waits in the accept queue until an idle one closes.
+        let t0 = Instant::now();
+        let third = timeout(SHORT_IDLE + Duration::from_secs(5), h2_get(addr, &dial, "/probe")).await;
+        let waited = t0.elapsed();
+        for w in watchers {
+            let (pong, goaway, after) = w.await.unwrap();
+            eprintln!("idle connection (answers PINGs: {pong}): GOAWAY {goaway:?}, closed {after:?} after its answer");
+            assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR at idle_timeout (answers PINGs: {pong})");
+            let after = after.unwrap_or_else(|| {
+                panic!("an idle HTTP/2 connection (answers PINGs: {pong}) was not closed")
+            });
+            assert!(
+                after >= SHORT_IDLE - Duration::from_millis(100),
+                "closed {after:?} after its answer, before idle_timeout {SHORT_IDLE:?}"
+            );
+            let bound = if pong {
+                SHORT_IDLE + CLOSE_SLACK
+            } else {
+                // No PING answer: hyper's graceful shutdown waits for one, Switchyard a while.
+                SHORT_IDLE + CLOSE_SLACK + Duration::from_secs(2)
+            };
+            assert!(after <= bound, "closed {after:?} after its answer, want <= {bound:?}");
+        }
+        assert!(
+            matches!(&third, Ok(Ok((200, b))) if &b[..] == b"up"),
+            "a client beyond maxconn, once the idle connections were closed: {third:?} after {waited:?}"
+        );
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+/// Connections that send the preface (and SETTINGS) but no request are closed at the
+/// frontend's `header_timeout` with a GOAWAY, so that `maxconn = 5` such connections free
+/// their slots; a request on a connection of its own is served afterwards.
+///
+/// Regression (found here, fixed): such connections stayed open for good, and five of them
+/// held a `maxconn = 5` frontend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preface_only_connections_are_closed_at_header_timeout() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let header_timeout = Duration::from_millis(500);
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            &format!(
+                "header_timeout = \"{}ms\"\nidle_timeout = \"30s\"\nmaxconn = 5",
+                header_timeout.as_millis()
+            ),
+        ))
+        .await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+        let mut watchers = Vec::new();
+        for i in 0..5 {
+            let (r, w, _) = raw_h2(&dial, addr).await;
+            let t0 = Instant::now();
+            let pong = i % 2 == 0;
+            watchers.push(tokio::spawn(async move {
+                let (goaway, ended) = until_closed(r, w, pong, Duration::from_secs(8)).await;
+                (pong, goaway, ended.map(|t| t - t0))
+            }));
+        }
+        let t0 = Instant::now();
+        let sixth = timeout(Duration::from_secs(8), h2_get(addr, &dial, "/probe")).await;
+        let waited = t0.elapsed();
+        for w in watchers {
+            let (pong, goaway, after) = w.await.unwrap();
+            eprintln!("preface only (answers PINGs: {pong}): GOAWAY {goaway:?}, closed after {after:?}");
+            assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR at header_timeout (answers PINGs: {pong})");
+            let after = after.unwrap_or_else(|| {
+                panic!("a preface-only connection (answers PINGs: {pong}) was not closed")
+            });
+            let bound = if pong {
+                header_timeout + CLOSE_SLACK
+            } else {
+                header_timeout + CLOSE_SLACK + Duration::from_secs(2)
+            };
+            assert!(after <= bound, "closed after {after:?}, want <= {bound:?}");
+        }
+        assert!(
+            matches!(&sixth, Ok(Ok((200, b))) if &b[..] == b"up"),
+            "a client beyond maxconn, once the preface-only connections were closed: {sixth:?} after {waited:?}"
+        );
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+/// Shutdown sends GOAWAY to an idle HTTP/2 connection and closes it soon even if the client
+/// never answers the PING that comes with the GOAWAY (hyper's graceful shutdown waits for
+/// that answer).
+///
+/// Regression (found here, fixed): such a client held `run()` for the whole shutdown grace
+/// period (30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_by_an_h2_client_that_ignores_pings() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            "header_timeout = \"30s\"\nidle_timeout = \"30s\"",
+        ))
+        .await;
+        let (mut r, mut w, _) = raw_h2(&Dial::Plain, lb.http_addr("web")).await;
+        let got = raw_exchange(&mut r, &mut w, 1, &request_block("/probe"), None).await;
+        assert_eq!(got, Ok(200));
+        // The connection stays open, its PINGs unanswered.
+        let watcher = tokio::spawn(until_closed(r, w, false, Duration::from_secs(10)));
+        let t0 = Instant::now();
+        lb.shutdown_within(Duration::from_secs(5)).await;
+        let (goaway, ended) = watcher.await.unwrap();
+        eprintln!("shutdown took {:?}; GOAWAY {goaway:?}", t0.elapsed());
+        assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR on shutdown");
+        assert!(ended.is_some(), "the connection was closed");
+        assert_no_panic(panics);
+    })
+    .await
+    .expect("test within 30 s");
 }
