@@ -594,7 +594,10 @@ pub async fn serve(
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        // The frontend's head limit, as SETTINGS_MAX_HEADER_LIST_SIZE: a larger header
+        // block gets `431` and its stream refused (hyper's default is 16 KiB).
+        .max_header_list_size(u32::try_from(fe.frontend.max_header_size).unwrap_or(u32::MAX));
     let builder = Arc::new(h2);
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");

@@ -17,7 +17,8 @@
 //! Also, with raw frames: the rules an HTTP/2 request must meet before it is forwarded (Host
 //! and `:authority`, Content-Length, Cookie; h2c and TLS, against a recording HTTP/1.1
 //! upstream), the frontend's `header_timeout` and `idle_timeout` on HTTP/2 connections (and the
-//! `maxconn` slots they free), and a shutdown that a client ignoring PINGs does not hold up.
+//! `maxconn` slots they free), `max_header_size` on header blocks, and a shutdown that a
+//! client ignoring PINGs does not hold up.
 
 mod support;
 
@@ -2021,6 +2022,81 @@ async fn shutdown_is_not_held_by_an_h2_client_that_ignores_pings() {
         assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR on shutdown");
         assert!(ended.is_some(), "the connection was closed");
         assert_no_panic(panics);
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header block size.
+
+/// `max_header_size` applies to HTTP/2 header blocks (SETTINGS_MAX_HEADER_LIST_SIZE): with a
+/// 32 KiB limit, a request with a 20 KiB field is served (hyper's own client) and one with
+/// 36 KiB of fields gets `431` or its stream reset, and never reaches the upstream.
+///
+/// Regression (found here, fixed): HTTP/2 used hyper's 16 KiB default whatever the frontend's
+/// `max_header_size`, so the 20 KiB request was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_size_applies_to_h2_header_blocks() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(backend.up.addr(), "max_header_size = 32768")).await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+
+        let under = "u".repeat(20 * 1024);
+        let io = dial.connect(addr).await.unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{SITE}/probe"))
+            .header("x-big", under.as_str())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = timeout(PROBE_LIMIT, tx.send_request(req)).await;
+        let status = match resp {
+            Ok(Ok(r)) => Ok(r.status().as_u16()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".to_string()),
+        };
+        conn.abort();
+        assert_eq!(
+            status,
+            Ok(200),
+            "a 20 KiB header block under a 32 KiB limit"
+        );
+        let upstream = backend
+            .up
+            .last_headers()
+            .expect("the upstream saw the request");
+        assert_eq!(upstream.get("x-big").map(|v| v.len()), Some(under.len()));
+
+        let hits = backend.up.hits();
+        let field = "o".repeat(4 * 1024);
+        let fields: Vec<(String, &str)> = (0..9)
+            .map(|i| (format!("x-big-{i}"), field.as_str()))
+            .collect();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let block = block_with(&dial, false, Some(SITE), "/probe/over", &fields);
+        let (mut r, mut w, _) = raw_h2(&dial, addr).await;
+        let got = raw_exchange(&mut r, &mut w, 1, &block, None).await;
+        eprintln!("36 KiB header block: {got:?}");
+        assert!(
+            got == Ok(431) || got.as_ref().is_err_and(|e| e.starts_with("RST_STREAM")),
+            "a 36 KiB header block over a 32 KiB limit: {got:?}, want 431 or RST_STREAM"
+        );
+        assert_eq!(
+            backend.up.hits(),
+            hits,
+            "the over-limit request reached the upstream"
+        );
+        drop((r, w));
+        assert_served_after(&lb, &dial).await;
+        assert_no_panic(panics);
+        lb.shutdown().await;
     })
     .await
     .expect("test within 30 s");
