@@ -1,12 +1,17 @@
 //! What one HTTP/2 client connection needs besides hyper's server (`proxy_http::serve_conn`
-//! runs it): the frontend's timeouts. hyper's HTTP/2 server has neither an idle timer nor a
-//! header timer, and its keep-alive pings keep any client that answers them connected for good.
-//! So the connection's streams are counted here (from their request head until their response
-//! body is done or dropped), and [`Activity::expired`] resolves when the first request has not
-//! come within `header_timeout` of the connection's start (the preface, or the TLS handshake),
-//! or no stream has been open for `idle_timeout`; `serve_conn` then sends GOAWAY and closes,
-//! without waiting long for a client that does not answer the GOAWAY's PING
-//! ([`after_goaway`], on shutdown too).
+//! runs it): the frontend's timeouts, and our own `Date` header.
+//!
+//! - Timeouts: hyper's HTTP/2 server has neither an idle timer nor a header timer, and its
+//!   keep-alive pings keep any client that answers them connected for good. So the connection's
+//!   streams are counted here (from their request head until their response body is done or
+//!   dropped), and [`Activity::expired`] resolves when the first request has not come within
+//!   `header_timeout` of the connection's start (the preface, or the TLS handshake), or no
+//!   stream has been open for `idle_timeout`; `serve_conn` then sends GOAWAY and closes,
+//!   without waiting long for a client that does not answer the GOAWAY's PING
+//!   ([`after_goaway`], on shutdown too).
+//! - `Date`: hyper adds one to every response without it, gRPC trailers-only answers
+//!   included, where a gRPC client reads it as trailing metadata the server never sent. So
+//!   hyper's is off and [`add_date`] adds one to any response that is not gRPC.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 /// How long a connection told to go away (GOAWAY) may take to close when no stream is open:
@@ -149,6 +155,27 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Tracked<B
     }
 }
 
+/// Whether a message is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// Adds `Date` to a response to an HTTP/2 client unless it has one or is gRPC (see the
+/// module documentation).
+pub(crate) fn add_date(headers: &mut HeaderMap) {
+    if headers.contains_key(header::DATE) || is_grpc(headers) {
+        return;
+    }
+    crate::h1_server::date::with(|d| {
+        if let Ok(v) = HeaderValue::from_bytes(d) {
+            headers.insert(header::DATE, v);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +230,24 @@ mod tests {
         drop(open);
         let done = watcher.await.unwrap();
         assert_eq!(done - t0, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn grpc_responses_get_no_date() {
+        let mut h = HeaderMap::new();
+        add_date(&mut h);
+        let d = h[header::DATE].to_str().unwrap();
+        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+        let mut h = HeaderMap::new();
+        h.insert(header::DATE, HeaderValue::from_static("upstream's"));
+        add_date(&mut h);
+        assert_eq!(h[header::DATE], "upstream's");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        add_date(&mut h);
+        assert!(h.get(header::DATE).is_none());
     }
 }

@@ -20,7 +20,7 @@
 //! the PROXY header format (`proxy_protocol`), HTTP/1.x message framing (`h1_server` towards
 //! clients, with the head size limit (431); `h1_client` towards servers), the rules HTTP/2
 //! requests must meet and their translation to HTTP/1.1 fields (`h2_rules`), or the idle and
-//! first-request timers of HTTP/2 connections (`h2_conn`).
+//! first-request timers of HTTP/2 connections and their `Date` header (`h2_conn`).
 //!
 //! HTTP/1.x from clients is read by our own server (`h1_server`) and HTTP/1.1 to servers goes
 //! through our own client (`h1_client`), both in the client connection's task; HTTP/2 clients
@@ -597,7 +597,9 @@ pub async fn serve(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         // The frontend's head limit, as SETTINGS_MAX_HEADER_LIST_SIZE: a larger header
         // block gets `431` and its stream refused (hyper's default is 16 KiB).
-        .max_header_list_size(u32::try_from(fe.frontend.max_header_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(fe.frontend.max_header_size).unwrap_or(u32::MAX))
+        // `h2_conn::add_date` adds it instead, leaving gRPC answers alone.
+        .auto_date_header(false);
     let builder = Arc::new(h2);
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
@@ -835,8 +837,9 @@ async fn serve_conn(
         let open = streams.open();
         async move {
             let mut stream = StreamGuard::new(conn.resets.as_ref());
-            let resp = handle(&conn, req.map(ReqBody::Hyper)).await;
+            let mut resp = handle(&conn, req.map(ReqBody::Hyper)).await;
             stream.answered = true;
+            h2_conn::add_date(resp.headers_mut());
             Ok::<_, Infallible>(resp.map(|b| h2_conn::Tracked::new(b, open)))
         }
     });
@@ -1204,6 +1207,8 @@ async fn forward(
         tls: cfg.tls.is_some(),
         upgrade: cfg.protocol == Protocol::Http1 && wants_upgrade(&req),
     };
+    // HTTP/2 clients get trailers unannounced (`announce_grpc_trailers` is for HTTP/1.1).
+    let client_version = req.version();
     // Taken before the request is rewritten; it resolves once our 101 reaches the client.
     let mut client_upgrade = target
         .upgrade
@@ -1260,7 +1265,9 @@ async fn forward(
                 if let RespBody::Hyper(_) = body {
                     strip_hop_by_hop(&mut parts.headers, Keep::NONE);
                 }
-                announce_grpc_trailers(&mut parts.headers);
+                if client_version == Version::HTTP_11 {
+                    announce_grpc_trailers(&mut parts.headers);
+                }
                 let origin = Some(Origin {
                     snap: Arc::clone(snap),
                     backend: index,
@@ -1922,13 +1929,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep: Keep) {
 const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
 
 /// Announces the gRPC trailers on a gRPC response that does not announce its own, so that an
-/// HTTP/1.1 client that sent `TE: trailers` gets them (hyper sends only announced fields).
+/// HTTP/1.1 client that sent `TE: trailers` gets them (`h1_server` sends only announced
+/// fields). For HTTP/1.1 clients only: to an HTTP/2 client the announcement would be one more
+/// field, which a gRPC client reads as metadata (the trailing metadata of a trailers-only
+/// answer).
 fn announce_grpc_trailers(headers: &mut HeaderMap) {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if grpc && !headers.contains_key(header::TRAILER) {
+    if h2_conn::is_grpc(headers) && !headers.contains_key(header::TRAILER) {
         headers.insert(header::TRAILER, HeaderValue::from_static(GRPC_TRAILERS));
     }
 }
