@@ -986,8 +986,8 @@ async fn refuse(w: &mut WriteHalf<Stream>, out: &mut Vec<u8>, r: Refused) {
     }
 }
 
-/// The `Date` header value, formatted once a second per thread.
-mod date {
+/// The `Date` header value, formatted once a second per thread (`h2_conn` uses it too).
+pub(crate) mod date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -1001,7 +1001,7 @@ mod date {
     }
 
     /// Calls `f` with the current date, `Sun, 06 Nov 1994 08:49:37 GMT`.
-    pub(super) fn with(f: impl FnOnce(&[u8])) {
+    pub(crate) fn with(f: impl FnOnce(&[u8])) {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         CACHED.with(|c| {

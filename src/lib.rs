@@ -15,6 +15,8 @@ pub mod discovery;
 pub mod etcd;
 pub mod h1_client;
 pub mod h1_server;
+pub mod h2_conn;
+pub mod h2_rules;
 pub mod health;
 pub mod metrics;
 pub mod migrate;

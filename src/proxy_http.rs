@@ -17,8 +17,10 @@
 //! requests (400, 414, 501), blaming a broken or stalled request body on the client (400,
 //! 408), and the idle and stalled-write bounds on client connections.
 //! It does not own server selection (`balancer`), health (`health`), TLS configs (`tls`),
-//! the PROXY header format (`proxy_protocol`), or HTTP/1.x message framing (`h1_server` towards
-//! clients, with the head size limit (431); `h1_client` towards servers).
+//! the PROXY header format (`proxy_protocol`), HTTP/1.x message framing (`h1_server` towards
+//! clients, with the head size limit (431); `h1_client` towards servers), the rules HTTP/2
+//! requests must meet and their translation to HTTP/1.1 fields (`h2_rules`), or the idle and
+//! first-request timers of HTTP/2 connections and their `Date` header (`h2_conn`).
 //!
 //! HTTP/1.x from clients is read by our own server (`h1_server`) and HTTP/1.1 to servers goes
 //! through our own client (`h1_client`), both in the client connection's task; HTTP/2 clients
@@ -63,6 +65,7 @@ use crate::access_log::{AccessLog, HttpRequest, Pending, Termination};
 use crate::config::{Backend, Frontend, Protocol, ProxyVersion};
 use crate::h1_client;
 use crate::h1_server;
+use crate::h2_conn;
 use crate::metrics::{self as m, HandleCache};
 use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
@@ -591,7 +594,12 @@ pub async fn serve(
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        // The frontend's head limit, as SETTINGS_MAX_HEADER_LIST_SIZE: a larger header
+        // block gets `431` and its stream refused (hyper's default is 16 KiB).
+        .max_header_list_size(u32::try_from(fe.frontend.max_header_size).unwrap_or(u32::MAX))
+        // `h2_conn::add_date` adds it instead, leaving gRPC answers alone.
+        .auto_date_header(false);
     let builder = Arc::new(h2);
     let name = fe.frontend.name.clone();
     info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
@@ -817,14 +825,22 @@ async fn serve_conn(
     let r = Resets::new();
     let mut close = r.close.watch();
     conn.resets = Some(r);
+    let (first, idle) = (
+        conn.fe.frontend.header_timeout,
+        conn.fe.frontend.idle_timeout,
+    );
     let conn = Arc::new(conn);
+    let activity = h2_conn::Activity::new();
+    let streams = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let conn = Arc::clone(&conn);
+        let open = streams.open();
         async move {
             let mut stream = StreamGuard::new(conn.resets.as_ref());
-            let resp = handle(&conn, req.map(ReqBody::Hyper)).await;
+            let mut resp = handle(&conn, req.map(ReqBody::Hyper)).await;
             stream.answered = true;
-            Ok::<_, Infallible>(resp)
+            h2_conn::add_date(resp.headers_mut());
+            Ok::<_, Infallible>(resp.map(|b| h2_conn::Tracked::new(b, open)))
         }
     });
     let io = TokioIo::new(io);
@@ -834,10 +850,16 @@ async fn serve_conn(
         r = http.as_mut() => r,
         _ = &mut *stop => {
             http.as_mut().graceful_shutdown();
-            http.await
+            h2_conn::after_goaway(&mut http, &activity).await.unwrap_or(Ok(()))
         }
         // Dropped at once: its streams end, the socket closes.
         _ = &mut close => Ok(()),
+        // No request within `header_timeout`, or no stream open for `idle_timeout`.
+        _ = activity.expired(first, idle) => {
+            debug!(client = %client, "HTTP/2 connection idle; closing");
+            http.as_mut().graceful_shutdown();
+            h2_conn::after_goaway(&mut http, &activity).await.unwrap_or(Ok(()))
+        }
     };
     if let Err(e) = res {
         debug!(client = %client, error = %e, "client connection ended with an error");
@@ -874,7 +896,20 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
     let mut trace = Trace::default();
     // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
     let connect_ok = fe.frontend.allow_connect && backend.config.protocol == Protocol::Http1;
-    let (mut resp, server) = match refuse(&req, fe.frontend.max_header_size, connect_ok) {
+    let mut req = req;
+    let refused = match refuse(&req, fe.frontend.max_header_size, connect_ok) {
+        // HTTP/2's own rules: Host and :authority, Content-Length, Cookie crumbs.
+        None if req.version() == Version::HTTP_2 => {
+            let (mut parts, body) = req.into_parts();
+            let checked = crate::h2_rules::h2_to_h1(&mut parts);
+            req = Request::from_parts(parts, body);
+            checked
+                .err()
+                .map(|m| plain(StatusCode::BAD_REQUEST, format!("400 Bad Request: {m}\n")))
+        }
+        r => r,
+    };
+    let (mut resp, server) = match refused {
         Some(resp) => {
             trace.termination = Termination::BadRequest;
             (resp, None)
@@ -952,8 +987,8 @@ struct Trace {
 /// (hyper accepts any list that ends in `chunked`, and the other codings would be dropped when
 /// the body is re-framed), an HTTP/1.1 request without exactly one valid Host (RFC 9112 3.2),
 /// an absolute-form target whose authority differs from Host (HAProxy answers 400 too), and a
-/// request-target longer than a quarter of `max_header_size` (414). Host rules apply to
-/// HTTP/1.x only: HTTP/2 carries `:authority`.
+/// request-target longer than a quarter of `max_header_size` (414). Host rules here apply to
+/// HTTP/1.x only: HTTP/2 requests get theirs (`:authority`) from `h2_rules::h2_to_h1`.
 ///
 /// NOTE: on the path of every request, so it allocates nothing unless it refuses, and looks
 /// up at most two headers: Host (HTTP/1.x), and Transfer-Encoding only when there is a body
@@ -1054,7 +1089,7 @@ const REG_NAME_MARKS: &[u8] = b"-._~!$&'()*+;=";
 /// registered name or IPv4 address, or an IP literal in brackets; no userinfo, no list, no
 /// percent-encoding outside an IP literal. Parsed in place (`http::uri::Authority` would copy
 /// the value, and accepts userinfo).
-fn split_host(v: &str) -> Option<(&str, Option<u16>)> {
+pub(crate) fn split_host(v: &str) -> Option<(&str, Option<u16>)> {
     let (host, rest) = if v.starts_with('[') {
         let end = v.find(']')?;
         let literal = &v[1..end];
@@ -1186,6 +1221,8 @@ async fn forward(
         tls: cfg.tls.is_some(),
         upgrade: cfg.protocol == Protocol::Http1 && wants_tunnel(&req),
     };
+    // HTTP/2 clients get trailers unannounced (`announce_grpc_trailers` is for HTTP/1.1).
+    let client_version = req.version();
     // Taken before the request is rewritten; it resolves once our 101 reaches the client.
     let mut client_upgrade = target
         .upgrade
@@ -1245,7 +1282,9 @@ async fn forward(
                 if let RespBody::Hyper(_) = body {
                     strip_hop_by_hop(&mut parts.headers, Keep::NONE);
                 }
-                announce_grpc_trailers(&mut parts.headers);
+                if client_version == Version::HTTP_11 {
+                    announce_grpc_trailers(&mut parts.headers);
+                }
                 let origin = Some(Origin {
                     snap: Arc::clone(snap),
                     backend: index,
@@ -1995,22 +2034,22 @@ fn drop_forbidden_trailers(mut frame: hyper::body::Frame<Bytes>) -> hyper::body:
 const GRPC_TRAILERS: &str = "grpc-status, grpc-message, grpc-status-details-bin";
 
 /// Announces the gRPC trailers on a gRPC response that does not announce its own, so that an
-/// HTTP/1.1 client that sent `TE: trailers` gets them (hyper sends only announced fields).
+/// HTTP/1.1 client that sent `TE: trailers` gets them (`h1_server` sends only announced
+/// fields). For HTTP/1.1 clients only: to an HTTP/2 client the announcement would be one more
+/// field, which a gRPC client reads as metadata (the trailing metadata of a trailers-only
+/// answer).
 fn announce_grpc_trailers(headers: &mut HeaderMap) {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    if grpc && !headers.contains_key(header::TRAILER) {
+    if h2_conn::is_grpc(headers) && !headers.contains_key(header::TRAILER) {
         headers.insert(header::TRAILER, HeaderValue::from_static(GRPC_TRAILERS));
     }
 }
 
 /// Turns the client's request into the upstream one: hop-by-hop headers removed (before ours
 /// are added; upgrade and `TE: trailers` kept when `target` calls for them), X-Forwarded-For
-/// appended, X-Forwarded-Proto and X-Forwarded-Host set, a Host header for HTTP/2 clients
-/// (which send :authority), and the URI and version of the upstream protocol: origin-form
-/// and HTTP/1.1, or absolute (for `:scheme` and `:authority`) and HTTP/2.
+/// appended, X-Forwarded-Proto and X-Forwarded-Host set, a Host header for an HTTP/1.0
+/// absolute-form target (HTTP/2 requests have theirs from `h2_rules::h2_to_h1`), and the URI
+/// and version of the upstream protocol: origin-form and HTTP/1.1, or absolute (for `:scheme`
+/// and `:authority`) and HTTP/2.
 fn rewrite_request(
     req: Request<ReqBody>,
     conn: &Conn,
@@ -2038,7 +2077,8 @@ fn rewrite_request(
         },
     );
     // Host survives the stripping above (`Connection` cannot name it), so it is set only when
-    // the request has none: HTTP/2 (`:authority`), or an HTTP/1.0 absolute-form target.
+    // the request has none: an HTTP/1.0 absolute-form target (`h2_rules::h2_to_h1` gave every
+    // HTTP/2 request its `:authority` as Host).
     let host = match parts.headers.get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => {
@@ -2832,7 +2872,7 @@ mod tests {
             Some(400)
         );
         assert_eq!(status(&req(Version::HTTP_10, "http://a/", &[])), None);
-        // HTTP/2 carries :authority; Host rules are HTTP/1.x only.
+        // HTTP/2's Host rules are `h2_rules::h2_to_h1`'s, not `refuse`'s.
         assert_eq!(status(&req(Version::HTTP_2, "http://a/", &[])), None);
         let te = |v: &str| status(&req(v11, "/", &[("host", "x"), ("transfer-encoding", v)]));
         assert_eq!(te("chunked"), None);

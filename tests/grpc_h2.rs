@@ -2,7 +2,8 @@
 //! hyper's HTTP/2 server answers unary and server-streaming calls from an HTTP/2 client
 //! through Switchyard, with messages streamed as sent and the `grpc-status` / `grpc-message`
 //! trailers intact; calls share one upstream connection, which is re-created after the server
-//! closes it; and HTTP/1.1 clients reach the same upstream (trailers included when they send
+//! closes it; a trailers-only error reaches an HTTP/2 client with the server's fields only;
+//! and HTTP/1.1 clients reach the same upstream (trailers included when they send
 //! `TE: trailers`).
 
 mod support;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -42,6 +43,10 @@ struct Seen {
 /// - `/test.Greeter/SayHello`: unary; answers `hello <name>`.
 /// - `/test.Greeter/Count`: server streaming; the request holds n, the answer is n messages
 ///   `tick <i>`, `STREAM_GAP` apart.
+/// - `/test.Greeter/Fail`: a trailers-only error (one HEADERS frame: `content-type` and
+///   `grpc-status: 5`, no message).
+///
+/// Like grpc-go, it sends no `Date`.
 /// - anything else: `200 text/plain` "plain h2".
 ///
 /// gRPC answers end with trailers `grpc-status: 0`, `grpc-message: ok`.
@@ -124,6 +129,11 @@ async fn answer(req: Request<Incoming>) -> Response<ResBody> {
             let name = grpc_messages(&body).pop().unwrap_or_default();
             grpc_response(vec![format!("hello {name}")], Duration::ZERO)
         }
+        "/test.Greeter/Fail" => Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "5")
+            .body(BodyExt::boxed(Empty::new()))
+            .unwrap(),
         "/test.Greeter/Count" => {
             let n: usize = grpc_messages(&body)
                 .pop()
@@ -180,6 +190,7 @@ impl GrpcServer {
                         async move { Ok::<_, Infallible>(answer(req).await) }
                     });
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .auto_date_header(false)
                         .serve_connection(TokioIo::new(stream), svc);
                     tokio::select! {
                         _ = conn => {}
@@ -376,6 +387,43 @@ async fn grpc_server_streaming_arrives_as_it_is_sent() {
         spread >= STREAM_GAP * 3,
         "messages arrived together ({spread:?}): the stream was buffered"
     );
+    lb.shutdown().await;
+}
+
+/// A trailers-only gRPC error (no message) reaches an HTTP/2 client as the server sent it: its
+/// fields are the call's trailing metadata, so nothing may be added.
+///
+/// Regression (found here, fixed): the client also got `trailer` (the announcement meant for
+/// HTTP/1.1 clients) and `date` (hyper's).
+#[tokio::test]
+async fn a_trailers_only_error_reaches_h2_clients_unchanged() {
+    let server = GrpcServer::start().await;
+    let lb = Lb::start_ready(&config(server.addr)).await;
+    let lb_addr = lb.http_addr("grpc");
+    let mut client = h2_client(lb_addr).await;
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.send_request(grpc_request(lb_addr, "Fail", "x")),
+    )
+    .await
+    .expect("answer within 5 s")
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["content-type", "grpc-status"],
+        "{:?}",
+        resp.headers()
+    );
+    assert_eq!(resp.headers()["grpc-status"], "5");
+    let body = resp.into_body().collect().await.unwrap();
+    assert!(
+        body.trailers().is_none(),
+        "trailers-only: no trailers frame"
+    );
+    assert!(body.to_bytes().is_empty());
     lb.shutdown().await;
 }
 

@@ -7,12 +7,18 @@
 //! raw one that ignores the limit, garbage after the connection preface, and a legitimate
 //! client whose preface arrives split across reads (ignored: a known bug, see that test).
 //! Rapid reset and the CONTINUATION flood also run over TLS with ALPN `h2` (rcgen
-//! certificates); the rest is h2c by prior knowledge. Each test asserts that the abusive
+//! certificates); the rest is h2c by prior knowledge. Each abuse test asserts that the abusive
 //! connection ends (or is held to the advertised limit) within a bound, that this process's
 //! resident memory stays bounded, that nothing panicked, and — the point of it all — that a
 //! separate well-behaved client keeps getting `200` during and after the abuse. Attackers
 //! speak raw frames on their own thread and runtime, so a busy attacker cannot starve the
 //! probes; the tests in this file run one at a time (memory readings are per process).
+//!
+//! Also, with raw frames: the rules an HTTP/2 request must meet before it is forwarded (Host
+//! and `:authority`, Content-Length, Cookie; h2c and TLS, against a recording HTTP/1.1
+//! upstream), the frontend's `header_timeout` and `idle_timeout` on HTTP/2 connections (and the
+//! `maxconn` slots they free), `max_header_size` on header blocks, and a shutdown that a
+//! client ignoring PINGs does not hold up.
 
 mod support;
 
@@ -130,6 +136,7 @@ fn u32_at(p: &[u8], at: usize) -> u32 {
 struct Frame {
     kind: u8,
     flags: u8,
+    stream: u32,
     payload: Vec<u8>,
 }
 
@@ -143,6 +150,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Option<Frame> {
     Some(Frame {
         kind: head[3],
         flags: head[4],
+        stream: u32_at(&head, 5) & 0x7fff_ffff,
         payload,
     })
 }
@@ -1417,4 +1425,679 @@ async fn a_preface_split_across_reads_is_still_http2() {
     timeout(Duration::from_secs(30), slow_answer_case(8))
         .await
         .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host and :authority, Content-Length, Cookie.
+
+const PING: u8 = 0x6;
+const PROTOCOL_ERROR: u32 = 0x1;
+/// `SETTINGS_MAX_FRAME_SIZE` by default: a bigger header block goes on in CONTINUATION frames.
+const MAX_FRAME: usize = 16_384;
+
+/// Appends an HPACK string length (7-bit prefix, no Huffman coding).
+fn hpack_len(b: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        b.push(n as u8);
+        return;
+    }
+    b.push(127);
+    n -= 127;
+    while n >= 128 {
+        b.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    b.push(n as u8);
+}
+
+/// Appends a field as an HPACK literal without indexing, with a literal name.
+fn hpack_field(b: &mut Vec<u8>, name: &str, value: &str) {
+    b.push(0x00);
+    hpack_len(b, name.len());
+    b.extend_from_slice(name.as_bytes());
+    hpack_len(b, value.len());
+    b.extend_from_slice(value.as_bytes());
+}
+
+/// The HPACK block of a request to `path`: `:method` GET (POST if `post`), `:scheme` as
+/// `dial` connects, `:authority` if given, then `fields` as they are (duplicates included).
+fn block_with(
+    dial: &Dial,
+    post: bool,
+    authority: Option<&str>,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Vec<u8> {
+    let scheme = if dial.scheme() == "https" { 0x87 } else { 0x86 };
+    let mut b = vec![if post { 0x83 } else { 0x82 }, scheme];
+    if let Some(a) = authority {
+        b.push(0x01);
+        hpack_len(&mut b, a.len());
+        b.extend_from_slice(a.as_bytes());
+    }
+    b.push(0x04);
+    hpack_len(&mut b, path.len());
+    b.extend_from_slice(path.as_bytes());
+    for (n, v) in fields {
+        hpack_field(&mut b, n, v);
+    }
+    b
+}
+
+/// The status of a response HEADERS block: indexed (static table) or a literal `:status`,
+/// plain or Huffman-coded.
+fn status_of(block: &[u8]) -> Option<u16> {
+    match block.first()? {
+        0x88 => Some(200),
+        0x89 => Some(204),
+        0x8a => Some(206),
+        0x8b => Some(304),
+        0x8c => Some(400),
+        0x8d => Some(404),
+        0x8e => Some(500),
+        // Literal with the name `:status` (static index 8), any indexing mode.
+        0x48 | 0x08 | 0x18 => {
+            let len = *block.get(1)?;
+            let value = block.get(2..2 + usize::from(len & 0x7f))?;
+            let digits = if len & 0x80 == 0 {
+                value.to_vec()
+            } else {
+                huffman_digits(value)?
+            };
+            std::str::from_utf8(&digits).ok()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Decodes a Huffman-coded HPACK string of digits (RFC 7541 Appendix B: `0`-`2` are the
+/// 5-bit codes 0-2, `3`-`9` the 6-bit codes 0x19-0x1f); `None` for anything else.
+fn huffman_digits(coded: &[u8]) -> Option<Vec<u8>> {
+    let bits: Vec<u8> = coded
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let (mut out, mut at) = (Vec::new(), 0);
+    while at < bits.len() {
+        let rest = &bits[at..];
+        // Padding: fewer than 8 one bits (the start of EOS) at the end.
+        if rest.len() < 8 && rest.iter().all(|&b| b == 1) {
+            break;
+        }
+        let code = |n: usize| {
+            rest.get(..n)
+                .map(|c| c.iter().fold(0u8, |v, &b| v << 1 | b))
+        };
+        match code(5)? {
+            c @ 0..=2 => {
+                out.push(b'0' + c);
+                at += 5;
+            }
+            _ => match code(6)? {
+                c @ 0x19..=0x1f => {
+                    out.push(b'3' + (c - 0x19));
+                    at += 6;
+                }
+                _ => return None,
+            },
+        }
+    }
+    Some(out)
+}
+
+/// One request on stream `id` of a raw connection: its header block (in HEADERS and, past
+/// `MAX_FRAME`, CONTINUATION frames), then `body` in one DATA frame if there is one. Returns
+/// the response status once the stream ends, or what came instead (a RST_STREAM, a GOAWAY,
+/// the end of the connection), within 5 s. PINGs are answered.
+async fn raw_exchange<R, W>(
+    r: &mut R,
+    w: &mut W,
+    id: u32,
+    block: &[u8],
+    body: Option<&[u8]>,
+) -> Result<u16, String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    let pieces: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let last = i + 1 == pieces.len();
+        let mut flags = if last { END_HEADERS } else { 0 };
+        let kind = if i == 0 {
+            if body.is_none() {
+                flags |= END_STREAM;
+            }
+            HEADERS
+        } else {
+            CONTINUATION
+        };
+        frame(&mut out, kind, flags, id, piece);
+    }
+    if let Some(b) = body {
+        frame(&mut out, DATA, END_STREAM, id, b);
+    }
+    w.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+    let answer = async {
+        let mut status = None;
+        loop {
+            let Some(f) = read_frame(r).await else {
+                return Err(format!("connection closed (status {status:?})"));
+            };
+            match f.kind {
+                PING if f.flags & ACK == 0 => {
+                    let mut pong = Vec::new();
+                    frame(&mut pong, PING, ACK, 0, &f.payload);
+                    w.write_all(&pong)
+                        .await
+                        .map_err(|e| format!("write: {e}"))?;
+                }
+                GOAWAY => {
+                    return Err(format!(
+                        "GOAWAY {} (status {status:?})",
+                        u32_at(&f.payload, 4)
+                    ));
+                }
+                RST_STREAM if f.stream == id => {
+                    return match status {
+                        // An answer before the reset (the request body was not read).
+                        Some(s) => s,
+                        None => Err(format!("RST_STREAM {}", u32_at(&f.payload, 0))),
+                    };
+                }
+                HEADERS if f.stream == id => {
+                    // `None`: a status this client cannot read (HPACK's dynamic table).
+                    status = status.or(Some(status_of(&f.payload).ok_or_else(|| {
+                        format!(
+                            "a :status this client cannot decode: {:02x?}",
+                            &f.payload[..4.min(f.payload.len())]
+                        )
+                    })));
+                    if f.flags & END_STREAM != 0 {
+                        return status.unwrap_or_else(|| Err("no status".to_string()));
+                    }
+                }
+                DATA if f.stream == id && f.flags & END_STREAM != 0 => {
+                    return status.unwrap_or_else(|| Err("DATA before HEADERS".to_string()));
+                }
+                _ => {}
+            }
+        }
+    };
+    timeout(Duration::from_secs(5), answer)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".to_string()))
+}
+
+/// One request of `host_rules_case`, and what must come of it.
+struct HostCase {
+    what: &'static str,
+    authority: Option<String>,
+    fields: Vec<(&'static str, String)>,
+    body: Option<&'static [u8]>,
+    status: u16,
+    /// A stream reset (PROTOCOL_ERROR) will do instead of `400`: h2 itself resets streams
+    /// with conflicting Content-Length values before Switchyard sees them.
+    reset_ok: bool,
+    /// For a `200`: the fields the upstream must see exactly (every value of each name).
+    upstream: Vec<(&'static str, Vec<String>)>,
+}
+
+/// HTTP/2 requests that disagree on their authority (two `host` fields, a `host` that is not
+/// `:authority`, a `host` that is no host, neither of them) or on their length get `400` and
+/// never reach the upstream; the others reach it (an HTTP/1.1 recorder) with one Host, the
+/// `:authority` as sent, one Content-Length and one Cookie.
+///
+/// Regression (found here, fixed): HTTP/2 requests skipped the Host rules of HTTP/1.1; the
+/// upstream got two Hosts, or a Host other than `:authority`, and two Content-Lengths or one
+/// Cookie field per crumb.
+async fn host_rules_case(tls: bool) {
+    let (_serial, panics) = serial().await;
+    let rec = support::raw::Recorder::start().await;
+    let pki = tls.then(|| Pki::new("host"));
+    let frontend = pki.as_ref().map(Pki::frontend_tls).unwrap_or_default();
+    let lb = Lb::start_ready(&config(rec.addr(), &frontend)).await;
+    let dial = pki.as_ref().map(Pki::dial).unwrap_or(Dial::Plain);
+    let default_port = if tls { 443 } else { 80 };
+    let site = || Some(SITE.to_string());
+    let f = |n: &'static str, v: &str| (n, v.to_string());
+    let refused = |what, authority, fields, body| HostCase {
+        what,
+        authority,
+        fields,
+        body,
+        status: 400,
+        reset_ok: false,
+        upstream: Vec::new(),
+    };
+    let cases = vec![
+        refused(
+            "two host fields",
+            site(),
+            vec![f("host", SITE), f("host", SITE)],
+            None,
+        ),
+        refused(
+            "host other than :authority",
+            site(),
+            vec![f("host", "other.test")],
+            None,
+        ),
+        refused(
+            "host on another port",
+            site(),
+            vec![f("host", &format!("{SITE}:8080"))],
+            None,
+        ),
+        refused("host with a space", site(), vec![f("host", "h evil")], None),
+        refused("no :authority, no host", None, Vec::new(), None),
+        HostCase {
+            reset_ok: true,
+            ..refused(
+                "differing content-length",
+                site(),
+                vec![f("content-length", "5"), f("content-length", "6")],
+                Some(b"hello"),
+            )
+        },
+        HostCase {
+            what: "host equal to :authority after normalization",
+            authority: site(),
+            fields: vec![f(
+                "host",
+                &format!("{}:{default_port}", SITE.to_uppercase()),
+            )],
+            body: None,
+            status: 200,
+            reset_ok: false,
+            upstream: vec![("host", vec![SITE.to_string()])],
+        },
+        HostCase {
+            what: ":authority only",
+            authority: site(),
+            fields: Vec::new(),
+            body: None,
+            status: 200,
+            reset_ok: false,
+            upstream: vec![("host", vec![SITE.to_string()])],
+        },
+        HostCase {
+            what: "host only",
+            authority: None,
+            fields: vec![f("host", SITE)],
+            body: None,
+            status: 200,
+            reset_ok: false,
+            upstream: vec![("host", vec![SITE.to_string()])],
+        },
+        HostCase {
+            what: "cookie crumbs",
+            authority: site(),
+            fields: vec![f("cookie", "a=1"), f("x-between", "x"), f("cookie", "b=2")],
+            body: None,
+            status: 200,
+            reset_ok: false,
+            upstream: vec![("cookie", vec!["a=1; b=2".to_string()])],
+        },
+        HostCase {
+            what: "equal content-lengths",
+            authority: site(),
+            fields: vec![f("content-length", "5"), f("content-length", "5")],
+            body: Some(b"hello"),
+            status: 200,
+            reset_ok: false,
+            upstream: vec![("content-length", vec!["5".to_string()])],
+        },
+    ];
+    let (mut r, mut w, _) = raw_h2(&dial, lb.http_addr("web")).await;
+    let mut failures = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let id = 2 * i as u32 + 1;
+        let fields: Vec<(&str, &str)> = c.fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let block = block_with(
+            &dial,
+            c.body.is_some(),
+            c.authority.as_deref(),
+            "/host-rules",
+            &fields,
+        );
+        let got = raw_exchange(&mut r, &mut w, id, &block, c.body).await;
+        let seen = rec.take();
+        let reset = c.reset_ok && got == Err(format!("RST_STREAM {PROTOCOL_ERROR}"));
+        if got != Ok(c.status) && !reset {
+            failures.push(format!(
+                "{} (tls={tls}): got {got:?}, want {}; upstream saw {}",
+                c.what,
+                c.status,
+                seen.describe()
+            ));
+            continue;
+        }
+        let complete = seen.complete();
+        match (c.status, complete.as_slice()) {
+            (200, [req]) => {
+                for (name, want) in &c.upstream {
+                    if req.all(name) != *want {
+                        failures.push(format!(
+                            "{} (tls={tls}): upstream {name} {:?}, want {want:?}",
+                            c.what,
+                            req.all(name)
+                        ));
+                    }
+                }
+                if let Some(why) = req.ambiguity() {
+                    failures.push(format!("{} (tls={tls}): ambiguous upstream: {why}", c.what));
+                }
+                if let Some(b) = c.body
+                    && req.body != b
+                {
+                    failures.push(format!("{} (tls={tls}): body {:?}", c.what, req.body));
+                }
+            }
+            (200, _) => failures.push(format!(
+                "{} (tls={tls}): want one request upstream, saw {}",
+                c.what,
+                seen.describe()
+            )),
+            (_, _) if !seen.is_empty() => failures.push(format!(
+                "{} (tls={tls}): refused, but the upstream saw {}",
+                c.what,
+                seen.describe()
+            )),
+            _ => {}
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    drop((r, w));
+    assert_no_panic(panics);
+    lb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_authority_must_agree_over_h2c() {
+    timeout(Duration::from_secs(30), host_rules_case(false))
+        .await
+        .expect("test within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_authority_must_agree_over_tls() {
+    timeout(Duration::from_secs(30), host_rules_case(true))
+        .await
+        .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle connections, and connections that never send a request.
+
+/// Reads a raw connection until it ends, answering PINGs if `pong`: the GOAWAY code if one
+/// came, and when the connection ended (`None`: not within `limit`).
+async fn until_closed<R, W>(
+    mut r: R,
+    mut w: W,
+    pong: bool,
+    limit: Duration,
+) -> (Option<u32>, Option<Instant>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut goaway = None;
+    let ended = timeout(limit, async {
+        while let Some(f) = read_frame(&mut r).await {
+            match f.kind {
+                GOAWAY => goaway = Some(u32_at(&f.payload, 4)),
+                PING if pong && f.flags & ACK == 0 => {
+                    let mut out = Vec::new();
+                    frame(&mut out, PING, ACK, 0, &f.payload);
+                    let _ = w.write_all(&out).await;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    (goaway, ended.ok().map(|_| Instant::now()))
+}
+
+/// A frontend `idle_timeout` for the idle tests.
+const SHORT_IDLE: Duration = Duration::from_secs(1);
+/// How late a close may come after its timeout: GOAWAY, the client's PING answer, the close.
+const CLOSE_SLACK: Duration = Duration::from_secs(1);
+
+/// HTTP/2 connections with no open stream are closed at the frontend's `idle_timeout`, with a
+/// GOAWAY (NO_ERROR), not before; and a `maxconn = 2` frontend held by two such connections
+/// takes a third client once they are gone.
+///
+/// Regression (found here, fixed): `idle_timeout` did not apply to HTTP/2; idle connections
+/// stayed open for good (hyper's keep-alive PINGs, which clients answer, kept them), and held
+/// their `maxconn` slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_at_idle_timeout() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            &format!("idle_timeout = \"{}ms\"\nmaxconn = 2", SHORT_IDLE.as_millis()),
+        ))
+        .await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+        let mut watchers = Vec::new();
+        for i in 0..2u32 {
+            let (mut r, mut w, _) = raw_h2(&dial, addr).await;
+            let block = request_block(&format!("/probe/idle/{i}"));
+            let got = raw_exchange(&mut r, &mut w, 1, &block, None).await;
+            assert_eq!(got, Ok(200), "request on idle connection {i}");
+            let answered = Instant::now();
+            // The first answers PINGs (a well-behaved client), the second does not.
+            let pong = i == 0;
+            let limit = SHORT_IDLE + Duration::from_secs(5);
+            watchers.push(tokio::spawn(async move {
+                let (goaway, ended) = until_closed(r, w, pong, limit).await;
+                (pong, goaway, ended.map(|t| t - answered))
+            }));
+        }
+        // The frontend is full: this one waits in the accept queue until an idle one closes.
+        let t0 = Instant::now();
+        let third = timeout(SHORT_IDLE + Duration::from_secs(5), h2_get(addr, &dial, "/probe")).await;
+        let waited = t0.elapsed();
+        for w in watchers {
+            let (pong, goaway, after) = w.await.unwrap();
+            eprintln!("idle connection (answers PINGs: {pong}): GOAWAY {goaway:?}, closed {after:?} after its answer");
+            assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR at idle_timeout (answers PINGs: {pong})");
+            let after = after.unwrap_or_else(|| {
+                panic!("an idle HTTP/2 connection (answers PINGs: {pong}) was not closed")
+            });
+            assert!(
+                after >= SHORT_IDLE - Duration::from_millis(100),
+                "closed {after:?} after its answer, before idle_timeout {SHORT_IDLE:?}"
+            );
+            let bound = if pong {
+                SHORT_IDLE + CLOSE_SLACK
+            } else {
+                // No PING answer: hyper's graceful shutdown waits for one, Switchyard a while.
+                SHORT_IDLE + CLOSE_SLACK + Duration::from_secs(2)
+            };
+            assert!(after <= bound, "closed {after:?} after its answer, want <= {bound:?}");
+        }
+        assert!(
+            matches!(&third, Ok(Ok((200, b))) if &b[..] == b"up"),
+            "a client beyond maxconn, once the idle connections were closed: {third:?} after {waited:?}"
+        );
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+/// Connections that send the preface (and SETTINGS) but no request are closed at the
+/// frontend's `header_timeout` with a GOAWAY, so that `maxconn = 5` such connections free
+/// their slots; a request on a connection of its own is served afterwards.
+///
+/// Regression (found here, fixed): such connections stayed open for good, and five of them
+/// held a `maxconn = 5` frontend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preface_only_connections_are_closed_at_header_timeout() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let header_timeout = Duration::from_millis(500);
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            &format!(
+                "header_timeout = \"{}ms\"\nidle_timeout = \"30s\"\nmaxconn = 5",
+                header_timeout.as_millis()
+            ),
+        ))
+        .await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+        let mut watchers = Vec::new();
+        for i in 0..5 {
+            let (r, w, _) = raw_h2(&dial, addr).await;
+            let t0 = Instant::now();
+            let pong = i % 2 == 0;
+            watchers.push(tokio::spawn(async move {
+                let (goaway, ended) = until_closed(r, w, pong, Duration::from_secs(8)).await;
+                (pong, goaway, ended.map(|t| t - t0))
+            }));
+        }
+        let t0 = Instant::now();
+        let sixth = timeout(Duration::from_secs(8), h2_get(addr, &dial, "/probe")).await;
+        let waited = t0.elapsed();
+        for w in watchers {
+            let (pong, goaway, after) = w.await.unwrap();
+            eprintln!("preface only (answers PINGs: {pong}): GOAWAY {goaway:?}, closed after {after:?}");
+            assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR at header_timeout (answers PINGs: {pong})");
+            let after = after.unwrap_or_else(|| {
+                panic!("a preface-only connection (answers PINGs: {pong}) was not closed")
+            });
+            let bound = if pong {
+                header_timeout + CLOSE_SLACK
+            } else {
+                header_timeout + CLOSE_SLACK + Duration::from_secs(2)
+            };
+            assert!(after <= bound, "closed after {after:?}, want <= {bound:?}");
+        }
+        assert!(
+            matches!(&sixth, Ok(Ok((200, b))) if &b[..] == b"up"),
+            "a client beyond maxconn, once the preface-only connections were closed: {sixth:?} after {waited:?}"
+        );
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+/// Shutdown sends GOAWAY to an idle HTTP/2 connection and closes it soon even if the client
+/// never answers the PING that comes with the GOAWAY (hyper's graceful shutdown waits for
+/// that answer).
+///
+/// Regression (found here, fixed): such a client held `run()` for the whole shutdown grace
+/// period (30 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_held_by_an_h2_client_that_ignores_pings() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(
+            backend.up.addr(),
+            "header_timeout = \"30s\"\nidle_timeout = \"30s\"",
+        ))
+        .await;
+        let (mut r, mut w, _) = raw_h2(&Dial::Plain, lb.http_addr("web")).await;
+        let got = raw_exchange(&mut r, &mut w, 1, &request_block("/probe"), None).await;
+        assert_eq!(got, Ok(200));
+        // The connection stays open, its PINGs unanswered.
+        let watcher = tokio::spawn(until_closed(r, w, false, Duration::from_secs(10)));
+        let t0 = Instant::now();
+        lb.shutdown_within(Duration::from_secs(5)).await;
+        let (goaway, ended) = watcher.await.unwrap();
+        eprintln!("shutdown took {:?}; GOAWAY {goaway:?}", t0.elapsed());
+        assert_eq!(goaway, Some(0), "GOAWAY NO_ERROR on shutdown");
+        assert!(ended.is_some(), "the connection was closed");
+        assert_no_panic(panics);
+    })
+    .await
+    .expect("test within 30 s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header block size.
+
+/// `max_header_size` applies to HTTP/2 header blocks (SETTINGS_MAX_HEADER_LIST_SIZE): with a
+/// 32 KiB limit, a request with a 20 KiB field is served (hyper's own client) and one with
+/// 36 KiB of fields gets `431` or its stream reset, and never reaches the upstream.
+///
+/// Regression (found here, fixed): HTTP/2 used hyper's 16 KiB default whatever the frontend's
+/// `max_header_size`, so the 20 KiB request was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_size_applies_to_h2_header_blocks() {
+    timeout(Duration::from_secs(30), async {
+        let (_serial, panics) = serial().await;
+        let backend = Backend::start().await;
+        let lb = Lb::start_ready(&config(backend.up.addr(), "max_header_size = 32768")).await;
+        let addr = lb.http_addr("web");
+        let dial = Dial::Plain;
+
+        let under = "u".repeat(20 * 1024);
+        let io = dial.connect(addr).await.unwrap();
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{SITE}/probe"))
+            .header("x-big", under.as_str())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = timeout(PROBE_LIMIT, tx.send_request(req)).await;
+        let status = match resp {
+            Ok(Ok(r)) => Ok(r.status().as_u16()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".to_string()),
+        };
+        conn.abort();
+        assert_eq!(
+            status,
+            Ok(200),
+            "a 20 KiB header block under a 32 KiB limit"
+        );
+        let upstream = backend
+            .up
+            .last_headers()
+            .expect("the upstream saw the request");
+        assert_eq!(upstream.get("x-big").map(|v| v.len()), Some(under.len()));
+
+        let hits = backend.up.hits();
+        let field = "o".repeat(4 * 1024);
+        let fields: Vec<(String, &str)> = (0..9)
+            .map(|i| (format!("x-big-{i}"), field.as_str()))
+            .collect();
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let block = block_with(&dial, false, Some(SITE), "/probe/over", &fields);
+        let (mut r, mut w, _) = raw_h2(&dial, addr).await;
+        let got = raw_exchange(&mut r, &mut w, 1, &block, None).await;
+        eprintln!("36 KiB header block: {got:?}");
+        assert!(
+            got == Ok(431) || got.as_ref().is_err_and(|e| e.starts_with("RST_STREAM")),
+            "a 36 KiB header block over a 32 KiB limit: {got:?}, want 431 or RST_STREAM"
+        );
+        assert_eq!(
+            backend.up.hits(),
+            hits,
+            "the over-limit request reached the upstream"
+        );
+        drop((r, w));
+        assert_served_after(&lb, &dial).await;
+        assert_no_panic(panics);
+        lb.shutdown().await;
+    })
+    .await
+    .expect("test within 30 s");
 }
