@@ -5,7 +5,7 @@
 //! never ends, in big frames and in empty ones), more streams than the advertised
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` (256) from a well-behaved client that queues and from a
 //! raw one that ignores the limit, garbage after the connection preface, and a legitimate
-//! client whose preface arrives split across reads (ignored: a known bug, see that test).
+//! client whose preface arrives split across reads.
 //! Rapid reset and the CONTINUATION flood also run over TLS with ALPN `h2` (rcgen
 //! certificates); the rest is h2c by prior knowledge. Each abuse test asserts that the abusive
 //! connection ends (or is held to the advertised limit) within a bound, that this process's
