@@ -13,20 +13,17 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
-pub mod h1_client;
-pub mod h1_server;
-pub mod h2_conn;
-pub mod h2_rules;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod migrate;
-pub mod proxy_http;
 pub mod proxy_protocol;
 pub mod proxy_tcp;
 pub mod register;
 pub mod signal;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Frontend};
-use crate::proxy_http::HttpFrontend;
+use crate::http::HttpFrontend;
 use crate::snapshot::Publisher;
 
 /// The sockets `run` serves on: the admin listener and one per frontend (by name).
@@ -122,7 +119,7 @@ impl Runtime {
                     self.access_log.clone(),
                 ) {
                     Ok(fe) => {
-                        tokio::spawn(proxy_http::serve(
+                        tokio::spawn(crate::http::serve(
                             Arc::clone(&listener),
                             fe,
                             stop_accept.clone(),
@@ -323,7 +320,7 @@ pub async fn run(
                 _ = upkeep_cancel.cancelled() => return,
                 _ = tick.tick() => {
                     upkeep.run_upkeep();
-                    proxy_http::close_idle_connections(&upkeep_shared.load());
+                    crate::http::close_idle_connections(&upkeep_shared.load());
                 }
             }
         }

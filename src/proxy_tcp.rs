@@ -116,7 +116,7 @@ impl TcpFrontend {
     }
 }
 
-/// (Boxed TLS: see `proxy_http::ClientIo`.)
+/// (Boxed TLS: see `http::ClientIo`.)
 type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 

@@ -75,7 +75,7 @@ pub struct ServerState {
     /// watches it and closes, which ends the requests still in flight.
     kill: Mutex<crate::signal::Signal>,
     /// Idle keep-alive connections to this server; they close when the server is gone.
-    pool: crate::proxy_http::Pool,
+    pool: crate::http::Pool,
     /// `switchyard_requests_total` handles of this server, by frontend and status code.
     pub(crate) request_counters: crate::metrics::HandleCache<(Arc<str>, u16), metrics::Counter>,
 }
@@ -211,7 +211,7 @@ impl Server {
         uptime_ms().saturating_sub(self.state.changed_ms.load(Ordering::Relaxed))
     }
 
-    pub fn pool(&self) -> &crate::proxy_http::Pool {
+    pub fn pool(&self) -> &crate::http::Pool {
         &self.state.pool
     }
 

@@ -1,5 +1,5 @@
 //! Our HTTP/1.x server side of the L7 data plane: on one client connection, reads request
-//! heads (`httparse`), hands each request to `proxy_http::handle` with its body read straight
+//! heads (`httparse`), hands each request to `l7::handle` with its body read straight
 //! off the socket (Content-Length or chunked, with trailers), and writes the response head and
 //! body back, gathering what the body has ready into one write. Requests on a connection are
 //! served one after another (pipelined ones from the bytes already read), all in the
@@ -10,8 +10,8 @@
 //! keep-alive and `Connection: close`, response framing (a length, chunked, or up to the close
 //! for an HTTP/1.0 client), the `Date` header, trailers for clients that accept them, handing
 //! the socket to a tunnel after a `101`, and noticing a client that leaves while its request is
-//! being served. Header, idle and stalled-write timeouts are `proxy_http::HeadTimeout`'s,
-//! which wraps the socket; what a request means is `proxy_http`'s.
+//! being served. Header, idle and stalled-write timeouts are `l7::HeadTimeout`'s,
+//! which wraps the socket; what a request means is `http::forward`'s.
 //!
 //! NOTE: hand-written rather than hyper's server connection: that parses into hyper's own
 //! buffers and state machine, then runs the service future, the request body and the response
@@ -34,8 +34,8 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
-use crate::h1_client::{self, Framing, Spot, State, Step};
-use crate::proxy_http::{self, Conn, Phase, ReqBody, Stream};
+use super::{self as h1, Framing, Spot, State, Step};
+use crate::http::{self as l7, Conn, Phase, ReqBody, Stream};
 use crate::signal::Watch;
 
 /// Most header fields in one request head (hyper's limit too).
@@ -140,7 +140,7 @@ impl Body {
         }
     }
 
-    fn fail(&mut self, e: impl Into<proxy_http::BoxError>) -> Poll<Option<FrameResult>> {
+    fn fail(&mut self, e: impl Into<l7::BoxError>) -> Poll<Option<FrameResult>> {
         self.reader = None;
         self.state = State::new(Framing::None);
         Poll::Ready(Some(Err(e.into())))
@@ -155,11 +155,11 @@ impl Drop for Body {
     }
 }
 
-type FrameResult = Result<Frame<Bytes>, proxy_http::BoxError>;
+type FrameResult = Result<Frame<Bytes>, l7::BoxError>;
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = proxy_http::BoxError;
+    type Error = l7::BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
         let this = &mut *self;
@@ -288,7 +288,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
     } else {
         Version::HTTP_11
     };
-    // Room for the X-Forwarded-* fields `proxy_http` adds: a map that grows is copied.
+    // Room for the X-Forwarded-* fields `headers::rewrite_request` adds: a map that grows is copied.
     let mut headers = HeaderMap::with_capacity(count + 3);
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
@@ -309,7 +309,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
         if name == header::CONTENT_LENGTH {
             match std::str::from_utf8(value.as_bytes())
                 .ok()
-                .and_then(h1_client::parse_decimal)
+                .and_then(h1::parse_decimal)
             {
                 // Repeated with the same value: passed on once.
                 Some(n) if length == Some(n) => continue,
@@ -327,9 +327,9 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refused>
             {
                 return Err(bad("empty element in Transfer-Encoding"));
             }
-            // Only the last line counts; `proxy_http` refuses the other codings of a list that
+            // Only the last line counts; `answers::refuse` refuses the other codings of a list that
             // ends in `chunked` (501).
-            chunked = Some(h1_client::chunked_last(&value));
+            chunked = Some(h1::chunked_last(&value));
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -398,7 +398,7 @@ pub(crate) fn aliases_framing(name: &header::HeaderName) -> bool {
 /// Drops the empty lines (CRLF or LF) at the front of `buf`: RFC 9112 2.2 lets a server skip
 /// them before a request-line, and httparse does. Dropped here, they neither count towards the
 /// head size limit nor make an idle connection look busy when a graceful stop comes; the header
-/// clock they started (`proxy_http::HeadTimeout`) keeps running. A lone CR before anything but
+/// clock they started (`l7::HeadTimeout`) keeps running. A lone CR before anything but
 /// LF stays, for the parser to refuse.
 fn skip_empty_lines(buf: &mut BytesMut) {
     let mut n = 0;
@@ -528,7 +528,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             (body, None, Some(home))
         };
         let mut req = Request::from_parts(parts, ReqBody::H1(body));
-        let upgrade = proxy_http::wants_tunnel(&req).then(|| {
+        let upgrade = l7::wants_tunnel(&req).then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
                 .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
@@ -541,14 +541,14 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             expecting,
             w: &mut w,
         };
-        slot.set(Some(proxy_http::handle(conn, req)));
+        slot.set(Some(l7::handle(conn, req)));
         let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
         slot.set(None);
         let Some(mut resp) = resp else {
             // The client left: dropping the request cancels it (`client_abort` in the log).
             return;
         };
-        if proxy_http::opens_tunnel(&method, resp.status())
+        if l7::opens_tunnel(&method, resp.status())
             && let Some(tx) = upgrade
         {
             // The tunnel takes the whole socket, with what the client sent after its request.
@@ -568,7 +568,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             let _ = tx.send(io);
             return;
         }
-        closing |= proxy_http::connection_has(resp.headers(), "close");
+        closing |= l7::connection_has(resp.headers(), "close");
         // Answered before the request body was all read (an early `413`, a redirect): the
         // connection cannot carry another request, and the client is told so before it sends
         // more (RFC 9112 9.6).
@@ -650,9 +650,9 @@ async fn respond<F>(
     watch: Watching<'_>,
     stop: &Watch,
     closing: &mut bool,
-) -> Option<Response<proxy_http::Body>>
+) -> Option<Response<l7::Body>>
 where
-    F: Future<Output = Response<proxy_http::Body>>,
+    F: Future<Output = Response<l7::Body>>,
 {
     let Watching {
         held,
@@ -714,7 +714,7 @@ enum Out {
 
 /// How `resp` goes to the client: the chunked coding is HTTP/1.1's, so a body of unknown
 /// length to an HTTP/1.0 client runs to the close.
-fn response_framing(resp: &Response<proxy_http::Body>, head_method: bool, http10: bool) -> Out {
+fn response_framing(resp: &Response<l7::Body>, head_method: bool, http10: bool) -> Out {
     let status = resp.status();
     if head_method
         || status.is_informational()
@@ -730,7 +730,7 @@ fn response_framing(resp: &Response<proxy_http::Body>, head_method: bool, http10
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(h1_client::parse_decimal)
+        .and_then(h1::parse_decimal)
     {
         return Out::Length(n);
     }
@@ -770,7 +770,7 @@ fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, framing_own: bool) -> b
 /// `Date` unless it has one).
 fn encode_head(
     out: &mut Vec<u8>,
-    resp: &Response<proxy_http::Body>,
+    resp: &Response<l7::Body>,
     framing: Out,
     head_method: bool,
     closing: bool,
@@ -986,7 +986,7 @@ async fn refuse(w: &mut WriteHalf<Stream>, out: &mut Vec<u8>, r: Refused) {
     }
 }
 
-/// The `Date` header value, formatted once a second per thread (`h2_conn` uses it too).
+/// The `Date` header value, formatted once a second per thread (`http::h2` uses it too).
 pub(crate) mod date {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -1156,7 +1156,7 @@ mod tests {
         assert_eq!(status(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
-    fn head_of(resp: Response<proxy_http::Body>, head_method: bool, http10: bool) -> String {
+    fn head_of(resp: Response<l7::Body>, head_method: bool, http10: bool) -> String {
         let framing = response_framing(&resp, head_method, http10);
         let mut out = Vec::new();
         encode_head(
@@ -1170,7 +1170,7 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn full(body: &'static str) -> Response<proxy_http::Body> {
+    fn full(body: &'static str) -> Response<l7::Body> {
         Response::new(http_body_util::Either::Right(http_body_util::Full::new(
             Bytes::from_static(body.as_bytes()),
         )))

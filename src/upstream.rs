@@ -1,0 +1,235 @@
+//! Dialing upstream servers: TCP, the PROXY header when the backend sends one, TLS when it has
+//! `[backend.tls]`, all inside `connect_timeout`; and `Killable`, the socket that a server's
+//! drain timeout cuts.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::config::{Backend, ProxyVersion};
+use crate::http::h1::client as h1_client;
+use crate::proxy_protocol::{self};
+use crate::signal::{Signal, Watch};
+use crate::snapshot::Server;
+
+use crate::http::*;
+
+/// Where and how to open one upstream connection. It owns its inputs, so a shared HTTP/2
+/// connect can outlive the request that started it.
+pub(crate) struct Dial {
+    addr: String,
+    backend: Arc<Backend>,
+    kill: Signal,
+    /// The PROXY header to send first, if the backend sends one.
+    proxy_header: Option<Bytes>,
+}
+
+impl Dial {
+    pub(crate) fn new(server: &Server, backend: &Arc<Backend>, conn: &Conn) -> Dial {
+        let proxy_header = match backend.send_proxy {
+            ProxyVersion::None => None,
+            ProxyVersion::V1 => Some(proxy_protocol::encode_v1(conn.client, conn.local).into()),
+            ProxyVersion::V2 => Some(proxy_protocol::encode_v2(conn.client, conn.local).into()),
+        };
+        Dial {
+            addr: server.addr.clone(),
+            backend: Arc::clone(backend),
+            kill: server.kill_token(),
+            proxy_header,
+        }
+    }
+
+    /// TCP, the PROXY header, then TLS (offering `alpn`) if the backend has `[backend.tls]`.
+    async fn io(&self, alpn: &[&[u8]]) -> io::Result<UpIo> {
+        let mut stream = TcpStream::connect(self.addr.as_str()).await?;
+        stream.set_nodelay(true)?;
+        if let Some(h) = &self.proxy_header {
+            stream.write_all(h).await?;
+        }
+        let io: Box<dyn Io> = match &self.backend.tls {
+            None => Box::new(stream),
+            Some(tls) => Box::new(crate::tls::connect(tls, &self.addr, stream, alpn).await?),
+        };
+        Ok(Killable::new(io, self.kill.watch()))
+    }
+
+    /// Runs `f` (connect and handshake) within the backend's connect timeout.
+    async fn timed<T>(&self, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        tokio::time::timeout(self.backend.connect_timeout, f)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// A new HTTP/1.1 connection for our own client. It closes when the server's drain times out.
+/// (Boxed: a TLS handshake's future is several KiB, which every request's future would
+/// otherwise carry and copy; the allocation is per new connection only.)
+pub(crate) async fn connect_raw(dial: &Dial) -> io::Result<h1_client::Conn> {
+    let io = Box::pin(dial.timed(dial.io(&[b"http/1.1"]))).await?;
+    Ok(h1_client::Conn::new(io))
+}
+
+/// A new HTTP/1.1 connection driven by hyper, for an upgrade. It closes when the server's
+/// drain times out; after a `101` its socket belongs to the upgrade.
+pub(crate) async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
+    let (sender, conn) = dial
+        .timed(async {
+            let io = dial.io(&[b"http/1.1"]).await?;
+            hyper::client::conn::http1::Builder::new()
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(io::Error::other)
+        })
+        .await?;
+    // The socket is `Killable`: a drain timeout fails its reads and writes, which ends this.
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            debug!(error = %e, "upstream connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// A new HTTP/2 connection (h2c by prior knowledge, or h2 over TLS with ALPN). The drain
+/// timeout closes its socket, which ends every stream on it.
+pub(crate) async fn connect_h2(dial: &Dial) -> io::Result<H2Sender> {
+    let (sender, conn) = dial
+        .timed(async {
+            let io = dial.io(&[b"h2"]).await?;
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(io::Error::other)
+        })
+        .await?;
+    let addr = dial.addr.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(server = %addr, error = %e, "upstream HTTP/2 connection closed with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Any upstream transport: plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub(crate) type UpIo = Killable<Box<dyn Io>>;
+
+/// An upstream socket that fails every read and write once its server's kill token fires, so
+/// the connection ends even when hyper runs it in a task of its own (HTTP/2) or hands it to an
+/// upgrade.
+pub(crate) struct Killable<S> {
+    inner: S,
+    kill: Watch,
+    dead: bool,
+}
+
+impl<S> Killable<S> {
+    pub(crate) fn new(inner: S, kill: Watch) -> Killable<S> {
+        Killable {
+            inner,
+            kill,
+            dead: false,
+        }
+    }
+
+    /// Whether the kill token fired (one atomic load).
+    fn killed(&mut self) -> bool {
+        self.dead |= self.kill.is_fired();
+        self.dead
+    }
+
+    /// After the socket said `Pending`: registers the task to be woken if the kill token
+    /// fires meanwhile, and turns the wait into the kill error if it already has.
+    /// NOTE: only then, not on every poll: a pooled connection serves a different task at
+    /// almost every request, so each registration replaces a waker (about 250 instructions),
+    /// and a read or write that is ready needs none.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.kill.poll_fired(cx) {
+            self.dead = true;
+            return Poll::Ready(Err(killed_error()));
+        }
+        Poll::Pending
+    }
+}
+
+pub(crate) fn killed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "server drain timed out")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
