@@ -15,13 +15,14 @@ pub mod discovery;
 pub mod etcd;
 pub mod health;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod migrate;
 pub mod proxy_protocol;
-pub mod proxy_tcp;
 pub mod register;
 pub mod signal;
 pub mod snapshot;
+pub mod tcp;
 pub mod tls;
 pub mod upstream;
 
@@ -133,13 +134,13 @@ impl Runtime {
                 }
             }
             crate::config::Mode::Tcp => {
-                match proxy_tcp::TcpFrontend::new(
+                match tcp::TcpFrontend::new(
                     Arc::new(config.clone()),
                     self.publisher.shared(),
                     self.access_log.clone(),
                 ) {
                     Ok(fe) => {
-                        tokio::spawn(proxy_tcp::serve(
+                        tokio::spawn(tcp::serve(
                             Arc::clone(&listener),
                             fe,
                             stop_accept.clone(),

@@ -31,6 +31,7 @@ use x509_cert::der::Decode;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::config::{BackendTls, CertPair, Config, EtcdConfig, FrontendTls};
+use crate::metrics::{TLS_OCSP_ERRORS, TLS_OCSP_NEXT_UPDATE, TLS_RELOADS};
 
 /// Installs the process-wide crypto provider; later calls do nothing.
 pub fn install_provider() {
@@ -378,38 +379,6 @@ impl TlsAcceptor {
             }
         }
     }
-}
-
-/// `switchyard_tls_reloads_total{result}`.
-pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
-/// `switchyard_tls_handshakes_total{result}`: success, failure (garbage, no shared cipher, ...)
-/// or timeout.
-pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
-
-/// `switchyard_tls_ocsp_next_update_timestamp_seconds{frontend, name}`: the stapled response's
-/// nextUpdate; `name` is the certificate's first DNS name, else its file name.
-pub const TLS_OCSP_NEXT_UPDATE: &str = "switchyard_tls_ocsp_next_update_timestamp_seconds";
-/// `switchyard_tls_ocsp_errors_total{frontend, name}`: OCSP files that could not be stapled.
-pub const TLS_OCSP_ERRORS: &str = "switchyard_tls_ocsp_errors_total";
-
-pub fn describe() {
-    metrics::describe_counter!(
-        TLS_RELOADS,
-        "Certificate reloads (SIGHUP or a changed file), by result."
-    );
-    metrics::describe_gauge!(
-        TLS_OCSP_NEXT_UPDATE,
-        metrics::Unit::Seconds,
-        "Unix time of the stapled OCSP response's nextUpdate (0 once none is stapled)."
-    );
-    metrics::describe_counter!(
-        TLS_OCSP_ERRORS,
-        "OCSP files not stapled: unreadable, or no answer for their certificate."
-    );
-    metrics::describe_counter!(
-        TLS_HANDSHAKES,
-        "TLS handshakes on frontends, by result (success, failure, timeout)."
-    );
 }
 
 /// Modification times of every certificate, key and OCSP file (`None`: missing or unreadable).

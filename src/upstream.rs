@@ -1,6 +1,7 @@
-//! Dialing upstream servers: TCP, the PROXY header when the backend sends one, TLS when it has
-//! `[backend.tls]`, all inside `connect_timeout`; and `Killable`, the socket that a server's
-//! drain timeout cuts.
+//! Dialing upstream servers, for both data planes: TCP, the PROXY header when the backend
+//! sends one, and TLS when it has `[backend.tls]`, all three inside one `connect_timeout`
+//! (`connect`); the HTTP side's `Dial` (with the pooled and hyper-driven connections built on
+//! it); and `Killable`, the socket that a server's drain timeout cuts.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::config::{Backend, ProxyVersion};
@@ -21,6 +23,40 @@ use crate::signal::{Signal, Watch};
 use crate::snapshot::Server;
 
 use crate::http::*;
+
+/// A connection to a server: plain TCP, or TLS over it.
+pub(crate) type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Opens one connection to `addr` for `backend`: TCP, then `proxy_header` if given, then TLS
+/// (offering `alpn`) if the backend has `[backend.tls]`. The one rule for both data planes:
+/// all of it happens within the backend's `connect_timeout`, or it fails with `TimedOut`, so a
+/// server that accepts and then never reads nor answers cannot hold a request or connection
+/// longer than that. Nothing of the client's has been sent when this fails, so another server
+/// may be tried.
+pub(crate) async fn connect(
+    backend: &Backend,
+    addr: &str,
+    proxy_header: Option<&[u8]>,
+    alpn: &[&[u8]],
+) -> io::Result<UpstreamIo> {
+    let dial = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        if let Some(h) = proxy_header {
+            stream.write_all(h).await?;
+        }
+        match &backend.tls {
+            None => Ok(Either::Left(stream)),
+            Some(tls) => Ok(Either::Right(
+                crate::tls::connect(tls, addr, stream, alpn).await?,
+            )),
+        }
+    };
+    // Boxed: a TLS handshake's future is several KiB, which the caller's would carry.
+    tokio::time::timeout(backend.connect_timeout, Box::pin(dial))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
 
 /// Where and how to open one upstream connection. It owns its inputs, so a shared HTTP/2
 /// connect can outlive the request that started it.
@@ -47,16 +83,18 @@ impl Dial {
         }
     }
 
-    /// TCP, the PROXY header, then TLS (offering `alpn`) if the backend has `[backend.tls]`.
+    /// `connect`, offering `alpn` over TLS, as a socket the server's drain timeout cuts.
     async fn io(&self, alpn: &[&[u8]]) -> io::Result<UpIo> {
-        let mut stream = TcpStream::connect(self.addr.as_str()).await?;
-        stream.set_nodelay(true)?;
-        if let Some(h) = &self.proxy_header {
-            stream.write_all(h).await?;
-        }
-        let io: Box<dyn Io> = match &self.backend.tls {
-            None => Box::new(stream),
-            Some(tls) => Box::new(crate::tls::connect(tls, &self.addr, stream, alpn).await?),
+        let io: Box<dyn Io> = match connect(
+            &self.backend,
+            &self.addr,
+            self.proxy_header.as_deref(),
+            alpn,
+        )
+        .await?
+        {
+            Either::Left(tcp) => Box::new(tcp),
+            Either::Right(tls) => Box::new(tls),
         };
         Ok(Killable::new(io, self.kill.watch()))
     }
@@ -70,10 +108,8 @@ impl Dial {
 }
 
 /// A new HTTP/1.1 connection for our own client. It closes when the server's drain times out.
-/// (Boxed: a TLS handshake's future is several KiB, which every request's future would
-/// otherwise carry and copy; the allocation is per new connection only.)
 pub(crate) async fn connect_raw(dial: &Dial) -> io::Result<h1_client::Conn> {
-    let io = Box::pin(dial.timed(dial.io(&[b"http/1.1"]))).await?;
+    let io = dial.io(&[b"http/1.1"]).await?;
     Ok(h1_client::Conn::new(io))
 }
 

@@ -54,7 +54,6 @@ use crate::config::{Frontend, ProxyVersion};
 use crate::http::h1::server as h1_server;
 use crate::http::h2 as h2_conn;
 use crate::metrics::{self as m, HandleCache};
-use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
 use crate::signal::{Signal, Watch};
 use crate::snapshot::Snapshot;
 use crate::tls::{TlsAcceptor, TlsError};
@@ -102,8 +101,8 @@ impl HttpFrontend {
         let label = || frontend.name.clone();
         Ok(HttpFrontend {
             connections: metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => label()),
-            received: metrics::counter!(crate::proxy_tcp::BYTES_RECEIVED, "frontend" => label()),
-            sent: metrics::counter!(crate::proxy_tcp::BYTES_SENT, "frontend" => label()),
+            received: metrics::counter!(m::BYTES_RECEIVED, "frontend" => label()),
+            sent: metrics::counter!(m::BYTES_SENT, "frontend" => label()),
             name: Arc::from(frontend.name.as_str()),
             duration: metrics::histogram!(m::REQUEST_DURATION,
                 "frontend" => label(), "backend" => frontend.backend.clone()),
@@ -225,67 +224,33 @@ pub async fn serve(
         // `h2_conn::add_date` adds it instead, leaving gRPC answers alone.
         .auto_date_header(false);
     let builder = Arc::new(h2);
-    let name = fe.frontend.name.clone();
-    info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
-    let limit = crate::proxy_tcp::ConnLimit::new(&fe.frontend);
-    let mut failing = false;
-    loop {
-        let Some(permit) = limit.admit(&stop_accept, &name).await else {
-            break;
-        };
-        let accepted = tokio::select! {
-            _ = stop_accept.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                if failing {
-                    info!(frontend = %name, "accepting again");
-                    failing = false;
-                }
-                a
+    info!(frontend = %fe.frontend.name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (http)");
+    let frontend = Arc::clone(&fe.frontend);
+    crate::listener::accept_loop(
+        &listener,
+        &frontend,
+        &stop_accept,
+        &tracker.clone(),
+        |stream, peer| {
+            let fe = fe.clone();
+            let builder = Arc::clone(&builder);
+            let shutdown = shutdown.clone();
+            let tunnels = tracker.clone();
+            async move {
+                let gauge = fe.connections.clone();
+                gauge.increment(1.0);
+                accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
+                gauge.decrement(1.0);
             }
-            Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning; one warning per
-                // run of failures, not one per retry.
-                if failing {
-                    debug!(frontend = %name, error = %e, "accept failed");
-                } else {
-                    warn!(frontend = %name, error = %e, "accept failed; retrying every 50 ms");
-                    failing = true;
-                }
-                tokio::select! {
-                    _ = stop_accept.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let fe = fe.clone();
-        let builder = Arc::clone(&builder);
-        let shutdown = shutdown.clone();
-        let tunnels = tracker.clone();
-        // Boxed: the connection's future is a few KiB (TLS handshake, hyper's state), and
-        // spawning moves it several times on its way into the task; a box moves as a pointer.
-        tracker.spawn(Box::pin(async move {
-            let _permit = permit;
-            let gauge = fe.connections.clone();
-            gauge.increment(1.0);
-            accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
-            gauge.decrement(1.0);
-        }));
-    }
-    debug!(frontend = %name, "stopped accepting");
+        },
+    )
+    .await;
 }
 
 /// hyper's server for one frontend's HTTP/2 connections (HTTP/1.x is `h1::server`'s).
 pub(crate) type H2Server = hyper::server::conn::http2::Builder<TokioExecutor>;
 
-/// A client connection after its PROXY header and TLS handshake.
-/// (The TLS stream is boxed: unboxed, its ~1 KiB would be copied with every move of a plain
-/// connection's future too.)
-pub(crate) type ClientIo =
-    tokio_util::either::Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+pub(crate) use crate::listener::{Accepted, ClientIo};
 
 /// A client connection as the HTTP servers read it: with its timeouts and byte counts.
 pub(crate) type Stream = HeadTimeout<ClientIo>;
@@ -306,7 +271,7 @@ pub(crate) async fn accept(
         r = setup(&fe, stream, peer) => r,
         _ = &mut stop => return,
     };
-    let Some((io, client, local)) = ready else {
+    let Some(Accepted { io, client, local }) = ready else {
         return;
     };
     // ALPN settles the protocol of a TLS connection; without it, the first bytes do.
@@ -359,14 +324,13 @@ pub(crate) fn forwarded_for(ip: std::net::IpAddr) -> HeaderValue {
     }
 }
 
-/// The PROXY header if `accept_proxy`, then TLS if the frontend has it. Returns the stream,
-/// the client's address and the address it connected to; `None` when the client was refused
-/// (already closed and logged).
+/// The PROXY header if `accept_proxy`, then TLS if the frontend has it (`listener::handshake`);
+/// `None` when the client was refused (already closed and logged).
 pub(crate) async fn setup(
     fe: &HttpFrontend,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
-) -> Option<(ClientIo, SocketAddr, SocketAddr)> {
+) -> Option<Accepted> {
     let f = &fe.frontend;
     // The address the client connected to only matters for a PROXY header we send, so the
     // `getsockname` is skipped (one syscall per connection) when the backend sends none.
@@ -375,40 +339,9 @@ pub(crate) async fn setup(
         .load()
         .route(&f.name)
         .is_some_and(|b| b.config.send_proxy != ProxyVersion::None);
-    let local = if sends_proxy {
-        stream.local_addr().unwrap_or(f.bind)
-    } else {
-        f.bind
-    };
-    let (client, local) = if f.accept_proxy {
-        match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
-            Ok(Some(addrs)) => addrs,
-            Ok(None) => (peer, local),
-            Err(e) => {
-                debug!(frontend = %f.name, client = %peer, error = %e, "PROXY header refused; closing");
-                metrics::counter!(PROXY_HEADER_ERRORS,
-                    "frontend" => f.name.clone(), "reason" => e.reason())
-                .increment(1);
-                crate::proxy_tcp::linger_close(stream).await;
-                return None;
-            }
-        }
-    } else {
-        (peer, local)
-    };
-    let io = match &fe.tls {
-        None => ClientIo::Left(stream),
-        // Boxed: the handshake's state is over a KiB, which every connection's future would
-        // otherwise carry (and copy when spawned), TLS or not.
-        Some(acceptor) => match Box::pin(acceptor.accept(stream)).await {
-            Ok(tls) => ClientIo::Right(Box::new(tls)),
-            Err(e) => {
-                debug!(frontend = %f.name, client = %client, error = %e, "TLS handshake failed");
-                return None;
-            }
-        },
-    };
-    Some((io, client, local))
+    crate::listener::handshake(f, fe.tls.as_deref(), stream, peer, sends_proxy)
+        .await
+        .ok()
 }
 
 /// Serves one client connection: our HTTP/1.x server, or hyper's HTTP/2 one, as ALPN chose

@@ -599,7 +599,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             // reset the connection, and the reset can destroy the answer before the client
             // reads it. Shut our side, then read and drop what comes, for a bounded time.
             let io = reader.half.unsplit(w);
-            crate::proxy_tcp::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
+            crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
                 .await;
             return;
         }
