@@ -25,7 +25,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use x509_cert::der::Decode;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
@@ -348,24 +347,6 @@ impl TlsAcceptor {
         Arc::clone(self)
     }
 
-    /// Reloads when a certificate, key or OCSP file changes (checked every second) until
-    /// cancelled.
-    pub async fn watch_files(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = stamps(&self.config);
-            let changed = *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != now;
-            if changed {
-                self.reload_logged(&self.frontend, "certificate files changed");
-            }
-        }
-    }
-
     /// `reload`, with the outcome logged and counted.
     pub fn reload_logged(&self, frontend: &str, why: &str) {
         match self.reload() {
@@ -577,11 +558,6 @@ pub fn validate_files(config: &Config) -> Result<(), crate::config::ConfigError>
         etcd_client_config(e).map_err(|x| err("etcd.ca".to_string(), x))?;
     }
     Ok(())
-}
-
-/// Paths named in a frontend's TLS settings (for logs).
-pub fn cert_paths(config: &FrontendTls) -> Vec<PathBuf> {
-    config.certs.iter().map(|p| p.cert.clone()).collect()
 }
 
 #[cfg(test)]
