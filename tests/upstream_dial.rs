@@ -71,7 +71,9 @@ async fn proxy_header_and_tls_to_a_silent_server_end_within_connect_timeout() {
     );
 
     let t = Instant::now();
-    let mut c = tokio::net::TcpStream::connect(lb.http_addr("l4")).await.unwrap();
+    let mut c = tokio::net::TcpStream::connect(lb.http_addr("l4"))
+        .await
+        .unwrap();
     c.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))

@@ -430,7 +430,11 @@ pub(crate) async fn send_h1(
 ) -> Result<Response<RespBody>, Failure> {
     let start = Instant::now();
     let pooled = (!private)
-        .then(|| server.pool().checkout(start, cfg.pool_idle_timeout))
+        .then(|| {
+            server
+                .pool::<crate::http::Pool>()
+                .checkout(start, cfg.pool_idle_timeout)
+        })
         .flatten();
     let (mut conn, mut reused) = match pooled {
         Some(c) => (c, true),
@@ -527,7 +531,7 @@ pub(crate) async fn send_h2(
         let sender = if private {
             connect_h2(&dial()).await
         } else {
-            server.pool().h2_sender(&dial).await
+            server.pool::<crate::http::Pool>().h2_sender(&dial).await
         };
         let mut sender = match sender {
             Ok(s) => s,
@@ -544,7 +548,7 @@ pub(crate) async fn send_h2(
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if stale_ok => {
                     debug!(server = %server.addr, "shared HTTP/2 connection closed; reconnecting");
-                    server.pool().h2_forget_closed();
+                    server.pool::<crate::http::Pool>().h2_forget_closed();
                     stale_ok = false;
                     req = back;
                 }

@@ -25,6 +25,7 @@
 
 pub mod answers;
 pub mod body;
+pub mod dial;
 pub mod forward;
 pub mod h1;
 pub mod h2;
@@ -61,6 +62,7 @@ use crate::tls::{TlsAcceptor, TlsError};
 pub(crate) use crate::upstream::*;
 pub(crate) use answers::*;
 pub(crate) use body::*;
+pub(crate) use dial::*;
 pub(crate) use forward::*;
 pub(crate) use headers::*;
 pub(crate) use pool::*;

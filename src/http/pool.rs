@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::http::h1::client as h1_client;
-use crate::snapshot::{Server, Snapshot};
+use crate::snapshot::{ConnPool, Server, Snapshot};
 
 use super::*;
 
@@ -125,10 +125,12 @@ impl Pool {
             *slot = H2Slot::Empty;
         }
     }
+}
 
+impl ConnPool for Pool {
     /// Closes every idle connection and lets go of the shared one (the server is draining or
     /// gone); requests in flight on it finish.
-    pub fn clear(&self) {
+    fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = H2Slot::Empty;
     }
@@ -141,7 +143,9 @@ pub fn close_idle_connections(snap: &Snapshot) {
     let now = Instant::now();
     for set in &snap.backends {
         for server in &set.servers {
-            server.pool().close_idle(now, set.config.pool_idle_timeout);
+            server
+                .pool::<Pool>()
+                .close_idle(now, set.config.pool_idle_timeout);
         }
     }
 }

@@ -523,7 +523,7 @@ impl Body {
             && conn.buf.is_empty()
             && let Some(server) = self.server.take()
         {
-            server.pool().checkin(&server, conn);
+            server.pool::<crate::http::Pool>().checkin(&server, conn);
         }
     }
 
