@@ -169,7 +169,7 @@ pub(crate) fn add_date(headers: &mut HeaderMap) {
     if headers.contains_key(header::DATE) || is_grpc(headers) {
         return;
     }
-    crate::http::h1::server::date::with(|d| {
+    crate::http::h1::response::date::with(|d| {
         if let Ok(v) = HeaderValue::from_bytes(d) {
             headers.insert(header::DATE, v);
         }

@@ -8,7 +8,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::Either;
 
-use crate::http::h1::server as h1_server;
 use crate::http::h2 as h2_conn;
 
 use super::*;
@@ -298,11 +297,11 @@ pub(crate) fn rewrite_request(
 ) -> Request<UpBody> {
     let (mut parts, body) = req.into_parts();
     if parts.version == Version::HTTP_2 {
-        // What our HTTP/1.x server drops while parsing (see `h1_server::aliases_framing`).
+        // What our HTTP/1.x server drops while parsing (see `h1::request::aliases_framing`).
         let aliases: Vec<HeaderName> = parts
             .headers
             .keys()
-            .filter(|n| h1_server::aliases_framing(n))
+            .filter(|n| crate::http::h1::request::aliases_framing(n))
             .cloned()
             .collect();
         for n in &aliases {

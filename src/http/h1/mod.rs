@@ -4,6 +4,8 @@
 //! Content-Length parsing, the last-coding rule, and where parsed fields sit in a head (`Spot`).
 
 pub mod client;
+pub mod request;
+pub mod response;
 pub mod server;
 
 use bytes::{Buf, Bytes, BytesMut};
