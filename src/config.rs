@@ -652,7 +652,7 @@ fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             ));
         }
         for (j, s) in b.servers.iter().enumerate() {
-            if let Err(e) = crate::discovery::parse_addr(s) {
+            if let Err(e) = crate::value::parse_addr(s) {
                 return Err(invalid(format!("{key}.servers[{j}]"), e.to_string()));
             }
         }

@@ -27,6 +27,7 @@ pub mod register;
 pub mod signal;
 pub mod snapshot;
 pub mod tls;
+pub mod value;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1645,7 +1645,7 @@ fn backend(
             );
             continue;
         }
-        if crate::discovery::parse_addr(&s.addr).is_err() {
+        if crate::value::parse_addr(&s.addr).is_err() {
             w.at(
                 s.line,
                 format!("server {} {}", s.name, s.addr),

@@ -9,7 +9,7 @@
 //! It owns argument validation ([`RegisterArgs::validate`]), the heartbeat loop ([`run`]), the
 //! local check and the cleanup, and the process around them ([`main`]: runtime, signals, exit
 //! code). Endpoint rotation and backoff come from [`crate::etcd`]; what a valid value is, from
-//! [`crate::discovery::parse_value`]. Wire shapes are those observed in shared/etcd-facts.md
+//! [`crate::value::parse_value`]. Wire shapes are those observed in shared/etcd-facts.md
 //! (2.6 refresh, 3.1 encoding, 3.6 leases).
 
 use std::fmt;
@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::discovery::parse_value;
 use crate::etcd::v2::{ErrorBody, KEY_NOT_FOUND};
 use crate::etcd::{Backoff, Endpoints, EtcdError};
+use crate::value::parse_value;
 
 /// DESIGN.md's etcd reconnect backoff: 100 ms doubling to 5 s, with jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
