@@ -1,5 +1,7 @@
-//! The etcd client side shared by discovery (and later the register sidekick): the HTTP client,
-//! endpoint rotation and the reconnect backoff. Wire formats live in the submodules (`v2`).
+//! The etcd client side shared by discovery and the register sidekick: the HTTP client, endpoint
+//! rotation, the reconnect backoff, and one bounded request. The wire formats and calls of each
+//! API live in the submodules: [`v2`] (keys API) and [`v3`] (JSON gateway), reads (listings,
+//! watches) for discovery and writes (TTL keys, leases) for `register`.
 //!
 //! NOTE: endpoint rotation is plain round-robin over the configured members: etcd's v2 index and
 //! v3 revision are cluster-wide, so a cursor taken on one member is valid on any other.
@@ -8,6 +10,8 @@ pub mod v2;
 pub mod v3;
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::config::EtcdConfig;
 
@@ -85,6 +89,39 @@ impl Backoff {
         let half = d / 2;
         half + Duration::from_nanos(rand::random_range(0..=half.as_nanos() as u64))
     }
+}
+
+/// Sends one request and reads its whole answer, both within `timeout`: the status and the body.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), EtcdError> {
+    let transport = |source| EtcdError::Transport {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let fut = async {
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(transport)?;
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(EtcdError::Timeout {
+                endpoint: endpoint.to_string(),
+                after: timeout,
+            })
+        })
+}
+
+/// The start of an answer body for an error message: at most 200 bytes, trimmed.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)])
+        .trim()
+        .to_string()
 }
 
 /// The HTTP client for etcd: no proxy from the environment (etcd is on the local network and a
