@@ -15,6 +15,10 @@ use bytes::Bytes;
 
 use crate::config::EtcdConfig;
 
+/// An idle connection to an etcd member is closed after this long (discovery's and the register
+/// sidekick's clients).
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Errors talking to etcd. Every one of them means "try again later" to discovery; none of them
 /// may shrink the published set.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +139,7 @@ pub fn http_client(cfg: &EtcdConfig) -> Result<reqwest::Client, crate::tls::TlsE
         .no_proxy()
         .connect_timeout(cfg.request_timeout.min(Duration::from_secs(2)))
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(30));
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
     if let Some(tls) = crate::tls::etcd_client_config(cfg)? {
         b = b.use_preconfigured_tls(tls);
     }

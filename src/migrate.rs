@@ -14,11 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{
+    Config, DEFAULT_ADMIN_LISTEN, DEFAULT_BALANCE, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTER,
+    DEFAULT_CHECK_PATH, DEFAULT_CHECK_RISE, DEFAULT_ETCD_API, DEFAULT_ETCD_ENDPOINT, DEFAULT_MODE,
+};
 
-/// The default `--etcd` endpoint (confd's and etcd's default).
-pub const DEFAULT_ETCD: &str = "http://127.0.0.1:2379";
-const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// The default `--etcd` endpoint (confd's and etcd's default, as `[etcd] endpoints`).
+pub const DEFAULT_ETCD: &str = DEFAULT_ETCD_ENDPOINT;
+/// `[admin] listen` of the generated config: Switchyard's default, written out.
+const ADMIN_LISTEN: &str = DEFAULT_ADMIN_LISTEN;
 
 /// One input file: the name used in warnings and its text.
 #[derive(Debug, Clone, Copy)]
@@ -1502,8 +1506,9 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
     if any_prefix {
         let eps: Vec<String> = input.etcd_endpoints.iter().map(|e| q(e)).collect();
         out.push_str(&format!(
-            "\n[etcd]\nendpoints = [{}]\napi = \"v2\"\n",
-            eps.join(", ")
+            "\n[etcd]\nendpoints = [{}]\napi = {}\n",
+            eps.join(", "),
+            q(DEFAULT_ETCD_API.as_str())
         ));
     }
 
@@ -1569,7 +1574,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
                 "\n[[frontend]]\nname = {}\nbind = {}\nmode = {}\nbackend = {}\n",
                 q(&name),
                 q(&b.addr.to_string()),
-                q(p.c.mode.unwrap_or("http")),
+                q(p.c.mode.unwrap_or(DEFAULT_MODE.as_str())),
                 q(&target)
             ));
             if let Some(t) = p.c.header_timeout.filter(|_| p.c.mode != Some("tcp")) {
@@ -1758,7 +1763,7 @@ fn backend(
     out.push_str(&format!("servers = [{}]\n", servers.join(", ")));
     out.push_str(&format!(
         "balance = {}\n",
-        q(p.c.balance.unwrap_or("roundrobin"))
+        q(p.c.balance.unwrap_or(DEFAULT_BALANCE.as_str()))
     ));
     if let Some(t) = p.c.connect_timeout {
         out.push_str(&format!("connect_timeout = {}\n", q(&human(t))));
@@ -1786,7 +1791,10 @@ fn backend(
         match &p.c.httpchk {
             Some(h) => {
                 out.push_str("type = \"http\"\n");
-                out.push_str(&format!("path = {}\n", q(h.path.as_deref().unwrap_or("/"))));
+                out.push_str(&format!(
+                    "path = {}\n",
+                    q(h.path.as_deref().unwrap_or(DEFAULT_CHECK_PATH))
+                ));
                 if let Some(host) = &h.host {
                     out.push_str(&format!("host = {}\n", q(host)));
                 }
@@ -1799,7 +1807,7 @@ fn backend(
         }
         out.push_str(&format!(
             "inter = {}\n",
-            q(&human(c.inter.unwrap_or(Duration::from_secs(2))))
+            q(&human(c.inter.unwrap_or(DEFAULT_CHECK_INTER)))
         ));
         if let Some(t) = c.fastinter {
             out.push_str(&format!("fastinter = {}\n", q(&human(t))));
@@ -1812,8 +1820,8 @@ fn backend(
         }
         out.push_str(&format!(
             "rise = {}\nfall = {}\n",
-            c.rise.unwrap_or(2),
-            c.fall.unwrap_or(3)
+            c.rise.unwrap_or(DEFAULT_CHECK_RISE),
+            c.fall.unwrap_or(DEFAULT_CHECK_FALL)
         ));
     }
     if let Some(t) = &reference.conn.tls {

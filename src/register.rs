@@ -21,23 +21,31 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::config::{
+    DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTER, DEFAULT_CHECK_RISE, DEFAULT_CHECK_TIMEOUT,
+    DEFAULT_ETCD_API, DEFAULT_ETCD_BACKOFF_MAX, DEFAULT_ETCD_BACKOFF_MIN,
+    DEFAULT_ETCD_REQUEST_TIMEOUT,
+};
 use crate::etcd::v2::{self, Deleted, Refresh};
 use crate::etcd::v3::{self, Lease, Revoked};
 use crate::etcd::{Backoff, Endpoints, EtcdError};
 use crate::value::parse_value;
 
-/// DESIGN.md's etcd reconnect backoff: 100 ms doubling to 5 s, with jitter.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The etcd reconnect backoff of discovery's defaults (`[etcd] backoff_min`, `backoff_max`):
+/// 100 ms doubling to 5 s, with jitter.
+const BACKOFF_MIN: Duration = DEFAULT_ETCD_BACKOFF_MIN;
+const BACKOFF_MAX: Duration = DEFAULT_ETCD_BACKOFF_MAX;
 /// One etcd request gets the heartbeat period (TTL/3) within these bounds, so a member that
-/// accepts TCP but never answers is left in time to refresh through another one.
+/// accepts TCP but never answers is left in time to refresh through another one. The upper
+/// bound is discovery's default `[etcd] request_timeout`.
 const REQUEST_TIMEOUT_MIN: Duration = Duration::from_millis(500);
-const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT_MAX: Duration = DEFAULT_ETCD_REQUEST_TIMEOUT;
 /// Removing the registration on shutdown gets this long in all; a dead etcd must not hold the
 /// exit (the TTL removes the key anyway).
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// HAProxy's check timeout default; shortened to the interval when that is shorter.
-const CHECK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// HAProxy's check timeout default (as `[backend.check] timeout`); shortened to the interval
+/// when that is shorter.
+const CHECK_TIMEOUT_DEFAULT: Duration = DEFAULT_CHECK_TIMEOUT;
 /// How long to sleep when nothing is due until the local check changes its mind.
 const IDLE: Duration = Duration::from_secs(3600);
 
@@ -54,7 +62,7 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "URL[,URL...]")]
     pub etcd: Vec<String>,
     /// v2: a key with a TTL, refreshed; v3: a key with a lease, kept alive (JSON gateway)
-    #[arg(long, value_name = "v2|v3", default_value = "v2")]
+    #[arg(long, value_name = "v2|v3", default_value = DEFAULT_ETCD_API.as_str())]
     pub api: String,
     /// The key to keep alive, e.g. /testservice/backend/1 (required)
     #[arg(long)]
@@ -72,16 +80,17 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub check_tcp: Option<String>,
     /// Time between two checks
-    #[arg(long, value_name = "DURATION", default_value = "2s")]
+    #[arg(long, value_name = "DURATION",
+        default_value_t = humantime::format_duration(DEFAULT_CHECK_INTER).to_string())]
     pub check_interval: String,
     /// Deadline of one check [default: 1s, or the interval if shorter]
     #[arg(long, value_name = "DURATION")]
     pub check_timeout: Option<String>,
     /// Consecutive passing checks before registering again
-    #[arg(long, value_name = "N", default_value = "2")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECK_RISE.to_string())]
     pub rise: String,
     /// Consecutive failing checks before deregistering
-    #[arg(long, value_name = "N", default_value = "3")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CHECK_FALL.to_string())]
     pub fall: String,
 }
 
@@ -458,7 +467,7 @@ impl Sidekick {
             .no_proxy()
             .connect_timeout(cfg.request_timeout())
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(crate::etcd::POOL_IDLE_TIMEOUT)
             .build()
             .expect("a client with these options always builds");
         let store = match cfg.api {

@@ -51,7 +51,8 @@ pub enum EtcdApi {
 }
 
 impl EtcdApi {
-    pub fn as_str(self) -> &'static str {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
         match self {
             EtcdApi::V2 => "v2",
             EtcdApi::V3 => "v3",
@@ -64,6 +65,16 @@ impl EtcdApi {
 pub enum Mode {
     Http,
     Tcp,
+}
+
+impl Mode {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
 }
 
 /// `[log] access`: the access log's line format, or off.
@@ -90,6 +101,17 @@ pub enum Balance {
     Leastconn,
     /// Power of two random choices, by requests in flight relative to weight.
     Random2,
+}
+
+impl Balance {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Balance::Roundrobin => "roundrobin",
+            Balance::Leastconn => "leastconn",
+            Balance::Random2 => "random2",
+        }
+    }
 }
 
 /// What a backend speaks to its servers.
@@ -410,6 +432,26 @@ fall = 3
         assert_eq!(e.backoff_min, Duration::from_millis(100));
         assert_eq!(e.backoff_max, Duration::from_secs(5));
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn names_are_the_file_spelling() {
+        fn text(v: impl serde::Serialize) -> String {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for m in [Mode::Http, Mode::Tcp] {
+            assert_eq!(text(m), m.as_str());
+        }
+        for b in [Balance::Roundrobin, Balance::Leastconn, Balance::Random2] {
+            assert_eq!(text(b), b.as_str());
+        }
+        for a in [EtcdApi::V2, EtcdApi::V3] {
+            assert_eq!(text(a), a.as_str());
+        }
     }
 
     #[test]
