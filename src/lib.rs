@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
+pub mod value;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
