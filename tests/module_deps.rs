@@ -34,7 +34,12 @@ fn graph() -> Graph {
     collect(&src, &mut files);
     let module_of = |p: &Path| -> String {
         let rel = p.strip_prefix(&src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         first.trim_end_matches(".rs").to_string()
     };
     let modules: BTreeSet<String> = files
@@ -62,7 +67,11 @@ fn graph() -> Graph {
                         .filter_map(|item| item.split([':', ' ']).find(|s| !s.is_empty()))
                         .collect()
                 } else {
-                    vec![rest.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or("")]
+                    vec![
+                        rest.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .next()
+                            .unwrap_or(""),
+                    ]
                 };
                 for n in names {
                     if n != from && modules.contains(n) {
@@ -149,7 +158,10 @@ fn edges_within(g: &Graph, comp: &BTreeSet<String>) -> String {
 #[test]
 fn no_module_cycle_but_the_snapshot_with_its_balancer_and_health() {
     let g = graph();
-    assert!(g.contains_key("http") && g.contains_key("snapshot"), "{g:?}");
+    assert!(
+        g.contains_key("http") && g.contains_key("snapshot"),
+        "{g:?}"
+    );
     let allowed: BTreeSet<String> = ALLOWED_CYCLE.iter().map(|s| s.to_string()).collect();
     for comp in cycles(&g) {
         assert!(

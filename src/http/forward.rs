@@ -477,7 +477,7 @@ pub(crate) async fn send_h1(
         }
     };
     trace.response = Some(ready.elapsed());
-    let pool = (!private).then(|| Arc::clone(server));
+    let pool = (!private).then(|| Arc::clone(server) as Arc<dyn h1_client::Checkin>);
     let body = h1_client::Body::new(conn, &resp_head, pool);
     let mut resp = Response::new(RespBody::H1(body));
     *resp.status_mut() = resp_head.status;

@@ -39,7 +39,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::HeaderValue;
@@ -56,7 +56,7 @@ use crate::http::h1::server as h1_server;
 use crate::http::h2 as h2_conn;
 use crate::metrics::{self as m, HandleCache};
 use crate::signal::{Signal, Watch};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ConnPool, Server, Snapshot};
 use crate::tls::{TlsAcceptor, TlsError};
 
 pub(crate) use crate::upstream::*;
@@ -422,5 +422,34 @@ pub(crate) async fn serve_conn(
     };
     if let Err(e) = res {
         debug!(client = %client, error = %e, "client connection ended with an error");
+    }
+}
+
+// The pool lives on each server of the snapshot (`snapshot::ConnPool`); the glue is here, so
+// that `pool.rs` and `h1/client.rs` do not depend on the snapshot.
+impl ConnPool for Pool {
+    fn clear(&self) {
+        Pool::clear(self);
+    }
+}
+
+/// Our HTTP/1.1 client returns a connection to the pool of the server it came from.
+impl h1::client::Checkin for Server {
+    fn checkin(&self, conn: h1::client::Conn) {
+        self.pool::<Pool>().checkin(self.is_draining(), conn);
+    }
+}
+
+/// Closes, on every server of `snap`, the pooled connections idle for longer than their
+/// backend's `pool_idle_timeout` (run periodically: a server that gets no requests never
+/// reaches `checkout`, which does it otherwise).
+pub fn close_idle_connections(snap: &Snapshot) {
+    let now = Instant::now();
+    for set in &snap.backends {
+        for server in &set.servers {
+            server
+                .pool::<Pool>()
+                .close_idle(now, set.config.pool_idle_timeout);
+        }
     }
 }

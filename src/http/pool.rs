@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::http::h1::client as h1_client;
-use crate::snapshot::{ConnPool, Server, Snapshot};
 
 use super::*;
 
@@ -65,9 +64,10 @@ impl Pool {
         None
     }
 
-    /// Takes back a connection whose last response was read to its end.
-    pub(crate) fn checkin(&self, server: &Server, conn: h1_client::Conn) {
-        if server.is_draining() {
+    /// Takes back a connection whose last response was read to its end (unless its server is
+    /// `draining`: then it closes).
+    pub(crate) fn checkin(&self, draining: bool, conn: h1_client::Conn) {
+        if draining {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,27 +125,11 @@ impl Pool {
             *slot = H2Slot::Empty;
         }
     }
-}
 
-impl ConnPool for Pool {
     /// Closes every idle connection and lets go of the shared one (the server is draining or
     /// gone); requests in flight on it finish.
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = H2Slot::Empty;
-    }
-}
-
-/// Closes, on every server of `snap`, the pooled connections idle for longer than their
-/// backend's `pool_idle_timeout` (run periodically: a server that gets no requests never
-/// reaches `checkout`, which does it otherwise).
-pub fn close_idle_connections(snap: &Snapshot) {
-    let now = Instant::now();
-    for set in &snap.backends {
-        for server in &set.servers {
-            server
-                .pool::<Pool>()
-                .close_idle(now, set.config.pool_idle_timeout);
-        }
     }
 }

@@ -31,10 +31,14 @@ use tokio::io::AsyncWrite;
 
 use super::*;
 use crate::http::{HOP_BY_HOP, UpIo};
-use crate::snapshot::Server;
 
 /// Room made in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
+
+/// Where a connection goes back once its response was read to its end: its server's pool.
+pub(crate) trait Checkin: Send + Sync {
+    fn checkin(&self, conn: Conn);
+}
 
 /// One HTTP/1.1 connection to a server, with what has been read from it and not used yet.
 pub(crate) struct Conn {
@@ -490,7 +494,7 @@ pub(crate) struct Body {
     state: State,
     keep_alive: bool,
     /// The pool to return the connection to (`None`: close it when done).
-    server: Option<Arc<Server>>,
+    server: Option<Arc<dyn Checkin>>,
     /// A failure held back for one poll (see `poll_frame`).
     failed: Option<Error>,
 }
@@ -498,7 +502,7 @@ pub(crate) struct Body {
 impl Body {
     /// The body that follows `head` on `conn`; returned to `server`'s pool once done (if
     /// given, and the connection may be reused).
-    pub(crate) fn new(conn: Conn, head: &ResponseHead, server: Option<Arc<Server>>) -> Body {
+    pub(crate) fn new(conn: Conn, head: &ResponseHead, server: Option<Arc<dyn Checkin>>) -> Body {
         let state = State::new(head.framing);
         let mut body = Body {
             conn: Some(conn),
@@ -523,7 +527,7 @@ impl Body {
             && conn.buf.is_empty()
             && let Some(server) = self.server.take()
         {
-            server.pool::<crate::http::Pool>().checkin(&server, conn);
+            server.checkin(conn);
         }
     }
 
