@@ -86,10 +86,11 @@ pub async fn serve(
         &frontend,
         &stop_accept,
         &tracker,
-        |stream, peer| {
+        |stream, peer, permit| {
             let fe = fe.clone();
             let shutdown = shutdown.clone();
-            async move {
+            Box::pin(async move {
+                let _permit = permit;
                 let _open = OpenConnection::new(&fe.frontend.name);
                 let mut log = fe
                     .log
@@ -108,7 +109,7 @@ pub async fn serve(
                 if let Some((client, client_addr, upstream)) = ready {
                     relay(&fe.frontend, client, client_addr, upstream, log).await;
                 }
-            }
+            })
         },
     )
     .await;

@@ -233,17 +233,18 @@ pub async fn serve(
         &frontend,
         &stop_accept,
         &tracker.clone(),
-        |stream, peer| {
+        |stream, peer, permit| {
             let fe = fe.clone();
             let builder = Arc::clone(&builder);
             let shutdown = shutdown.clone();
             let tunnels = tracker.clone();
-            async move {
+            Box::pin(async move {
+                let _permit = permit;
                 let gauge = fe.connections.clone();
                 gauge.increment(1.0);
                 accept(fe, stream, peer, &builder, &shutdown, tunnels).await;
                 gauge.decrement(1.0);
-            }
+            })
         },
     )
     .await;
