@@ -93,7 +93,9 @@ impl hyper::body::Body for Guarded {
         {
             origin.aborted();
         }
-        Poll::Ready(frame.map(|f| f.map(drop_forbidden_trailers)))
+        let mut frame = frame;
+        drop_forbidden_trailers(&mut frame);
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -246,7 +248,10 @@ impl hyper::body::Body for ClientBody {
                 Poll::Ready(Some(Ok(_))) => BodyState::IDLE,
             });
         }
-        polled.map(|f| f.map(|f| f.map(drop_forbidden_trailers)))
+        polled.map(|mut frame| {
+            drop_forbidden_trailers(&mut frame);
+            frame
+        })
     }
 
     fn is_end_stream(&self) -> bool {

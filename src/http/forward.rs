@@ -214,18 +214,21 @@ pub(crate) async fn forward(
 ) -> (Response<Body>, Option<Arc<Server>>) {
     let backend = &snap.backends[index];
     let cfg = &backend.config;
+    // Our HTTP/1.x server gives a request that asks for a tunnel (`wants_tunnel`) the client's
+    // side of it; taken before the request is rewritten, it resolves once our 101 (or 2xx to
+    // CONNECT) reaches the client. (An empty extension map answers this without a lookup.)
+    let mut client_upgrade = if cfg.protocol == Protocol::Http1 {
+        req.extensions_mut().remove::<h1_server::ClientUpgrade>()
+    } else {
+        None
+    };
     let target = Target {
         h2: cfg.protocol == Protocol::H2,
         tls: cfg.tls.is_some(),
-        upgrade: cfg.protocol == Protocol::Http1 && wants_tunnel(&req),
+        upgrade: client_upgrade.is_some(),
     };
     // HTTP/2 clients get trailers unannounced (`announce_grpc_trailers` is for HTTP/1.1).
     let client_version = req.version();
-    // Taken before the request is rewritten; it resolves once our 101 reaches the client.
-    let mut client_upgrade = target
-        .upgrade
-        .then(|| req.extensions_mut().remove::<h1_server::ClientUpgrade>())
-        .flatten();
     let method = req.method().clone();
     let mut req = rewrite_request(req, conn, &cfg.name, target);
     // Kept to tell, once the body is gone upstream, whether a failure was the client's.

@@ -159,8 +159,7 @@ impl<B: hyper::body::Body<Data = Bytes> + Unpin> hyper::body::Body for Tracked<B
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Adds `Date` to a response to an HTTP/2 client unless it has one or is gRPC (see the
