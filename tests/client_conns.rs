@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use support::raw::{self, Recorder};
-use support::{Lb, Upstream, free_port};
+use support::{Cfg, Lb, Upstream, free_port};
 
 /// Bound on any single wait for bytes from the proxy (or for its close).
 const STEP: Duration = Duration::from_secs(5);
@@ -47,13 +47,15 @@ const QUIET: Duration = Duration::from_millis(300);
 
 /// Switchyard with frontend `web` (plus `frontend` lines) in front of `servers`, checks off.
 async fn lb(servers: &[String], frontend: &str) -> Lb {
-    Lb::start_ready(&support::static_config(
-        "cc",
-        servers,
-        frontend,
-        "[backend.check]\ntype = \"none\"",
-    ))
-    .await
+    Lb::start_ready(&config(servers, frontend).toml()).await
+}
+
+fn config(servers: &[String], frontend: &str) -> Cfg {
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("cc")
+        .servers(servers)
+        .check_none()
 }
 
 fn get(path: &str) -> String {
@@ -956,13 +958,10 @@ async fn own_error_answers_are_framed_and_dated() {
         Response::new(Full::new(Bytes::from("late")))
     })
     .await;
-    let lb504 = Lb::start_ready(&support::static_config(
-        "cc",
-        &[slow.addr().to_string()],
-        "",
-        "response_timeout = \"300ms\"\n[backend.check]\ntype = \"none\"",
-    ))
-    .await;
+    let toml = config(&[slow.addr().to_string()], "")
+        .backend_lines("response_timeout = \"300ms\"")
+        .toml();
+    let lb504 = Lb::start_ready(&toml).await;
     let mut c = Client::connect(lb504.http_addr("web")).await;
     assert_error(&c.get("/").await, 504);
 

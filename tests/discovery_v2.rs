@@ -9,32 +9,20 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
 
 const PREFIX: &str = "/testservice/backend";
 
 /// One backend name per test: the metrics recorder is process-wide and tests run in parallel.
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v2"
-{extra_etcd}
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines("api = \"v2\"")
+        .etcd_lines(extra_etcd)
+        .backend(backend)
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// Body -> count over `n` requests.

@@ -10,29 +10,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use support::{Etcd, Lb, Upstream, get, http_client, metric, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, wait_until};
 
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v3"
-{extra_etcd}
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines("api = \"v3\"")
+        .etcd_lines(extra_etcd)
+        .etcd_backend(backend)
+        .check_none()
+        .toml()
 }
 
 async fn v3(etcd: &Etcd, path: &str, body: serde_json::Value) -> serde_json::Value {

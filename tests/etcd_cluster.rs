@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::{
-    Etcd, EtcdCluster, Lb, Upstream, cached_http_client, http_client, try_get_cached, wait_until,
+    Cfg, Etcd, EtcdCluster, Lb, Upstream, cached_http_client, http_client, try_get_cached,
+    wait_until,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -67,32 +68,16 @@ fn key(n: u32) -> String {
 
 /// One backend name per test: the metrics recorder is process-wide and tests run in parallel.
 fn config(cluster: &EtcdCluster, api: Api, backend: &str) -> String {
-    let endpoints = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = [{endpoints}]
-api = "{api}"
-backoff_max = "500ms"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        api = api.as_str()
-    )
+    Cfg::http("web")
+        .etcd_endpoints(&cluster.urls())
+        .etcd_lines(&format!(
+            "api = \"{}\"\nbackoff_max = \"500ms\"",
+            api.as_str()
+        ))
+        .backend(backend)
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// `GET /api/v1/backends` with the cached client (`Lb::backends` builds a client per call; no

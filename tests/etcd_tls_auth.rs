@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
 };
+use support::config::{self, Cfg};
 use support::{Etcd, Lb, Upstream, free_port, get, http_client, wait_until};
 
 struct Pki {
@@ -200,32 +201,18 @@ async fn etcd_over_tls_with_a_client_certificate() {
                 r.text().await.unwrap_or_default()
             );
         }
-        let lb = Lb::start_ready(&format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "{api}"
-ca = "{}"
-cert = "{}"
-key = "{}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "tlsbe"
-[[backend]]
-name = "tlsbe"
-etcd_prefix = "/tlsbe/backend"
-[backend.check]
-type = "none"
-"#,
-            etcd.url,
-            pki.path("ca.pem").display(),
-            pki.path("client.pem").display(),
-            pki.path("client.key").display()
-        ))
-        .await;
+        let toml = Cfg::http("web")
+            .etcd(&etcd.url)
+            .etcd_lines(&format!(
+                "api = \"{api}\"\nca = {}\ncert = {}\nkey = {}",
+                config::path(&pki.path("ca.pem")),
+                config::path(&pki.path("client.pem")),
+                config::path(&pki.path("client.key"))
+            ))
+            .etcd_backend("tlsbe")
+            .check_none()
+            .toml();
+        let lb = Lb::start_ready(&toml).await;
         assert_eq!(
             get(lb.http_addr("web"), "/").await,
             (200, "A".to_string()),
@@ -297,28 +284,14 @@ async fn v3_username_and_password() {
     )
     .await;
     let conf = |pw: &str| {
-        format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v3"
-username = "root"
-password = "{pw}"
-backoff_max = "300ms"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "authbe"
-[[backend]]
-name = "authbe"
-etcd_prefix = "/authbe/backend"
-[backend.check]
-type = "none"
-"#,
-            etcd.url()
-        )
+        Cfg::http("web")
+            .etcd(&etcd.url())
+            .etcd_lines(&format!(
+                "api = \"v3\"\nusername = \"root\"\npassword = \"{pw}\"\nbackoff_max = \"300ms\""
+            ))
+            .etcd_backend("authbe")
+            .check_none()
+            .toml()
     };
     let lb = Lb::start_ready(&conf("rootpw")).await;
     assert_eq!(get(lb.http_addr("web"), "/").await, (200, "A".to_string()));

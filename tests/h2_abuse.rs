@@ -40,7 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use support::{Lb, Upstream, get};
+use support::{Cfg, Lb, Upstream, get};
 
 /// The tests here measure this process's memory and time: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -478,22 +478,12 @@ impl Backend {
 
 /// A static-server config: frontend "web" (extra lines `frontend`) in front of `server`.
 fn config(server: SocketAddr, frontend: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "b"
-{frontend}
-[[backend]]
-name = "b"
-servers = ["{server}"]
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("b")
+        .servers(&[server])
+        .check_none()
+        .toml()
 }
 
 /// A private CA and a certificate for `SITE` it signed, as PEM files in a temp dir.

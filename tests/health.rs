@@ -9,10 +9,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use support::{Lb, Upstream, get, wait_until};
+use support::{Cfg, Lb, Upstream, get, wait_until};
 
 fn config(backend: &str, servers: &[String], check: &str) -> String {
-    support::static_config(backend, servers, "", &format!("[backend.check]\n{check}"))
+    Cfg::http("web")
+        .backend(backend)
+        .servers(servers)
+        .check(check)
+        .toml()
 }
 
 async fn state_of(lb: &Lb, addr: &str) -> String {

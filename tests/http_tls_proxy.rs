@@ -24,7 +24,7 @@ use switchyard::proxy_protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Lb, Upstream};
+use support::{Cfg, Lb, Upstream};
 
 /// The name the frontend certificate is for; clients resolve it to the frontend's address.
 const SITE: &str = "switchyard.test";
@@ -120,8 +120,14 @@ fn toml_path(p: &Path) -> String {
 
 /// One frontend "web" in front of backend "b" with `servers`; extra lines for each section.
 fn config(servers: &[String], frontend: &str, backend: &str, backend_tls: &str) -> String {
-    let backend_lines = format!("{backend}\n[backend.check]\ntype = \"none\"\n{backend_tls}");
-    support::static_config("b", servers, frontend, &backend_lines)
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("b")
+        .servers(servers)
+        .backend_lines(backend)
+        .backend_lines(backend_tls)
+        .check_none()
+        .toml()
 }
 
 fn frontend_tls(leaf: &Leaf) -> String {

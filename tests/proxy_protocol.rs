@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, metric};
+use support::{Cfg, Lb, metric};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -87,24 +87,13 @@ impl Drop for ProxyUpstream {
 }
 
 fn config(fe: &str, upstream: SocketAddr, extra_frontend: &str, send_proxy: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "{fe}"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "{fe}-be"
-{extra_frontend}
-[[backend]]
-name = "{fe}-be"
-servers = ["{upstream}"]
-send_proxy = "{send_proxy}"
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::tcp(fe)
+        .frontend_lines(extra_frontend)
+        .backend(&format!("{fe}-be"))
+        .servers(&[upstream])
+        .backend_lines(&format!("send_proxy = \"{send_proxy}\""))
+        .check_none()
+        .toml()
 }
 
 async fn read_line(s: &mut TcpStream) -> String {

@@ -81,7 +81,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use support::raw::{self, Drive, End, Exchange, Recorder, Taken};
-use support::{Etcd, Lb, metric, wait_until};
+use support::{Cfg, Etcd, Lb, metric, wait_until};
 
 /// How long one case may take to answer or close before it counts as a hang.
 const CASE_DEADLINE: Duration = Duration::from_secs(3);
@@ -696,32 +696,18 @@ struct Rig {
     lb: Lb,
 }
 
+/// Frontends `web` and `stall`, each with `frontend_extra`, in front of backend `raw`, whose
+/// servers are under `/raw/backend` in etcd.
 fn config(etcd: &Etcd, frontend_extra: &str, backend_extra: &str, check: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "raw"
-{frontend_extra}
-[[frontend]]
-name = "stall"
-bind = "127.0.0.1:0"
-backend = "raw"
-{frontend_extra}
-[[backend]]
-name = "raw"
-etcd_prefix = "/raw/backend"
-{backend_extra}
-[backend.check]
-{check}
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .frontend_lines(frontend_extra)
+        .frontend("stall")
+        .frontend_lines(frontend_extra)
+        .etcd(&etcd.url())
+        .etcd_backend("raw")
+        .backend_lines(backend_extra)
+        .check(check)
+        .toml()
 }
 
 impl Rig {

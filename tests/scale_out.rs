@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Etcd, Lb, try_get_cached};
+use support::{Cfg, Etcd, Lb, try_get_cached};
 use tokio::time::Instant;
 
 const PREFIX: &str = "/scaleout/backend";
@@ -29,25 +29,13 @@ fn config(etcd: &Etcd, api: Api) -> String {
         Api::V2 => "v2",
         Api::V3 => "v3",
     };
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "{api}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "scaleout"
-[[backend]]
-name = "scaleout"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines(&format!("api = \"{api}\""))
+        .backend("scaleout")
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// (name, addr) of every server listed for the backend; `None` if the admin API did not answer.

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, free_port, metric, wait_until};
+use support::{Cfg, Lb, free_port, metric, wait_until};
 
 /// Bound on every single network wait in this file.
 const WAIT: Duration = Duration::from_secs(5);
@@ -159,44 +159,18 @@ async fn until_closed(s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, Duration)
 // ---------------------------------------------------------------------------------------------
 // Config and metrics
 
-/// One tcp frontend named `fe` and its backend `fe-be`; checks off unless `check` says so.
-fn config(fe: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
-    config_with_check(
-        fe,
-        servers,
-        extra_frontend,
-        extra_backend,
-        "type = \"none\"",
-    )
+/// One tcp frontend named `fe` in front of its backend `fe-be` with `servers`.
+fn tcp(fe: &str, servers: &[String]) -> Cfg {
+    Cfg::tcp(fe).backend(&format!("{fe}-be")).servers(servers)
 }
 
-fn config_with_check(
-    fe: &str,
-    servers: &[String],
-    extra_frontend: &str,
-    extra_backend: &str,
-    check: &str,
-) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "{fe}"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "{fe}-be"
-{extra_frontend}
-[[backend]]
-name = "{fe}-be"
-servers = [{}]
-{extra_backend}
-[backend.check]
-{check}
-"#,
-        list.join(", ")
-    )
+/// `tcp(fe, servers)` with these lines added to the frontend and the backend, checks off.
+fn config(fe: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
+    tcp(fe, servers)
+        .frontend_lines(extra_frontend)
+        .backend_lines(extra_backend)
+        .check_none()
+        .toml()
 }
 
 /// The sum over every sample of `name` whose labels contain all of `labels`.
@@ -311,7 +285,7 @@ async fn with_every_server_dead_the_client_is_closed_after_the_retries() {
 async fn no_server_available_closes_the_client_at_once() {
     let dead = format!("127.0.0.1:{}", free_port());
     let check = "type = \"tcp\"\ninter = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nrise = 1";
-    let lb = Lb::start_ready(&config_with_check("none-up", &[dead], "", "", check)).await;
+    let lb = Lb::start_ready(&tcp("none-up", &[dead]).check(check).toml()).await;
     wait_until("the dead server is marked down", WAIT, || async {
         lb.backends().await["backends"][0]["servers"][0]["state"] == "down"
     })
@@ -564,7 +538,6 @@ async fn tls_is_terminated_and_originated() {
         front.key.display()
     );
     let be_tls = format!("[backend.tls]\nca = \"{}\"", back.cert.display());
-    // `[backend.tls]` must follow the backend's plain keys, and `[backend.check]` follows it.
     let lb = Lb::start_ready(&config("tls", &[up.addr()], &fe_tls, &be_tls)).await;
 
     let mut roots = rustls::RootCertStore::empty();

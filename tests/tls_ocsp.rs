@@ -20,7 +20,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use tokio::net::TcpStream;
 
-use support::{Lb, Upstream, metric, wait_until};
+use support::{Cfg, Lb, Upstream, metric, wait_until};
 
 /// How long the file watcher (1 s ticks) may take to staple a changed file.
 const PICKUP: Duration = Duration::from_secs(5);
@@ -276,13 +276,13 @@ async fn start(up: &Upstream, leaf: &Leaf) -> Lb {
         leaf.cert.display(),
         leaf.key.display()
     );
-    Lb::start_ready(&support::static_config(
-        "b",
-        &[up.addr().to_string()],
-        &frontend,
-        "[backend.check]\ntype = \"none\"",
-    ))
-    .await
+    let toml = Cfg::http("web")
+        .frontend_lines(&frontend)
+        .backend("b")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    Lb::start_ready(&toml).await
 }
 
 fn next_update_series(name: &str) -> String {

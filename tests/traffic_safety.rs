@@ -18,28 +18,16 @@ use hyper::{Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::{Etcd, Lb, Upstream, free_port, get, http_client, try_get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, free_port, get, http_client, try_get, wait_until};
 
+/// Frontend `web` in front of `backend`, whose servers are under `/{backend}/backend` in etcd.
 fn config(etcd: &Etcd, backend: &str, backend_extra: &str, check: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-{backend_extra}
-[backend.check]
-{check}
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_backend(backend)
+        .backend_lines(backend_extra)
+        .check(check)
+        .toml()
 }
 
 async fn server_field(lb: &Lb, addr: &str, field: &str) -> serde_json::Value {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::{Lb, Upstream, get, http_client, metric, static_config, wait_until};
+use support::{Cfg, Lb, Upstream, get, http_client, metric, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -74,13 +74,13 @@ async fn raw_upstream(cut: bool) -> (SocketAddr, Arc<Counts>) {
 #[tokio::test]
 async fn idle_pooled_connections_close_after_pool_idle_timeout() {
     let (up, counts) = raw_upstream(false).await;
-    let lb = Lb::start_ready(&static_config(
-        "idlepool",
-        &[up.to_string()],
-        "",
-        "pool_idle_timeout = \"400ms\"\n[backend.check]\ntype = \"none\"",
-    ))
-    .await;
+    let toml = Cfg::http("web")
+        .backend("idlepool")
+        .servers(&[up])
+        .backend_lines("pool_idle_timeout = \"400ms\"")
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
     let web = lb.http_addr("web");
     // Back to back: the second request reuses the pooled connection.
     assert_eq!(get(web, "/").await, (200, "ok".to_string()));
@@ -103,7 +103,7 @@ async fn idle_pooled_connections_close_after_pool_idle_timeout() {
 
 /// TCP checks every minute: they pass for anything that accepts, and too late to matter here.
 const CHECKS_SLOW: &str =
-    "[backend.check]\ntype = \"tcp\"\ninter = \"60s\"\nfastinter = \"60s\"\ndowninter = \"60s\"";
+    "type = \"tcp\"\ninter = \"60s\"\nfastinter = \"60s\"\ndowninter = \"60s\"";
 
 #[tokio::test]
 async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
@@ -111,13 +111,12 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
     let (bad, _) = raw_upstream(true).await;
     let backend = "cutter";
     // Checks pass for both (both accept), and slowly: only the live failure can eject `bad`.
-    let lb = Lb::start_ready(&static_config(
-        backend,
-        &[good.addr().to_string(), bad.to_string()],
-        "",
-        CHECKS_SLOW,
-    ))
-    .await;
+    let toml = Cfg::http("web")
+        .backend(backend)
+        .servers(&[good.addr(), bad])
+        .check(CHECKS_SLOW)
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
     let web = lb.http_addr("web");
     // Round robin over two: within a few requests one lands on `bad` and its body breaks.
     let mut cut = 0;
@@ -161,9 +160,6 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
 // ---------------------------------------------------------------------------------------------
 // The HTTP/1.1 client's edge cases, against scripted upstreams that answer with exact bytes.
 
-/// No health checks: a scripted upstream sees only the proxy's connections, so its accept
-/// count is exactly the number of upstream connections opened.
-const NO_CHECKS: &str = "[backend.check]\ntype = \"none\"";
 /// Pause between the separate writes of a response sent in pieces.
 const PIECE_GAP: Duration = Duration::from_millis(15);
 /// Bound on any single wait of a scripted upstream or a raw client.
@@ -420,8 +416,13 @@ impl Script {
     /// Switchyard with one frontend and one backend holding just this upstream (no checks),
     /// with `backend` keys added.
     async fn lb(&self, name: &str, backend: &str) -> Lb {
-        let lines = format!("{backend}\n{NO_CHECKS}");
-        Lb::start_ready(&static_config(name, &[self.addr.to_string()], "", &lines)).await
+        let toml = Cfg::http("web")
+            .backend(name)
+            .servers(&[self.addr])
+            .backend_lines(backend)
+            .check_none()
+            .toml();
+        Lb::start_ready(&toml).await
     }
 }
 

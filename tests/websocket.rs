@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, Upstream, wait_until};
+use support::{Cfg, Lb, Upstream, wait_until};
 
 /// A WebSocket echo server on `127.0.0.1:0`: echoes text and binary messages, and remembers
 /// the headers of the last handshake it accepted.
@@ -96,8 +96,12 @@ impl Drop for EchoServer {
 }
 
 fn config(servers: &[String], drain: &str) -> String {
-    let backend_lines = format!("drain_timeout = \"{drain}\"\n[backend.check]\ntype = \"none\"");
-    support::static_config("ws", servers, "", &backend_lines)
+    Cfg::http("web")
+        .backend("ws")
+        .servers(servers)
+        .backend_lines(&format!("drain_timeout = \"{drain}\""))
+        .check_none()
+        .toml()
 }
 
 type Client = tokio_tungstenite::WebSocketStream<TcpStream>;
@@ -368,14 +372,15 @@ async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn connect_is_tunnelled_only_where_the_frontend_allows_it() {
     let (proxy, heads) = forward_proxy().await;
-    let backend = "[backend.check]\ntype = \"none\"";
-    let lb = Lb::start_ready(&support::static_config(
-        "fwd",
-        &[proxy.to_string()],
-        "allow_connect = true\nidle_timeout = \"1s\"",
-        backend,
-    ))
-    .await;
+    let config = |frontend: &str| {
+        Cfg::http("web")
+            .frontend_lines(frontend)
+            .backend("fwd")
+            .servers(&[proxy])
+            .check_none()
+            .toml()
+    };
+    let lb = Lb::start_ready(&config("allow_connect = true\nidle_timeout = \"1s\"")).await;
     let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
         .await
@@ -419,13 +424,7 @@ async fn connect_is_tunnelled_only_where_the_frontend_allows_it() {
     drop(c);
     lb.shutdown().await;
 
-    let lb = Lb::start_ready(&support::static_config(
-        "fwd",
-        &[proxy.to_string()],
-        "",
-        backend,
-    ))
-    .await;
+    let lb = Lb::start_ready(&config("")).await;
     let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
         .await

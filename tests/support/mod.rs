@@ -5,14 +5,16 @@
 //! - `upstream.rs`: `Upstream`, in-process hyper upstreams with hit counters.
 //! - `lb.rs`: `Lb`, Switchyard itself run in-process on port-0 listeners.
 //! - `client.rs`: reqwest clients and `get`/`try_get`.
+//! - `config.rs`: `Cfg`, a builder for the TOML config a test hands to `Lb`.
 //! - `raw.rs`: raw-byte tools for hostile HTTP/1 input.
-//! - here: ports, polling, `/metrics` parsing, temp dirs, and `static_config`.
+//! - here: ports, polling, `/metrics` parsing and temp dirs.
 //!
 //! Owns process and socket lifecycle for tests; it does not own assertions about Switchyard's
 //! behaviour (those live in the `tests/*.rs` that use it as `mod support;`). Each test binary
 //! compiles this module on its own and uses a part of it, hence the `allow` below.
 #![allow(dead_code, unused_imports)]
 pub mod client;
+pub mod config;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod lb;
@@ -28,6 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use client::{cached_http_client, get, http_client, plain_tls, try_get, try_get_cached};
+pub use config::{Cfg, static_config};
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
 pub use lb::Lb;
@@ -65,29 +68,6 @@ where
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
-}
-
-/// A config with one admin listener, one HTTP frontend `web` on a free port (with `frontend`
-/// lines appended) and one backend of static `servers` (with `backend` lines appended: keys,
-/// then its sections).
-pub fn static_config(name: &str, servers: &[String], frontend: &str, backend: &str) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{name}"
-{frontend}
-[[backend]]
-name = "{name}"
-servers = [{}]
-{backend}
-"#,
-        list.join(", ")
-    )
 }
 
 /// The value of the first `/metrics` line that starts with `name_and_labels` (0 when absent).
