@@ -3,13 +3,12 @@
 //! fast while the next handshake works), TLS to servers (`[backend.tls]` with a private CA,
 //! ALPN `http/1.1` or `h2`, a wrong CA refused), `send_proxy` v1/v2 headers carrying the
 //! client's address, and `accept_proxy` feeding X-Forwarded-For. Certificates come from a CA
-//! made with rcgen while the test runs.
+//! made while the test runs (`support::pki`).
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,106 +18,17 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use switchyard::proxy_protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use support::pki::{Leaf, Pki};
 use support::{Cfg, Lb, Upstream};
 
 /// The name the frontend certificate is for; clients resolve it to the frontend's address.
 const SITE: &str = "switchyard.test";
 
-/// A private CA and the certificates it signed, as PEM files in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: PathBuf,
-    ca_der: CertificateDer<'static>,
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-/// A leaf certificate: its PEM files, and the chain and key for a rustls server.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    chain: Vec<CertificateDer<'static>>,
-    key_der: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-http-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("switchyard test CA {tag}"),
-        );
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let ca_pem = dir.join("ca.pem");
-        std::fs::write(&ca_pem, issuer.pem()).unwrap();
-        Pki {
-            ca_der: issuer.der().clone(),
-            dir,
-            ca_pem,
-            issuer,
-        }
-    }
-
-    fn leaf(&self, tag: &str, names: &[&str]) -> Leaf {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{tag}.pem")),
-            self.dir.join(format!("{tag}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            chain: vec![cert.der().clone()],
-            key_der: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        }
-    }
-
-    /// A rustls client trusting only this CA, offering `alpn`.
-    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        switchyard::tls::install_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let mut cc = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(cc)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
-    }
-}
-
-fn toml_path(p: &Path) -> String {
-    p.display().to_string().replace('\\', "\\\\")
-}
-
-/// One frontend "web" in front of backend "b" with `servers`; extra lines for each section.
 fn config(servers: &[String], frontend: &str, backend: &str, backend_tls: &str) -> String {
     Cfg::http("web")
         .frontend_lines(frontend)
@@ -130,18 +40,18 @@ fn config(servers: &[String], frontend: &str, backend: &str, backend_tls: &str) 
         .toml()
 }
 
+/// TLS on the frontend with `leaf`, a 400 ms header timeout and a 2 s handshake timeout.
 fn frontend_tls(leaf: &Leaf) -> String {
     format!(
-        "header_timeout = \"400ms\"\n[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\nhandshake_timeout = \"2s\"",
-        toml_path(&leaf.cert),
-        toml_path(&leaf.key)
+        "header_timeout = \"400ms\"\n{}\nhandshake_timeout = \"2s\"",
+        leaf.frontend_tls()
     )
 }
 
 /// A reqwest client trusting only the test CA, with `SITE` resolved to `addr`.
 fn https_client(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
     switchyard::tls::install_provider();
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_der(&pki.ca_der()).unwrap();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -332,7 +242,7 @@ async fn tls_upstream(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<TlsSeen>>) {
     switchyard::tls::install_provider();
     let mut sc = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(leaf.chain.clone(), leaf.key_der.clone_key())
+        .with_single_cert(leaf.chain(), leaf.key_der())
         .unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
@@ -373,7 +283,7 @@ async fn servers_are_reached_over_tls_with_a_private_ca() {
     let pki = Pki::new("uptls");
     let leaf = pki.leaf("upstream", &["127.0.0.1"]);
     let (up, seen) = tls_upstream(&leaf).await;
-    let backend_tls = format!("[backend.tls]\nca = \"{}\"", toml_path(&pki.ca_pem));
+    let backend_tls = pki.backend_tls();
     for (protocol, alpn, version) in [
         ("http1", &b"http/1.1"[..], http::Version::HTTP_11),
         ("h2", &b"h2"[..], http::Version::HTTP_2),
@@ -397,8 +307,7 @@ async fn servers_are_reached_over_tls_with_a_private_ca() {
 
     // A server whose certificate the configured CA did not sign is not talked to.
     let other = Pki::new("uptls-other");
-    let wrong = format!("[backend.tls]\nca = \"{}\"", toml_path(&other.ca_pem));
-    let lb = Lb::start_ready(&config(&[up.to_string()], "", "", &wrong)).await;
+    let lb = Lb::start_ready(&config(&[up.to_string()], "", "", &other.backend_tls())).await;
     let requests_before = seen.lock().unwrap().versions.len();
     let (status, body) = support::get(lb.http_addr("web"), "/secure").await;
     assert_eq!(status, 502, "{body}");
@@ -415,7 +324,7 @@ async fn h2_over_tls_passes_trailers_to_an_h2_client() {
         &[up.to_string()],
         "",
         "protocol = \"h2\"",
-        &format!("[backend.tls]\nca = \"{}\"", toml_path(&pki.ca_pem)),
+        &pki.backend_tls(),
     ))
     .await;
     let tcp = TcpStream::connect(lb.http_addr("web")).await.unwrap();

@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use support::pki::Pki;
 use support::{Cfg, Lb, free_port, metric, wait_until};
 
 /// Bound on every single network wait in this file.
@@ -491,54 +491,28 @@ async fn shutdown_stops_accepting_but_lets_relays_finish() {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-struct Cert {
-    der: rustls::pki_types::CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
-    let ck =
-        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = dir.join(format!("{tag}.pem"));
-    let key = dir.join(format!("{tag}.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    Cert {
-        der: ck.cert.der().clone(),
-        cert,
-        key,
-    }
-}
-
 #[tokio::test]
 async fn tls_is_terminated_and_originated() {
-    switchyard::tls::install_provider();
-    let dir = std::env::temp_dir().join(format!("switchyard-tcp-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let front = make_cert(&dir, "front", &["lb.test"]);
-    let back = make_cert(&dir, "back", &["127.0.0.1"]);
+    let pki = Pki::new("tcp-tls");
+    let front = pki.self_signed("front", &["lb.test"]);
+    let back = pki.self_signed("back", &["127.0.0.1"]);
     let up_tls = switchyard::tls::TlsAcceptor::new(
         "upstream",
         &switchyard::config::FrontendTls {
-            certs: vec![switchyard::config::CertPair {
-                cert: back.cert.clone(),
-                key: back.key.clone(),
-            }],
+            certs: vec![back.pair()],
             alpn: vec![],
             handshake_timeout: WAIT,
         },
     )
     .unwrap();
     let up = Banner::start_tls("secure", Some(Arc::new(up_tls))).await;
-    let fe_tls = format!(
-        "[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]",
-        front.cert.display(),
-        front.key.display()
+    let toml = config(
+        "tls",
+        &[up.addr()],
+        &front.frontend_tls(),
+        &back.backend_tls(),
     );
-    let be_tls = format!("[backend.tls]\nca = \"{}\"", back.cert.display());
-    let lb = Lb::start_ready(&config("tls", &[up.addr()], &fe_tls, &be_tls)).await;
+    let lb = Lb::start_ready(&toml).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(front.der.clone()).unwrap();
@@ -574,5 +548,4 @@ async fn tls_is_terminated_and_originated() {
         "{text}"
     );
     lb.shutdown().await;
-    std::fs::remove_dir_all(&dir).ok();
 }

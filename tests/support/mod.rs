@@ -6,6 +6,7 @@
 //! - `lb.rs`: `Lb`, Switchyard itself run in-process on port-0 listeners.
 //! - `client.rs`: reqwest clients and `get`/`try_get`.
 //! - `config.rs`: `Cfg`, a builder for the TOML config a test hands to `Lb`.
+//! - `pki.rs`: `Pki`, a CA and certificates made while the test runs.
 //! - `raw.rs`: raw-byte tools for hostile HTTP/1 input.
 //! - here: ports, polling, `/metrics` parsing and temp dirs.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod etcd;
 pub mod etcd_cluster;
 pub mod lb;
+pub mod pki;
 pub mod raw;
 pub mod upstream;
 
