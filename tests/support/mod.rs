@@ -7,7 +7,8 @@
 //! - `client.rs`: reqwest clients and `get`/`try_get`.
 //! - `config.rs`: `Cfg`, a builder for the TOML config a test hands to `Lb`.
 //! - `pki.rs`: `Pki`, a CA and certificates made while the test runs.
-//! - `raw.rs`: raw-byte tools for hostile HTTP/1 input.
+//! - `raw/`: HTTP/1 as bytes on a socket: a recording upstream, scripted upstreams and raw
+//!   clients, for hostile input, framing and connection reuse.
 //! - here: ports, polling, `/metrics` parsing and temp dirs.
 //!
 //! Owns process and socket lifecycle for tests; it does not own assertions about Switchyard's
