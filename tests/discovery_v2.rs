@@ -38,10 +38,8 @@ async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
 
 /// Server addresses the admin API lists for the backend.
 async fn listed(lb: &Lb) -> Vec<String> {
-    let j = lb.backends().await;
-    let mut v: Vec<String> = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
+    let servers = lb.servers().await;
+    let mut v: Vec<String> = servers
         .iter()
         .map(|s| s["addr"].as_str().unwrap().to_string())
         .collect();

@@ -75,9 +75,8 @@ async fn revision(etcd: &Etcd) -> i64 {
 }
 
 async fn listed(lb: &Lb) -> Vec<String> {
-    let mut v: Vec<String> = lb.backends().await["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
+    let servers = lb.servers().await;
+    let mut v: Vec<String> = servers
         .iter()
         .map(|s| s["addr"].as_str().unwrap().to_string())
         .collect();

@@ -736,20 +736,9 @@ impl Rig {
 
     /// The recording upstream's state in `/api/v1/backends` and how long it has been in it.
     async fn state_and_age(&self) -> (String, Duration) {
-        let j = self.lb.backends().await;
-        let addr = self.up.addr().to_string();
-        let server = j["backends"][0]["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["addr"] == addr.as_str());
-        let state = server
-            .and_then(|s| s["state"].as_str())
-            .unwrap_or("absent")
-            .to_string();
-        let age = server
-            .and_then(|s| s["state_age_seconds"].as_f64())
-            .unwrap_or(0.0);
+        let server = self.lb.server(&self.up.addr().to_string()).await;
+        let state = server["state"].as_str().unwrap_or("absent").to_string();
+        let age = server["state_age_seconds"].as_f64().unwrap_or(0.0);
         (state, Duration::from_secs_f64(age))
     }
 

@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use support::pki::Pki;
+use support::stream::{echo, read_line, until_closed};
 use support::{Cfg, Lb, free_port, metric, wait_until};
 
 /// Bound on every single network wait in this file.
@@ -108,52 +109,11 @@ async fn banner_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str) {
     let _ = s.shutdown().await;
 }
 
-/// Reads up to and including the first `\n`, one byte at a time (so nothing after it is lost).
-async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match s.read(&mut b).await {
-                Ok(1) if b[0] == b'\n' => break,
-                Ok(1) => out.push(b[0]),
-                Ok(_) => panic!("EOF before a line; got {:?}", String::from_utf8_lossy(&out)),
-                Err(e) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&out)),
-            }
-        }
-    })
-    .await
-    .expect("no line within 5 s");
-    String::from_utf8(out).unwrap()
-}
-
 /// Connects and reads the upstream's banner.
 async fn hello(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let name = read_line(&mut s).await;
     (s, name)
-}
-
-/// Writes `msg` and expects it echoed.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, msg: &str) {
-    s.write_all(msg.as_bytes()).await.unwrap();
-    let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut got))
-        .await
-        .expect("echo within 5 s")
-        .expect("echo");
-    assert_eq!(got, msg.as_bytes());
-}
-
-/// Reads until the peer closes; returns what arrived and how long it took. A reset counts as a
-/// close too, but is reported in the result.
-async fn until_closed(s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, Duration) {
-    let t = Instant::now();
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the connection was not closed within 10 s");
-    (r.map(|_| out), t.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,13 +350,9 @@ async fn a_removed_server_drains_its_established_relay() {
     let (mut held, first) = hello(addr).await;
     let (keep, gone) = if first == "A" { (&b, &a) } else { (&a, &b) };
     lb.reload_toml(&toml(&[keep.addr()])).await;
+    let gone_addr = gone.addr();
     wait_until("the removed server is listed as draining", WAIT, || async {
-        let j = lb.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["addr"] == gone.addr().as_str() && s["state"] == "draining")
+        lb.server(&gone_addr).await["state"] == "draining"
     })
     .await;
     // New connections go to the remaining server only.
@@ -410,24 +366,12 @@ async fn a_removed_server_drains_its_established_relay() {
         echo(&mut held, &format!("still here {i}\n")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let j = lb.backends().await;
-    let entry = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == gone.addr().as_str())
-        .cloned()
-        .expect("draining server listed");
+    let entry = lb.server(&gone_addr).await;
     assert_eq!(entry["active"], 1, "the relay counts in flight: {entry}");
     // Closing it ends the drain.
     drop(held);
     wait_until("the drained server leaves the list", WAIT, || async {
-        let j = lb.backends().await;
-        !j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["addr"] == gone.addr().as_str())
+        lb.server(&gone_addr).await.is_null()
     })
     .await;
     lb.shutdown().await;

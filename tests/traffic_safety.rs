@@ -30,14 +30,7 @@ fn config(etcd: &Etcd, backend: &str, backend_extra: &str, check: &str) -> Strin
 }
 
 async fn server_field(lb: &Lb, addr: &str, field: &str) -> serde_json::Value {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .map(|s| s[field].clone())
-        .unwrap_or(serde_json::Value::Null)
+    lb.server(addr).await[field].clone()
 }
 
 /// `clients` keep-alive clients sending GETs until `stop` is set; returns (ok, failures).
@@ -287,12 +280,8 @@ async fn all_servers_down_is_a_quick_503() {
     b.stop().await;
     let lb_ref = &lb;
     wait_until("both down", Duration::from_secs(5), || async move {
-        let j = lb_ref.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["state"] == "down")
+        let servers = lb_ref.servers().await;
+        servers.iter().all(|s| s["state"] == "down")
     })
     .await;
     for _ in 0..5 {
@@ -465,14 +454,9 @@ async fn consecutive_5xx_ejects_but_never_more_than_the_guard_allows() {
     for _ in 0..10 {
         let _ = try_get(web, "/").await;
     }
-    let j = lb.backends().await;
-    let down = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "down")
-        .count();
-    assert_eq!(down, 1, "{j}");
+    let servers = lb.servers().await;
+    let down = servers.iter().filter(|s| s["state"] == "down").count();
+    assert_eq!(down, 1, "{servers:?}");
     lb.shutdown().await;
 }
 

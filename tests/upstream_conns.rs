@@ -111,19 +111,7 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
         }
     }
     assert_eq!(cut, 1, "one body cut short, then the server was out");
-    let lb_ref = &lb;
-    let bad_addr = bad.to_string();
-    let state = || async {
-        let j = lb_ref.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["addr"] == bad_addr.as_str())
-            .map(|s| s["state"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    assert_eq!(state().await, "down");
+    assert_eq!(lb.server(&bad.to_string()).await["state"], "down");
     for _ in 0..6 {
         assert_eq!(get(web, "/").await, (200, "A".to_string()));
     }

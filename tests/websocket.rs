@@ -133,14 +133,7 @@ async fn echo(ws: &mut Client, msg: Message) -> Message {
 
 /// The `active` count of server `addr` of the first backend (-1 once it is gone), from the admin API.
 async fn active(lb: &Lb, addr: &str) -> i64 {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .map(|s| s["active"].as_i64().unwrap())
-        .unwrap_or(-1)
+    lb.server(addr).await["active"].as_i64().unwrap_or(-1)
 }
 
 #[tokio::test]
@@ -268,14 +261,7 @@ async fn a_tunnel_is_cut_when_its_server_drain_times_out() {
         .await;
     wait_until("server draining", Duration::from_secs(5), || {
         let (lb, addr) = (&lb, addr.clone());
-        async move {
-            let j = lb.backends().await;
-            j["backends"][0]["servers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["addr"] == addr.as_str() && s["state"] == "draining")
-        }
+        async move { lb.server(&addr).await["state"] == "draining" }
     })
     .await;
     let removed = Instant::now();

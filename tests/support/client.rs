@@ -50,24 +50,22 @@ pub fn cached_http_client() -> reqwest::Client {
 
 /// Like `try_get`, with `cached_http_client()` (for polling loops).
 pub async fn try_get_cached(addr: SocketAddr, path: &str) -> Result<(u16, String), reqwest::Error> {
-    let resp = cached_http_client()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await?;
-    let status = resp.status().as_u16();
-    let body = resp.text().await?;
-    Ok((status, body))
+    get_with(&cached_http_client(), addr, path).await
 }
 
 /// `GET http://{addr}{path}` on a fresh connection; `Err` on a transport error or timeout.
 pub async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), reqwest::Error> {
-    let resp = http_client()
-        .get(format!("http://{addr}{path}"))
-        .send()
-        .await?;
+    get_with(&http_client(), addr, path).await
+}
+
+async fn get_with(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, String), reqwest::Error> {
+    let resp = client.get(format!("http://{addr}{path}")).send().await?;
     let status = resp.status().as_u16();
-    let body = resp.text().await?;
-    Ok((status, body))
+    Ok((status, resp.text().await?))
 }
 
 /// `GET http://{addr}{path}`: status and body; panics on a transport error or timeout.

@@ -104,6 +104,24 @@ impl Lb {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/v1/backends: {e}: {body}"))
     }
 
+    /// The servers of the first backend in `/api/v1/backends` (none if it has no backend).
+    pub async fn servers(&self) -> Vec<serde_json::Value> {
+        let j = self.backends().await;
+        j["backends"][0]["servers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Server `addr` of the first backend in `/api/v1/backends` (`Null` when not listed).
+    pub async fn server(&self, addr: &str) -> serde_json::Value {
+        self.servers()
+            .await
+            .into_iter()
+            .find(|s| s["addr"] == addr)
+            .unwrap_or_default()
+    }
+
     /// `GET /metrics` text.
     pub async fn metrics(&self) -> String {
         let (status, body) = get(self.admin, "/metrics").await;

@@ -9,6 +9,7 @@
 //! - `pki.rs`: `Pki`, a CA and certificates made while the test runs.
 //! - `raw/`: HTTP/1 as bytes on a socket: a recording upstream, scripted upstreams and raw
 //!   clients, for hostile input, framing and connection reuse.
+//! - `stream.rs`: bounded reads on a byte stream (a line, an echo, up to the close).
 //! - here: ports, polling, `/metrics` parsing and temp dirs.
 //!
 //! Owns process and socket lifecycle for tests; it does not own assertions about Switchyard's
@@ -22,6 +23,7 @@ pub mod etcd_cluster;
 pub mod lb;
 pub mod pki;
 pub mod raw;
+pub mod stream;
 pub mod upstream;
 
 use std::future::Future;
