@@ -54,10 +54,11 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -84,7 +85,6 @@ const MONITOR_EVERY: Duration = Duration::from_millis(20);
 /// One etcd write attempt; writes are retried (rotating members) up to `WRITE_DEADLINE`.
 const WRITE_ATTEMPT: Duration = Duration::from_millis(2500);
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Health check settings written into every config (see the module docs).
 const CHECK: &str = "inter = \"1s\"\nfastinter = \"200ms\"\ndowninter = \"1s\"\ntimeout = \"300ms\"\nrise = 2\nfall = 3";
 
@@ -236,7 +236,7 @@ impl Params {
 }
 
 fn main() {
-    let mut p = if std::env::args().any(|a| a == "--bench") {
+    let mut p = if common::full_run() {
         Params::full()
     } else {
         Params::smoke()
@@ -244,61 +244,19 @@ fn main() {
     if let Ok(list) = std::env::var("CHAOS_SCENARIOS") {
         p.only = Some(list.split(',').map(|s| s.trim().to_string()).collect());
     }
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-    // reqwest is built without a default TLS provider (`rustls-no-provider`).
-    switchyard::tls::install_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let started = *START.get_or_init(Instant::now);
-    let outcome = rt.block_on(async { tokio::time::timeout(TOTAL_DEADLINE, run(&p)).await });
-    let rows = match outcome {
-        Err(_) => {
-            eprintln!("chaos bench: FAILED: not finished within {TOTAL_DEADLINE:?}");
-            std::process::exit(1);
-        }
-        Ok(Err(e)) => {
-            eprintln!("chaos bench: FAILED: {e:#}");
-            std::process::exit(1);
-        }
-        Ok(Ok(r)) => r,
-    };
-    let took = started.elapsed();
-    let text = render(&rows, &p, took);
-    println!("\n{text}");
     // A partial run (CHAOS_SCENARIOS) does not replace the committed figures.
-    if p.full && std::env::var_os("CHAOS_SCENARIOS").is_none() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-        std::fs::create_dir_all(&dir).expect("create benches/results");
-        let path = dir.join("chaos.txt");
-        std::fs::write(&path, &text).expect("write results");
-        println!("written to {}", path.display());
-    }
-    let problems: Vec<String> = rows.iter().flat_map(|r| r.problems.clone()).collect();
-    if !problems.is_empty() {
-        eprintln!("chaos bench: FAILED: {}", problems.join("; "));
-        std::process::exit(1);
-    }
-}
-
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-fn progress(msg: impl AsRef<str>) {
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("[chaos {:>6.1}s] {}", t.as_secs_f64(), msg.as_ref());
+    let write = p.full && std::env::var_os("CHAOS_SCENARIOS").is_none();
+    common::main("chaos", TOTAL_DEADLINE, write, run(&p), |rows, took| {
+        let problems = rows.iter().flat_map(|r| r.problems.clone()).collect();
+        (render(rows, &p, took), problems)
+    });
 }
 
 async fn run(p: &Params) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     if p.wants("a") || p.wants("b") {
         let cluster = EtcdCluster::start(3).await;
-        progress(format!("etcd cluster up: {:?}", cluster.urls()));
+        common::progress(format!("etcd cluster up: {:?}", cluster.urls()));
         for &api in &p.cluster_apis {
             if p.wants("a") {
                 rows.push(cluster_scenario(p, &cluster, api, ClusterChaos::Members).await?);
@@ -311,7 +269,7 @@ async fn run(p: &Params) -> anyhow::Result<Vec<Row>> {
     let wants_single = ["c", "d", "e", "f", "g"].iter().any(|s| p.wants(s));
     if wants_single {
         let etcd = Etcd::start().await;
-        progress(format!("etcd {} up", etcd.url()));
+        common::progress(format!("etcd {} up", etcd.url()));
         if p.wants("c") {
             for &api in &p.storm_apis {
                 rows.push(storm(p, &etcd, api).await?);
@@ -416,50 +374,16 @@ impl<'a> Cfg<'a> {
     }
 
     fn toml(&self) -> String {
-        let eps = self
-            .endpoints
-            .iter()
-            .map(|e| format!("\"{e}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            r#"
-[global]
-{global}
-
-[admin]
-listen = "127.0.0.1:0"
-
-[etcd]
-endpoints = [{eps}]
-api = "{api}"
-{etcd}
-
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-mode = "http"
-backend = "{backend}"
-{frontend}
-
-[[backend]]
-name = "{backend}"
-etcd_prefix = "{prefix}"
-{extra}
-
-[backend.check]
-type = "{check}"
-{CHECK}
-"#,
-            global = self.global,
-            api = self.api.as_str(),
-            etcd = self.etcd,
-            backend = self.backend,
-            frontend = self.frontend,
-            prefix = self.prefix,
-            extra = self.extra,
-            check = self.check,
-        )
+        support::Cfg::http("web")
+            .table(&format!("[global]\n{}", self.global))
+            .etcd_endpoints(self.endpoints)
+            .etcd_lines(&format!("api = \"{}\"\n{}", self.api.as_str(), self.etcd))
+            .frontend_lines(self.frontend)
+            .backend(self.backend)
+            .prefix(self.prefix)
+            .backend_lines(self.extra)
+            .check(&format!("type = \"{}\"\n{CHECK}", self.check))
+            .toml()
     }
 }
 
@@ -530,7 +454,10 @@ impl Kv {
                 .post(format!("{base}/v3/kv/deleterange"))
                 .json(&serde_json::json!({"key": b64(k.as_bytes())})),
         };
-        let resp = req.send().await.map_err(|e| (true, error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| (true, common::error_chain(&e)))?;
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
         if status.is_success() || (status == 404 && matches!(op, Op::Delete(_))) {
@@ -553,7 +480,7 @@ impl Kv {
                 Err((true, why)) if Instant::now() < end => {
                     failed += 1;
                     if failed == 1 || failed % 10 == 0 {
-                        progress(format!(
+                        common::progress(format!(
                             "etcd write via member {i} failed ({why}); retrying"
                         ));
                     }
@@ -686,17 +613,6 @@ impl Kv {
 // ---------------------------------------------------------------------------------------------
 // Switchyard's admin API.
 
-fn admin_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("reqwest client")
-}
-
 #[derive(Clone, Debug)]
 struct Listed {
     name: String,
@@ -753,16 +669,6 @@ async fn metrics_text(http: &reqwest::Client, admin: SocketAddr) -> anyhow::Resu
         .await?)
 }
 
-/// The sum of every sample of `metric` (name with its opening brace) whose line contains all
-/// of `needles`.
-fn sum_samples(text: &str, metric: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(metric) && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        + 0.0 // an empty sum is -0.0
-}
-
 /// `switchyard_requests_total` of `backend` by code, and `switchyard_retries_total`.
 fn proxy_counters(text: &str, backend: &str) -> String {
     let mut codes: BTreeMap<String, f64> = BTreeMap::new();
@@ -784,7 +690,7 @@ fn proxy_counters(text: &str, backend: &str) -> String {
             .unwrap_or(0.0);
         *codes.entry(code).or_default() += v;
     }
-    let retries = sum_samples(text, "switchyard_retries_total{", &[&b]);
+    let retries = common::sum_samples(text, "switchyard_retries_total{", &[&b]);
     format!(
         "switchyard counted by code: {}; retries {retries}",
         codes
@@ -902,7 +808,7 @@ impl Monitor {
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move {
-            let http = admin_client();
+            let http = common::admin_client(Duration::from_secs(2));
             let mut r = MonitorResult::default();
             let t0 = Instant::now();
             let mut last = Instant::now();
@@ -1061,42 +967,20 @@ async fn load_client(
     names: Arc<Vec<(String, String)>>,
     first_failure_ends: bool,
 ) -> ClientResult {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(CLIENT_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("reqwest client");
+    let client = common::load_client();
     let mut r = ClientResult::default();
     while !stop.is_cancelled() {
         let t = Instant::now();
-        let outcome = match client.get(&url).send().await {
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(body) if code == 200 => Ok(String::from_utf8_lossy(&body).into_owned()),
-                    Ok(body) => Err(format!(
-                        "HTTP {code}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )),
-                    Err(e) => Err(format!(
-                        "HTTP {code}, then the body failed: {}",
-                        error_chain(&e)
-                    )),
-                }
-            }
-            Err(e) => Err(error_chain(&e)),
-        };
+        let outcome = common::get_200(&client, &url)
+            .await
+            .map(|body| String::from_utf8_lossy(&body).into_owned());
         r.requests += 1;
         r.latency_us.push(t.elapsed().as_micros() as u32);
         match outcome {
             Ok(body) => *r.served.entry(body).or_default() += 1,
             Err(why) => {
                 r.failed += 1;
-                let why = name_ports(&why, &names);
+                let why = common::count_key(&why, &names);
                 if r.fail_times.len() < 50 {
                     r.fail_times.push((t.duration_since(start), why.clone()));
                 }
@@ -1110,36 +994,6 @@ async fn load_client(
     r
 }
 
-/// An error and its sources on one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    s
-}
-
-/// Known upstream addresses become their names, other loopback ports `PORT`, so reasons count.
-fn name_ports(s: &str, names: &[(String, String)]) -> String {
-    let mut s = s.to_string();
-    for (a, n) in names {
-        s = s.replace(a.as_str(), n);
-    }
-    s.split("127.0.0.1:")
-        .enumerate()
-        .map(|(i, part)| {
-            if i == 0 {
-                part.to_string()
-            } else {
-                let rest = part.trim_start_matches(|c: char| c.is_ascii_digit());
-                format!("127.0.0.1:PORT{rest}")
-            }
-        })
-        .collect()
-}
-
 fn ports_of(ups: &[(&str, SocketAddr)]) -> Arc<Vec<(String, String)>> {
     Arc::new(
         ups.iter()
@@ -1149,15 +1003,7 @@ fn ports_of(ups: &[(&str, SocketAddr)]) -> Arc<Vec<(String, String)>> {
 }
 
 fn load_line(l: &LoadResult) -> String {
-    let mut lat = l.latency_us.clone();
-    lat.sort_unstable();
-    let pct = |q: f64| {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
-        lat[rank - 1] as f64 / 1e3
-    };
+    let pct = |q: f64| common::percentile(&l.latency_us, q).unwrap_or(0) as f64 / 1e3;
     format!(
         "load: {} requests in {:.1} s ({:.0} req/s), {} failed; latency p50 {:.2} ms p99 {:.2} ms max {:.1} ms; 200s by upstream: {}",
         l.requests,
@@ -1364,13 +1210,10 @@ impl Rng {
 }
 
 fn pct_ms(v: &[Duration], q: f64) -> String {
-    if v.is_empty() {
-        return "-".into();
+    match common::percentile(v, q) {
+        Some(d) => format!("{:.1}", d.as_secs_f64() * 1e3),
+        None => "-".into(),
     }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    format!("{:.1}", s[rank - 1].as_secs_f64() * 1e3)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1409,7 +1252,7 @@ async fn toggler(
     every: Duration,
     stop: CancellationToken,
 ) -> ToggleResult {
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     let mut r = ToggleResult::default();
     let mut present = false;
     let key = format!("{prefix}/{name}");
@@ -1503,7 +1346,7 @@ async fn cluster_scenario(
     let id = format!("{tag}/{}", api.as_str());
     let backend = format!("{tag}{}", api.as_str());
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let ups = [
         named_upstream("u1").await,
         named_upstream("u2").await,
@@ -1519,7 +1362,7 @@ async fn cluster_scenario(
     let urls = cluster.urls();
     let lb = Lb::start_ready(&Cfg::new(api, &urls, &backend, &prefix).toml()).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -1598,7 +1441,7 @@ async fn cluster_scenario(
                 };
                 row.cases += 1;
                 events.push(format!("+{:.1}s {what}", (t - t0).as_secs_f64()));
-                progress(format!("{id}: {what}"));
+                common::progress(format!("{id}: {what}"));
             }
         }
         ClusterChaos::FullRestart => {
@@ -1619,7 +1462,7 @@ async fn cluster_scenario(
                     "+{:.1}s all members SIGKILLed",
                     (t - t0).as_secs_f64()
                 ));
-                progress(format!("{id}: cycle {c}: all members killed"));
+                common::progress(format!("{id}: cycle {c}: all members killed"));
                 tokio::time::sleep(p.restart_down).await;
                 let r = Instant::now();
                 cluster.restart_many(&all).await;
@@ -1648,7 +1491,7 @@ async fn cluster_scenario(
                         "{id}: not reconnected {CONVERGE_LIMIT:?} after etcd was healthy"
                     ));
                 }
-                progress(format!("{id}: cycle {c}: all members healthy again"));
+                common::progress(format!("{id}: cycle {c}: all members healthy again"));
                 row.cases += 1;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1713,7 +1556,7 @@ async fn cluster_scenario(
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!(
+    common::progress(format!(
         "{id}: {} requests, {} failed",
         l.requests, l.failed
     ));
@@ -1727,7 +1570,7 @@ async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
     let id = format!("c/{}", api.as_str());
     let backend = format!("c{}", api.as_str());
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let names: [&'static str; 6] = ["s1", "s2", "s3", "s4", "s5", "s6"];
     let mut ups = Vec::new();
     for n in names {
@@ -1750,7 +1593,7 @@ async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
     cfg.etcd = "poll_timeout = \"1s\"";
     let lb = Lb::start_ready(&cfg.toml()).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -1920,7 +1763,7 @@ async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!(
+    common::progress(format!(
         "{id}: {} requests, {} failed",
         l.requests, l.failed
     ));
@@ -1956,7 +1799,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
     let id = format!("d/{tag}");
     let backend = format!("d{}", tag.replace('-', ""));
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let u1 = named_upstream("u1").await;
     let u3 = named_upstream("u3").await;
     let mode = Arc::new(AtomicU8::new(Mode::Normal as u8));
@@ -1975,7 +1818,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
     cfg.extra = "response_timeout = \"1s\"";
     let lb = Lb::start_ready(&cfg.toml()).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -2003,7 +1846,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
         Fault::Stop => u2.stop().await,
         Fault::Bad(m) => mode.store(m as u8, Ordering::SeqCst),
     }
-    progress(format!("{id}: u2 faulted"));
+    common::progress(format!("{id}: u2 faulted"));
     // u2's first `down` after the fault.
     let mut detect = None;
     while Instant::now() < start + p.repair_at {
@@ -2026,7 +1869,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
         }
     };
     let repair_t = Instant::now();
-    progress(format!("{id}: u2 repaired"));
+    common::progress(format!("{id}: u2 repaired"));
     let mut back_up = None;
     while Instant::now() < start + p.fault_load {
         if back_up.is_none()
@@ -2062,7 +1905,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
     ));
     let u2_label = format!("server=\"{u2_addr}\"");
     let checks = |result: &str| {
-        sum_samples(
+        common::sum_samples(
             &after,
             "switchyard_health_checks_total{",
             &[&u2_label, &format!("result=\"{result}\"")],
@@ -2083,7 +1926,7 @@ async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> anyhow::Result
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!(
+    common::progress(format!(
         "{id}: {} requests, {} failed",
         l.requests, l.failed
     ));
@@ -2097,7 +1940,7 @@ async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
     let id = format!("e/{}", api.as_str());
     let backend = format!("e{}", api.as_str());
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let names: [&'static str; 6] = ["c1", "c2", "c3", "c4", "c5", "c6"];
     let mut ups = Vec::new();
     for n in names {
@@ -2116,7 +1959,7 @@ async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
     let urls = vec![etcd.url()];
     let lb = Lb::start_ready(&Cfg::new(api, &urls, &backend, &prefix).toml()).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -2179,7 +2022,7 @@ async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
         churn_secs.as_secs_f64(),
         pct_ms(&write_lat, 0.5),
         pct_ms(&write_lat, 1.0),
-        sum_samples(&after, "switchyard_discovery_events_total{", &[&format!("backend=\"{backend}\"")]),
+        common::sum_samples(&after, "switchyard_discovery_events_total{", &[&format!("backend=\"{backend}\"")]),
         proxy_counters(&after, &backend)
     ));
     if mon.empty > 0 {
@@ -2194,7 +2037,7 @@ async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<Row> {
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!(
+    common::progress(format!(
         "{id}: {} requests, {} failed",
         l.requests, l.failed
     ));
@@ -2208,7 +2051,7 @@ async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     let id = "f".to_string();
     let backend = "freload";
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let ups = [
         named_upstream("r1").await,
         named_upstream("r2").await,
@@ -2230,7 +2073,7 @@ async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     let variants = [base.toml(), backend_changed.toml(), etcd_changed.toml()];
     let lb = Lb::start_ready(&variants[0]).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -2269,14 +2112,14 @@ async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     row.take_set(converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT).await);
     let after = metrics_text(&http, admin).await?;
     let ok = |t: &str| {
-        sum_samples(
+        common::sum_samples(
             t,
             "switchyard_config_reloads_total{",
             &["result=\"success\""],
         )
     };
     let bad = |t: &str| {
-        sum_samples(
+        common::sum_samples(
             t,
             "switchyard_config_reloads_total{",
             &["result=\"failure\""],
@@ -2308,7 +2151,7 @@ async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!(
+    common::progress(format!(
         "{id}: {} requests, {} failed",
         l.requests, l.failed
     ));
@@ -2360,7 +2203,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     let id = "g".to_string();
     let backend = "gshutdown";
     let prefix = format!("/chaos/{backend}/backend");
-    progress(format!("{id}: start"));
+    common::progress(format!("{id}: start"));
     let slow_hits = Arc::new(AtomicUsize::new(0));
     let mk = |name: &'static str| {
         let slow_hits = slow_hits.clone();
@@ -2395,7 +2238,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     let lb = Lb::start_ready(&cfg.toml()).await;
     let admin = lb.admin_addr();
     let web = lb.http_addr("web");
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(2));
     converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
         .await
         .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
@@ -2422,21 +2265,8 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client");
-            let r = match c.get(&url).send().await {
-                Ok(resp) => {
-                    let code = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(_) if code == 200 => Ok(()),
-                        Ok(b) => Err(format!(
-                            "HTTP {code}: {}",
-                            String::from_utf8_lossy(&b).trim()
-                        )),
-                        Err(e) => Err(format!("HTTP {code}, body: {}", error_chain(&e))),
-                    }
-                }
-                Err(e) => Err(error_chain(&e)),
-            };
-            (Instant::now(), r.map_err(|e| name_ports(&e, &ports)))
+            let r = common::get_200(&c, &url).await.map(|_| ());
+            (Instant::now(), r.map_err(|e| common::count_key(&e, &ports)))
         }));
     }
     let t = Instant::now();
@@ -2448,7 +2278,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     }
     let cancel_t = Instant::now();
     lb.cancel_token().cancel();
-    progress(format!(
+    common::progress(format!(
         "{id}: cancelled with {n_slow} slow requests in flight"
     ));
     let run_returned = tokio::spawn(async move {
@@ -2595,7 +2425,7 @@ async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
         u.stop().await;
     }
     kv.clear(&prefix).await?;
-    progress(format!("{id}: done"));
+    common::progress(format!("{id}: done"));
     Ok(row)
 }
 
@@ -2612,9 +2442,9 @@ fn render(rows: &[Row], p: &Params, took: Duration) -> String {
         } else {
             " (SMOKE RUN, not a measurement)"
         },
-        command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        git_rev(),
-        command("/usr/bin/etcd", &["--version"])
+        common::command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        common::git_rev(),
+        common::command("/usr/bin/etcd", &["--version"])
             .lines()
             .next()
             .unwrap_or("etcd ?")
@@ -2717,26 +2547,4 @@ fn short(s: &str) -> String {
         None => parts[..parts.len().min(2)].join(": "),
     };
     cut.chars().take(90).collect()
-}
-
-fn command(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".to_string())
-}
-
-/// `git rev-parse --short HEAD`, plus `+dirty` when tracked files under src/ differ from it.
-fn git_rev() -> String {
-    let rev = command("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = !command(
-        "git",
-        &["status", "--porcelain", "--untracked-files=no", "src"],
-    )
-    .is_empty();
-    if dirty { format!("{rev}+dirty") } else { rev }
 }
