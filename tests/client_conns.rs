@@ -1,7 +1,8 @@
 //! The client-facing HTTP/1.x connection, as HAProxy, nginx and Envoy users expect it: the
 //! behaviour any replacement of the frontend's HTTP/1.1 server must keep. Every case writes
 //! exact bytes on a raw `TcpStream` and reads the answers off the wire by the framing rules a
-//! client uses (RFC 9112 section 6.3), so framing, interim responses and closes are visible.
+//! client uses (RFC 9112 section 6.3; `support::raw::Client`), so framing, interim responses
+//! and closes are visible.
 //!
 //! - Keep-alive: sequential requests on one connection; `Connection: close` and HTTP/1.0
 //!   without keep-alive end it after the answer; HTTP/1.0 with `Connection: keep-alive` keeps it.

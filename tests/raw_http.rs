@@ -1,9 +1,10 @@
-//! Hostile raw-byte input to the HTTP frontend (issue #8, items 1 and 2). Each case writes
-//! exact bytes on a raw `TcpStream` and asserts what comes back (a status, with or without a
-//! close after it, or a clean close; every read is bounded by a deadline, so a hang fails)
-//! and what a recording upstream received (`support::raw::Recorder`: a plain TCP listener
-//! registered through a real etcd, which keeps every byte and answers `200 ok` with an
-//! `x-path` header). One Etcd + Switchyard per test; the rows of a table run in order.
+//! Hostile raw-byte input to the HTTP frontend: request smuggling and header syntax, Host and
+//! sizes, pipelining, hop-by-hop abuse and slow clients (the rows of README "Reliability" that
+//! name `cargo test --test raw_http`). Each case writes exact bytes on a raw `TcpStream` and
+//! asserts what comes back (a status, with or without a close after it, or a clean close; every
+//! read is bounded by a deadline, so a hang fails) and what a recording upstream received
+//! (`support::raw::Recorder`: a plain TCP listener registered through a real etcd, which keeps
+//! every byte and answers `200 ok` with an `x-path` header). One Etcd + Switchyard per test; the rows of a table run in order.
 //!
 //! The rule checked on every request that reaches the upstream, in every case: never both
 //! Content-Length and Transfer-Encoding, never two Content-Lengths, never a length that is not
@@ -1020,7 +1021,7 @@ async fn forbidden_trailer_fields_are_dropped_from_http2_uploads() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Slow clients (issue #8 item 2).
+// Slow clients: slowloris, slow and stalled bodies, idle connections, a client that never reads.
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
