@@ -23,17 +23,8 @@ use tracing::{error, warn};
 use crate::config::{AccessFormat, Backend, LogConfig};
 use crate::snapshot::Server;
 
-pub const DROPPED: &str = "switchyard_access_log_dropped_total";
-
 /// Records queued for the writer thread; beyond this the data plane drops lines rather than wait.
 const QUEUE: usize = 16 * 1024;
-
-pub fn describe() {
-    metrics::describe_counter!(
-        DROPPED,
-        "Access log lines dropped because the writer could not keep up (the queue was full)."
-    );
-}
 
 /// How a request or connection ended, like HAProxy's termination state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,7 +149,7 @@ impl AccessLog {
             .spawn(move || write_loop(rx, out, format, &target))?;
         Ok(Some(AccessLog {
             tx,
-            dropped: metrics::counter!(DROPPED),
+            dropped: metrics::counter!(crate::metrics::ACCESS_LOG_DROPPED),
         }))
     }
 

@@ -1,4 +1,4 @@
-//! The admin server (contract in DESIGN.md): `/healthz`, `/readyz`, `/api/v1/backends`,
+//! The admin server (the README's "Admin API"): `/healthz`, `/readyz`, `/api/v1/backends`,
 //! `/metrics` and the stats page at `/`, plus the runtime API: set a server's administrative
 //! state (drain, maint, ready), read the running config (secrets redacted), and reload the config
 //! file. The write endpoints and the config need the bearer token when `[admin] token` is set.

@@ -1,5 +1,7 @@
-//! The etcd client side shared by discovery (and later the register sidekick): the HTTP client,
-//! endpoint rotation and the reconnect backoff. Wire formats live in the submodules (`v2`).
+//! The etcd client side shared by discovery and the register sidekick: the HTTP client, endpoint
+//! rotation, the reconnect backoff, and one bounded request. The wire formats and calls of each
+//! API live in the submodules: [`v2`] (keys API) and [`v3`] (JSON gateway), reads (listings,
+//! watches) for discovery and writes (TTL keys, leases) for `register`.
 //!
 //! NOTE: endpoint rotation is plain round-robin over the configured members: etcd's v2 index and
 //! v3 revision are cluster-wide, so a cursor taken on one member is valid on any other.
@@ -9,7 +11,13 @@ pub mod v3;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::config::EtcdConfig;
+
+/// An idle connection to an etcd member is closed after this long (discovery's and the register
+/// sidekick's clients).
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Errors talking to etcd. Every one of them means "try again later" to discovery; none of them
 /// may shrink the published set.
@@ -87,6 +95,39 @@ impl Backoff {
     }
 }
 
+/// Sends one request and reads its whole answer, both within `timeout`: the status and the body.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), EtcdError> {
+    let transport = |source| EtcdError::Transport {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let fut = async {
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(transport)?;
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(EtcdError::Timeout {
+                endpoint: endpoint.to_string(),
+                after: timeout,
+            })
+        })
+}
+
+/// The start of an answer body for an error message: at most 200 bytes, trimmed.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(200)])
+        .trim()
+        .to_string()
+}
+
 /// The HTTP client for etcd: no proxy from the environment (etcd is on the local network and a
 /// stray `http_proxy` must not capture it), a connect timeout so a dead member fails fast, TLS
 /// when `[etcd]` asks for it (CA, client certificate), and for v2 the basic-auth credentials
@@ -98,7 +139,7 @@ pub fn http_client(cfg: &EtcdConfig) -> Result<reqwest::Client, crate::tls::TlsE
         .no_proxy()
         .connect_timeout(cfg.request_timeout.min(Duration::from_secs(2)))
         .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(30));
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT);
     if let Some(tls) = crate::tls::etcd_client_config(cfg)? {
         b = b.use_preconfigured_tls(tls);
     }

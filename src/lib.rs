@@ -13,20 +13,19 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
-pub mod h1_client;
-pub mod h1_server;
-pub mod h2_conn;
-pub mod h2_rules;
 pub mod health;
+pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod migrate;
-pub mod proxy_http;
 pub mod proxy_protocol;
-pub mod proxy_tcp;
 pub mod register;
 pub mod signal;
 pub mod snapshot;
+pub mod tcp;
 pub mod tls;
+pub mod upstream;
+pub mod value;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Frontend};
-use crate::proxy_http::HttpFrontend;
+use crate::http::HttpFrontend;
 use crate::snapshot::Publisher;
 
 /// The sockets `run` serves on: the admin listener and one per frontend (by name).
@@ -122,7 +121,7 @@ impl Runtime {
                     self.access_log.clone(),
                 ) {
                     Ok(fe) => {
-                        tokio::spawn(proxy_http::serve(
+                        tokio::spawn(crate::http::serve(
                             Arc::clone(&listener),
                             fe,
                             stop_accept.clone(),
@@ -136,13 +135,13 @@ impl Runtime {
                 }
             }
             crate::config::Mode::Tcp => {
-                match proxy_tcp::TcpFrontend::new(
+                match tcp::TcpFrontend::new(
                     Arc::new(config.clone()),
                     self.publisher.shared(),
                     self.access_log.clone(),
                 ) {
                     Ok(fe) => {
-                        tokio::spawn(proxy_tcp::serve(
+                        tokio::spawn(tcp::serve(
                             Arc::clone(&listener),
                             fe,
                             stop_accept.clone(),
@@ -323,7 +322,7 @@ pub async fn run(
                 _ = upkeep_cancel.cancelled() => return,
                 _ = tick.tick() => {
                     upkeep.run_upkeep();
-                    proxy_http::close_idle_connections(&upkeep_shared.load());
+                    crate::http::close_idle_connections(&upkeep_shared.load());
                 }
             }
         }

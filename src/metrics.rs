@@ -1,4 +1,4 @@
-//! Metrics: the metric names (contract in DESIGN.md), their HELP texts, and the process-wide
+//! Metrics: every metric name (the README's "Metrics" section lists them), their HELP texts, and the process-wide
 //! Prometheus recorder. The recorder is global, so it is installed once per process and shared
 //! by every `run()` (tests run several). Rendering is the admin server's job.
 
@@ -23,6 +23,33 @@ pub const DISCOVERY_LAST_SYNC: &str = "switchyard_discovery_last_sync_timestamp_
 pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+/// `switchyard_tls_reloads_total{result}`.
+pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
+/// `switchyard_tls_handshakes_total{result}`: success, failure (garbage, no shared cipher, ...)
+/// or timeout.
+pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
+
+/// `switchyard_tls_ocsp_next_update_timestamp_seconds{frontend, name}`: the stapled response's
+/// nextUpdate; `name` is the certificate's first DNS name, else its file name.
+pub const TLS_OCSP_NEXT_UPDATE: &str = "switchyard_tls_ocsp_next_update_timestamp_seconds";
+/// `switchyard_tls_ocsp_errors_total{frontend, name}`: OCSP files that could not be stapled.
+pub const TLS_OCSP_ERRORS: &str = "switchyard_tls_ocsp_errors_total";
+/// `switchyard_proxy_header_errors_total{frontend,reason}`: PROXY headers refused on a listener
+/// with `accept_proxy` (reason `malformed`, `timeout`, or `truncated` when the peer closed).
+pub const PROXY_HEADER_ERRORS: &str = "switchyard_proxy_header_errors_total";
+/// `switchyard_tcp_connections_total{frontend,backend,server}`: relays established.
+pub const TCP_CONNECTIONS: &str = "switchyard_tcp_connections_total";
+/// `switchyard_bytes_received_total{frontend}`: bytes read from clients (TCP mode).
+pub const BYTES_RECEIVED: &str = "switchyard_bytes_received_total";
+/// `switchyard_bytes_sent_total{frontend}`: bytes written to clients (TCP mode).
+pub const BYTES_SENT: &str = "switchyard_bytes_sent_total";
+/// `switchyard_tcp_rejected_total{frontend,reason}`: client connections closed before a relay
+/// started (reason `proxy_header`, `tls_handshake`, `no_server`, `unreachable`).
+pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
+/// `switchyard_connections_limited_total{frontend}`: times a frontend reached its `maxconn`.
+pub const CONNECTIONS_LIMITED: &str = "switchyard_connections_limited_total";
+/// `switchyard_access_log_dropped_total`: access log lines dropped (the writer was behind).
+pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
 
 /// Metric handles looked up once per label set, then reused. The recorder's own lookup on every
 /// `counter!` (building the key's label strings, hashing, searching the registry) was about 8% of
@@ -81,9 +108,6 @@ pub fn handle() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
             describe();
-            crate::tls::describe();
-            crate::access_log::describe();
-            crate::proxy_tcp::describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             metrics::gauge!(DISCOVERY_CONNECTED).set(0.0);
             handle
@@ -155,6 +179,53 @@ fn describe() {
         "Configuration reloads (SIGHUP), by result (success, failure)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label is the build.");
+    describe_counter!(
+        TLS_RELOADS,
+        "Certificate reloads (SIGHUP or a changed file), by result."
+    );
+    describe_gauge!(
+        TLS_OCSP_NEXT_UPDATE,
+        Unit::Seconds,
+        "Unix time of the stapled OCSP response's nextUpdate (0 once none is stapled)."
+    );
+    describe_counter!(
+        TLS_OCSP_ERRORS,
+        "OCSP files not stapled: unreadable, or no answer for their certificate."
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes on frontends, by result (success, failure, timeout)."
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access log lines dropped because the writer could not keep up (the queue was full)."
+    );
+    describe_counter!(
+        TCP_CONNECTIONS,
+        "TCP-mode relays established, by frontend, backend and server address."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received from clients, by frontend (tcp and http mode; headers included)."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "Bytes sent to clients, by frontend (tcp and http mode; headers included)."
+    );
+    describe_counter!(
+        CONNECTIONS_LIMITED,
+        "Times a frontend reached its maxconn and stopped accepting until a connection closed."
+    );
+    describe_counter!(
+        TCP_REJECTED,
+        "TCP-mode client connections closed before a relay started, by frontend and reason."
+    );
+    describe_counter!(
+        PROXY_HEADER_ERRORS,
+        "PROXY protocol headers refused (malformed, timeout, truncated), by frontend."
+    );
 }
 
 #[cfg(test)]

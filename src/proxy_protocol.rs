@@ -13,10 +13,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// `switchyard_proxy_header_errors_total{frontend,reason}`: PROXY headers refused on a listener
-/// with `accept_proxy` (reason `malformed`, `timeout`, or `truncated` when the peer closed).
-pub const PROXY_HEADER_ERRORS: &str = "switchyard_proxy_header_errors_total";
-
 /// The 12-byte v2 signature.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 

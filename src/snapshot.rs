@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -75,9 +75,18 @@ pub struct ServerState {
     /// watches it and closes, which ends the requests still in flight.
     kill: Mutex<crate::signal::Signal>,
     /// Idle keep-alive connections to this server; they close when the server is gone.
-    pool: crate::proxy_http::Pool,
+    pool: OnceLock<Box<dyn ConnPool>>,
     /// `switchyard_requests_total` handles of this server, by frontend and status code.
     pub(crate) request_counters: crate::metrics::HandleCache<(Arc<str>, u16), metrics::Counter>,
+}
+
+/// What the data plane keeps for each server: its upstream connection pool (`http::pool`),
+/// owned by the server object so that it dies with it. This module only clears it when the
+/// server drains; the type is the data plane's, reached through `Server::pool`, so that the
+/// snapshot does not depend on the data plane.
+pub trait ConnPool: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Closes every idle connection.
+    fn clear(&self);
 }
 
 impl ServerState {
@@ -211,8 +220,19 @@ impl Server {
         uptime_ms().saturating_sub(self.state.changed_ms.load(Ordering::Relaxed))
     }
 
-    pub fn pool(&self) -> &crate::proxy_http::Pool {
-        &self.state.pool
+    /// The data plane's connection pool for this server (`P`, made on first use).
+    pub fn pool<P: ConnPool + Default>(&self) -> &P {
+        let pool: &dyn ConnPool = &**self.state.pool.get_or_init(|| Box::new(P::default()));
+        (pool as &dyn std::any::Any)
+            .downcast_ref::<P>()
+            .expect("a server's pool is of one type: the data plane's")
+    }
+
+    /// Closes the idle pooled connections, if there is a pool.
+    fn clear_pool(&self) {
+        if let Some(pool) = self.state.pool.get() {
+            pool.clear();
+        }
     }
 
     pub(crate) fn state(&self) -> &ServerState {
@@ -274,7 +294,7 @@ impl Server {
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            self.state.pool.clear();
+            self.clear_pool();
         }
     }
 
@@ -306,7 +326,7 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fire();
-        self.state.pool.clear();
+        self.clear_pool();
     }
 
     /// `up`, `down` or `draining`, as the admin API shows it (maintenance shows as `down`,

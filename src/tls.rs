@@ -25,12 +25,12 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use x509_cert::der::Decode;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::config::{BackendTls, CertPair, Config, EtcdConfig, FrontendTls};
+use crate::metrics::{TLS_OCSP_ERRORS, TLS_OCSP_NEXT_UPDATE, TLS_RELOADS};
 
 /// Installs the process-wide crypto provider; later calls do nothing.
 pub fn install_provider() {
@@ -347,24 +347,6 @@ impl TlsAcceptor {
         Arc::clone(self)
     }
 
-    /// Reloads when a certificate, key or OCSP file changes (checked every second) until
-    /// cancelled.
-    pub async fn watch_files(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = stamps(&self.config);
-            let changed = *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) != now;
-            if changed {
-                self.reload_logged(&self.frontend, "certificate files changed");
-            }
-        }
-    }
-
     /// `reload`, with the outcome logged and counted.
     pub fn reload_logged(&self, frontend: &str, why: &str) {
         match self.reload() {
@@ -378,38 +360,6 @@ impl TlsAcceptor {
             }
         }
     }
-}
-
-/// `switchyard_tls_reloads_total{result}`.
-pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
-/// `switchyard_tls_handshakes_total{result}`: success, failure (garbage, no shared cipher, ...)
-/// or timeout.
-pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
-
-/// `switchyard_tls_ocsp_next_update_timestamp_seconds{frontend, name}`: the stapled response's
-/// nextUpdate; `name` is the certificate's first DNS name, else its file name.
-pub const TLS_OCSP_NEXT_UPDATE: &str = "switchyard_tls_ocsp_next_update_timestamp_seconds";
-/// `switchyard_tls_ocsp_errors_total{frontend, name}`: OCSP files that could not be stapled.
-pub const TLS_OCSP_ERRORS: &str = "switchyard_tls_ocsp_errors_total";
-
-pub fn describe() {
-    metrics::describe_counter!(
-        TLS_RELOADS,
-        "Certificate reloads (SIGHUP or a changed file), by result."
-    );
-    metrics::describe_gauge!(
-        TLS_OCSP_NEXT_UPDATE,
-        metrics::Unit::Seconds,
-        "Unix time of the stapled OCSP response's nextUpdate (0 once none is stapled)."
-    );
-    metrics::describe_counter!(
-        TLS_OCSP_ERRORS,
-        "OCSP files not stapled: unreadable, or no answer for their certificate."
-    );
-    metrics::describe_counter!(
-        TLS_HANDSHAKES,
-        "TLS handshakes on frontends, by result (success, failure, timeout)."
-    );
 }
 
 /// Modification times of every certificate, key and OCSP file (`None`: missing or unreadable).
@@ -608,11 +558,6 @@ pub fn validate_files(config: &Config) -> Result<(), crate::config::ConfigError>
         etcd_client_config(e).map_err(|x| err("etcd.ca".to_string(), x))?;
     }
     Ok(())
-}
-
-/// Paths named in a frontend's TLS settings (for logs).
-pub fn cert_paths(config: &FrontendTls) -> Vec<PathBuf> {
-    config.certs.iter().map(|p| p.cert.clone()).collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::h1_server::decode_request;
+use switchyard::http::h1::request::decode_request;
 
 mod chunked;
 

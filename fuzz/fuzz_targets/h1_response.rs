@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::h1_client::decode_response;
+use switchyard::http::h1::client::decode_response;
 
 mod chunked;
 

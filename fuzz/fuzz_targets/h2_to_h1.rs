@@ -15,7 +15,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use switchyard::h2_rules::h2_to_h1;
+use switchyard::http::h2_rules::h2_to_h1;
 
 const NAMES: [&str; 4] = ["host", "cookie", "content-length", "x-other"];
 

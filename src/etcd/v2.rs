@@ -1,15 +1,17 @@
-//! etcd v2 keys API wire types and calls: the recursive GET of a directory and the `wait=true`
-//! long-poll, with the index rules from etcd-facts.md (after a GET, `X-Etcd-Index + 1`; after an
-//! event, `node.modifiedIndex + 1`; never the `X-Etcd-Index` of a wait response).
+//! etcd v2 keys API wire types and calls (README, "etcd versions and API modes"). Reads, for
+//! discovery: the recursive GET of a directory and the `wait=true` long-poll, with the index rules
+//! (after a GET, `X-Etcd-Index + 1`; after an event, `node.modifiedIndex + 1`; never the
+//! `X-Etcd-Index` of a wait response). Writes, for the register sidekick: a key with a TTL, its
+//! refresh (`refresh=true&prevExist=true`: no value sent, no watcher woken) and its removal.
 //!
 //! This module decodes and classifies; it keeps no state. `discovery` owns the cursor and the
-//! mirror of keys.
+//! mirror of keys, `register` the heartbeat.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::EtcdError;
+use super::{EtcdError, send, snippet};
 
 /// A node of the v2 tree. Absent fields are common (`value` on deletes, `nodes` on an empty
 /// directory), so everything has a default.
@@ -48,8 +50,10 @@ pub struct ErrorBody {
     pub index: u64,
 }
 
-/// "Key not found": the directory does not exist (yet).
+/// "Key not found": the directory does not exist (yet), or the key expired or was deleted.
 pub const KEY_NOT_FOUND: u32 = 100;
+/// "Compare failed": a `prevValue` did not match (arrives as HTTP 412).
+pub const COMPARE_FAILED: u32 = 101;
 /// "The event in requested index is outdated and cleared" (arrives as HTTP 400).
 pub const EVENT_INDEX_CLEARED: u32 = 401;
 
@@ -176,11 +180,6 @@ pub fn decode_wait(endpoint: &str, status: u16, body: &[u8]) -> Result<Wait, Etc
     }
 }
 
-fn snippet(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    s.trim().to_string()
-}
-
 fn transport(endpoint: &str, source: reqwest::Error) -> EtcdError {
     EtcdError::Transport {
         endpoint: endpoint.to_string(),
@@ -251,11 +250,107 @@ pub async fn wait(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writes (the register sidekick). Each call is bounded by `timeout`, headers and body.
+
+/// The outcome of a [`refresh`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    Alive,
+    /// 404 errorCode 100: the key expired or was deleted.
+    Gone,
+}
+
+/// The outcome of a [`delete_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    /// 404 errorCode 100: nothing to delete.
+    AlreadyGone,
+    /// 412 errorCode 101: the key holds another value (another instance's); left alone.
+    OtherValue,
+}
+
+/// The `errorCode` of an error body.
+pub fn error_code(body: &[u8]) -> Option<u32> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|e| e.error_code)
+}
+
+fn status_error(endpoint: &str, status: u16, body: &[u8]) -> EtcdError {
+    EtcdError::Status {
+        endpoint: endpoint.to_string(),
+        status,
+        body: snippet(body),
+    }
+}
+
+/// `PUT /v2/keys{key}` with `value` and `ttl`: creates or overwrites (a `set`).
+pub async fn put_with_ttl(
+    client: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    value: &str,
+    ttl_secs: u64,
+    timeout: Duration,
+) -> Result<(), EtcdError> {
+    let ttl = ttl_secs.to_string();
+    let req = client
+        .put(keys_url(endpoint, key))
+        .form(&[("value", value), ("ttl", ttl.as_str())]);
+    match send(req, endpoint, timeout).await? {
+        (200..=299, _) => Ok(()),
+        (status, body) => Err(status_error(endpoint, status, &body)),
+    }
+}
+
+/// `PUT /v2/keys{key}` with `ttl`, `refresh=true`, `prevExist=true`: resets the TTL, keeps
+/// the value, wakes no watcher. Sending a value too would be refused (errorCode 211).
+pub async fn refresh(
+    client: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    ttl_secs: u64,
+    timeout: Duration,
+) -> Result<Refresh, EtcdError> {
+    let ttl = ttl_secs.to_string();
+    let req = client.put(keys_url(endpoint, key)).form(&[
+        ("ttl", ttl.as_str()),
+        ("refresh", "true"),
+        ("prevExist", "true"),
+    ]);
+    match send(req, endpoint, timeout).await? {
+        (200..=299, _) => Ok(Refresh::Alive),
+        (404, body) if error_code(&body) == Some(KEY_NOT_FOUND) => Ok(Refresh::Gone),
+        (status, body) => Err(status_error(endpoint, status, &body)),
+    }
+}
+
+/// `DELETE /v2/keys{key}?prevValue=VALUE`: a newer value from another instance is kept.
+pub async fn delete_if(
+    client: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    value: &str,
+    timeout: Duration,
+) -> Result<Deleted, EtcdError> {
+    let req = client
+        .delete(keys_url(endpoint, key))
+        .query(&[("prevValue", value)]);
+    match send(req, endpoint, timeout).await? {
+        (200..=299, _) => Ok(Deleted::Deleted),
+        (404, body) if error_code(&body) == Some(KEY_NOT_FOUND) => Ok(Deleted::AlreadyGone),
+        (412, body) if error_code(&body) == Some(COMPARE_FAILED) => Ok(Deleted::OtherValue),
+        (status, body) => Err(status_error(endpoint, status, &body)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    // Literal bodies observed on etcd 3.4.23 (etcd-facts.md 2.3, 2.5, 2.7).
+    // Literal bodies observed on etcd 3.4.23.
     const LISTING: &str = r#"{"action":"get","node":{"key":"/testservice/backend","dir":true,"nodes":[
  {"key":"/testservice/backend/1","value":"127.0.0.1:8081","expiration":"2026-11-23T21:05:20.218810547Z","ttl":60,"modifiedIndex":5,"createdIndex":5},
  {"key":"/testservice/backend/2","value":"127.0.0.1:8082","modifiedIndex":6,"createdIndex":6},
@@ -361,5 +456,13 @@ mod tests {
         };
         assert!(r.node.dir);
         assert_eq!(r.node.key, "/testservice/backend/sub");
+    }
+
+    #[test]
+    fn error_codes_of_write_answers() {
+        let gone =
+            br#"{"errorCode":100,"message":"Key not found","cause":"/svc/backend/1","index":9}"#;
+        assert_eq!(error_code(gone), Some(KEY_NOT_FOUND));
+        assert_eq!(error_code(b"404 page not found"), None);
     }
 }

@@ -1,10 +1,13 @@
-//! etcd v3 through its JSON gRPC gateway (`POST /v3/...`, so no protoc and no gRPC stack): the
-//! prefix range, the watch stream decoder, and the shapes of etcd-facts.md section 3 (keys and
-//! values in base64, int64 fields as JSON strings, zero fields omitted, PUT events without a
-//! `type`, compaction as `canceled` + `compact_revision`, stream errors as `{"error":...}`
-//! without a trailing newline).
+//! etcd v3 through its JSON gRPC gateway (`POST /v3/...`, so no protoc and no gRPC stack; README,
+//! "etcd versions and API modes"). Reads, for discovery: the prefix range and the watch stream
+//! decoder. Writes, for the register sidekick: lease grant, put with a lease, keepalive and
+//! revoke. The gateway's shapes, as observed on etcd 3.4: keys and values in base64, int64 fields
+//! as JSON strings, zero fields omitted, PUT events without a `type`, compaction as `canceled` +
+//! `compact_revision`, stream errors as `{"error":...}` without a trailing newline, unary errors
+//! as `{"error":"...","code":N}` with the gRPC status code.
 //!
-//! Keeps no state: `discovery` owns the cursor (`revision + 1`) and the mirror.
+//! Keeps no state: `discovery` owns the cursor (`revision + 1`) and the mirror, `register` the
+//! lease.
 
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Deserializer};
 
-use super::EtcdError;
+use super::{EtcdError, send, snippet};
 
 /// int64 fields arrive as strings (`"revision":"4"`), but numbers are accepted too.
 fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
@@ -405,6 +408,195 @@ impl Watch {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writes (the register sidekick). Each call is bounded by `timeout`, headers and body.
+
+/// gRPC status "NOT_FOUND" in a unary error: the lease is gone.
+pub const GRPC_NOT_FOUND: i64 = 5;
+
+/// A lease as granted or last kept alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Lease IDs exceed 2^53: kept as i64, sent as a string.
+    pub id: i64,
+    pub ttl: u64,
+}
+
+/// The outcome of a [`revoke`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    Revoked,
+    /// NOT_FOUND: the lease had expired or was revoked already.
+    AlreadyGone,
+}
+
+/// The body of a grant answer and of a keepalive's `result`.
+#[derive(Debug, Deserialize)]
+struct LeaseAnswer {
+    #[serde(rename = "ID", default, deserialize_with = "int64")]
+    id: i64,
+    #[serde(rename = "TTL", default, deserialize_with = "int64")]
+    ttl: i64,
+}
+
+/// A keepalive answer: one `{"result":{...}}`, or a stream error `{"error":{...}}`.
+#[derive(Debug, Deserialize)]
+struct KeepaliveAnswer {
+    #[serde(default)]
+    result: Option<LeaseAnswer>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+/// A unary error: `{"error":"...","message":"...","code":5}`.
+#[derive(Debug, Deserialize)]
+struct UnaryError {
+    #[serde(default)]
+    code: i64,
+}
+
+/// Decodes `{"header":{...},"ID":"2228897030388046703","TTL":"4"}`.
+pub fn decode_grant(body: &[u8]) -> Result<Lease, String> {
+    let a: LeaseAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if a.id == 0 || a.ttl <= 0 {
+        return Err(format!("grant without ID or TTL: {}", snippet(body)));
+    }
+    Ok(Lease {
+        id: a.id,
+        ttl: a.ttl as u64,
+    })
+}
+
+/// Decodes a keepalive answer: `Some(ttl)` while the lease lives, `None` when the answer has no
+/// (or a zero) `TTL`, which is how etcd says the lease is gone. The first JSON object counts
+/// (one POST answers one object, then the stream ends).
+pub fn decode_keepalive(body: &[u8]) -> Result<Option<u64>, String> {
+    let first = body
+        .split(|b| *b == b'\n')
+        .find(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .ok_or_else(|| "empty keepalive answer".to_string())?;
+    let a: KeepaliveAnswer = serde_json::from_slice(first).map_err(|e| e.to_string())?;
+    if let Some(e) = a.error {
+        return Err(format!("keepalive stream error: {e}"));
+    }
+    let r = a
+        .result
+        .ok_or_else(|| format!("keepalive answer without result: {}", snippet(body)))?;
+    Ok((r.ttl > 0).then_some(r.ttl as u64))
+}
+
+/// The gRPC status code of a unary error body.
+pub fn error_code(body: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<UnaryError>(body)
+        .ok()
+        .map(|e| e.code)
+}
+
+fn status_error(endpoint: &str, status: u16, body: &[u8]) -> EtcdError {
+    EtcdError::Status {
+        endpoint: endpoint.to_string(),
+        status,
+        body: snippet(body),
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    endpoint: &str,
+    path: &str,
+    body: serde_json::Value,
+    timeout: Duration,
+) -> Result<(u16, bytes::Bytes), EtcdError> {
+    let url = format!("{endpoint}/v3/{path}");
+    send(client.post(url).json(&body), endpoint, timeout).await
+}
+
+/// `POST /v3/lease/grant {"TTL":"N"}`. etcd may grant another TTL than asked (at least 2 s).
+pub async fn grant(
+    client: &reqwest::Client,
+    endpoint: &str,
+    ttl_secs: u64,
+    timeout: Duration,
+) -> Result<Lease, EtcdError> {
+    let ttl = ttl_secs.to_string();
+    let (status, body) = post(
+        client,
+        endpoint,
+        "lease/grant",
+        serde_json::json!({ "TTL": ttl }),
+        timeout,
+    )
+    .await?;
+    if status != 200 {
+        return Err(status_error(endpoint, status, &body));
+    }
+    decode_grant(&body).map_err(|detail| decode_err(endpoint, detail))
+}
+
+/// `POST /v3/kv/put` of `key = value` with the lease. `Ok(false)`: the lease is gone.
+pub async fn put_with_lease(
+    client: &reqwest::Client,
+    endpoint: &str,
+    key: &str,
+    value: &str,
+    lease: i64,
+    timeout: Duration,
+) -> Result<bool, EtcdError> {
+    let body = serde_json::json!({
+        "key": B64.encode(key),
+        "value": B64.encode(value),
+        "lease": lease.to_string(),
+    });
+    match post(client, endpoint, "kv/put", body, timeout).await? {
+        (200, _) => Ok(true),
+        (404, body) if error_code(&body) == Some(GRPC_NOT_FOUND) => Ok(false),
+        (status, body) => Err(status_error(endpoint, status, &body)),
+    }
+}
+
+/// `POST /v3/lease/keepalive`: the lease's TTL, or `None` when it is gone.
+pub async fn keepalive(
+    client: &reqwest::Client,
+    endpoint: &str,
+    id: i64,
+    timeout: Duration,
+) -> Result<Option<u64>, EtcdError> {
+    let (status, body) = post(
+        client,
+        endpoint,
+        "lease/keepalive",
+        serde_json::json!({ "ID": id.to_string() }),
+        timeout,
+    )
+    .await?;
+    if status != 200 {
+        return Err(status_error(endpoint, status, &body));
+    }
+    decode_keepalive(&body).map_err(|detail| decode_err(endpoint, detail))
+}
+
+/// `POST /v3/lease/revoke`: deletes every key put with the lease.
+pub async fn revoke(
+    client: &reqwest::Client,
+    endpoint: &str,
+    id: i64,
+    timeout: Duration,
+) -> Result<Revoked, EtcdError> {
+    match post(
+        client,
+        endpoint,
+        "lease/revoke",
+        serde_json::json!({ "ID": id.to_string() }),
+        timeout,
+    )
+    .await?
+    {
+        (200, _) => Ok(Revoked::Revoked),
+        (404, body) if error_code(&body) == Some(GRPC_NOT_FOUND) => Ok(Revoked::AlreadyGone),
+        (status, body) => Err(status_error(endpoint, status, &body)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,7 +609,7 @@ mod tests {
         assert_eq!(prefix_range("/v3svc/backend/"), (k, e));
     }
 
-    // Literal shapes observed on etcd 3.4.23 (etcd-facts.md 3.2-3.5).
+    // Literal shapes observed on etcd 3.4.23.
     #[test]
     fn range_with_strings_for_numbers() {
         let body = r#"{"header":{"cluster_id":"14443903163313418560","member_id":"11417610130673999598","revision":"4","raft_term":"2"},
@@ -481,5 +673,54 @@ mod tests {
             Message::Failed("etcdserver: no leader".into())
         );
         assert!(decode_message(b"{garbage").is_err());
+    }
+
+    // Literal lease answers observed on etcd 3.4.23.
+    const HEADER: &str = r#"{"cluster_id":"14443903163313418560","member_id":"11417610130673999598","revision":"4","raft_term":"2"}"#;
+
+    #[test]
+    fn grant_keeps_lease_ids_above_2_pow_53_exact() {
+        let body = format!(r#"{{"header":{HEADER},"ID":"2228897030388046703","TTL":"4"}}"#);
+        let l = decode_grant(body.as_bytes()).unwrap();
+        assert_eq!(
+            l,
+            Lease {
+                id: 2228897030388046703,
+                ttl: 4
+            }
+        );
+        assert!(l.id > 1 << 53);
+        // Sent back as a string, digit for digit.
+        assert_eq!(
+            serde_json::json!({ "ID": l.id.to_string() }).to_string(),
+            r#"{"ID":"2228897030388046703"}"#
+        );
+        // Numbers are accepted too.
+        let l = decode_grant(br#"{"ID":2228897030388046703,"TTL":2}"#).unwrap();
+        assert_eq!(l.id, 2228897030388046703);
+        assert!(decode_grant(br#"{"error":"context deadline exceeded","code":2}"#).is_err());
+        assert!(decode_grant(b"not json").is_err());
+    }
+
+    #[test]
+    fn keepalive_alive_dead_and_stream_error() {
+        let alive = format!(
+            "{{\"result\":{{\"header\":{HEADER},\"ID\":\"2228897030388046703\",\"TTL\":\"4\"}}}}\n"
+        );
+        assert_eq!(decode_keepalive(alive.as_bytes()), Ok(Some(4)));
+        // A dead or unknown lease: 200, no TTL, no error.
+        let dead = format!(r#"{{"result":{{"header":{HEADER},"ID":"2228897030388046709"}}}}"#);
+        assert_eq!(decode_keepalive(dead.as_bytes()), Ok(None));
+        let zero = r#"{"result":{"ID":"2228897030388046709","TTL":"0"}}"#;
+        assert_eq!(decode_keepalive(zero.as_bytes()), Ok(None));
+        let err = r#"{"error":{"grpc_code":14,"http_code":503,"message":"transport is closing","http_status":"Service Unavailable"}}"#;
+        assert!(decode_keepalive(err.as_bytes()).is_err());
+        assert!(decode_keepalive(b"").is_err());
+    }
+
+    #[test]
+    fn unary_errors_carry_the_grpc_code() {
+        let body = br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#;
+        assert_eq!(error_code(body), Some(GRPC_NOT_FOUND));
     }
 }

@@ -1,16 +1,15 @@
-//! The L4 data plane: accepts client connections for one `mode = "tcp"` frontend and relays
-//! each, byte for byte, to one server picked from the published snapshot per connection.
+//! The L4 data plane: one `mode = "tcp"` frontend's client connections, each relayed byte for
+//! byte to one server picked from the published snapshot per connection.
 //!
-//! Per connection, in order: the PROXY header when `accept_proxy` is on (its source becomes the
-//! client address), TLS termination when the frontend has `[frontend.tls]`, then a server:
-//! connect within `connect_timeout`, on failure report it to `health` and try a different
-//! server up to `retries` times; write a PROXY header when the backend has `send_proxy`, and
-//! wrap in TLS when it has `[backend.tls]`. The relay then runs both ways until both sides are
-//! done, no byte moves for `idle_timeout`, or the server's drain times out (its kill token).
-//! The connection is counted in flight on its server for its whole life, which is how a drain
-//! waits for it. Shutdown stops the accept loop; established relays run on, and the caller
-//! bounds them by the grace period. This module does not pick servers (`balancer`), judge
-//! health (`health`) or parse PROXY headers (`proxy_protocol`).
+//! Per connection, in order: the PROXY header and TLS termination (`listener::handshake`),
+//! then a server: `upstream::connect` (TCP, the PROXY header when the backend has
+//! `send_proxy`, TLS when it has `[backend.tls]`, all within `connect_timeout`); on failure
+//! `health` hears of it and a different server is tried, up to `retries` times. The relay then
+//! runs both ways until both sides are done, no byte moves for `idle_timeout`, or the server's
+//! drain times out (its kill token). The connection is counted in flight on its server for its
+//! whole life, which is how a drain waits for it. Shutdown stops the accept loop; established
+//! relays run on, and the caller bounds them by the grace period. This module does not accept
+//! (`listener`), pick servers (`balancer`), judge health (`health`) or dial (`upstream`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,71 +20,22 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metrics::{Counter, describe_counter};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::access_log::{AccessLog, Pending, Termination};
 use crate::config::{Backend, Frontend, ProxyVersion};
 use crate::metrics as m;
-use crate::proxy_protocol::{self, PROXY_HEADER_ERRORS};
+use crate::metrics::{BYTES_RECEIVED, BYTES_SENT, TCP_CONNECTIONS, TCP_REJECTED};
+use crate::proxy_protocol;
 use crate::signal::Signal;
 use crate::snapshot::{ActiveGuard, Server, Snapshot};
 use crate::tls::{TlsAcceptor, TlsError};
-
-/// `switchyard_tcp_connections_total{frontend,backend,server}`: relays established.
-pub const TCP_CONNECTIONS: &str = "switchyard_tcp_connections_total";
-/// `switchyard_bytes_received_total{frontend}`: bytes read from clients (TCP mode).
-pub const BYTES_RECEIVED: &str = "switchyard_bytes_received_total";
-/// `switchyard_bytes_sent_total{frontend}`: bytes written to clients (TCP mode).
-pub const BYTES_SENT: &str = "switchyard_bytes_sent_total";
-/// `switchyard_tcp_rejected_total{frontend,reason}`: client connections closed before a relay
-/// started (reason `proxy_header`, `tls_handshake`, `no_server`, `unreachable`).
-pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
-
-/// After refusing a client: how long to read and drop what it already sent, so the close is a
-/// FIN rather than a reset (unread data at close makes the kernel send RST).
-const LINGER: Duration = Duration::from_millis(500);
-const LINGER_MAX_BYTES: usize = 64 * 1024;
-
-/// Back-off after a failed accept (EMFILE and friends), instead of spinning on the error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// HELP texts for this module's metrics (and the PROXY header counter, which is shared with
-/// any other listener that accepts PROXY headers).
-pub fn describe() {
-    describe_counter!(
-        TCP_CONNECTIONS,
-        "TCP-mode relays established, by frontend, backend and server address."
-    );
-    describe_counter!(
-        BYTES_RECEIVED,
-        metrics::Unit::Bytes,
-        "Bytes received from clients, by frontend (tcp and http mode; headers included)."
-    );
-    describe_counter!(
-        BYTES_SENT,
-        metrics::Unit::Bytes,
-        "Bytes sent to clients, by frontend (tcp and http mode; headers included)."
-    );
-    describe_counter!(
-        CONNECTIONS_LIMITED,
-        "Times a frontend reached its maxconn and stopped accepting until a connection closed."
-    );
-    describe_counter!(
-        TCP_REJECTED,
-        "TCP-mode client connections closed before a relay started, by frontend and reason."
-    );
-    describe_counter!(
-        PROXY_HEADER_ERRORS,
-        "PROXY protocol headers refused (malformed, timeout, truncated), by frontend."
-    );
-}
 
 /// Everything one TCP frontend's connections need.
 #[derive(Clone)]
@@ -116,9 +66,8 @@ impl TcpFrontend {
     }
 }
 
-/// (Boxed TLS: see `proxy_http::ClientIo`.)
-type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
-type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+use crate::listener::{Accepted, ClientIo, Refusal, linger_close};
+use crate::upstream::UpstreamIo;
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker`. A
 /// connection still setting up (PROXY header, TLS handshake, connecting) is dropped when
@@ -130,66 +79,39 @@ pub async fn serve(
     shutdown: Signal,
     tracker: TaskTracker,
 ) {
-    let name = fe.frontend.name.clone();
-    info!(frontend = %name, bind = %fe.frontend.bind, tls = fe.tls.is_some(), "listening (tcp)");
-    let mut failing = false;
-    let limit = ConnLimit::new(&fe.frontend);
-    loop {
-        let Some(permit) = limit.admit(&stop_accept, &name).await else {
-            break;
-        };
-        let accepted = tokio::select! {
-            _ = stop_accept.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                if failing {
-                    info!(frontend = %name, "accepting again");
-                    failing = false;
-                }
-                a
-            }
-            Err(e) => {
-                // One warning per run of failures, not one per retry.
-                if failing {
-                    debug!(frontend = %name, error = %e, "accept failed");
-                } else {
-                    warn!(frontend = %name, error = %e, "accept failed; retrying every 50 ms");
-                    failing = true;
-                }
-                tokio::select! {
-                    _ = stop_accept.cancelled() => break,
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                }
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let fe = fe.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let _open = OpenConnection::new(&fe.frontend.name);
-            let mut log = fe
-                .log
-                .as_ref()
-                .map(|l| Pending::new(l, peer, Arc::clone(&fe.name)));
-            let ready = tokio::select! {
-                r = setup(&fe, stream, peer, &mut log) => r,
-                _ = shutdown.watch() => {
-                    debug!(client = %peer, "shutdown before the relay started; closing");
-                    if let Some(p) = log {
-                        p.discard();
+    let frontend = Arc::clone(&fe.frontend);
+    info!(frontend = %frontend.name, bind = %frontend.bind, tls = fe.tls.is_some(), "listening (tcp)");
+    crate::listener::accept_loop(
+        &listener,
+        &frontend,
+        &stop_accept,
+        &tracker,
+        |stream, peer| {
+            let fe = fe.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                let _open = OpenConnection::new(&fe.frontend.name);
+                let mut log = fe
+                    .log
+                    .as_ref()
+                    .map(|l| Pending::new(l, peer, Arc::clone(&fe.name)));
+                let ready = tokio::select! {
+                    r = setup(&fe, stream, peer, &mut log) => r,
+                    _ = shutdown.watch() => {
+                        debug!(client = %peer, "shutdown before the relay started; closing");
+                        if let Some(p) = log {
+                            p.discard();
+                        }
+                        return;
                     }
-                    return;
+                };
+                if let Some((client, client_addr, upstream)) = ready {
+                    relay(&fe.frontend, client, client_addr, upstream, log).await;
                 }
-            };
-            if let Some((client, client_addr, upstream)) = ready {
-                relay(&fe.frontend, client, client_addr, upstream, log).await;
             }
-        });
-    }
-    debug!(frontend = %name, "stopped accepting");
+        },
+    )
+    .await;
 }
 
 /// `switchyard_connections_active{frontend}`, up while the value lives.
@@ -215,48 +137,35 @@ fn reject(frontend: &Frontend, reason: &'static str) {
 }
 
 /// Everything before the relay: PROXY header, TLS, server. `None` when the client was refused
-/// (already closed, logged and counted).
+/// Everything before the relay: PROXY header and TLS (`listener::handshake`), then a server.
+/// `None` when the client was refused (already closed, logged and counted).
 async fn setup(
     fe: &TcpFrontend,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     log: &mut Option<Pending>,
 ) -> Option<(ClientIo, SocketAddr, Upstream)> {
     let f = &*fe.frontend;
-    let local = stream.local_addr().unwrap_or(f.bind);
-    let (client_addr, dst) = if f.accept_proxy {
-        match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
-            Ok(Some(addrs)) => addrs,
-            Ok(None) => (peer, local),
-            Err(e) => {
-                debug!(frontend = %f.name, client = %peer, error = %e, "PROXY header refused; closing");
-                metrics::counter!(PROXY_HEADER_ERRORS,
-                    "frontend" => f.name.clone(), "reason" => e.reason())
-                .increment(1);
-                reject(f, "proxy_header");
-                if let Some(p) = log.take() {
-                    p.discard();
-                }
-                linger_close(stream).await;
-                return None;
+    let accepted = crate::listener::handshake(f, fe.tls.as_deref(), stream, peer, true).await;
+    let Accepted {
+        io: client,
+        client: client_addr,
+        local: dst,
+    } = match accepted {
+        Ok(a) => a,
+        Err(refusal) => {
+            reject(
+                f,
+                match refusal {
+                    Refusal::ProxyHeader => "proxy_header",
+                    Refusal::Tls => "tls_handshake",
+                },
+            );
+            if let Some(p) = log.take() {
+                p.discard();
             }
+            return None;
         }
-    } else {
-        (peer, local)
-    };
-    let client: ClientIo = match &fe.tls {
-        None => Either::Left(stream),
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(s) => Either::Right(Box::new(s)),
-            Err(e) => {
-                debug!(frontend = %f.name, client = %client_addr, error = %e, "TLS handshake failed");
-                reject(f, "tls_handshake");
-                if let Some(p) = log.take() {
-                    p.discard();
-                }
-                return None;
-            }
-        },
     };
     if let Some(p) = log {
         p.record().client = client_addr;
@@ -295,83 +204,6 @@ async fn setup(
             None
         }
     }
-}
-
-pub const CONNECTIONS_LIMITED: &str = "switchyard_connections_limited_total";
-
-/// A frontend's `maxconn`: the permits its open connections hold.
-#[derive(Debug)]
-pub(crate) struct ConnLimit {
-    permits: Arc<tokio::sync::Semaphore>,
-    limited: Counter,
-    /// The listener is waiting at the limit (to log once per episode, not per connection).
-    saturated: std::sync::atomic::AtomicBool,
-}
-
-impl ConnLimit {
-    pub(crate) fn new(f: &Frontend) -> ConnLimit {
-        ConnLimit {
-            permits: Arc::new(tokio::sync::Semaphore::new(f.maxconn)),
-            limited: metrics::counter!(CONNECTIONS_LIMITED, "frontend" => f.name.clone()),
-            saturated: Default::default(),
-        }
-    }
-
-    /// A permit for one more connection, waiting while `maxconn` are open (the listener stops
-    /// accepting meanwhile, so new clients queue in the kernel's backlog, as with HAProxy).
-    /// `None` when `stop` fires first.
-    pub(crate) async fn admit(
-        &self,
-        stop: &CancellationToken,
-        frontend: &str,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
-            if self.saturated.swap(false, Ordering::Relaxed) {
-                info!(frontend, "below maxconn again; accepting");
-            }
-            return Some(p);
-        }
-        self.limited.increment(1);
-        if !self.saturated.swap(true, Ordering::Relaxed) {
-            warn!(
-                frontend,
-                "maxconn reached: new connections wait in the accept queue"
-            );
-        }
-        tokio::select! {
-            _ = stop.cancelled() => None,
-            p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
-        }
-    }
-}
-
-/// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
-/// drop what the peer sent (bounded in time and bytes), so the close finds no unread data.
-pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
-    drain_then_close(stream, LINGER, LINGER_MAX_BYTES).await;
-}
-
-/// Shuts our side of `stream` down, then reads and drops what the peer sends until it closes,
-/// for at most `within` and `max_bytes`, then closes.
-pub(crate) async fn drain_then_close<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    within: Duration,
-    max_bytes: usize,
-) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        // On the heap: inline, these 4 KiB would be part of every connection's future (and
-        // copied with it), for a path few connections take.
-        let mut buf = vec![0u8; 4096];
-        let mut total = 0;
-        while total < max_bytes {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(within, drain).await;
 }
 
 /// An established upstream connection and the in-flight mark on its server.
@@ -452,46 +284,20 @@ async fn connect_upstream(
     }
 }
 
-/// One connection to one server: TCP within `connect_timeout`, the PROXY header if the backend
-/// sends one, then TLS (its handshake also within `connect_timeout`). Nothing of the client's
-/// has been sent when this fails, so another server may be tried.
+/// One connection to one server (`upstream::connect`), with the PROXY header if the backend
+/// sends one.
 async fn establish(
     cfg: &Backend,
     server: &Server,
     client: SocketAddr,
     dst: SocketAddr,
 ) -> io::Result<UpstreamIo> {
-    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
-    let mut stream = tokio::time::timeout(
-        cfg.connect_timeout,
-        TcpStream::connect(server.addr.as_str()),
-    )
-    .await
-    .map_err(|_| timed_out())??;
-    stream.set_nodelay(true)?;
-    match cfg.send_proxy {
-        ProxyVersion::None => {}
-        ProxyVersion::V1 => {
-            stream
-                .write_all(&proxy_protocol::encode_v1(client, dst))
-                .await?
-        }
-        ProxyVersion::V2 => {
-            stream
-                .write_all(&proxy_protocol::encode_v2(client, dst))
-                .await?
-        }
-    }
-    let Some(tls) = &cfg.tls else {
-        return Ok(Either::Left(stream));
+    let header = match cfg.send_proxy {
+        ProxyVersion::None => None,
+        ProxyVersion::V1 => Some(proxy_protocol::encode_v1(client, dst)),
+        ProxyVersion::V2 => Some(proxy_protocol::encode_v2(client, dst)),
     };
-    let tls = tokio::time::timeout(
-        cfg.connect_timeout,
-        crate::tls::connect(tls, &server.addr, stream, &[]),
-    )
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-    Ok(Either::Right(tls))
+    crate::upstream::connect(cfg, &server.addr, header.as_deref(), &[]).await
 }
 
 /// Relays both ways until both directions are done, the idle timeout passes with no byte
@@ -677,6 +483,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]
     async fn idle_waits_for_the_last_activity() {

@@ -1,13 +1,13 @@
 //! What an HTTP/2 client's request must satisfy before it is forwarded, and how its fields are
 //! turned into HTTP/1.1 ones (RFC 9113 8.2.3 and 8.3.1, RFC 9110 8.6): one pure function over a
-//! request head, [`h2_to_h1`], which `proxy_http` applies to every HTTP/2 request (whatever the
+//! request head, [`h2_to_h1`], which `forward` applies to every HTTP/2 request (whatever the
 //! backend's protocol) and the `h2_to_h1` fuzz target drives with arbitrary heads.
 //!
 //! - Authority: at most one `host` field, with valid syntax; when `:authority` is present too,
 //!   both name the same host and port (the host compared case-insensitively, a missing port
 //!   read as the scheme's default); one of the two must be present. The forwarded `Host` is
 //!   `:authority` as sent (else the `host` field). HTTP/1.1 requests get the same checks in
-//!   `proxy_http::refuse`.
+//!   `crate::http::refuse`.
 //! - `content-length`: fields (or list elements) that all carry the same decimal value are
 //!   collapsed into one field; differing or malformed values are refused.
 //! - `cookie`: HTTP/2 may split the Cookie header into one field per crumb; they are joined
@@ -21,7 +21,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::Scheme;
 
-use crate::proxy_http::split_host;
+use crate::http::split_host;
 
 /// Why an HTTP/2 request is malformed (the text goes into the `400` answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

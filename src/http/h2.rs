@@ -1,4 +1,4 @@
-//! What one HTTP/2 client connection needs besides hyper's server (`proxy_http::serve_conn`
+//! What one HTTP/2 client connection needs besides hyper's server (`crate::http::serve_conn`
 //! runs it): the frontend's timeouts, and our own `Date` header.
 //!
 //! - Timeouts: hyper's HTTP/2 server has neither an idle timer nor a header timer, and its
@@ -169,7 +169,7 @@ pub(crate) fn add_date(headers: &mut HeaderMap) {
     if headers.contains_key(header::DATE) || is_grpc(headers) {
         return;
     }
-    crate::h1_server::date::with(|d| {
+    crate::http::h1::response::date::with(|d| {
         if let Ok(v) = HeaderValue::from_bytes(d) {
             headers.insert(header::DATE, v);
         }

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# User-space instructions per request (callgrind), for the four load scenarios of compare.sh:
+# HTTP keep-alive, one request per connection, TCP mode, HTTPS keep-alive. Instructions do not
+# depend on what else the machine is doing, so two binaries can be compared on a noisy machine.
+#
+#   benches/load/callgrind.sh                          # target/release/switchyard
+#   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
+#
+# Environment: BIN, SCENARIOS ("keepalive close tcp https"), DURATION (5, seconds measured),
+# CONNS (8). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
+# switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
+# count is the requests' alone, divided by the requests wrk completed. One nginx upstream answers
+# a 13-byte body. Loopback only; what it starts is stopped by PID on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${BIN:-$ROOT/target/release/switchyard}
+SCENARIOS=${SCENARIOS:-"keepalive close tcp https"}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-8}
+
+need=()
+for tool in valgrind wrk nginx openssl curl; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || need+=("$tool")
+done
+if ((${#need[@]})); then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
+fi
+[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
+
+WORK=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 0.5
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+UP=$(free_port) WEB=$(free_port) TCP=$(free_port) TLS=$(free_port) ADMIN=$(free_port)
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:$UP; location / { return 200 "hello, world\n"; } }
+}
+EOF
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+sleep 0.3
+PIDS+=("$(cat "$WORK/nginx.pid")")
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >/dev/null 2>&1
+cat >"$WORK/sy.toml" <<EOF
+[global]
+threads = 1
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:$WEB"
+backend = "up"
+[[frontend]]
+name = "l4"
+bind = "127.0.0.1:$TCP"
+mode = "tcp"
+backend = "up"
+[[frontend]]
+name = "tls"
+bind = "127.0.0.1:$TLS"
+backend = "up"
+[frontend.tls]
+certs = [{ cert = "$WORK/cert.pem", key = "$WORK/key.pem" }]
+alpn = ["http/1.1"]
+[[backend]]
+name = "up"
+servers = ["127.0.0.1:$UP"]
+[backend.check]
+type = "none"
+EOF
+
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" run -c "$WORK/sy.toml" >"$WORK/sy.log" 2>&1 &
+SY=$!
+PIDS+=("$SY")
+for _ in $(seq 300); do
+    curl -fs "http://127.0.0.1:$WEB/" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+printf '%-10s %12s %14s %10s\n' scenario requests Ir Ir/request
+for s in $SCENARIOS; do
+    case $s in
+        keepalive) url="http://127.0.0.1:$WEB/"; extra=() ;;
+        close) url="http://127.0.0.1:$WEB/"; extra=(-H "Connection: close") ;;
+        tcp) url="http://127.0.0.1:$TCP/"; extra=() ;;
+        https) url="https://127.0.0.1:$TLS/"; extra=() ;;
+        *) echo "unknown scenario $s" >&2; exit 1 ;;
+    esac
+    wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "$url" >/dev/null 2>&1 || true
+    callgrind_control -z "$SY" >/dev/null
+    callgrind_control -i on "$SY" >/dev/null
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${extra[@]}" "$url")
+    callgrind_control -i off "$SY" >/dev/null
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    rm -f "$WORK"/cg.out*
+    callgrind_control -d "$SY" >/dev/null
+    sleep 0.5
+    ir=$(cat "$WORK"/cg.out* | awk '/^summary:|^totals:/ {print $2; exit}')
+    awk -v s="$s" -v n="$n" -v ir="$ir" 'BEGIN { printf "%-10s %12d %14d %10.0f\n", s, n, ir, ir / n }'
+done

@@ -1,0 +1,619 @@
+//! Configuration: the `switchyard.toml` contract (README, "Configuration reference") as typed,
+//! validated structs, and the errors that name the offending key. `check`, startup and SIGHUP all
+//! go through [`Config::from_toml`]; file IO is kept apart in [`Config::load`].
+//!
+//! This module owns the validated types. The file format as serde reads it is in `file.rs`
+//! (`deny_unknown_fields`: a misspelt key is an error naming that key, never silently ignored),
+//! its checks, section by section, in `validate.rs`, and every default as a named constant in
+//! [`defaults`], re-exported here as `config::DEFAULT_*`.
+
+pub mod defaults;
+mod file;
+mod validate;
+
+pub use defaults::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use file::FileConfig;
+
+/// A configuration error; the message always names the offending key (or file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Which etcd API discovery speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtcdApi {
+    V2,
+    V3,
+}
+
+impl EtcdApi {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EtcdApi::V2 => "v2",
+            EtcdApi::V3 => "v3",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+/// `[log] access`: the access log's line format, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    Off,
+    Json,
+    Logfmt,
+}
+
+impl Default for AccessFormat {
+    fn default() -> Self {
+        DEFAULT_ACCESS_FORMAT
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Smooth weighted round-robin.
+    Roundrobin,
+    /// Fewest requests in flight relative to weight.
+    Leastconn,
+    /// Power of two random choices, by requests in flight relative to weight.
+    Random2,
+}
+
+impl Balance {
+    /// As written in the file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Balance::Roundrobin => "roundrobin",
+            Balance::Leastconn => "leastconn",
+            Balance::Random2 => "random2",
+        }
+    }
+}
+
+/// What a backend speaks to its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2,
+}
+
+/// PROXY protocol header sent to servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Tcp,
+    Http,
+    None,
+}
+
+/// `[log]`: the access log (one line per request, or per connection in tcp mode).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub access: AccessFormat,
+    /// Appended to; stdout when unset.
+    pub access_file: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated config.
+
+/// The validated configuration. Every field has its default filled in.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Config {
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Worker threads (HAProxy's `nbthread`); `None`: one per CPU. Read at start only.
+    pub threads: Option<usize>,
+    pub admin_listen: SocketAddr,
+    /// Bearer token required by the admin API's write endpoints and `/api/v1/config`.
+    pub admin_token: Option<String>,
+    /// The file this config was loaded from (for reloads asked through the admin API).
+    pub path: Option<PathBuf>,
+    pub log: LogConfig,
+    pub etcd: Option<EtcdConfig>,
+    pub frontends: Vec<Frontend>,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EtcdConfig {
+    /// Base URLs without a trailing slash, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    pub api: EtcdApi,
+    /// Client-side deadline on one long-poll; etcd never closes an idle one.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Deadline on ordinary (non-watch) requests.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// TLS to etcd (`https://` endpoints): a CA bundle, and a client certificate and key.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd authentication (v2: basic auth; v3: a token from `/v3/auth/authenticate`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Where the last published discovered servers are kept, to serve from when Switchyard
+    /// starts while etcd is unreachable.
+    pub snapshot_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Frontend {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub mode: Mode,
+    pub backend: String,
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_header_size: usize,
+    /// Client connections open at once (HAProxy's `maxconn`); beyond it the listener stops
+    /// accepting and new clients wait in the kernel's accept queue.
+    pub maxconn: usize,
+    /// Expect a PROXY protocol v1 or v2 header from the peer before anything else.
+    pub accept_proxy: bool,
+    /// HTTP/1.1 `CONNECT` requests are passed on to the backend (a pool of forward proxies),
+    /// and a `2xx` answer makes the connection a tunnel; otherwise they get `405`.
+    pub allow_connect: bool,
+    /// Present: the listener terminates TLS.
+    pub tls: Option<FrontendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FrontendTls {
+    /// Chosen by SNI from each certificate's names; the first also serves a missing or unknown SNI.
+    pub certs: Vec<CertPair>,
+    pub alpn: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackendTls {
+    /// CA bundle to verify servers; None = the system roots.
+    pub ca: Option<PathBuf>,
+    /// Server name to send and verify; None = the server's host.
+    pub sni: Option<String>,
+    /// Client certificate for mutual TLS.
+    pub client: Option<CertPair>,
+    /// Verify the server certificate (default true).
+    pub verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Backend {
+    pub name: String,
+    pub etcd_prefix: Option<String>,
+    pub servers: Vec<String>,
+    pub balance: Balance,
+    pub check: Check,
+    pub passive: Passive,
+    /// Ramp-up time of a server's weight after it comes back up (HAProxy's `slowstart`).
+    #[serde(with = "humantime_serde")]
+    pub slowstart: Option<Duration>,
+    /// Percent of healthy servers below which health is ignored (Envoy's panic threshold);
+    /// 0 = off, so that with every server down the answer is a quick 503.
+    pub panic_threshold: u32,
+    /// Retries in flight may add at most this percent to the requests in flight...
+    pub retry_budget_percent: u32,
+    /// ...but this many concurrent retries are always allowed.
+    pub retry_budget_min: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    pub retries: u32,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// An idle pooled upstream connection is closed after this long (nginx's upstream
+    /// `keepalive_timeout`); keep it below the servers' own keep-alive timeout, so that a
+    /// request never races a server closing the connection it was sent on.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    pub protocol: Protocol,
+    pub send_proxy: ProxyVersion,
+    /// Present: connect to servers with TLS.
+    pub tls: Option<BackendTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Check {
+    pub kind: CheckType,
+    pub path: String,
+    #[serde(with = "humantime_serde")]
+    pub inter: Duration,
+    /// Interval while the state is changing (some results against the current state).
+    #[serde(with = "humantime_serde")]
+    pub fastinter: Duration,
+    /// Interval while the server is down.
+    #[serde(with = "humantime_serde")]
+    pub downinter: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// For `http` checks: the healthy statuses; empty = any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+    /// For `http` checks: the Host header; default the server's address.
+    pub host: Option<String>,
+}
+
+impl Default for Check {
+    /// A backend without `[backend.check]`: HAProxy's defaults (see [`defaults`]), `fastinter`
+    /// and `downinter` equal to `inter`.
+    fn default() -> Self {
+        Check {
+            kind: DEFAULT_CHECK_TYPE,
+            path: DEFAULT_CHECK_PATH.to_string(),
+            inter: DEFAULT_CHECK_INTER,
+            fastinter: DEFAULT_CHECK_INTER,
+            downinter: DEFAULT_CHECK_INTER,
+            timeout: DEFAULT_CHECK_TIMEOUT,
+            rise: DEFAULT_CHECK_RISE,
+            fall: DEFAULT_CHECK_FALL,
+            expect_status: Vec::new(),
+            host: None,
+        }
+    }
+}
+
+/// Passive checks: what live traffic may do to a server's health.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Passive {
+    /// Consecutive live failures (connect error, reset, timeout) that mark a server down
+    /// (HAProxy's `observe layer4 error-limit N on-error mark-down`); 0 = off.
+    pub error_limit: u32,
+    /// Consecutive 5xx answers that eject a server; 0 = off.
+    pub consecutive_5xx: u32,
+    /// Passive ejection never takes out more than this percent of a backend's servers.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            error_limit: DEFAULT_PASSIVE_ERROR_LIMIT,
+            consecutive_5xx: DEFAULT_PASSIVE_CONSECUTIVE_5XX,
+            max_ejected_percent: DEFAULT_PASSIVE_MAX_EJECTED_PERCENT,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut c = Config::from_toml(&text)?;
+        c.path = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        validate::validate(file)
+    }
+
+    /// The backend a frontend routes to, by name.
+    pub fn backend(&self, name: &str) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLASSIC: &str = r#"
+[admin]
+listen = "127.0.0.1:9090"
+
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+api = "v2"
+
+[[frontend]]
+name = "testloadbalancer"
+bind = "0.0.0.0:80"
+mode = "http"
+backend = "testservice"
+
+[[backend]]
+name = "testservice"
+etcd_prefix = "/testservice/backend"
+servers = []
+balance = "roundrobin"
+
+[backend.check]
+type = "tcp"
+path = "/"
+inter = "2s"
+timeout = "1s"
+rise = 2
+fall = 3
+"#;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn classic_config_parses_with_defaults() {
+        let c = Config::from_toml(CLASSIC).unwrap();
+        assert_eq!(c.frontends[0].bind, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.frontends[0].header_timeout, Duration::from_secs(10));
+        assert_eq!(c.frontends[0].max_header_size, 65536);
+        let b = &c.backends[0];
+        assert_eq!(b.etcd_prefix.as_deref(), Some("/testservice/backend"));
+        assert_eq!(b.connect_timeout, Duration::from_secs(2));
+        assert_eq!(b.response_timeout, Duration::from_secs(60));
+        assert_eq!(b.retries, 2);
+        assert_eq!(b.drain_timeout, Duration::from_secs(30));
+        assert_eq!(b.pool_idle_timeout, Duration::from_secs(60));
+        assert_eq!(b.check.rise, 2);
+        assert_eq!(b.check.fastinter, Duration::from_secs(2));
+        assert_eq!(b.check.downinter, Duration::from_secs(2));
+        assert_eq!(b.passive, Passive::default());
+        assert_eq!(b.panic_threshold, 0);
+        assert_eq!(b.retry_budget_percent, 20);
+        let e = c.etcd.unwrap();
+        assert_eq!(e.poll_timeout, Duration::from_secs(60));
+        assert_eq!(e.backoff_min, Duration::from_millis(100));
+        assert_eq!(e.backoff_max, Duration::from_secs(5));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn names_are_the_file_spelling() {
+        fn text(v: impl serde::Serialize) -> String {
+            serde_json::to_value(v)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for m in [Mode::Http, Mode::Tcp] {
+            assert_eq!(text(m), m.as_str());
+        }
+        for b in [Balance::Roundrobin, Balance::Leastconn, Balance::Random2] {
+            assert_eq!(text(b), b.as_str());
+        }
+        for a in [EtcdApi::V2, EtcdApi::V3] {
+            assert_eq!(text(a), a.as_str());
+        }
+    }
+
+    #[test]
+    fn shipped_example_configs_are_valid() {
+        for f in ["config/switchyard.toml", "config/dev.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            Config::load(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = CLASSIC.replace("rise = 2", "rise = 2\nrize = 3");
+        assert!(err(&text).contains("rize"), "{}", err(&text));
+        let text = CLASSIC.replace("[admin]", "[admin]\nlisten_addr = \"x\"");
+        assert!(err(&text).contains("listen_addr"));
+    }
+
+    #[test]
+    fn frontend_naming_a_missing_backend_is_rejected() {
+        let text = CLASSIC.replace("backend = \"testservice\"", "backend = \"nope\"");
+        let e = err(&text);
+        assert!(e.contains("frontend \"testloadbalancer\".backend"), "{e}");
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn allow_connect_is_off_by_default_and_http_only() {
+        let c = Config::from_toml(CLASSIC).unwrap();
+        assert!(!c.frontends[0].allow_connect);
+        let on = CLASSIC.replace("mode = \"http\"", "mode = \"http\"\nallow_connect = true");
+        assert!(Config::from_toml(&on).unwrap().frontends[0].allow_connect);
+        let tcp = CLASSIC.replace("mode = \"http\"", "mode = \"tcp\"\nallow_connect = true");
+        let e = err(&tcp);
+        assert!(
+            e.contains("frontend \"testloadbalancer\".allow_connect"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn prefix_must_start_with_slash() {
+        let text = CLASSIC.replace("\"/testservice/backend\"", "\"testservice/backend\"");
+        assert!(err(&text).contains("etcd_prefix"));
+    }
+
+    #[test]
+    fn pool_idle_timeout_is_read_and_zero_is_named() {
+        let set = CLASSIC.replace(
+            "etcd_prefix = \"/testservice/backend\"",
+            "etcd_prefix = \"/testservice/backend\"\npool_idle_timeout = \"4s\"",
+        );
+        let c = Config::from_toml(&set).unwrap();
+        assert_eq!(c.backends[0].pool_idle_timeout, Duration::from_secs(4));
+        let e = err(&set.replace("\"4s\"", "\"0s\""));
+        assert!(e.contains("pool_idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_bind_is_rejected() {
+        let text = format!(
+            "{CLASSIC}\n[[frontend]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\nbackend = \"testservice\"\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("frontend \"b\".bind"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_bad_address_are_named() {
+        let text = CLASSIC.replace("inter = \"2s\"", "inter = \"2 parsecs\"");
+        assert!(err(&text).contains("inter"), "{}", err(&text));
+        let text = CLASSIC.replace("0.0.0.0:80", "0.0.0.0:http");
+        assert!(err(&text).contains("bind"));
+        let text = CLASSIC.replace("servers = []", "servers = [\"10.0.0.1:0\"]");
+        assert!(err(&text).contains("servers[0]"), "{}", err(&text));
+    }
+
+    #[test]
+    fn backend_needs_a_source_and_prefix_needs_etcd() {
+        let text = CLASSIC.replace("etcd_prefix = \"/testservice/backend\"\n", "");
+        assert!(err(&text).contains("backend \"testservice\""));
+        let text = CLASSIC.replace(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\napi = \"v2\"\n",
+            "",
+        );
+        assert!(err(&text).contains("[etcd]"), "{}", err(&text));
+    }
+
+    #[test]
+    fn health_and_balancing_keys() {
+        let text = CLASSIC
+            .replace("balance = \"roundrobin\"", "balance = \"leastconn\"\nslowstart = \"10s\"\npanic_threshold = 50")
+            .replace("fall = 3", "fall = 3\nfastinter = \"500ms\"\nexpect_status = [200, 204]\nhost = \"svc.local\"\n[backend.passive]\nconsecutive_5xx = 5");
+        let c = Config::from_toml(&text).unwrap();
+        let b = &c.backends[0];
+        assert_eq!(b.balance, Balance::Leastconn);
+        assert_eq!(b.slowstart, Some(Duration::from_secs(10)));
+        assert_eq!(b.check.fastinter, Duration::from_millis(500));
+        assert_eq!(
+            b.check.downinter,
+            Duration::from_secs(2),
+            "downinter defaults to inter"
+        );
+        assert_eq!(b.check.expect_status, [200, 204]);
+        assert_eq!(b.passive.consecutive_5xx, 5);
+        assert_eq!(b.passive.error_limit, 1);
+        let bad = text.replace("panic_threshold = 50", "panic_threshold = 150");
+        assert!(err(&bad).contains("panic_threshold"));
+        let bad = text.replace("[200, 204]", "[200, 2040]");
+        assert!(err(&bad).contains("expect_status"));
+        let bad = CLASSIC.replace("balance = \"roundrobin\"", "balance = \"fastest\"");
+        assert!(err(&bad).contains("fastest"), "{}", err(&bad));
+    }
+
+    #[test]
+    fn static_only_config_needs_no_etcd() {
+        let c = Config::from_toml(
+            r#"
+[[frontend]]
+name = "f"
+bind = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
+"#,
+        )
+        .unwrap();
+        assert!(c.etcd.is_none());
+        assert_eq!(c.backends[0].check.kind, CheckType::Tcp);
+        assert_eq!(c.threads, None);
+    }
+
+    #[test]
+    fn durations_longer_than_a_year_are_refused() {
+        let e = err(
+            "[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.check]\n\
+             inter = \"300000000000years\"\n",
+        );
+        assert!(e.contains("365 days") && e.contains("inter"), "{e}");
+        let ok = Config::from_toml(
+            "[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.check]\n\
+             inter = \"1day\"\n",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn threads_must_be_positive() {
+        let with = |n: &str| {
+            format!(
+                "[global]\nthreads = {n}\n[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\n\
+                 backend = \"b\"\n[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        assert_eq!(Config::from_toml(&with("1")).unwrap().threads, Some(1));
+        assert!(
+            err(&with("0")).contains("global.threads"),
+            "{}",
+            err(&with("0"))
+        );
+    }
+}

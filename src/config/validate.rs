@@ -1,0 +1,480 @@
+//! Validation: turns what serde read ([`super::file`]) into the typed [`Config`], filling in the
+//! defaults of [`super::defaults`], one function per section. Each check fails with a
+//! [`ConfigError::Invalid`] naming the key; sections are checked in file-contract order (global,
+//! admin, etcd, backends, frontends, log), so the first problem found is the one reported.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::defaults::*;
+use super::file::{
+    FileAdmin, FileBackend, FileBackendTls, FileCheck, FileConfig, FileEtcd, FileFrontend,
+    FileFrontendTls, FileGlobal, FilePassive,
+};
+use super::{
+    Backend, BackendTls, CertPair, Check, Config, ConfigError, EtcdConfig, Frontend, FrontendTls,
+    LogConfig, Mode, Passive, invalid,
+};
+
+/// `[global] threads` above this is refused.
+const MAX_THREADS: usize = 1024;
+/// `[admin] token` shorter than this is refused.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// `[[frontend]] max_header_size` below this is refused.
+const MIN_MAX_HEADER_SIZE: usize = 1024;
+/// Statuses an `http` check may expect.
+const HTTP_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
+
+pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
+    let (shutdown_grace, threads) = global(file.global)?;
+    let (admin_listen, admin_token) = admin(file.admin)?;
+    let etcd = file.etcd.map(etcd).transpose()?;
+    let backends = backends(file.backend, etcd.is_some())?;
+    let frontends = frontends(file.frontend, &backends, admin_listen)?;
+    log(&file.log)?;
+    Ok(Config {
+        shutdown_grace,
+        threads,
+        admin_listen,
+        admin_token,
+        path: None,
+        log: file.log,
+        etcd,
+        frontends,
+        backends,
+    })
+}
+
+fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("{value:?} is not an ip:port address")))
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
+    if v > 100 {
+        return Err(invalid(key, format!("{v} is not a percentage (0-100)")));
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// [global], [admin], [log]
+
+fn global(g: FileGlobal) -> Result<(Duration, Option<usize>), ConfigError> {
+    let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+    if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
+        return Err(invalid(
+            "global.threads",
+            format!("must be between 1 and {MAX_THREADS}"),
+        ));
+    }
+    Ok((shutdown_grace, g.threads))
+}
+
+fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
+    let listen = parse_listen(
+        "admin.listen",
+        a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
+    if a.token
+        .as_deref()
+        .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
+    {
+        return Err(invalid(
+            "admin.token",
+            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        ));
+    }
+    Ok((listen, a.token))
+}
+
+fn log(l: &LogConfig) -> Result<(), ConfigError> {
+    if let Some(path) = &l.access_file {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(invalid(
+                "log.access_file",
+                format!("{}: its directory does not exist", path.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// [etcd]
+
+fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
+    let endpoints = if e.endpoints.is_empty() {
+        vec![DEFAULT_ETCD_ENDPOINT.to_string()]
+    } else {
+        e.endpoints
+    };
+    let mut clean = Vec::with_capacity(endpoints.len());
+    for (i, ep) in endpoints.iter().enumerate() {
+        let key = format!("etcd.endpoints[{i}]");
+        let url = reqwest::Url::parse(ep)
+            .map_err(|err| invalid(&key, format!("{ep:?} is not a URL: {err}")))?;
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(invalid(&key, format!("{ep:?} must start with http://")));
+        }
+        clean.push(ep.trim_end_matches('/').to_string());
+    }
+    let backoff_min = positive(
+        "etcd.backoff_min",
+        e.backoff_min.unwrap_or(DEFAULT_ETCD_BACKOFF_MIN),
+    )?;
+    let backoff_max = e.backoff_max.unwrap_or(DEFAULT_ETCD_BACKOFF_MAX);
+    if backoff_max < backoff_min {
+        return Err(invalid(
+            "etcd.backoff_max",
+            "must not be smaller than etcd.backoff_min",
+        ));
+    }
+    if e.cert.is_some() != e.key.is_some() {
+        return Err(invalid("etcd.cert", "cert and key go together"));
+    }
+    if e.username.is_some() != e.password.is_some() {
+        return Err(invalid(
+            "etcd.username",
+            "username and password go together",
+        ));
+    }
+    Ok(EtcdConfig {
+        endpoints: clean,
+        api: e.api.unwrap_or(DEFAULT_ETCD_API),
+        poll_timeout: positive(
+            "etcd.poll_timeout",
+            e.poll_timeout.unwrap_or(DEFAULT_ETCD_POLL_TIMEOUT),
+        )?,
+        request_timeout: positive(
+            "etcd.request_timeout",
+            e.request_timeout.unwrap_or(DEFAULT_ETCD_REQUEST_TIMEOUT),
+        )?,
+        backoff_min,
+        backoff_max,
+        snapshot_file: e.snapshot_file,
+        ca: e.ca,
+        cert: e.cert,
+        key: e.key,
+        username: e.username,
+        password: e.password,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// [[backend]], [backend.check], [backend.passive], [backend.tls]
+
+fn backends(file: Vec<FileBackend>, has_etcd: bool) -> Result<Vec<Backend>, ConfigError> {
+    let mut backends = Vec::with_capacity(file.len());
+    let mut names = HashSet::new();
+    for (i, b) in file.into_iter().enumerate() {
+        if b.name.is_empty() {
+            return Err(invalid(format!("backend[{i}].name"), "must not be empty"));
+        }
+        let key = format!("backend {:?}", b.name);
+        if !names.insert(b.name.clone()) {
+            return Err(invalid(format!("{key}.name"), "duplicate backend name"));
+        }
+        backends.push(backend(&key, b, has_etcd)?);
+    }
+    Ok(backends)
+}
+
+/// One `[[backend]]`; `key` is how errors name it (`backend "NAME"`).
+fn backend(key: &str, b: FileBackend, has_etcd: bool) -> Result<Backend, ConfigError> {
+    if let Some(p) = &b.etcd_prefix {
+        if !p.starts_with('/') {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+        if !has_etcd {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                "needs an [etcd] section with endpoints",
+            ));
+        }
+    }
+    if b.etcd_prefix.is_none() && b.servers.is_empty() {
+        return Err(invalid(
+            key,
+            "needs etcd_prefix, servers, or both (it has neither)",
+        ));
+    }
+    for (j, s) in b.servers.iter().enumerate() {
+        if let Err(e) = crate::value::parse_addr(s) {
+            return Err(invalid(format!("{key}.servers[{j}]"), e.to_string()));
+        }
+    }
+    let check = match b.check {
+        None => Check::default(),
+        Some(c) => check(key, c)?,
+    };
+    let passive = match b.passive {
+        None => Passive::default(),
+        Some(p) => passive(key, p)?,
+    };
+    if let Some(d) = b.slowstart {
+        positive(&format!("{key}.slowstart"), d)?;
+    }
+    let tls = b.tls.map(|t| backend_tls(key, t)).transpose()?;
+    Ok(Backend {
+        protocol: b.protocol.unwrap_or(DEFAULT_PROTOCOL),
+        send_proxy: b.send_proxy.unwrap_or(DEFAULT_SEND_PROXY),
+        tls,
+        passive,
+        slowstart: b.slowstart,
+        panic_threshold: percent(
+            &format!("{key}.panic_threshold"),
+            b.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
+        )?,
+        retry_budget_percent: percent(
+            &format!("{key}.retry_budget_percent"),
+            b.retry_budget_percent
+                .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT),
+        )?,
+        retry_budget_min: b.retry_budget_min.unwrap_or(DEFAULT_RETRY_BUDGET_MIN),
+        connect_timeout: positive(
+            &format!("{key}.connect_timeout"),
+            b.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )?,
+        response_timeout: positive(
+            &format!("{key}.response_timeout"),
+            b.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
+        )?,
+        retries: b.retries.unwrap_or(DEFAULT_RETRIES),
+        drain_timeout: b.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        pool_idle_timeout: positive(
+            &format!("{key}.pool_idle_timeout"),
+            b.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
+        )?,
+        name: b.name,
+        etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
+        servers: b.servers,
+        balance: b.balance.unwrap_or(DEFAULT_BALANCE),
+        check,
+    })
+}
+
+/// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`.
+fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
+    let inter = positive(
+        &format!("{key}.check.inter"),
+        c.inter.unwrap_or(DEFAULT_CHECK_INTER),
+    )?;
+    let check = Check {
+        kind: c.kind.unwrap_or(DEFAULT_CHECK_TYPE),
+        path: c.path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string()),
+        inter,
+        fastinter: positive(
+            &format!("{key}.check.fastinter"),
+            c.fastinter.unwrap_or(inter),
+        )?,
+        downinter: positive(
+            &format!("{key}.check.downinter"),
+            c.downinter.unwrap_or(inter),
+        )?,
+        timeout: positive(
+            &format!("{key}.check.timeout"),
+            c.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
+        )?,
+        rise: c.rise.unwrap_or(DEFAULT_CHECK_RISE),
+        fall: c.fall.unwrap_or(DEFAULT_CHECK_FALL),
+        expect_status: c.expect_status.unwrap_or_default(),
+        host: c.host,
+    };
+    if let Some(bad) = check
+        .expect_status
+        .iter()
+        .find(|s| !HTTP_STATUSES.contains(*s))
+    {
+        return Err(invalid(
+            format!("{key}.check.expect_status"),
+            format!("{bad} is not an HTTP status"),
+        ));
+    }
+    if check
+        .host
+        .as_deref()
+        .is_some_and(|h| h.is_empty() || http::HeaderValue::from_str(h).is_err())
+    {
+        return Err(invalid(
+            format!("{key}.check.host"),
+            "not a valid Host header",
+        ));
+    }
+    if check.rise == 0 {
+        return Err(invalid(format!("{key}.check.rise"), "must be at least 1"));
+    }
+    if check.fall == 0 {
+        return Err(invalid(format!("{key}.check.fall"), "must be at least 1"));
+    }
+    if !check.path.starts_with('/') {
+        return Err(invalid(
+            format!("{key}.check.path"),
+            format!("{:?} must start with '/'", check.path),
+        ));
+    }
+    Ok(check)
+}
+
+fn passive(key: &str, p: FilePassive) -> Result<Passive, ConfigError> {
+    Ok(Passive {
+        error_limit: p.error_limit.unwrap_or(DEFAULT_PASSIVE_ERROR_LIMIT),
+        consecutive_5xx: p.consecutive_5xx.unwrap_or(DEFAULT_PASSIVE_CONSECUTIVE_5XX),
+        max_ejected_percent: percent(
+            &format!("{key}.passive.max_ejected_percent"),
+            p.max_ejected_percent
+                .unwrap_or(DEFAULT_PASSIVE_MAX_EJECTED_PERCENT),
+        )?,
+    })
+}
+
+fn backend_tls(key: &str, t: FileBackendTls) -> Result<BackendTls, ConfigError> {
+    if t.cert.is_some() != t.key.is_some() {
+        return Err(invalid(
+            format!("{key}.tls.cert"),
+            "cert and key go together",
+        ));
+    }
+    Ok(BackendTls {
+        ca: t.ca,
+        sni: t.sni,
+        client: t.cert.zip(t.key).map(|(cert, key)| CertPair { cert, key }),
+        verify: t.verify.unwrap_or(DEFAULT_BACKEND_TLS_VERIFY),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// [[frontend]], [frontend.tls]
+
+fn frontends(
+    file: Vec<FileFrontend>,
+    backends: &[Backend],
+    admin_listen: SocketAddr,
+) -> Result<Vec<Frontend>, ConfigError> {
+    let mut frontends = Vec::with_capacity(file.len());
+    let mut binds = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, f) in file.into_iter().enumerate() {
+        if f.name.is_empty() {
+            return Err(invalid(format!("frontend[{i}].name"), "must not be empty"));
+        }
+        let key = format!("frontend {:?}", f.name);
+        if !names.insert(f.name.clone()) {
+            return Err(invalid(format!("{key}.name"), "duplicate frontend name"));
+        }
+        let bind = parse_listen(&format!("{key}.bind"), &f.bind)?;
+        // Port 0 (tests) asks the OS for a fresh port each time, so it cannot collide.
+        if bind.port() != 0 && (!binds.insert(bind) || bind == admin_listen) {
+            return Err(invalid(
+                format!("{key}.bind"),
+                format!("{bind} is already used by another listener"),
+            ));
+        }
+        frontends.push(frontend(&key, f, bind, backends)?);
+    }
+    Ok(frontends)
+}
+
+/// One `[[frontend]]` whose name and bind address were checked; `key` is how errors name it.
+fn frontend(
+    key: &str,
+    f: FileFrontend,
+    bind: SocketAddr,
+    backends: &[Backend],
+) -> Result<Frontend, ConfigError> {
+    let mode = f.mode.unwrap_or(DEFAULT_MODE);
+    let tls = f.tls.map(|t| frontend_tls(key, t, mode)).transpose()?;
+    if !backends.iter().any(|b| b.name == f.backend) {
+        return Err(invalid(
+            format!("{key}.backend"),
+            format!("names no backend: {:?}", f.backend),
+        ));
+    }
+    let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
+    if max_header_size < MIN_MAX_HEADER_SIZE {
+        return Err(invalid(
+            format!("{key}.max_header_size"),
+            format!("must be at least {MIN_MAX_HEADER_SIZE} bytes"),
+        ));
+    }
+    Ok(Frontend {
+        header_timeout: positive(
+            &format!("{key}.header_timeout"),
+            f.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
+        )?,
+        idle_timeout: positive(
+            &format!("{key}.idle_timeout"),
+            f.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        )?,
+        max_header_size,
+        maxconn: match f.maxconn.unwrap_or(DEFAULT_MAXCONN) {
+            0 => return Err(invalid(format!("{key}.maxconn"), "must be at least 1")),
+            n => n,
+        },
+        accept_proxy: f.accept_proxy.unwrap_or(DEFAULT_ACCEPT_PROXY),
+        allow_connect: match (f.allow_connect, mode) {
+            (Some(true), Mode::Tcp) => {
+                return Err(invalid(
+                    format!("{key}.allow_connect"),
+                    "is for mode = \"http\" frontends",
+                ));
+            }
+            (v, _) => v.unwrap_or(DEFAULT_ALLOW_CONNECT),
+        },
+        tls,
+        name: f.name,
+        bind,
+        mode,
+        backend: f.backend,
+    })
+}
+
+fn frontend_tls(key: &str, t: FileFrontendTls, mode: Mode) -> Result<FrontendTls, ConfigError> {
+    if t.certs.is_empty() {
+        return Err(invalid(
+            format!("{key}.tls.certs"),
+            "needs at least one { cert, key } pair",
+        ));
+    }
+    let alpn = t.alpn.unwrap_or_else(|| {
+        let default = match mode {
+            Mode::Http => DEFAULT_HTTP_ALPN,
+            Mode::Tcp => DEFAULT_TCP_ALPN,
+        };
+        default.iter().map(|p| p.to_string()).collect()
+    });
+    if let Some(bad) = alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+        return Err(invalid(
+            format!("{key}.tls.alpn"),
+            format!("{bad:?} is not a protocol name"),
+        ));
+    }
+    Ok(FrontendTls {
+        certs: t
+            .certs
+            .into_iter()
+            .map(|c| CertPair {
+                cert: c.cert,
+                key: c.key,
+            })
+            .collect(),
+        alpn,
+        handshake_timeout: positive(
+            &format!("{key}.tls.handshake_timeout"),
+            t.handshake_timeout.unwrap_or(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+        )?,
+    })
+}

@@ -1,0 +1,562 @@
+//! Serving one request: refusing what must not be forwarded (`answers`), picking a server,
+//! sending the request over HTTP/1.1 (our client, `h1::client`), HTTP/2 or an upgrade (hyper's
+//! client), retrying connect failures on another server and replaying what is safe to replay,
+//! mapping failures to status codes (502, 503, 504), and recording metrics and the access log.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::access_log::{HttpRequest, Pending, Termination};
+use crate::config::{Backend, Protocol, ProxyVersion};
+use crate::http::h1::client as h1_client;
+use crate::http::h1::server as h1_server;
+use crate::metrics::{self as m};
+use crate::snapshot::{Server, Snapshot};
+
+use super::*;
+
+/// Serves one request: pick, forward, map failures to status codes, record metrics and the
+/// access log line.
+pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body> {
+    let start = Instant::now();
+    let fe = &conn.fe;
+    // Dropped with this future if the client goes away first: then it logs `client_abort`.
+    let log = fe.log.as_ref().map(|log| {
+        let mut p = Pending::new(log, conn.client, Arc::clone(&fe.name));
+        p.record().http = Some(HttpRequest {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            status: 0,
+        });
+        p
+    });
+    let snap = fe.shared.load_full();
+    let Some(index) = snap.route_index(&fe.frontend.name) else {
+        let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
+        if let Some(mut p) = log {
+            finish_log(&mut p, &resp, Termination::NoRoute);
+        }
+        return resp;
+    };
+    let backend = &snap.backends[index];
+    let mut trace = Trace::default();
+    // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
+    let connect_ok = fe.frontend.allow_connect && backend.config.protocol == Protocol::Http1;
+    let mut req = req;
+    let refused = match refuse(&req, fe.frontend.max_header_size, connect_ok) {
+        // HTTP/2's own rules: Host and :authority, Content-Length, Cookie crumbs.
+        None if req.version() == Version::HTTP_2 => {
+            let (mut parts, body) = req.into_parts();
+            let checked = crate::http::h2_rules::h2_to_h1(&mut parts);
+            req = Request::from_parts(parts, body);
+            checked
+                .err()
+                .map(|m| plain(StatusCode::BAD_REQUEST, format!("400 Bad Request: {m}\n")))
+        }
+        r => r,
+    };
+    let (mut resp, server) = match refused {
+        Some(resp) => {
+            trace.termination = Termination::BadRequest;
+            (resp, None)
+        }
+        None => forward(conn, &snap, index, req, &mut trace).await,
+    };
+    let code = resp.status().as_u16();
+    if let Some(mut p) = log {
+        let r = p.record();
+        r.backend = Some(Arc::clone(&backend.config));
+        r.server = server.clone();
+        r.retries = trace.retries;
+        r.connect = trace.connect;
+        r.response = trace.response;
+        if let Some(h) = &mut r.http {
+            h.status = code;
+        }
+        match resp.body_mut() {
+            // Written when the upstream body ends (or the client drops it).
+            Either::Left(body) => {
+                // hyper never polls a body that is already at its end (HEAD, 204, 304, empty).
+                if hyper::body::Body::is_end_stream(&body.inner) {
+                    p.record().termination = Termination::Ok;
+                }
+                body.log = Some(p);
+            }
+            Either::Right(_) => finish_log(&mut p, &resp, trace.termination),
+        }
+    }
+    match &server {
+        Some(s) => s.count_request(&fe.name, &fe.frontend.backend, code),
+        None => fe.no_server.with(
+            |c| *c == code,
+            || {
+                let c = metrics::counter!(m::REQUESTS,
+                    "frontend" => fe.frontend.name.clone(), "backend" => fe.frontend.backend.clone(),
+                    "server" => "", "code" => code.to_string());
+                (code, c)
+            },
+            |c| c.increment(1),
+        ),
+    }
+    fe.duration.record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Fills in the record of a request answered with one of our own (complete) bodies, or a
+/// `101`; it is written when `p` is dropped.
+pub(crate) fn finish_log(p: &mut Pending, resp: &Response<Body>, termination: Termination) {
+    let r = p.record();
+    if let Some(h) = &mut r.http {
+        h.status = resp.status().as_u16();
+    }
+    r.bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    r.termination = termination;
+}
+
+/// How a request was forwarded, for the access log: the last attempt's timings.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    /// Further servers tried after the first.
+    retries: u32,
+    /// Getting a connection to the server (about 0 for a pooled or shared one).
+    connect: Option<Duration>,
+    /// From the connection being ready to the response head.
+    response: Option<Duration>,
+    /// How it ended when our own answer (or a `101`) is the response.
+    termination: Termination,
+}
+
+/// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
+/// would add an allocation on the retry path for nothing.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Failure {
+    /// Nothing was sent: the request comes back and may go to another server.
+    Connect(io::Error, Request<UpBody>),
+    /// The request reached the server (at least partly) and no usable response came back.
+    /// Our HTTP/1.1 client hands back the head of a replayable request (idempotent and
+    /// bodiless), so it needs no `Replay` copy.
+    Sent(BoxError, Option<http::request::Parts>),
+    Timeout,
+}
+
+/// The head of a request that may be replayed on another server after it reached one: an
+/// idempotent method and no body, so everything needed to send it again is here.
+pub(crate) struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// Methods that may be sent twice (RFC 9110 9.2.2).
+    fn idempotent(method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    }
+
+    fn of(req: &Request<UpBody>) -> Option<Replay> {
+        let idempotent = Replay::idempotent(req.method());
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
+        (idempotent && bodiless).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<UpBody> {
+        let mut r = Request::new(Either::Right(Empty::new()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// How the upstream request is framed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target {
+    /// HTTP/2 to the server (else HTTP/1.1).
+    pub(crate) h2: bool,
+    /// TLS to the server (the HTTP/2 `:scheme`).
+    pub(crate) tls: bool,
+    /// A tunnel if the server agrees (an upgrade, or a CONNECT): sent through hyper, which
+    /// hands the socket over, keeping `Connection: upgrade` and `Upgrade`.
+    pub(crate) upgrade: bool,
+}
+
+pub(crate) async fn forward(
+    conn: &Conn,
+    snap: &Arc<Snapshot>,
+    index: usize,
+    mut req: Request<ReqBody>,
+    trace: &mut Trace,
+) -> (Response<Body>, Option<Arc<Server>>) {
+    let backend = &snap.backends[index];
+    let cfg = &backend.config;
+    let target = Target {
+        h2: cfg.protocol == Protocol::H2,
+        tls: cfg.tls.is_some(),
+        upgrade: cfg.protocol == Protocol::Http1 && wants_tunnel(&req),
+    };
+    // HTTP/2 clients get trailers unannounced (`announce_grpc_trailers` is for HTTP/1.1).
+    let client_version = req.version();
+    // Taken before the request is rewritten; it resolves once our 101 reaches the client.
+    let mut client_upgrade = target
+        .upgrade
+        .then(|| req.extensions_mut().remove::<h1_server::ClientUpgrade>())
+        .flatten();
+    let method = req.method().clone();
+    let mut req = rewrite_request(req, conn, &cfg.name, target);
+    // Kept to tell, once the body is gone upstream, whether a failure was the client's.
+    let body_state = match req.body() {
+        Either::Left(b) => b.state.clone(),
+        Either::Right(_) => None,
+    };
+    // hyper (HTTP/2, upgrades) consumes the request; our HTTP/1.1 client gives it back.
+    let replay = (target.h2 || target.upgrade)
+        .then(|| Replay::of(&req))
+        .flatten();
+    let mut in_flight = backend.runtime.request();
+    let mut tried: Vec<Arc<Server>> = Vec::new();
+    loop {
+        let Some(server) = backend.pick_excluding(&tried).cloned() else {
+            if tried.is_empty() {
+                trace.termination = Termination::NoServer;
+                let body = format!(
+                    "503 Service Unavailable: no server available for backend {}\n",
+                    cfg.name
+                );
+                return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
+            }
+            trace.termination = Termination::ConnectError;
+            return (unreachable_backend(&cfg.name), tried.pop());
+        };
+        let active = server.track();
+        match send(&server, cfg, conn, req, target, trace).await {
+            Ok(mut resp) => {
+                crate::health::observe_response(backend, &server, resp.status().as_u16());
+                if opens_tunnel(&method, resp.status()) {
+                    let Some(client_side) = client_upgrade.take() else {
+                        trace.termination = Termination::ServerError;
+                        let body = format!(
+                            "502 Bad Gateway: server {} of backend {} switched protocols unasked\n",
+                            server.addr, cfg.name
+                        );
+                        return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
+                    };
+                    let server_side = hyper::upgrade::on(&mut resp);
+                    let (mut parts, _) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
+                    // A `2xx` to CONNECT has no content (RFC 9110 9.3.6): the tunnel follows.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    tunnel(conn, &server, active, client_side, server_side);
+                    trace.termination = Termination::Upgrade;
+                    let empty = Either::Right(Full::new(Bytes::new()));
+                    return (Response::from_parts(parts, empty), Some(server));
+                }
+                let (mut parts, body) = resp.into_parts();
+                // Our HTTP/1.1 client leaves hop-by-hop fields out as it parses.
+                if let RespBody::Hyper(_) = body {
+                    strip_hop_by_hop(&mut parts.headers, Keep::NONE);
+                }
+                if client_version == Version::HTTP_11 {
+                    announce_grpc_trailers(&mut parts.headers);
+                }
+                let origin = Some(Origin {
+                    snap: Arc::clone(snap),
+                    backend: index,
+                    server: Arc::clone(&server),
+                });
+                let body = Guarded {
+                    inner: body,
+                    _active: active,
+                    log: None,
+                    origin,
+                };
+                return (
+                    Response::from_parts(parts, Either::Left(body)),
+                    Some(server),
+                );
+            }
+            Err(Failure::Connect(e, back)) => {
+                debug!(server = %server.addr, error = %e, "upstream connect failed");
+                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
+                    "backend" => cfg.name.clone(), "server" => server.addr.clone())
+                .increment(1);
+                crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
+                tried.push(server);
+                // Nothing was sent, so any method may go to another server; no budget needed,
+                // since the failed attempt loaded nobody.
+                if tried.len() > cfg.retries as usize {
+                    trace.termination = Termination::ConnectError;
+                    return (unreachable_backend(&cfg.name), tried.pop());
+                }
+                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                trace.retries += 1;
+                req = back;
+            }
+            Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
+                // The client's body broke (bad chunk, hung up mid-body): not the server's fault.
+                debug!(server = %server.addr, error = %e, "client request body failed");
+                trace.termination = Termination::BadRequest;
+                let body = "400 Bad Request: the request body was malformed or cut short\n";
+                return (refusal(StatusCode::BAD_REQUEST, body), Some(server));
+            }
+            Err(Failure::Sent(e, back)) => {
+                debug!(server = %server.addr, error = %e, "upstream failed before a response");
+                crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
+                let body = format!(
+                    "502 Bad Gateway: server {} of backend {} failed before answering\n",
+                    server.addr, cfg.name
+                );
+                tried.push(Arc::clone(&server));
+                // Replayed only if idempotent and bodiless, within `retries` and the budget.
+                // NOTE: a server this failure (or a concurrent one) ejected takes no new
+                // requests, so replaying what was caught on it cannot snowball: it is bounded by
+                // what was in flight there. The budget guards failures that eject nobody
+                // (checks off, error_limit 0, or max_ejected_percent reached).
+                let ejected = !server.is_up();
+                let again = back
+                    .map(|parts| Request::from_parts(parts, Either::Right(Empty::new())))
+                    .or_else(|| replay.as_ref().map(Replay::request));
+                match again {
+                    Some(r)
+                        if tried.len() <= cfg.retries as usize
+                            && (ejected
+                                || in_flight
+                                    .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
+                    {
+                        metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                        trace.retries += 1;
+                        req = r;
+                    }
+                    _ => {
+                        trace.termination = Termination::ServerError;
+                        return (plain(StatusCode::BAD_GATEWAY, body), Some(server));
+                    }
+                }
+            }
+            Err(Failure::Timeout) if body_state.as_ref().is_some_and(|b| b.waiting_on_client()) => {
+                // The server is waiting for the rest of the body, and so are we: the client is
+                // too slow, not the server.
+                trace.termination = Termination::ClientTimeout;
+                let body = format!(
+                    "408 Request Timeout: the request body did not arrive within {:?}\n",
+                    cfg.response_timeout
+                );
+                return (refusal(StatusCode::REQUEST_TIMEOUT, body), Some(server));
+            }
+            Err(Failure::Timeout) => {
+                trace.termination = Termination::ServerTimeout;
+                crate::health::observe_failure(backend, &server, "response timeout");
+                let body = format!(
+                    "504 Gateway Timeout: server {} of backend {} did not answer within {:?}\n",
+                    server.addr, cfg.name, cfg.response_timeout
+                );
+                return (plain(StatusCode::GATEWAY_TIMEOUT, body), Some(server));
+            }
+        }
+    }
+}
+
+/// Sends one request to one server over its backend's protocol.
+pub(crate) async fn send(
+    server: &Arc<Server>,
+    cfg: &Arc<Backend>,
+    conn: &Conn,
+    req: Request<UpBody>,
+    target: Target,
+    trace: &mut Trace,
+) -> Result<Response<RespBody>, Failure> {
+    // Built only when a connection is opened: a pooled or shared one needs none of it.
+    let dial = || Dial::new(server, cfg, conn);
+    // NOTE: a connection that began with a PROXY header speaks for one client only, so with
+    // `send_proxy` connections are neither pooled nor shared (HAProxy marks them private too).
+    let private = cfg.send_proxy != ProxyVersion::None;
+    // HTTP/2 and upgrades are boxed: hyper's futures (and a TLS handshake) are several KiB,
+    // which every request's future would otherwise carry and copy.
+    let resp = if target.h2 {
+        Box::pin(send_h2(
+            server,
+            dial,
+            req,
+            private,
+            cfg.response_timeout,
+            trace,
+        ))
+        .await
+    } else if target.upgrade {
+        // An upgraded connection is the tunnel's: hyper hands its socket over after the `101`.
+        Box::pin(send_upgrade(dial, req, cfg.response_timeout, trace)).await
+    } else {
+        return send_h1(server, cfg, dial, req, private, trace).await;
+    };
+    resp.map(|r| r.map(RespBody::Hyper))
+}
+
+/// HTTP/1.1 with our own client: a pooled connection the server has not closed, else a new
+/// one; the response body hands it back to the pool when it is read to the end (unless the
+/// connection is `private` to this client). A replayable request (idempotent, bodiless)
+/// that finds its pooled connection closed under it is sent again on a new one: the server
+/// closing an idle connection as we reuse it is a race, not a failure.
+pub(crate) async fn send_h1(
+    server: &Arc<Server>,
+    cfg: &Backend,
+    dial: impl Fn() -> Dial,
+    req: Request<UpBody>,
+    private: bool,
+    trace: &mut Trace,
+) -> Result<Response<RespBody>, Failure> {
+    let start = Instant::now();
+    let pooled = (!private)
+        .then(|| {
+            server
+                .pool::<crate::http::Pool>()
+                .checkout(start, cfg.pool_idle_timeout)
+        })
+        .flatten();
+    let (mut conn, mut reused) = match pooled {
+        Some(c) => (c, true),
+        None => match connect_raw(&dial()).await {
+            Ok(c) => (c, false),
+            Err(e) => return Err(Failure::Connect(e, req)),
+        },
+    };
+    let ready = Instant::now();
+    trace.connect = Some(ready - start);
+    let (parts, body) = req.into_parts();
+    let body_empty = hyper::body::Body::is_end_stream(&body);
+    let head = h1_client::RequestHead::encode(
+        &parts,
+        body_empty,
+        hyper::body::Body::size_hint(&body).exact(),
+    );
+    let mut body = std::pin::pin!(body);
+    let replayable = body_empty && Replay::idempotent(&parts.method);
+    let response_timeout = cfg.response_timeout;
+    let mut deadline = tokio::time::Instant::from_std(ready) + response_timeout;
+    let resp_head = loop {
+        let body = (!body_empty).then_some(body.as_mut());
+        match h1_client::exchange(&mut conn, &head, body, deadline).await {
+            Err(crate::http::h1::Error::TimedOut) => return Err(Failure::Timeout),
+            Ok(h) => break h,
+            Err(crate::http::h1::Error::Closed(_)) if reused && replayable => {
+                debug!(server = %server.addr, "pooled connection closed under a request; resending");
+                reused = false;
+                conn = match connect_raw(&dial()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let back = Request::from_parts(parts, Either::Right(Empty::new()));
+                        return Err(Failure::Connect(e, back));
+                    }
+                };
+                deadline = tokio::time::Instant::now() + response_timeout;
+            }
+            Err(e) => return Err(Failure::Sent(e.into(), replayable.then_some(parts))),
+        }
+    };
+    trace.response = Some(ready.elapsed());
+    let pool = (!private).then(|| Arc::clone(server) as Arc<dyn h1_client::Checkin>);
+    let body = h1_client::Body::new(conn, &resp_head, pool);
+    let mut resp = Response::new(RespBody::H1(body));
+    *resp.status_mut() = resp_head.status;
+    *resp.version_mut() = resp_head.version;
+    *resp.headers_mut() = resp_head.headers;
+    Ok(resp)
+}
+
+/// An HTTP/1.1 request asking to upgrade, on a new connection through hyper, which hands the
+/// socket to the tunnel after a `101` (the connection is never pooled).
+pub(crate) async fn send_upgrade(
+    dial: impl FnOnce() -> Dial,
+    req: Request<UpBody>,
+    response_timeout: Duration,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, Failure> {
+    let start = Instant::now();
+    let mut sender = match connect_h1(&dial()).await {
+        Ok(s) => s,
+        Err(e) => return Err(Failure::Connect(e, req)),
+    };
+    let ready = Instant::now();
+    trace.connect = Some(ready - start);
+    match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+        Err(_) => Err(Failure::Timeout),
+        Ok(Ok(resp)) => {
+            trace.response = Some(ready.elapsed());
+            Ok(resp)
+        }
+        Ok(Err(mut e)) => match e.take_message() {
+            // Refused before a byte was written: as good as a connect failure.
+            Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
+            None => Err(Failure::Sent(e.into_error().into(), None)),
+        },
+    }
+}
+
+/// HTTP/2: the server's shared connection (or a private one), re-created once if it turns
+/// out to have closed before taking the request.
+pub(crate) async fn send_h2(
+    server: &Arc<Server>,
+    dial: impl Fn() -> Dial,
+    mut req: Request<UpBody>,
+    private: bool,
+    response_timeout: Duration,
+    trace: &mut Trace,
+) -> Result<Response<Incoming>, Failure> {
+    let start = Instant::now();
+    let mut stale_ok = !private;
+    loop {
+        let sender = if private {
+            connect_h2(&dial()).await
+        } else {
+            server.pool::<crate::http::Pool>().h2_sender(&dial).await
+        };
+        let mut sender = match sender {
+            Ok(s) => s,
+            Err(e) => return Err(Failure::Connect(e, req)),
+        };
+        let ready = Instant::now();
+        trace.connect = Some(ready - start);
+        match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(resp)) => {
+                trace.response = Some(ready.elapsed());
+                return Ok(resp);
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if stale_ok => {
+                    debug!(server = %server.addr, "shared HTTP/2 connection closed; reconnecting");
+                    server.pool::<crate::http::Pool>().h2_forget_closed();
+                    stale_ok = false;
+                    req = back;
+                }
+                Some(back) => {
+                    return Err(Failure::Connect(io::Error::other(e.into_error()), back));
+                }
+                None => return Err(Failure::Sent(e.into_error().into(), None)),
+            },
+        }
+    }
+}

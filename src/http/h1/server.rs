@@ -1,0 +1,450 @@
+//! Our HTTP/1.x server side of the L7 data plane: on one client connection, reads request
+//! heads (`httparse`), hands each request to `l7::handle` with its body read straight
+//! off the socket (Content-Length or chunked, with trailers), and writes the response head and
+//! body back, gathering what the body has ready into one write. Requests on a connection are
+//! served one after another (pipelined ones from the bytes already read), all in the
+//! connection's task.
+//!
+//! It owns HTTP/1.x message framing towards clients: which requests have a body and how long
+//! it is (and refusing ambiguous framing: `400`, `431`, `505`), `Expect: 100-continue`,
+//! keep-alive and `Connection: close`, response framing (a length, chunked, or up to the close
+//! for an HTTP/1.0 client), the `Date` header, trailers for clients that accept them, handing
+//! the socket to a tunnel after a `101`, and noticing a client that leaves while its request is
+//! being served. Header, idle and stalled-write timeouts are `l7::HeadTimeout`'s,
+//! which wraps the socket; what a request means is `http::forward`'s.
+//!
+//! NOTE: hand-written rather than hyper's server connection: that parses into hyper's own
+//! buffers and state machine, then runs the service future, the request body and the response
+//! body through its dispatcher; per keep-alive request that was about a third of our
+//! instructions (callgrind). HTTP/2 clients still go to hyper's server.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use http::header::{self};
+use http::{Method, Request, Response, Version};
+use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::oneshot;
+
+use super::request::*;
+use super::response::*;
+use super::{Framing, State, Step};
+use crate::http::{self as l7, Conn, Phase, ReqBody, Stream};
+use crate::signal::Watch;
+
+/// Room made in the read buffer before each read (hyper starts with 8 KiB too).
+const READ_SIZE: usize = 8 * 1024;
+/// A write buffer grown past this by a large response is not kept for the next one.
+const KEEP_OUT: usize = 16 * 1024;
+
+/// Room the output buffer starts with: a typical response head and a small body, without the
+/// buffer growing four times on each new connection's first response.
+const OUT_START: usize = 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// After an answer sent before the request body was all read: how long, and how many bytes,
+/// the rest of the body is read and dropped before the close (nginx's `lingering_time` is
+/// 30 s; a client that saw the answer and its `Connection: close` stops well before this).
+const EARLY_ANSWER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+const EARLY_ANSWER_DRAIN_BYTES: usize = 32 * 1024 * 1024;
+
+/// The client side of a connection once a `101` was written: the socket, with the bytes the
+/// client sent after its request already put back in front. Handed to the tunnel through the
+/// request's extensions (which must be `Clone`, hence the shared slot).
+#[derive(Clone)]
+pub(crate) struct ClientUpgrade(Arc<Mutex<Option<oneshot::Receiver<Stream>>>>);
+
+impl ClientUpgrade {
+    /// The socket, once the `101` is written.
+    pub(crate) async fn io(self) -> io::Result<Stream> {
+        let rx = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match rx {
+            Some(rx) => rx
+                .await
+                .map_err(|_| io::Error::other("client connection closed")),
+            None => Err(io::Error::other("client connection already taken")),
+        }
+    }
+}
+
+/// The connection's read side and what was read from it and not used yet.
+pub(crate) struct Reader {
+    half: ReadHalf<Stream>,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+    }
+}
+
+/// What a request body shares with its connection's server loop.
+#[derive(Default)]
+struct Home {
+    /// The connection's read side, left here once the body was read to its end.
+    reader: Mutex<Option<Reader>>,
+    /// The read side of a body dropped before its end (the server answered without reading
+    /// all of it): what is left of the body is drained from it before the close.
+    cut: Mutex<Option<Reader>>,
+    /// The body was asked for while the client waits for `100 Continue`.
+    wants_continue: AtomicBool,
+    /// The server loop, woken when `wants_continue` is set: the body may be read in another
+    /// task (hyper's, for an HTTP/2 server).
+    waker: AtomicWaker,
+}
+
+/// A client's request body, read straight off its connection. Read to its end, it puts the
+/// reader back for the next request; dropped before that, it leaves the reader in `Home::cut`
+/// (the rest of the body is drained before the close); failed, it drops it. Either way the
+/// connection closes after the response.
+pub(crate) struct Body {
+    reader: Option<Reader>,
+    state: State,
+    home: Option<Arc<Home>>,
+    /// The client waits for `100 Continue` before it sends the body: asked for at the first
+    /// read, so a request answered without its body (an error, a redirect) costs no upload.
+    expect_continue: bool,
+}
+
+impl Body {
+    /// A request without a body.
+    fn empty() -> Body {
+        Body {
+            reader: None,
+            state: State::new(Framing::None),
+            home: None,
+            expect_continue: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::new(Framing::None);
+        if let (Some(reader), Some(home)) = (self.reader.take(), &self.home) {
+            *home.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        }
+    }
+
+    fn fail(&mut self, e: impl Into<l7::BoxError>) -> Poll<Option<FrameResult>> {
+        self.reader = None;
+        self.state = State::new(Framing::None);
+        Poll::Ready(Some(Err(e.into())))
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let (Some(reader), Some(home)) = (self.reader.take(), &self.home) {
+            *home.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
+        }
+    }
+}
+
+type FrameResult = Result<Frame<Bytes>, l7::BoxError>;
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = l7::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
+        let this = &mut *self;
+        if this.expect_continue {
+            this.expect_continue = false;
+            if let Some(home) = &this.home {
+                home.wants_continue.store(true, Ordering::Release);
+                home.waker.wake();
+            }
+        }
+        loop {
+            let Some(reader) = this.reader.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.state.step(&mut reader.buf) {
+                Ok(Step::Frame(f)) => {
+                    if this.state.is_done() {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                Ok(Step::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(e) => return this.fail(e),
+            }
+            match ready!(reader.poll_fill(cx)) {
+                Ok(0) => {
+                    return this.fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed the connection mid-body",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.state.size_hint()
+    }
+}
+
+/// Serves HTTP/1.x requests on one client connection until either side closes it, or
+/// `stop` fires (the request in flight is answered first, with `Connection: close`).
+/// `first` holds bytes already read from it.
+pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut Watch) {
+    let limit = conn.head_limit();
+    let phase = io.phase();
+    let tls = io.is_tls();
+    let (half, mut w) = tokio::io::split(io);
+    let mut reader = Reader { half, buf: first };
+    let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
+    let mut closing = false;
+    // Each request's future runs in this one slot on the heap. Inline, its several KiB would
+    // make the connection's future that much larger, and that is copied whole when spawned.
+    let mut slot = Box::pin(None);
+    loop {
+        // The next request head; while none of it has come, `stop` closes the connection.
+        let head = loop {
+            if !reader.buf.is_empty() {
+                match parse_head(&mut reader.buf, limit) {
+                    Ok(Some(h)) => break h,
+                    // Part of a head, or empty lines, read with the request before: the header
+                    // timer must run for it though no new byte may come.
+                    Ok(None) => phase.set(Phase::HEAD_BEGUN),
+                    Err(r) => return refuse(&mut w, &mut out, r).await,
+                }
+            }
+            let idle = reader.buf.is_empty();
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(r) = reader.poll_fill(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                if idle && stop.poll_fired(cx) {
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            });
+            match read.await {
+                Some(Ok(0) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        };
+        let Head {
+            parts,
+            framing,
+            keep_alive,
+            expect_continue,
+            te_trailers,
+        } = head;
+        // Until the response is written: what is read meanwhile is read ahead, not waited for.
+        phase.set(Phase::SERVING);
+        closing |= !keep_alive;
+        let head_method = parts.method == Method::HEAD;
+        let method = parts.method.clone();
+        let http10 = parts.version == Version::HTTP_10;
+        // A request with a body takes the reader with it; it comes back through `home` once
+        // the body was read to its end.
+        let (body, mut held, home) = if framing == Framing::None {
+            (Body::empty(), Some(reader), None)
+        } else {
+            let home = Arc::new(Home::default());
+            let body = Body {
+                reader: Some(reader),
+                state: State::new(framing),
+                home: Some(Arc::clone(&home)),
+                expect_continue,
+            };
+            (body, None, Some(home))
+        };
+        let mut req = Request::from_parts(parts, ReqBody::H1(body));
+        let upgrade = l7::wants_tunnel(&req).then(|| {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            tx
+        });
+        let expecting = home.as_deref().filter(|_| expect_continue);
+        let watch = Watching {
+            held: &mut held,
+            limit,
+            expecting,
+            w: &mut w,
+        };
+        slot.set(Some(l7::handle(conn, req)));
+        let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
+        slot.set(None);
+        let Some(mut resp) = resp else {
+            // The client left: dropping the request cancels it (`client_abort` in the log).
+            return;
+        };
+        if l7::opens_tunnel(&method, resp.status())
+            && let Some(tx) = upgrade
+        {
+            // The tunnel takes the whole socket, with what the client sent after its request.
+            let Some(reader) = held.or_else(|| home.and_then(|h| take(&h))) else {
+                return;
+            };
+            phase.set(Phase::TUNNEL);
+            out.clear();
+            encode_status(&mut out, resp.status());
+            encode_fields(&mut out, resp.headers(), false);
+            out.extend_from_slice(b"\r\n");
+            if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
+                return;
+            }
+            let mut io = reader.half.unsplit(w);
+            io.unread(reader.buf.freeze());
+            let _ = tx.send(io);
+            return;
+        }
+        closing |= l7::connection_has(resp.headers(), "close");
+        // Answered before the request body was all read (an early `413`, a redirect): the
+        // connection cannot carry another request, and the client is told so before it sends
+        // more (RFC 9112 9.6).
+        let cut_short = held.is_none()
+            && home
+                .as_ref()
+                .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
+        closing |= cut_short;
+        let framing = response_framing(&resp, head_method, http10);
+        // Unknown length to an HTTP/1.0 client: the close ends the body.
+        closing |= framing == Out::Close;
+        out.clear();
+        encode_head(&mut out, &resp, framing, head_method, closing, http10);
+        let trailers = (te_trailers && framing == Out::Chunked)
+            .then(|| resp.headers().get(header::TRAILER).cloned())
+            .flatten();
+        let sent = write_body(&mut w, &mut out, resp.body_mut(), framing, trailers).await;
+        drop(resp);
+        if out.capacity() > KEEP_OUT {
+            out = Vec::with_capacity(OUT_START);
+        }
+        phase.set(Phase::WAITING);
+        if sent.is_err() {
+            return;
+        }
+        if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
+            // The client may still be sending the body: closing with its bytes unread would
+            // reset the connection, and the reset can destroy the answer before the client
+            // reads it. Shut our side, then read and drop what comes, for a bounded time.
+            let io = reader.half.unsplit(w);
+            crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
+                .await;
+            return;
+        }
+        if closing {
+            // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
+            // more system call per connection for the same packets. TLS sends its close_notify.
+            if tls {
+                let _ = w.shutdown().await;
+            }
+            return;
+        }
+        reader = match held.or_else(|| home.and_then(|h| take(&h))) {
+            Some(r) => r,
+            // The body was not read to its end: what follows it on the wire is unknown.
+            None => {
+                let _ = w.shutdown().await;
+                return;
+            }
+        };
+    }
+}
+
+fn take(home: &Home) -> Option<Reader> {
+    home.reader.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+fn take_cut(home: &Home) -> Option<Reader> {
+    home.cut.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// What the server loop looks after while a request is being served.
+struct Watching<'a> {
+    /// The reader, when the request has no body: the client closing the connection cancels the
+    /// request, and pipelined bytes are read ahead up to `limit`.
+    held: &'a mut Option<Reader>,
+    limit: usize,
+    /// A request body whose client waits for `100 Continue`: written when the body is first
+    /// read.
+    expecting: Option<&'a Home>,
+    w: &'a mut WriteHalf<Stream>,
+}
+
+/// Runs the request to its response while watching the connection (see `Watching`): the
+/// client closing it or failing cancels the request (`None`), as hyper's server did. If
+/// `stop` has fired by the time the response is ready, it closes the connection.
+async fn respond<F>(
+    mut handling: Pin<&mut Option<F>>,
+    watch: Watching<'_>,
+    stop: &Watch,
+    closing: &mut bool,
+) -> Option<Response<l7::Body>>
+where
+    F: Future<Output = Response<l7::Body>>,
+{
+    let Watching {
+        held,
+        limit,
+        mut expecting,
+        w,
+    } = watch;
+    let mut reading = true;
+    let mut sent = 0;
+    poll_fn(|cx| {
+        let Some(handle) = handling.as_mut().as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(resp) = handle.poll(cx) {
+            *closing |= stop.is_fired();
+            return Poll::Ready(Some(resp));
+        }
+        if let Some(reader) = held.as_mut() {
+            while reading {
+                match reader.poll_fill(cx) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                    Poll::Ready(Ok(_)) => reading = reader.buf.len() < limit,
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if let Some(home) = expecting {
+            home.waker.register(cx.waker());
+            if home.wants_continue.load(Ordering::Acquire) {
+                while sent < CONTINUE.len() {
+                    match Pin::new(&mut *w).poll_write(cx, &CONTINUE[sent..]) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(n)) => sent += n,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                match Pin::new(&mut *w).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => expecting = None,
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

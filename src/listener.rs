@@ -1,0 +1,235 @@
+//! The accepting side both data planes share (`http` and `tcp`): one accept loop per frontend,
+//! with `maxconn` (connections beyond it wait in the kernel's accept queue), a back-off after
+//! a failed accept (EMFILE and friends) instead of a spin; per connection, the PROXY header
+//! when `accept_proxy` is on and the TLS handshake when the frontend has `[frontend.tls]`
+//! (`handshake`); and closing a refused client with a FIN rather than a reset
+//! (`linger_close`, `drain_then_close`). What a connection carries is the caller's.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::Frontend;
+use crate::metrics as m;
+use crate::proxy_protocol;
+use crate::tls::TlsAcceptor;
+
+/// Back-off after a failed accept, instead of spinning on the error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// After refusing a client: how long to read and drop what it already sent, so the close is a
+/// FIN rather than a reset (unread data at close makes the kernel send RST).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// A client connection after its PROXY header and TLS handshake. (The TLS stream is boxed:
+/// unboxed, its ~1 KiB would be copied with every move of a plain connection's future too.)
+pub(crate) type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+
+/// Accepts connections on `listener` until `stop` fires, at most `frontend.maxconn` open at
+/// once, and runs `serve(stream, peer)` for each on `tracker` (holding its `maxconn` permit).
+/// The connection's future is boxed: it is a few KiB (a TLS handshake, a server's state), and
+/// spawning moves it several times on its way into the task; a box moves as a pointer.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: &TcpListener,
+    frontend: &Frontend,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+    mut serve: F,
+) where
+    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let name = frontend.name.as_str();
+    let limit = ConnLimit::new(frontend);
+    let mut failing = false;
+    loop {
+        let Some(permit) = limit.admit(stop, name).await else {
+            break;
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                if failing {
+                    info!(frontend = %name, "accepting again");
+                    failing = false;
+                }
+                a
+            }
+            Err(e) => {
+                // One warning per run of failures, not one per retry.
+                if failing {
+                    debug!(frontend = %name, error = %e, "accept failed");
+                } else {
+                    warn!(frontend = %name, error = %e, "accept failed; retrying every 50 ms");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve(stream, peer);
+        tracker.spawn(Box::pin(async move {
+            let _permit = permit;
+            conn.await;
+        }));
+    }
+    debug!(frontend = %name, "stopped accepting");
+}
+
+/// A client connection ready for its protocol.
+pub(crate) struct Accepted {
+    pub(crate) io: ClientIo,
+    /// The client: the PROXY header's source, else the peer.
+    pub(crate) client: SocketAddr,
+    /// The address the client connected to: the PROXY header's destination, else ours (or the
+    /// bind address, when `want_local` was false).
+    pub(crate) local: SocketAddr,
+}
+
+/// Why a client was closed before its protocol started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// A bad or missing PROXY header (counted in `switchyard_proxy_header_errors_total`).
+    ProxyHeader,
+    /// The TLS handshake failed or timed out.
+    Tls,
+}
+
+/// The PROXY header if `accept_proxy`, then TLS if `tls`. The address the client connected
+/// to costs a `getsockname`, so it is asked for only `want_local` (for a PROXY header we
+/// send); else it is the bind address. A refused client is closed (and the PROXY header
+/// error counted) before this returns.
+pub(crate) async fn handshake(
+    f: &Frontend,
+    tls: Option<&TlsAcceptor>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    want_local: bool,
+) -> Result<Accepted, Refusal> {
+    let local = if want_local {
+        stream.local_addr().unwrap_or(f.bind)
+    } else {
+        f.bind
+    };
+    let (client, local) = if f.accept_proxy {
+        match proxy_protocol::read_header(&mut stream, f.header_timeout).await {
+            Ok(Some(addrs)) => addrs,
+            Ok(None) => (peer, local),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %peer, error = %e, "PROXY header refused; closing");
+                metrics::counter!(m::PROXY_HEADER_ERRORS,
+                    "frontend" => f.name.clone(), "reason" => e.reason())
+                .increment(1);
+                linger_close(stream).await;
+                return Err(Refusal::ProxyHeader);
+            }
+        }
+    } else {
+        (peer, local)
+    };
+    let io = match tls {
+        None => Either::Left(stream),
+        // Boxed: the handshake's state is over a KiB, which every connection's future would
+        // otherwise carry (and copy when spawned), TLS or not.
+        Some(acceptor) => match Box::pin(acceptor.accept(stream)).await {
+            Ok(s) => Either::Right(Box::new(s)),
+            Err(e) => {
+                debug!(frontend = %f.name, client = %client, error = %e, "TLS handshake failed");
+                return Err(Refusal::Tls);
+            }
+        },
+    };
+    Ok(Accepted { io, client, local })
+}
+
+/// A frontend's `maxconn`: the permits its open connections hold.
+#[derive(Debug)]
+pub(crate) struct ConnLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    limited: Counter,
+    /// The listener is waiting at the limit (to log once per episode, not per connection).
+    saturated: AtomicBool,
+}
+
+impl ConnLimit {
+    pub(crate) fn new(f: &Frontend) -> ConnLimit {
+        ConnLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(f.maxconn)),
+            limited: metrics::counter!(m::CONNECTIONS_LIMITED, "frontend" => f.name.clone()),
+            saturated: Default::default(),
+        }
+    }
+
+    /// A permit for one more connection, waiting while `maxconn` are open (the listener stops
+    /// accepting meanwhile, so new clients queue in the kernel's backlog, as with HAProxy).
+    /// `None` when `stop` fires first.
+    pub(crate) async fn admit(
+        &self,
+        stop: &CancellationToken,
+        frontend: &str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            if self.saturated.swap(false, Ordering::Relaxed) {
+                info!(frontend, "below maxconn again; accepting");
+            }
+            return Some(p);
+        }
+        self.limited.increment(1);
+        if !self.saturated.swap(true, Ordering::Relaxed) {
+            warn!(
+                frontend,
+                "maxconn reached: new connections wait in the accept queue"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            p = Arc::clone(&self.permits).acquire_owned() => p.ok(),
+        }
+    }
+}
+
+/// Closes a refused client with a FIN rather than a reset: shut our side down, then read and
+/// drop what the peer sent (bounded in time and bytes), so the close finds no unread data.
+pub(crate) async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
+    drain_then_close(stream, LINGER, LINGER_MAX_BYTES).await;
+}
+
+/// Shuts our side of `stream` down, then reads and drops what the peer sends until it closes,
+/// for at most `within` and `max_bytes`, then closes.
+pub(crate) async fn drain_then_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    within: Duration,
+    max_bytes: usize,
+) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        // On the heap: inline, these 4 KiB would be part of every connection's future (and
+        // copied with it), for a path few connections take.
+        let mut buf = vec![0u8; 4096];
+        let mut total = 0;
+        while total < max_bytes {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
+}

@@ -1,0 +1,828 @@
+//! The haproxy.cfg reader: the tokenizer (HAProxy's quoting and escapes), sections, HAProxy
+//! times and bind addresses, and each proxy's directives, folded into [`Proxy`] values with what
+//! their `defaults` section passed on. What cannot be mapped is one warning each.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Warn;
+use super::server::{ServerOpts, server_opts};
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizing haproxy.cfg.
+
+#[derive(Debug, Clone)]
+pub(super) struct Line {
+    pub(super) no: usize,
+    pub(super) words: Vec<String>,
+}
+
+impl Line {
+    pub(super) fn text(&self) -> String {
+        self.words.join(" ")
+    }
+    pub(super) fn word(&self, i: usize) -> &str {
+        self.words.get(i).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Splits one line into words: quotes group, `\` escapes, `#` starts a comment.
+pub(super) fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => cur.push(c),
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '\\') => {
+                in_word = true;
+                match chars.next() {
+                    Some(n @ (' ' | '"' | '\'' | '#' | '\\')) => cur.push(n),
+                    Some(n) => {
+                        cur.push('\\');
+                        cur.push(n);
+                    }
+                    None => cur.push('\\'),
+                }
+            }
+            (None, '#') => break,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+pub(super) fn tokenize(text: &str) -> Vec<Line> {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| Line {
+            no: i + 1,
+            words: words(l),
+        })
+        .filter(|l| !l.words.is_empty())
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Global,
+    Defaults,
+    Frontend,
+    Backend,
+    Listen,
+    Other,
+}
+
+pub(super) const SECTION_WORDS: &[&str] = &[
+    "global",
+    "defaults",
+    "frontend",
+    "backend",
+    "listen",
+    "userlist",
+    "peers",
+    "resolvers",
+    "mailers",
+    "cache",
+    "program",
+    "http-errors",
+    "ring",
+    "fcgi-app",
+    "crt-store",
+    "traces",
+];
+
+pub(super) fn section_kind(word: &str) -> Option<Kind> {
+    Some(match word {
+        "global" => Kind::Global,
+        "defaults" => Kind::Defaults,
+        "frontend" => Kind::Frontend,
+        "backend" => Kind::Backend,
+        "listen" => Kind::Listen,
+        w if SECTION_WORDS.contains(&w) => Kind::Other,
+        _ => return None,
+    })
+}
+
+#[derive(Debug)]
+pub(super) struct Section {
+    pub(super) kind: Kind,
+    pub(super) header: Line,
+    pub(super) body: Vec<Line>,
+}
+
+impl Section {
+    fn name(&self) -> &str {
+        self.header.word(1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values.
+
+/// HAProxy time: a number with an optional unit (us, ms, s, m, h, d; default ms).
+pub(super) fn haproxy_time(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    // A number of minutes, hours or days too large for u64 seconds is not a time (it overflowed).
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
+    Some(match unit {
+        "" | "ms" => Duration::from_millis(n),
+        "us" => Duration::from_micros(n),
+        "s" => Duration::from_secs(n),
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86400)?,
+        _ => return None,
+    })
+}
+
+/// A bind address as Switchyard wants it, or why not.
+pub(super) fn bind_addr(raw: &str) -> Result<SocketAddr, String> {
+    let mut a = raw;
+    for p in ["ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"] {
+        if let Some(rest) = a.strip_prefix(p) {
+            a = rest;
+        }
+    }
+    if a.starts_with('/') || a.contains('@') {
+        return Err("only TCP addresses can be migrated".to_string());
+    }
+    if a.contains('$') {
+        return Err("environment variables are not expanded; write the address".to_string());
+    }
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| "no port (HAProxy binds to the client's port range)".to_string())?;
+    if port.contains('-') {
+        return Err("port ranges are not supported; one frontend per port".to_string());
+    }
+    let host = match host {
+        "" | "*" | "0.0.0.0" => "0.0.0.0".to_string(),
+        "::" | "[::]" => "[::]".to_string(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    format!("{host}:{port}")
+        .parse()
+        .map_err(|_| "not an ip:port address (host names are not allowed in bind)".to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies.
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct HttpChk {
+    pub(super) path: Option<String>,
+    pub(super) host: Option<String>,
+}
+
+/// Settings a `defaults` section passes on, and each proxy's own.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Common {
+    pub(super) mode: Option<&'static str>,
+    pub(super) balance: Option<&'static str>,
+    pub(super) connect_timeout: Option<Duration>,
+    pub(super) response_timeout: Option<Duration>,
+    pub(super) client_timeout: Option<Duration>,
+    pub(super) keepalive_timeout: Option<Duration>,
+    pub(super) header_timeout: Option<Duration>,
+    pub(super) check_timeout: Option<Duration>,
+    pub(super) retries: Option<u32>,
+    pub(super) httpchk: Option<HttpChk>,
+    pub(super) expect_status: Option<Vec<u16>>,
+    pub(super) server_defaults: ServerOpts,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Bind {
+    pub(super) line: usize,
+    pub(super) addr: SocketAddr,
+    pub(super) crt: Vec<String>,
+    pub(super) ssl: bool,
+    pub(super) alpn: Option<Vec<String>>,
+    pub(super) accept_proxy: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct ServerLine {
+    pub(super) line: usize,
+    pub(super) name: String,
+    pub(super) addr: String,
+    pub(super) opts: ServerOpts,
+}
+
+#[derive(Debug)]
+pub(super) struct Proxy {
+    pub(super) kind: Kind,
+    pub(super) name: String,
+    pub(super) line: usize,
+    pub(super) c: Common,
+    pub(super) binds: Vec<Bind>,
+    pub(super) default_backend: Option<String>,
+    pub(super) use_backend: Option<String>,
+    pub(super) servers: Vec<ServerLine>,
+    pub(super) stats: bool,
+}
+
+/// Which side of a proxy a directive belongs to.
+#[derive(PartialEq)]
+pub(super) enum Side {
+    Front,
+    Back,
+    Both,
+}
+
+pub(super) fn side_ok(kind: Kind, side: Side) -> bool {
+    !matches!(
+        (kind, side),
+        (Kind::Frontend, Side::Back) | (Kind::Backend, Side::Front)
+    )
+}
+
+pub(super) const ADMIN_HINT: &str = "use Switchyard's admin server instead ([admin] listen): the stats page at /, /metrics and /api/v1/backends";
+pub(super) const LOG_HINT: &str = "Switchyard logs to stderr (level set by RUST_LOG) and exports Prometheus metrics; no syslog or access-log format";
+
+pub(super) fn time_arg(l: &Line, idx: usize, w: &mut Warn) -> Option<Duration> {
+    match haproxy_time(l.word(idx)) {
+        Some(d) if !d.is_zero() => Some(d),
+        Some(_) => {
+            w.line(
+                l,
+                "a zero (infinite) timeout cannot be expressed; the default stays",
+            );
+            None
+        }
+        None => {
+            w.line(l, "not a HAProxy time");
+            None
+        }
+    }
+}
+
+pub(super) fn parse_status(s: &str) -> Option<Vec<u16>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u16, u16) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 100 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out).filter(|v| v.iter().all(|s| (100..=599).contains(s)))
+}
+
+/// Applies one directive of a defaults, frontend, backend or listen section.
+pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
+    let d = l.word(0);
+    let a1 = l.word(1);
+    let side = match d {
+        "bind" | "default_backend" | "use_backend" | "acl" | "capture" | "monitor-uri" => {
+            Side::Front
+        }
+        "server" | "balance" | "http-check" | "default-server" | "retries" | "fullconn"
+        | "hash-type" | "cookie" | "http-reuse" => Side::Back,
+        "option" => match a1 {
+            "httpchk" | "redispatch" | "tcp-check" | "ssl-hello-chk" | "mysql-check"
+            | "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "allbackups"
+            | "persist" => Side::Back,
+            "forwardfor" | "http-server-close" | "httpclose" | "http-keep-alive" => Side::Both,
+            _ => Side::Both,
+        },
+        "timeout" => match a1 {
+            "connect" | "server" | "check" | "queue" => Side::Back,
+            "client" | "http-request" | "http-keep-alive" => Side::Both,
+            _ => Side::Both,
+        },
+        _ => Side::Both,
+    };
+    if !side_ok(kind, side) {
+        let what = if kind == Kind::Frontend {
+            "frontend"
+        } else {
+            "backend"
+        };
+        w.line(
+            l,
+            format!("not valid in a {what} section; ignored (HAProxy ignores it too)"),
+        );
+        return;
+    }
+    match d {
+        "mode" => match a1 {
+            "http" => p.c.mode = Some("http"),
+            "tcp" => p.c.mode = Some("tcp"),
+            _ => w.line(l, "only `mode http` and `mode tcp` exist in Switchyard"),
+        },
+        "bind" => bind(p, l, w),
+        "default_backend" => p.default_backend = Some(a1.to_string()),
+        "use_backend" => {
+            let why = if p.use_backend.is_none() && p.default_backend.is_none() {
+                p.use_backend = Some(a1.to_string());
+                "no ACL routing in Switchyard; a frontend has one backend. This frontend has no default_backend (yet), so this backend is used for all its traffic unless one follows"
+            } else {
+                "no ACL routing in Switchyard; a frontend has one backend (its default_backend). Give this traffic a frontend of its own"
+            };
+            w.line(l, why);
+        }
+        "acl" => w.line(l, "no ACLs in Switchyard"),
+        "balance" => match a1 {
+            "roundrobin" => p.c.balance = Some("roundrobin"),
+            "leastconn" => p.c.balance = Some("leastconn"),
+            "random" | "random(2)" => p.c.balance = Some("random2"),
+            _ => w.line(
+                l,
+                "only roundrobin, leastconn and random (as random2) exist in Switchyard; roundrobin is used",
+            ),
+        },
+        "server" => {
+            if l.words.len() < 3 {
+                w.line(l, "needs a name and an address");
+                return;
+            }
+            let mut opts = p.c.server_defaults.clone();
+            let who = format!("server {}", l.word(1));
+            server_opts(&l.words[3..], &mut opts, l.no, &who, w);
+            p.servers.push(ServerLine {
+                line: l.no,
+                name: l.word(1).to_string(),
+                addr: l.word(2).to_string(),
+                opts,
+            });
+        }
+        "default-server" => {
+            let mut opts = std::mem::take(&mut p.c.server_defaults);
+            server_opts(&l.words[1..], &mut opts, l.no, "default-server", w);
+            p.c.server_defaults = opts;
+        }
+        "retries" => match a1.parse::<u32>() {
+            Ok(n) => p.c.retries = Some(n),
+            Err(_) => w.line(l, "not a number"),
+        },
+        "timeout" => {
+            let slot = match a1 {
+                "connect" => &mut p.c.connect_timeout,
+                "server" => &mut p.c.response_timeout,
+                "client" => &mut p.c.client_timeout,
+                "http-keep-alive" => &mut p.c.keepalive_timeout,
+                "http-request" => &mut p.c.header_timeout,
+                "check" => &mut p.c.check_timeout,
+                "tunnel" | "client-fin" | "server-fin" => {
+                    w.line(l, "no tunnel (websocket) or half-closed timeouts in Switchyard");
+                    return;
+                }
+                "queue" => {
+                    w.line(l, "Switchyard has no request queue");
+                    return;
+                }
+                _ => {
+                    w.line(l, "unknown timeout");
+                    return;
+                }
+            };
+            if let Some(t) = time_arg(l, 2, w) {
+                *slot = Some(t);
+            }
+        }
+        "option" => option(p, l, w),
+        "no" if a1 == "option" => {
+            w.line(l, "`no option` is not migrated; check the result by hand")
+        }
+        "http-check" => http_check(p, l, w),
+        "stats" => {
+            p.stats = true;
+            w.line(l, ADMIN_HINT);
+        }
+        "maxconn" => w.line(
+            l,
+            "no connection limit in Switchyard (header_timeout and max_header_size protect it)",
+        ),
+        "log" | "log-format" | "capture" | "log-tag" | "error-log-format" => {
+            w.line(l, LOG_HINT)
+        }
+        "cookie" => w.line(l, "no cookie persistence (sticky sessions) in Switchyard"),
+        "http-request" | "http-response" | "http-after-response" | "tcp-request"
+        | "tcp-response" | "reqadd" | "rspadd" | "reqrep" | "rsprep" | "reqdel" | "rspdel"
+        | "redirect" => w.line(
+            l,
+            "no request/response rules in Switchyard (it sets X-Forwarded-For/-Proto/-Host itself)",
+        ),
+        "errorfile" | "errorfiles" => w.line(l, "no custom error pages in Switchyard"),
+        _ => w.line(l, "not supported by Switchyard"),
+    }
+}
+
+pub(super) fn bind(p: &mut Proxy, l: &Line, w: &mut Warn) {
+    let mut crt = Vec::new();
+    let mut ssl = false;
+    let mut alpn = None;
+    let mut accept_proxy = false;
+    let opts = &l.words[2.min(l.words.len())..];
+    let mut i = 0;
+    while i < opts.len() {
+        let o = opts[i].as_str();
+        let arg = opts.get(i + 1).cloned();
+        let mut used = 1;
+        match o {
+            "ssl" => ssl = true,
+            "accept-proxy" => accept_proxy = true,
+            "crt" => {
+                used = 2;
+                match arg {
+                    Some(f) => {
+                        w.at(
+                            l.no,
+                            format!("bind {} crt {f}", l.word(1)),
+                            "a crt file is a combined PEM; it is set as both cert and key in [frontend.tls] certs, but Switchyard wants separate cert and key files: split it and update `key`",
+                        );
+                        crt.push(f);
+                    }
+                    None => w.at(l.no, format!("bind {} crt", l.word(1)), "needs a file"),
+                }
+            }
+            "alpn" => {
+                used = 2;
+                alpn = arg.map(|a| a.split(',').map(ToString::to_string).collect());
+            }
+            _ => {
+                const ARG: &[&str] = &[
+                    "backlog",
+                    "ca-file",
+                    "ciphers",
+                    "ciphersuites",
+                    "crl-file",
+                    "crt-list",
+                    "curves",
+                    "ecdhe",
+                    "gid",
+                    "group",
+                    "id",
+                    "interface",
+                    "level",
+                    "maxconn",
+                    "mode",
+                    "mss",
+                    "name",
+                    "namespace",
+                    "nice",
+                    "npn",
+                    "process",
+                    "proto",
+                    "severity-output",
+                    "sigalgs",
+                    "client-sigalgs",
+                    "ssl-max-ver",
+                    "ssl-min-ver",
+                    "tcp-ut",
+                    "thread",
+                    "uid",
+                    "user",
+                    "verify",
+                ];
+                if ARG.contains(&o) {
+                    used = 2;
+                }
+                let d = opts[i..(i + used).min(opts.len())].join(" ");
+                w.at(
+                    l.no,
+                    format!("bind {} {d}", l.word(1)),
+                    "bind option not supported by Switchyard",
+                );
+            }
+        }
+        i += used;
+    }
+    if ssl && crt.is_empty() {
+        w.line(
+            l,
+            "`ssl` without `crt`: no certificate to serve; bind not migrated",
+        );
+        return;
+    }
+    if !ssl && !crt.is_empty() {
+        w.line(
+            l,
+            "`crt` without `ssl`: TLS is off in HAProxy too; the certificate is ignored",
+        );
+        crt.clear();
+    }
+    for raw in l.word(1).split(',') {
+        match bind_addr(raw) {
+            Ok(addr) => p.binds.push(Bind {
+                line: l.no,
+                addr,
+                crt: crt.clone(),
+                ssl,
+                alpn: alpn.clone(),
+                accept_proxy,
+            }),
+            Err(why) => w.at(
+                l.no,
+                format!("bind {raw}"),
+                format!("{why}; bind not migrated"),
+            ),
+        }
+    }
+}
+
+pub(super) fn option(p: &mut Proxy, l: &Line, w: &mut Warn) {
+    match l.word(1) {
+        // Switchyard always does these.
+        "redispatch" | "forwardfor" | "http-keep-alive" | "tcp-check" | "splice-auto"
+        | "splice-request" | "splice-response" => {}
+        "httpchk" => {
+            let rest: Vec<&str> = l.words[2..].iter().map(String::as_str).collect();
+            let (method, path, version) = match rest.as_slice() {
+                [] => (None, None, None),
+                [path] => (None, Some(*path), None),
+                [m, path] => (Some(*m), Some(*path), None),
+                [m, path, v, ..] => (Some(*m), Some(*path), Some(*v)),
+            };
+            if let Some(m) = method.filter(|m| *m != "GET") {
+                w.line(
+                    l,
+                    format!("Switchyard's HTTP checks use GET, not {m}; the path is kept"),
+                );
+            }
+            let host = version
+                .and_then(|v| v.split_once("Host:"))
+                .map(|(_, h)| h.split("\\r").next().unwrap_or("").trim().to_string())
+                .filter(|h| !h.is_empty());
+            if version.is_some_and(|v| v.contains("\\r\\n") && host.is_none()) {
+                w.line(l, "extra check request headers are not supported (only Host)");
+            }
+            if path.is_some_and(|p| !p.starts_with('/')) {
+                w.line(l, "the check path must start with '/'; `/` is used");
+            }
+            p.c.httpchk = Some(HttpChk {
+                path: path.filter(|p| p.starts_with('/')).map(ToString::to_string),
+                host,
+            });
+        }
+        "httplog" | "tcplog" | "dontlognull" | "log-separate-errors" | "dontlog-normal"
+        | "httpslog" | "log-health-checks" => w.line(l, LOG_HINT),
+        "http-server-close" | "httpclose" | "http-pretend-keepalive" | "nolinger" => w.line(
+            l,
+            "Switchyard manages connection reuse itself (pooled upstream connections, client keep-alive)",
+        ),
+        "ssl-hello-chk" | "mysql-check" | "pgsql-check" | "redis-check" | "smtpchk"
+        | "ldap-check" | "ldap-chk" => w.line(
+            l,
+            "only tcp and http health checks exist in Switchyard; a tcp check is used",
+        ),
+        "abortonclose" => w.line(
+            l,
+            "Switchyard cancels the upstream request when the client goes away; nothing to set",
+        ),
+        _ => w.line(l, "not supported by Switchyard"),
+    }
+}
+
+pub(super) fn http_check(p: &mut Proxy, l: &Line, w: &mut Warn) {
+    match l.word(1) {
+        "expect" => {
+            let (neg, kw, arg) = if l.word(2) == "!" {
+                (true, l.word(3), l.word(4))
+            } else {
+                (false, l.word(2), l.word(3))
+            };
+            match (neg, kw, parse_status(arg)) {
+                (false, "status", Some(s)) => p.c.expect_status = Some(s),
+                _ => w.line(
+                    l,
+                    "only `http-check expect status N[,N...]` maps (expect_status); body and regex matches are not supported",
+                ),
+            }
+        }
+        "send" => {
+            let mut i = 2;
+            while i < l.words.len() {
+                let (k, v) = (l.word(i), l.word(i + 1));
+                match k {
+                    "meth" if v != "GET" => w.at(
+                        l.no,
+                        format!("http-check send meth {v}"),
+                        "Switchyard's HTTP checks use GET",
+                    ),
+                    "meth" | "ver" => {}
+                    "uri" => p.c.httpchk.get_or_insert_with(Default::default).path = Some(v.into()),
+                    "hdr" if v.eq_ignore_ascii_case("host") => {
+                        p.c.httpchk.get_or_insert_with(Default::default).host =
+                            Some(l.word(i + 2).into());
+                        i += 1;
+                    }
+                    "hdr" => {
+                        w.at(
+                            l.no,
+                            format!("http-check send hdr {v}"),
+                            "extra check request headers are not supported (only Host)",
+                        );
+                        i += 1;
+                    }
+                    _ => w.at(
+                        l.no,
+                        format!("http-check send {k} {v}"),
+                        "not supported by Switchyard",
+                    ),
+                }
+                i += 2;
+            }
+        }
+        _ => w.line(l, "not supported by Switchyard"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections to proxies.
+
+/// Reads haproxy.cfg into its proxies (frontends, backends, listens; each with what its
+/// `defaults` passed on), warning about everything else.
+pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
+    let mut sections: Vec<Section> = Vec::new();
+    for l in tokenize(text) {
+        if let Some(kind) = section_kind(l.word(0)) {
+            sections.push(Section {
+                kind,
+                header: l,
+                body: Vec::new(),
+            });
+        } else if let Some(s) = sections.last_mut() {
+            s.body.push(l);
+        } else {
+            w.line(&l, "outside any section; ignored");
+        }
+    }
+
+    let mut defaults = Common::default();
+    let mut proxies: Vec<Proxy> = Vec::new();
+    for s in &sections {
+        match s.kind {
+            Kind::Global => {
+                for l in &s.body {
+                    let why = match l.word(0) {
+                        "daemon" | "pidfile" | "user" | "group" | "uid" | "gid" | "chroot"
+                        | "master-worker" => {
+                            "process management is left to the service manager (systemd, a container runtime)"
+                        }
+                        "log" | "log-tag" | "log-send-hostname" => LOG_HINT,
+                        "stats" => ADMIN_HINT,
+                        "maxconn" => "no global connection limit in Switchyard",
+                        "nbproc" | "nbthread" | "cpu-map" => {
+                            "Switchyard uses one thread per CPU (tokio); not configurable"
+                        }
+                        w if w.starts_with("ssl-default") || w.starts_with("tune.ssl") => {
+                            "TLS versions and ciphers are rustls's safe defaults; not configurable"
+                        }
+                        _ => "global setting not supported by Switchyard",
+                    };
+                    w.line(l, why);
+                }
+            }
+            Kind::Other => w.at(
+                s.header.no,
+                s.header.text(),
+                format!(
+                    "section not supported by Switchyard; it and its {} line(s) are not migrated",
+                    s.body.len()
+                ),
+            ),
+            Kind::Defaults => {
+                let mut p = Proxy {
+                    kind: Kind::Defaults,
+                    name: String::new(),
+                    line: s.header.no,
+                    c: Common::default(),
+                    binds: Vec::new(),
+                    default_backend: None,
+                    use_backend: None,
+                    servers: Vec::new(),
+                    stats: false,
+                };
+                for l in &s.body {
+                    directive(Kind::Defaults, &mut p, l, w);
+                }
+                defaults = p.c;
+            }
+            Kind::Frontend | Kind::Backend | Kind::Listen => {
+                let mut p = Proxy {
+                    kind: s.kind,
+                    name: s.name().to_string(),
+                    line: s.header.no,
+                    c: defaults.clone(),
+                    binds: Vec::new(),
+                    default_backend: None,
+                    use_backend: None,
+                    servers: Vec::new(),
+                    stats: false,
+                };
+                if p.name.is_empty() {
+                    w.line(&s.header, "a section without a name; not migrated");
+                    continue;
+                }
+                if s.kind == Kind::Listen
+                    && s.body.iter().any(|l| l.word(0) == "stats")
+                    && !s.body.iter().any(|l| l.word(0) == "server")
+                {
+                    let last = s.body.last().map(|l| l.no).unwrap_or(s.header.no);
+                    w.line(
+                        &s.header,
+                        format!(
+                            "HAProxy's stats listener (lines {}-{last}) is not migrated; {ADMIN_HINT}",
+                            s.header.no
+                        ),
+                    );
+                    continue;
+                }
+                for l in &s.body {
+                    directive(s.kind, &mut p, l, w);
+                }
+                proxies.push(p);
+            }
+        }
+    }
+    proxies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::write::human;
+
+    #[test]
+    fn haproxy_times_become_humantime() {
+        for (h, want) in [
+            ("5000", "5s"),
+            ("500ms", "500ms"),
+            ("2s", "2s"),
+            ("90s", "90s"),
+            ("1m", "1m"),
+            ("2h", "2h"),
+            ("1d", "1d"),
+            ("1500", "1500ms"),
+            ("10us", "10us"),
+        ] {
+            let d = haproxy_time(h).unwrap();
+            assert_eq!(human(d), want, "{h}");
+            assert_eq!(humantime::parse_duration(want).unwrap(), d, "{want}");
+        }
+        assert!(haproxy_time("5x").is_none());
+        assert!(haproxy_time("s").is_none());
+        // Regression (fuzz target `migrate`): the unit multiplication overflowed u64.
+        assert!(haproxy_time("999999999999999999d").is_none());
+        assert!(haproxy_time("307445734561825861m").is_none());
+        assert_eq!(
+            haproxy_time("213503982334601d"),
+            Some(Duration::from_secs(213_503_982_334_601 * 86_400))
+        );
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(bind_addr("*:80").unwrap().to_string(), "0.0.0.0:80");
+        assert_eq!(bind_addr(":8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(bind_addr(":::443").unwrap().to_string(), "[::]:443");
+        assert_eq!(
+            bind_addr("ipv4@10.0.0.1:80").unwrap().to_string(),
+            "10.0.0.1:80"
+        );
+        assert!(bind_addr("/var/run/x.sock").is_err());
+        assert!(bind_addr(":8000-8010").is_err());
+    }
+
+    #[test]
+    fn words_handle_comments_quotes_and_escapes() {
+        assert_eq!(
+            words(r#"  option httpchk GET /h HTTP/1.1\r\nHost:\ www  # comment"#),
+            ["option", "httpchk", "GET", "/h", r"HTTP/1.1\r\nHost: www"]
+        );
+        assert_eq!(
+            words(r#"acl a hdr(host) -i "a b""#),
+            ["acl", "a", "hdr(host)", "-i", "a b"]
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! Dialing upstream servers, for both data planes: TCP, the PROXY header when the backend
+//! sends one, and TLS when it has `[backend.tls]`, all three inside one `connect_timeout`
+//! (`connect`); and `Killable`, the socket that a server's drain timeout cuts.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use crate::config::Backend;
+use crate::signal::Watch;
+
+/// A connection to a server: plain TCP, or TLS over it.
+pub(crate) type UpstreamIo = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// Opens one connection to `addr` for `backend`: TCP, then `proxy_header` if given, then TLS
+/// (offering `alpn`) if the backend has `[backend.tls]`. The one rule for both data planes:
+/// all of it happens within the backend's `connect_timeout`, or it fails with `TimedOut`, so a
+/// server that accepts and then never reads nor answers cannot hold a request or connection
+/// longer than that. Nothing of the client's has been sent when this fails, so another server
+/// may be tried.
+pub(crate) async fn connect(
+    backend: &Backend,
+    addr: &str,
+    proxy_header: Option<&[u8]>,
+    alpn: &[&[u8]],
+) -> io::Result<UpstreamIo> {
+    let dial = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        if let Some(h) = proxy_header {
+            stream.write_all(h).await?;
+        }
+        match &backend.tls {
+            None => Ok(Either::Left(stream)),
+            Some(tls) => Ok(Either::Right(
+                crate::tls::connect(tls, addr, stream, alpn).await?,
+            )),
+        }
+    };
+    // Boxed: a TLS handshake's future is several KiB, which the caller's would carry.
+    tokio::time::timeout(backend.connect_timeout, Box::pin(dial))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Any upstream transport: plain TCP or TLS.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+pub(crate) type UpIo = Killable<Box<dyn Io>>;
+
+/// An upstream socket that fails every read and write once its server's kill token fires, so
+/// the connection ends even when hyper runs it in a task of its own (HTTP/2) or hands it to an
+/// upgrade.
+pub(crate) struct Killable<S> {
+    inner: S,
+    kill: Watch,
+    dead: bool,
+}
+
+impl<S> Killable<S> {
+    pub(crate) fn new(inner: S, kill: Watch) -> Killable<S> {
+        Killable {
+            inner,
+            kill,
+            dead: false,
+        }
+    }
+
+    /// Whether the kill token fired (one atomic load).
+    fn killed(&mut self) -> bool {
+        self.dead |= self.kill.is_fired();
+        self.dead
+    }
+
+    /// After the socket said `Pending`: registers the task to be woken if the kill token
+    /// fires meanwhile, and turns the wait into the kill error if it already has.
+    /// NOTE: only then, not on every poll: a pooled connection serves a different task at
+    /// almost every request, so each registration replaces a waker (about 250 instructions),
+    /// and a read or write that is ready needs none.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if self.kill.poll_fired(cx) {
+            self.dead = true;
+            return Poll::Ready(Err(killed_error()));
+        }
+        Poll::Pending
+    }
+}
+
+pub(crate) fn killed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "server drain timed out")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Killable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.killed() {
+            return Poll::Ready(Err(killed_error()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            r => r,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
