@@ -338,16 +338,7 @@ async fn propagation(
 
 /// One keep-alive connection, polled back to back.
 fn poll_client() -> reqwest::Client {
-    switchyard::tls::install_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("reqwest client")
+    common::keep_alive_client(Duration::from_secs(2), Duration::from_secs(1))
 }
 
 async fn poll(client: &reqwest::Client, url: &str) -> anyhow::Result<(u16, String)> {
@@ -898,25 +889,7 @@ fn churn_line(out: &mut String, label: &str, c: &Churn, p: &Params) {
 impl Report {
     fn render(&self, p: &Params, took: Duration) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "switchyard discovery bench{}: {}, git {}, {}, {} CPUs",
-            if p.full {
-                ""
-            } else {
-                " (SMOKE RUN, not a measurement)"
-            },
-            common::command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-            common::git_rev(),
-            common::command("/usr/bin/etcd", &["--version"])
-                .lines()
-                .next()
-                .unwrap_or("etcd ?")
-                .replace("etcd Version: ", "etcd "),
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-        );
+        let _ = writeln!(out, "{}", common::heading("discovery", p.full));
         let sy = &self.switchyard;
         let _ = writeln!(
             out,

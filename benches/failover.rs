@@ -650,25 +650,7 @@ fn recovery_bound() -> Duration {
 
 fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchyard failover bench{}: {}, git {}, {}, {} CPUs",
-        if p.full {
-            ""
-        } else {
-            " (SMOKE RUN, not a measurement)"
-        },
-        common::command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        common::git_rev(),
-        common::command("/usr/bin/etcd", &["--version"])
-            .lines()
-            .next()
-            .unwrap_or("etcd ?")
-            .replace("etcd Version: ", "etcd "),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-    );
+    let _ = writeln!(out, "{}", common::heading("failover", p.full));
     let _ = writeln!(
         out,
         "load: {} keep-alive clients, GET / back to back over u1 u2 u3 (etcd v2 prefix, \

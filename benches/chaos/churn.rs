@@ -24,13 +24,15 @@ pub(crate) async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<R
         .await?;
     }
     let urls = vec![etcd.url()];
-    let lb = Lb::start_ready(&Cfg::new(api, &urls, &backend, &prefix).toml()).await;
+    let (lb, http) = start_converged(
+        &id,
+        &Cfg::new(api, &urls, &backend, &prefix).toml(),
+        &kv,
+        &prefix,
+    )
+    .await?;
     let admin = lb.admin_addr();
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
-    let ports = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
+    let ports = names_of(&ups);
     let load = Load::start(format!("http://{}/", lb.http_addr("web")), p.clients, ports);
     let monitor = Monitor::start(admin, BTreeSet::new());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -99,14 +101,6 @@ pub(crate) async fn churn(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<R
         ));
     }
     failure_lines(&mut row, &l, None, t0);
-    lb.shutdown().await;
-    for u in &ups {
-        u.stop().await;
-    }
-    kv.clear(&prefix).await?;
-    common::progress(format!(
-        "{id}: {} requests, {} failed",
-        l.requests, l.failed
-    ));
+    wind_down(&id, lb, &ups, &kv, &prefix, &l).await?;
     Ok(row)
 }

@@ -46,12 +46,8 @@ pub(crate) async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> any
     let mut cfg = Cfg::new(Api::V2, &urls, &backend, &prefix);
     cfg.check = "http";
     cfg.extra = "response_timeout = \"1s\"";
-    let lb = Lb::start_ready(&cfg.toml()).await;
+    let (lb, http) = start_converged(&id, &cfg.toml(), &kv, &prefix).await?;
     let admin = lb.admin_addr();
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
     // Wait until all three pass their checks.
     let t = Instant::now();
     while !view(&http, admin)
@@ -148,17 +144,10 @@ pub(crate) async fn upstream_fault(p: &Params, etcd: &Etcd, fault: Fault) -> any
         proxy_counters(&after, &backend)
     ));
     failure_lines(&mut row, &l, Some(fault_t), start);
-    lb.shutdown().await;
-    u1.stop().await;
-    u3.stop().await;
     u2.stop().await;
     if let Some(u) = repaired {
         u.stop().await;
     }
-    kv.clear(&prefix).await?;
-    common::progress(format!(
-        "{id}: {} requests, {} failed",
-        l.requests, l.failed
-    ));
+    wind_down(&id, lb, &[u1, u3], &kv, &prefix, &l).await?;
     Ok(row)
 }

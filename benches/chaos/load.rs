@@ -122,6 +122,11 @@ pub(crate) async fn load_client(
     r
 }
 
+/// (address, name) of each upstream, for `common::count_key`.
+pub(crate) fn names_of(ups: &[Upstream]) -> Arc<Vec<(String, String)>> {
+    ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>())
+}
+
 pub(crate) fn ports_of(ups: &[(&str, SocketAddr)]) -> Arc<Vec<(String, String)>> {
     Arc::new(
         ups.iter()
@@ -181,4 +186,26 @@ pub(crate) fn failure_lines(
             }
         ));
     }
+}
+
+/// How a scenario ends once its load is in: the Lb shut down, the upstreams stopped, the
+/// scenario's keys cleared from etcd, and a progress line with the load's counts.
+pub(crate) async fn wind_down(
+    id: &str,
+    lb: Lb,
+    ups: &[Upstream],
+    kv: &Kv,
+    prefix: &str,
+    l: &LoadResult,
+) -> anyhow::Result<()> {
+    lb.shutdown().await;
+    for u in ups {
+        u.stop().await;
+    }
+    kv.clear(prefix).await?;
+    common::progress(format!(
+        "{id}: {} requests, {} failed",
+        l.requests, l.failed
+    ));
+    Ok(())
 }

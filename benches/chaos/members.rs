@@ -145,16 +145,18 @@ pub(crate) async fn cluster_scenario(
             .await?;
     }
     let urls = cluster.urls();
-    let lb = Lb::start_ready(&Cfg::new(api, &urls, &backend, &prefix).toml()).await;
+    let (lb, http) = start_converged(
+        &id,
+        &Cfg::new(api, &urls, &backend, &prefix).toml(),
+        &kv,
+        &prefix,
+    )
+    .await?;
     let admin = lb.admin_addr();
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
     let stable = view(&http, admin).await?.routed();
     let before = metrics_text(&http, admin).await?;
 
-    let names = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
+    let names = names_of(&ups);
     let load = Load::start(format!("http://{}/", lb.http_addr("web")), p.clients, names);
     let monitor = Monitor::start(admin, stable);
     let gate: Gate = Arc::new(tokio::sync::Mutex::new(vec![false; cluster.len()]));
@@ -336,14 +338,6 @@ pub(crate) async fn cluster_scenario(
             .push(format!("{id}: {} changes never routed", tg.lost.len()));
     }
     failure_lines(&mut row, &l, None, t0);
-    lb.shutdown().await;
-    for u in &ups {
-        u.stop().await;
-    }
-    kv.clear(&prefix).await?;
-    common::progress(format!(
-        "{id}: {} requests, {} failed",
-        l.requests, l.failed
-    ));
+    wind_down(&id, lb, &ups, &kv, &prefix, &l).await?;
     Ok(row)
 }

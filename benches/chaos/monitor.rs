@@ -265,3 +265,19 @@ impl MonitorResult {
         )
     }
 }
+
+/// Switchyard started on `toml`, once its routed set equals what etcd holds under `prefix`;
+/// and a client for its admin API.
+pub(crate) async fn start_converged(
+    id: &str,
+    toml: &str,
+    kv: &Kv,
+    prefix: &str,
+) -> anyhow::Result<(Lb, reqwest::Client)> {
+    let lb = Lb::start_ready(toml).await;
+    let http = common::admin_client(Duration::from_secs(2));
+    converge(&http, lb.admin_addr(), kv, prefix, CONVERGE_LIMIT)
+        .await
+        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
+    Ok((lb, http))
+}

@@ -27,15 +27,11 @@ pub(crate) async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     etcd_changed.etcd = "poll_timeout = \"30s\"";
     etcd_changed.frontend = "header_timeout = \"9s\"";
     let variants = [base.toml(), backend_changed.toml(), etcd_changed.toml()];
-    let lb = Lb::start_ready(&variants[0]).await;
+    let (lb, http) = start_converged(&id, &variants[0], &kv, &prefix).await?;
     let admin = lb.admin_addr();
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
     let stable = view(&http, admin).await?.routed();
     let before = metrics_text(&http, admin).await?;
-    let ports = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
+    let ports = names_of(&ups);
     let load = Load::start(format!("http://{}/", lb.http_addr("web")), p.clients, ports);
     let monitor = Monitor::start(admin, stable);
     let t0 = Instant::now();
@@ -102,14 +98,6 @@ pub(crate) async fn reloads(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
         ));
     }
     failure_lines(&mut row, &l, None, t0);
-    lb.shutdown().await;
-    for u in &ups {
-        u.stop().await;
-    }
-    kv.clear(&prefix).await?;
-    common::progress(format!(
-        "{id}: {} requests, {} failed",
-        l.requests, l.failed
-    ));
+    wind_down(&id, lb, &ups, &kv, &prefix, &l).await?;
     Ok(row)
 }

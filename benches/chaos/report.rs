@@ -53,25 +53,7 @@ impl Row {
 
 pub(crate) fn render(rows: &[Row], p: &Params, took: Duration) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchyard chaos bench{}: {}, git {}, {}, {} CPUs",
-        if p.full {
-            ""
-        } else {
-            " (SMOKE RUN, not a measurement)"
-        },
-        common::command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        common::git_rev(),
-        common::command("/usr/bin/etcd", &["--version"])
-            .lines()
-            .next()
-            .unwrap_or("etcd ?")
-            .replace("etcd Version: ", "etcd "),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-    );
+    let _ = writeln!(out, "{}", common::heading("chaos", p.full));
     let _ = writeln!(
         out,
         "load: {} keep-alive clients, GET / back to back; a failure is any non-200 answer or transport error. \

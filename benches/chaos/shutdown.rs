@@ -77,14 +77,9 @@ pub(crate) async fn shutdown(p: &Params, etcd: &Etcd) -> anyhow::Result<Row> {
     let grace_s = format!("shutdown_grace = \"{}ms\"", p.grace.as_millis());
     let mut cfg = Cfg::new(Api::V2, &urls, backend, &prefix);
     cfg.global = &grace_s;
-    let lb = Lb::start_ready(&cfg.toml()).await;
-    let admin = lb.admin_addr();
+    let (lb, _) = start_converged(&id, &cfg.toml(), &kv, &prefix).await?;
     let web = lb.http_addr("web");
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
-    let ports = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
+    let ports = names_of(&ups);
     // Each keep-alive client stops at its first failure (expected after the cancel).
     let load = Load::start_with(format!("http://{web}/"), p.clients, ports.clone(), true);
     let l_start = load.start;

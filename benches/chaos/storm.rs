@@ -28,12 +28,8 @@ pub(crate) async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<R
     let urls = vec![etcd.url()];
     let mut cfg = Cfg::new(api, &urls, &backend, &prefix);
     cfg.etcd = "poll_timeout = \"1s\"";
-    let lb = Lb::start_ready(&cfg.toml()).await;
+    let (lb, http) = start_converged(&id, &cfg.toml(), &kv, &prefix).await?;
     let admin = lb.admin_addr();
-    let http = common::admin_client(Duration::from_secs(2));
-    converge(&http, admin, &kv, &prefix, CONVERGE_LIMIT)
-        .await
-        .map_err(|e| anyhow!("{id}: initial set: {e}"))?;
     let stable: BTreeSet<(String, String)> = [("s1".to_string(), ups[0].addr().to_string())]
         .into_iter()
         .collect();
@@ -49,7 +45,7 @@ pub(crate) async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<R
         0
     };
 
-    let ports = ports_of(&ups.iter().map(|u| (u.name(), u.addr())).collect::<Vec<_>>());
+    let ports = names_of(&ups);
     let load = Load::start(format!("http://{}/", lb.http_addr("web")), p.clients, ports);
     let monitor = Monitor::start(admin, stable);
     let stop = CancellationToken::new();
@@ -195,14 +191,6 @@ pub(crate) async fn storm(p: &Params, etcd: &Etcd, api: Api) -> anyhow::Result<R
         ));
     }
     failure_lines(&mut row, &l, None, t0);
-    lb.shutdown().await;
-    for u in &ups {
-        u.stop().await;
-    }
-    kv.clear(&prefix).await?;
-    common::progress(format!(
-        "{id}: {} requests, {} failed",
-        l.requests, l.failed
-    ));
+    wind_down(&id, lb, &ups, &kv, &prefix, &l).await?;
     Ok(row)
 }

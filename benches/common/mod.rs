@@ -87,18 +87,24 @@ pub fn progress(msg: impl AsRef<str>) {
 // ---------------------------------------------------------------------------------------------
 // Load.
 
-/// The client of one load task: HTTP/1.1, one keep-alive connection, 5 s per request.
-pub fn load_client() -> reqwest::Client {
+/// An HTTP/1.1 client on one keep-alive connection (no proxy, no Nagle), each request bounded
+/// by `limit` and each connect by `connect`.
+pub fn keep_alive_client(limit: Duration, connect: Duration) -> reqwest::Client {
     switchyard::tls::install_provider();
     reqwest::Client::builder()
         .no_proxy()
         .http1_only()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
+        .timeout(limit)
+        .connect_timeout(connect)
         .build()
         .expect("reqwest client")
+}
+
+/// The client of one load task: 5 s per request, 2 s to connect.
+pub fn load_client() -> reqwest::Client {
+    keep_alive_client(Duration::from_secs(5), Duration::from_secs(2))
 }
 
 /// `GET url`: the body of a 200, or why the request failed (another status and its body, a
@@ -155,15 +161,7 @@ pub fn count_key(reason: &str, names: &[(String, String)]) -> String {
 
 /// A client for the admin API (`/api/v1/backends`, `/metrics`), each call bounded by `limit`.
 pub fn admin_client(limit: Duration) -> reqwest::Client {
-    switchyard::tls::install_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .timeout(limit)
-        .connect_timeout(limit)
-        .build()
-        .expect("reqwest client")
+    keep_alive_client(limit, limit)
 }
 
 /// The sum of every sample of `metric` (a name with its opening brace) whose line contains
@@ -188,6 +186,29 @@ pub fn percentile<T: Copy + Ord>(v: &[T], q: f64) -> Option<T> {
     s.sort_unstable();
     let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
     Some(s[rank - 1])
+}
+
+/// The report's first line: what ran (a smoke run says so), when, at which revision, against
+/// which etcd, on how many CPUs.
+pub fn heading(name: &str, full: bool) -> String {
+    format!(
+        "switchyard {name} bench{}: {}, git {}, {}, {} CPUs",
+        if full {
+            ""
+        } else {
+            " (SMOKE RUN, not a measurement)"
+        },
+        command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        git_rev(),
+        command("/usr/bin/etcd", &["--version"])
+            .lines()
+            .next()
+            .unwrap_or("etcd ?")
+            .replace("etcd Version: ", "etcd "),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+    )
 }
 
 /// The trimmed output of `cmd args` run in the repository, or `?`.
