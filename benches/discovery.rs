@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use support::config::Api;
 use support::{Cfg, Etcd, Lb, Upstream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -198,7 +199,7 @@ async fn run(p: &Params) -> anyhow::Result<Report> {
 fn switchyard_config(etcd: &str) -> String {
     Cfg::http("web")
         .etcd(etcd)
-        .etcd_lines("api = \"v2\"")
+        .api(Api::V2)
         .backend("bench")
         .prefix(SY_PREFIX)
         .check_none()

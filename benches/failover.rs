@@ -48,6 +48,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
+use support::config::Api;
 use support::{Cfg, Etcd, Lb, Upstream};
 use tokio::time::Instant;
 
@@ -167,7 +168,7 @@ fn config(etcd: &str, prefix: &str, sc: &Scenario) -> String {
     };
     Cfg::http("web")
         .etcd(etcd)
-        .etcd_lines("api = \"v2\"")
+        .api(Api::V2)
         .backend(sc.key)
         .prefix(prefix)
         .backend_lines(&timeout)

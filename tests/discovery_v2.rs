@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::config::Api;
 use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
 
 const PREFIX: &str = "/testservice/backend";
@@ -17,7 +18,7 @@ const PREFIX: &str = "/testservice/backend";
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
     Cfg::http("web")
         .etcd(&etcd.url())
-        .etcd_lines("api = \"v2\"")
+        .api(Api::V2)
         .etcd_lines(extra_etcd)
         .backend(backend)
         .prefix(PREFIX)

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use support::config::Api;
 use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, wait_until};
 
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
     Cfg::http("web")
         .etcd(&etcd.url())
-        .etcd_lines("api = \"v3\"")
+        .api(Api::V3)
         .etcd_lines(extra_etcd)
         .etcd_backend(backend)
         .check_none()

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::config::Api;
 use support::{Cfg, Etcd, Lb, try_get_cached};
 use tokio::time::Instant;
 
@@ -18,20 +19,10 @@ const P99_LIMIT: Duration = Duration::from_millis(100);
 /// A change not seen within this is a failure to converge, not a slow sample.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug)]
-enum Api {
-    V2,
-    V3,
-}
-
 fn config(etcd: &Etcd, api: Api) -> String {
-    let api = match api {
-        Api::V2 => "v2",
-        Api::V3 => "v3",
-    };
     Cfg::http("web")
         .etcd(&etcd.url())
-        .etcd_lines(&format!("api = \"{api}\""))
+        .api(api)
         .backend("scaleout")
         .prefix(PREFIX)
         .check_none()

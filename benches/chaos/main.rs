@@ -86,6 +86,7 @@ use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
+use support::config::Api;
 use support::{Etcd, EtcdCluster, Lb, Upstream};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,21 +120,6 @@ const WRITE_ATTEMPT: Duration = Duration::from_millis(2500);
 const WRITE_DEADLINE: Duration = Duration::from_secs(20);
 /// Health check settings written into every config (see the module docs).
 const CHECK: &str = "inter = \"1s\"\nfastinter = \"200ms\"\ndowninter = \"1s\"\ntimeout = \"300ms\"\nrise = 2\nfall = 3";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Api {
-    V2,
-    V3,
-}
-
-impl Api {
-    fn as_str(self) -> &'static str {
-        match self {
-            Api::V2 => "v2",
-            Api::V3 => "v3",
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]

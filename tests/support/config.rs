@@ -17,6 +17,22 @@
 
 use std::fmt::Display;
 
+/// Which etcd API a config's `[etcd] api` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    V2,
+    V3,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::V2 => "v2",
+            Api::V3 => "v3",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Cfg {
     admin: Vec<String>,
@@ -172,7 +188,12 @@ impl Cfg {
         self
     }
 
-    /// More lines under `[etcd]` (`api = "v3"`, `poll_timeout = ...`).
+    /// `api` under `[etcd]`.
+    pub fn api(self, api: Api) -> Cfg {
+        self.etcd_lines(&format!("api = \"{}\"", api.as_str()))
+    }
+
+    /// More lines under `[etcd]` (`poll_timeout = ...`).
     pub fn etcd_lines(mut self, text: &str) -> Cfg {
         self.etcd
             .as_mut()
