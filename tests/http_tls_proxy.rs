@@ -48,6 +48,16 @@ fn frontend_tls(leaf: &Leaf) -> String {
     )
 }
 
+/// A new CA named `tag`, and Switchyard serving its certificate for `SITE` (`frontend_tls`,
+/// after the `frontend` lines) in front of `up`.
+async fn https_lb(tag: &str, up: &Upstream, frontend: &str) -> (Pki, Lb) {
+    let pki = Pki::new(tag);
+    let site = pki.leaf("site", &[SITE]);
+    let frontend = format!("{frontend}\n{}", frontend_tls(&site));
+    let lb = Lb::start_ready(&config(&[up.addr().to_string()], &frontend, "", "")).await;
+    (pki, lb)
+}
+
 /// A reqwest client trusting only the test CA, with `SITE` resolved to `addr`.
 fn https_client(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
     switchyard::tls::install_provider();
@@ -86,16 +96,8 @@ async fn read_all<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> String {
 
 #[tokio::test]
 async fn https_round_trip_sets_forwarded_proto() {
-    let pki = Pki::new("rt");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("behind-tls").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("rt", &up, "").await;
     let addr = lb.http_addr("web");
     let client = https_client(&pki, addr);
     for i in 0..3 {
@@ -128,16 +130,8 @@ async fn https_round_trip_sets_forwarded_proto() {
 
 #[tokio::test]
 async fn alpn_h2_end_to_end() {
-    let pki = Pki::new("alpn");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("via-h2").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("alpn", &up, "").await;
     let tls = tls_connect(&pki, lb.http_addr("web"), &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) =
@@ -166,16 +160,8 @@ async fn alpn_h2_end_to_end() {
 
 #[tokio::test]
 async fn garbage_fails_the_handshake_fast_and_the_next_one_works() {
-    let pki = Pki::new("garbage");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("garbage", &up, "").await;
     let addr = lb.http_addr("web");
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -203,16 +189,8 @@ async fn garbage_fails_the_handshake_fast_and_the_next_one_works() {
 
 #[tokio::test]
 async fn a_slow_header_over_tls_gets_408() {
-    let pki = Pki::new("slow");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("slow", &up, "").await;
     let mut tls = tls_connect(&pki, lb.http_addr("web"), &[b"http/1.1"]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -473,16 +451,8 @@ async fn accept_proxy_feeds_x_forwarded_for() {
 
 #[tokio::test]
 async fn accept_proxy_then_tls() {
-    let pki = Pki::new("proxytls");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &format!("accept_proxy = true\n{}", frontend_tls(&site)),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("proxytls", &up, "accept_proxy = true").await;
     let mut tcp = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     tcp.write_all(b"PROXY TCP4 198.51.100.9 127.0.0.1 1234 443\r\n")
         .await

@@ -9,10 +9,11 @@ use switchyard::Listeners;
 use switchyard::config::Config;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{get, http_client, try_get};
-use super::wait_until;
+use super::{metric, wait_until};
 
 /// Switchyard's `run()` spawned on the current runtime, on listeners bound from the config
 /// (use port 0 in `bind`/`listen`).
@@ -120,6 +121,46 @@ impl Lb {
             .into_iter()
             .find(|s| s["addr"] == addr)
             .unwrap_or_default()
+    }
+
+    /// The addresses of the first backend's servers, sorted.
+    pub async fn listed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .servers()
+            .await
+            .iter()
+            .map(|s| s["addr"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Polls until the first backend lists exactly `want` (10 s deadline, then a panic naming
+    /// `what` and the last list seen).
+    pub async fn wait_listed(&self, what: &str, want: &[SocketAddr]) {
+        let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+        want.sort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = vec![];
+        while Instant::now() < deadline {
+            last = self.listed().await;
+            if last == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: listed {last:?}, wanted {want:?}");
+    }
+
+    /// Polls `/metrics` until the sample `series` (name and labels) is at least `at_least`
+    /// (10 s deadline).
+    pub async fn wait_metric(&self, series: &str, at_least: f64) {
+        wait_until(
+            &format!("{series} >= {at_least}"),
+            Duration::from_secs(10),
+            || async move { metric(&self.metrics().await, series) >= at_least },
+        )
+        .await;
     }
 
     /// `GET /metrics` text.
