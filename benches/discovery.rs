@@ -28,6 +28,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use support::{Etcd, Lb, Upstream};
+use support::config::Api;
+use support::{Cfg, Etcd, Lb, Upstream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -98,61 +101,22 @@ impl Params {
 }
 
 fn main() {
-    let p = if std::env::args().any(|a| a == "--bench") {
+    let p = if common::full_run() {
         Params::full()
     } else {
         Params::smoke()
     };
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let started = *START.get_or_init(Instant::now);
-    let outcome = rt.block_on(async { tokio::time::timeout(TOTAL_DEADLINE, run(&p)).await });
-    let report = match outcome {
-        Err(_) => {
-            eprintln!("discovery bench: FAILED: not finished within {TOTAL_DEADLINE:?}");
-            std::process::exit(1);
-        }
-        Ok(Err(e)) => {
-            eprintln!("discovery bench: FAILED: {e:#}");
-            std::process::exit(1);
-        }
-        Ok(Ok(r)) => r,
-    };
-    let took = started.elapsed();
-    let text = report.render(&p, took);
-    println!("\n{text}");
-    if p.full {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-        std::fs::create_dir_all(&dir).expect("create benches/results");
-        let path = dir.join("discovery.txt");
-        std::fs::write(&path, &text).expect("write results");
-        println!("written to {}", path.display());
-    }
-    let problems = report.problems();
-    if !problems.is_empty() {
-        eprintln!("discovery bench: FAILED: {}", problems.join("; "));
-        std::process::exit(1);
-    }
+    common::main(
+        "discovery",
+        TOTAL_DEADLINE,
+        p.full,
+        run(&p),
+        |report, took| (report.render(&p, took), report.problems()),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // The run.
-
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-/// A progress line on stderr with the time since the start.
-fn progress(msg: String) {
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("[discovery {:>5.1}s] {msg}", t.as_secs_f64());
-}
 
 struct Report {
     rtt: Vec<Duration>,
@@ -185,7 +149,7 @@ async fn run(p: &Params) -> anyhow::Result<Report> {
         http: poll_client(),
     };
     let poller = poll_client();
-    progress(format!("etcd {} and switchyard {url} up", etcd.url()));
+    common::progress(format!("etcd {} and switchyard {url} up", etcd.url()));
 
     // Baseline: the request loop's own round trip with A alone.
     sy.wait_servers(1).await?;
@@ -201,17 +165,17 @@ async fn run(p: &Params) -> anyhow::Result<Report> {
             bail!("baseline request answered {code} {body:?}, want 200 \"a\"");
         }
     }
-    progress(format!("request RTT p50 {}", ms(pct(&rtt, 0.5))));
+    common::progress(format!("request RTT p50 {}", ms(pct(&rtt, 0.5))));
 
     let pool = start_upstreams("b", p.pool).await;
     let switchyard = propagation(&kv, SY_PREFIX, &sy, &poller, &url, &pool, p.samples).await?;
-    progress("switchyard propagation done".into());
+    common::progress("switchyard propagation done");
     kv.delete(&format!("{SY_PREFIX}/a")).await?;
     sy.wait_servers(0).await?;
 
     let ups = start_upstreams("u", p.churn_pool).await;
     let churn = churn(&kv, SY_PREFIX, &sy, &url, &ups, p).await?;
-    progress("switchyard churn done".into());
+    common::progress("switchyard churn done");
     lb.shutdown().await;
 
     let confd = if Path::new(HAPROXY).exists() {
@@ -233,29 +197,13 @@ async fn run(p: &Params) -> anyhow::Result<Report> {
 }
 
 fn switchyard_config(etcd: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[etcd]
-endpoints = ["{etcd}"]
-api = "v2"
-
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-mode = "http"
-backend = "bench"
-
-[[backend]]
-name = "bench"
-etcd_prefix = "{SY_PREFIX}"
-
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::http("web")
+        .etcd(etcd)
+        .api(Api::V2)
+        .backend("bench")
+        .prefix(SY_PREFIX)
+        .check_none()
+        .toml()
 }
 
 async fn start_upstreams(prefix: &str, n: usize) -> Vec<Upstream> {
@@ -391,16 +339,7 @@ async fn propagation(
 
 /// One keep-alive connection, polled back to back.
 fn poll_client() -> reqwest::Client {
-    switchyard::tls::install_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(2))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("reqwest client")
+    common::keep_alive_client(Duration::from_secs(2), Duration::from_secs(1))
 }
 
 async fn poll(client: &reqwest::Client, url: &str) -> anyhow::Result<(u16, String)> {
@@ -510,63 +449,19 @@ struct ClientResult {
 
 /// One keep-alive client sending GETs back to back until `deadline`.
 async fn load_client(url: String, deadline: Instant) -> ClientResult {
-    switchyard::tls::install_provider();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("reqwest client");
+    let client = common::load_client();
     let mut r = ClientResult::default();
     while Instant::now() < deadline {
         let t = Instant::now();
-        let outcome = match client.get(&url).send().await {
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(_) if code == 200 => None,
-                    Ok(body) => Some(format!(
-                        "HTTP {code}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )),
-                    Err(e) => Some(format!("body: {}", error_chain(&e))),
-                }
-            }
-            Err(e) => Some(error_chain(&e)),
-        };
+        let outcome = common::get_200(&client, &url).await;
         r.requests += 1;
         r.latency.push(t.elapsed());
-        if let Some(kind) = outcome {
+        if let Err(why) = outcome {
             r.failed += 1;
-            *r.failures.entry(kind).or_default() += 1;
+            *r.failures.entry(common::count_key(&why, &[])).or_default() += 1;
         }
     }
     r
-}
-
-/// An error and its sources on one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    // Ports differ between runs; keep the kinds countable.
-    s.split("127.0.0.1:")
-        .enumerate()
-        .map(|(i, part)| {
-            if i == 0 {
-                part.to_string()
-            } else {
-                let rest = part.trim_start_matches(|c: char| c.is_ascii_digit());
-                format!("127.0.0.1:PORT{rest}")
-            }
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,12 +508,12 @@ async fn confd_stack(
         p.confd_samples,
     )
     .await?;
-    progress("confd+HAProxy propagation done".into());
+    common::progress("confd+HAProxy propagation done");
     kv.delete(&format!("{CONFD_PREFIX}/a")).await?;
     target.wait_servers(0).await?;
     let before = confd.reload_timings().len();
     let churn = churn(kv, CONFD_PREFIX, &target, &url, ups, p).await?;
-    progress("confd+HAProxy churn done".into());
+    common::progress("confd+HAProxy churn done");
     let reloads = confd.reload_timings();
     confd.stop().await;
     Ok(ConfdResult {
@@ -763,7 +658,7 @@ async fn confd_watch(
             Ok(n) => {
                 tx.send_replace(Rendered { servers: n });
             }
-            Err(e) => progress(format!("confd: {e:#}")),
+            Err(e) => common::progress(format!("confd: {e:#}")),
         }
     }
 }
@@ -932,13 +827,7 @@ impl Kv {
 
 /// Nearest-rank percentile.
 fn pct(v: &[Duration], q: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1]
+    common::percentile(v, q).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> String {
@@ -1001,25 +890,7 @@ fn churn_line(out: &mut String, label: &str, c: &Churn, p: &Params) {
 impl Report {
     fn render(&self, p: &Params, took: Duration) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "switchyard discovery bench{}: {}, git {}, {}, {} CPUs",
-            if p.full {
-                ""
-            } else {
-                " (SMOKE RUN, not a measurement)"
-            },
-            command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-            git_rev(),
-            command("/usr/bin/etcd", &["--version"])
-                .lines()
-                .next()
-                .unwrap_or("etcd ?")
-                .replace("etcd Version: ", "etcd "),
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-        );
+        let _ = writeln!(out, "{}", common::heading("discovery", p.full));
         let sy = &self.switchyard;
         let _ = writeln!(
             out,
@@ -1106,7 +977,7 @@ impl Report {
             out,
             "confd+HAProxy = a confd-style watcher in the bench: v2 long-poll, full re-read, render \
              haproxy.cfg, `haproxy -c`, `haproxy -D -sf $(cat pidfile)` ({})",
-            command(HAPROXY, &["-v"])
+            common::command(HAPROXY, &["-v"])
                 .lines()
                 .next()
                 .unwrap_or("haproxy ?")
@@ -1131,26 +1002,4 @@ impl Report {
         }
         v
     }
-}
-
-fn command(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".to_string())
-}
-
-/// `git rev-parse --short HEAD`, plus `+dirty` when tracked files under src/ differ from it.
-fn git_rev() -> String {
-    let rev = command("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = !command(
-        "git",
-        &["status", "--porcelain", "--untracked-files=no", "src"],
-    )
-    .is_empty();
-    if dirty { format!("{rev}+dirty") } else { rev }
 }

@@ -35,10 +35,11 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -47,7 +48,8 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
-use support::{Etcd, Lb, Upstream};
+use support::config::Api;
+use support::{Cfg, Etcd, Lb, Upstream};
 use tokio::time::Instant;
 
 /// The whole run is cut off here (etcd is still killed by its guard).
@@ -127,71 +129,29 @@ impl Params {
 }
 
 fn main() {
-    let p = if std::env::args().any(|a| a == "--bench") {
+    let p = if common::full_run() {
         Params::full()
     } else {
         Params::smoke()
     };
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
-    // reqwest is built without a default TLS provider (`rustls-no-provider`): every client
-    // (the harness's too) needs the process-wide one installed first.
-    switchyard::tls::install_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let started = *START.get_or_init(Instant::now);
-    let outcome = rt.block_on(async { tokio::time::timeout(TOTAL_DEADLINE, run(&p)).await });
-    let results = match outcome {
-        Err(_) => {
-            eprintln!("failover bench: FAILED: not finished within {TOTAL_DEADLINE:?}");
-            std::process::exit(1);
-        }
-        Ok(Err(e)) => {
-            eprintln!("failover bench: FAILED: {e:#}");
-            std::process::exit(1);
-        }
-        Ok(Ok(r)) => r,
-    };
-    let took = started.elapsed();
-    let text = render(&results, &p, took);
-    println!("\n{text}");
-    if p.full {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-        std::fs::create_dir_all(&dir).expect("create benches/results");
-        let path = dir.join("failover.txt");
-        std::fs::write(&path, &text).expect("write results");
-        println!("written to {}", path.display());
-    }
-    let problems = problems(&results, &p);
-    if !problems.is_empty() {
-        eprintln!("failover bench: FAILED: {}", problems.join("; "));
-        std::process::exit(1);
-    }
-}
-
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-/// A progress line on stderr with the time since the start.
-fn progress(msg: String) {
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("[failover {:>5.1}s] {msg}", t.as_secs_f64());
+    common::main(
+        "failover",
+        TOTAL_DEADLINE,
+        p.full,
+        run(&p),
+        |results, took| (render(results, &p, took), problems(results, &p)),
+    );
 }
 
 async fn run(p: &Params) -> anyhow::Result<Vec<Outcome>> {
     let etcd = Etcd::start().await;
-    progress(format!("etcd {} up", etcd.url()));
+    common::progress(format!("etcd {} up", etcd.url()));
     let mut out = Vec::new();
     for sc in &p.scenarios {
         let o = scenario(&etcd, sc, p.clients)
             .await
             .with_context(|| format!("scenario {}", sc.key))?;
-        progress(format!(
+        common::progress(format!(
             "{}: {} requests, {} failed",
             sc.key, o.requests, o.failed
         ));
@@ -206,36 +166,17 @@ fn config(etcd: &str, prefix: &str, sc: &Scenario) -> String {
     } else {
         String::new()
     };
-    let name = sc.key;
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[etcd]
-endpoints = ["{etcd}"]
-api = "v2"
-
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-mode = "http"
-backend = "{name}"
-
-[[backend]]
-name = "{name}"
-etcd_prefix = "{prefix}"
-{timeout}
-[backend.check]
-type = "tcp"
-inter = "{INTER_MS}ms"
-fastinter = "{FASTINTER_MS}ms"
-downinter = "{DOWNINTER_MS}ms"
-timeout = "500ms"
-rise = {RISE}
-fall = {FALL}
-"#
-    )
+    Cfg::http("web")
+        .etcd(etcd)
+        .api(Api::V2)
+        .backend(sc.key)
+        .prefix(prefix)
+        .backend_lines(&timeout)
+        .check(&format!(
+            "type = \"tcp\"\ninter = \"{INTER_MS}ms\"\nfastinter = \"{FASTINTER_MS}ms\"\n\
+             downinter = \"{DOWNINTER_MS}ms\"\ntimeout = \"500ms\"\nrise = {RISE}\nfall = {FALL}"
+        ))
+        .toml()
 }
 
 /// `200` with the upstream's name after `service`, unless `hang` is set: then the answer never
@@ -320,7 +261,7 @@ async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<
     }
     let lb = Lb::start_ready(&config(&etcd.url(), &prefix, sc)).await;
     let admin = lb.admin_addr();
-    let http = admin_client();
+    let http = common::admin_client(Duration::from_secs(1));
     let settle = Instant::now() + SETTLE_LIMIT;
     loop {
         let states = states(&http, admin).await.unwrap_or_default();
@@ -333,14 +274,14 @@ async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let url = format!("http://{}/", lb.http_addr("web"));
-    let addrs: Arc<Vec<(String, &'static str)>> = Arc::new(
+    let addrs: Arc<Vec<(String, String)>> = Arc::new(
         [&u1, &u2, &u3]
             .iter()
             .zip(NAMES)
-            .map(|(u, n)| (u.addr().to_string(), n))
+            .map(|(u, n)| (u.addr().to_string(), n.to_string()))
             .collect(),
     );
-    progress(format!(
+    common::progress(format!(
         "{}: switchyard {url}, upstreams {}",
         sc.key,
         addrs
@@ -393,7 +334,7 @@ async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<
             } else {
                 u2.stop().await;
             }
-            progress(format!("{}: u2 faulted", sc.key));
+            common::progress(format!("{}: u2 faulted", sc.key));
         }
         if repair.is_none() && now >= start + sc.repair_at {
             repair = Some(Instant::now());
@@ -408,7 +349,7 @@ async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<
                     .await,
                 );
             }
-            progress(format!("{}: u2 repaired", sc.key));
+            common::progress(format!("{}: u2 repaired", sc.key));
         }
         match states(&http, admin).await {
             Ok(s) => {
@@ -459,7 +400,7 @@ async fn scenario(etcd: &Etcd, sc: &Scenario, clients: usize) -> anyhow::Result<
     o.elapsed = start.elapsed();
     let (timeline, metrics_errors) = metrics.await?;
     if metrics_errors > 0 {
-        progress(format!(
+        common::progress(format!(
             "{}: {metrics_errors} failed /metrics polls",
             sc.key
         ));
@@ -542,18 +483,6 @@ fn analyse(
 // ---------------------------------------------------------------------------------------------
 // Admin API and metrics polling.
 
-fn admin_client() -> reqwest::Client {
-    switchyard::tls::install_provider();
-    reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(1))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("reqwest client")
-}
-
 /// Server name -> (state, requests in flight), from `/api/v1/backends` (one backend).
 async fn states(
     http: &reqwest::Client,
@@ -592,15 +521,11 @@ async fn scrape(
         .await?
         .text()
         .await?;
-    Ok(sum_samples(&text, metric, needle))
-}
-
-fn sum_samples(text: &str, metric: &str, needle: &str) -> f64 {
-    let quoted = format!("\"{needle}\"");
-    text.lines()
-        .filter(|l| l.starts_with(metric) && l.contains(&quoted))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    Ok(common::sum_samples(
+        &text,
+        metric,
+        &[&format!("\"{needle}\"")],
+    ))
 }
 
 /// Polls u2's `switchyard_upstream_connect_errors_total` until `end`; returns its value each
@@ -660,46 +585,28 @@ async fn load_client(
     url: String,
     start: Instant,
     end: Instant,
-    addrs: Arc<Vec<(String, &'static str)>>,
+    addrs: Arc<Vec<(String, String)>>,
 ) -> ClientResult {
-    switchyard::tls::install_provider();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("reqwest client");
+    let client = common::load_client();
     let mut r = ClientResult::default();
     while Instant::now() < end {
         let t = Instant::now();
-        let outcome = match client.get(&url).send().await {
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                match resp.bytes().await {
-                    Ok(body) if code == 200 => Ok(NAMES
-                        .iter()
-                        .position(|n| n.as_bytes() == &body[..])
-                        .map(|i| i as u8)
-                        .unwrap_or(OTHER)),
-                    Ok(body) => Err(format!(
-                        "HTTP {code}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )),
-                    Err(e) => Err(format!("body: {}", error_chain(&e))),
-                }
-            }
-            Err(e) => Err(error_chain(&e)),
-        };
+        let outcome = common::get_200(&client, &url).await.map(|body| {
+            NAMES
+                .iter()
+                .position(|n| n.as_bytes() == &body[..])
+                .map(|i| i as u8)
+                .unwrap_or(OTHER)
+        });
         let done = Instant::now();
         r.requests += 1;
         let outcome = match outcome {
             Ok(i) => i,
             Err(why) => {
                 r.failed += 1;
-                *r.failures.entry(name_addrs(&why, &addrs)).or_default() += 1;
+                *r.failures
+                    .entry(common::count_key(&why, &addrs))
+                    .or_default() += 1;
                 FAILED
             }
         };
@@ -712,48 +619,12 @@ async fn load_client(
     r
 }
 
-/// An error and its sources on one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    s
-}
-
-/// Upstream addresses become their names and other loopback ports `PORT`, so reasons count.
-fn name_addrs(s: &str, addrs: &[(String, &'static str)]) -> String {
-    let mut s = s.to_string();
-    for (a, n) in addrs {
-        s = s.replace(a.as_str(), n);
-    }
-    s.split("127.0.0.1:")
-        .enumerate()
-        .map(|(i, part)| {
-            if i == 0 {
-                part.to_string()
-            } else {
-                let rest = part.trim_start_matches(|c: char| c.is_ascii_digit());
-                format!("127.0.0.1:PORT{rest}")
-            }
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output.
 
 /// Nearest-rank percentile of microsecond samples, in ms.
 fn pct_ms(v: &[u32], q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
-    s[rank - 1] as f64 / 1e3
+    common::percentile(v, q).unwrap_or(0) as f64 / 1e3
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -780,25 +651,7 @@ fn recovery_bound() -> Duration {
 
 fn render(results: &[Outcome], p: &Params, took: Duration) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "switchyard failover bench{}: {}, git {}, {}, {} CPUs",
-        if p.full {
-            ""
-        } else {
-            " (SMOKE RUN, not a measurement)"
-        },
-        command("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
-        git_rev(),
-        command("/usr/bin/etcd", &["--version"])
-            .lines()
-            .next()
-            .unwrap_or("etcd ?")
-            .replace("etcd Version: ", "etcd "),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-    );
+    let _ = writeln!(out, "{}", common::heading("failover", p.full));
     let _ = writeln!(
         out,
         "load: {} keep-alive clients, GET / back to back over u1 u2 u3 (etcd v2 prefix, \
@@ -960,26 +813,4 @@ fn problems(results: &[Outcome], p: &Params) -> Vec<String> {
         }
     }
     v
-}
-
-fn command(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".to_string())
-}
-
-/// `git rev-parse --short HEAD`, plus `+dirty` when tracked files under src/ differ from it.
-fn git_rev() -> String {
-    let rev = command("git", &["rev-parse", "--short", "HEAD"]);
-    let dirty = !command(
-        "git",
-        &["status", "--porcelain", "--untracked-files=no", "src"],
-    )
-    .is_empty();
-    if dirty { format!("{rev}+dirty") } else { rev }
 }

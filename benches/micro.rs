@@ -1,5 +1,5 @@
-//! Criterion micro-benchmarks of the in-process hot paths (issue #7 item 1), no etcd and no
-//! sockets: the balancer's pick over 3, 100 and 10,000 servers (roundrobin, leastconn, random2,
+//! Criterion micro-benchmarks of the in-process hot paths (README "Micro-benchmarks"), no etcd
+//! and no sockets: the balancer's pick over 3, 100 and 10,000 servers (roundrobin, leastconn, random2,
 //! and roundrobin with 10% of the servers down), publishing a snapshot after one change at 10,000
 //! servers, the initial load of 10,000 servers (publish from empty, and the whole in-process
 //! path from an etcd v2/v3 listing body to a published snapshot), and the decoders: one etcd v2
@@ -7,8 +7,8 @@
 //! value format (`host:port` or JSON).
 //!
 //! `cargo bench --bench micro` (about 2 minutes on 2 cores); the medians of the last run are in
-//! `benches/results/micro.txt`. Targets (issue #7): one change published at 10,000 servers
-//! <= 1 ms, initial load of 10,000 servers <= 1 s (through etcd; here only the in-process part).
+//! `benches/results/micro.txt`. Targets: one change published at 10,000 servers <= 1 ms, initial
+//! load of 10,000 servers <= 1 s (through etcd; here only the in-process part).
 
 use std::hint::black_box;
 use std::time::Duration;

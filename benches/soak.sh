@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Soak (issue #8 item 5): the release binary under steady load for SOAK_SECONDS with faults mixed
-# in, and whether its memory, file descriptors and threads are back to their baseline afterwards.
+# Soak (README "Reliability", the soak row): the release binary under steady load for SOAK_SECONDS
+# with faults mixed in, and whether its memory, file descriptors and threads are back to their
+# baseline afterwards.
 #
 #   benches/soak.sh                          # 10 minutes (SOAK_SECONDS=600), about 11 minutes in all
 #   SOAK_SECONDS=60 benches/soak.sh          # a quick run

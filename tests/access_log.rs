@@ -14,68 +14,38 @@ use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::config::{self, Cfg};
 use support::{Lb, Upstream, free_port, get, http_client, metric, wait_until};
 
+/// Five frontends, each in front of its own backend `{tag}_{frontend}` (no checks): `web` and
+/// `raw` (tcp) reach `up`, `dead` a port nobody listens on, `empty` a server in maintenance (the
+/// test puts it there), `slow` the `slow` server; the access log in `format` goes to `file`.
 fn config(tag: &str, format: &str, file: &Path, up: &str, slow: &str) -> String {
     let dead = format!("127.0.0.1:{}", free_port());
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access = "{format}"
-access_file = "{file}"
-
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{tag}_web"
-[[frontend]]
-name = "raw"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "{tag}_raw"
-[[frontend]]
-name = "dead"
-bind = "127.0.0.1:0"
-backend = "{tag}_dead"
-[[frontend]]
-name = "empty"
-bind = "127.0.0.1:0"
-backend = "{tag}_empty"
-[[frontend]]
-name = "slow"
-bind = "127.0.0.1:0"
-backend = "{tag}_slow"
-
-[[backend]]
-name = "{tag}_web"
-servers = ["{up}"]
-[backend.check]
-type = "none"
-[[backend]]
-name = "{tag}_raw"
-servers = ["{up}"]
-[backend.check]
-type = "none"
-[[backend]]
-name = "{tag}_dead"
-servers = ["{dead}"]
-[backend.check]
-type = "none"
-[[backend]]
-name = "{tag}_empty"
-servers = ["{up}"]
-[backend.check]
-type = "none"
-[[backend]]
-name = "{tag}_slow"
-servers = ["{slow}"]
-[backend.check]
-type = "none"
-"#,
-        file = file.display()
-    )
+    let log = format!(
+        "[log]\naccess = {}\naccess_file = {}",
+        config::quoted(format),
+        config::path(file)
+    );
+    let mut cfg = Cfg::new().table(&log);
+    for (frontend, server) in [
+        ("web", up),
+        ("raw", up),
+        ("dead", &dead),
+        ("empty", up),
+        ("slow", slow),
+    ] {
+        cfg = if frontend == "raw" {
+            cfg.tcp_frontend(frontend)
+        } else {
+            cfg.frontend(frontend)
+        };
+        cfg = cfg
+            .backend(&format!("{tag}_{frontend}"))
+            .servers(&[server])
+            .check_none();
+    }
+    cfg.toml()
 }
 
 /// Every line of the log so far.

@@ -6,39 +6,22 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Etcd, Lb, Upstream, get, http_client, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, wait_until};
 use switchyard::Listeners;
 use switchyard::config::Config;
 
 const TOKEN: &str = "s3cret-token-0123456789";
 
 fn config(etcd: &Etcd, backend: &str, token: bool) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-{}
-[etcd]
-endpoints = ["{}"]
-username = "nobody"
-password = "hunter2-hunter2"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-[backend.check]
-type = "none"
-"#,
-        if token {
-            format!("token = \"{TOKEN}\"")
-        } else {
-            String::new()
-        },
-        etcd.url()
-    )
+    let cfg = Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines("username = \"nobody\"\npassword = \"hunter2-hunter2\"")
+        .etcd_backend(backend)
+        .check_none();
+    match token {
+        true => cfg.admin_lines(&format!("token = \"{TOKEN}\"")).toml(),
+        false => cfg.toml(),
+    }
 }
 
 async fn set_state(
@@ -99,11 +82,7 @@ async fn drain_maint_and_ready_survive_updates() {
     etcd.put("/adm/backend/a", &a.addr().to_string()).await;
     let lb_ref = &lb;
     wait_until("c listed", Duration::from_secs(5), || async move {
-        lb_ref.backends().await["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 3
+        lb_ref.servers().await.len() == 3
     })
     .await;
     let h = hits(web, 8).await;
@@ -198,12 +177,14 @@ async fn reload_over_http() {
     let dir = std::env::temp_dir().join(format!("switchyard-admin-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("sy.toml");
-    let text = |servers: &str| {
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nbackend = \"r\"\n[[backend]]\nname = \"r\"\nservers = [{servers}]\n[backend.check]\ntype = \"none\"\n"
-        )
+    let text = |server: String| {
+        Cfg::http("web")
+            .backend("r")
+            .servers(&[server])
+            .check_none()
+            .toml()
     };
-    std::fs::write(&path, text(&format!("\"{}\"", a.addr()))).unwrap();
+    std::fs::write(&path, text(a.addr().to_string())).unwrap();
     let cfg = Config::load(&path).unwrap();
     let listeners = Listeners::bind(&cfg).await.unwrap();
     let (admin, web) = (
@@ -228,13 +209,13 @@ async fn reload_over_http() {
         (r.status().as_u16(), r.text().await.unwrap())
     };
     // A bad file is refused with the key named; the running config stays.
-    std::fs::write(&path, text("\"127.0.0.1:0\"")).unwrap();
+    std::fs::write(&path, text("127.0.0.1:0".into())).unwrap();
     let (status, body) = reload().await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("servers[0]"), "{body}");
     assert_eq!(get(web, "/").await.1, "A");
     // A good one is applied.
-    std::fs::write(&path, text(&format!("\"{}\"", b.addr()))).unwrap();
+    std::fs::write(&path, text(b.addr().to_string())).unwrap();
     let (status, body) = reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(web, "/").await.1, "B");

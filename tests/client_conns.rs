@@ -1,7 +1,8 @@
 //! The client-facing HTTP/1.x connection, as HAProxy, nginx and Envoy users expect it: the
 //! behaviour any replacement of the frontend's HTTP/1.1 server must keep. Every case writes
 //! exact bytes on a raw `TcpStream` and reads the answers off the wire by the framing rules a
-//! client uses (RFC 9112 section 6.3), so framing, interim responses and closes are visible.
+//! client uses (RFC 9112 section 6.3; `support::raw::Client`), so framing, interim responses
+//! and closes are visible.
 //!
 //! - Keep-alive: sequential requests on one connection; `Connection: close` and HTTP/1.0
 //!   without keep-alive end it after the answer; HTTP/1.0 with `Connection: keep-alive` keeps it.
@@ -34,302 +35,23 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use support::raw::{self, Recorder};
-use support::{Lb, Upstream, free_port};
-
-/// Bound on any single wait for bytes from the proxy (or for its close).
-const STEP: Duration = Duration::from_secs(5);
-/// How long "nothing more comes" is watched for.
-const QUIET: Duration = Duration::from_millis(300);
+use support::raw::{self, Client, Framing, RawResponse, Recorder, STEP, Script, get};
+use support::{Cfg, Lb, Upstream, free_port};
 
 /// Switchyard with frontend `web` (plus `frontend` lines) in front of `servers`, checks off.
 async fn lb(servers: &[String], frontend: &str) -> Lb {
-    Lb::start_ready(&support::static_config(
-        "cc",
-        servers,
-        frontend,
-        "[backend.check]\ntype = \"none\"",
-    ))
-    .await
+    Lb::start_ready(&config(servers, frontend).toml()).await
 }
 
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw client that reads one response at a time.
-
-/// How a response's body was delimited on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body by rule: an answer to HEAD, a 1xx, 204 or 304.
-    Bodiless,
-    Length,
-    Chunked,
-    /// Neither length nor chunked: the body runs to the close.
-    UntilClose,
-}
-
-#[derive(Debug)]
-struct Resp {
-    /// `HTTP/1.1`, `HTTP/1.0`, ...
-    version: String,
-    status: u16,
-    /// The head as received, without the blank line (for failure messages).
-    head: String,
-    /// Names lowercased, values trimmed, in wire order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    framing: Framing,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether header `name` lists `token` (case-insensitive), as in `Connection: close`.
-    fn lists(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .any(|(n, v)| n == name && v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-
-    fn content_length(&self) -> Option<usize> {
-        self.header("content-length").map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("bad content-length in {}", self.head))
-        })
-    }
-
-    /// A `date` header in IMF-fixdate form (`Sun, 06 Nov 1994 08:49:37 GMT`).
-    fn assert_date(&self) {
-        let date = self
-            .header("date")
-            .unwrap_or_else(|| panic!("no date header in {:?}", self.head));
-        let b = date.as_bytes();
-        assert!(
-            b.len() == 29 && &b[3..5] == b", " && date.ends_with(" GMT"),
-            "date {date:?} is not an IMF-fixdate"
-        );
-    }
-
-    /// Status, the `x-path` the recording upstream names the request by, and the body.
-    fn assert_ok(&self, path: &str, body: &[u8]) {
-        assert_eq!(self.status, 200, "{}", self.head);
-        assert_eq!(self.header("x-path"), Some(path), "{}", self.head);
-        assert_eq!(self.body, body, "body of {path}: {}", self.head);
-        self.assert_date();
-    }
-}
-
-/// One client connection: exact bytes out, responses read one by one, every wait bounded.
-struct Client {
-    stream: TcpStream,
-    /// Bytes received and not yet taken by a response.
-    buf: Vec<u8>,
-    /// The peer closed (FIN or reset).
-    eof: bool,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect frontend");
-        let _ = stream.set_nodelay(true);
-        Client {
-            stream,
-            buf: Vec::new(),
-            eof: false,
-        }
-    }
-
-    async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.stream
-            .write_all(bytes.as_ref())
-            .await
-            .expect("write to frontend");
-    }
-
-    /// Reads more into `buf`; false once the peer has closed. Panics after `STEP` of silence.
-    async fn fill(&mut self) -> bool {
-        if self.eof {
-            return false;
-        }
-        let mut chunk = vec![0u8; 64 * 1024];
-        match tokio::time::timeout(STEP, self.stream.read(&mut chunk)).await {
-            Err(_) => panic!(
-                "nothing from the proxy for {STEP:?}; unread: {}",
-                shown(&self.buf)
-            ),
-            Ok(Ok(n)) if n > 0 => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Ok(_) => {
-                self.eof = true;
-                false
-            }
-        }
-    }
-
-    /// The next response; `head_request`: it answers a HEAD (so it has no body).
-    async fn response(&mut self, head_request: bool) -> Resp {
-        let end = loop {
-            if let Some(i) = raw::find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            assert!(
-                self.fill().await,
-                "closed before a whole response head: {}",
-                shown(&self.buf)
-            );
-        };
-        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        self.buf.drain(..end + 4);
-        let mut lines = head.split("\r\n");
-        let mut start = lines.next().unwrap_or_default().splitn(3, ' ');
-        let version = start.next().unwrap_or_default().to_string();
-        let status = start
-            .next()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-        let headers = lines
-            .map(|l| {
-                let (n, v) = l.split_once(':').unwrap_or((l, ""));
-                (n.trim().to_ascii_lowercase(), v.trim().to_string())
-            })
-            .collect();
-        let mut resp = Resp {
-            version,
-            status,
-            head,
-            headers,
-            body: Vec::new(),
-            framing: Framing::Bodiless,
-        };
-        if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
-            return resp;
-        }
-        if resp.lists("transfer-encoding", "chunked") {
-            resp.framing = Framing::Chunked;
-            resp.body = self.chunked_body().await;
-        } else if let Some(n) = resp.content_length() {
-            resp.framing = Framing::Length;
-            while self.buf.len() < n {
-                assert!(
-                    self.fill().await,
-                    "closed after {} of {n} body bytes: {}",
-                    self.buf.len(),
-                    resp.head
-                );
-            }
-            resp.body = self.buf.drain(..n).collect();
-        } else {
-            resp.framing = Framing::UntilClose;
-            while self.fill().await {}
-            resp.body = std::mem::take(&mut self.buf);
-        }
-        resp
-    }
-
-    /// A chunked body (chunk extensions and trailers allowed), taken off `buf`.
-    async fn chunked_body(&mut self) -> Vec<u8> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.line().await;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .unwrap_or_else(|_| panic!("bad chunk-size line {line:?}"));
-            if size == 0 {
-                while !self.line().await.is_empty() {}
-                return body;
-            }
-            while self.buf.len() < size + 2 {
-                assert!(self.fill().await, "closed inside a {size}-byte chunk");
-            }
-            assert_eq!(
-                &self.buf[size..size + 2],
-                b"\r\n",
-                "chunk data without CRLF"
-            );
-            body.extend(self.buf.drain(..size));
-            self.buf.drain(..2);
-        }
-    }
-
-    /// The next CRLF-terminated line, without its CRLF.
-    async fn line(&mut self) -> String {
-        loop {
-            if let Some(i) = raw::find(&self.buf, b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return line;
-            }
-            assert!(self.fill().await, "closed inside a chunked body");
-        }
-    }
-
-    /// Sends `GET path` and reads its answer.
-    async fn get(&mut self, path: &str) -> Resp {
-        self.send(get(path)).await;
-        self.response(false).await
-    }
-
-    /// Waits up to `within` for the peer to close, with no further byte; how long it took,
-    /// or what came instead.
-    async fn closed_within(&mut self, within: Duration) -> Result<Duration, String> {
-        let start = Instant::now();
-        if !self.buf.is_empty() {
-            return Err(format!("unexpected bytes: {}", shown(&self.buf)));
-        }
-        if self.eof {
-            return Ok(Duration::ZERO);
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(within, self.stream.read(&mut chunk)).await {
-            Err(_) => Err(format!("still open after {within:?}")),
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                self.eof = true;
-                Ok(start.elapsed())
-            }
-            Ok(Ok(n)) => Err(format!("unexpected bytes: {}", shown(&chunk[..n]))),
-        }
-    }
-
-    /// Panics unless the peer closes within `STEP` with nothing more sent.
-    async fn assert_closed(&mut self) {
-        if let Err(e) = self.closed_within(STEP).await {
-            panic!("wanted a close: {e}");
-        }
-    }
-
-    /// Panics if anything (a byte or a close) comes within `QUIET`.
-    async fn assert_quiet(&mut self) {
-        let mut chunk = [0u8; 4096];
-        assert!(
-            self.buf.is_empty(),
-            "unexpected bytes: {}",
-            shown(&self.buf)
-        );
-        match tokio::time::timeout(QUIET, self.stream.read(&mut chunk)).await {
-            Err(_) => {}
-            Ok(Ok(0)) => panic!("wanted silence, the proxy closed"),
-            Ok(Ok(n)) => panic!("wanted silence, got {}", shown(&chunk[..n])),
-            Ok(Err(e)) => panic!("wanted silence, got {e}"),
-        }
-    }
-}
-
-/// Bytes as text for failure messages, clipped.
-fn shown(b: &[u8]) -> String {
-    format!("{:?}", raw::clip(&String::from_utf8_lossy(b), 300))
+fn config(servers: &[String], frontend: &str) -> Cfg {
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("cc")
+        .servers(servers)
+        .check_none()
 }
 
 /// `len` bytes of a pattern that does not repeat within 251 bytes, with every byte value
@@ -347,63 +69,37 @@ fn pattern(len: usize) -> Vec<u8> {
 /// `/len` 12 bytes with a length, `/chunk` "hello world" chunked (in two writes), `/eof` an
 /// HTTP/1.0 answer with no length that ends at the close, `/204`, `/304` (with a
 /// Content-Length of the representation, as RFC 9110 allows); any HEAD gets the `/len` head.
-async fn origin() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(origin_conn(s));
+async fn origin() -> Script {
+    Script::start(|mut p| async move {
+        while let Some(req) = p.head().await {
+            let pieces: Vec<&[u8]> = match (req.method.as_str(), req.target.as_str()) {
+                ("HEAD", _) => vec![LEN_HEAD],
+                (_, "/len") => vec![LEN_HEAD, b"twelve bytes"],
+                (_, "/chunk") => vec![
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    b"6\r\n world\r\n0\r\n\r\n",
+                ],
+                (_, "/eof") => vec![
+                    b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nclose-delimited ",
+                    b"body",
+                ],
+                (_, "/204") => vec![b"HTTP/1.1 204 No Content\r\nx-kind: 204\r\n\r\n"],
+                (_, "/304") => {
+                    vec![b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 12\r\n\r\n"]
+                }
+                _ => vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"],
+            };
+            p.send_pieces(&pieces).await;
+            if req.target == "/eof" {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 const LEN_HEAD: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n\r\n";
-
-async fn origin_conn(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = raw::find(&buf, b"\r\n\r\n") else {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end + 4);
-        let mut words = head.split(' ');
-        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let pieces: Vec<&[u8]> = match (method, target) {
-            ("HEAD", _) => vec![LEN_HEAD],
-            (_, "/len") => vec![LEN_HEAD, b"twelve bytes"],
-            (_, "/chunk") => vec![
-                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                b"6\r\n world\r\n0\r\n\r\n",
-            ],
-            (_, "/eof") => vec![
-                b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nclose-delimited ",
-                b"body",
-            ],
-            (_, "/204") => vec![b"HTTP/1.1 204 No Content\r\nx-kind: 204\r\n\r\n"],
-            (_, "/304") => {
-                vec![b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncontent-length: 12\r\n\r\n"]
-            }
-            _ => vec![b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"],
-        };
-        for p in pieces {
-            if s.write_all(p).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if target == "/eof" {
-            return;
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Keep-alive and connection ends.
@@ -486,7 +182,7 @@ async fn client_fin_on_an_idle_connection_closes_it() {
     let lb = lb(&[up.addr().to_string()], "idle_timeout = \"30s\"").await;
     let mut c = Client::connect(lb.http_addr("web")).await;
     c.get("/one").await.assert_ok("/one", raw::FIXED_BODY);
-    c.stream.shutdown().await.expect("shutdown(Write)");
+    c.shutdown_write().await;
     let took = c
         .closed_within(Duration::from_secs(2))
         .await
@@ -821,7 +517,8 @@ async fn large_response_then_another_request_on_the_same_connection() {
 /// byte; so are 204 and 304 (the 304's Content-Length describes the representation, not a body).
 #[tokio::test]
 async fn responses_keep_their_framing_on_a_keep_alive_connection() {
-    let lb = lb(&[origin().await.to_string()], "").await;
+    let up = origin().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
     let mut c = Client::connect(lb.http_addr("web")).await;
 
     let r = c.get("/len").await;
@@ -876,7 +573,8 @@ async fn responses_keep_their_framing_on_a_keep_alive_connection() {
 /// close-delimited one reach it whole, with a length or ending at the close.
 #[tokio::test]
 async fn http10_clients_never_get_chunked() {
-    let lb = lb(&[origin().await.to_string()], "").await;
+    let up = origin().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
     let web = lb.http_addr("web");
     for (path, keep_alive, body) in [
         ("/chunk", false, &b"hello world"[..]),
@@ -912,7 +610,8 @@ async fn http10_clients_never_get_chunked() {
 /// the client can delimit: chunked or a length (the connection may stay), or up to a close.
 #[tokio::test]
 async fn close_delimited_upstream_answer_reaches_an_http11_client_whole() {
-    let lb = lb(&[origin().await.to_string()], "").await;
+    let up = origin().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
     let mut c = Client::connect(lb.http_addr("web")).await;
     let r = c.get("/eof").await;
     assert_eq!(r.status, 200, "{}", r.head);
@@ -956,13 +655,10 @@ async fn own_error_answers_are_framed_and_dated() {
         Response::new(Full::new(Bytes::from("late")))
     })
     .await;
-    let lb504 = Lb::start_ready(&support::static_config(
-        "cc",
-        &[slow.addr().to_string()],
-        "",
-        "response_timeout = \"300ms\"\n[backend.check]\ntype = \"none\"",
-    ))
-    .await;
+    let toml = config(&[slow.addr().to_string()], "")
+        .backend_lines("response_timeout = \"300ms\"")
+        .toml();
+    let lb504 = Lb::start_ready(&toml).await;
     let mut c = Client::connect(lb504.http_addr("web")).await;
     assert_error(&c.get("/").await, 504);
 
@@ -971,7 +667,7 @@ async fn own_error_answers_are_framed_and_dated() {
     lb504.shutdown().await;
 }
 
-fn assert_error(r: &Resp, status: u16) {
+fn assert_error(r: &RawResponse, status: u16) {
     assert_eq!(r.status, status, "{}", r.head);
     assert!(
         r.header("content-type")
@@ -1165,33 +861,16 @@ async fn expect_100_continue_is_not_sent_before_an_error_answer() {
 /// A server that answers `413` as soon as it has a request head, without reading the body,
 /// then reads and drops whatever comes until the client closes (as servers with a body limit
 /// do).
-async fn early_413_origin() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = vec![0u8; 64 * 1024];
-                while raw::find(&buf, b"\r\n\r\n").is_none() {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large";
-                if s.write_all(answer).await.is_err() {
-                    return;
-                }
-                while let Ok(n) = s.read(&mut chunk).await {
-                    if n == 0 {
-                        return;
-                    }
-                }
-            });
+async fn early_413_origin() -> Script {
+    Script::start(|mut p| async move {
+        if p.head().await.is_none() {
+            return;
         }
-    });
-    addr
+        p.send(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\nconnection: close\r\n\r\ntoo large")
+            .await;
+        p.drain().await;
+    })
+    .await
 }
 
 /// An upload answered before its body arrived (a `413` to a 10 MiB POST): the client gets the
@@ -1201,7 +880,8 @@ async fn early_413_origin() -> SocketAddr {
 #[tokio::test]
 async fn an_early_answer_to_an_upload_is_sent_with_a_close_and_the_body_drained() {
     const BODY: usize = 10 * 1024 * 1024;
-    let lb = lb(&[early_413_origin().await.to_string()], "").await;
+    let up = early_413_origin().await;
+    let lb = lb(&[up.addr().to_string()], "").await;
     let stream = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
     let upload = tokio::spawn(async move {

@@ -9,32 +9,21 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
+use support::config::Api;
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, try_get, wait_until};
 
 const PREFIX: &str = "/testservice/backend";
 
 /// One backend name per test: the metrics recorder is process-wide and tests run in parallel.
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v2"
-{extra_etcd}
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .api(Api::V2)
+        .etcd_lines(extra_etcd)
+        .backend(backend)
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// Body -> count over `n` requests.
@@ -46,34 +35,6 @@ async fn spread(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
         *m.entry(body).or_default() += 1;
     }
     m
-}
-
-/// Server addresses the admin API lists for the backend.
-async fn listed(lb: &Lb) -> Vec<String> {
-    let j = lb.backends().await;
-    let mut v: Vec<String> = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["addr"].as_str().unwrap().to_string())
-        .collect();
-    v.sort();
-    v
-}
-
-async fn wait_listed(lb: &Lb, what: &str, want: &[SocketAddr]) {
-    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
-    want.sort();
-    let mut last = vec![];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::time::Instant::now() < deadline {
-        last = listed(lb).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what}: listed {last:?}, wanted {want:?}");
 }
 
 #[tokio::test]
@@ -89,7 +50,8 @@ async fn listing_add_delete_and_round_robin() {
 
     let lb = Lb::start_ready(&config(&etcd, "rr", "")).await;
     let web = lb.http_addr("web");
-    wait_listed(&lb, "initial listing", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("initial listing", &[a.addr(), b.addr()])
+        .await;
     let m = spread(web, 20).await;
     assert_eq!(m.get("A"), Some(&10), "{m:?}");
     assert_eq!(m.get("B"), Some(&10), "{m:?}");
@@ -97,13 +59,14 @@ async fn listing_add_delete_and_round_robin() {
     // Add: the new server takes traffic.
     etcd.put(&format!("{PREFIX}/3"), &c.addr().to_string())
         .await;
-    wait_listed(&lb, "after add", &[a.addr(), b.addr(), c.addr()]).await;
+    lb.wait_listed("after add", &[a.addr(), b.addr(), c.addr()])
+        .await;
     let m = spread(web, 30).await;
     assert_eq!((m["A"], m["B"], m["C"]), (10, 10, 10), "{m:?}");
 
     // Delete: no more traffic to it.
     etcd.delete(&format!("{PREFIX}/1")).await;
-    wait_listed(&lb, "after delete", &[b.addr(), c.addr()]).await;
+    lb.wait_listed("after delete", &[b.addr(), c.addr()]).await;
     a.reset_hits();
     let m = spread(web, 10).await;
     assert_eq!(a.hits(), 0);
@@ -112,7 +75,7 @@ async fn listing_add_delete_and_round_robin() {
     // Update in place (set with a new value): the key now points at A again.
     etcd.put(&format!("{PREFIX}/3"), &a.addr().to_string())
         .await;
-    wait_listed(&lb, "after update", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("after update", &[a.addr(), b.addr()]).await;
 
     let api = lb.backends().await;
     assert_eq!(api["discovery"]["api"], "v2");
@@ -153,7 +116,7 @@ async fn ttl_expiry_removes_and_refresh_keeps_without_an_event() {
     // and the refreshes wake no watcher: no event is counted for them.
     etcd.put_ttl(&format!("{PREFIX}/hb"), &b.addr().to_string(), 2)
         .await;
-    wait_listed(&lb, "after put_ttl", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("after put_ttl", &[a.addr(), b.addr()]).await;
     let events_before = metric(
         &lb.metrics().await,
         "switchyard_discovery_events_total{backend=\"ttl\",action=\"set\"}",
@@ -162,7 +125,7 @@ async fn ttl_expiry_removes_and_refresh_keeps_without_an_event() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         etcd.refresh(&format!("{PREFIX}/hb"), 2).await;
     }
-    assert_eq!(listed(&lb).await.len(), 2, "refreshed key still listed");
+    assert_eq!(lb.listed().await.len(), 2, "refreshed key still listed");
     let text = lb.metrics().await;
     assert_eq!(
         metric(
@@ -180,7 +143,7 @@ async fn ttl_expiry_removes_and_refresh_keeps_without_an_event() {
     );
 
     // Stop refreshing: the key expires and the server leaves the pool.
-    wait_listed(&lb, "after TTL expiry", &[a.addr()]).await;
+    lb.wait_listed("after TTL expiry", &[a.addr()]).await;
     let text = lb.metrics().await;
     assert!(
         metric(
@@ -203,7 +166,8 @@ async fn garbage_values_are_skipped_and_counted() {
         .await;
     etcd.put(&format!("{PREFIX}/bad0"), "garbage").await;
     let lb = Lb::start_ready(&config(&etcd, "garbage", "")).await;
-    wait_listed(&lb, "garbage in the listing is skipped", &[a.addr()]).await;
+    lb.wait_listed("garbage in the listing is skipped", &[a.addr()])
+        .await;
 
     for (k, v) in [
         ("bad1", ""),
@@ -227,19 +191,12 @@ async fn garbage_values_are_skipped_and_counted() {
         Some("")
     );
 
-    let lb_ref = &lb;
-    wait_until(
-        "6 invalid values counted",
-        Duration::from_secs(10),
-        || async move {
-            metric(
-                &lb_ref.metrics().await,
-                "switchyard_discovery_invalid_values_total{backend=\"garbage\"}",
-            ) >= 6.0
-        },
+    lb.wait_metric(
+        "switchyard_discovery_invalid_values_total{backend=\"garbage\"}",
+        6.0,
     )
     .await;
-    assert_eq!(listed(&lb).await, [a.addr().to_string()]);
+    assert_eq!(lb.listed().await, [a.addr().to_string()]);
     assert_eq!(spread(lb.http_addr("web"), 3).await["A"], 3);
 
     // JSON values with weight and drain are understood.
@@ -249,7 +206,7 @@ async fn garbage_values_are_skipped_and_counted() {
         &format!("{{\"addr\":\"{}\",\"weight\":3,\"drain\":true}}", b.addr()),
     )
     .await;
-    wait_listed(&lb, "json value", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("json value", &[a.addr(), b.addr()]).await;
     let j = lb.backends().await;
     let srv = j["backends"][0]["servers"]
         .as_array()
@@ -286,7 +243,8 @@ async fn nested_keys_and_recursive_directory_delete() {
         .await;
     etcd.put(&format!("{PREFIX}/zone-a/3"), &c.addr().to_string())
         .await;
-    wait_listed(&lb, "nested keys", &[a.addr(), b.addr(), c.addr()]).await;
+    lb.wait_listed("nested keys", &[a.addr(), b.addr(), c.addr()])
+        .await;
     let names: Vec<String> = lb.backends().await["backends"][0]["servers"]
         .as_array()
         .unwrap()
@@ -300,11 +258,11 @@ async fn nested_keys_and_recursive_directory_delete() {
 
     // One delete event for the whole directory drops every server below it.
     etcd.delete_dir(&format!("{PREFIX}/zone-a")).await;
-    wait_listed(&lb, "after recursive delete", &[a.addr()]).await;
+    lb.wait_listed("after recursive delete", &[a.addr()]).await;
 
     // Deleting the prefix directory itself empties the pool: 503, not a stale server.
     etcd.delete_dir(PREFIX).await;
-    wait_listed(&lb, "after deleting the prefix", &[]).await;
+    lb.wait_listed("after deleting the prefix", &[]).await;
     assert_eq!(get(lb.http_addr("web"), "/").await.0, 503);
     lb.shutdown().await;
 }
@@ -319,7 +277,7 @@ async fn index_cleared_resyncs_and_keeps_watching() {
     // A short poll deadline re-arms the long-poll often, always with the same cursor: once more
     // than 1000 unrelated writes have happened, etcd answers errorCode 401 on the re-arm.
     let lb = Lb::start_ready(&config(&etcd, "cleared", "poll_timeout = \"300ms\"")).await;
-    wait_listed(&lb, "initial", &[a.addr()]).await;
+    lb.wait_listed("initial", &[a.addr()]).await;
 
     let client = http_client();
     for i in 0..1100 {
@@ -331,23 +289,17 @@ async fn index_cleared_resyncs_and_keeps_watching() {
             .unwrap();
         assert!(resp.status().is_success());
     }
-    let lb_ref = &lb;
-    wait_until(
-        "a resync for index_cleared",
-        Duration::from_secs(10),
-        || async move {
-            metric(
-                &lb_ref.metrics().await,
-                "switchyard_discovery_resyncs_total{reason=\"index_cleared\"}",
-            ) >= 1.0
-        },
+    lb.wait_metric(
+        "switchyard_discovery_resyncs_total{reason=\"index_cleared\"}",
+        1.0,
     )
     .await;
     // Nothing was lost and the watch goes on from the new index.
-    assert_eq!(listed(&lb).await, [a.addr().to_string()]);
+    assert_eq!(lb.listed().await, [a.addr().to_string()]);
     etcd.put(&format!("{PREFIX}/2"), &b.addr().to_string())
         .await;
-    wait_listed(&lb, "add after resync", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("add after resync", &[a.addr(), b.addr()])
+        .await;
     assert!(
         lb.backends().await["discovery"]["resyncs"]
             .as_u64()
@@ -369,7 +321,7 @@ async fn etcd_outage_keeps_the_last_set_then_resyncs() {
         .await;
     let lb = Lb::start_ready(&config(&etcd, "outage", "backoff_max = \"500ms\"")).await;
     let web = lb.http_addr("web");
-    wait_listed(&lb, "initial", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("initial", &[a.addr(), b.addr()]).await;
 
     etcd.kill();
     let lb_ref = &lb;
@@ -382,7 +334,7 @@ async fn etcd_outage_keeps_the_last_set_then_resyncs() {
     // Unreachable is not empty: both servers still take traffic.
     let m = spread(web, 10).await;
     assert_eq!((m["A"], m["B"]), (5, 5), "{m:?}");
-    assert_eq!(listed(&lb).await.len(), 2);
+    assert_eq!(lb.listed().await.len(), 2);
 
     etcd.restart().await;
     wait_until(
@@ -394,7 +346,8 @@ async fn etcd_outage_keeps_the_last_set_then_resyncs() {
     etcd.put(&format!("{PREFIX}/3"), &c.addr().to_string())
         .await;
     etcd.delete(&format!("{PREFIX}/1")).await;
-    wait_listed(&lb, "changes after the restart", &[b.addr(), c.addr()]).await;
+    lb.wait_listed("changes after the restart", &[b.addr(), c.addr()])
+        .await;
     let text = lb.metrics().await;
     assert!(
         metric(
@@ -430,7 +383,7 @@ async fn classic_etcdctl_registration_is_seen() {
         "etcdctl: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_listed(&lb, "etcdctl set", &[a.addr()]).await;
+    lb.wait_listed("etcdctl set", &[a.addr()]).await;
     let (status, body) = try_get(lb.http_addr("web"), "/").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "A"));
     let out = std::process::Command::new("etcdctl")
@@ -439,6 +392,6 @@ async fn classic_etcdctl_registration_is_seen() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    wait_listed(&lb, "etcdctl rm", &[]).await;
+    lb.wait_listed("etcdctl rm", &[]).await;
     lb.shutdown().await;
 }

@@ -5,34 +5,21 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use support::{Etcd, Lb, Upstream, get, http_client, metric, wait_until};
+use support::config::Api;
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, metric, wait_until};
 
 fn config(etcd: &Etcd, backend: &str, extra_etcd: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v3"
-{extra_etcd}
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .api(Api::V3)
+        .etcd_lines(extra_etcd)
+        .etcd_backend(backend)
+        .check_none()
+        .toml()
 }
 
 async fn v3(etcd: &Etcd, path: &str, body: serde_json::Value) -> serde_json::Value {
@@ -87,32 +74,6 @@ async fn revision(etcd: &Etcd) -> i64 {
     j["header"]["revision"].as_str().unwrap().parse().unwrap()
 }
 
-async fn listed(lb: &Lb) -> Vec<String> {
-    let mut v: Vec<String> = lb.backends().await["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["addr"].as_str().unwrap().to_string())
-        .collect();
-    v.sort();
-    v
-}
-
-async fn wait_listed(lb: &Lb, what: &str, want: &[SocketAddr]) {
-    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
-    want.sort();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut last = vec![];
-    while tokio::time::Instant::now() < deadline {
-        last = listed(lb).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what}: listed {last:?}, wanted {want:?}");
-}
-
 #[tokio::test]
 async fn v3_listing_put_delete_and_lease_expiry() {
     let etcd = Etcd::start().await;
@@ -125,11 +86,11 @@ async fn v3_listing_put_delete_and_lease_expiry() {
     // A sibling prefix must not leak in (range_end comes from the trailing slash).
     put(&etcd, "/v3rr/backend2/x", &c.addr().to_string()).await;
     let lb = Lb::start_ready(&config(&etcd, "v3rr", "")).await;
-    wait_listed(&lb, "initial range", &[a.addr()]).await;
+    lb.wait_listed("initial range", &[a.addr()]).await;
     assert_eq!(lb.backends().await["discovery"]["api"], "v3");
 
     put(&etcd, "/v3rr/backend/2", &b.addr().to_string()).await;
-    wait_listed(&lb, "put", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("put", &[a.addr(), b.addr()]).await;
     let mut m: HashMap<String, usize> = HashMap::new();
     for _ in 0..10 {
         *m.entry(get(lb.http_addr("web"), "/").await.1).or_default() += 1;
@@ -137,28 +98,21 @@ async fn v3_listing_put_delete_and_lease_expiry() {
     assert_eq!((m["A"], m["B"]), (5, 5), "{m:?}");
 
     delete(&etcd, "/v3rr/backend/1").await;
-    wait_listed(&lb, "delete", &[b.addr()]).await;
+    lb.wait_listed("delete", &[b.addr()]).await;
 
     // A key on a 2 s lease disappears when the lease expires (a plain DELETE event).
     put_lease(&etcd, "/v3rr/backend/leased", &c.addr().to_string(), 2).await;
-    wait_listed(&lb, "leased put", &[b.addr(), c.addr()]).await;
-    wait_listed(&lb, "lease expiry", &[b.addr()]).await;
+    lb.wait_listed("leased put", &[b.addr(), c.addr()]).await;
+    lb.wait_listed("lease expiry", &[b.addr()]).await;
 
     // Garbage is skipped and counted.
     put(&etcd, "/v3rr/backend/bad", "not an address").await;
-    let lb_ref = &lb;
-    wait_until(
-        "invalid value counted",
-        Duration::from_secs(5),
-        || async move {
-            metric(
-                &lb_ref.metrics().await,
-                "switchyard_discovery_invalid_values_total{backend=\"v3rr\"}",
-            ) >= 1.0
-        },
+    lb.wait_metric(
+        "switchyard_discovery_invalid_values_total{backend=\"v3rr\"}",
+        1.0,
     )
     .await;
-    assert_eq!(listed(&lb).await, [b.addr().to_string()]);
+    assert_eq!(lb.listed().await, [b.addr().to_string()]);
     let text = lb.metrics().await;
     assert!(
         metric(
@@ -184,7 +138,7 @@ async fn v3_compaction_resyncs() {
     // A short silence deadline re-opens the watch from the same cursor; once the history
     // before it is compacted, etcd cancels the watch with compact_revision.
     let lb = Lb::start_ready(&config(&etcd, "v3cmp", "poll_timeout = \"300ms\"")).await;
-    wait_listed(&lb, "initial", &[a.addr()]).await;
+    lb.wait_listed("initial", &[a.addr()]).await;
     for i in 0..10 {
         put(&etcd, &format!("/unrelated/{i}"), "x").await;
     }
@@ -195,26 +149,15 @@ async fn v3_compaction_resyncs() {
         serde_json::json!({"revision": rev.to_string(), "physical": true}),
     )
     .await;
-    let lb_ref = &lb;
-    wait_until(
-        "a compaction resync",
-        Duration::from_secs(10),
-        || async move {
-            metric(
-                &lb_ref.metrics().await,
-                "switchyard_discovery_resyncs_total{reason=\"compacted\"}",
-            ) >= 1.0
-        },
+    lb.wait_metric(
+        "switchyard_discovery_resyncs_total{reason=\"compacted\"}",
+        1.0,
     )
     .await;
-    assert_eq!(listed(&lb).await, [a.addr().to_string()]);
+    assert_eq!(lb.listed().await, [a.addr().to_string()]);
     put(&etcd, "/v3cmp/backend/2", &b.addr().to_string()).await;
-    wait_listed(
-        &lb,
-        "watching again after the resync",
-        &[a.addr(), b.addr()],
-    )
-    .await;
+    lb.wait_listed("watching again after the resync", &[a.addr(), b.addr()])
+        .await;
     lb.shutdown().await;
 }
 
@@ -224,7 +167,7 @@ async fn v3_outage_keeps_the_last_set_then_resyncs() {
     let (a, b) = (Upstream::start("A").await, Upstream::start("B").await);
     put(&etcd, "/v3out/backend/1", &a.addr().to_string()).await;
     let lb = Lb::start_ready(&config(&etcd, "v3out", "backoff_max = \"500ms\"")).await;
-    wait_listed(&lb, "initial", &[a.addr()]).await;
+    lb.wait_listed("initial", &[a.addr()]).await;
     etcd.kill();
     let lb_ref = &lb;
     wait_until("disconnected", Duration::from_secs(10), || async move {
@@ -240,6 +183,6 @@ async fn v3_outage_keeps_the_last_set_then_resyncs() {
     })
     .await;
     put(&etcd, "/v3out/backend/2", &b.addr().to_string()).await;
-    wait_listed(&lb, "after restart", &[a.addr(), b.addr()]).await;
+    lb.wait_listed("after restart", &[a.addr(), b.addr()]).await;
     lb.shutdown().await;
 }

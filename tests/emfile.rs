@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use support::{Upstream, free_port, try_get_cached, wait_until};
+use support::{Cfg, Upstream, free_port, try_get_cached, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const NOFILE: u32 = 64;
@@ -94,27 +94,16 @@ fn start(upstream: SocketAddr, http: u16, tcp: u16, admin: u16) -> Proc {
     let config = dir.join("switchyard.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[admin]
-listen = "127.0.0.1:{admin}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:{http}"
-backend = "b"
-[[frontend]]
-name = "raw"
-bind = "127.0.0.1:{tcp}"
-mode = "tcp"
-backend = "b"
-[[backend]]
-name = "b"
-servers = ["{upstream}"]
-[backend.check]
-type = "tcp"
-inter = "500ms"
-"#
-        ),
+        Cfg::new()
+            .admin_listen(format!("127.0.0.1:{admin}"))
+            .frontend("web")
+            .bind(format!("127.0.0.1:{http}"))
+            .tcp_frontend("raw")
+            .bind(format!("127.0.0.1:{tcp}"))
+            .backend("b")
+            .servers(&[upstream])
+            .check("type = \"tcp\"\ninter = \"500ms\"")
+            .toml(),
     )
     .unwrap();
     let stderr = std::fs::File::create(dir.join("stderr")).unwrap();

@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use support::config::Api;
 use support::{
-    Etcd, EtcdCluster, Lb, Upstream, cached_http_client, http_client, try_get_cached, wait_until,
+    Cfg, Etcd, EtcdCluster, Lb, Upstream, cached_http_client, http_client, try_get_cached,
+    wait_until,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,40 +25,25 @@ const PREFIX: &str = "/testservice/backend";
 /// member rejoins in < 3 s; Switchyard's reconnect backoff is capped at 500 ms here).
 const SEE_CHANGE: Duration = Duration::from_secs(15);
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Api {
-    V2,
-    V3,
+/// Register `key = value` through member `i` (v2 keys API or v3 gateway: separate keyspaces).
+async fn put(api: Api, cluster: &EtcdCluster, i: usize, key: &str, value: &str) {
+    match api {
+        Api::V2 => {
+            cluster.put(i, key, value).await;
+        }
+        Api::V3 => {
+            cluster.put_v3(i, key, value).await;
+        }
+    }
 }
 
-impl Api {
-    fn as_str(self) -> &'static str {
-        match self {
-            Api::V2 => "v2",
-            Api::V3 => "v3",
+async fn delete(api: Api, cluster: &EtcdCluster, i: usize, key: &str) {
+    match api {
+        Api::V2 => {
+            cluster.delete(i, key).await;
         }
-    }
-
-    /// Register `key = value` through member `i` (v2 keys API or v3 gateway: separate keyspaces).
-    async fn put(self, cluster: &EtcdCluster, i: usize, key: &str, value: &str) {
-        match self {
-            Api::V2 => {
-                cluster.put(i, key, value).await;
-            }
-            Api::V3 => {
-                cluster.put_v3(i, key, value).await;
-            }
-        }
-    }
-
-    async fn delete(self, cluster: &EtcdCluster, i: usize, key: &str) {
-        match self {
-            Api::V2 => {
-                cluster.delete(i, key).await;
-            }
-            Api::V3 => {
-                cluster.delete_v3(i, key).await;
-            }
+        Api::V3 => {
+            cluster.delete_v3(i, key).await;
         }
     }
 }
@@ -67,32 +54,14 @@ fn key(n: u32) -> String {
 
 /// One backend name per test: the metrics recorder is process-wide and tests run in parallel.
 fn config(cluster: &EtcdCluster, api: Api, backend: &str) -> String {
-    let endpoints = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = [{endpoints}]
-api = "{api}"
-backoff_max = "500ms"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        api = api.as_str()
-    )
+    Cfg::http("web")
+        .etcd_endpoints(&cluster.urls())
+        .api(api)
+        .etcd_lines("backoff_max = \"500ms\"")
+        .backend(backend)
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// `GET /api/v1/backends` with the cached client (`Lb::backends` builds a client per call; no
@@ -197,8 +166,8 @@ async fn watched_member_killed(api: Api, backend: &str) {
     let a = Upstream::start("A").await;
     let b = Upstream::start("B").await;
     let c = Upstream::start("C").await;
-    api.put(&cluster, 0, &key(1), &a.addr().to_string()).await;
-    api.put(&cluster, 0, &key(2), &b.addr().to_string()).await;
+    put(api, &cluster, 0, &key(1), &a.addr().to_string()).await;
+    put(api, &cluster, 0, &key(2), &b.addr().to_string()).await;
 
     let lb = Lb::start_ready(&config(&cluster, api, backend)).await;
     wait_listed(&lb, "initial listing", &[a.addr(), b.addr()], SEE_CHANGE).await;
@@ -208,7 +177,7 @@ async fn watched_member_killed(api: Api, backend: &str) {
 
     cluster.kill(0);
     let t = Instant::now();
-    api.put(&cluster, 1, &key(3), &c.addr().to_string()).await;
+    put(api, &cluster, 1, &key(3), &c.addr().to_string()).await;
     let wrote_add = t.elapsed();
     let seen_add = wait_listed(
         &lb,
@@ -218,7 +187,7 @@ async fn watched_member_killed(api: Api, backend: &str) {
     )
     .await;
     let t = Instant::now();
-    api.delete(&cluster, 2, &key(1)).await;
+    delete(api, &cluster, 2, &key(1)).await;
     let wrote_delete = t.elapsed();
     let seen_delete = wait_listed(
         &lb,
@@ -254,8 +223,8 @@ async fn quorum_lost_and_regained(api: Api, backend: &str) {
     let a = Upstream::start("A").await;
     let b = Upstream::start("B").await;
     let c = Upstream::start("C").await;
-    api.put(&cluster, 0, &key(1), &a.addr().to_string()).await;
-    api.put(&cluster, 0, &key(2), &b.addr().to_string()).await;
+    put(api, &cluster, 0, &key(1), &a.addr().to_string()).await;
+    put(api, &cluster, 0, &key(2), &b.addr().to_string()).await;
 
     let lb = Lb::start_ready(&config(&cluster, api, backend)).await;
     let before = [a.addr(), b.addr()];
@@ -301,7 +270,7 @@ async fn quorum_lost_and_regained(api: Api, backend: &str) {
     cluster.restart_many(&[0, 1]).await;
     let rejoined = t.elapsed();
     let t = Instant::now();
-    api.put(&cluster, 0, &key(3), &c.addr().to_string()).await;
+    put(api, &cluster, 0, &key(3), &c.addr().to_string()).await;
     let wrote = t.elapsed();
     let seen = wait_listed(
         &lb,

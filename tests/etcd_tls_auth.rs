@@ -3,66 +3,47 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
+use rcgen::ExtendedKeyUsagePurpose;
+use support::config::{self, Cfg};
+use support::pki::{Leaf, Pki};
 use support::{Etcd, Lb, Upstream, free_port, get, http_client, wait_until};
 
-struct Pki {
-    dir: PathBuf,
+/// A CA, etcd's server certificate for 127.0.0.1 and Switchyard's client certificate.
+struct Certs {
+    pki: Pki,
+    server: Leaf,
+    client: Leaf,
 }
 
-impl Pki {
-    /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
-    fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("switchyard-pki-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+impl Certs {
+    fn new(tag: &str) -> Certs {
+        let pki = Pki::new(tag);
         // NOTE: etcd 3.4's v3 gateway dials its own gRPC server with the *server* certificate,
         // so with --client-cert-auth that certificate needs clientAuth too, or every /v3 call
         // answers 503 "connection closed" (seen here).
-        for (name, sans, usage) in [
-            (
-                "server",
-                vec!["127.0.0.1".to_string(), "localhost".to_string()],
-                vec![
-                    ExtendedKeyUsagePurpose::ServerAuth,
-                    ExtendedKeyUsagePurpose::ClientAuth,
-                ],
-            ),
-            (
-                "client",
-                vec!["switchyard".to_string()],
-                vec![ExtendedKeyUsagePurpose::ClientAuth],
-            ),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(sans).unwrap();
-            p.extended_key_usages = usage;
-            let cert = p.signed_by(&key, &ca).unwrap();
-            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        let server = pki.leaf_for(
+            "server",
+            &["127.0.0.1", "localhost"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let client = pki.leaf_for(
+            "client",
+            &["switchyard"],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        Certs {
+            pki,
+            server,
+            client,
         }
-        Pki { dir }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.join(f)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -78,19 +59,11 @@ impl Drop for TlsEtcd {
     }
 }
 
-fn tls_client(pki: &Pki) -> reqwest::Client {
-    switchyard::tls::install_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
-    for c in rustls_pemfile_certs(&ca) {
-        roots.add(c).unwrap();
-    }
-    let certs = rustls_pemfile_certs(&std::fs::read(pki.path("client.pem")).unwrap());
-    use rustls::pki_types::pem::PemObject;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("client.key")).unwrap();
+/// A client that trusts the CA and presents the client certificate.
+fn tls_client(certs: &Certs) -> reqwest::Client {
     let cc = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
+        .with_root_certificates(certs.pki.roots())
+        .with_client_auth_cert(certs.client.chain(), certs.client.key_der())
         .unwrap();
     reqwest::Client::builder()
         .no_proxy()
@@ -100,14 +73,8 @@ fn tls_client(pki: &Pki) -> reqwest::Client {
         .unwrap()
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-async fn start_tls_etcd(pki: &Pki, dir: &Path) -> TlsEtcd {
+async fn start_tls_etcd(certs: &Certs) -> TlsEtcd {
+    let dir = certs.pki.dir();
     let (cp, pp) = (free_port(), free_port());
     let url = format!("https://127.0.0.1:{cp}");
     let peer = format!("http://127.0.0.1:{pp}");
@@ -131,18 +98,18 @@ async fn start_tls_etcd(pki: &Pki, dir: &Path) -> TlsEtcd {
         ])
         .args(["--initial-cluster", &format!("tls1={peer}")])
         .arg("--cert-file")
-        .arg(pki.path("server.pem"))
+        .arg(&certs.server.cert)
         .arg("--key-file")
-        .arg(pki.path("server.key"))
+        .arg(&certs.server.key)
         .arg("--trusted-ca-file")
-        .arg(pki.path("ca.pem"))
+        .arg(certs.pki.ca_pem())
         .arg("--client-cert-auth")
         .env_remove("ETCD_NAME")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("etcd (Debian package etcd-server)");
-    let client = tls_client(pki);
+    let client = tls_client(certs);
     let health = format!("{url}/health");
     wait_until("TLS etcd healthy", Duration::from_secs(20), || {
         let (c, h) = (client.clone(), health.clone());
@@ -159,10 +126,10 @@ async fn start_tls_etcd(pki: &Pki, dir: &Path) -> TlsEtcd {
 
 #[tokio::test]
 async fn etcd_over_tls_with_a_client_certificate() {
-    let pki = Pki::new("etcd");
-    let etcd = start_tls_etcd(&pki, &pki.dir).await;
+    let certs = Certs::new("etcd");
+    let etcd = start_tls_etcd(&certs).await;
     let a = Upstream::start("A").await;
-    let client = tls_client(&pki);
+    let client = tls_client(&certs);
     let r = client
         .put(format!("{}/v2/keys/tlsbe/backend/1", etcd.url))
         .form(&[("value", a.addr().to_string())])
@@ -200,32 +167,18 @@ async fn etcd_over_tls_with_a_client_certificate() {
                 r.text().await.unwrap_or_default()
             );
         }
-        let lb = Lb::start_ready(&format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "{api}"
-ca = "{}"
-cert = "{}"
-key = "{}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "tlsbe"
-[[backend]]
-name = "tlsbe"
-etcd_prefix = "/tlsbe/backend"
-[backend.check]
-type = "none"
-"#,
-            etcd.url,
-            pki.path("ca.pem").display(),
-            pki.path("client.pem").display(),
-            pki.path("client.key").display()
-        ))
-        .await;
+        let toml = Cfg::http("web")
+            .etcd(&etcd.url)
+            .etcd_lines(&format!(
+                "api = \"{api}\"\nca = {}\ncert = {}\nkey = {}",
+                config::path(certs.pki.ca_pem()),
+                config::path(&certs.client.cert),
+                config::path(&certs.client.key)
+            ))
+            .etcd_backend("tlsbe")
+            .check_none()
+            .toml();
+        let lb = Lb::start_ready(&toml).await;
         assert_eq!(
             get(lb.http_addr("web"), "/").await,
             (200, "A".to_string()),
@@ -297,28 +250,14 @@ async fn v3_username_and_password() {
     )
     .await;
     let conf = |pw: &str| {
-        format!(
-            r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "v3"
-username = "root"
-password = "{pw}"
-backoff_max = "300ms"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "authbe"
-[[backend]]
-name = "authbe"
-etcd_prefix = "/authbe/backend"
-[backend.check]
-type = "none"
-"#,
-            etcd.url()
-        )
+        Cfg::http("web")
+            .etcd(&etcd.url())
+            .etcd_lines(&format!(
+                "api = \"v3\"\nusername = \"root\"\npassword = \"{pw}\"\nbackoff_max = \"300ms\""
+            ))
+            .etcd_backend("authbe")
+            .check_none()
+            .toml()
     };
     let lb = Lb::start_ready(&conf("rootpw")).await;
     assert_eq!(get(lb.http_addr("web"), "/").await, (200, "A".to_string()));

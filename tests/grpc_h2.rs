@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, http_client, wait_until};
+use support::{Cfg, Lb, http_client, wait_until};
 
 /// Gap between the messages of a server-streaming call.
 const STREAM_GAP: Duration = Duration::from_millis(150);
@@ -223,22 +223,12 @@ impl Drop for GrpcServer {
 }
 
 fn config(server: SocketAddr) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "grpc"
-bind = "127.0.0.1:0"
-backend = "grpc"
-[[backend]]
-name = "grpc"
-servers = ["{server}"]
-protocol = "h2"
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::http("grpc")
+        .backend("grpc")
+        .servers(&[server])
+        .backend_lines("protocol = \"h2\"")
+        .check_none()
+        .toml()
 }
 
 /// An HTTP/2 (prior knowledge) client connection to `addr`.

@@ -6,7 +6,7 @@
 //! `SETTINGS_MAX_CONCURRENT_STREAMS` (256) from a well-behaved client that queues and from a
 //! raw one that ignores the limit, garbage after the connection preface, and a legitimate
 //! client whose preface arrives split across reads.
-//! Rapid reset and the CONTINUATION flood also run over TLS with ALPN `h2` (rcgen
+//! Rapid reset and the CONTINUATION flood also run over TLS with ALPN `h2` (`support::pki`
 //! certificates); the rest is h2c by prior knowledge. Each abuse test asserts that the abusive
 //! connection ends (or is held to the advertised limit) within a bound, that this process's
 //! resident memory stays bounded, that nothing panicked, and — the point of it all — that a
@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,12 +34,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use support::{Lb, Upstream, get};
+use support::pki::{Leaf, Pki};
+use support::{Cfg, Lb, Upstream, get};
 
 /// The tests here measure this process's memory and time: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -478,106 +478,50 @@ impl Backend {
 
 /// A static-server config: frontend "web" (extra lines `frontend`) in front of `server`.
 fn config(server: SocketAddr, frontend: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "b"
-{frontend}
-[[backend]]
-name = "b"
-servers = ["{server}"]
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("b")
+        .servers(&[server])
+        .check_none()
+        .toml()
 }
 
-/// A private CA and a certificate for `SITE` it signed, as PEM files in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca_der: CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
+/// TLS on the frontend: a private CA and the certificate for `SITE` it signed.
+struct Tls {
+    pki: Pki,
+    site: Leaf,
 }
 
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-h2-abuse-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchyard h2 abuse CA");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let leaf_params = rcgen::CertificateParams::new(vec![SITE.to_string()]).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-        let (cert, key) = (dir.join("site.pem"), dir.join("site.key"));
-        std::fs::write(&cert, leaf.pem()).unwrap();
-        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-        Pki {
-            ca_der: issuer.der().clone(),
-            dir,
-            cert,
-            key,
-        }
+impl Tls {
+    fn new(tag: &str) -> Tls {
+        let pki = Pki::new(tag);
+        let site = pki.leaf("site", &[SITE]);
+        Tls { pki, site }
     }
 
     /// The frontend lines that turn on TLS with this certificate.
     fn frontend_tls(&self) -> String {
-        let p = |p: &PathBuf| p.display().to_string().replace('\\', "\\\\");
-        format!(
-            "[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]",
-            p(&self.cert),
-            p(&self.key)
-        )
+        self.site.frontend_tls()
     }
 
     /// A client trusting only this CA, offering ALPN `h2` only.
     fn dial(&self) -> Dial {
-        switchyard::tls::install_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let mut cc = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cc.alpn_protocols = vec![b"h2".to_vec()];
-        Dial::Tls(Arc::new(cc))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
+        Dial::Tls(self.pki.client(&[b"h2"]))
     }
 }
 
 /// Upstream, Switchyard in front of it (plain or TLS), and the way to dial it.
-async fn setup(tls: bool) -> (Backend, Lb, Dial, Option<Pki>) {
+async fn setup(tls: bool) -> (Backend, Lb, Dial, Option<Tls>) {
     let backend = Backend::start().await;
     let (pki, frontend) = if tls {
-        let pki = Pki::new("t");
+        let pki = Tls::new("t");
         let f = pki.frontend_tls();
         (Some(pki), f)
     } else {
         (None, String::new())
     };
     let lb = Lb::start_ready(&config(backend.up.addr(), &frontend)).await;
-    let dial = pki.as_ref().map(Pki::dial).unwrap_or(Dial::Plain);
+    let dial = pki.as_ref().map(Tls::dial).unwrap_or(Dial::Plain);
     // Warm up (first connections, lazily built state) before the baseline is read.
     for _ in 0..3 {
         let r = timeout(PROBE_LIMIT, h2_get(lb.http_addr("web"), &dial, "/probe")).await;
@@ -1655,10 +1599,10 @@ struct HostCase {
 async fn host_rules_case(tls: bool) {
     let (_serial, panics) = serial().await;
     let rec = support::raw::Recorder::start().await;
-    let pki = tls.then(|| Pki::new("host"));
-    let frontend = pki.as_ref().map(Pki::frontend_tls).unwrap_or_default();
+    let pki = tls.then(|| Tls::new("host"));
+    let frontend = pki.as_ref().map(Tls::frontend_tls).unwrap_or_default();
     let lb = Lb::start_ready(&config(rec.addr(), &frontend)).await;
-    let dial = pki.as_ref().map(Pki::dial).unwrap_or(Dial::Plain);
+    let dial = pki.as_ref().map(Tls::dial).unwrap_or(Dial::Plain);
     let default_port = if tls { 443 } else { 80 };
     let site = || Some(SITE.to_string());
     let f = |n: &'static str, v: &str| (n, v.to_string());

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Etcd, Lb, Upstream, get, http_client, try_get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, try_get, wait_until};
 
 #[tokio::test]
 async fn etcd_ttl_key_survives_kill_and_restart() {
@@ -137,28 +137,12 @@ async fn upstream_stop_closes_kept_alive_connections() {
 async fn lb_runs_in_process_with_static_servers() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let toml = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-mode = "http"
-backend = "static"
-
-[[backend]]
-name = "static"
-servers = ["{}", "{}"]
-balance = "roundrobin"
-
-[backend.check]
-type = "none"
-"#,
-        a.addr(),
-        b.addr()
-    );
+    let toml = Cfg::http("web")
+        .backend("static")
+        .servers(&[a.addr(), b.addr()])
+        .backend_lines("balance = \"roundrobin\"")
+        .check_none()
+        .toml();
     let lb = Lb::start(&toml).await;
     let (status, body) = get(lb.admin_addr(), "/healthz").await;
     assert_eq!(status, 200, "/healthz: {body}");

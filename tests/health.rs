@@ -9,21 +9,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use support::{Lb, Upstream, get, wait_until};
+use support::{Cfg, Lb, Upstream, get, wait_until};
 
 fn config(backend: &str, servers: &[String], check: &str) -> String {
-    support::static_config(backend, servers, "", &format!("[backend.check]\n{check}"))
+    Cfg::http("web")
+        .backend(backend)
+        .servers(servers)
+        .check(check)
+        .toml()
 }
 
 async fn state_of(lb: &Lb, addr: &str) -> String {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .map(|s| s["state"].as_str().unwrap().to_string())
-        .unwrap_or_default()
+    let server = lb.server(addr).await;
+    server["state"].as_str().unwrap_or_default().to_string()
 }
 
 #[tokio::test]
@@ -106,13 +104,7 @@ async fn http_check_judges_the_status() {
 
 /// Seconds since the server's last check, from the admin API (`None`: never checked).
 async fn check_age(lb: &Lb, addr: &str) -> Option<f64> {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .and_then(|s| s["last_check_age_seconds"].as_f64())
+    lb.server(addr).await["last_check_age_seconds"].as_f64()
 }
 
 #[tokio::test]

@@ -15,11 +15,18 @@ use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Lb, Upstream, free_port, get, http_client, metric};
+use support::{Cfg, Lb, Upstream, free_port, get, http_client, metric};
 
+/// Frontend `web` (with `extra_frontend` lines) in front of `backend` with static `servers`
+/// (with `extra_backend` lines), checks off.
 fn config(backend: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
-    let backend_lines = format!("{extra_backend}\n[backend.check]\ntype = \"none\"");
-    support::static_config(backend, servers, extra_frontend, &backend_lines)
+    Cfg::http("web")
+        .frontend_lines(extra_frontend)
+        .backend(backend)
+        .servers(servers)
+        .backend_lines(extra_backend)
+        .check_none()
+        .toml()
 }
 
 /// Writes raw bytes and reads until the peer closes or `limit` passes.

@@ -3,13 +3,12 @@
 //! fast while the next handshake works), TLS to servers (`[backend.tls]` with a private CA,
 //! ALPN `http/1.1` or `h2`, a wrong CA refused), `send_proxy` v1/v2 headers carrying the
 //! client's address, and `accept_proxy` feeding X-Forwarded-For. Certificates come from a CA
-//! made with rcgen while the test runs.
+//! made while the test runs (`support::pki`).
 
 mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,123 +18,50 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use switchyard::proxy_protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{Lb, Upstream};
+use support::pki::{Leaf, Pki};
+use support::{Cfg, Lb, Upstream};
 
 /// The name the frontend certificate is for; clients resolve it to the frontend's address.
 const SITE: &str = "switchyard.test";
 
-/// A private CA and the certificates it signed, as PEM files in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: PathBuf,
-    ca_der: CertificateDer<'static>,
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-/// A leaf certificate: its PEM files, and the chain and key for a rustls server.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-    chain: Vec<CertificateDer<'static>>,
-    key_der: PrivateKeyDer<'static>,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-http-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("switchyard test CA {tag}"),
-        );
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let issuer =
-            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-                .unwrap();
-        let ca_pem = dir.join("ca.pem");
-        std::fs::write(&ca_pem, issuer.pem()).unwrap();
-        Pki {
-            ca_der: issuer.der().clone(),
-            dir,
-            ca_pem,
-            issuer,
-        }
-    }
-
-    fn leaf(&self, tag: &str, names: &[&str]) -> Leaf {
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{tag}.pem")),
-            self.dir.join(format!("{tag}.key")),
-        );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        Leaf {
-            cert: cert_path,
-            key: key_path,
-            chain: vec![cert.der().clone()],
-            key_der: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        }
-    }
-
-    /// A rustls client trusting only this CA, offering `alpn`.
-    fn client(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-        switchyard::tls::install_provider();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let mut cc = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Arc::new(cc)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
-    }
-}
-
-fn toml_path(p: &Path) -> String {
-    p.display().to_string().replace('\\', "\\\\")
-}
-
-/// One frontend "web" in front of backend "b" with `servers`; extra lines for each section.
 fn config(servers: &[String], frontend: &str, backend: &str, backend_tls: &str) -> String {
-    let backend_lines = format!("{backend}\n[backend.check]\ntype = \"none\"\n{backend_tls}");
-    support::static_config("b", servers, frontend, &backend_lines)
+    Cfg::http("web")
+        .frontend_lines(frontend)
+        .backend("b")
+        .servers(servers)
+        .backend_lines(backend)
+        .backend_lines(backend_tls)
+        .check_none()
+        .toml()
 }
 
+/// TLS on the frontend with `leaf`, a 400 ms header timeout and a 2 s handshake timeout.
 fn frontend_tls(leaf: &Leaf) -> String {
     format!(
-        "header_timeout = \"400ms\"\n[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]\nhandshake_timeout = \"2s\"",
-        toml_path(&leaf.cert),
-        toml_path(&leaf.key)
+        "header_timeout = \"400ms\"\n{}\nhandshake_timeout = \"2s\"",
+        leaf.frontend_tls()
     )
+}
+
+/// A new CA named `tag`, and Switchyard serving its certificate for `SITE` (`frontend_tls`,
+/// after the `frontend` lines) in front of `up`.
+async fn https_lb(tag: &str, up: &Upstream, frontend: &str) -> (Pki, Lb) {
+    let pki = Pki::new(tag);
+    let site = pki.leaf("site", &[SITE]);
+    let frontend = format!("{frontend}\n{}", frontend_tls(&site));
+    let lb = Lb::start_ready(&config(&[up.addr().to_string()], &frontend, "", "")).await;
+    (pki, lb)
 }
 
 /// A reqwest client trusting only the test CA, with `SITE` resolved to `addr`.
 fn https_client(pki: &Pki, addr: SocketAddr) -> reqwest::Client {
     switchyard::tls::install_provider();
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_der(&pki.ca_der()).unwrap();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(5))
@@ -170,16 +96,8 @@ async fn read_all<S: AsyncRead + Unpin>(s: &mut S, limit: Duration) -> String {
 
 #[tokio::test]
 async fn https_round_trip_sets_forwarded_proto() {
-    let pki = Pki::new("rt");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("behind-tls").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("rt", &up, "").await;
     let addr = lb.http_addr("web");
     let client = https_client(&pki, addr);
     for i in 0..3 {
@@ -212,16 +130,8 @@ async fn https_round_trip_sets_forwarded_proto() {
 
 #[tokio::test]
 async fn alpn_h2_end_to_end() {
-    let pki = Pki::new("alpn");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("via-h2").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("alpn", &up, "").await;
     let tls = tls_connect(&pki, lb.http_addr("web"), &[b"h2"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut sender, conn) =
@@ -250,16 +160,8 @@ async fn alpn_h2_end_to_end() {
 
 #[tokio::test]
 async fn garbage_fails_the_handshake_fast_and_the_next_one_works() {
-    let pki = Pki::new("garbage");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("garbage", &up, "").await;
     let addr = lb.http_addr("web");
     for garbage in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -287,16 +189,8 @@ async fn garbage_fails_the_handshake_fast_and_the_next_one_works() {
 
 #[tokio::test]
 async fn a_slow_header_over_tls_gets_408() {
-    let pki = Pki::new("slow");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &frontend_tls(&site),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("slow", &up, "").await;
     let mut tls = tls_connect(&pki, lb.http_addr("web"), &[b"http/1.1"]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -326,7 +220,7 @@ async fn tls_upstream(leaf: &Leaf) -> (SocketAddr, Arc<Mutex<TlsSeen>>) {
     switchyard::tls::install_provider();
     let mut sc = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(leaf.chain.clone(), leaf.key_der.clone_key())
+        .with_single_cert(leaf.chain(), leaf.key_der())
         .unwrap();
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
@@ -367,7 +261,7 @@ async fn servers_are_reached_over_tls_with_a_private_ca() {
     let pki = Pki::new("uptls");
     let leaf = pki.leaf("upstream", &["127.0.0.1"]);
     let (up, seen) = tls_upstream(&leaf).await;
-    let backend_tls = format!("[backend.tls]\nca = \"{}\"", toml_path(&pki.ca_pem));
+    let backend_tls = pki.backend_tls();
     for (protocol, alpn, version) in [
         ("http1", &b"http/1.1"[..], http::Version::HTTP_11),
         ("h2", &b"h2"[..], http::Version::HTTP_2),
@@ -391,8 +285,7 @@ async fn servers_are_reached_over_tls_with_a_private_ca() {
 
     // A server whose certificate the configured CA did not sign is not talked to.
     let other = Pki::new("uptls-other");
-    let wrong = format!("[backend.tls]\nca = \"{}\"", toml_path(&other.ca_pem));
-    let lb = Lb::start_ready(&config(&[up.to_string()], "", "", &wrong)).await;
+    let lb = Lb::start_ready(&config(&[up.to_string()], "", "", &other.backend_tls())).await;
     let requests_before = seen.lock().unwrap().versions.len();
     let (status, body) = support::get(lb.http_addr("web"), "/secure").await;
     assert_eq!(status, 502, "{body}");
@@ -409,7 +302,7 @@ async fn h2_over_tls_passes_trailers_to_an_h2_client() {
         &[up.to_string()],
         "",
         "protocol = \"h2\"",
-        &format!("[backend.tls]\nca = \"{}\"", toml_path(&pki.ca_pem)),
+        &pki.backend_tls(),
     ))
     .await;
     let tcp = TcpStream::connect(lb.http_addr("web")).await.unwrap();
@@ -558,16 +451,8 @@ async fn accept_proxy_feeds_x_forwarded_for() {
 
 #[tokio::test]
 async fn accept_proxy_then_tls() {
-    let pki = Pki::new("proxytls");
-    let site = pki.leaf("site", &[SITE]);
     let up = Upstream::start("ok").await;
-    let lb = Lb::start_ready(&config(
-        &[up.addr().to_string()],
-        &format!("accept_proxy = true\n{}", frontend_tls(&site)),
-        "",
-        "",
-    ))
-    .await;
+    let (pki, lb) = https_lb("proxytls", &up, "accept_proxy = true").await;
     let mut tcp = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     tcp.write_all(b"PROXY TCP4 198.51.100.9 127.0.0.1 1234 443\r\n")
         .await

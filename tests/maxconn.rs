@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Lb, Upstream, metric};
+use support::{Cfg, Lb, Upstream, metric};
 
 /// Sends one keep-alive request and reads its whole answer (the upstream's body is "A").
 async fn request(s: &mut TcpStream) -> std::io::Result<String> {
@@ -40,24 +40,13 @@ async fn connected(addr: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn clients_beyond_maxconn_wait_and_are_served_when_one_leaves() {
     let up = Upstream::start("A").await;
-    let lb = Lb::start_ready(&format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "maxconn"
-maxconn = 2
-[[backend]]
-name = "maxconn"
-servers = ["{}"]
-[backend.check]
-type = "none"
-"#,
-        up.addr()
-    ))
-    .await;
+    let toml = Cfg::http("web")
+        .frontend_lines("maxconn = 2")
+        .backend("maxconn")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
     let web = lb.http_addr("web");
     let mut first = connected(web).await;
     let mut second = connected(web).await;

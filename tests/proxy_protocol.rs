@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, metric};
+use support::stream::{echo, read_line, until_closed};
+use support::{Cfg, Lb, metric};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -87,57 +88,13 @@ impl Drop for ProxyUpstream {
 }
 
 fn config(fe: &str, upstream: SocketAddr, extra_frontend: &str, send_proxy: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "{fe}"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "{fe}-be"
-{extra_frontend}
-[[backend]]
-name = "{fe}-be"
-servers = ["{upstream}"]
-send_proxy = "{send_proxy}"
-[backend.check]
-type = "none"
-"#
-    )
-}
-
-async fn read_line(s: &mut TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    tokio::time::timeout(WAIT, async {
-        while s.read_exact(&mut b).await.is_ok() && b[0] != b'\n' {
-            out.push(b[0]);
-        }
-    })
-    .await
-    .expect("a line within 5 s");
-    String::from_utf8(out).unwrap()
-}
-
-async fn echo(s: &mut TcpStream, msg: &str) {
-    s.write_all(msg.as_bytes()).await.unwrap();
-    let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut got))
-        .await
-        .expect("echo within 5 s")
-        .unwrap();
-    assert_eq!(got, msg.as_bytes());
-}
-
-/// Reads until the peer closes (within 10 s): what arrived, or the error, and how long it took.
-async fn until_closed(s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, Duration) {
-    let t = Instant::now();
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the connection was not closed within 10 s");
-    (r.map(|_| out), t.elapsed())
+    Cfg::tcp(fe)
+        .frontend_lines(extra_frontend)
+        .backend(&format!("{fe}-be"))
+        .servers(&[upstream])
+        .backend_lines(&format!("send_proxy = \"{send_proxy}\""))
+        .check_none()
+        .toml()
 }
 
 fn a(s: &str) -> SocketAddr {

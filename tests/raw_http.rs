@@ -1,9 +1,10 @@
-//! Hostile raw-byte input to the HTTP frontend (issue #8, items 1 and 2). Each case writes
-//! exact bytes on a raw `TcpStream` and asserts what comes back (a status, with or without a
-//! close after it, or a clean close; every read is bounded by a deadline, so a hang fails)
-//! and what a recording upstream received (`support::raw::Recorder`: a plain TCP listener
-//! registered through a real etcd, which keeps every byte and answers `200 ok` with an
-//! `x-path` header). One Etcd + Switchyard per test; the rows of a table run in order.
+//! Hostile raw-byte input to the HTTP frontend: request smuggling and header syntax, Host and
+//! sizes, pipelining, hop-by-hop abuse and slow clients (the rows of README "Reliability" that
+//! name `cargo test --test raw_http`). Each case writes exact bytes on a raw `TcpStream` and
+//! asserts what comes back (a status, with or without a close after it, or a clean close; every
+//! read is bounded by a deadline, so a hang fails) and what a recording upstream received
+//! (`support::raw::Recorder`: a plain TCP listener registered through a real etcd, which keeps
+//! every byte and answers `200 ok` with an `x-path` header). One Etcd + Switchyard per test; the rows of a table run in order.
 //!
 //! The rule checked on every request that reaches the upstream, in every case: never both
 //! Content-Length and Transfer-Encoding, never two Content-Lengths, never a length that is not
@@ -81,7 +82,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use support::raw::{self, Drive, End, Exchange, Recorder, Taken};
-use support::{Etcd, Lb, metric, wait_until};
+use support::{Cfg, Etcd, Lb, metric, wait_until};
 
 /// How long one case may take to answer or close before it counts as a hang.
 const CASE_DEADLINE: Duration = Duration::from_secs(3);
@@ -696,32 +697,18 @@ struct Rig {
     lb: Lb,
 }
 
+/// Frontends `web` and `stall`, each with `frontend_extra`, in front of backend `raw`, whose
+/// servers are under `/raw/backend` in etcd.
 fn config(etcd: &Etcd, frontend_extra: &str, backend_extra: &str, check: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "raw"
-{frontend_extra}
-[[frontend]]
-name = "stall"
-bind = "127.0.0.1:0"
-backend = "raw"
-{frontend_extra}
-[[backend]]
-name = "raw"
-etcd_prefix = "/raw/backend"
-{backend_extra}
-[backend.check]
-{check}
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .frontend_lines(frontend_extra)
+        .frontend("stall")
+        .frontend_lines(frontend_extra)
+        .etcd(&etcd.url())
+        .etcd_backend("raw")
+        .backend_lines(backend_extra)
+        .check(check)
+        .toml()
 }
 
 impl Rig {
@@ -750,20 +737,9 @@ impl Rig {
 
     /// The recording upstream's state in `/api/v1/backends` and how long it has been in it.
     async fn state_and_age(&self) -> (String, Duration) {
-        let j = self.lb.backends().await;
-        let addr = self.up.addr().to_string();
-        let server = j["backends"][0]["servers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|s| s["addr"] == addr.as_str());
-        let state = server
-            .and_then(|s| s["state"].as_str())
-            .unwrap_or("absent")
-            .to_string();
-        let age = server
-            .and_then(|s| s["state_age_seconds"].as_f64())
-            .unwrap_or(0.0);
+        let server = self.lb.server(&self.up.addr().to_string()).await;
+        let state = server["state"].as_str().unwrap_or("absent").to_string();
+        let age = server["state_age_seconds"].as_f64().unwrap_or(0.0);
         (state, Duration::from_secs_f64(age))
     }
 
@@ -1045,7 +1021,7 @@ async fn forbidden_trailer_fields_are_dropped_from_http2_uploads() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Slow clients (issue #8 item 2).
+// Slow clients: slowloris, slow and stalled bodies, idle connections, a client that never reads.
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -7,7 +7,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Etcd, Lb, Upstream, try_get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, try_get, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -50,25 +50,12 @@ fn sidekick(etcd: &Etcd, api: &str, key: &str, addr: &str) -> Sidekick {
 }
 
 fn config(etcd: &Etcd, api: &str, backend: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "{api}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines(&format!("api = \"{api}\""))
+        .etcd_backend(backend)
+        .check_none()
+        .toml()
 }
 
 async fn serves(lb: &Lb, body: &str) -> bool {
@@ -76,10 +63,7 @@ async fn serves(lb: &Lb, body: &str) -> bool {
 }
 
 async fn empty(lb: &Lb) -> bool {
-    lb.backends().await["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .is_empty()
+    lb.servers().await.is_empty()
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Etcd, Lb, try_get_cached};
+use support::config::Api;
+use support::{Cfg, Etcd, Lb, try_get_cached};
 use tokio::time::Instant;
 
 const PREFIX: &str = "/scaleout/backend";
@@ -18,36 +19,14 @@ const P99_LIMIT: Duration = Duration::from_millis(100);
 /// A change not seen within this is a failure to converge, not a slow sample.
 const CONVERGE_DEADLINE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Copy, Debug)]
-enum Api {
-    V2,
-    V3,
-}
-
 fn config(etcd: &Etcd, api: Api) -> String {
-    let api = match api {
-        Api::V2 => "v2",
-        Api::V3 => "v3",
-    };
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-api = "{api}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "scaleout"
-[[backend]]
-name = "scaleout"
-etcd_prefix = "{PREFIX}"
-[backend.check]
-type = "none"
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .api(api)
+        .backend("scaleout")
+        .prefix(PREFIX)
+        .check_none()
+        .toml()
 }
 
 /// (name, addr) of every server listed for the backend; `None` if the admin API did not answer.

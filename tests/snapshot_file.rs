@@ -5,30 +5,19 @@ mod support;
 
 use std::time::Duration;
 
+use support::config::{self, Cfg};
 use support::{Etcd, Lb, Upstream, get, wait_until};
 
 fn config(etcd: &Etcd, file: &std::path::Path) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-backoff_max = "300ms"
-snapshot_file = "{}"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "saved"
-[[backend]]
-name = "saved"
-etcd_prefix = "/saved/backend"
-[backend.check]
-type = "none"
-"#,
-        etcd.url(),
-        file.display()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_lines(&format!(
+            "backoff_max = \"300ms\"\nsnapshot_file = {}",
+            config::path(file)
+        ))
+        .etcd_backend("saved")
+        .check_none()
+        .toml()
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use support::{Etcd, Lb, Upstream, get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, wait_until};
 
 /// One Chromium run took ~1 s here; a loaded machine gets a lot more before it counts as hung.
 const BROWSER_LIMIT: Duration = Duration::from_secs(30);
@@ -274,42 +274,18 @@ async fn wait_states(lb: &Lb, what: &str, want: &[(String, &str)]) {
     .await;
 }
 
+/// Frontends `web` and `api` in front of backends of those names (from etcd), with fast HTTP
+/// checks of `/healthz` that take a server down at its first failure.
 fn config(etcd: &Etcd, web: &str, api: &str) -> String {
-    let backend = |name: &str| {
-        format!(
-            r#"
-[[backend]]
-name = "{name}"
-etcd_prefix = "/{name}/backend"
-[backend.check]
-type = "http"
-path = "/healthz"
-inter = "100ms"
-timeout = "500ms"
-rise = 2
-fall = 1
-"#
-        )
-    };
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{web}"
-[[frontend]]
-name = "api"
-bind = "127.0.0.1:0"
-backend = "{api}"
-{}{}"#,
-        etcd.url(),
-        backend(web),
-        backend(api)
-    )
+    let check = "type = \"http\"\npath = \"/healthz\"\ninter = \"100ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 1";
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_backend(web)
+        .check(check)
+        .frontend("api")
+        .etcd_backend(api)
+        .check(check)
+        .toml()
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, free_port, metric, wait_until};
+use support::pki::Pki;
+use support::stream::{echo, read_line, until_closed};
+use support::{Cfg, Lb, free_port, metric, wait_until};
 
 /// Bound on every single network wait in this file.
 const WAIT: Duration = Duration::from_secs(5);
@@ -108,25 +109,6 @@ async fn banner_echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, name: &str) {
     let _ = s.shutdown().await;
 }
 
-/// Reads up to and including the first `\n`, one byte at a time (so nothing after it is lost).
-async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> String {
-    let mut out = Vec::new();
-    let mut b = [0u8; 1];
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match s.read(&mut b).await {
-                Ok(1) if b[0] == b'\n' => break,
-                Ok(1) => out.push(b[0]),
-                Ok(_) => panic!("EOF before a line; got {:?}", String::from_utf8_lossy(&out)),
-                Err(e) => panic!("read: {e}; got {:?}", String::from_utf8_lossy(&out)),
-            }
-        }
-    })
-    .await
-    .expect("no line within 5 s");
-    String::from_utf8(out).unwrap()
-}
-
 /// Connects and reads the upstream's banner.
 async fn hello(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -134,69 +116,21 @@ async fn hello(addr: SocketAddr) -> (TcpStream, String) {
     (s, name)
 }
 
-/// Writes `msg` and expects it echoed.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, msg: &str) {
-    s.write_all(msg.as_bytes()).await.unwrap();
-    let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut got))
-        .await
-        .expect("echo within 5 s")
-        .expect("echo");
-    assert_eq!(got, msg.as_bytes());
-}
-
-/// Reads until the peer closes; returns what arrived and how long it took. A reset counts as a
-/// close too, but is reported in the result.
-async fn until_closed(s: &mut TcpStream) -> (std::io::Result<Vec<u8>>, Duration) {
-    let t = Instant::now();
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("the connection was not closed within 10 s");
-    (r.map(|_| out), t.elapsed())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Config and metrics
 
-/// One tcp frontend named `fe` and its backend `fe-be`; checks off unless `check` says so.
-fn config(fe: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
-    config_with_check(
-        fe,
-        servers,
-        extra_frontend,
-        extra_backend,
-        "type = \"none\"",
-    )
+/// One tcp frontend named `fe` in front of its backend `fe-be` with `servers`.
+fn tcp(fe: &str, servers: &[String]) -> Cfg {
+    Cfg::tcp(fe).backend(&format!("{fe}-be")).servers(servers)
 }
 
-fn config_with_check(
-    fe: &str,
-    servers: &[String],
-    extra_frontend: &str,
-    extra_backend: &str,
-    check: &str,
-) -> String {
-    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "{fe}"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "{fe}-be"
-{extra_frontend}
-[[backend]]
-name = "{fe}-be"
-servers = [{}]
-{extra_backend}
-[backend.check]
-{check}
-"#,
-        list.join(", ")
-    )
+/// `tcp(fe, servers)` with these lines added to the frontend and the backend, checks off.
+fn config(fe: &str, servers: &[String], extra_frontend: &str, extra_backend: &str) -> String {
+    tcp(fe, servers)
+        .frontend_lines(extra_frontend)
+        .backend_lines(extra_backend)
+        .check_none()
+        .toml()
 }
 
 /// The sum over every sample of `name` whose labels contain all of `labels`.
@@ -311,7 +245,7 @@ async fn with_every_server_dead_the_client_is_closed_after_the_retries() {
 async fn no_server_available_closes_the_client_at_once() {
     let dead = format!("127.0.0.1:{}", free_port());
     let check = "type = \"tcp\"\ninter = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nrise = 1";
-    let lb = Lb::start_ready(&config_with_check("none-up", &[dead], "", "", check)).await;
+    let lb = Lb::start_ready(&tcp("none-up", &[dead]).check(check).toml()).await;
     wait_until("the dead server is marked down", WAIT, || async {
         lb.backends().await["backends"][0]["servers"][0]["state"] == "down"
     })
@@ -416,13 +350,9 @@ async fn a_removed_server_drains_its_established_relay() {
     let (mut held, first) = hello(addr).await;
     let (keep, gone) = if first == "A" { (&b, &a) } else { (&a, &b) };
     lb.reload_toml(&toml(&[keep.addr()])).await;
+    let gone_addr = gone.addr();
     wait_until("the removed server is listed as draining", WAIT, || async {
-        let j = lb.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["addr"] == gone.addr().as_str() && s["state"] == "draining")
+        lb.server(&gone_addr).await["state"] == "draining"
     })
     .await;
     // New connections go to the remaining server only.
@@ -436,24 +366,12 @@ async fn a_removed_server_drains_its_established_relay() {
         echo(&mut held, &format!("still here {i}\n")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let j = lb.backends().await;
-    let entry = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == gone.addr().as_str())
-        .cloned()
-        .expect("draining server listed");
+    let entry = lb.server(&gone_addr).await;
     assert_eq!(entry["active"], 1, "the relay counts in flight: {entry}");
     // Closing it ends the drain.
     drop(held);
     wait_until("the drained server leaves the list", WAIT, || async {
-        let j = lb.backends().await;
-        !j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["addr"] == gone.addr().as_str())
+        lb.server(&gone_addr).await.is_null()
     })
     .await;
     lb.shutdown().await;
@@ -517,55 +435,28 @@ async fn shutdown_stops_accepting_but_lets_relays_finish() {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-struct Cert {
-    der: rustls::pki_types::CertificateDer<'static>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn make_cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
-    let ck =
-        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = dir.join(format!("{tag}.pem"));
-    let key = dir.join(format!("{tag}.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    Cert {
-        der: ck.cert.der().clone(),
-        cert,
-        key,
-    }
-}
-
 #[tokio::test]
 async fn tls_is_terminated_and_originated() {
-    switchyard::tls::install_provider();
-    let dir = std::env::temp_dir().join(format!("switchyard-tcp-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let front = make_cert(&dir, "front", &["lb.test"]);
-    let back = make_cert(&dir, "back", &["127.0.0.1"]);
+    let pki = Pki::new("tcp-tls");
+    let front = pki.self_signed("front", &["lb.test"]);
+    let back = pki.self_signed("back", &["127.0.0.1"]);
     let up_tls = switchyard::tls::TlsAcceptor::new(
         "upstream",
         &switchyard::config::FrontendTls {
-            certs: vec![switchyard::config::CertPair {
-                cert: back.cert.clone(),
-                key: back.key.clone(),
-            }],
+            certs: vec![back.pair()],
             alpn: vec![],
             handshake_timeout: WAIT,
         },
     )
     .unwrap();
     let up = Banner::start_tls("secure", Some(Arc::new(up_tls))).await;
-    let fe_tls = format!(
-        "[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]",
-        front.cert.display(),
-        front.key.display()
+    let toml = config(
+        "tls",
+        &[up.addr()],
+        &front.frontend_tls(),
+        &back.backend_tls(),
     );
-    let be_tls = format!("[backend.tls]\nca = \"{}\"", back.cert.display());
-    // `[backend.tls]` must follow the backend's plain keys, and `[backend.check]` follows it.
-    let lb = Lb::start_ready(&config("tls", &[up.addr()], &fe_tls, &be_tls)).await;
+    let lb = Lb::start_ready(&toml).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(front.der.clone()).unwrap();
@@ -601,5 +492,4 @@ async fn tls_is_terminated_and_originated() {
         "{text}"
     );
     lb.shutdown().await;
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2,9 +2,10 @@
 //! unknown name), ALPN is offered, the server's cipher suite order wins over the client's, a bad
 //! PEM on reload keeps the old certificate, a changed file is picked up without a restart, and
 //! garbage on the port fails fast while the next handshake works. Certificates are generated
-//! while the test runs (rcgen).
+//! while the test runs (`support::pki`).
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,24 +15,7 @@ use switchyard::tls::TlsAcceptor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-struct Cert {
-    der: CertificateDer<'static>,
-    pair: CertPair,
-}
-
-fn make_cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
-    let ck =
-        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    let cert = dir.join(format!("{tag}.pem"));
-    let key = dir.join(format!("{tag}.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    Cert {
-        der: ck.cert.der().clone(),
-        pair: CertPair { cert, key },
-    }
-}
+use support::pki::{Leaf, Pki};
 
 /// Serves handshakes forever; each connection gets "hi" after the handshake.
 async fn serve(acceptor: Arc<TlsAcceptor>) -> std::net::SocketAddr {
@@ -56,7 +40,7 @@ async fn serve(acceptor: Arc<TlsAcceptor>) -> std::net::SocketAddr {
 async fn handshake(
     addr: std::net::SocketAddr,
     sni: &str,
-    roots: &[&Cert],
+    roots: &[&Leaf],
 ) -> (CertificateDer<'static>, Option<Vec<u8>>) {
     switchyard::tls::install_provider();
     let mut store = rustls::RootCertStore::empty();
@@ -83,19 +67,13 @@ async fn handshake(
     )
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("switchyard-tls-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[tokio::test]
 async fn sni_chooses_the_certificate_and_alpn_is_offered() {
-    let dir = tempdir("sni");
-    let a = make_cert(&dir, "a", &["a.test", "127.0.0.1"]);
-    let b = make_cert(&dir, "b", &["b.test", "*.wild.test"]);
+    let pki = Pki::new("sni");
+    let a = pki.self_signed("a", &["a.test", "127.0.0.1"]);
+    let b = pki.self_signed("b", &["b.test", "*.wild.test"]);
     let cfg = FrontendTls {
-        certs: vec![a.pair.clone(), b.pair.clone()],
+        certs: vec![a.pair(), b.pair()],
         alpn: vec!["h2".into(), "http/1.1".into()],
         handshake_timeout: Duration::from_secs(2),
     };
@@ -113,14 +91,13 @@ async fn sni_chooses_the_certificate_and_alpn_is_offered() {
     assert_eq!(handshake(addr, "a.test", &roots).await.0, a.der);
     // No SNI (an IP address): the first certificate.
     assert_eq!(handshake(addr, "127.0.0.1", &roots).await.0, a.der);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The suite negotiated with a client that speaks only `version` and offers `suites` in that
 /// order.
 async fn negotiated_suite(
     addr: std::net::SocketAddr,
-    root: &Cert,
+    root: &Leaf,
     version: &'static rustls::SupportedProtocolVersion,
     suites: Vec<rustls::SupportedCipherSuite>,
 ) -> rustls::CipherSuite {
@@ -146,11 +123,11 @@ async fn negotiated_suite(
 #[tokio::test]
 async fn the_servers_cipher_suite_order_wins() {
     switchyard::tls::install_provider();
-    let dir = tempdir("order");
+    let pki = Pki::new("order");
     // rcgen makes ECDSA P-256 keys, so only the ECDHE_ECDSA suites apply in TLS 1.2.
-    let a = make_cert(&dir, "a", &["a.test"]);
+    let a = pki.self_signed("a", &["a.test"]);
     let cfg = FrontendTls {
-        certs: vec![a.pair.clone()],
+        certs: vec![a.pair()],
         alpn: vec![],
         handshake_timeout: Duration::from_secs(2),
     };
@@ -191,15 +168,14 @@ async fn the_servers_cipher_suite_order_wins() {
         negotiated_suite(addr, &a, &rustls::version::TLS13, no_aes256).await,
         TLS13_AES_128_GCM_SHA256
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up() {
-    let dir = tempdir("reload");
-    let a = make_cert(&dir, "a", &["a.test"]);
+    let pki = Pki::new("reload");
+    let a = pki.self_signed("a", &["a.test"]);
     let cfg = FrontendTls {
-        certs: vec![a.pair.clone()],
+        certs: vec![a.pair()],
         alpn: vec![],
         handshake_timeout: Duration::from_secs(2),
     };
@@ -210,7 +186,7 @@ async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up
 
     // A broken PEM: reload fails and the old certificate keeps serving.
     std::fs::write(
-        &a.pair.cert,
+        &a.cert,
         "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
@@ -220,7 +196,7 @@ async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up
     assert_eq!(handshake(addr, "a.test", &[&a]).await.0, a.der);
 
     // A new valid certificate in the same files is picked up by the watcher, no restart.
-    let a2 = make_cert(&dir, "a", &["a.test"]);
+    let a2 = pki.self_signed("a", &["a.test"]);
     let t = Instant::now();
     loop {
         let s = TcpStream::connect(addr).await.unwrap();
@@ -242,15 +218,14 @@ async fn bad_pem_on_reload_keeps_the_old_certificate_and_a_good_one_is_picked_up
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn garbage_fails_fast_and_the_next_handshake_works() {
-    let dir = tempdir("garbage");
-    let a = make_cert(&dir, "a", &["a.test"]);
+    let pki = Pki::new("garbage");
+    let a = pki.self_signed("a", &["a.test"]);
     let cfg = FrontendTls {
-        certs: vec![a.pair.clone()],
+        certs: vec![a.pair()],
         alpn: vec![],
         handshake_timeout: Duration::from_millis(500),
     };
@@ -281,8 +256,8 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
     // A certificate file that does not exist is an error naming it.
     let bad = FrontendTls {
         certs: vec![CertPair {
-            cert: dir.join("missing.pem"),
-            key: a.pair.key.clone(),
+            cert: pki.dir().join("missing.pem"),
+            key: a.key.clone(),
         }],
         alpn: vec![],
         handshake_timeout: Duration::from_secs(1),
@@ -292,5 +267,4 @@ async fn garbage_fails_fast_and_the_next_handshake_works() {
         .expect("missing file")
         .to_string();
     assert!(e.contains("missing.pem"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,4 +1,4 @@
-//! OCSP stapling on a TLS frontend, end to end: a CA and leaf certificates made with rcgen, OCSP
+//! OCSP stapling on a TLS frontend, end to end: a CA and leaf certificates (`support::pki`), OCSP
 //! responses for them signed by that CA with the `openssl ocsp` CLI (Debian's `openssl`, which
 //! `deploy/test.sh` installs), Switchyard run through the harness, and a rustls client whose
 //! certificate verifier keeps the stapled bytes. A `<cert>.ocsp` file is stapled over TLS 1.2 and
@@ -20,27 +20,13 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme, SupportedProtocolVersion};
 use tokio::net::TcpStream;
 
-use support::{Lb, Upstream, metric, wait_until};
+use support::pki::{Leaf, Pki};
+use support::{Cfg, Lb, Upstream, metric, wait_until};
 
 /// How long the file watcher (1 s ticks) may take to staple a changed file.
 const PICKUP: Duration = Duration::from_secs(5);
 const BOTH_VERSIONS: [&SupportedProtocolVersion; 2] =
     [&rustls::version::TLS12, &rustls::version::TLS13];
-
-/// A private CA (rcgen) whose key `openssl ocsp` signs responses with, in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca_pem: PathBuf,
-    ca_key: PathBuf,
-    ca_der: CertificateDer<'static>,
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-/// A leaf certificate's PEM files.
-struct Leaf {
-    cert: PathBuf,
-    key: PathBuf,
-}
 
 /// A DER OCSPResponse and its nextUpdate in Unix seconds, as `openssl` reads it.
 struct Response {
@@ -65,120 +51,67 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        switchyard::tls::install_provider();
-        let dir =
-            std::env::temp_dir().join(format!("switchyard-ocsp-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("switchyard OCSP test CA {tag}"),
-        );
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca_key = dir.join("ca.key");
-        std::fs::write(&ca_key, key.serialize_pem()).unwrap();
-        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
-        let ca_pem = dir.join("ca.pem");
-        std::fs::write(&ca_pem, issuer.pem()).unwrap();
-        Pki {
-            ca_der: issuer.der().clone(),
-            dir,
-            ca_pem,
-            ca_key,
-            issuer,
-        }
-    }
-
-    fn leaf(&self, tag: &str, name: &str) -> Leaf {
-        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let leaf = Leaf {
-            cert: self.dir.join(format!("{tag}.pem")),
-            key: self.dir.join(format!("{tag}.key")),
-        };
-        std::fs::write(&leaf.cert, cert.pem()).unwrap();
-        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
-        leaf
-    }
-
-    /// A "good" response for `leaf`, valid for `minutes`, signed by the CA: `openssl ocsp` makes
-    /// a request, then answers it as a responder whose index lists the leaf's serial number.
-    fn respond(&self, leaf: &Leaf, minutes: u32) -> Response {
-        let cert = leaf.cert.to_str().unwrap();
-        let serial = run(
-            &self.dir,
-            "openssl",
-            &["x509", "-in", cert, "-noout", "-serial"],
-        );
-        let serial = serial.trim().trim_start_matches("serial=");
-        // index.txt: status, expiry, revocation date, serial, file name, subject.
-        std::fs::write(
-            self.dir.join("index.txt"),
-            format!("V\t491231000000Z\t\t{serial}\tunknown\t/CN=leaf\n"),
-        )
+/// A "good" response for `leaf`, valid for `minutes`, signed by the CA: `openssl ocsp` makes
+/// a request, then answers it as a responder whose index lists the leaf's serial number.
+fn respond(pki: &Pki, leaf: &Leaf, minutes: u32) -> Response {
+    let cert = leaf.cert.to_str().unwrap();
+    let serial = run(
+        pki.dir(),
+        "openssl",
+        &["x509", "-in", cert, "-noout", "-serial"],
+    );
+    let serial = serial.trim().trim_start_matches("serial=");
+    // index.txt: status, expiry, revocation date, serial, file name, subject.
+    std::fs::write(
+        pki.dir().join("index.txt"),
+        format!("V\t491231000000Z\t\t{serial}\tunknown\t/CN=leaf\n"),
+    )
+    .unwrap();
+    let ca = pki.ca_pem().to_str().unwrap();
+    let req = ["ocsp", "-issuer", ca, "-cert", cert, "-no_nonce"];
+    run(
+        pki.dir(),
+        "openssl",
+        &[&req[..], &["-reqout", "req.der"]].concat(),
+    );
+    let minutes = minutes.to_string();
+    run(
+        pki.dir(),
+        "openssl",
+        &[
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-rsigner",
+            ca,
+            "-rkey",
+            pki.ca_key().to_str().unwrap(),
+            "-CA",
+            ca,
+            "-reqin",
+            "req.der",
+            "-respout",
+            "resp.der",
+            "-nmin",
+            &minutes,
+        ],
+    );
+    let text = run(
+        pki.dir(),
+        "openssl",
+        &["ocsp", "-respin", "resp.der", "-resp_text", "-noverify"],
+    );
+    let next = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Next Update: "))
+        .unwrap_or_else(|| panic!("no Next Update in:\n{text}"));
+    let next_update = run(pki.dir(), "date", &["-u", "-d", next, "+%s"])
+        .trim()
+        .parse()
         .unwrap();
-        let ca = self.ca_pem.to_str().unwrap();
-        let req = ["ocsp", "-issuer", ca, "-cert", cert, "-no_nonce"];
-        run(
-            &self.dir,
-            "openssl",
-            &[&req[..], &["-reqout", "req.der"]].concat(),
-        );
-        let minutes = minutes.to_string();
-        run(
-            &self.dir,
-            "openssl",
-            &[
-                "ocsp",
-                "-index",
-                "index.txt",
-                "-rsigner",
-                ca,
-                "-rkey",
-                self.ca_key.to_str().unwrap(),
-                "-CA",
-                ca,
-                "-reqin",
-                "req.der",
-                "-respout",
-                "resp.der",
-                "-nmin",
-                &minutes,
-            ],
-        );
-        let text = run(
-            &self.dir,
-            "openssl",
-            &["ocsp", "-respin", "resp.der", "-resp_text", "-noverify"],
-        );
-        let next = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Next Update: "))
-            .unwrap_or_else(|| panic!("no Next Update in:\n{text}"));
-        let next_update = run(&self.dir, "date", &["-u", "-d", next, "+%s"])
-            .trim()
-            .parse()
-            .unwrap();
-        Response {
-            der: std::fs::read(self.dir.join("resp.der")).unwrap(),
-            next_update,
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            std::fs::remove_dir_all(&self.dir).ok();
-        }
+    Response {
+        der: std::fs::read(pki.dir().join("resp.der")).unwrap(),
+        next_update,
     }
 }
 
@@ -248,10 +181,8 @@ async fn stapled(
     pki: &Pki,
     version: &'static SupportedProtocolVersion,
 ) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
     let verifier = Arc::new(KeepStaple {
-        inner: WebPkiServerVerifier::builder(Arc::new(roots))
+        inner: WebPkiServerVerifier::builder(Arc::new(pki.roots()))
             .build()
             .unwrap(),
         staple: Mutex::new(None),
@@ -271,18 +202,13 @@ async fn stapled(
 
 /// Switchyard with one TLS frontend serving `leaf`, in front of `up`.
 async fn start(up: &Upstream, leaf: &Leaf) -> Lb {
-    let frontend = format!(
-        "[frontend.tls]\ncerts = [{{ cert = \"{}\", key = \"{}\" }}]",
-        leaf.cert.display(),
-        leaf.key.display()
-    );
-    Lb::start_ready(&support::static_config(
-        "b",
-        &[up.addr().to_string()],
-        &frontend,
-        "[backend.check]\ntype = \"none\"",
-    ))
-    .await
+    let toml = Cfg::http("web")
+        .frontend_lines(&leaf.frontend_tls())
+        .backend("b")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    Lb::start_ready(&toml).await
 }
 
 fn next_update_series(name: &str) -> String {
@@ -297,8 +223,8 @@ fn errors_series(name: &str) -> String {
 async fn a_response_file_is_stapled_and_follows_replacement_and_removal() {
     const NAME: &str = "ocsp-stapled.test";
     let pki = Pki::new("stapled");
-    let leaf = pki.leaf("site", NAME);
-    let first = pki.respond(&leaf, 7 * 24 * 60);
+    let leaf = pki.leaf("site", &[NAME]);
+    let first = respond(&pki, &leaf, 7 * 24 * 60);
     install(&leaf, &first.der);
     let up = Upstream::start("ocsp").await;
     let lb = start(&up, &leaf).await;
@@ -313,7 +239,7 @@ async fn a_response_file_is_stapled_and_follows_replacement_and_removal() {
     );
 
     // The cron job's next run: a new response (another nextUpdate) replaces the file.
-    let second = pki.respond(&leaf, 3 * 24 * 60);
+    let second = respond(&pki, &leaf, 3 * 24 * 60);
     assert_ne!(second.next_update, first.next_update);
     install(&leaf, &second.der);
     let (pki_ref, want) = (&pki, &second.der);
@@ -353,8 +279,8 @@ async fn a_response_file_is_stapled_and_follows_replacement_and_removal() {
 async fn no_file_means_no_staple_and_a_bad_file_is_counted_and_not_stapled() {
     const NAME: &str = "ocsp-bad.test";
     let pki = Pki::new("bad");
-    let leaf = pki.leaf("site", NAME);
-    let other = pki.leaf("other", "ocsp-other.test");
+    let leaf = pki.leaf("site", &[NAME]);
+    let other = pki.leaf("other", &["ocsp-other.test"]);
     let up = Upstream::start("ocsp").await;
     let lb = start(&up, &leaf).await;
     let addr = lb.http_addr("web");
@@ -370,7 +296,7 @@ async fn no_file_means_no_staple_and_a_bad_file_is_counted_and_not_stapled() {
     let errors = errors_series(NAME);
     let bad_files = [
         b"not an OCSP response".to_vec(),
-        pki.respond(&other, 60).der,
+        respond(&pki, &other, 60).der,
     ];
     for (i, bad) in bad_files.iter().enumerate() {
         install(&leaf, bad);
@@ -386,7 +312,7 @@ async fn no_file_means_no_staple_and_a_bad_file_is_counted_and_not_stapled() {
     assert!(!lb.metrics().await.contains(&next_update_series(NAME)));
 
     // The right response is stapled once it is in place.
-    let good = pki.respond(&leaf, 60);
+    let good = respond(&pki, &leaf, 60);
     install(&leaf, &good.der);
     let (pki_ref, want) = (&pki, &good.der);
     wait_until("the good response is stapled", PICKUP, move || async move {

@@ -15,42 +15,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-use support::{Etcd, Lb, Upstream, free_port, get, http_client, try_get, wait_until};
+use support::raw::Script;
+use support::{Cfg, Etcd, Lb, Upstream, free_port, get, http_client, try_get, wait_until};
 
+/// Frontend `web` in front of `backend`, whose servers are under `/{backend}/backend` in etcd.
 fn config(etcd: &Etcd, backend: &str, backend_extra: &str, check: &str) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[etcd]
-endpoints = ["{}"]
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "{backend}"
-[[backend]]
-name = "{backend}"
-etcd_prefix = "/{backend}/backend"
-{backend_extra}
-[backend.check]
-{check}
-"#,
-        etcd.url()
-    )
+    Cfg::http("web")
+        .etcd(&etcd.url())
+        .etcd_backend(backend)
+        .backend_lines(backend_extra)
+        .check(check)
+        .toml()
 }
 
 async fn server_field(lb: &Lb, addr: &str, field: &str) -> serde_json::Value {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .map(|s| s[field].clone())
-        .unwrap_or(serde_json::Value::Null)
+    lb.server(addr).await[field].clone()
 }
 
 /// `clients` keep-alive clients sending GETs until `stop` is set; returns (ok, failures).
@@ -300,12 +280,8 @@ async fn all_servers_down_is_a_quick_503() {
     b.stop().await;
     let lb_ref = &lb;
     wait_until("both down", Duration::from_secs(5), || async move {
-        let j = lb_ref.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["state"] == "down")
+        let servers = lb_ref.servers().await;
+        servers.iter().all(|s| s["state"] == "down")
     })
     .await;
     for _ in 0..5 {
@@ -359,52 +335,25 @@ async fn registered_but_not_listening_gets_no_traffic_after_the_first_failure() 
     lb.shutdown().await;
 }
 
-/// A raw upstream that reads a request (head and Content-Length body), then closes the
-/// connection without answering. Counts the requests it read.
-async fn resetting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    let s2 = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let seen = Arc::clone(&s2);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_lowercase();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let cl: usize = text
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + cl {
-                            seen.fetch_add(1, Ordering::SeqCst);
-                            let _ = s.shutdown().await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
+/// A raw upstream that reads a request (head and body), then closes the connection without
+/// answering; the requests it read whole are in its `seen()`.
+async fn resetting_upstream() -> Script {
+    Script::start(|mut p| async move {
+        let _ = p.request().await;
+    })
+    .await
+}
+
+/// Requests `up` read whole.
+fn whole(up: &Script) -> usize {
+    up.seen().iter().filter(|r| r.complete).count()
 }
 
 #[tokio::test]
 async fn a_post_is_never_replayed_but_a_get_is() {
     let etcd = Etcd::start().await;
-    let (rst, seen) = resetting_upstream().await;
-    etcd.put("/replay/backend/1", &rst.to_string()).await;
+    let rst = resetting_upstream().await;
+    etcd.put("/replay/backend/1", &rst.addr().to_string()).await;
     // Passive ejection off, so the resetting server stays in rotation for this test.
     let lb = Lb::start_ready(&config(
         &etcd,
@@ -421,11 +370,7 @@ async fn a_post_is_never_replayed_but_a_get_is() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 502);
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        1,
-        "the POST reached the upstream exactly once"
-    );
+    assert_eq!(whole(&rst), 1, "the POST reached the upstream exactly once");
 
     // A bodiless GET that hits the resetting server is replayed on another one.
     let good = Upstream::start("good").await;
@@ -439,7 +384,7 @@ async fn a_post_is_never_replayed_but_a_get_is() {
         assert_eq!(get(web, "/").await, (200, "good".to_string()));
     }
     assert!(
-        seen.load(Ordering::SeqCst) >= 3,
+        whole(&rst) >= 3,
         "GETs did reach the resetting server first"
     );
     let text = lb.metrics().await;
@@ -509,14 +454,9 @@ async fn consecutive_5xx_ejects_but_never_more_than_the_guard_allows() {
     for _ in 0..10 {
         let _ = try_get(web, "/").await;
     }
-    let j = lb.backends().await;
-    let down = j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["state"] == "down")
-        .count();
-    assert_eq!(down, 1, "{j}");
+    let servers = lb.servers().await;
+    let down = servers.iter().filter(|s| s["state"] == "down").count();
+    assert_eq!(down, 1, "{servers:?}");
     lb.shutdown().await;
 }
 

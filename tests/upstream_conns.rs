@@ -4,7 +4,8 @@
 //! ejected and counted in `switchyard_upstream_aborts_total`.
 //!
 //! Then the edge cases of our HTTP/1.1 client (`h1_client`), against scripted upstreams that
-//! answer with exact bytes (`Script`, one behaviour per accepted connection, counting accepts):
+//! answer with exact bytes (`support::raw::Script`, one behaviour per accepted connection,
+//! counting accepts):
 //! chunked responses in pieces and with trailers, close-delimited bodies, HTTP/1.0 and
 //! `Connection: close` answers, bodiless responses (HEAD, 204, 304), interim `1xx` responses,
 //! early answers to uploads, idle and racing server closes, malformed heads, broken chunked
@@ -13,111 +14,88 @@
 
 mod support;
 
-use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use support::{Lb, Upstream, get, http_client, metric, static_config, wait_until};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use support::raw::{self, Drive, Recorded, Script};
+use support::{Cfg, Lb, Upstream, get, http_client, metric, wait_until};
 
-/// Connections a raw upstream accepted and saw closed by the peer.
-#[derive(Default)]
-struct Counts {
-    accepted: AtomicUsize,
-    closed: AtomicUsize,
-}
-
-/// A raw HTTP/1.1 upstream: answers every bodiless request on a connection with `body` (or, if
-/// `cut` is set, announces 100 bytes and closes after sending 5 of them).
-async fn raw_upstream(cut: bool) -> (SocketAddr, Arc<Counts>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let counts = Arc::new(Counts::default());
-    let c2 = Arc::clone(&counts);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            c2.accepted.fetch_add(1, Ordering::SeqCst);
-            let counts = Arc::clone(&c2);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        counts.closed.fetch_add(1, Ordering::SeqCst);
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        if cut {
-                            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort";
-                            let _ = s.write_all(head.as_bytes()).await;
-                            return;
-                        }
-                        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if s.write_all(ok.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
+/// A raw HTTP/1.1 upstream that answers every request `ok` (or, if `cut` is set, announces
+/// 100 bytes and closes after sending 5 of them), and the count of its connections the proxy
+/// closed.
+async fn raw_upstream(cut: bool) -> (Script, Arc<AtomicUsize>) {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&closed);
+    let up = Script::start(move |mut p| {
+        let closed = Arc::clone(&c);
+        async move {
+            while p.request().await.is_some() {
+                if cut {
+                    p.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                        .await;
+                    return;
                 }
-            });
+                p.send(&ok("ok")).await;
+            }
+            if p.closed() {
+                closed.fetch_add(1, Ordering::SeqCst);
+            }
         }
-    });
-    (addr, counts)
+    })
+    .await;
+    (up, closed)
 }
 
 #[tokio::test]
 async fn idle_pooled_connections_close_after_pool_idle_timeout() {
-    let (up, counts) = raw_upstream(false).await;
-    let lb = Lb::start_ready(&static_config(
-        "idlepool",
-        &[up.to_string()],
-        "",
-        "pool_idle_timeout = \"400ms\"\n[backend.check]\ntype = \"none\"",
-    ))
-    .await;
+    let (up, closed) = raw_upstream(false).await;
+    let toml = Cfg::http("web")
+        .backend("idlepool")
+        .servers(&[up.addr()])
+        .backend_lines("pool_idle_timeout = \"400ms\"")
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
     let web = lb.http_addr("web");
     // Back to back: the second request reuses the pooled connection.
     assert_eq!(get(web, "/").await, (200, "ok".to_string()));
     assert_eq!(get(web, "/").await, (200, "ok".to_string()));
-    assert_eq!(counts.accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(counts.closed.load(Ordering::SeqCst), 0);
+    assert_eq!(up.accepts(), 1);
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
     // No request comes: the upkeep closes it (within the timeout plus one upkeep tick).
-    let c = &counts;
+    let c = &closed;
     wait_until(
         "idle connection closed",
         Duration::from_secs(4),
-        || async move { c.closed.load(Ordering::SeqCst) == 1 },
+        || async move { c.load(Ordering::SeqCst) == 1 },
     )
     .await;
     // The next request opens a new one, which then idles past the timeout and is not reused.
     assert_eq!(get(web, "/").await, (200, "ok".to_string()));
-    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(up.accepts(), 2);
     lb.shutdown().await;
 }
 
 /// TCP checks every minute: they pass for anything that accepts, and too late to matter here.
 const CHECKS_SLOW: &str =
-    "[backend.check]\ntype = \"tcp\"\ninter = \"60s\"\nfastinter = \"60s\"\ndowninter = \"60s\"";
+    "type = \"tcp\"\ninter = \"60s\"\nfastinter = \"60s\"\ndowninter = \"60s\"";
 
 #[tokio::test]
 async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
     let good = Upstream::start("A").await;
     let (bad, _) = raw_upstream(true).await;
+    let bad = bad.addr();
     let backend = "cutter";
     // Checks pass for both (both accept), and slowly: only the live failure can eject `bad`.
-    let lb = Lb::start_ready(&static_config(
-        backend,
-        &[good.addr().to_string(), bad.to_string()],
-        "",
-        CHECKS_SLOW,
-    ))
-    .await;
+    let toml = Cfg::http("web")
+        .backend(backend)
+        .servers(&[good.addr(), bad])
+        .check(CHECKS_SLOW)
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
     let web = lb.http_addr("web");
     // Round robin over two: within a few requests one lands on `bad` and its body breaks.
     let mut cut = 0;
@@ -133,19 +111,7 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
         }
     }
     assert_eq!(cut, 1, "one body cut short, then the server was out");
-    let lb_ref = &lb;
-    let bad_addr = bad.to_string();
-    let state = || async {
-        let j = lb_ref.backends().await;
-        j["backends"][0]["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["addr"] == bad_addr.as_str())
-            .map(|s| s["state"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    assert_eq!(state().await, "down");
+    assert_eq!(lb.server(&bad.to_string()).await["state"], "down");
     for _ in 0..6 {
         assert_eq!(get(web, "/").await, (200, "A".to_string()));
     }
@@ -161,274 +127,19 @@ async fn a_server_cutting_bodies_short_is_ejected_and_counted() {
 // ---------------------------------------------------------------------------------------------
 // The HTTP/1.1 client's edge cases, against scripted upstreams that answer with exact bytes.
 
-/// No health checks: a scripted upstream sees only the proxy's connections, so its accept
-/// count is exactly the number of upstream connections opened.
-const NO_CHECKS: &str = "[backend.check]\ntype = \"none\"";
-/// Pause between the separate writes of a response sent in pieces.
-const PIECE_GAP: Duration = Duration::from_millis(15);
-/// Bound on any single wait of a scripted upstream or a raw client.
+/// Bound on any wait of a raw client.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A request as a scripted upstream read it off the wire. A head it cannot parse is kept with
-/// its first line as `method` (so bytes that should never have been sent show up here).
-#[derive(Debug, Clone, Default)]
-struct Req {
-    /// Which accepted connection it came on (0 is the first).
-    conn: usize,
-    method: String,
-    target: String,
-    /// Lower-case names, trimmed values, in wire order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    trailers: Vec<(String, String)>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One accepted connection of a scripted upstream, with the bytes read and not used yet.
-struct Peer {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    index: usize,
-    seen: Arc<Mutex<Vec<Req>>>,
-}
-
-impl Peer {
-    /// Reads more into `buf`; false at EOF, on an error, or after `WAIT` of silence.
-    async fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The bytes up to and including the first `pat`, taken off `buf`.
-    async fn until(&mut self, pat: &[u8]) -> Option<Vec<u8>> {
-        loop {
-            if let Some(i) = support::raw::find(&self.buf, pat) {
-                let rest = self.buf.split_off(i + pat.len());
-                return Some(std::mem::replace(&mut self.buf, rest));
-            }
-            if !self.fill().await {
-                return None;
-            }
-        }
-    }
-
-    /// Exactly `n` bytes, taken off `buf`.
-    async fn exact(&mut self, n: usize) -> Option<Vec<u8>> {
-        while self.buf.len() < n {
-            if !self.fill().await {
-                return None;
-            }
-        }
-        let rest = self.buf.split_off(n);
-        Some(std::mem::replace(&mut self.buf, rest))
-    }
-
-    /// The next request head (not recorded); `None` if the connection ends first.
-    async fn head(&mut self) -> Option<Req> {
-        let raw = self.until(b"\r\n\r\n").await?;
-        let text = String::from_utf8_lossy(&raw[..raw.len() - 4]).into_owned();
-        let mut lines = text.split("\r\n");
-        let first = lines.next().unwrap_or_default();
-        let mut words = first.split(' ');
-        let mut req = Req {
-            conn: self.index,
-            method: words.next().unwrap_or_default().to_string(),
-            target: words.next().unwrap_or_default().to_string(),
-            ..Req::default()
-        };
-        for line in lines {
-            let (n, v) = line.split_once(':').unwrap_or((line, ""));
-            req.headers
-                .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-        Some(req)
-    }
-
-    /// Reads `req`'s body (Content-Length or chunked, trailers kept); false if it is cut
-    /// short or malformed.
-    async fn body(&mut self, req: &mut Req) -> bool {
-        if req
-            .header("transfer-encoding")
-            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
-        {
-            loop {
-                let Some(line) = self.until(b"\r\n").await else {
-                    return false;
-                };
-                let line = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
-                let size = line.split(';').next().unwrap_or_default().trim();
-                let Ok(size) = usize::from_str_radix(size, 16) else {
-                    return false;
-                };
-                if size == 0 {
-                    loop {
-                        let Some(t) = self.until(b"\r\n").await else {
-                            return false;
-                        };
-                        if t.len() == 2 {
-                            return true;
-                        }
-                        let t = String::from_utf8_lossy(&t[..t.len() - 2]).into_owned();
-                        let (n, v) = t.split_once(':').unwrap_or((&t, ""));
-                        req.trailers
-                            .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-                    }
-                }
-                let Some(data) = self.exact(size + 2).await else {
-                    return false;
-                };
-                if !data.ends_with(b"\r\n") {
-                    return false;
-                }
-                req.body.extend_from_slice(&data[..size]);
-            }
-        }
-        let len = req
-            .header("content-length")
-            .map_or(Some(0), |v| v.parse::<usize>().ok());
-        match len {
-            Some(n) => match self.exact(n).await {
-                Some(b) => {
-                    req.body = b;
-                    true
-                }
-                None => false,
-            },
-            None => false,
-        }
-    }
-
-    fn record(&self, req: &Req) {
-        self.seen.lock().unwrap().push(req.clone());
-    }
-
-    /// The next whole request, recorded. One that cannot be read whole (or is not HTTP at
-    /// all) is recorded too, and then `None`: the caller closes.
-    async fn request(&mut self) -> Option<Req> {
-        let mut req = self.head().await?;
-        let ok = req.target.starts_with('/') && self.body(&mut req).await;
-        self.record(&req);
-        ok.then_some(req)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Writes each piece on its own, `PIECE_GAP` apart.
-    async fn send_pieces(&mut self, pieces: &[&[u8]]) {
-        for (i, p) in pieces.iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(PIECE_GAP).await;
-            }
-            self.send(p).await;
-        }
-    }
-
-    /// Whether more bytes come within `d` (false: silence, or the peer closed).
-    async fn more_within(&mut self, d: Duration) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(d, self.stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Closes with a reset (SO_LINGER 0) rather than a FIN.
-    fn reset(self) {
-        let _ = self.stream.set_zero_linger();
-    }
-}
-
-/// A raw upstream whose every accepted connection runs `behaviour`; it counts accepts and
-/// keeps every request its connections recorded.
-struct Script {
-    addr: SocketAddr,
-    accepts: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Req>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Script {
-    async fn start<F, Fut>(behaviour: F) -> Script
-    where
-        F: Fn(Peer) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let accepts = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, s) = (Arc::clone(&accepts), Arc::clone(&seen));
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = l.accept().await {
-                let _ = stream.set_nodelay(true);
-                let index = a.fetch_add(1, Ordering::SeqCst);
-                let seen = Arc::clone(&s);
-                tokio::spawn(behaviour(Peer {
-                    stream,
-                    buf: Vec::new(),
-                    index,
-                    seen,
-                }));
-            }
-        });
-        Script {
-            addr,
-            accepts,
-            seen,
-            task,
-        }
-    }
-
-    fn accepts(&self) -> usize {
-        self.accepts.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<Req> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// `(connection, method, target)` of every request seen, in order.
-    fn log(&self) -> Vec<(usize, String, String)> {
-        self.seen()
-            .into_iter()
-            .map(|r| (r.conn, r.method, r.target))
-            .collect()
-    }
-
-    /// Switchyard with one frontend and one backend holding just this upstream (no checks),
-    /// with `backend` keys added.
-    async fn lb(&self, name: &str, backend: &str) -> Lb {
-        let lines = format!("{backend}\n{NO_CHECKS}");
-        Lb::start_ready(&static_config(name, &[self.addr.to_string()], "", &lines)).await
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// Switchyard with one frontend and one backend `name` holding just `up` (no checks, so only
+/// the proxy connects), with `backend` keys added.
+async fn start_lb(up: &Script, name: &str, backend: &str) -> Lb {
+    let toml = Cfg::http("web")
+        .backend(name)
+        .servers(&[up.addr()])
+        .backend_lines(backend)
+        .check_none()
+        .toml();
+    Lb::start_ready(&toml).await
 }
 
 /// A `Content-Length` response with `body`.
@@ -469,13 +180,8 @@ async fn get_ok(web: SocketAddr, path: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn raw_drive(responses: usize) -> support::raw::Drive {
-    support::raw::Drive {
-        responses: Some(responses),
-        unexpected_stops: Vec::new(),
-        half_close: false,
-        deadline: WAIT,
-    }
+fn raw_drive(responses: usize) -> Drive {
+    Drive::responses(responses, WAIT)
 }
 
 /// A chunked response written in pieces (the head split too, a chunk-size line split from its
@@ -505,7 +211,7 @@ async fn chunked_response_in_pieces_arrives_whole_and_the_connection_is_reused()
         }
     })
     .await;
-    let lb = up.lb("chunky", "").await;
+    let lb = start_lb(&up, "chunky", "").await;
     let web = lb.http_addr("web");
     let want = "hello0\r\n\r\nab0123456789".to_string();
     assert_eq!(get_ok(web, "/one").await, (200, want.clone()));
@@ -536,7 +242,7 @@ async fn chunked_trailers_are_consumed_and_the_connection_is_reused() {
         }
     })
     .await;
-    let lb = up.lb("trailers", "").await;
+    let lb = start_lb(&up, "trailers", "").await;
     let web = lb.http_addr("web");
     assert_eq!(get_ok(web, "/trailers").await, (200, "data".to_string()));
     assert_eq!(get_ok(web, "/next").await, (200, "after".to_string()));
@@ -572,7 +278,7 @@ async fn close_delimited_body_arrives_whole_and_is_not_reused() {
         }
     })
     .await;
-    let lb = up.lb("eof", "").await;
+    let lb = start_lb(&up, "eof", "").await;
     let web = lb.http_addr("web");
     let (status, body) = get_ok(web, "/eof11").await;
     assert_eq!(status, 200);
@@ -608,7 +314,7 @@ async fn http10_and_connection_close_answers_are_not_reused() {
         }
     })
     .await;
-    let lb = up.lb("noreuse", "").await;
+    let lb = start_lb(&up, "noreuse", "").await;
     let web = lb.http_addr("web");
     let steps = [
         ("/", "ok", 1),
@@ -646,7 +352,7 @@ async fn bodiless_responses_end_at_their_head_and_the_connection_is_reused() {
         }
     })
     .await;
-    let lb = up.lb("bodiless", "").await;
+    let lb = start_lb(&up, "bodiless", "").await;
     let web = lb.http_addr("web");
     let steps = [
         (reqwest::Method::HEAD, "/cl", 200),
@@ -699,7 +405,7 @@ async fn interim_responses_are_skipped() {
         }
     })
     .await;
-    let lb = up.lb("interim", "").await;
+    let lb = start_lb(&up, "interim", "").await;
     let web = lb.http_addr("web");
     let resp = http_client()
         .post(format!("http://{web}/upload"))
@@ -731,12 +437,12 @@ async fn an_early_413_and_close_reaches_the_client() {
         p.send(answer.as_bytes()).await;
     })
     .await;
-    let lb = up.lb("early", "").await;
+    let lb = start_lb(&up, "early", "").await;
     let len = 8 << 20;
     let mut bytes =
         format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").into_bytes();
     bytes.resize(bytes.len() + len, b'b');
-    let ex = support::raw::exchange(lb.http_addr("web"), &bytes, &raw_drive(1)).await;
+    let ex = raw::exchange(lb.http_addr("web"), &bytes, &raw_drive(1)).await;
     assert_eq!(ex.statuses(), [413], "{}", ex.describe());
     assert_eq!(ex.responses[0].body, b"upstream says too big");
     assert!(ex.elapsed < Duration::from_secs(3), "{}", ex.describe());
@@ -757,20 +463,18 @@ async fn a_connection_answered_before_its_body_was_sent_is_not_reused() {
                 p.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
                     .await;
                 // Swallows whatever comes next as the rest of the body.
-                while p.more_within(WAIT).await {
-                    p.buf.clear();
-                }
+                p.drain().await;
                 return;
             }
             p.send(&ok("fresh")).await;
         }
     })
     .await;
-    let lb = up.lb("early_ka", "response_timeout = \"2s\"").await;
+    let lb = start_lb(&up, "early_ka", "response_timeout = \"2s\"").await;
     let web = lb.http_addr("web");
     // The client sends the head and a little of the body, then waits.
     let head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome";
-    let ex = support::raw::exchange(web, head, &raw_drive(1)).await;
+    let ex = raw::exchange(web, head, &raw_drive(1)).await;
     assert_eq!(ex.statuses(), [403], "{}", ex.describe());
     assert_eq!(get_ok(web, "/").await, (200, "fresh".to_string()));
     assert_eq!(up.accepts(), 2, "{:?}", up.log());
@@ -795,7 +499,7 @@ async fn idle_connections_the_server_closed_are_not_reused() {
         }
     })
     .await;
-    let lb = up.lb("idleclose", "").await;
+    let lb = start_lb(&up, "idleclose", "").await;
     let web = lb.http_addr("web");
     assert_eq!(get_ok(web, "/fin").await, (200, "fine 0".to_string()));
     for (i, path) in ["/rst", "/"].into_iter().enumerate() {
@@ -829,7 +533,7 @@ async fn a_get_caught_by_a_closing_pooled_connection_is_resent() {
         }
     })
     .await;
-    let lb = up.lb("stale", "").await;
+    let lb = start_lb(&up, "stale", "").await;
     let web = lb.http_addr("web");
     for i in 0..3 {
         assert_eq!(
@@ -862,7 +566,7 @@ async fn a_post_caught_by_a_closing_pooled_connection_is_not_resent() {
         }
     })
     .await;
-    let lb = up.lb("stalepost", "").await;
+    let lb = start_lb(&up, "stalepost", "").await;
     let web = lb.http_addr("web");
     assert_eq!(get_ok(web, "/").await, (200, "fine".to_string()));
     let resp = http_client()
@@ -873,7 +577,7 @@ async fn a_post_caught_by_a_closing_pooled_connection_is_not_resent() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 502);
     assert_eq!(get_ok(web, "/").await, (200, "fine".to_string()));
-    let posts: Vec<Req> = up
+    let posts: Vec<Recorded> = up
         .seen()
         .into_iter()
         .filter(|r| r.method == "POST")
@@ -941,7 +645,7 @@ async fn malformed_response_heads_are_502_and_the_connection_is_dropped() {
         }
     })
     .await;
-    let lb = up.lb("malformed", "").await;
+    let lb = start_lb(&up, "malformed", "").await;
     let web = lb.http_addr("web");
     for (i, (name, _, _)) in cases.iter().enumerate() {
         let (status, body) = fetch(web, reqwest::Method::GET, &format!("/{i}")).await;
@@ -992,7 +696,7 @@ async fn broken_chunked_bodies_are_errors_for_the_client() {
         }
     })
     .await;
-    let lb = up.lb("brokenchunks", "").await;
+    let lb = start_lb(&up, "brokenchunks", "").await;
     let web = lb.http_addr("web");
     for (i, (name, _, _)) in cases.iter().enumerate() {
         let (status, body) = fetch(web, reqwest::Method::GET, &format!("/{i}")).await;
@@ -1014,7 +718,7 @@ async fn a_streamed_request_body_goes_upstream_chunked_and_whole() {
         }
     })
     .await;
-    let lb = up.lb("upload", "").await;
+    let lb = start_lb(&up, "upload", "").await;
     let web = lb.http_addr("web");
     let pieces: Vec<Vec<u8>> = (0..6u8)
         .map(|i| vec![b'a' + i; 1000 * (1 + i as usize * 7)])
@@ -1059,12 +763,12 @@ async fn a_chunked_request_with_trailers_is_sent_as_one_message() {
             .await;
     })
     .await;
-    let lb = up.lb("reqtrailers", "").await;
+    let lb = start_lb(&up, "reqtrailers", "").await;
     let web = lb.http_addr("web");
     let bytes = b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n\
         GET /after HTTP/1.1\r\nHost: x\r\n\r\n";
-    let ex = support::raw::exchange(web, bytes, &raw_drive(2)).await;
+    let ex = raw::exchange(web, bytes, &raw_drive(2)).await;
     assert_eq!(ex.statuses(), [200, 200], "{}", ex.describe());
     assert_eq!(ex.responses[0].body, b"got 11");
     let first = up.seen()[0].clone();
@@ -1095,7 +799,7 @@ async fn unsolicited_bytes_after_a_response_keep_the_connection_out_of_the_pool(
         }
     })
     .await;
-    let lb = up.lb("unsolicited", "").await;
+    let lb = start_lb(&up, "unsolicited", "").await;
     let web = lb.http_addr("web");
     for i in 0..3 {
         assert_eq!(
@@ -1125,7 +829,7 @@ async fn chunked_beats_content_length_and_the_length_is_not_forwarded() {
         }
     })
     .await;
-    let lb = up.lb("tecl", "").await;
+    let lb = start_lb(&up, "tecl", "").await;
     let web = lb.http_addr("web");
     let resp = http_client()
         .get(format!("http://{web}/both"))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use support::Lb;
+use support::{Cfg, Lb};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -29,32 +29,17 @@ async fn black_hole() -> SocketAddr {
     addr
 }
 
+/// An HTTP frontend `web` and a TCP one `l4` in front of `server`, with the PROXY header and
+/// TLS (unverified) to it, 500 ms to connect and no retries.
 fn config(server: SocketAddr) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[[frontend]]
-name = "web"
-bind = "127.0.0.1:0"
-backend = "hole"
-[[frontend]]
-name = "l4"
-bind = "127.0.0.1:0"
-mode = "tcp"
-backend = "hole"
-[[backend]]
-name = "hole"
-servers = ["{server}"]
-connect_timeout = "500ms"
-retries = 0
-send_proxy = "v2"
-[backend.tls]
-verify = false
-[backend.check]
-type = "none"
-"#
-    )
+    Cfg::http("web")
+        .tcp_frontend("l4")
+        .backend("hole")
+        .servers(&[server])
+        .backend_lines("connect_timeout = \"500ms\"\nretries = 0\nsend_proxy = \"v2\"")
+        .backend_lines("[backend.tls]\nverify = false")
+        .check_none()
+        .toml()
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_util::sync::CancellationToken;
 
-use support::{Lb, Upstream, wait_until};
+use support::{Cfg, Lb, Upstream, wait_until};
 
 /// A WebSocket echo server on `127.0.0.1:0`: echoes text and binary messages, and remembers
 /// the headers of the last handshake it accepted.
@@ -96,8 +96,12 @@ impl Drop for EchoServer {
 }
 
 fn config(servers: &[String], drain: &str) -> String {
-    let backend_lines = format!("drain_timeout = \"{drain}\"\n[backend.check]\ntype = \"none\"");
-    support::static_config("ws", servers, "", &backend_lines)
+    Cfg::http("web")
+        .backend("ws")
+        .servers(servers)
+        .backend_lines(&format!("drain_timeout = \"{drain}\""))
+        .check_none()
+        .toml()
 }
 
 type Client = tokio_tungstenite::WebSocketStream<TcpStream>;
@@ -129,14 +133,7 @@ async fn echo(ws: &mut Client, msg: Message) -> Message {
 
 /// The `active` count of server `addr` of the first backend (-1 once it is gone), from the admin API.
 async fn active(lb: &Lb, addr: &str) -> i64 {
-    let j = lb.backends().await;
-    j["backends"][0]["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["addr"] == addr)
-        .map(|s| s["active"].as_i64().unwrap())
-        .unwrap_or(-1)
+    lb.server(addr).await["active"].as_i64().unwrap_or(-1)
 }
 
 #[tokio::test]
@@ -264,14 +261,7 @@ async fn a_tunnel_is_cut_when_its_server_drain_times_out() {
         .await;
     wait_until("server draining", Duration::from_secs(5), || {
         let (lb, addr) = (&lb, addr.clone());
-        async move {
-            let j = lb.backends().await;
-            j["backends"][0]["servers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["addr"] == addr.as_str() && s["state"] == "draining")
-        }
+        async move { lb.server(&addr).await["state"] == "draining" }
     })
     .await;
     let removed = Instant::now();
@@ -368,14 +358,15 @@ async fn forward_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 #[tokio::test]
 async fn connect_is_tunnelled_only_where_the_frontend_allows_it() {
     let (proxy, heads) = forward_proxy().await;
-    let backend = "[backend.check]\ntype = \"none\"";
-    let lb = Lb::start_ready(&support::static_config(
-        "fwd",
-        &[proxy.to_string()],
-        "allow_connect = true\nidle_timeout = \"1s\"",
-        backend,
-    ))
-    .await;
+    let config = |frontend: &str| {
+        Cfg::http("web")
+            .frontend_lines(frontend)
+            .backend("fwd")
+            .servers(&[proxy])
+            .check_none()
+            .toml()
+    };
+    let lb = Lb::start_ready(&config("allow_connect = true\nidle_timeout = \"1s\"")).await;
     let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
         .await
@@ -419,13 +410,7 @@ async fn connect_is_tunnelled_only_where_the_frontend_allows_it() {
     drop(c);
     lb.shutdown().await;
 
-    let lb = Lb::start_ready(&support::static_config(
-        "fwd",
-        &[proxy.to_string()],
-        "",
-        backend,
-    ))
-    .await;
+    let lb = Lb::start_ready(&config("")).await;
     let mut c = TcpStream::connect(lb.http_addr("web")).await.unwrap();
     c.write_all(b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n")
         .await
