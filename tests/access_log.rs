@@ -21,7 +21,7 @@ use support::{Lb, Upstream, free_port, get, http_client, metric, wait_until};
 /// `raw` (tcp) reach `up`, `dead` a port nobody listens on, `empty` a server in maintenance (the
 /// test puts it there), `slow` the `slow` server; the access log in `format` goes to `file`.
 fn config(tag: &str, format: &str, file: &Path, up: &str, slow: &str) -> String {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     let log = format!(
         "[log]\naccess = {}\naccess_file = {}",
         config::quoted(format),

@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use support::raw::{self, Client, Framing, RawResponse, Recorder, STEP, Script, get};
-use support::{Cfg, Lb, Upstream, free_port};
+use support::{Cfg, Lb, Upstream};
 
 /// Switchyard with frontend `web` (plus `frontend` lines) in front of `servers`, checks off.
 async fn lb(servers: &[String], frontend: &str) -> Lb {
@@ -636,7 +636,7 @@ async fn close_delimited_upstream_answer_reaches_an_http11_client_whole() {
 /// with a content type, a length that matches the body, and a date.
 #[tokio::test]
 async fn own_error_answers_are_framed_and_dated() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     let lb502 = lb(&[dead], "").await;
     let mut c = Client::connect(lb502.http_addr("web")).await;
     assert_error(&c.get("/").await, 502);
@@ -848,7 +848,7 @@ async fn expect_100_continue_then_the_body_byte_for_byte() {
 /// answer with no `100 Continue` before it, and never has to send the body.
 #[tokio::test]
 async fn expect_100_continue_is_not_sent_before_an_error_answer() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     let lb = lb(&[dead], "").await;
     let mut c = Client::connect(lb.http_addr("web")).await;
     c.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")

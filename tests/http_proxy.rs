@@ -15,7 +15,7 @@ use hyper::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Cfg, Lb, Upstream, free_port, get, http_client, metric};
+use support::{Cfg, Lb, Upstream, get, http_client, metric};
 
 /// Frontend `web` (with `extra_frontend` lines) in front of `backend` with static `servers`
 /// (with `extra_backend` lines), checks off.
@@ -76,7 +76,7 @@ async fn round_robin_over_static_servers() {
 #[tokio::test]
 async fn connect_failure_is_retried_on_another_server() {
     let live = Upstream::start("live").await;
-    let dead = format!("127.0.0.1:{}", free_port()); // nothing listens there
+    let dead = format!("127.0.0.1:{}", support::dead_port()); // nothing listens there
     let lb = Lb::start_ready(&config(
         "retry",
         &[dead.clone(), live.addr().to_string()],
@@ -117,7 +117,7 @@ async fn connect_failure_is_retried_on_another_server() {
 async fn no_server_503_all_unreachable_502_slow_504() {
     // Every server refuses connections: 502 after the retries.
     let dead: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", support::dead_port()))
         .collect();
     let lb = Lb::start_ready(&config("deadpool", &dead, "", "")).await;
     let (status, body) = get(lb.http_addr("web"), "/").await;

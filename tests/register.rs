@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
-use support::{Etcd, Upstream, free_port, wait_until};
+use support::{Etcd, Upstream, wait_until};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -471,7 +471,7 @@ async fn http_check_gates_the_first_registration_and_v3_follows_it() {
 #[tokio::test]
 async fn dead_and_hung_endpoints_are_skipped() {
     let etcd = start_etcd().await;
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", support::dead_port());
     // Accepts TCP (the kernel's backlog) and never answers HTTP, like a member that is not ready.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung = format!("http://{}", hung.local_addr().unwrap());
@@ -519,7 +519,7 @@ async fn etcd_outage_is_ridden_out() {
 
 #[tokio::test]
 async fn sigterm_with_etcd_unreachable_exits_in_bounded_time() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", support::dead_port());
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hung = format!("http://{}", hung.local_addr().unwrap());
     let mut refused = Sidekick::v2(&dead, "/nowhere/backend/1", &[]);

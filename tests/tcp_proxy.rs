@@ -186,7 +186,7 @@ async fn round_robin_per_connection_over_three_upstreams() {
 async fn a_dead_server_is_retried_on_another_and_counted() {
     let a = Banner::start("A").await;
     let b = Banner::start("B").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     let servers = vec![a.addr(), dead.clone(), b.addr()];
     // Checks off: nothing takes the dead server out, so every rotation meets it.
     let lb = Lb::start_ready(&config("failover", &servers, "", "retries = 2")).await;
@@ -243,7 +243,7 @@ async fn with_every_server_dead_the_client_is_closed_after_the_retries() {
 
 #[tokio::test]
 async fn no_server_available_closes_the_client_at_once() {
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     let check = "type = \"tcp\"\ninter = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nrise = 1";
     let lb = Lb::start_ready(&tcp("none-up", &[dead]).check(check).toml()).await;
     wait_until("the dead server is marked down", WAIT, || async {

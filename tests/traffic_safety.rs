@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
 use support::raw::Script;
-use support::{Cfg, Etcd, Lb, Upstream, free_port, get, http_client, try_get, wait_until};
+use support::{Cfg, Etcd, Lb, Upstream, get, http_client, try_get, wait_until};
 
 /// Frontend `web` in front of `backend`, whose servers are under `/{backend}/backend` in etcd.
 fn config(etcd: &Etcd, backend: &str, backend_extra: &str, check: &str) -> String {
@@ -302,7 +302,7 @@ async fn all_servers_down_is_a_quick_503() {
 async fn registered_but_not_listening_gets_no_traffic_after_the_first_failure() {
     let etcd = Etcd::start().await;
     let live = Upstream::start("live").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", support::dead_port());
     etcd.put("/ghost/backend/1", &dead).await;
     etcd.put("/ghost/backend/2", &live.addr().to_string()).await;
     // Slow active checks: only live traffic can find the dead server quickly.

@@ -49,6 +49,20 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
+/// A loopback port where nothing listens, and nothing will while the test process runs: a
+/// socket is bound to it (without listening) and held, so connecting is refused, and a
+/// listener bound to port 0 meanwhile (Switchyard's own admin port, say) cannot be handed the
+/// same port, as it can be one that `free_port` let go of.
+pub fn dead_port() -> u16 {
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let port = s.local_addr().expect("local_addr").port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    port
+}
+
 /// `n` distinct free loopback ports (all held open together while picking, so they differ).
 fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<StdTcpListener> = (0..n)
