@@ -3,7 +3,6 @@
 //! HTTP/1.1 client, and hyper's HTTP/1.1 (upgrades) and HTTP/2 connections, each on
 //! `upstream::connect` and cut by the server's drain timeout.
 
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
@@ -61,13 +60,6 @@ impl Dial {
         };
         Ok(Killable::new(io, self.kill.watch()))
     }
-
-    /// Runs `f` (connect and handshake) within the backend's connect timeout.
-    async fn timed<T>(&self, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-        tokio::time::timeout(self.backend.connect_timeout, f)
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
-    }
 }
 
 /// A new HTTP/1.1 connection for our own client. It closes when the server's drain times out.
@@ -79,15 +71,12 @@ pub(crate) async fn connect_raw(dial: &Dial) -> io::Result<h1_client::Conn> {
 /// A new HTTP/1.1 connection driven by hyper, for an upgrade. It closes when the server's
 /// drain times out; after a `101` its socket belongs to the upgrade.
 pub(crate) async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
-    let (sender, conn) = dial
-        .timed(async {
-            let io = dial.io(&[b"http/1.1"]).await?;
-            hyper::client::conn::http1::Builder::new()
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(io::Error::other)
-        })
-        .await?;
+    // `io` connects within `connect_timeout`; hyper's handshake only queues its preface.
+    let io = dial.io(&[b"http/1.1"]).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
     // The socket is `Killable`: a drain timeout fails its reads and writes, which ends this.
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -100,18 +89,15 @@ pub(crate) async fn connect_h1(dial: &Dial) -> io::Result<H1Sender> {
 /// A new HTTP/2 connection (h2c by prior knowledge, or h2 over TLS with ALPN). The drain
 /// timeout closes its socket, which ends every stream on it.
 pub(crate) async fn connect_h2(dial: &Dial) -> io::Result<H2Sender> {
-    let (sender, conn) = dial
-        .timed(async {
-            let io = dial.io(&[b"h2"]).await?;
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(H2_PING_INTERVAL)
-                .keep_alive_timeout(H2_PING_TIMEOUT)
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(io::Error::other)
-        })
-        .await?;
+    // `io` connects within `connect_timeout`; hyper's handshake only queues its preface.
+    let io = dial.io(&[b"h2"]).await?;
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(io::Error::other)?;
     let addr = dial.addr.clone();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
