@@ -84,8 +84,9 @@ impl Termination {
 /// The request line of an HTTP record.
 #[derive(Debug)]
 pub struct HttpRequest {
-    pub method: Method,
-    pub uri: Uri,
+    /// `None` (with `uri`) for a request head refused before it could be read as a request.
+    pub method: Option<Method>,
+    pub uri: Option<Uri>,
     pub status: u16,
 }
 
@@ -222,7 +223,8 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, 
     let path = r
         .http
         .as_ref()
-        .map(|h| h.uri.path_and_query().map_or("/", |p| p.as_str()));
+        .and_then(|h| h.uri.as_ref())
+        .map(|u| u.path_and_query().map_or("/", |p| p.as_str()));
     let opt_str = |v: Option<&'a str>| v.map_or(Value::Null, Value::Str);
     let opt_ms = |v: Option<Duration>| v.map_or(Value::Null, Value::Millis);
     [
@@ -239,7 +241,12 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, 
         ),
         (
             "method",
-            opt_str(r.http.as_ref().map(|h| h.method.as_str())),
+            opt_str(
+                r.http
+                    .as_ref()
+                    .and_then(|h| h.method.as_ref())
+                    .map(Method::as_str),
+            ),
         ),
         ("path", opt_str(path)),
         (
@@ -428,8 +435,8 @@ mod tests {
             backend: None,
             server: None,
             http: Some(HttpRequest {
-                method: Method::GET,
-                uri: Uri::from_static("/a?q=x=y"),
+                method: Some(Method::GET),
+                uri: Some(Uri::from_static("/a?q=x=y")),
                 status: 503,
             }),
             bytes_in: None,

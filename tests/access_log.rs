@@ -231,6 +231,72 @@ async fn logfmt_lines_and_head_requests() {
     lb.shutdown().await;
 }
 
+/// A request head refused before it is a request (malformed: 400; too slow: 408) gets its
+/// answer and a line: status, `bad_request` or `client_timeout`, no method or path.
+#[tokio::test]
+async fn refused_heads_get_a_line() {
+    let dir = tempfile_dir("refused");
+    let file = dir.join("access.log");
+    let up = Upstream::start("gamma").await;
+    let log = format!(
+        "[log]\naccess = \"json\"\naccess_file = {}",
+        config::path(&file)
+    );
+    let cfg = Cfg::new()
+        .table(&log)
+        .frontend("web")
+        .frontend_lines("header_timeout = \"300ms\"")
+        .backend("alrefused")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&cfg).await;
+    let addr = lb.http_addr("web");
+    for (bytes, status) in [
+        (
+            &b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"[..],
+            "400",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n", "408"),
+    ] {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer))
+            .await
+            .expect("an answer, then a close")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+    }
+    let mut found = Vec::new();
+    wait_until("two lines", Duration::from_secs(5), || {
+        found = lines(&file)
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect();
+        let done = found.len() >= 2;
+        async move { done }
+    })
+    .await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0]["status"], 400, "{}", found[0]);
+    assert_eq!(found[0]["termination"], "bad_request", "{}", found[0]);
+    assert_eq!(found[1]["status"], 408, "{}", found[1]);
+    assert_eq!(found[1]["termination"], "client_timeout", "{}", found[1]);
+    for line in &found {
+        assert_eq!(line["frontend"], "web", "{line}");
+        assert!(
+            line.get("method").is_none() && line.get("path").is_none(),
+            "{line}"
+        );
+    }
+    lb.shutdown().await;
+}
+
 /// A fresh directory under the system temp dir for this test's log file.
 fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -185,6 +185,41 @@ fn leaf_modules_import_only_leaves() {
     }
 }
 
+/// The HTTP/1 codec, the body types and the connection pool work for the data plane without
+/// knowing it: they name nothing from the snapshot or the modules over it, nor its types.
+#[test]
+fn codec_bodies_and_pool_know_nothing_of_the_snapshot() {
+    const ABOVE: &[&str] = &[
+        "crate::snapshot",
+        "crate::balancer",
+        "crate::health",
+        "crate::discovery",
+        "crate::admin",
+        "crate::access_log",
+        "crate::tcp",
+    ];
+    const TYPES: &[&str] = &["Snapshot", "BackendSet", "ActiveGuard", "HttpFrontend"];
+    let http = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut files = vec![http.join("body.rs"), http.join("pool.rs")];
+    collect(&http.join("h1"), &mut files);
+    assert!(files.len() >= 6, "{files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let words: Vec<&str> = code
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .collect();
+            for bad in ABOVE {
+                assert!(!code.contains(bad), "{}:{}: {line}", f.display(), n + 1);
+            }
+            for bad in TYPES {
+                assert!(!words.contains(bad), "{}:{}: {line}", f.display(), n + 1);
+            }
+        }
+    }
+}
+
 #[test]
 fn the_checker_sees_a_cycle_when_there_is_one() {
     let mut g = Graph::new();

@@ -1,111 +1,28 @@
-//! HTTP message bodies on their way through the proxy: what clients get (`Body`: an upstream's
-//! body that keeps its server's in-flight count until it ends, or our own), the client's request
-//! body (`ReqBody`, from our HTTP/1.x server or hyper's HTTP/2 one) and the form it goes upstream
-//! in (`ClientBody`, which records whether a failure was the client's). Forbidden trailer fields
-//! are taken out of both (`headers::drop_forbidden_trailers`).
+//! HTTP message bodies on their way through the proxy: a server's response body (`RespBody`,
+//! from our HTTP/1.1 client or hyper), the client's request body (`ReqBody`, from our HTTP/1.x
+//! server or hyper's HTTP/2 one) and the form it goes upstream in (`ClientBody`, which records
+//! whether a failure was the client's, and takes forbidden trailer fields out:
+//! `headers::drop_forbidden_trailers`). What the client gets back is `guarded.rs`'s.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-use crate::access_log::{Pending, Termination};
 use crate::http::h1::client as h1_client;
 use crate::http::h1::server as h1_server;
-use crate::metrics::{self as m};
-use crate::snapshot::{ActiveGuard, Server, Snapshot};
 
 use super::*;
-
-/// What clients get: an upstream's body (counted as in flight until it ends), or our own.
-pub type Body = Either<Guarded, Full<Bytes>>;
 
 /// What upstreams get: the client's body, or an empty one when a bodiless request is replayed.
 pub(crate) type UpBody = Either<ClientBody, Empty<Bytes>>;
 
 pub(crate) type H1Sender = hyper::client::conn::http1::SendRequest<UpBody>;
 pub(crate) type H2Sender = hyper::client::conn::http2::SendRequest<UpBody>;
-
-/// An upstream response body that keeps its server's in-flight count until it is done, so a
-/// removed server drains until its last byte is sent, not just its response head. Trailers
-/// frames pass through like data frames. With the access log on, it carries the request's
-/// record, counts the body bytes into it, and writes it when the body ends or is dropped.
-pub struct Guarded {
-    pub(crate) inner: RespBody,
-    pub(crate) _active: ActiveGuard,
-    pub(crate) log: Option<Pending>,
-    /// Where the body comes from, to blame the server if it cuts the body short.
-    pub(crate) origin: Option<Origin>,
-}
-
-/// The server a response body comes from, and the snapshot holding its backend.
-pub(crate) struct Origin {
-    pub(crate) snap: Arc<Snapshot>,
-    pub(crate) backend: usize,
-    pub(crate) server: Arc<Server>,
-}
-
-impl Origin {
-    /// The server cut the body short (a reset or close mid-body): the client gets a truncated
-    /// answer, so it counts as a live failure towards ejection (the head, and its status, were
-    /// already sent and counted). A server whose drain timed out is cut by us, not counted.
-    fn aborted(self) {
-        if self.server.is_draining() {
-            return;
-        }
-        let set = &self.snap.backends[self.backend];
-        metrics::counter!(m::UPSTREAM_ABORTS,
-            "backend" => set.config.name.clone(), "server" => self.server.addr.clone())
-        .increment(1);
-        crate::health::observe_failure(set, &self.server, "response body cut short");
-    }
-}
-
-impl hyper::body::Body for Guarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        if let Some(log) = &mut this.log {
-            let r = log.record();
-            match &frame {
-                Some(Ok(f)) => {
-                    r.bytes_out += f.data_ref().map_or(0, |d| d.len() as u64);
-                    if this.inner.is_end_stream() {
-                        r.termination = Termination::Ok;
-                    }
-                }
-                Some(Err(_)) => r.termination = Termination::ServerAbort,
-                None => r.termination = Termination::Ok,
-            }
-        }
-        if let Some(Err(_)) = &frame
-            && let Some(origin) = this.origin.take()
-        {
-            origin.aborted();
-        }
-        let mut frame = frame;
-        drop_forbidden_trailers(&mut frame);
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -32,8 +32,8 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
     let log = fe.log.as_ref().map(|log| {
         let mut p = Pending::new(log, conn.client, Arc::clone(&fe.name));
         p.record().http = Some(HttpRequest {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            method: Some(req.method().clone()),
+            uri: Some(req.uri().clone()),
             status: 0,
         });
         p
@@ -287,8 +287,7 @@ pub(crate) async fn forward(
                     announce_grpc_trailers(&mut parts.headers);
                 }
                 let origin = Some(Origin {
-                    snap: Arc::clone(snap),
-                    backend: index,
+                    shared: Arc::clone(&conn.fe.shared),
                     server: Arc::clone(&server),
                 });
                 let body = Guarded {

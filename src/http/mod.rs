@@ -10,13 +10,14 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `stream.rs` | the client socket as the servers read it: header timeout (408), idle and write-stall bounds, HTTP/2 sniffing |
+//! | `stream.rs` | the client socket as the servers read it: first-byte and write-stall bounds, byte counts, HTTP/2 sniffing, the connection timer |
 //! | `h1/` | HTTP/1.x: the codec both sides share (`mod.rs`), our server towards clients, our client towards servers |
 //! | `h2.rs`, `h2_rules.rs` | HTTP/2 client connections' timers and `Date`; the rules an HTTP/2 request must meet and its translation to HTTP/1.1 fields |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
 //! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics and access log |
 //! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, upgrades and tunnels, trailer rules, the upstream request's form |
-//! | `body.rs` | request and response bodies on their way through, with in-flight counts and failure blame |
+//! | `body.rs` | request and response bodies as read from either side |
+//! | `guarded.rs` | what the client gets back: a server's body with its in-flight count, access log record and failure blame, or our own |
 //! | `pool.rs` | the per-server upstream connection pool |
 //! | `tunnel.rs` | the byte tunnel after a `101` or a `2xx` to CONNECT |
 //!
@@ -27,6 +28,7 @@ pub mod answers;
 pub mod body;
 pub mod dial;
 pub mod forward;
+pub mod guarded;
 pub mod h1;
 pub mod h2;
 pub mod h2_rules;
@@ -64,6 +66,7 @@ pub(crate) use answers::*;
 pub(crate) use body::*;
 pub(crate) use dial::*;
 pub(crate) use forward::*;
+pub(crate) use guarded::*;
 pub(crate) use headers::*;
 pub(crate) use pool::*;
 pub(crate) use stream::*;
@@ -130,13 +133,6 @@ pub(crate) struct Conn {
     pub(crate) xff: HeaderValue,
     /// HTTP/2 only: streams the client reset before their answer.
     pub(crate) resets: Option<Resets>,
-}
-
-impl Conn {
-    /// The largest request head taken: the frontend's `max_header_size`.
-    pub(crate) fn head_limit(&self) -> usize {
-        self.fe.frontend.max_header_size
-    }
 }
 
 /// Streams of one HTTP/2 connection, and how many of them the client reset before their
@@ -256,7 +252,29 @@ pub(crate) type H2Server = hyper::server::conn::http2::Builder<TokioExecutor>;
 pub(crate) use crate::listener::{Accepted, ClientIo};
 
 /// A client connection as the HTTP servers read it: with its timeouts and byte counts.
-pub(crate) type Stream = HeadTimeout<ClientIo>;
+pub(crate) type Stream = ClientStream<ClientIo>;
+
+/// The access log line of a request head refused before it became a request (no method or
+/// path to show): its status and `bad_request`, or `client_timeout` for a `408`. Its time is
+/// the connection's start.
+fn log_refusal(conn: &Conn, refused: &h1::request::Refused, started: std::time::SystemTime) {
+    let h1::request::Refused(status, why) = *refused;
+    debug!(client = %conn.client, status = status.as_u16(), why, "request head refused");
+    let Some(log) = &conn.fe.log else { return };
+    let mut p = crate::access_log::Pending::new(log, conn.client, Arc::clone(&conn.fe.name));
+    let record = p.record();
+    record.time = started;
+    record.http = Some(crate::access_log::HttpRequest {
+        method: None,
+        uri: None,
+        status: status.as_u16(),
+    });
+    record.termination = if status == http::StatusCode::REQUEST_TIMEOUT {
+        crate::access_log::Termination::ClientTimeout
+    } else {
+        crate::access_log::Termination::BadRequest
+    };
+}
 
 /// One client connection: PROXY header and TLS (dropped if `shutdown` fires meanwhile), then
 /// HTTP until the client ends it or `shutdown` closes it gracefully.
@@ -357,10 +375,10 @@ pub(crate) async fn serve_conn(
     stop: &mut Watch,
 ) {
     let client = conn.client;
-    let mut io = HeadTimeout::new(
+    let f = &conn.fe.frontend;
+    let mut io = ClientStream::new(
         io,
-        conn.fe.frontend.header_timeout,
-        conn.fe.frontend.idle_timeout,
+        f.idle_timeout,
         conn.fe.received.clone(),
         conn.fe.sent.clone(),
     );
@@ -378,8 +396,20 @@ pub(crate) async fn serve_conn(
         },
     };
     if !h2 {
+        let started = std::time::SystemTime::now();
         let first = io.take_sniffed();
-        h1_server::serve(io, first, &conn, stop).await;
+        let limits = h1_server::Limits {
+            head: f.max_header_size,
+            header_timeout: f.header_timeout,
+            idle_timeout: f.idle_timeout,
+        };
+        let conn = &conn;
+        let svc = service_fn(move |req: http::Request<h1_server::Body>| async move {
+            Ok::<_, Infallible>(handle(conn, req.map(ReqBody::H1)).await)
+        });
+        if let Some(refused) = h1_server::serve(io, first, limits, stop, &svc).await {
+            log_refusal(conn, &refused, started);
+        }
         return;
     }
     let r = Resets::new();

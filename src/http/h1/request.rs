@@ -204,7 +204,7 @@ pub(crate) fn aliases_framing(name: &header::HeaderName) -> bool {
 /// Drops the empty lines (CRLF or LF) at the front of `buf`: RFC 9112 2.2 lets a server skip
 /// them before a request-line, and httparse does. Dropped here, they neither count towards the
 /// head size limit nor make an idle connection look busy when a graceful stop comes; the header
-/// clock they started (`l7::HeadTimeout`) keeps running. A lone CR before anything but
+/// clock they started (`h1::server`) keeps running. A lone CR before anything but
 /// LF stays, for the parser to refuse.
 pub(crate) fn skip_empty_lines(buf: &mut BytesMut) {
     let mut n = 0;

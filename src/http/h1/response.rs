@@ -14,7 +14,7 @@ use hyper::body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 
 use super::{self as h1};
-use crate::http::{self as l7, Stream};
+use crate::http::Stream;
 
 use super::request::Refused;
 
@@ -33,7 +33,11 @@ pub(crate) enum Out {
 
 /// How `resp` goes to the client: the chunked coding is HTTP/1.1's, so a body of unknown
 /// length to an HTTP/1.0 client runs to the close.
-pub(crate) fn response_framing(resp: &Response<l7::Body>, head_method: bool, http10: bool) -> Out {
+pub(crate) fn response_framing<B: hyper::body::Body>(
+    resp: &Response<B>,
+    head_method: bool,
+    http10: bool,
+) -> Out {
     let status = resp.status();
     if head_method
         || status.is_informational()
@@ -87,9 +91,9 @@ pub(crate) fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap, framing_own:
 
 /// The response head: status line, the response's fields, then ours (framing, `Connection`,
 /// `Date` unless it has one).
-pub(crate) fn encode_head(
+pub(crate) fn encode_head<B: hyper::body::Body>(
     out: &mut Vec<u8>,
-    resp: &Response<l7::Body>,
+    resp: &Response<B>,
     framing: Out,
     head_method: bool,
     closing: bool,
@@ -285,8 +289,8 @@ pub(crate) fn encode_hex(out: &mut Vec<u8>, mut n: usize) {
 }
 
 /// Answers a request head we refuse, then closes.
-pub(crate) async fn refuse(w: &mut WriteHalf<Stream>, out: &mut Vec<u8>, r: Refused) {
-    let Refused(status, why) = r;
+pub(crate) async fn refuse(w: &mut WriteHalf<Stream>, out: &mut Vec<u8>, r: &Refused) {
+    let &Refused(status, why) = r;
     let body = format!(
         "{} {}: {why}\n",
         status.as_str(),
@@ -340,6 +344,7 @@ pub(crate) mod date {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http as l7;
     use hyper::body::Frame;
     use std::io;
     use std::pin::Pin;

@@ -1,23 +1,27 @@
 //! Our HTTP/1.x server side of the L7 data plane: on one client connection, reads request
-//! heads (`httparse`), hands each request to `l7::handle` with its body read straight
-//! off the socket (Content-Length or chunked, with trailers), and writes the response head and
-//! body back, gathering what the body has ready into one write. Requests on a connection are
-//! served one after another (pipelined ones from the bytes already read), all in the
-//! connection's task.
+//! heads (`httparse`), hands each request to its handler (a `hyper::service::Service`, as
+//! hyper's HTTP/2 server takes) with its body read straight off the socket (Content-Length or
+//! chunked, with trailers), and writes the response head and body back, gathering what the
+//! body has ready into one write. Requests on a connection are served one after another
+//! (pipelined ones from the bytes already read), all in the connection's task.
 //!
 //! It owns HTTP/1.x message framing towards clients: which requests have a body and how long
 //! it is (and refusing ambiguous framing: `400`, `431`, `505`), `Expect: 100-continue`,
 //! keep-alive and `Connection: close`, response framing (a length, chunked, or up to the close
 //! for an HTTP/1.0 client), the `Date` header, trailers for clients that accept them, handing
 //! the socket to a tunnel after a `101`, and noticing a client that leaves while its request is
-//! being served. Header, idle and stalled-write timeouts are `l7::HeadTimeout`'s,
-//! which wraps the socket; what a request means is `http::forward`'s.
+//! being served. It also owns the two waits that only it can see the ends of: the header
+//! timeout (`408` when a head, empty lines before it included, is not complete within
+//! `header_timeout` of its first byte) and the wait for the next request (`idle_timeout` after
+//! a response, then a close). The first-byte wait of a new connection and stalled writes are
+//! `l7::ClientStream`'s, which wraps the socket; what a request means is the handler's.
 //!
 //! NOTE: hand-written rather than hyper's server connection: that parses into hyper's own
 //! buffers and state machine, then runs the service future, the request body and the response
 //! body through its dispatcher; per keep-alive request that was about a third of our
 //! instructions (callgrind). HTTP/2 clients still go to hyper's server.
 
+use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
@@ -28,7 +32,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{self};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
@@ -36,7 +40,7 @@ use tokio::sync::oneshot;
 use super::request::*;
 use super::response::*;
 use super::{Framing, State, Step};
-use crate::http::{self as l7, Conn, Phase, ReqBody, Stream};
+use crate::http::{self as l7, Stream};
 use crate::signal::Watch;
 
 /// Room made in the read buffer before each read (hyper starts with 8 KiB too).
@@ -207,13 +211,38 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// Serves HTTP/1.x requests on one client connection until either side closes it, or
-/// `stop` fires (the request in flight is answered first, with `Connection: close`).
-/// `first` holds bytes already read from it.
-pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut Watch) {
-    let limit = conn.head_limit();
-    let phase = io.phase();
+/// What a connection's requests may take: the frontend's head size limit and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// The largest request head taken (`max_header_size`).
+    pub(crate) head: usize,
+    /// From a head's first byte (or the first empty line before it) to its end.
+    pub(crate) header_timeout: std::time::Duration,
+    /// From the end of a response to the next request's first byte.
+    pub(crate) idle_timeout: std::time::Duration,
+}
+
+/// Serves HTTP/1.x requests on one client connection with `svc` until either side closes it,
+/// or `stop` fires (the request in flight is answered first, with `Connection: close`).
+/// `first` holds bytes already read from it. Returns the refusal that ended the connection
+/// (`400`, `408`, `414`, `431`, `505`; already answered and closed), if one did, for the
+/// caller's log.
+pub(crate) async fn serve<S, B>(
+    mut io: Stream,
+    first: BytesMut,
+    limits: Limits,
+    stop: &mut Watch,
+    svc: &S,
+) -> Option<Refused>
+where
+    S: hyper::service::Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let limit = limits.head;
     let tls = io.is_tls();
+    // The connection's one timer: the header timeout while a head is coming, the idle timeout
+    // between requests. Read bytes already in hand (`first`) begin a head now.
+    let mut clock = io.take_clock();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
     let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
@@ -222,30 +251,53 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
     // make the connection's future that much larger, and that is copied whole when spawned.
     let mut slot = Box::pin(None);
     loop {
-        // The next request head; while none of it has come, `stop` closes the connection.
+        // The next request head. Until its first byte (empty lines count) the idle clock runs,
+        // and `stop` closes the connection; from then, the header clock.
+        let mut begun = !reader.buf.is_empty();
+        if begun {
+            clock.set(limits.header_timeout);
+        }
         let head = loop {
             if !reader.buf.is_empty() {
                 match parse_head(&mut reader.buf, limit) {
                     Ok(Some(h)) => break h,
-                    // Part of a head, or empty lines, read with the request before: the header
-                    // timer must run for it though no new byte may come.
-                    Ok(None) => phase.set(Phase::HEAD_BEGUN),
-                    Err(r) => return refuse(&mut w, &mut out, r).await,
+                    Ok(None) => {}
+                    Err(r) => {
+                        refuse(&mut w, &mut out, &r).await;
+                        return Some(r);
+                    }
                 }
             }
             let idle = reader.buf.is_empty();
             let read = poll_fn(|cx| {
                 if let Poll::Ready(r) = reader.poll_fill(cx) {
-                    return Poll::Ready(Some(r));
+                    return Poll::Ready(Wait::Read(r));
                 }
                 if idle && stop.poll_fired(cx) {
-                    return Poll::Ready(None);
+                    return Poll::Ready(Wait::Stop);
+                }
+                if clock.poll_expired(cx) {
+                    return Poll::Ready(Wait::Expired);
                 }
                 Poll::Pending
             });
             match read.await {
-                Some(Ok(0) | Err(_)) | None => return,
-                Some(Ok(_)) => {}
+                Wait::Read(Ok(0) | Err(_)) | Wait::Stop => return None,
+                Wait::Read(Ok(_)) => {
+                    if !begun {
+                        begun = true;
+                        clock.set(limits.header_timeout);
+                    }
+                }
+                Wait::Expired if begun => {
+                    let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
+                    refuse(&mut w, &mut out, &r).await;
+                    return Some(r);
+                }
+                Wait::Expired => {
+                    tracing::debug!("no request within the idle timeout; closing");
+                    return None;
+                }
             }
         };
         let Head {
@@ -255,8 +307,6 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             expect_continue,
             te_trailers,
         } = head;
-        // Until the response is written: what is read meanwhile is read ahead, not waited for.
-        phase.set(Phase::SERVING);
         closing |= !keep_alive;
         let head_method = parts.method == Method::HEAD;
         let method = parts.method.clone();
@@ -275,7 +325,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             };
             (body, None, Some(home))
         };
-        let mut req = Request::from_parts(parts, ReqBody::H1(body));
+        let mut req = Request::from_parts(parts, body);
         let upgrade = l7::wants_tunnel(&req).then(|| {
             let (tx, rx) = oneshot::channel();
             req.extensions_mut()
@@ -289,32 +339,30 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             expecting,
             w: &mut w,
         };
-        slot.set(Some(l7::handle(conn, req)));
+        slot.set(Some(svc.call(req)));
         let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
         slot.set(None);
         let Some(mut resp) = resp else {
             // The client left: dropping the request cancels it (`client_abort` in the log).
-            return;
+            return None;
         };
         if l7::opens_tunnel(&method, resp.status())
             && let Some(tx) = upgrade
         {
             // The tunnel takes the whole socket, with what the client sent after its request.
-            let Some(reader) = held.or_else(|| home.and_then(|h| take(&h))) else {
-                return;
-            };
-            phase.set(Phase::TUNNEL);
+            let reader = held.or_else(|| home.and_then(|h| take(&h)))?;
             out.clear();
             encode_status(&mut out, resp.status());
             encode_fields(&mut out, resp.headers(), false);
             out.extend_from_slice(b"\r\n");
             if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
-                return;
+                return None;
             }
             let mut io = reader.half.unsplit(w);
+            io.set_tunnel();
             io.unread(reader.buf.freeze());
             let _ = tx.send(io);
-            return;
+            return None;
         }
         closing |= l7::connection_has(resp.headers(), "close");
         // Answered before the request body was all read (an early `413`, a redirect): the
@@ -338,9 +386,8 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
         if out.capacity() > KEEP_OUT {
             out = Vec::with_capacity(OUT_START);
         }
-        phase.set(Phase::WAITING);
         if sent.is_err() {
-            return;
+            return None;
         }
         if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
             // The client may still be sending the body: closing with its bytes unread would
@@ -349,7 +396,7 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             let io = reader.half.unsplit(w);
             crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
                 .await;
-            return;
+            return None;
         }
         if closing {
             // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
@@ -357,17 +404,28 @@ pub(crate) async fn serve(io: Stream, first: BytesMut, conn: &Conn, stop: &mut W
             if tls {
                 let _ = w.shutdown().await;
             }
-            return;
+            return None;
         }
         reader = match held.or_else(|| home.and_then(|h| take(&h))) {
             Some(r) => r,
             // The body was not read to its end: what follows it on the wire is unknown.
             None => {
                 let _ = w.shutdown().await;
-                return;
+                return None;
             }
         };
+        // The wait for the next request runs from the end of this response.
+        clock.set(limits.idle_timeout);
     }
+}
+
+/// What ended a wait for request bytes.
+enum Wait {
+    Read(io::Result<usize>),
+    /// A graceful stop, while no request was coming.
+    Stop,
+    /// The header or idle timeout.
+    Expired,
 }
 
 fn take(home: &Home) -> Option<Reader> {
@@ -393,14 +451,14 @@ struct Watching<'a> {
 /// Runs the request to its response while watching the connection (see `Watching`): the
 /// client closing it or failing cancels the request (`None`), as hyper's server did. If
 /// `stop` has fired by the time the response is ready, it closes the connection.
-async fn respond<F>(
+async fn respond<F, B>(
     mut handling: Pin<&mut Option<F>>,
     watch: Watching<'_>,
     stop: &Watch,
     closing: &mut bool,
-) -> Option<Response<l7::Body>>
+) -> Option<Response<B>>
 where
-    F: Future<Output = Response<l7::Body>>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
 {
     let Watching {
         held,
@@ -416,6 +474,7 @@ where
         };
         if let Poll::Ready(resp) = handle.poll(cx) {
             *closing |= stop.is_fired();
+            let Ok(resp) = resp;
             return Poll::Ready(Some(resp));
         }
         if let Some(reader) = held.as_mut() {
