@@ -1,0 +1,99 @@
+//! The one published view of the world: an immutable [`Snapshot`] of every backend and its
+//! servers, behind one `ArcSwap`. The data plane `load()`s it per request; the discovery task and
+//! config reloads replace it whole through [`Publisher`].
+//!
+//! Membership, weight and drain state are published together in the snapshot. Health and
+//! in-flight counts are atomics in a [`ServerState`] that a server keeps across publishes: a
+//! server whose identity (name, address, source) survives an update is the same `Arc<Server>`
+//! (or, if only its weight or drain flag changed, a new `Server` sharing the old state).
+//! This module does not watch etcd, probe servers or pick one; see `discovery`, `health` and
+//! `balancer`.
+//!
+//! This file holds the published types, [`Snapshot`] and [`BackendSet`]; a server and its shared
+//! state are in `server.rs`, the writer side ([`Publisher`]) in `publish.rs`.
+
+mod publish;
+mod server;
+
+pub use publish::Publisher;
+pub use server::{ActiveGuard, AdminState, ConnPool, Server, ServerSpec, ServerState, Source};
+
+use std::sync::Arc;
+
+use crate::balancer::BackendRuntime;
+use crate::config;
+
+/// One backend as published: its settings, its servers, the weighted schedule and the runtime
+/// state (round-robin counter, retry budget) that outlives snapshots.
+#[derive(Debug)]
+pub struct BackendSet {
+    pub config: Arc<config::Backend>,
+    /// Static servers first (config order), then discovered ones sorted by name and address.
+    pub servers: Vec<Arc<Server>>,
+    /// Smooth weighted round-robin order, as indices into `servers`; empty when every server
+    /// has the same weight (then the order is simply `servers`).
+    pub schedule: Vec<u32>,
+    /// Removed servers still finishing requests in flight: listed as draining, never picked.
+    pub draining: Vec<Arc<Server>>,
+    /// Lives outside the snapshot: carried into every new snapshot so rotation does not restart
+    /// at 0 on each membership change, and the retry budget sees all requests.
+    pub runtime: Arc<BackendRuntime>,
+}
+
+impl BackendSet {
+    fn new(
+        config: Arc<config::Backend>,
+        servers: Vec<Arc<Server>>,
+        draining: Vec<Arc<Server>>,
+        runtime: Arc<BackendRuntime>,
+    ) -> BackendSet {
+        BackendSet {
+            schedule: crate::balancer::schedule(&servers),
+            config,
+            servers,
+            draining,
+            runtime,
+        }
+    }
+
+    /// The same set with another draining list (the schedule is reused).
+    fn with_draining(&self, draining: Vec<Arc<Server>>) -> BackendSet {
+        BackendSet {
+            config: Arc::clone(&self.config),
+            servers: self.servers.clone(),
+            schedule: self.schedule.clone(),
+            draining,
+            runtime: Arc::clone(&self.runtime),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// The immutable view the data plane reads. Replaced whole, never mutated.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub backends: Vec<BackendSet>,
+    /// Frontend name -> index into `backends`, for the listener tasks.
+    pub routes: Vec<(String, usize)>,
+    /// True once every etcd prefix has been listed once (or there are none).
+    pub ready: bool,
+}
+
+impl Snapshot {
+    pub fn backend(&self, name: &str) -> Option<&BackendSet> {
+        self.backends.iter().find(|b| b.name() == name)
+    }
+
+    pub fn route(&self, frontend: &str) -> Option<&BackendSet> {
+        self.backends.get(self.route_index(frontend)?)
+    }
+
+    /// The position in `backends` of the frontend's backend.
+    pub fn route_index(&self, frontend: &str) -> Option<usize> {
+        let (_, idx) = self.routes.iter().find(|(f, _)| f == frontend)?;
+        (*idx < self.backends.len()).then_some(*idx)
+    }
+}
