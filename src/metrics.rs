@@ -37,6 +37,10 @@ pub const TLS_OCSP_ERRORS: &str = "switchyard_tls_ocsp_errors_total";
 /// `switchyard_proxy_header_errors_total{frontend,reason}`: PROXY headers refused on a listener
 /// with `accept_proxy` (reason `malformed`, `timeout`, or `truncated` when the peer closed).
 pub const PROXY_HEADER_ERRORS: &str = "switchyard_proxy_header_errors_total";
+/// `switchyard_sni_errors_total{frontend,reason}`: tcp-mode clients whose TLS ClientHello could
+/// not be read for SNI routing (reason `timeout`, `not_tls`, `too_large`, `closed`,
+/// `bad_hello`, `io`; `sni::SniError::reason`).
+pub const SNI_ERRORS: &str = "switchyard_sni_errors_total";
 /// `switchyard_tcp_connections_total{frontend,backend,server}`: relays established.
 pub const TCP_CONNECTIONS: &str = "switchyard_tcp_connections_total";
 /// `switchyard_bytes_received_total{frontend}`: bytes read from clients (TCP mode).
@@ -221,6 +225,11 @@ fn describe() {
     describe_counter!(
         TCP_REJECTED,
         "TCP-mode client connections closed before a relay started, by frontend and reason."
+    );
+    describe_counter!(
+        SNI_ERRORS,
+        "TLS ClientHellos not read for SNI routing in tcp mode, by frontend and reason \
+         (timeout, not_tls, too_large, closed, bad_hello, io)."
     );
     describe_counter!(
         PROXY_HEADER_ERRORS,
