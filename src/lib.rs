@@ -22,6 +22,7 @@ pub mod proxy_protocol;
 pub mod register;
 pub mod signal;
 pub mod snapshot;
+pub mod sni;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
