@@ -9,7 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Modules that depend on no runtime module: only on each other.
-const LEAVES: &[&str] = &["config", "metrics", "proxy_protocol", "signal", "value"];
+const LEAVES: &[&str] = &[
+    "config",
+    "metrics",
+    "proxy_protocol",
+    "route",
+    "signal",
+    "value",
+];
 
 /// The one cycle allowed: the snapshot, the balancer over its servers, and their health.
 const ALLOWED_CYCLE: &[&str] = &["balancer", "health", "snapshot"];
