@@ -93,7 +93,10 @@ fn check_normal(raw: &str, n: &str) {
     for bad in ["//", "/./", "/../", "?", "#"] {
         assert!(!n.contains(bad), "{raw:?} -> {n:?}");
     }
-    assert!(!n.ends_with("/.") && !n.ends_with("/.."), "{raw:?} -> {n:?}");
+    assert!(
+        !n.ends_with("/.") && !n.ends_with("/.."),
+        "{raw:?} -> {n:?}"
+    );
     let b = n.as_bytes();
     for (i, _) in n.match_indices('%') {
         let hex = &b[i + 1..i + 3];
@@ -115,14 +118,24 @@ fn check_host(raw: &str) {
     let Ok(m) = HostMatch::parse(Some(raw)) else {
         return;
     };
-    assert_eq!(HostMatch::parse(Some(&m.to_string())), Ok(m.clone()), "{raw:?}");
+    assert_eq!(
+        HostMatch::parse(Some(&m.to_string())),
+        Ok(m.clone()),
+        "{raw:?}"
+    );
     match &m {
         HostMatch::Exact(h) => {
             assert!(m.matches(h) && m.matches(raw), "{raw:?}");
-            assert!(m.matches(&format!("{}:8080", h.to_ascii_uppercase())), "{raw:?}");
+            assert!(
+                m.matches(&format!("{}:8080", h.to_ascii_uppercase())),
+                "{raw:?}"
+            );
         }
         HostMatch::Wildcard(s) => {
-            assert!(m.matches(&format!("x.{s}")) && m.matches(&format!("x.y.{s}")), "{raw:?}");
+            assert!(
+                m.matches(&format!("x.{s}")) && m.matches(&format!("x.y.{s}")),
+                "{raw:?}"
+            );
             assert!(!m.matches(s), "{raw:?}");
         }
         HostMatch::Any => panic!("{raw:?}: a host parsed as any host"),
@@ -165,7 +178,11 @@ fuzz_target!(|data: &[u8]| {
             };
             assert_eq!(r.path, forward, "{host:?} {path:?}");
             assert!(r.path.starts_with('/'), "{host:?} {path:?}");
-            assert_eq!(matches!(r.path, Cow::Borrowed(_)), r.path == path, "{path:?}");
+            assert_eq!(
+                matches!(r.path, Cow::Borrowed(_)),
+                r.path == path,
+                "{path:?}"
+            );
         }
         (Ok(r), Err(e)) => panic!("{path:?} routed ({r:?}) but not normalized ({e:?})"),
         (Err(BadPath::Ambiguous), Err(e)) => panic!("{path:?}: ambiguous, yet {e:?}"),
