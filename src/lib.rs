@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod proxy_protocol;
 pub mod register;
+pub mod route;
 pub mod signal;
 pub mod snapshot;
 pub mod sni;

@@ -13,6 +13,7 @@ const LEAVES: &[&str] = &[
     "config",
     "metrics",
     "proxy_protocol",
+    "route",
     "signal",
     "sni",
     "value",
