@@ -1,4 +1,5 @@
 //! The admin server (the README's "Admin API"): `/healthz`, `/readyz`, `/api/v1/backends`,
+//! `/api/v1/routes`,
 //! `/metrics` and the stats page at `/`, plus the runtime API: set a server's administrative
 //! state (drain, maint, ready), read the running config (secrets redacted), and reload the config
 //! file. The write endpoints and the config need the bearer token when `[admin] token` is set.
@@ -171,6 +172,11 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/json",
             backends_json(admin).to_string(),
         ),
+        "/api/v1/routes" => respond(
+            StatusCode::OK,
+            "application/json",
+            routes_json(admin).to_string(),
+        ),
         "/metrics" => {
             admin.metrics.run_upkeep();
             respond(
@@ -331,6 +337,38 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
         })
         .collect();
     json!({"discovery": discovery, "backends": backends})
+}
+
+/// The `/api/v1/routes` document: each frontend's routes in precedence order (the first that
+/// matches a request takes it) and its fallback backend.
+pub fn routes_json(admin: &Admin) -> serde_json::Value {
+    let snap = admin.shared.load();
+    let frontends: Vec<_> = snap
+        .routes
+        .iter()
+        .map(|(name, table)| {
+            let routes: Vec<_> = table
+                .routes()
+                .iter()
+                .map(|r| {
+                    json!({
+                        "host": r.host,
+                        "path_prefix": (!r.is_sni()).then_some(r.path_prefix.as_str()),
+                        "sni": r.sni,
+                        "backend": &*r.backend_name,
+                        "strip_prefix": r.strip_prefix,
+                        "source": r.source,
+                    })
+                })
+                .collect();
+            json!({
+                "name": name,
+                "routes": routes,
+                "fallback": table.fallback().map(|(_, name)| name.to_string()),
+            })
+        })
+        .collect();
+    json!({ "frontends": frontends })
 }
 
 /// A minimal self-refreshing stats page; no external assets. Each backend's table carries

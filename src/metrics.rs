@@ -8,6 +8,8 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "switchyard_requests_total";
+/// Requests no route took and no fallback backend either (`404`).
+pub const NO_ROUTE: &str = "switchyard_no_route_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const SERVER_UP: &str = "switchyard_server_up";
@@ -48,7 +50,8 @@ pub const BYTES_RECEIVED: &str = "switchyard_bytes_received_total";
 /// `switchyard_bytes_sent_total{frontend}`: bytes written to clients (TCP mode).
 pub const BYTES_SENT: &str = "switchyard_bytes_sent_total";
 /// `switchyard_tcp_rejected_total{frontend,reason}`: client connections closed before a relay
-/// started (reason `proxy_header`, `tls_handshake`, `no_server`, `unreachable`).
+/// started (reason `proxy_header`, `tls_handshake`, `client_hello`, `no_route`, `no_server`,
+/// `unreachable`).
 pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
 /// `switchyard_connections_limited_total{frontend}`: times a frontend reached its `maxconn`.
 pub const CONNECTIONS_LIMITED: &str = "switchyard_connections_limited_total";
@@ -123,6 +126,10 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "HTTP requests answered, by frontend, backend, server address and status code."
+    );
+    describe_counter!(
+        NO_ROUTE,
+        "HTTP requests that no route took and the frontend had no fallback backend for (answered 404), by frontend."
     );
     describe_histogram!(
         REQUEST_DURATION,

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -171,9 +171,41 @@ async fn setup(
     if let Some(p) = log {
         p.record().client = client_addr;
     }
+    let mut client = client;
+    // TLS passthrough: with SNI routes, the ClientHello picks the backend, and its bytes go to
+    // the server first.
+    let has_sni = fe
+        .shared
+        .load()
+        .table(&f.name)
+        .is_some_and(|t| t.has_sni_routes());
+    let hello = if has_sni {
+        match crate::sni::peek_sni(&mut client, f, client_addr).await {
+            Ok(hello) => Some(hello),
+            Err(_) => {
+                // Counted in `switchyard_sni_errors_total` by `peek_sni`.
+                reject(f, "client_hello");
+                if let Some(p) = log.take() {
+                    p.discard();
+                }
+                return None;
+            }
+        }
+    } else {
+        None
+    };
     let start = Instant::now();
-    match connect_upstream(fe, client_addr, dst).await {
-        Ok(up) => {
+    let by_sni = hello.as_ref().map(|h| h.sni.as_deref());
+    match connect_upstream(fe, client_addr, dst, by_sni).await {
+        Ok(mut up) => {
+            if let Some(hello) = &hello {
+                if let Err(e) = up.io.write_all(&hello.bytes).await {
+                    debug!(frontend = %f.name, client = %client_addr, error = %e,
+                        "could not pass the ClientHello on; closing");
+                    return None;
+                }
+                up.first_bytes = hello.bytes.len() as u64;
+            }
             if let Some(p) = log {
                 let r = p.record();
                 r.connect = Some(start.elapsed());
@@ -197,6 +229,7 @@ async fn setup(
                 r.bytes_in = Some(0);
                 r.termination = match reason {
                     "no_server" => Termination::NoServer,
+                    "no_route" => Termination::NoRoute,
                     _ => Termination::ConnectError,
                 };
             }
@@ -214,6 +247,8 @@ struct Upstream {
     config: Arc<Backend>,
     /// Servers tried before this one.
     retries: u32,
+    /// Bytes of the client's already sent to the server (a ClientHello read for its SNI).
+    first_bytes: u64,
     _active: ActiveGuard,
 }
 
@@ -227,20 +262,33 @@ struct Refused {
 
 /// Picks a server and connects, moving on to a different server after a failure, up to
 /// `retries` times.
+/// `by_sni`: the connection is routed by its ClientHello's SNI (`None` inside: it had none),
+/// else it goes to the frontend's backend.
 async fn connect_upstream(
     fe: &TcpFrontend,
     client: SocketAddr,
     dst: SocketAddr,
+    by_sni: Option<Option<&str>>,
 ) -> Result<Upstream, Refused> {
     // Held for the connect attempts only, never for the relay: an old snapshot must not live
     // as long as a long-lived connection.
     let snap = fe.shared.load_full();
-    let Some(set) = snap.route(&fe.frontend.name) else {
-        return Err(Refused {
-            reason: "no_server",
-            config: None,
-            retries: 0,
-        });
+    let picked = match by_sni {
+        Some(sni) => snap
+            .table(&fe.frontend.name)
+            .and_then(|t| t.pick_sni(sni))
+            .ok_or("no_route"),
+        None => snap.route_index(&fe.frontend.name).ok_or("no_server"),
+    };
+    let set = match picked {
+        Ok(i) => &snap.backends[i],
+        Err(reason) => {
+            return Err(Refused {
+                reason,
+                config: None,
+                retries: 0,
+            });
+        }
     };
     let cfg = &set.config;
     let refused = |reason, tried: &Vec<Arc<Server>>| Refused {
@@ -265,6 +313,7 @@ async fn connect_upstream(
                     io,
                     config: Arc::clone(cfg),
                     retries: tried.len() as u32,
+                    first_bytes: 0,
                     server,
                     _active: active,
                 });
@@ -314,6 +363,7 @@ async fn relay(
         io: mut upstream,
         server,
         config,
+        first_bytes,
         _active,
         ..
     } = up;
@@ -327,9 +377,10 @@ async fn relay(
         inner: client,
         received: metrics::counter!(BYTES_RECEIVED, "frontend" => f.name.clone()),
         sent: metrics::counter!(BYTES_SENT, "frontend" => f.name.clone()),
-        totals: (0, 0),
+        totals: (first_bytes, 0),
         activity: &activity,
     };
+    client.received.increment(first_bytes);
     let mut kill = server.kill_token().watch();
     let mut idle = IdleClock::new(f.idle_timeout);
     let outcome = {
@@ -484,7 +535,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test(start_paused = true)]
     async fn idle_waits_for_the_last_activity() {

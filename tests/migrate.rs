@@ -45,7 +45,7 @@ fn assert_classic(c: &Config) {
     assert_eq!(f.name, "testloadbalancer");
     assert_eq!(f.bind, "0.0.0.0:80".parse().unwrap());
     assert_eq!(f.mode, Mode::Http);
-    assert_eq!(f.backend, "testservice");
+    assert_eq!(f.backend.as_deref(), Some("testservice"));
     let b = c.backend("testservice").unwrap();
     assert_eq!(b.etcd_prefix.as_deref(), Some("/testservice/backend"));
     assert!(
@@ -223,17 +223,17 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
     let www = &c.frontends[0];
     assert_eq!(www.bind, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(www.mode, Mode::Http);
-    assert_eq!(www.backend, "app");
+    assert_eq!(www.backend.as_deref(), Some("app"));
     assert_eq!(www.header_timeout, Duration::from_secs(10));
     assert_eq!(www.idle_timeout, Duration::from_secs(30));
     let db = &c.frontends[1];
     assert_eq!(db.mode, Mode::Tcp);
-    assert_eq!(db.backend, "postgres");
+    assert_eq!(db.backend.as_deref(), Some("postgres"));
     assert!(db.accept_proxy);
     assert_eq!(db.idle_timeout, Duration::from_secs(3600));
     let listen = &c.frontends[2];
     assert_eq!(listen.bind, "127.0.0.1:8081".parse().unwrap());
-    assert_eq!(listen.backend, "admin_api");
+    assert_eq!(listen.backend.as_deref(), Some("admin_api"));
 
     // Backends, with defaults' timeouts and retries inherited.
     let app = c.backend("app").unwrap();

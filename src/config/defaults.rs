@@ -117,3 +117,14 @@ pub const DEFAULT_PASSIVE_ERROR_LIMIT: u32 = 1;
 pub const DEFAULT_PASSIVE_CONSECUTIVE_5XX: u32 = 0;
 /// `[backend.passive] max_ejected_percent`: passive ejection takes out at most half the servers.
 pub const DEFAULT_PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
+
+// --- [[frontend.route]] and [[service_tree]] ----------------------------------------------------
+
+/// `[[frontend.route]] path_prefix` (every path) and `strip_prefix` (and `[[service_tree]]`'s:
+/// the path goes upstream whole): the route table's own, where they are used.
+pub use crate::route::{DEFAULT_PATH_PREFIX, DEFAULT_STRIP_PREFIX};
+/// `[[service_tree]] servers_dir`: `<prefix>/<service>/backend/<server>`, confd's layout.
+pub const DEFAULT_SERVERS_DIR: &str = "backend";
+/// `[[service_tree]] service_linger`: how long a service with no keys left keeps its route
+/// (answering `503`) before it is removed (then `404`).
+pub const DEFAULT_SERVICE_LINGER: Duration = Duration::from_secs(60);

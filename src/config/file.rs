@@ -24,6 +24,8 @@ pub(super) struct FileConfig {
     pub(super) frontend: Vec<FileFrontend>,
     #[serde(default)]
     pub(super) backend: Vec<FileBackend>,
+    #[serde(default)]
+    pub(super) service_tree: Vec<FileServiceTree>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,7 +71,9 @@ pub(super) struct FileFrontend {
     pub(super) name: String,
     pub(super) bind: String,
     pub(super) mode: Option<Mode>,
-    pub(super) backend: String,
+    pub(super) backend: Option<String>,
+    #[serde(default)]
+    pub(super) route: Vec<FileRoute>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
     pub(super) header_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
@@ -79,6 +83,33 @@ pub(super) struct FileFrontend {
     pub(super) accept_proxy: Option<bool>,
     pub(super) allow_connect: Option<bool>,
     pub(super) tls: Option<FileFrontendTls>,
+}
+
+/// `[[frontend.route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRoute {
+    pub(super) host: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) strip_prefix: Option<bool>,
+    pub(super) sni: Option<String>,
+    pub(super) backend: String,
+}
+
+/// `[[service_tree]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileServiceTree {
+    pub(super) etcd_prefix: String,
+    pub(super) servers_dir: Option<String>,
+    #[serde(default)]
+    pub(super) frontends: Vec<String>,
+    pub(super) host: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) strip_prefix: Option<bool>,
+    pub(super) template: Option<String>,
+    #[serde(default, deserialize_with = "bounded::deserialize")]
+    pub(super) service_linger: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +139,7 @@ pub(super) struct FileBackendTls {
     pub(super) verify: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileBackend {
     pub(super) name: String,

@@ -9,6 +9,7 @@
 
 pub mod defaults;
 mod file;
+mod routing;
 mod validate;
 
 pub use defaults::*;
@@ -168,6 +169,8 @@ pub struct Config {
     pub etcd: Option<EtcdConfig>,
     pub frontends: Vec<Frontend>,
     pub backends: Vec<Backend>,
+    /// `[[service_tree]]`: directories in etcd whose every subdirectory is a service.
+    pub service_trees: Vec<ServiceTree>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -202,7 +205,11 @@ pub struct Frontend {
     pub name: String,
     pub bind: SocketAddr,
     pub mode: Mode,
-    pub backend: String,
+    /// The fallback: what a request (or connection) no route matches goes to. `None`: `404`
+    /// (tcp mode: a close).
+    pub backend: Option<String>,
+    /// `[[frontend.route]]`, in file order.
+    pub routes: Vec<Route>,
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -218,6 +225,47 @@ pub struct Frontend {
     pub allow_connect: bool,
     /// Present: the listener terminates TLS.
     pub tls: Option<FrontendTls>,
+}
+
+/// One `[[frontend.route]]`: which requests (http mode: host and path) or connections (tcp
+/// mode: the ClientHello's SNI) go to `backend`. Host and SNI patterns are lower-case:
+/// an exact name, `*.suffix` (one or more labels), or `None` for any.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Route {
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    pub sni: Option<String>,
+    pub backend: String,
+}
+
+/// One `[[service_tree]]`: every directory under `etcd_prefix` is a service with its own
+/// backend (settings copied from `template`) and route in each of `frontends`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceTree {
+    /// Without a trailing `/`.
+    pub etcd_prefix: String,
+    /// Where a service's servers are under its directory; `""`: directly in it.
+    pub servers_dir: String,
+    pub frontends: Vec<String>,
+    /// Route templates, with `{service}` for the directory's name.
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub strip_prefix: bool,
+    /// A `[[backend]]` with neither servers nor `etcd_prefix` whose settings each service's
+    /// backend copies; `None`: the defaults.
+    pub template: Option<String>,
+    /// What each service's backend copies: the template's settings, or the defaults.
+    pub backend: Backend,
+    #[serde(with = "humantime_serde")]
+    pub service_linger: Duration,
+}
+
+impl ServiceTree {
+    /// The template filled in for `service`.
+    pub fn fill(template: &str, service: &str) -> String {
+        template.replace("{service}", service)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -365,7 +413,14 @@ impl Config {
         validate::validate(file)
     }
 
-    /// The backend a frontend routes to, by name.
+    /// Whether `name` is a service tree's template (a backend that is not served itself).
+    pub fn is_template(&self, name: &str) -> bool {
+        self.service_trees
+            .iter()
+            .any(|t| t.template.as_deref() == Some(name))
+    }
+
+    /// A backend, by name.
     pub fn backend(&self, name: &str) -> Option<&Backend> {
         self.backends.iter().find(|b| b.name == name)
     }

@@ -30,8 +30,20 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let (shutdown_grace, threads) = global(file.global)?;
     let (admin_listen, admin_token) = admin(file.admin)?;
     let etcd = file.etcd.map(etcd).transpose()?;
-    let backends = backends(file.backend, etcd.is_some())?;
-    let frontends = frontends(file.frontend, &backends, admin_listen)?;
+    let templates: HashSet<String> = file
+        .service_tree
+        .iter()
+        .filter_map(|t| t.template.clone())
+        .collect();
+    let backends = backends(file.backend, etcd.is_some(), &templates)?;
+    let tree_frontends: HashSet<String> = file
+        .service_tree
+        .iter()
+        .flat_map(|t| t.frontends.iter().cloned())
+        .collect();
+    let frontends = frontends(file.frontend, &backends, admin_listen, &tree_frontends)?;
+    let service_trees =
+        super::routing::service_trees(file.service_tree, &backends, &frontends, etcd.is_some())?;
     log(&file.log)?;
     Ok(Config {
         shutdown_grace,
@@ -43,6 +55,7 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         etcd,
         frontends,
         backends,
+        service_trees,
     })
 }
 
@@ -174,7 +187,11 @@ fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [[backend]], [backend.check], [backend.passive], [backend.tls]
 
-fn backends(file: Vec<FileBackend>, has_etcd: bool) -> Result<Vec<Backend>, ConfigError> {
+fn backends(
+    file: Vec<FileBackend>,
+    has_etcd: bool,
+    templates: &HashSet<String>,
+) -> Result<Vec<Backend>, ConfigError> {
     let mut backends = Vec::with_capacity(file.len());
     let mut names = HashSet::new();
     for (i, b) in file.into_iter().enumerate() {
@@ -185,13 +202,30 @@ fn backends(file: Vec<FileBackend>, has_etcd: bool) -> Result<Vec<Backend>, Conf
         if !names.insert(b.name.clone()) {
             return Err(invalid(format!("{key}.name"), "duplicate backend name"));
         }
-        backends.push(backend(&key, b, has_etcd)?);
+        let template = templates.contains(&b.name);
+        backends.push(backend(&key, b, has_etcd, template)?);
     }
     Ok(backends)
 }
 
 /// One `[[backend]]`; `key` is how errors name it (`backend "NAME"`).
-fn backend(key: &str, b: FileBackend, has_etcd: bool) -> Result<Backend, ConfigError> {
+/// The settings of a `[[backend]]` that sets none: what a service tree without a `template`
+/// gives each service.
+pub(super) fn default_backend(key: &str) -> Result<Backend, ConfigError> {
+    let b = FileBackend {
+        name: String::new(),
+        ..FileBackend::default()
+    };
+    backend(key, b, true, true)
+}
+
+/// A service tree's `template` has neither servers nor `etcd_prefix`: each service fills them.
+fn backend(
+    key: &str,
+    b: FileBackend,
+    has_etcd: bool,
+    template: bool,
+) -> Result<Backend, ConfigError> {
     if let Some(p) = &b.etcd_prefix {
         if !p.starts_with('/') {
             return Err(invalid(
@@ -206,7 +240,13 @@ fn backend(key: &str, b: FileBackend, has_etcd: bool) -> Result<Backend, ConfigE
             ));
         }
     }
-    if b.etcd_prefix.is_none() && b.servers.is_empty() {
+    if template && (b.etcd_prefix.is_some() || !b.servers.is_empty()) {
+        return Err(invalid(
+            key,
+            "is a [[service_tree]] template: it takes no etcd_prefix and no servers (each service brings its own)",
+        ));
+    }
+    if !template && b.etcd_prefix.is_none() && b.servers.is_empty() {
         return Err(invalid(
             key,
             "needs etcd_prefix, servers, or both (it has neither)",
@@ -363,6 +403,7 @@ fn frontends(
     file: Vec<FileFrontend>,
     backends: &[Backend],
     admin_listen: SocketAddr,
+    tree_frontends: &HashSet<String>,
 ) -> Result<Vec<Frontend>, ConfigError> {
     let mut frontends = Vec::with_capacity(file.len());
     let mut binds = HashSet::new();
@@ -383,7 +424,8 @@ fn frontends(
                 format!("{bind} is already used by another listener"),
             ));
         }
-        frontends.push(frontend(&key, f, bind, backends)?);
+        let in_tree = tree_frontends.contains(&f.name);
+        frontends.push(frontend(&key, f, bind, backends, in_tree)?);
     }
     Ok(frontends)
 }
@@ -394,15 +436,20 @@ fn frontend(
     f: FileFrontend,
     bind: SocketAddr,
     backends: &[Backend],
+    in_tree: bool,
 ) -> Result<Frontend, ConfigError> {
     let mode = f.mode.unwrap_or(DEFAULT_MODE);
     let tls = f.tls.map(|t| frontend_tls(key, t, mode)).transpose()?;
-    if !backends.iter().any(|b| b.name == f.backend) {
+    if let Some(b) = &f.backend {
+        super::routing::names_backend(&format!("{key}.backend"), b, backends)?;
+    }
+    if f.backend.is_none() && f.route.is_empty() && !in_tree {
         return Err(invalid(
-            format!("{key}.backend"),
-            format!("names no backend: {:?}", f.backend),
+            key,
+            "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
         ));
     }
+    let routes = super::routing::routes(key, f.route, mode, tls.is_some(), backends)?;
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
     if max_header_size < MIN_MAX_HEADER_SIZE {
         return Err(invalid(
@@ -439,6 +486,7 @@ fn frontend(
         bind,
         mode,
         backend: f.backend,
+        routes,
     })
 }
 

@@ -39,18 +39,17 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
         p
     });
     let snap = fe.shared.load_full();
-    let Some(index) = snap.route_index(&fe.frontend.name) else {
-        let resp = plain(StatusCode::SERVICE_UNAVAILABLE, "no route\n");
-        if let Some(mut p) = log {
-            finish_log(&mut p, &resp, Termination::NoRoute);
-        }
-        return resp;
+    let mut req = req;
+    let (picked, routing) = pick_backend(&snap, &fe.frontend.name, &mut req);
+    let routing_kind = match &routing {
+        Routing::Fallback => Routing::Fallback,
+        _ => Routing::Routed,
     };
-    let backend = &snap.backends[index];
+    let backend = picked.map(|i| &snap.backends[i]);
     let mut trace = Trace::default();
     // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
-    let connect_ok = fe.frontend.allow_connect && backend.config.protocol == Protocol::Http1;
-    let mut req = req;
+    let connect_ok =
+        fe.frontend.allow_connect && backend.is_some_and(|b| b.config.protocol == Protocol::Http1);
     let refused = match refuse(&req, fe.frontend.max_header_size, connect_ok) {
         // HTTP/2's own rules: Host and :authority, Content-Length, Cookie crumbs.
         None if req.version() == Version::HTTP_2 => {
@@ -63,17 +62,26 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
         }
         r => r,
     };
-    let (mut resp, server) = match refused {
-        Some(resp) => {
+    let (mut resp, server) = match (refused, routing, picked) {
+        (Some(resp), _, _) => {
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        None => forward(conn, &snap, index, req, &mut trace).await,
+        (None, Routing::BadPath(why), _) => {
+            trace.termination = Termination::BadRequest;
+            let body = format!("400 Bad Request: {why}\n");
+            (plain(StatusCode::BAD_REQUEST, body), None)
+        }
+        (None, _, None) => {
+            trace.termination = Termination::NoRoute;
+            (no_route(&req), None)
+        }
+        (None, _, Some(index)) => forward(conn, &snap, index, req, &mut trace).await,
     };
     let code = resp.status().as_u16();
     if let Some(mut p) = log {
         let r = p.record();
-        r.backend = Some(Arc::clone(&backend.config));
+        r.backend = backend.map(|b| Arc::clone(&b.config));
         r.server = server.clone();
         r.retries = trace.retries;
         r.connect = trace.connect;
@@ -93,21 +101,116 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
             Either::Right(_) => finish_log(&mut p, &resp, trace.termination),
         }
     }
+    let backend_name = backend.map_or("", |b| b.config.name.as_str());
     match &server {
-        Some(s) => s.count_request(&fe.name, &fe.frontend.backend, code),
+        Some(s) => s.count_request(&fe.name, backend_name, code),
         None => fe.no_server.with(
-            |c| *c == code,
+            |(b, c)| *c == code && b == backend_name,
             || {
                 let c = metrics::counter!(m::REQUESTS,
-                    "frontend" => fe.frontend.name.clone(), "backend" => fe.frontend.backend.clone(),
+                    "frontend" => fe.frontend.name.clone(), "backend" => backend_name.to_string(),
                     "server" => "", "code" => code.to_string());
-                (code, c)
+                ((backend_name.to_string(), code), c)
             },
             |c| c.increment(1),
         ),
     }
-    fe.duration.record(start.elapsed().as_secs_f64());
+    let took = start.elapsed().as_secs_f64();
+    match backend {
+        // The frontend's own backend has its handle at hand; others are looked up once.
+        Some(_) if matches!(routing_kind, Routing::Fallback) => fe.duration.record(took),
+        Some(b) => fe.durations.with(
+            |n| **n == *b.config.name,
+            || {
+                let h = metrics::histogram!(m::REQUEST_DURATION,
+                    "frontend" => fe.frontend.name.clone(), "backend" => b.config.name.clone());
+                (Arc::from(b.config.name.as_str()), h)
+            },
+            |h| h.record(took),
+        ),
+        None => metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1),
+    }
     resp
+}
+
+/// How the routing table took a request.
+pub(crate) enum Routing {
+    /// To the frontend's own backend (its `backend` key).
+    Fallback,
+    /// Picked (or not) by a route.
+    Routed,
+    /// The path cannot be routed safely (`400`).
+    BadPath(String),
+}
+
+/// The backend for `req` (an index into the snapshot's backends; `None`: no route and no
+/// fallback), with the request's path rewritten to the form it was routed by (normalized) and
+/// without a stripped prefix. A frontend without routes goes straight to its backend: no host
+/// or path is looked at.
+pub(crate) fn pick_backend(
+    snap: &Snapshot,
+    frontend: &str,
+    req: &mut Request<ReqBody>,
+) -> (Option<usize>, Routing) {
+    let Some(table) = snap.table(frontend) else {
+        return (None, Routing::Routed);
+    };
+    if table.is_trivial() {
+        return (table.fallback().map(|(i, _)| i), Routing::Fallback);
+    }
+    let host = request_host(req);
+    let routed = match table.route(host, req.uri().path()) {
+        Ok(r) => r,
+        Err(e) => return (None, Routing::BadPath(e.to_string())),
+    };
+    let backend = routed.backend;
+    let how = if routed.route.is_none() {
+        Routing::Fallback
+    } else {
+        Routing::Routed
+    };
+    if let std::borrow::Cow::Owned(path) = routed.path {
+        set_path(req, &path);
+    }
+    (backend, how)
+}
+
+/// The host a request is for, as routing sees it: the absolute-form target's or HTTP/2's
+/// authority, else the Host field.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// Replaces the path of `req`'s target, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) {
+    let uri = req.uri();
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = http::uri::PathAndQuery::try_from(pq) {
+        parts.path_and_query = Some(pq);
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
+}
+
+/// `404` for a request no route takes: `no route for HOST PATH`.
+fn no_route<B>(req: &Request<B>) -> Response<Body> {
+    let host = request_host(req).unwrap_or("-");
+    let path = req.uri().path();
+    plain(
+        StatusCode::NOT_FOUND,
+        format!("no route for {host} {path}\n"),
+    )
 }
 
 /// Fills in the record of a request answered with one of our own (complete) bodies, or a

@@ -53,7 +53,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::access_log::AccessLog;
-use crate::config::{Frontend, ProxyVersion};
+use crate::config::Frontend;
 use crate::http::h1::server as h1_server;
 use crate::http::h2 as h2_conn;
 use crate::metrics::{self as m, HandleCache};
@@ -92,7 +92,9 @@ pub struct HttpFrontend {
     duration: metrics::Histogram,
     /// `switchyard_requests_total` answered without a server, by code (server-labelled ones
     /// live on the server).
-    no_server: Arc<HandleCache<u16, metrics::Counter>>,
+    no_server: Arc<HandleCache<(String, u16), metrics::Counter>>,
+    /// `switchyard_request_duration_seconds` of the other backends routes pick.
+    durations: Arc<HandleCache<Arc<str>, metrics::Histogram>>,
 }
 
 impl HttpFrontend {
@@ -110,8 +112,9 @@ impl HttpFrontend {
             sent: metrics::counter!(m::BYTES_SENT, "frontend" => label()),
             name: Arc::from(frontend.name.as_str()),
             duration: metrics::histogram!(m::REQUEST_DURATION,
-                "frontend" => label(), "backend" => frontend.backend.clone()),
+                "frontend" => label(), "backend" => frontend.backend.clone().unwrap_or_default()),
             no_server: Arc::default(),
+            durations: Arc::default(),
             frontend,
             shared,
             tls,
@@ -256,14 +259,13 @@ pub(crate) type Stream = ClientStream<ClientIo>;
 
 /// The access log line of a request head refused before it became a request (no method or
 /// path to show): its status and `bad_request`, or `client_timeout` for a `408`. Its time is
-/// the connection's start.
-fn log_refusal(conn: &Conn, refused: &h1::request::Refused, started: std::time::SystemTime) {
+/// the refusal's.
+fn log_refusal(conn: &Conn, refused: &h1::request::Refused) {
     let h1::request::Refused(status, why) = *refused;
     debug!(client = %conn.client, status = status.as_u16(), why, "request head refused");
     let Some(log) = &conn.fe.log else { return };
     let mut p = crate::access_log::Pending::new(log, conn.client, Arc::clone(&conn.fe.name));
     let record = p.record();
-    record.time = started;
     record.http = Some(crate::access_log::HttpRequest {
         method: None,
         uri: None,
@@ -355,11 +357,7 @@ pub(crate) async fn setup(
     let f = &fe.frontend;
     // The address the client connected to only matters for a PROXY header we send, so the
     // `getsockname` is skipped (one syscall per connection) when the backend sends none.
-    let sends_proxy = fe
-        .shared
-        .load()
-        .route(&f.name)
-        .is_some_and(|b| b.config.send_proxy != ProxyVersion::None);
+    let sends_proxy = fe.shared.load().sends_proxy(&f.name);
     crate::listener::handshake(f, fe.tls.as_deref(), stream, peer, sends_proxy)
         .await
         .ok()
@@ -396,7 +394,6 @@ pub(crate) async fn serve_conn(
         },
     };
     if !h2 {
-        let started = std::time::SystemTime::now();
         let first = io.take_sniffed();
         let limits = h1_server::Limits {
             head: f.max_header_size,
@@ -408,7 +405,7 @@ pub(crate) async fn serve_conn(
             Ok::<_, Infallible>(handle(conn, req.map(ReqBody::H1)).await)
         });
         if let Some(refused) = h1_server::serve(io, first, limits, stop, &svc).await {
-            log_refusal(conn, &refused, started);
+            log_refusal(conn, &refused);
         }
         return;
     }

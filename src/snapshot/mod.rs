@@ -15,13 +15,14 @@
 mod publish;
 mod server;
 
-pub use publish::Publisher;
+pub use publish::{Publisher, ServiceRoute};
 pub use server::{ActiveGuard, AdminState, ConnPool, Server, ServerSpec, ServerState, Source};
 
 use std::sync::Arc;
 
 use crate::balancer::BackendRuntime;
 use crate::config;
+use crate::route::Table;
 
 /// One backend as published: its settings, its servers, the weighted schedule and the runtime
 /// state (round-robin counter, retry budget) that outlives snapshots.
@@ -75,9 +76,11 @@ impl BackendSet {
 /// The immutable view the data plane reads. Replaced whole, never mutated.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The configured backends (templates left out), then the services of the service trees.
     pub backends: Vec<BackendSet>,
-    /// Frontend name -> index into `backends`, for the listener tasks.
-    pub routes: Vec<(String, usize)>,
+    /// Each frontend's routing table (routes to indices into `backends`), by frontend name.
+    /// Shared with the next snapshot while routes and backend positions stay the same.
+    pub routes: Vec<(String, Arc<Table>)>,
     /// True once every etcd prefix has been listed once (or there are none).
     pub ready: bool,
 }
@@ -87,13 +90,35 @@ impl Snapshot {
         self.backends.iter().find(|b| b.name() == name)
     }
 
+    /// The frontend's routing table.
+    pub fn table(&self, frontend: &str) -> Option<&Table> {
+        let (_, table) = self.routes.iter().find(|(f, _)| f == frontend)?;
+        Some(table)
+    }
+
+    /// The frontend's fallback backend (its `backend` key).
     pub fn route(&self, frontend: &str) -> Option<&BackendSet> {
         self.backends.get(self.route_index(frontend)?)
     }
 
-    /// The position in `backends` of the frontend's backend.
+    /// The position in `backends` of the frontend's fallback backend.
     pub fn route_index(&self, frontend: &str) -> Option<usize> {
-        let (_, idx) = self.routes.iter().find(|(f, _)| f == frontend)?;
-        (*idx < self.backends.len()).then_some(*idx)
+        let (idx, _) = self.table(frontend)?.fallback()?;
+        (idx < self.backends.len()).then_some(idx)
+    }
+
+    /// Whether any backend the frontend can reach sends a PROXY header (then its connections
+    /// need the address the client connected to).
+    pub fn sends_proxy(&self, frontend: &str) -> bool {
+        let Some(table) = self.table(frontend) else {
+            return false;
+        };
+        let sends = |i: usize| {
+            self.backends
+                .get(i)
+                .is_some_and(|b| b.config.send_proxy != config::ProxyVersion::None)
+        };
+        table.fallback().is_some_and(|(i, _)| sends(i))
+            || table.routes().iter().any(|r| sends(r.backend))
     }
 }

@@ -3,7 +3,7 @@
 //! backend's server list (static servers first, then discovered ones sorted by identity) and
 //! carry every surviving server object, or at least its state, into the next version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -12,13 +12,15 @@ use tracing::{info, warn};
 use super::server::{AdminState, Server, ServerSpec, ServerState, Source, uptime_ms};
 use super::{BackendSet, Snapshot};
 use crate::config::{self, Config};
+use crate::route::{self, HostMatch, Table};
 
 /// The single writer side of the snapshot. Publishing takes a mutex so that concurrent
 /// discovery watchers, reloads and the drain sweep never lose each other's update; readers
 /// never take it.
 pub struct Publisher {
     shared: Arc<ArcSwap<Snapshot>>,
-    write: Mutex<()>,
+    /// Held by every publish; holds what the routing tables are built from.
+    write: Mutex<Routing>,
     /// Operator overrides by (backend, server name): applied to every server object with that
     /// name, so they survive snapshot updates and a key that expires and comes back.
     admin: Mutex<HashMap<(String, String), AdminState>>,
@@ -28,7 +30,7 @@ impl Publisher {
     pub fn new(config: &Config) -> Publisher {
         let p = Publisher {
             shared: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
-            write: Mutex::new(()),
+            write: Mutex::new(Routing::default()),
             admin: Mutex::new(HashMap::new()),
         };
         p.apply_config(config);
@@ -47,18 +49,17 @@ impl Publisher {
     /// Rebuilds the snapshot for a new config: backends and routes from the config, static
     /// servers from the config, discovered servers kept for backends whose prefix is unchanged.
     pub fn apply_config(&self, config: &Config) {
-        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routing = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.shared.load_full();
         let mut backends = Vec::with_capacity(config.backends.len());
-        for b in &config.backends {
+        for b in config
+            .backends
+            .iter()
+            .filter(|b| !config.is_template(&b.name))
+        {
             let prev = old.backend(&b.name);
-            let discovered: Vec<ServerSpec> = match prev {
-                Some(p) if p.config.etcd_prefix == b.etcd_prefix => p
-                    .servers
-                    .iter()
-                    .filter(|s| s.source == Source::Etcd)
-                    .map(|s| spec_of(s))
-                    .collect(),
+            let discovered = match prev {
+                Some(p) if p.config.etcd_prefix == b.etcd_prefix => discovered_of(p),
                 _ => Vec::new(),
             };
             let statics = static_specs(b);
@@ -67,30 +68,172 @@ impl Publisher {
             self.apply_admin(set.name(), fresh.iter().map(|&i| &set.servers[i]));
             backends.push(set);
         }
+        // Tree services stay while their tree does (same prefix), with the tree's new template.
+        let services: Vec<Service> = std::mem::take(&mut routing.services)
+            .into_iter()
+            .filter_map(|mut svc| {
+                let old_tree = routing.trees.get(svc.tree)?;
+                let tree = config
+                    .service_trees
+                    .iter()
+                    .position(|t| t.etcd_prefix == old_tree.etcd_prefix)?;
+                svc.tree = tree;
+                Some(svc)
+            })
+            .collect();
+        routing.frontends = config.frontends.clone();
+        routing.trees = config.service_trees.clone();
+        routing.services = Vec::with_capacity(services.len());
+        for svc in services {
+            let prev = old.backend(&svc.name);
+            if backends.iter().any(|b| b.name() == svc.name) {
+                continue;
+            }
+            let cfg = Arc::new(routing.service_backend(svc.tree, &svc.name));
+            let discovered = match prev {
+                Some(p) if p.config.etcd_prefix == cfg.etcd_prefix => discovered_of(p),
+                _ => Vec::new(),
+            };
+            let (set, fresh) = next_set(cfg, prev, &discovered.iter().collect::<Vec<_>>());
+            self.apply_admin(set.name(), fresh.iter().map(|&i| &set.servers[i]));
+            backends.push(set);
+            routing.services.push(svc);
+        }
         // Servers of backends that are gone drain too; nothing lists them any more.
         for b in &old.backends {
-            if config.backend(b.name()).is_none() {
+            if !backends.iter().any(|n| n.name() == b.name()) {
                 b.servers.iter().for_each(|s| s.start_draining());
             }
         }
-        let routes = config
-            .frontends
-            .iter()
-            .map(|f| {
-                let idx = config
-                    .backends
-                    .iter()
-                    .position(|b| b.name == f.backend)
-                    .expect("validated: frontend names an existing backend");
-                (f.name.clone(), idx)
-            })
-            .collect();
-        let has_prefix = config.backends.iter().any(|b| b.etcd_prefix.is_some());
+        let routes = routing.tables(&backends);
+        let has_prefix = config.backends.iter().any(|b| b.etcd_prefix.is_some())
+            || !config.service_trees.is_empty();
         self.shared.store(Arc::new(Snapshot {
             backends,
             routes,
             ready: old.ready || !has_prefix,
         }));
+    }
+
+    /// Creates or updates the service `service` of tree `tree` (its position in the config's
+    /// `service_trees`): its discovered servers and its route overrides. A service named like
+    /// a configured backend is not created (the configured one wins; logged once). Publishes
+    /// nothing, and returns false, when nothing changed.
+    pub fn publish_service<'a>(
+        &self,
+        tree: usize,
+        service: &str,
+        discovered: impl IntoIterator<Item = &'a ServerSpec>,
+        overrides: &ServiceRoute,
+    ) -> bool {
+        let mut routing = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        if tree >= routing.trees.len() {
+            return false;
+        }
+        let old = self.shared.load_full();
+        let known = routing
+            .services
+            .iter()
+            .position(|s| s.tree == tree && s.name == service);
+        if known.is_none() && old.backend(service).is_some() {
+            if routing.clashes.insert(format!("backend {service}")) {
+                warn!(service, tree = %routing.trees[tree].etcd_prefix,
+                    "a service of the tree has the name of another backend; the other one is kept");
+            }
+            return false;
+        }
+        let cfg = match known {
+            Some(_) => Arc::clone(
+                &old.backend(service)
+                    .expect("a known service is published")
+                    .config,
+            ),
+            None => Arc::new(routing.service_backend(tree, service)),
+        };
+        let specs = merge(&[], discovered);
+        let prev = old.backend(service);
+        let route_changed = match known {
+            Some(i) => routing.services[i].route != *overrides,
+            None => true,
+        };
+        let servers_same = prev.is_some_and(|cur| {
+            specs.len() == cur.servers.len()
+                && specs.iter().zip(&cur.servers).all(|(s, srv)| srv.is(s))
+        });
+        if servers_same && !route_changed {
+            return false;
+        }
+        let (set, fresh) = next_set(cfg, prev, &specs);
+        self.apply_admin(set.name(), fresh.iter().map(|&i| &set.servers[i]));
+        let mut set = Some(set);
+        let mut backends: Vec<BackendSet> = old
+            .backends
+            .iter()
+            .map(|b| {
+                if b.name() == service {
+                    set.take().expect("one backend has the name")
+                } else {
+                    b.with_draining(b.draining.clone())
+                }
+            })
+            .collect();
+        if let Some(set) = set {
+            backends.push(set);
+            routing.services.push(Service {
+                tree,
+                name: service.to_string(),
+                route: overrides.clone(),
+            });
+            info!(service, tree = %routing.trees[tree].etcd_prefix, "service discovered");
+        } else if let Some(i) = known {
+            routing.services[i].route = overrides.clone();
+        }
+        let routes = if route_changed {
+            routing.tables(&backends)
+        } else {
+            old.routes.clone()
+        };
+        self.shared.store(Arc::new(Snapshot {
+            backends,
+            routes,
+            ready: old.ready,
+        }));
+        true
+    }
+
+    /// Removes a tree service (its backend and routes): it has had no keys for its tree's
+    /// `service_linger`. Its servers drain. Returns false when it was not published.
+    pub fn remove_service(&self, tree: usize, service: &str) -> bool {
+        let mut routing = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = routing
+            .services
+            .iter()
+            .position(|s| s.tree == tree && s.name == service)
+        else {
+            return false;
+        };
+        routing.services.remove(i);
+        let old = self.shared.load_full();
+        let mut backends = Vec::with_capacity(old.backends.len());
+        for b in &old.backends {
+            if b.name() == service {
+                for s in &b.servers {
+                    s.start_draining();
+                    metrics::gauge!(crate::metrics::SERVER_UP, "backend" => service.to_string(), "server" => s.addr.clone())
+                        .set(0.0);
+                }
+            } else {
+                backends.push(b.with_draining(b.draining.clone()));
+            }
+        }
+        info!(service, "service removed: no keys for its service_linger");
+        let routes = routing.tables(&backends);
+        self.shared.store(Arc::new(Snapshot {
+            backends,
+            routes,
+            ready: old.ready,
+        }));
+        true
     }
 
     /// Replaces the discovered servers of one backend. Publishes nothing (and returns false)
@@ -266,6 +409,151 @@ impl Publisher {
             }));
         }
     }
+}
+
+/// A tree service's route overrides, from its optional `host` and `path_prefix` keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+/// A published tree service.
+#[derive(Debug)]
+struct Service {
+    /// Its tree: a position in `Routing::trees`.
+    tree: usize,
+    name: String,
+    route: ServiceRoute,
+}
+
+/// What the routing tables are built from: the frontends' routes, the trees and their services.
+#[derive(Debug, Default)]
+struct Routing {
+    frontends: Vec<config::Frontend>,
+    trees: Vec<config::ServiceTree>,
+    services: Vec<Service>,
+    /// Clashes already logged, so each is logged once.
+    clashes: HashSet<String>,
+}
+
+impl Routing {
+    /// The backend settings of a tree's service: the tree's template, named after the service
+    /// and watching its servers' directory.
+    fn service_backend(&self, tree: usize, service: &str) -> config::Backend {
+        let t = &self.trees[tree];
+        let mut b = t.backend.clone();
+        b.name = service.to_string();
+        b.servers = Vec::new();
+        b.etcd_prefix = Some(if t.servers_dir.is_empty() {
+            format!("{}/{service}", t.etcd_prefix)
+        } else {
+            format!("{}/{service}/{}", t.etcd_prefix, t.servers_dir)
+        });
+        b
+    }
+
+    /// Every frontend's table over `backends`: its configured routes, then the routes of the
+    /// tree services it serves (one that repeats a configured route's host and path is left
+    /// out: the configured one wins, logged once).
+    fn tables(&mut self, backends: &[BackendSet]) -> Vec<(String, Arc<Table>)> {
+        let index = |name: &str| backends.iter().position(|b| b.name() == name);
+        let mut out = Vec::with_capacity(self.frontends.len());
+        for f in &self.frontends {
+            let mut routes = Vec::with_capacity(f.routes.len());
+            for r in &f.routes {
+                let Some(backend) = index(&r.backend) else {
+                    continue;
+                };
+                routes.push(route::Route {
+                    host: HostMatch::parse(r.host.as_deref()).unwrap_or(HostMatch::Any),
+                    path_prefix: r.path_prefix.clone(),
+                    strip_prefix: r.strip_prefix,
+                    sni: r
+                        .sni
+                        .as_deref()
+                        .and_then(|s| HostMatch::parse(Some(s)).ok()),
+                    backend,
+                    backend_name: Arc::from(r.backend.as_str()),
+                    source: route::Source::Config,
+                });
+            }
+            let configured = routes.len();
+            for svc in &self.services {
+                let t = &self.trees[svc.tree];
+                if !t.frontends.contains(&f.name) {
+                    continue;
+                }
+                let Some(backend) = index(&svc.name) else {
+                    continue;
+                };
+                let host = svc.route.host.clone().or_else(|| {
+                    t.host
+                        .as_deref()
+                        .map(|h| config::ServiceTree::fill(h, &svc.name))
+                });
+                let path_prefix = svc
+                    .route
+                    .path_prefix
+                    .clone()
+                    .or_else(|| {
+                        t.path_prefix
+                            .as_deref()
+                            .map(|p| config::ServiceTree::fill(p, &svc.name))
+                    })
+                    .unwrap_or_else(|| config::DEFAULT_PATH_PREFIX.to_string());
+                let Ok(host) = HostMatch::parse(host.as_deref()) else {
+                    if self.clashes.insert(format!("host {}", svc.name)) {
+                        warn!(service = %svc.name, host = ?host, "the service's host is not a host name; it has no route");
+                    }
+                    continue;
+                };
+                if !path_prefix.starts_with('/') {
+                    if self.clashes.insert(format!("path {}", svc.name)) {
+                        warn!(service = %svc.name, path_prefix, "the service's path_prefix does not start with '/'; it has no route");
+                    }
+                    continue;
+                }
+                if let Some(c) = routes[..configured]
+                    .iter()
+                    .find(|c| c.host == host && c.path_prefix == path_prefix)
+                {
+                    if self
+                        .clashes
+                        .insert(format!("route {} {}", f.name, svc.name))
+                    {
+                        warn!(frontend = %f.name, service = %svc.name, backend = %c.backend_name,
+                            "a configured route has the service's host and path; the configured one is kept");
+                    }
+                    continue;
+                }
+                routes.push(route::Route {
+                    host,
+                    path_prefix,
+                    strip_prefix: t.strip_prefix,
+                    sni: None,
+                    backend,
+                    backend_name: Arc::from(svc.name.as_str()),
+                    source: route::Source::Etcd,
+                });
+            }
+            let fallback = f
+                .backend
+                .as_deref()
+                .and_then(|b| Some((index(b)?, Arc::from(b))));
+            out.push((f.name.clone(), Arc::new(Table::new(routes, fallback))));
+        }
+        out
+    }
+}
+
+/// The discovered servers of a published backend, to carry into its next version.
+fn discovered_of(set: &BackendSet) -> Vec<ServerSpec> {
+    set.servers
+        .iter()
+        .filter(|s| s.source == Source::Etcd)
+        .map(|s| spec_of(s))
+        .collect()
 }
 
 /// The next version of a backend: survivors reused, removed servers draining (listed while they

@@ -1,0 +1,244 @@
+//! Validation of what picks a backend: a frontend's `[[frontend.route]]` entries and the
+//! `[[service_tree]]` sections. Host and SNI patterns are checked by the route table's own
+//! parser (`route::HostMatch`), so a pattern the config takes is one the table can match.
+
+use super::defaults::*;
+use super::file::{FileRoute, FileServiceTree};
+use super::{Backend, ConfigError, Frontend, Mode, Route, ServiceTree, invalid};
+
+/// `key` (a frontend's `backend`, a route's, a tree's `template`) names a configured backend.
+pub(super) fn names_backend(
+    key: &str,
+    name: &str,
+    backends: &[Backend],
+) -> Result<(), ConfigError> {
+    if backends.iter().any(|b| b.name == name) {
+        Ok(())
+    } else {
+        Err(invalid(key, format!("names no backend: {name:?}")))
+    }
+}
+
+/// A host or SNI pattern, lower-cased: an exact name or `*.suffix`.
+fn pattern(key: &str, p: &str) -> Result<String, ConfigError> {
+    crate::route::HostMatch::parse(Some(p)).map_err(|e| invalid(key, e))?;
+    Ok(p.to_ascii_lowercase())
+}
+
+fn path_prefix(key: &str, p: Option<String>) -> Result<String, ConfigError> {
+    crate::route::parse_path_prefix(p.as_deref()).map_err(|e| invalid(key, e))
+}
+
+/// A frontend's routes; `key` names the frontend. http mode routes by host and path, tcp mode
+/// by SNI (TLS passthrough, so not on a frontend that terminates TLS).
+pub(super) fn routes(
+    key: &str,
+    file: Vec<FileRoute>,
+    mode: Mode,
+    terminates_tls: bool,
+    backends: &[Backend],
+) -> Result<Vec<Route>, ConfigError> {
+    let mut out = Vec::with_capacity(file.len());
+    for (i, r) in file.into_iter().enumerate() {
+        let key = format!("{key}.route[{i}]");
+        names_backend(&format!("{key}.backend"), &r.backend, backends)?;
+        match mode {
+            Mode::Http => {
+                if r.sni.is_some() {
+                    return Err(invalid(
+                        format!("{key}.sni"),
+                        "routes tcp-mode connections (TLS passthrough); http-mode routes use host and path_prefix",
+                    ));
+                }
+            }
+            Mode::Tcp => {
+                for (name, set) in [
+                    ("host", r.host.is_some()),
+                    ("path_prefix", r.path_prefix.is_some()),
+                    ("strip_prefix", r.strip_prefix.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            format!("{key}.{name}"),
+                            "is for mode = \"http\" frontends; tcp-mode routes use sni",
+                        ));
+                    }
+                }
+                if r.sni.is_none() {
+                    return Err(invalid(
+                        format!("{key}.sni"),
+                        "is required in tcp mode (the name to match in the ClientHello)",
+                    ));
+                }
+                if terminates_tls {
+                    return Err(invalid(
+                        format!("{key}.sni"),
+                        "routes TLS through undecrypted; this frontend terminates TLS ([frontend.tls])",
+                    ));
+                }
+            }
+        }
+        out.push(Route {
+            host: r
+                .host
+                .as_deref()
+                .map(|h| pattern(&format!("{key}.host"), h))
+                .transpose()?,
+            path_prefix: path_prefix(&format!("{key}.path_prefix"), r.path_prefix)?,
+            strip_prefix: r.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
+            sni: r
+                .sni
+                .as_deref()
+                .map(|h| pattern(&format!("{key}.sni"), h))
+                .transpose()?,
+            backend: r.backend,
+        });
+    }
+    Ok(out)
+}
+
+/// The `[[service_tree]]` sections.
+pub(super) fn service_trees(
+    file: Vec<FileServiceTree>,
+    backends: &[Backend],
+    frontends: &[Frontend],
+    has_etcd: bool,
+) -> Result<Vec<ServiceTree>, ConfigError> {
+    let mut out: Vec<ServiceTree> = Vec::with_capacity(file.len());
+    for (i, t) in file.into_iter().enumerate() {
+        let key = format!("service_tree[{i}]");
+        let prefix = t.etcd_prefix.trim_end_matches('/').to_string();
+        if !t.etcd_prefix.starts_with('/') || prefix.is_empty() {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                format!(
+                    "{:?} must start with '/' and name a directory",
+                    t.etcd_prefix
+                ),
+            ));
+        }
+        if !has_etcd {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                "needs an [etcd] section with endpoints",
+            ));
+        }
+        if let Some(other) = out.iter().find(|o| {
+            let (a, b) = (format!("{}/", o.etcd_prefix), format!("{prefix}/"));
+            a.starts_with(&b) || b.starts_with(&a)
+        }) {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                format!("{prefix:?} overlaps another tree's {:?}", other.etcd_prefix),
+            ));
+        }
+        if let Some(b) = backends
+            .iter()
+            .filter_map(|b| b.etcd_prefix.as_deref().map(|p| (b, p)))
+            .find(|(_, p)| format!("{p}/").starts_with(&format!("{prefix}/")))
+        {
+            return Err(invalid(
+                format!("{key}.etcd_prefix"),
+                format!(
+                    "{prefix:?} holds backend {:?}'s etcd_prefix {:?}: a directory is a service of the tree or a backend, not both",
+                    b.0.name, b.1
+                ),
+            ));
+        }
+        let servers_dir = t
+            .servers_dir
+            .unwrap_or_else(|| DEFAULT_SERVERS_DIR.to_string())
+            .trim_matches('/')
+            .to_string();
+        if servers_dir.contains('/') {
+            return Err(invalid(
+                format!("{key}.servers_dir"),
+                "is one directory name (or \"\" for servers directly under the service)",
+            ));
+        }
+        if t.frontends.is_empty() {
+            return Err(invalid(
+                format!("{key}.frontends"),
+                "lists no frontend: the services would have no route",
+            ));
+        }
+        for (j, name) in t.frontends.iter().enumerate() {
+            match frontends.iter().find(|f| &f.name == name) {
+                None => {
+                    return Err(invalid(
+                        format!("{key}.frontends[{j}]"),
+                        format!("names no frontend: {name:?}"),
+                    ));
+                }
+                Some(f) if f.mode != Mode::Http => {
+                    return Err(invalid(
+                        format!("{key}.frontends[{j}]"),
+                        format!(
+                            "{name:?} is a tcp-mode frontend; services are routed by host and path"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if t.host.is_none() && t.path_prefix.is_none() {
+            return Err(invalid(
+                key.as_str(),
+                "needs a route template: host = \"{service}.example.com\" or path_prefix = \"/{service}/\"",
+            ));
+        }
+        let host = match t.host {
+            Some(h) => {
+                if !h.contains("{service}") {
+                    return Err(invalid(
+                        format!("{key}.host"),
+                        "must contain {service}: each service needs its own host",
+                    ));
+                }
+                pattern(&format!("{key}.host"), &ServiceTree::fill(&h, "service"))?;
+                Some(h.to_ascii_lowercase())
+            }
+            None => None,
+        };
+        let path_prefix = match t.path_prefix {
+            Some(p) => {
+                if host.is_none() && !p.contains("{service}") {
+                    return Err(invalid(
+                        format!("{key}.path_prefix"),
+                        "must contain {service} (or the tree needs a host template)",
+                    ));
+                }
+                path_prefix(
+                    &format!("{key}.path_prefix"),
+                    Some(ServiceTree::fill(&p, "service")),
+                )?;
+                Some(p)
+            }
+            None => None,
+        };
+        let backend = match &t.template {
+            Some(name) => {
+                names_backend(&format!("{key}.template"), name, backends)?;
+                backends
+                    .iter()
+                    .find(|b| &b.name == name)
+                    .cloned()
+                    .expect("checked just above")
+            }
+            None => super::validate::default_backend(&key)?,
+        };
+        let service_linger = t.service_linger.unwrap_or(DEFAULT_SERVICE_LINGER);
+        out.push(ServiceTree {
+            etcd_prefix: prefix,
+            servers_dir,
+            frontends: t.frontends,
+            host,
+            path_prefix,
+            strip_prefix: t.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
+            template: t.template,
+            backend,
+            service_linger,
+        });
+    }
+    Ok(out)
+}
