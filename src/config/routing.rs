@@ -78,7 +78,7 @@ pub(super) fn routes(
                 }
             }
         }
-        out.push(Route {
+        let route = Route {
             host: r
                 .host
                 .as_deref()
@@ -92,7 +92,22 @@ pub(super) fn routes(
                 .map(|h| pattern(&format!("{key}.sni"), h))
                 .transpose()?,
             backend: r.backend,
-        });
+        };
+        // The same match twice: only the first could ever be taken.
+        if let Some(j) = out.iter().position(|o: &Route| {
+            o.host == route.host && o.path_prefix == route.path_prefix && o.sni == route.sni
+        }) {
+            let what = if route.sni.is_some() {
+                "sni"
+            } else {
+                "host and path_prefix"
+            };
+            return Err(invalid(
+                key.as_str(),
+                format!("repeats route[{j}]'s {what}: only the first could ever be taken"),
+            ));
+        }
+        out.push(route);
     }
     Ok(out)
 }
@@ -241,4 +256,120 @@ pub(super) fn service_trees(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BACKENDS: &str = r#"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+[[backend]]
+name = "api"
+servers = ["127.0.0.1:1"]
+[[backend]]
+name = "db"
+servers = ["127.0.0.1:2"]
+"#;
+
+    fn config(frontends: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{frontends}\n{BACKENDS}")).map_err(|e| e.to_string())
+    }
+
+    fn err(frontends: &str) -> String {
+        config(frontends).expect_err("refused")
+    }
+
+    const WEB: &str = "[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n";
+    const TCP: &str = "[[frontend]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\n";
+
+    #[test]
+    fn routes_are_read_with_their_defaults() {
+        let text = format!(
+            "{WEB}[[frontend.route]]\nhost = \"API.example.com\"\nbackend = \"api\"\n\
+             [[frontend.route]]\nhost = \"*.example.com\"\npath_prefix = \"/v1/\"\nstrip_prefix = true\nbackend = \"api\"\n\
+             {TCP}backend = \"db\"\n[[frontend.route]]\nsni = \"db.example.com\"\nbackend = \"db\"\n\
+             [[service_tree]]\netcd_prefix = \"/services/\"\nfrontends = [\"web\"]\nhost = \"{{service}}.example.com\"\ntemplate = \"defaults\"\n\
+             [[backend]]\nname = \"defaults\"\nbalance = \"leastconn\"\n"
+        );
+        let c = config(&text).unwrap();
+        let web = &c.frontends[0];
+        assert_eq!(web.backend, None);
+        assert_eq!(web.routes[0].host.as_deref(), Some("api.example.com"));
+        assert_eq!(web.routes[0].path_prefix, "/");
+        assert!(!web.routes[0].strip_prefix);
+        assert_eq!(web.routes[1].path_prefix, "/v1/");
+        assert!(web.routes[1].strip_prefix);
+        assert_eq!(
+            c.frontends[1].routes[0].sni.as_deref(),
+            Some("db.example.com")
+        );
+        let t = &c.service_trees[0];
+        assert_eq!(t.etcd_prefix, "/services");
+        assert_eq!(t.servers_dir, "backend");
+        assert_eq!(t.service_linger, std::time::Duration::from_secs(60));
+        assert_eq!(t.backend.name, "defaults");
+        assert!(c.is_template("defaults") && !c.is_template("api"));
+    }
+
+    #[test]
+    fn route_errors_name_the_key() {
+        let cases = [
+            (
+                format!("{WEB}[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"nope\"\n"),
+                "frontend \"web\".route[0].backend",
+            ),
+            (
+                format!("{WEB}[[frontend.route]]\nsni = \"a.example.com\"\nbackend = \"api\"\n"),
+                "frontend \"web\".route[0].sni",
+            ),
+            (
+                format!("{TCP}[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"db\"\n"),
+                "frontend \"raw\".route[0].host",
+            ),
+            (
+                format!("{TCP}[[frontend.route]]\nbackend = \"db\"\n"),
+                "frontend \"raw\".route[0].sni",
+            ),
+            (
+                format!("{WEB}[[frontend.route]]\nhost = \"a.*.com\"\nbackend = \"api\"\n"),
+                "frontend \"web\".route[0].host",
+            ),
+            (
+                format!("{WEB}[[frontend.route]]\npath_prefix = \"/a/../b\"\nbackend = \"api\"\n"),
+                "frontend \"web\".route[0].path_prefix",
+            ),
+            (
+                format!(
+                    "{WEB}[[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\n\
+                     [[frontend.route]]\nhost = \"A.com\"\npath_prefix = \"/\"\nbackend = \"db\"\n"
+                ),
+                "frontend \"web\".route[1]",
+            ),
+            (WEB.to_string(), "frontend \"web\": needs a backend, routes"),
+            (
+                format!(
+                    "{WEB}backend = \"api\"\n[[service_tree]]\netcd_prefix = \"/s\"\nfrontends = [\"web\"]\nhost = \"static.example.com\"\n"
+                ),
+                "service_tree[0].host",
+            ),
+            (
+                format!(
+                    "{WEB}backend = \"api\"\n[[service_tree]]\netcd_prefix = \"/s\"\nfrontends = [\"nope\"]\nhost = \"{{service}}.a.com\"\n"
+                ),
+                "service_tree[0].frontends[0]",
+            ),
+            (
+                format!(
+                    "{WEB}backend = \"api\"\n[[service_tree]]\netcd_prefix = \"/s\"\nfrontends = [\"web\"]\nhost = \"{{service}}.a.com\"\ntemplate = \"api\"\n"
+                ),
+                "backend \"api\": is a [[service_tree]] template",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e:?} for\n{text}");
+        }
+    }
 }
