@@ -509,48 +509,125 @@ pub struct Table {
     fallback: Option<(usize, Arc<str>)>,
 }
 
-/// Routes (indexes into `Table::routes`, each list in precedence order) by host.
+/// Routes (indexes into `Table::routes`, each group in precedence order) by host.
 #[derive(Debug, Default)]
 struct Index {
     /// Lower-case host -> its routes.
-    exact: FastMap<Box<str>, Vec<usize>>,
+    exact: FastMap<Box<str>, Group>,
     /// Wildcard suffix (`example.com` for `*.example.com`) -> its routes.
-    wildcard: FastMap<Box<str>, Vec<usize>>,
+    wildcard: FastMap<Box<str>, Group>,
     /// Routes without a host.
-    any: Vec<usize>,
+    any: Group,
+}
+
+/// Past this many routes, a host's routes are found by prefix lookups rather than a scan.
+const GROUP_SCAN_MAX: usize = 8;
+
+/// The routes of one host, longest prefix first (file order among equal prefixes). A host
+/// with many (a service tree routing by `path_prefix = "/{service}/"`) also has them by prefix:
+/// a pick then looks up the path's own leading bytes once per distinct prefix length, instead
+/// of testing every prefix.
+#[derive(Debug, Default)]
+struct Group {
+    routes: Vec<(usize, Box<str>)>,
+    /// Built once `routes` is past `GROUP_SCAN_MAX`.
+    by_prefix: Option<ByPrefix>,
+}
+
+/// A large group's routes by prefix.
+#[derive(Debug)]
+struct ByPrefix {
+    /// Prefix -> the first route (by precedence) with it.
+    map: FastMap<Box<str>, usize>,
+    /// The distinct prefix lengths, longest first.
+    lens: Vec<usize>,
+}
+
+impl Group {
+    fn push(&mut self, i: usize, prefix: &str) {
+        self.routes.push((i, prefix.into()));
+    }
+
+    /// Builds the prefix lookup of a large group (after the last `push`).
+    fn seal(&mut self) {
+        if self.routes.len() <= GROUP_SCAN_MAX {
+            return;
+        }
+        let mut map = FastMap::default();
+        let mut lens: Vec<usize> = Vec::new();
+        for (i, prefix) in &self.routes {
+            map.entry(prefix.clone()).or_insert(*i);
+            lens.push(prefix.len());
+        }
+        lens.sort_unstable_by(|a, b| b.cmp(a));
+        lens.dedup();
+        self.by_prefix = Some(ByPrefix { map, lens });
+    }
+
+    /// The first route whose prefix starts `path` (any route when `path` is `None`).
+    fn first(&self, path: Option<&str>) -> Option<usize> {
+        let Some(path) = path else {
+            return self.routes.first().map(|(i, _)| *i);
+        };
+        match &self.by_prefix {
+            Some(ByPrefix { map, lens }) => lens
+                .iter()
+                .filter(|&&n| n <= path.len() && path.is_char_boundary(n))
+                .find_map(|&n| map.get(&path[..n]).copied()),
+            None => self
+                .routes
+                .iter()
+                .find(|(_, prefix)| path.starts_with(&**prefix))
+                .map(|(i, _)| *i),
+        }
+    }
 }
 
 impl Index {
-    fn add(&mut self, host: &HostMatch, i: usize) {
+    fn add(&mut self, host: &HostMatch, i: usize, prefix: &str) {
         match host {
-            HostMatch::Any => self.any.push(i),
-            HostMatch::Exact(h) => self.exact.entry(h.as_str().into()).or_default().push(i),
-            HostMatch::Wildcard(s) => self.wildcard.entry(s.as_str().into()).or_default().push(i),
+            HostMatch::Any => self.any.push(i, prefix),
+            HostMatch::Exact(h) => self
+                .exact
+                .entry(h.as_str().into())
+                .or_default()
+                .push(i, prefix),
+            HostMatch::Wildcard(s) => self
+                .wildcard
+                .entry(s.as_str().into())
+                .or_default()
+                .push(i, prefix),
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_empty()
+    fn seal(&mut self) {
+        self.exact.values_mut().for_each(Group::seal);
+        self.wildcard.values_mut().for_each(Group::seal);
+        self.any.seal();
     }
 
-    /// The first route, by precedence, for a host key ([`host_key`]) that `ok` accepts: the
-    /// exact host's, then each wildcard suffix's (cut at each dot with a label before it,
-    /// longest first), then the host-less ones.
-    fn find(&self, host: Option<&str>, ok: impl Fn(usize) -> bool) -> Option<usize> {
-        let first = |list: &Vec<usize>| list.iter().copied().find(|&i| ok(i));
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.routes.is_empty()
+    }
+
+    /// The first route, by precedence, for a host key ([`host_key`]) whose prefix starts
+    /// `path` (`None`: any route of the host, for SNI): the exact host's, then each wildcard
+    /// suffix's (cut at each dot with a label before it, longest first), then the host-less
+    /// ones.
+    fn find(&self, host: Option<&str>, path: Option<&str>) -> Option<usize> {
         if let Some(h) = host {
-            if let Some(i) = self.exact.get(h).and_then(first) {
+            if let Some(i) = self.exact.get(h).and_then(|g| g.first(path)) {
                 return Some(i);
             }
             if !self.wildcard.is_empty() {
                 for (dot, _) in h.match_indices('.').filter(|&(dot, _)| dot > 0) {
-                    if let Some(i) = self.wildcard.get(&h[dot + 1..]).and_then(first) {
+                    if let Some(i) = self.wildcard.get(&h[dot + 1..]).and_then(|g| g.first(path)) {
                         return Some(i);
                     }
                 }
             }
         }
-        first(&self.any)
+        self.any.first(path)
     }
 }
 
@@ -581,10 +658,12 @@ impl Table {
         };
         for (i, r) in table.routes.iter().enumerate() {
             match &r.sni {
-                Some(sni) => table.sni.add(sni, i),
-                None => table.http.add(&r.host, i),
+                Some(sni) => table.sni.add(sni, i, ""),
+                None => table.http.add(&r.host, i, &r.path_prefix),
             }
         }
+        table.http.seal();
+        table.sni.seal();
         table
     }
 
@@ -620,9 +699,7 @@ impl Table {
     }
 
     fn pick_index(&self, key: Option<&str>, path: &str) -> Option<usize> {
-        self.http.find(key, |i| {
-            path.starts_with(self.routes[i].path_prefix.as_str())
-        })
+        self.http.find(key, Some(path))
     }
 
     /// Routes a request: its host as in [`Table::pick`], and its path without the query, as
@@ -690,7 +767,7 @@ impl Table {
     /// name, else the fallback.
     pub fn pick_sni(&self, sni: Option<&str>) -> Option<usize> {
         let key = sni.map(host_key);
-        match self.sni.find(key.as_deref(), |_| true) {
+        match self.sni.find(key.as_deref(), None) {
             Some(i) => Some(self.routes[i].backend),
             None => self.fallback.as_ref().map(|f| f.0),
         }
@@ -989,7 +1066,19 @@ mod tests {
             Some("*.com"),
             Some("example.com"),
         ];
-        let prefixes = ["/", "/v1", "/v1/", "/v1/users", "/admin"];
+        // Ten prefixes, so that a host's group passes `GROUP_SCAN_MAX` and is found by prefix.
+        let prefixes = [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/users",
+            "/admin",
+            "/a",
+            "/ab",
+            "/abc/",
+            "/v10/",
+            "/%C3%A9/",
+        ];
         let mut routes = Vec::new();
         // Every host with every prefix, twice (the second never wins), in a scrambled order.
         for n in 0..hosts.len() * prefixes.len() * 2 {
@@ -1032,13 +1121,30 @@ mod tests {
             Some("com"),
             Some("example.org"),
         ] {
-            for path in ["/", "/v1", "/v1/", "/v1/users/1", "/admin", "/v2", "/v1x"] {
+            for path in [
+                "/",
+                "/v1",
+                "/v1/",
+                "/v1/users/1",
+                "/admin",
+                "/v2",
+                "/v1x",
+                "/abc/d",
+                "/ab",
+                "/v10/x",
+                "/%C3%A9/x",
+                "/%C3%A9",
+            ] {
                 let got = t.route(host, path).unwrap().backend;
                 assert_eq!(got, Some(scan(host, path)), "{host:?} {path}");
                 checked += 1;
             }
         }
-        assert_eq!(checked, 70);
+        assert_eq!(checked, 120);
+        assert!(
+            t.http.exact.values().any(|g| g.by_prefix.is_some()),
+            "some host's routes are found by prefix"
+        );
     }
 
     #[test]
@@ -1060,7 +1166,7 @@ mod tests {
         assert_eq!(to(&t, "SVC999.example.com:443", "/y"), Some(1998));
         assert_eq!(to(&t, "svc1000.example.com", "/api/x"), Some(5000));
         assert_eq!(t.http.exact.len(), 1000);
-        assert_eq!(t.http.exact["svc737.example.com"].len(), 2);
+        assert_eq!(t.http.exact["svc737.example.com"].routes.len(), 2);
     }
 
     #[test]

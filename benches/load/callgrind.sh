@@ -7,7 +7,8 @@
 #   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
 #
 # Environment: BIN, SCENARIOS ("keepalive close tcp https"), DURATION (5, seconds measured),
-# CONNS (8). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
+# CONNS (8), KEEP (a directory: the callgrind output of each scenario is kept there as
+# SCENARIO.cg, for callgrind_annotate). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
 # switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
 # count is the requests' alone, divided by the requests wrk completed. One nginx upstream answers
 # a 13-byte body. Loopback only; what it starts is stopped by PID on exit.
@@ -119,5 +120,6 @@ for s in $SCENARIOS; do
     curl -fs "http://127.0.0.1:$WEB/" >/dev/null 2>&1 || true
     sleep 0.5
     ir=$(cat "$WORK"/cg.out* | awk '/^totals:/ {print $2; exit}')
+    if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cat "$WORK"/cg.out* >"$KEEP/$s.cg"; fi
     awk -v s="$s" -v n="$n" -v ir="$ir" 'BEGIN { printf "%-10s %12d %14d %10.0f\n", s, n, ir, ir / n }'
 done

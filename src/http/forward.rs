@@ -24,8 +24,13 @@ use crate::snapshot::{Server, Snapshot};
 use super::*;
 
 /// Serves one request: pick, forward, map failures to status codes, record metrics and the
-/// access log line.
-pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body> {
+/// access log line. Never fails (the `Result` is the shape a `hyper::service::Service` has, so
+/// the HTTP/1.x server can run this future itself rather than one that wraps it: the wrapper
+/// moved this whole future into its own state when first polled, several KiB per request).
+pub(crate) async fn handle(
+    conn: &Conn,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let fe = &conn.fe;
     // Dropped with this future if the client goes away first: then it logs `client_abort`.
@@ -130,7 +135,7 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
         ),
         None => metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1),
     }
-    resp
+    Ok(resp)
 }
 
 /// How the routing table took a request.

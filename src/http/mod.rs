@@ -401,8 +401,8 @@ pub(crate) async fn serve_conn(
             idle_timeout: f.idle_timeout,
         };
         let conn = &conn;
-        let svc = service_fn(move |req: http::Request<h1_server::Body>| async move {
-            Ok::<_, Infallible>(handle(conn, req.map(ReqBody::H1)).await)
+        let svc = service_fn(move |req: http::Request<h1_server::Body>| {
+            handle(conn, req.map(ReqBody::H1))
         });
         if let Some(refused) = h1_server::serve(io, first, limits, stop, &svc).await {
             log_refusal(conn, &refused);
@@ -424,7 +424,7 @@ pub(crate) async fn serve_conn(
         let open = streams.open();
         async move {
             let mut stream = StreamGuard::new(conn.resets.as_ref());
-            let mut resp = handle(&conn, req.map(ReqBody::Hyper)).await;
+            let Ok(mut resp) = handle(&conn, req.map(ReqBody::Hyper)).await;
             stream.answered = true;
             h2_conn::add_date(resp.headers_mut());
             Ok::<_, Infallible>(resp.map(|b| h2_conn::Tracked::new(b, open)))

@@ -252,11 +252,10 @@ where
     let mut slot = Box::pin(None);
     loop {
         // The next request head. Until its first byte (empty lines count) the idle clock runs,
-        // and `stop` closes the connection; from then, the header clock.
+        // and `stop` closes the connection; from then, the header clock. The clock is moved
+        // only when a read must wait: a head that is already here costs no timer work.
         let mut begun = !reader.buf.is_empty();
-        if begun {
-            clock.set(limits.header_timeout);
-        }
+        let mut timing_head = false;
         let head = loop {
             if !reader.buf.is_empty() {
                 match parse_head(&mut reader.buf, limit) {
@@ -267,6 +266,10 @@ where
                         return Some(r);
                     }
                 }
+            }
+            if begun && !timing_head {
+                timing_head = true;
+                clock.set(limits.header_timeout);
             }
             let idle = reader.buf.is_empty();
             let read = poll_fn(|cx| {
@@ -283,12 +286,7 @@ where
             });
             match read.await {
                 Wait::Read(Ok(0) | Err(_)) | Wait::Stop => return None,
-                Wait::Read(Ok(_)) => {
-                    if !begun {
-                        begun = true;
-                        clock.set(limits.header_timeout);
-                    }
-                }
+                Wait::Read(Ok(_)) => begun = true,
                 Wait::Expired if begun => {
                     let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
                     refuse(&mut w, &mut out, &r).await;
