@@ -6,7 +6,8 @@
 #   benches/load/callgrind.sh                          # target/release/switchyard
 #   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
 #
-# Environment: BIN, SCENARIOS ("keepalive close tcp https"), DURATION (5, seconds measured),
+# Environment: BIN, SCENARIOS ("keepalive close tcp https"; also "routed": keep-alive through
+# ROUTES (1000) host routes), DURATION (5, seconds measured),
 # CONNS (8), KEEP (a directory: the callgrind output of each scenario is kept there as
 # SCENARIO.cg, for callgrind_annotate). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
 # switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
@@ -45,6 +46,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 UP=$(free_port) WEB=$(free_port) TCP=$(free_port) TLS=$(free_port) ADMIN=$(free_port)
+ROUTED=$(free_port)
+ROUTES=${ROUTES:-1000}
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/nginx.pid;
@@ -89,6 +92,17 @@ servers = ["127.0.0.1:$UP"]
 [backend.check]
 type = "none"
 EOF
+# Scenario `routed`: keep-alive through a frontend with $ROUTES host routes (each to its own
+# backend), to the last one.
+{
+    printf '[[frontend]]\nname = "routed"\nbind = "127.0.0.1:%s"\n' "$ROUTED"
+    for i in $(seq 0 $((ROUTES - 1))); do
+        printf '[[frontend.route]]\nhost = "svc%d.example.com"\nbackend = "svc%d"\n' "$i" "$i"
+    done
+    for i in $(seq 0 $((ROUTES - 1))); do
+        printf '[[backend]]\nname = "svc%d"\nservers = ["127.0.0.1:%s"]\n[backend.check]\ntype = "none"\n' "$i" "$UP"
+    done
+} >>"$WORK/sy.toml"
 
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     "$BIN" run -c "$WORK/sy.toml" >"$WORK/sy.log" 2>&1 &
@@ -106,6 +120,7 @@ for s in $SCENARIOS; do
         close) url="http://127.0.0.1:$WEB/"; extra=(-H "Connection: close") ;;
         tcp) url="http://127.0.0.1:$TCP/"; extra=() ;;
         https) url="https://127.0.0.1:$TLS/"; extra=() ;;
+        routed) url="http://127.0.0.1:$ROUTED/"; extra=(-H "Host: svc$((ROUTES - 1)).example.com") ;;
         *) echo "unknown scenario $s" >&2; exit 1 ;;
     esac
     wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "$url" >/dev/null 2>&1 || true
