@@ -48,7 +48,8 @@ impl Mirror {
         }
     }
 
-    /// The mirror of a service tree: its servers are grouped by service ([`Mirror::service_specs`]).
+    /// The mirror of a service tree: a service's servers are the ones below its directory
+    /// ([`Mirror::specs_under`]).
     pub(crate) fn tree(layout: TreeLayout) -> Mirror {
         Mirror {
             prefix: layout.prefix().to_string(),
