@@ -210,12 +210,25 @@ impl Runtime {
             }
         }
         self.publisher.apply_config(&new);
+        // A tree's watch knows its position, layout, name templates and linger (`discovery/tree.rs`).
         let watched = |c: &Config| {
             (
                 c.etcd.clone(),
                 c.backends
                     .iter()
                     .map(|b| (b.name.clone(), b.etcd_prefix.clone()))
+                    .collect::<Vec<_>>(),
+                c.service_trees
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.etcd_prefix.clone(),
+                            t.servers_dir.clone(),
+                            t.host.clone(),
+                            t.path_prefix.clone(),
+                            t.service_linger,
+                        )
+                    })
                     .collect::<Vec<_>>(),
             )
         };

@@ -279,16 +279,7 @@ async fn index_cleared_resyncs_and_keeps_watching() {
     let lb = Lb::start_ready(&config(&etcd, "cleared", "poll_timeout = \"300ms\"")).await;
     lb.wait_listed("initial", &[a.addr()]).await;
 
-    let client = http_client();
-    for i in 0..1100 {
-        let resp = client
-            .put(format!("{}/v2/keys/unrelated/k{}", etcd.url(), i % 10))
-            .form(&[("value", "x")])
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-    }
+    etcd.overflow_v2_event_window().await;
     lb.wait_metric(
         "switchyard_discovery_resyncs_total{reason=\"index_cleared\"}",
         1.0,

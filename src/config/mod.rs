@@ -239,6 +239,10 @@ pub struct Route {
     pub backend: String,
 }
 
+/// The longest service name a `[[service_tree]]` takes: a DNS label's limit, so that
+/// `{service}.example.com` stays a host name.
+pub const MAX_SERVICE_NAME: usize = 63;
+
 /// One `[[service_tree]]`: every directory under `etcd_prefix` is a service with its own
 /// backend (settings copied from `template`) and route in each of `frontends`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -265,6 +269,40 @@ impl ServiceTree {
     /// The template filled in for `service`.
     pub fn fill(template: &str, service: &str) -> String {
         template.replace("{service}", service)
+    }
+
+    /// The etcd directory of `service`'s servers: `<etcd_prefix>/<service>/<servers_dir>`, or
+    /// `<etcd_prefix>/<service>` when `servers_dir` is `""`.
+    pub fn servers_prefix(&self, service: &str) -> String {
+        if self.servers_dir.is_empty() {
+            format!("{}/{service}", self.etcd_prefix)
+        } else {
+            format!("{}/{service}/{}", self.etcd_prefix, self.servers_dir)
+        }
+    }
+
+    /// Whether a directory under `etcd_prefix` can be a service: its name is one host label
+    /// (ASCII letters, digits, `-` and `_`, at most [`MAX_SERVICE_NAME`] characters), so it
+    /// names a backend and fills the host and path templates into a valid route.
+    pub fn check_service(&self, name: &str) -> Result<(), String> {
+        if name.is_empty() || name.len() > MAX_SERVICE_NAME {
+            return Err(format!("not 1 to {MAX_SERVICE_NAME} characters"));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(format!(
+                "{c:?} (a service name is a host label: letters, digits, '-' and '_')"
+            ));
+        }
+        if let Some(host) = &self.host {
+            crate::route::HostMatch::parse(Some(&Self::fill(host, name)))?;
+        }
+        if let Some(path) = &self.path_prefix {
+            crate::route::parse_path_prefix(Some(&Self::fill(path, name)))?;
+        }
+        Ok(())
     }
 }
 

@@ -1,11 +1,15 @@
 //! The mirror of one prefix: `key -> server` for every valid key below it, kept up to date by
 //! authoritative listings and by v2 and v3 watch events ([`Mirror`]), and whether each of them
-//! changed anything ([`Applied`]). Values are parsed by [`crate::value`].
+//! changed anything ([`Applied`]). Values are parsed by [`crate::value`]. Under a backend's
+//! prefix every key is a server; under a service tree's, the [`TreeLayout`] says which keys are
+//! servers (and of which service), which are a service's plain route values, and which are
+//! ignored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use tracing::{debug, warn};
 
+use super::tree::{Key, TreeLayout};
 use crate::etcd::v2;
 use crate::metrics as m;
 use crate::snapshot::{ServerSpec, Source};
@@ -18,8 +22,14 @@ use crate::value::parse_value;
 pub struct Mirror {
     prefix: String,
     backend: String,
+    /// `Some` for a service tree: which keys are servers, of which service.
+    tree: Option<TreeLayout>,
     servers: BTreeMap<String, ServerSpec>,
+    /// A tree's plain values (a service's `host` and `path_prefix`), by key.
+    values: BTreeMap<String, String>,
     reported_invalid: HashMap<String, String>,
+    /// A tree's directories already warned about as no service name.
+    reported_names: HashSet<String>,
 }
 
 /// What applying an event did to the mirror.
@@ -38,6 +48,17 @@ impl Mirror {
         }
     }
 
+    /// The mirror of a service tree: a service's servers are the ones below its directory
+    /// ([`Mirror::specs_under`]).
+    pub(crate) fn tree(layout: TreeLayout) -> Mirror {
+        Mirror {
+            prefix: layout.prefix().to_string(),
+            backend: layout.prefix().to_string(),
+            tree: Some(layout),
+            ..Mirror::default()
+        }
+    }
+
     /// The server list to publish, in key order.
     pub fn specs(&self) -> impl Iterator<Item = &ServerSpec> {
         self.servers.values()
@@ -49,6 +70,51 @@ impl Mirror {
 
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
+    }
+
+    /// The servers below `dir` (a tree service's directory, ending in `/`), in key order.
+    pub fn specs_under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a ServerSpec> {
+        self.servers
+            .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(dir))
+            .map(|(_, s)| s)
+    }
+
+    /// The keys of every server, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.servers.keys().map(String::as_str)
+    }
+
+    /// A plain value of a tree (a service's route override).
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The backend a key's server belongs to, for logs and metrics: this mirror's backend, or
+    /// the tree service the key is under (the tree's prefix for a key under no service).
+    pub fn label<'a>(&'a self, key: &'a str) -> &'a str {
+        match &self.tree {
+            None => &self.backend,
+            Some(t) => t.service_of(key).unwrap_or(&self.prefix),
+        }
+    }
+
+    /// What `key` holds: always a server under a backend's prefix; under a tree, what its
+    /// layout says (a directory that is no service name is warned about once).
+    fn kind<'k>(&mut self, key: &'k str) -> Key<'k> {
+        let Some(tree) = &self.tree else {
+            return Key::Server;
+        };
+        match tree.key(key) {
+            Key::BadService(name, why) => {
+                if self.reported_names.insert(name.to_string()) {
+                    warn!(tree = %self.prefix, directory = name, error = %why,
+                        "a directory of the service tree is no service name; skipped");
+                }
+                Key::BadService(name, why)
+            }
+            other => other,
+        }
     }
 
     /// Parses `raw` for `key` into the server to publish, named after the key's last segment
@@ -67,9 +133,10 @@ impl Mirror {
             }
             Err(e) => {
                 if self.reported_invalid.get(key).map(String::as_str) != Some(raw) {
-                    warn!(backend = %self.backend, key, value = raw, error = %e,
+                    let backend = self.label(key).to_string();
+                    warn!(backend = %backend, key, value = raw, error = %e,
                         "invalid value in etcd skipped");
-                    metrics::counter!(m::DISCOVERY_INVALID_VALUES, "backend" => self.backend.clone())
+                    metrics::counter!(m::DISCOVERY_INVALID_VALUES, "backend" => backend)
                         .increment(1);
                     self.reported_invalid
                         .insert(key.to_string(), raw.to_string());
@@ -83,7 +150,16 @@ impl Mirror {
     /// keeps its last good value (as confd + HAProxy keep the last config that passed the check).
     pub fn replace(&mut self, leaves: &[(String, String)]) -> Applied {
         let mut next = BTreeMap::new();
+        let mut values = BTreeMap::new();
         for (key, raw) in leaves {
+            match self.kind(key) {
+                Key::Server => {}
+                Key::Plain => {
+                    values.insert(key.clone(), raw.trim().to_string());
+                    continue;
+                }
+                Key::Ignored | Key::BadService(..) => continue,
+            }
             if let Some(v) = self.parse(key, raw) {
                 next.insert(key.clone(), v);
             } else if let Some(old) = self.servers.get(key) {
@@ -92,10 +168,11 @@ impl Mirror {
         }
         self.reported_invalid
             .retain(|k, _| leaves.iter().any(|(key, _)| key == k));
-        if next == self.servers {
+        if next == self.servers && values == self.values {
             Applied::Unchanged
         } else {
             self.servers = next;
+            self.values = values;
             Applied::Changed
         }
     }
@@ -103,6 +180,18 @@ impl Mirror {
     /// A key was written (v2 set/create/update/compareAndSwap, v3 PUT). An invalid value keeps
     /// the last good one of that key (e.g. a heartbeat that blanked it).
     pub fn put(&mut self, key: &str, raw: &str) -> Applied {
+        match self.kind(key) {
+            Key::Server => {}
+            Key::Plain => {
+                let raw = raw.trim();
+                if self.values.get(key).map(String::as_str) == Some(raw) {
+                    return Applied::Unchanged;
+                }
+                self.values.insert(key.to_string(), raw.to_string());
+                return Applied::Changed;
+            }
+            Key::Ignored | Key::BadService(..) => return Applied::Unchanged,
+        }
         match self.parse(key, raw) {
             Some(v) if self.servers.get(key) == Some(&v) => Applied::Unchanged,
             Some(v) => {
@@ -133,11 +222,12 @@ impl Mirror {
             "delete" | "compareAndDelete" | "expire" => {
                 if node.dir || node.key == self.prefix {
                     // One event for a whole directory: drop every key below it.
-                    let before = self.servers.len();
+                    let before = self.servers.len() + self.values.len();
                     let dir = format!("{}/", node.key.trim_end_matches('/'));
                     self.servers.retain(|k, _| !k.starts_with(&dir));
+                    self.values.retain(|k, _| !k.starts_with(&dir));
                     self.reported_invalid.retain(|k, _| !k.starts_with(&dir));
-                    if self.servers.len() == before {
+                    if self.servers.len() + self.values.len() == before {
                         Applied::Unchanged
                     } else {
                         Applied::Changed
@@ -154,7 +244,7 @@ impl Mirror {
     }
 
     fn remove(&mut self, key: &str) -> Applied {
-        if self.servers.remove(key).is_some() {
+        if self.servers.remove(key).is_some() || self.values.remove(key).is_some() {
             Applied::Changed
         } else {
             Applied::Unchanged

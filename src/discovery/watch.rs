@@ -1,12 +1,17 @@
 //! The watch loop of one prefix ([`Watcher`]): list it, then follow its changes (v2 long-polls
 //! or a v3 watch stream), re-list it when etcd says events were lost ([`Resync`]), back off and
-//! rotate endpoints while etcd is unreachable, publish the prefix's servers on every change, and
-//! serve the snapshot file's servers if etcd does not answer at start.
+//! rotate endpoints while etcd is unreachable, keep the prefix's mirror, and hand it to the
+//! watch's [`Sink`] after every change, which publishes: one backend's servers
+//! ([`BackendSink`]), or a service tree's services (`tree.rs`). The sink also serves the
+//! snapshot file's servers if etcd does not answer at start, and may ask for a timer (a tree's
+//! service linger), which the loop runs while it waits on etcd.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -19,22 +24,81 @@ use crate::etcd::{Backoff, Endpoints, EtcdError};
 use crate::metrics as m;
 use crate::snapshot::{Publisher, ServerSpec};
 
-pub(super) struct Watcher {
+/// What a watch does with its mirror: the one part in which a backend's watch and a service
+/// tree's differ.
+pub(super) trait Sink: Send + 'static {
+    /// An authoritative listing replaced the mirror (`changed`: it differs from before;
+    /// `first`: this watch's first listing, after which the snapshot file is not served).
+    /// Returns whether a snapshot was published.
+    fn listed(&mut self, mirror: &Mirror, changed: bool, first: bool, now: Instant) -> bool;
+    /// An event changed `key` in the mirror. Returns whether a snapshot was published.
+    fn changed(&mut self, mirror: &Mirror, key: &str, now: Instant) -> bool;
+    /// etcd did not answer the first listing: publishes what the snapshot file held for this
+    /// prefix, once. Returns how many servers, `None` when it held nothing.
+    fn serve_saved(&mut self) -> Option<usize>;
+    /// When [`Sink::expire`] is next due, if ever.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// The deadline passed (`now`).
+    fn expire(&mut self, _now: Instant) {}
+}
+
+/// The sink of a backend's `etcd_prefix`: every change publishes the backend's whole server list.
+pub(super) struct BackendSink {
+    pub(super) backend: String,
+    pub(super) publisher: Arc<Publisher>,
     /// Servers from the snapshot file, published if etcd does not answer the first listing.
     pub(super) fallback: Option<Vec<ServerSpec>>,
+}
+
+impl Sink for BackendSink {
+    fn listed(&mut self, mirror: &Mirror, changed: bool, first: bool, _now: Instant) -> bool {
+        if first {
+            self.fallback = None;
+        }
+        (changed || first)
+            && self
+                .publisher
+                .publish_discovered(&self.backend, mirror.specs())
+    }
+
+    fn changed(&mut self, mirror: &Mirror, _key: &str, _now: Instant) -> bool {
+        self.publisher
+            .publish_discovered(&self.backend, mirror.specs())
+    }
+
+    fn serve_saved(&mut self) -> Option<usize> {
+        let servers = self.fallback.take()?;
+        self.publisher.publish_discovered(&self.backend, &servers);
+        Some(servers.len())
+    }
+}
+
+/// What every watch shares: etcd's settings and client, the status the admin API shows, the
+/// publisher, and the count of prefixes not listed yet (readiness).
+#[derive(Clone)]
+pub(super) struct Shared {
     pub(super) etcd: EtcdConfig,
     pub(super) client: reqwest::Client,
-    pub(super) endpoints: Endpoints,
-    pub(super) backoff: Backoff,
-    pub(super) mirror: Mirror,
-    pub(super) backend: String,
-    pub(super) prefix: String,
-    pub(super) slot: usize,
     pub(super) status: Arc<Status>,
     pub(super) publisher: Arc<Publisher>,
     pub(super) pending: Arc<AtomicUsize>,
-    pub(super) listed_once: bool,
-    pub(super) counted_ready: bool,
+}
+
+pub(super) struct Watcher<S> {
+    /// How logs name this watch: the backend, or `service_tree[i]`.
+    name: String,
+    prefix: String,
+    /// The watch's slot in [`Status`].
+    slot: usize,
+    mirror: Mirror,
+    sink: S,
+    shared: Shared,
+    endpoints: Endpoints,
+    backoff: Backoff,
+    listed_once: bool,
+    counted_ready: bool,
 }
 
 /// Why the mirror is re-read in full.
@@ -57,10 +121,32 @@ impl Resync {
     }
 }
 
-impl Watcher {
+impl<S: Sink> Watcher<S> {
+    pub(super) fn new(
+        name: String,
+        prefix: String,
+        slot: usize,
+        mirror: Mirror,
+        sink: S,
+        shared: &Shared,
+    ) -> Watcher<S> {
+        Watcher {
+            name,
+            prefix,
+            slot,
+            mirror,
+            sink,
+            endpoints: Endpoints::new(shared.etcd.endpoints.clone()),
+            backoff: Backoff::new(shared.etcd.backoff_min, shared.etcd.backoff_max),
+            shared: shared.clone(),
+            listed_once: false,
+            counted_ready: false,
+        }
+    }
+
     pub(super) async fn run(self, cancel: CancellationToken) {
-        info!(backend = %self.backend, prefix = %self.prefix, api = self.etcd.api.as_str(), "discovery started");
-        match self.etcd.api {
+        info!(watch = %self.name, prefix = %self.prefix, api = self.shared.etcd.api.as_str(), "discovery started");
+        match self.shared.etcd.api {
             EtcdApi::V2 => self.run_v2(cancel).await,
             EtcdApi::V3 => self.run_v3(cancel).await,
         }
@@ -72,9 +158,14 @@ impl Watcher {
         let mut cursor = 0u64;
         loop {
             if let Some(reason) = need_list {
-                let listed = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    r = v2::list(&self.client, self.endpoints.current(), &self.prefix, self.etcd.request_timeout) => r,
+                let list = v2::list(
+                    &self.shared.client,
+                    self.endpoints.current(),
+                    &self.prefix,
+                    self.shared.etcd.request_timeout,
+                );
+                let Some(listed) = until(&cancel, &mut self.sink, list).await else {
+                    break;
                 };
                 match listed {
                     Ok(listing) => {
@@ -90,9 +181,15 @@ impl Watcher {
                     }
                 }
             }
-            let waited = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = v2::wait(&self.client, self.endpoints.current(), &self.prefix, cursor, self.etcd.poll_timeout) => r,
+            let wait = v2::wait(
+                &self.shared.client,
+                self.endpoints.current(),
+                &self.prefix,
+                cursor,
+                self.shared.etcd.poll_timeout,
+            );
+            let Some(waited) = until(&cancel, &mut self.sink, wait).await else {
+                break;
             };
             match waited {
                 Ok(Wait::Event(ev)) => {
@@ -101,12 +198,12 @@ impl Watcher {
                     self.on_change(&ev.action, &ev.node.key, changed, ev.node.modified_index);
                 }
                 Ok(Wait::Cleared { current }) => {
-                    info!(backend = %self.backend, prefix = %self.prefix, cursor, current,
+                    info!(watch = %self.name, prefix = %self.prefix, cursor, current,
                         "etcd event index cleared; re-reading the prefix");
                     need_list = Some(Resync::IndexCleared);
                 }
                 Ok(Wait::Idle) => {
-                    debug!(backend = %self.backend, cursor, "long-poll deadline; re-arming");
+                    debug!(watch = %self.name, cursor, "long-poll deadline; re-arming");
                 }
                 Err(e) => {
                     if !self.on_error(&e, &cancel).await {
@@ -118,7 +215,7 @@ impl Watcher {
                 }
             }
         }
-        debug!(backend = %self.backend, "discovery stopped");
+        debug!(watch = %self.name, "discovery stopped");
     }
 
     /// v3: range the prefix, then one watch stream from `revision + 1`; after events the cursor
@@ -131,12 +228,20 @@ impl Watcher {
         // and again after any error (it may have expired, or the member changed).
         let mut token: Option<String> = None;
         'outer: loop {
-            if let (Some(user), Some(pass), None) =
-                (&self.etcd.username, &self.etcd.password, &token)
-            {
-                let auth = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    r = v3::authenticate(&self.client, self.endpoints.current(), user, pass, self.etcd.request_timeout) => r,
+            if let (Some(user), Some(pass), None) = (
+                &self.shared.etcd.username,
+                &self.shared.etcd.password,
+                &token,
+            ) {
+                let authenticate = v3::authenticate(
+                    &self.shared.client,
+                    self.endpoints.current(),
+                    user,
+                    pass,
+                    self.shared.etcd.request_timeout,
+                );
+                let Some(auth) = until(&cancel, &mut self.sink, authenticate).await else {
+                    break;
                 };
                 match auth {
                     Ok(t) => token = Some(t),
@@ -149,9 +254,15 @@ impl Watcher {
                 }
             }
             if let Some(reason) = need_list {
-                let listed = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    r = v3::list(&self.client, self.endpoints.current(), &self.prefix, token.as_deref(), self.etcd.request_timeout) => r,
+                let list = v3::list(
+                    &self.shared.client,
+                    self.endpoints.current(),
+                    &self.prefix,
+                    token.as_deref(),
+                    self.shared.etcd.request_timeout,
+                );
+                let Some(listed) = until(&cancel, &mut self.sink, list).await else {
+                    break;
                 };
                 match listed {
                     Ok(listing) => {
@@ -168,9 +279,16 @@ impl Watcher {
                     }
                 }
             }
-            let opened = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = v3::watch(&self.client, self.endpoints.current(), &self.prefix, cursor, token.as_deref(), self.etcd.request_timeout) => r,
+            let watch = v3::watch(
+                &self.shared.client,
+                self.endpoints.current(),
+                &self.prefix,
+                cursor,
+                token.as_deref(),
+                self.shared.etcd.request_timeout,
+            );
+            let Some(opened) = until(&cancel, &mut self.sink, watch).await else {
+                break;
             };
             let mut stream = match opened {
                 Ok(s) => s,
@@ -184,13 +302,13 @@ impl Watcher {
                 }
             };
             loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => break 'outer,
-                    m = stream.next(self.etcd.poll_timeout) => m,
+                let message = stream.next(self.shared.etcd.poll_timeout);
+                let Some(next) = until(&cancel, &mut self.sink, message).await else {
+                    break 'outer;
                 };
                 let failure = match next {
                     Ok(None) => {
-                        debug!(backend = %self.backend, cursor, "watch silent; re-opening");
+                        debug!(watch = %self.name, cursor, "watch silent; re-opening");
                         continue 'outer;
                     }
                     Ok(Some(v3::Message::Created { .. })) => continue,
@@ -225,7 +343,7 @@ impl Watcher {
                         continue;
                     }
                     Ok(Some(v3::Message::Compacted { compact_revision })) => {
-                        info!(backend = %self.backend, prefix = %self.prefix, cursor, compact_revision,
+                        info!(watch = %self.name, prefix = %self.prefix, cursor, compact_revision,
                             "etcd compacted past our revision; re-reading the prefix");
                         need_list = Some(Resync::Compacted);
                         continue 'outer;
@@ -244,19 +362,18 @@ impl Watcher {
                 continue 'outer;
             }
         }
-        debug!(backend = %self.backend, "discovery stopped");
+        debug!(watch = %self.name, "discovery stopped");
     }
 
     fn on_listing(&mut self, index: u64, leaves: &[(String, String)], reason: Resync) {
         let changed = self.mirror.replace(leaves) == Applied::Changed;
-        let published = (changed || !self.listed_once)
-            && self
-                .publisher
-                .publish_discovered(&self.backend, self.mirror.specs());
+        let published = self
+            .sink
+            .listed(&self.mirror, changed, !self.listed_once, Instant::now());
         if !matches!(reason, Resync::Start) {
             metrics::counter!(m::DISCOVERY_RESYNCS, "reason" => reason.as_str()).increment(1);
         }
-        self.status.update(self.slot, |s| {
+        self.shared.status.update(self.slot, |s| {
             s.from_file = false;
             s.connected = true;
             s.index = index;
@@ -267,12 +384,11 @@ impl Watcher {
         });
         set_last_sync();
         self.backoff.reset();
-        info!(backend = %self.backend, prefix = %self.prefix, index,
+        info!(watch = %self.name, prefix = %self.prefix, index,
             servers = self.mirror.len(), published, reason = reason.as_str(),
             "etcd listing loaded");
         if !self.listed_once {
             self.listed_once = true;
-            self.fallback = None;
             self.count_ready();
         }
     }
@@ -284,30 +400,27 @@ impl Watcher {
             return;
         }
         self.counted_ready = true;
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.publisher.set_ready();
+        if self.shared.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.publisher.set_ready();
             info!("discovery ready: every prefix loaded");
         }
     }
 
     /// After one event was applied to the mirror: count it, publish if it changed something.
     fn on_change(&mut self, action: &str, key: &str, changed: bool, index: u64) {
-        metrics::counter!(m::DISCOVERY_EVENTS, "backend" => self.backend.clone(), "action" => action.to_string())
+        metrics::counter!(m::DISCOVERY_EVENTS, "backend" => self.mirror.label(key).to_string(), "action" => action.to_string())
             .increment(1);
-        let published = changed
-            && self
-                .publisher
-                .publish_discovered(&self.backend, self.mirror.specs());
-        self.status.update(self.slot, |s| {
+        let published = changed && self.sink.changed(&self.mirror, key, Instant::now());
+        self.shared.status.update(self.slot, |s| {
             s.index = s.index.max(index);
             s.last_sync = Some(SystemTime::now());
         });
         set_last_sync();
         if published {
-            info!(backend = %self.backend, action, key, index,
+            info!(watch = %self.name, action, key, index,
                 servers = self.mirror.len(), "snapshot published");
         } else {
-            debug!(backend = %self.backend, action, key, "event changed nothing");
+            debug!(watch = %self.name, action, key, "event changed nothing");
         }
     }
 
@@ -315,27 +428,52 @@ impl Watcher {
     /// cancelled meanwhile.
     async fn on_error(&mut self, e: &EtcdError, cancel: &CancellationToken) -> bool {
         if !self.listed_once
-            && let Some(servers) = self.fallback.take()
+            && let Some(servers) = self.sink.serve_saved()
         {
-            warn!(backend = %self.backend, servers = servers.len(), error = %e,
+            warn!(watch = %self.name, servers, error = %e,
                 "etcd unreachable at start: serving the servers saved in the snapshot file until it answers");
-            self.publisher.publish_discovered(&self.backend, &servers);
-            self.status.update(self.slot, |s| s.from_file = true);
+            self.shared.status.update(self.slot, |s| s.from_file = true);
             self.count_ready();
         }
-        let was_connected = self.status.view().connected;
-        self.status.update(self.slot, |s| s.connected = false);
+        let status = &self.shared.status;
+        let was_connected = status.view().connected;
+        status.update(self.slot, |s| s.connected = false);
         let delay = self.backoff.next_delay();
         if was_connected {
-            warn!(backend = %self.backend, error = %e, retry_in = ?delay,
+            warn!(watch = %self.name, error = %e, retry_in = ?delay,
                 "etcd unreachable; keeping the last published servers");
         } else {
-            debug!(backend = %self.backend, error = %e, retry_in = ?delay, "etcd still unreachable");
+            debug!(watch = %self.name, error = %e, retry_in = ?delay, "etcd still unreachable");
         }
         self.endpoints.rotate();
+        until(cancel, &mut self.sink, tokio::time::sleep(delay))
+            .await
+            .is_some()
+    }
+}
+
+/// Awaits `fut` unless `cancel` fires first (then `None`), running the sink's timer (a tree's
+/// service linger) whenever it is due meanwhile. `fut` is polled on, never restarted, so a
+/// long-poll or a watch stream loses nothing to a timer.
+async fn until<S: Sink, F: Future>(
+    cancel: &CancellationToken,
+    sink: &mut S,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    loop {
+        let due = sink.deadline();
+        let timer = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
+            biased;
+            _ = cancel.cancelled() => return None,
+            r = &mut fut => return Some(r),
+            _ = timer => sink.expire(Instant::now()),
         }
     }
 }

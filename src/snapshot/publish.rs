@@ -236,6 +236,18 @@ impl Publisher {
         true
     }
 
+    /// The services of tree `tree` that are published now (a watch that starts after a reload
+    /// takes them over, so one its first listing lacks lingers before it is removed).
+    pub fn services(&self, tree: usize) -> Vec<String> {
+        let routing = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        routing
+            .services
+            .iter()
+            .filter(|s| s.tree == tree)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
     /// Replaces the discovered servers of one backend. Publishes nothing (and returns false)
     /// when the result equals what is already published. The specs are only read: a server
     /// that is already published costs no copy.
@@ -445,11 +457,7 @@ impl Routing {
         let mut b = t.backend.clone();
         b.name = service.to_string();
         b.servers = Vec::new();
-        b.etcd_prefix = Some(if t.servers_dir.is_empty() {
-            format!("{}/{service}", t.etcd_prefix)
-        } else {
-            format!("{}/{service}/{}", t.etcd_prefix, t.servers_dir)
-        });
+        b.etcd_prefix = Some(t.servers_prefix(service));
         b
     }
 

@@ -48,6 +48,8 @@ struct Frontend {
     bind: String,
     tcp: bool,
     backend: Option<String>,
+    /// `false`: no `backend =` (no fallback: what no route matches is answered `404`).
+    fallback: bool,
     keys: Vec<String>,
     sections: Vec<String>,
 }
@@ -94,6 +96,7 @@ impl Cfg {
             bind: "127.0.0.1:0".to_string(),
             tcp: false,
             backend: None,
+            fallback: true,
             keys: Vec::new(),
             sections: Vec::new(),
         });
@@ -119,6 +122,18 @@ impl Cfg {
         self
     }
 
+    /// No `backend =` on the last frontend: only its routes (`[[frontend.route]]`, service
+    /// trees) pick a backend, and what none matches is answered `404`.
+    pub fn no_fallback(mut self) -> Cfg {
+        self.last_frontend().fallback = false;
+        self
+    }
+
+    /// A `[[service_tree]]` with these lines (`etcd_prefix = ...`, `frontends = [...]`, ...).
+    pub fn service_tree(self, lines: &str) -> Cfg {
+        self.table(&format!("[[service_tree]]\n{lines}"))
+    }
+
     /// Keys and then sections of the last frontend.
     pub fn frontend_lines(mut self, text: &str) -> Cfg {
         let (keys, sections) = split(text);
@@ -130,7 +145,11 @@ impl Cfg {
 
     /// Adds backend `name`; every frontend still without one routes to it.
     pub fn backend(mut self, name: &str) -> Cfg {
-        for f in self.frontends.iter_mut().filter(|f| f.backend.is_none()) {
+        for f in self
+            .frontends
+            .iter_mut()
+            .filter(|f| f.backend.is_none() && f.fallback)
+        {
             f.backend = Some(name.to_string());
         }
         self.backends.push(Backend {
@@ -230,17 +249,19 @@ impl Cfg {
             push_lines(&mut out, etcd);
         }
         for f in &self.frontends {
-            let backend = f
-                .backend
-                .as_deref()
-                .unwrap_or_else(|| panic!("frontend {:?} has no backend", f.name));
             out.push_str("[[frontend]]\n");
             out.push_str(&format!("name = {}\n", quoted(&f.name)));
             out.push_str(&format!("bind = {}\n", quoted(&f.bind)));
             if f.tcp {
                 out.push_str("mode = \"tcp\"\n");
             }
-            out.push_str(&format!("backend = {}\n", quoted(backend)));
+            if f.fallback {
+                let backend = f
+                    .backend
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("frontend {:?} has no backend", f.name));
+                out.push_str(&format!("backend = {}\n", quoted(backend)));
+            }
             push_lines(&mut out, &f.keys);
             push_lines(&mut out, &f.sections);
         }

@@ -334,6 +334,18 @@ impl Etcd {
         Some(v["node"]["value"].as_str().unwrap_or_default().to_string())
     }
 
+    /// 1100 v2 writes to `/unrelated/k0`..`k9`: more than etcd's 1000-event window, so a
+    /// long-poll re-armed with a cursor from before them is answered errorCode 401.
+    pub async fn overflow_v2_event_window(&self) {
+        for i in 0..1100 {
+            let req = self
+                .http
+                .put(self.key_url(&format!("/unrelated/k{}", i % 10)))
+                .form(&[("value", "x")]);
+            self.write("put /unrelated", req).await;
+        }
+    }
+
     /// The v2 store index (`X-Etcd-Index` of `GET /v2/keys/`).
     pub async fn index(&self) -> u64 {
         let resp = self
