@@ -20,7 +20,7 @@ use tracing::info;
 use super::mirror::Mirror;
 use super::watch::Sink;
 use crate::config::ServiceTree;
-use crate::snapshot::{Publisher, ServerSpec, ServiceRoute};
+use crate::snapshot::{Publisher, ServerSpec, ServiceRoute, ServiceUpdate};
 
 /// A service's key that overrides its route's host (a plain value).
 pub const HOST_KEY: &str = "host";
@@ -166,13 +166,22 @@ impl TreeSink {
         }
     }
 
-    /// Publishes `service` as the mirror has it: its servers and route values, or, once it has
-    /// no servers left, no servers (`503`) until its linger (started here) ends.
+    /// Publishes `service` as the mirror has it (see [`TreeSink::update`]).
     fn sync(&mut self, mirror: &Mirror, service: &str, now: Instant) -> bool {
+        match self.update(mirror, service, now) {
+            Some(u) => self.publisher.publish_services(self.index, &[u]),
+            None => false,
+        }
+    }
+
+    /// `service` as the mirror has it: its servers and route values, or, once it has no
+    /// servers left, no servers (`503`) until its linger (started here) ends. `None`: nothing
+    /// to publish (a service never seen with servers).
+    fn update(&mut self, mirror: &Mirror, service: &str, now: Instant) -> Option<ServiceUpdate> {
         let dir = self.layout.servers_dir(service);
         let has_servers = mirror.specs_under(&dir).next().is_some();
         match (has_servers, self.services.get_mut(service)) {
-            (false, None) => return false,
+            (false, None) => return None,
             (false, Some(deadline)) => {
                 if deadline.is_none() {
                     *deadline = Some(now + self.linger);
@@ -189,9 +198,11 @@ impl TreeSink {
                 self.services.insert(service.to_string(), None);
             }
         }
-        let route = self.route(mirror, service);
-        self.publisher
-            .publish_service(self.index, service, mirror.specs_under(&dir), &route)
+        Some(ServiceUpdate {
+            name: service.to_string(),
+            servers: mirror.specs_under(&dir).cloned().collect(),
+            route: self.route(mirror, service),
+        })
     }
 
     /// Every service the mirror has servers for, and every one this sink knows.
@@ -208,12 +219,14 @@ impl TreeSink {
         names
     }
 
+    /// Every service, in one snapshot.
     fn sync_all(&mut self, mirror: &Mirror, now: Instant) -> bool {
-        let mut published = false;
-        for service in self.all_services(mirror) {
-            published |= self.sync(mirror, &service, now);
-        }
-        published
+        let updates: Vec<ServiceUpdate> = self
+            .all_services(mirror)
+            .into_iter()
+            .filter_map(|service| self.update(mirror, &service, now))
+            .collect();
+        self.publisher.publish_services(self.index, &updates)
     }
 }
 
@@ -238,12 +251,17 @@ impl Sink for TreeSink {
             return None;
         }
         let mut servers = 0;
+        let mut updates = Vec::new();
         for (service, specs) in std::mem::take(&mut self.saved) {
             servers += specs.len();
-            self.publisher
-                .publish_service(self.index, &service, &specs, &ServiceRoute::default());
-            self.services.insert(service, None);
+            self.services.insert(service.clone(), None);
+            updates.push(ServiceUpdate {
+                name: service,
+                servers: specs,
+                route: ServiceRoute::default(),
+            });
         }
+        self.publisher.publish_services(self.index, &updates);
         Some(servers)
     }
 

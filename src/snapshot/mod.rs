@@ -15,7 +15,7 @@
 mod publish;
 mod server;
 
-pub use publish::{Publisher, ServiceRoute};
+pub use publish::{Publisher, ServiceRoute, ServiceUpdate};
 pub use server::{ActiveGuard, AdminState, ConnPool, Server, ServerSpec, ServerState, Source};
 
 use std::sync::Arc;

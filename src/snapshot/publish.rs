@@ -126,68 +126,94 @@ impl Publisher {
         discovered: impl IntoIterator<Item = &'a ServerSpec>,
         overrides: &ServiceRoute,
     ) -> bool {
+        let update = ServiceUpdate {
+            name: service.to_string(),
+            servers: discovered.into_iter().cloned().collect(),
+            route: overrides.clone(),
+        };
+        self.publish_services(tree, std::slice::from_ref(&update))
+    }
+
+    /// [`Publisher::publish_service`] for many services of one tree at once, in one snapshot
+    /// (a tree's first listing: a snapshot and a table rebuild per service would make loading
+    /// 1,000 services quadratic).
+    pub fn publish_services(&self, tree: usize, updates: &[ServiceUpdate]) -> bool {
         let mut routing = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        if tree >= routing.trees.len() {
+        if tree >= routing.trees.len() || updates.is_empty() {
             return false;
         }
         let old = self.shared.load_full();
-        let known = routing
-            .services
-            .iter()
-            .position(|s| s.tree == tree && s.name == service);
-        if known.is_none() && old.backend(service).is_some() {
-            if routing.clashes.insert(format!("backend {service}")) {
-                warn!(service, tree = %routing.trees[tree].etcd_prefix,
-                    "a service of the tree has the name of another backend; the other one is kept");
-            }
-            return false;
-        }
-        let cfg = match known {
-            Some(_) => Arc::clone(
-                &old.backend(service)
-                    .expect("a known service is published")
-                    .config,
-            ),
-            None => Arc::new(routing.service_backend(tree, service)),
-        };
-        let specs = merge(&[], discovered);
-        let prev = old.backend(service);
-        let route_changed = match known {
-            Some(i) => routing.services[i].route != *overrides,
-            None => true,
-        };
-        let servers_same = prev.is_some_and(|cur| {
-            specs.len() == cur.servers.len()
-                && specs.iter().zip(&cur.servers).all(|(s, srv)| srv.is(s))
-        });
-        if servers_same && !route_changed {
-            return false;
-        }
-        let (set, fresh) = next_set(cfg, prev, &specs);
-        self.apply_admin(set.name(), fresh.iter().map(|&i| &set.servers[i]));
-        let mut set = Some(set);
-        let mut backends: Vec<BackendSet> = old
+        let position: HashMap<&str, usize> = old
             .backends
             .iter()
-            .map(|b| {
-                if b.name() == service {
-                    set.take().expect("one backend has the name")
-                } else {
-                    b.with_draining(b.draining.clone())
-                }
-            })
+            .enumerate()
+            .map(|(i, b)| (b.name(), i))
             .collect();
-        if let Some(set) = set {
-            backends.push(set);
-            routing.services.push(Service {
-                tree,
-                name: service.to_string(),
-                route: overrides.clone(),
+        let known: HashMap<String, usize> = routing
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.tree == tree)
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let mut backends: Option<Vec<BackendSet>> = None;
+        let mut route_changed = false;
+        for u in updates {
+            let service = u.name.as_str();
+            let known = known.get(service).copied();
+            let at = position.get(service).copied();
+            if known.is_none() && at.is_some() {
+                if routing.clashes.insert(format!("backend {service}")) {
+                    warn!(service, tree = %routing.trees[tree].etcd_prefix,
+                        "a service of the tree has the name of another backend; the other one is kept");
+                }
+                continue;
+            }
+            let prev = at.map(|i| &old.backends[i]);
+            let cfg = match prev {
+                Some(p) => Arc::clone(&p.config),
+                None => Arc::new(routing.service_backend(tree, service)),
+            };
+            let specs = merge(&[], &u.servers);
+            let this_route_changed = match known {
+                Some(i) => routing.services[i].route != u.route,
+                None => true,
+            };
+            let servers_same = prev.is_some_and(|cur| {
+                specs.len() == cur.servers.len()
+                    && specs.iter().zip(&cur.servers).all(|(s, srv)| srv.is(s))
             });
-            info!(service, tree = %routing.trees[tree].etcd_prefix, "service discovered");
-        } else if let Some(i) = known {
-            routing.services[i].route = overrides.clone();
+            if servers_same && !this_route_changed {
+                continue;
+            }
+            let list = backends.get_or_insert_with(|| {
+                old.backends
+                    .iter()
+                    .map(|b| b.with_draining(b.draining.clone()))
+                    .collect()
+            });
+            let (set, fresh) = next_set(cfg, prev, &specs);
+            self.apply_admin(set.name(), fresh.iter().map(|&i| &set.servers[i]));
+            match at {
+                Some(i) => list[i] = set,
+                None => {
+                    list.push(set);
+                    routing.services.push(Service {
+                        tree,
+                        name: service.to_string(),
+                        route: u.route.clone(),
+                    });
+                    info!(service, tree = %routing.trees[tree].etcd_prefix, "service discovered");
+                }
+            }
+            if let Some(i) = known {
+                routing.services[i].route = u.route.clone();
+            }
+            route_changed |= this_route_changed;
         }
+        let Some(backends) = backends else {
+            return false;
+        };
         let routes = if route_changed {
             routing.tables(&backends)
         } else {
@@ -421,6 +447,14 @@ impl Publisher {
             }));
         }
     }
+}
+
+/// One service as discovery has it, for [`Publisher::publish_services`].
+#[derive(Debug, Clone)]
+pub struct ServiceUpdate {
+    pub name: String,
+    pub servers: Vec<ServerSpec>,
+    pub route: ServiceRoute,
 }
 
 /// A tree service's route overrides, from its optional `host` and `path_prefix` keys.
