@@ -345,6 +345,32 @@ async fn no_route_and_no_fallback_is_404_counted_and_logged() {
     f.lb.shutdown().await;
 }
 
+#[tokio::test]
+async fn only_the_404_counts_as_no_route() {
+    let f = Fixture::start("refusedcount").await;
+    let refused = [
+        // A path whose route a second reading would change: 400.
+        "GET /v1/..%2Fx HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+        // Refused before any route is looked at: 501, 400.
+        "POST /x HTTP/1.1\r\nHost: none.org\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "GET /x HTTP/1.1\r\nHost: a.org\r\nHost: b.org\r\n\r\n",
+    ];
+    for (raw, status) in refused.iter().zip([400, 501, 400]) {
+        let mut c = Client::connect(f.bare_addr()).await;
+        c.send(raw).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, status, "{raw:?}: {}", r.head);
+    }
+    let mut c = Client::connect(f.bare_addr()).await;
+    assert_eq!(send(&mut c, "none.org", "/x").await.status, 404);
+    let series = format!("switchyard_no_route_total{{frontend=\"{}\"}}", f.bare);
+    f.lb.wait_metric(&series, 1.0).await;
+    let text = f.metrics().await;
+    assert_eq!(metric(&text, &series), 1.0, "{text}");
+    assert_eq!(f.hits(), 0);
+    f.lb.shutdown().await;
+}
+
 /// Waits (5 s) until the access log has at least `n` JSON lines for `frontend`.
 async fn log_lines(file: &Path, frontend: &str, n: usize) -> Vec<serde_json::Value> {
     let read = || -> Vec<serde_json::Value> {

@@ -128,7 +128,12 @@ pub(crate) async fn handle(conn: &Conn, req: Request<ReqBody>) -> Response<Body>
             },
             |h| h.record(took),
         ),
-        None => metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1),
+        // Only the `404`: a request refused (400, 405, 414, 501) before or by routing was
+        // answered for another reason, whether or not a route would have taken it.
+        None if trace.termination == Termination::NoRoute => {
+            metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1)
+        }
+        None => {}
     }
     resp
 }
