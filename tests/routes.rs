@@ -503,6 +503,31 @@ async fn an_absolute_form_target_is_routed_by_its_authority() {
     f.lb.shutdown().await;
 }
 
+#[tokio::test]
+async fn userinfo_in_an_absolute_form_target_is_not_part_of_the_host() {
+    let f = Fixture::start("userinfo").await;
+    let mut c = Client::connect(f.web_addr()).await;
+    // The Host field agrees with the target's host: both route, and reach, api.example.com.
+    let r = send(&mut c, "api.example.com", "http://u@api.example.com/v1/x").await;
+    served(&r, "api", "/v1/x", "user@host");
+    let r = send(
+        &mut c,
+        "api.example.com",
+        "http://u:p@api.example.com:80/v1/users/1",
+    )
+    .await;
+    served(&r, "users", "/v1/users/1", "user:password@host:port");
+    let mut c = Client::connect(f.bare_addr()).await;
+    let r = send(&mut c, "other.org", "http://u:p@other.org/x").await;
+    assert_eq!(r.status, 404, "{}", r.head);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "no route for other.org /x\n"
+    );
+    assert_eq!(f.ups["wild"].hits(), 0);
+    f.lb.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The path: routed and forwarded in one normal form
 

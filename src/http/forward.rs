@@ -181,10 +181,14 @@ pub(crate) fn pick_backend(
 }
 
 /// The host a request is for, as routing sees it: the absolute-form target's or HTTP/2's
-/// authority, else the Host field.
+/// authority without its userinfo (`http://user@host/` is for `host`, the part
+/// `answers::refuse` holds equal to the Host field), else the Host field.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
+        Some(a) => {
+            let a = a.as_str();
+            Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
+        }
         None => req
             .headers()
             .get(header::HOST)
