@@ -147,23 +147,17 @@ impl AsyncWrite for Counting {
     }
 }
 
-/// One TLS connection through the proxy: the certificate the server presented, and the
-/// response to `GET target` (read to the close); and the bytes the client wrote and read on
-/// the wire, ClientHello and alerts included.
+/// One TLS connection through the proxy: the certificate the server presented and the
+/// response to `GET target` (read to the close), or why the handshake failed; and the bytes
+/// the client wrote and read on the wire, ClientHello and alerts included.
 struct Exchange {
-    cert: CertificateDer<'static>,
-    response: String,
+    result: Result<(CertificateDer<'static>, String), String>,
     written: u64,
     read: u64,
 }
 
 /// A rustls client trusting `pki`, with SNI `name` (an IP address: no SNI).
-async fn https_get(
-    pki: &Pki,
-    addr: SocketAddr,
-    name: &str,
-    target: &str,
-) -> Result<Exchange, String> {
+async fn https_get(pki: &Pki, addr: SocketAddr, name: &str, target: &str) -> Exchange {
     let (written, read) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let io = Counting {
         inner: TcpStream::connect(addr).await.unwrap(),
@@ -172,48 +166,56 @@ async fn https_get(
     };
     let server = ServerName::try_from(name.to_string()).unwrap();
     let connect = tokio_rustls::TlsConnector::from(pki.client(&[])).connect(server, io);
-    let mut tls = match tokio::time::timeout(WAIT, connect).await {
-        Err(_) => return Err("no TLS handshake within 5 s".into()),
-        Ok(Err(e)) => return Err(format!("TLS handshake: {e}")),
-        Ok(Ok(tls)) => tls,
+    let result = match tokio::time::timeout(WAIT, connect).await {
+        Err(_) => Err("no TLS handshake within 5 s".to_string()),
+        Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+        Ok(Ok(mut tls)) => {
+            let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            let req = format!("GET {target} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await;
+            // Our close_notify and FIN: the relay ends once both sides are done.
+            let _ = tokio::time::timeout(WAIT, tls.shutdown()).await;
+            Ok((cert, String::from_utf8_lossy(&out).into_owned()))
+        }
     };
-    let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let req = format!("GET {target} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
-    tls.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut out)).await;
-    // Our close_notify and FIN: the relay ends once both sides are done.
-    let _ = tokio::time::timeout(WAIT, tls.shutdown()).await;
-    drop(tls);
-    Ok(Exchange {
-        cert,
-        response: String::from_utf8_lossy(&out).into_owned(),
+    Exchange {
+        result,
         written: written.load(Ordering::SeqCst),
         read: read.load(Ordering::SeqCst),
-    })
+    }
 }
 
 /// `https_get` that must succeed, reach `upstream` (by its answer) and see `leaf`'s certificate.
 async fn through(pki: &Pki, addr: SocketAddr, name: &str, upstream: &str, leaf: &Leaf) -> Exchange {
-    let x = https_get(pki, addr, name, "/hello?x=1")
-        .await
+    let x = https_get(pki, addr, name, "/hello?x=1").await;
+    let (cert, response) = x
+        .result
+        .as_ref()
         .unwrap_or_else(|e| panic!("SNI {name}: {e}"));
     assert!(
-        x.cert == leaf.der,
+        *cert == leaf.der,
         "SNI {name}: not {upstream}'s certificate"
     );
     assert!(
-        x.response.starts_with("HTTP/1.1 200"),
-        "SNI {name}: {}",
-        x.response
+        response.starts_with("HTTP/1.1 200"),
+        "SNI {name}: {response}"
     );
     assert!(
-        x.response
-            .ends_with(&format!("\r\n\r\n{upstream} /hello?x=1")),
-        "SNI {name}: {}",
-        x.response
+        response.ends_with(&format!("\r\n\r\n{upstream} /hello?x=1")),
+        "SNI {name}: {response}"
     );
     x
+}
+
+/// `https_get` that must fail: the error.
+async fn refused(pki: &Pki, addr: SocketAddr, name: &str) -> (String, Exchange) {
+    let x = https_get(pki, addr, name, "/").await;
+    match &x.result {
+        Ok(_) => panic!("SNI {name}: a whole exchange where none was wanted"),
+        Err(e) => (e.clone(), x),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,10 +351,7 @@ async fn a_wildcard_sni_route_takes_the_other_names_of_its_domain() {
     through(&f.pki, addr, "a.example.com", "A", &f.leaves[A]).await;
     assert_eq!(f.accepted(), [1, 0, 2, 0]);
     // A name outside the domain goes to the fallback, whose certificate does not name it.
-    let e = https_get(&f.pki, addr, "example.org", "/")
-        .await
-        .err()
-        .expect("the fallback's certificate names no example.org");
+    let (e, _) = refused(&f.pki, addr, "example.org").await;
     assert!(
         e.contains("certificate") || e.contains("Certificate"),
         "{e}"
@@ -370,10 +369,7 @@ async fn no_sni_goes_to_the_fallback_and_without_one_is_closed() {
 
     // No fallback: closed without reaching any upstream, counted as no_route.
     for name in ["127.0.0.1", "b.example.com"] {
-        let e = https_get(&f.pki, f.strict_addr(), name, "/")
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("{name}: a handshake without a route"));
+        let (e, _) = refused(&f.pki, f.strict_addr(), name).await;
         assert!(!e.contains("5 s"), "{name}: not closed: {e}");
     }
     through(&f.pki, f.strict_addr(), "a.example.com", "A", &f.leaves[A]).await;
@@ -476,6 +472,31 @@ async fn bytes_in_counts_the_client_hello() {
         "a ClientHello is a few hundred bytes: {}",
         x.written
     );
+    f.lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_after_its_client_hello_logs_the_bytes_read() {
+    let f = Fixture::start("refusedbytes").await;
+    // No SNI and no fallback: the ClientHello was read, then no route.
+    let (_, x) = refused(&f.pki, f.strict_addr(), "127.0.0.1").await;
+    let lines = log_lines(&f.log, &f.strict, 1).await;
+    let v = &lines[0];
+    assert_eq!(v["termination"], "no_route", "{v}");
+    assert_eq!(v["backend"], serde_json::Value::Null, "{v}");
+    assert!(
+        x.written > 200,
+        "a ClientHello is a few hundred bytes: {}",
+        x.written
+    );
+    assert_eq!(v["bytes_in"], x.written, "{v}");
+    assert_eq!(v["bytes_out"], 0, "{v}");
+    let series = format!(
+        "switchyard_bytes_received_total{{frontend=\"{}\"}}",
+        f.strict
+    );
+    assert_eq!(f.metric(&series).await, x.written as f64);
+    assert_eq!(f.accepted(), [0, 0, 0, 0]);
     f.lb.shutdown().await;
 }
 
