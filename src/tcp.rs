@@ -188,6 +188,9 @@ async fn setup(
                 if let Some(p) = log.take() {
                     p.discard();
                 }
+                // A FIN, as for every refused client: whatever it sent past the bytes read
+                // would otherwise make the close a reset.
+                linger_close(client).await;
                 return None;
             }
         }

@@ -416,6 +416,27 @@ async fn plain_http_is_closed_and_counted() {
 }
 
 #[tokio::test]
+async fn a_client_refused_for_its_first_bytes_gets_a_fin_not_a_reset() {
+    let f = Fixture::start("fin").await;
+    // More than one read's worth: what the proxy did not read must not turn the close into a
+    // reset (which can also destroy bytes still on their way to the client).
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.example.com\r\nX-Pad: {}\r\n\r\n",
+        "p".repeat(20_000)
+    );
+    let mut s = TcpStream::connect(f.pass_addr()).await.unwrap();
+    s.write_all(big.as_bytes()).await.unwrap();
+    let (got, took) = until_closed(&mut s).await;
+    match got {
+        Ok(bytes) => assert!(bytes.is_empty(), "an answer to plain HTTP"),
+        Err(e) => panic!("closed with {e} after {took:?}, not a FIN"),
+    }
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(f.accepted(), [0, 0, 0, 0]);
+    f.lb.shutdown().await;
+}
+
+#[tokio::test]
 async fn silence_is_closed_at_header_timeout_and_counted() {
     let f = Fixture::start("silent").await;
     let start = Instant::now();
