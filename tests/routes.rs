@@ -824,3 +824,42 @@ fn config_errors_name_the_route_key() {
     assert_eq!(code, Some(0), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn config_refuses_a_route_or_fallback_to_a_service_tree_template() {
+    let dir = temp_dir("check-template");
+    let tree = "[[service_tree]]\netcd_prefix = \"/services\"\nfrontends = [\"web\"]\nhost = \"{service}.example.com\"\ntemplate = \"tpl\"\n";
+    let with_tree = |frontend: &str| {
+        config_with(&format!(
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[[backend]]\nname = \"tpl\"\n{frontend}{tree}"
+        ))
+    };
+    // A template is no backend of its own: it is not published, so a route to it would
+    // silently match nothing, and a fallback naming it would answer 404.
+    let cases = [
+        (
+            "route.toml",
+            format!(
+                "{WEB}backend = \"b\"\n[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"b\"\n[[frontend.route]]\nhost = \"x.example.com\"\nbackend = \"tpl\"\n"
+            ),
+            "frontend \"web\".route[1].backend",
+        ),
+        (
+            "fallback.toml",
+            format!("{WEB}backend = \"tpl\"\n"),
+            "frontend \"web\".backend",
+        ),
+    ];
+    for (name, frontend, key) in cases {
+        let (code, err) = check(&dir, name, &with_tree(&frontend));
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(key), "{name}: wanted {key:?} in {err}");
+        assert!(err.contains("template"), "{name}: {err}");
+    }
+    let ok = format!(
+        "{WEB}backend = \"b\"\n[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"b\"\n"
+    );
+    let (code, err) = check(&dir, "ok.toml", &with_tree(&ok));
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -97,6 +97,31 @@ pub(super) fn routes(
     Ok(out)
 }
 
+/// No frontend sends requests to `template` (`key`'s template) as its fallback or by a
+/// route: a template is not published as a backend (each service gets a copy of it), so a
+/// route to it would match nothing and a fallback naming it would answer `404`.
+fn serves_no_template(
+    key: &str,
+    template: &str,
+    frontends: &[Frontend],
+) -> Result<(), ConfigError> {
+    let why = || {
+        format!(
+            "names {template:?}, the template of {key}: a template is no backend of its own (each service of the tree gets a copy of it)"
+        )
+    };
+    for f in frontends {
+        let fkey = format!("frontend {:?}", f.name);
+        if f.backend.as_deref() == Some(template) {
+            return Err(invalid(format!("{fkey}.backend"), why()));
+        }
+        if let Some(i) = f.routes.iter().position(|r| r.backend == template) {
+            return Err(invalid(format!("{fkey}.route[{i}].backend"), why()));
+        }
+    }
+    Ok(())
+}
+
 /// The `[[service_tree]]` sections.
 pub(super) fn service_trees(
     file: Vec<FileServiceTree>,
@@ -219,6 +244,7 @@ pub(super) fn service_trees(
         let backend = match &t.template {
             Some(name) => {
                 names_backend(&format!("{key}.template"), name, backends)?;
+                serves_no_template(&key, name, frontends)?;
                 backends
                     .iter()
                     .find(|b| &b.name == name)
