@@ -863,3 +863,41 @@ fn config_refuses_a_route_or_fallback_to_a_service_tree_template() {
     assert_eq!(code, Some(0), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn config_refuses_tls_to_the_servers_behind_sni_routes() {
+    let dir = temp_dir("check-double-tls");
+    // Backend `s` originates TLS to its servers; `b` does not.
+    let secure =
+        "[[backend]]\nname = \"s\"\nservers = [\"127.0.0.1:5\"]\n[backend.tls]\nverify = false\n";
+    let sni = |backend: &str| {
+        format!("[[frontend.route]]\nsni = \"a.example.com\"\nbackend = \"{backend}\"\n")
+    };
+    // SNI routes pass the client's TLS through: TLS of our own around it would reach the
+    // server as TLS in TLS.
+    let cases = [
+        (
+            "route.toml",
+            format!("{TCP}{}{}", sni("b"), sni("s")),
+            "frontend \"t\".route[1].backend",
+        ),
+        (
+            "fallback.toml",
+            format!("{TCP}backend = \"s\"\n{}", sni("b")),
+            "frontend \"t\".backend",
+        ),
+    ];
+    for (name, frontend, key) in cases {
+        let (code, err) = check(&dir, name, &config_with(&format!("{secure}{frontend}")));
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(key), "{name}: wanted {key:?} in {err}");
+        assert!(err.contains("[backend.tls]"), "{name}: {err}");
+    }
+    // Without SNI routes a tcp frontend may originate TLS, and HTTP routes may use it.
+    let ok = format!(
+        "{secure}{TCP}backend = \"s\"\n{WEB}[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"s\"\n"
+    );
+    let (code, err) = check(&dir, "ok.toml", &config_with(&ok));
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
