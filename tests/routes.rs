@@ -611,6 +611,12 @@ async fn an_encoded_slash_that_would_change_the_route_is_refused() {
     // Also on a host whose exact route it would escape.
     let r = send(&mut c, "api.example.com", "/v1/users/..%2F..%2Fadmin").await;
     assert_eq!(r.status, 400, "{}", r.head);
+    // A path that has no normal form at all.
+    let mut c = Client::connect(f.web_addr()).await;
+    let r = send(&mut c, "h.org", "/public/a%zz").await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(body.contains("two hex digits"), "{body}");
     assert_eq!(f.hits(), 0, "a refused path reached an upstream");
     f.lb.shutdown().await;
 }
