@@ -44,7 +44,8 @@ pub enum Termination {
     ConnectError,
     /// The backend had no server to offer (503; tcp: connection closed).
     NoServer,
-    /// The frontend has no backend in the running snapshot (503).
+    /// No route took the request and the frontend has no fallback backend (404); tcp: no SNI
+    /// route took the connection and there is no fallback (closed).
     NoRoute,
     /// The request was refused as malformed (400, 414, 501), or its body broke off.
     BadRequest,

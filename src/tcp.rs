@@ -188,6 +188,9 @@ async fn setup(
                 if let Some(p) = log.take() {
                     p.discard();
                 }
+                // A FIN, as for every refused client: whatever it sent past the bytes read
+                // would otherwise make the close a reset.
+                linger_close(client).await;
                 return None;
             }
         }
@@ -222,11 +225,16 @@ async fn setup(
         }) => {
             debug!(frontend = %f.name, client = %client_addr, reason, "no server for the connection; closing");
             reject(f, reason);
+            // A ClientHello read for its SNI was read from the client all the same.
+            let read = hello.as_ref().map_or(0, |h| h.bytes.len() as u64);
+            if read > 0 {
+                metrics::counter!(BYTES_RECEIVED, "frontend" => f.name.clone()).increment(read);
+            }
             if let Some(mut p) = log.take() {
                 let r = p.record();
                 r.backend = config;
                 r.retries = retries;
-                r.bytes_in = Some(0);
+                r.bytes_in = Some(read);
                 r.termination = match reason {
                     "no_server" => Termination::NoServer,
                     "no_route" => Termination::NoRoute,

@@ -19,6 +19,21 @@ pub(super) fn names_backend(
     }
 }
 
+/// Backend `name` (`key`), behind SNI routes, sends the client's bytes as they come: a
+/// backend with `[backend.tls]` would wrap the client's TLS in its own, and its servers
+/// would get TLS in TLS.
+fn passes_tls_through(key: &str, name: &str, backends: &[Backend]) -> Result<(), ConfigError> {
+    match backends.iter().find(|b| b.name == name) {
+        Some(b) if b.tls.is_some() => Err(invalid(
+            key,
+            format!(
+                "names {name:?}, which has [backend.tls]: SNI routes pass the client's TLS through, and TLS of our own around it would reach the servers as TLS in TLS"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A host or SNI pattern, lower-cased: an exact name or `*.suffix`.
 fn pattern(key: &str, p: &str) -> Result<String, ConfigError> {
     crate::route::HostMatch::parse(Some(p)).map_err(|e| invalid(key, e))?;
@@ -29,19 +44,30 @@ fn path_prefix(key: &str, p: Option<String>) -> Result<String, ConfigError> {
     crate::route::parse_path_prefix(p.as_deref()).map_err(|e| invalid(key, e))
 }
 
-/// A frontend's routes; `key` names the frontend. http mode routes by host and path, tcp mode
-/// by SNI (TLS passthrough, so not on a frontend that terminates TLS).
+/// A frontend's routes; `key` names the frontend, `fallback` is its `backend`. http mode
+/// routes by host and path, tcp mode by SNI (TLS passthrough: not on a frontend that
+/// terminates TLS, nor to a backend that originates it, the fallback included).
 pub(super) fn routes(
-    key: &str,
+    frontend: &str,
     file: Vec<FileRoute>,
     mode: Mode,
     terminates_tls: bool,
+    fallback: Option<&str>,
     backends: &[Backend],
 ) -> Result<Vec<Route>, ConfigError> {
+    if mode == Mode::Tcp
+        && !file.is_empty()
+        && let Some(b) = fallback
+    {
+        passes_tls_through(&format!("{frontend}.backend"), b, backends)?;
+    }
     let mut out = Vec::with_capacity(file.len());
     for (i, r) in file.into_iter().enumerate() {
-        let key = format!("{key}.route[{i}]");
+        let key = format!("{frontend}.route[{i}]");
         names_backend(&format!("{key}.backend"), &r.backend, backends)?;
+        if mode == Mode::Tcp {
+            passes_tls_through(&format!("{key}.backend"), &r.backend, backends)?;
+        }
         match mode {
             Mode::Http => {
                 if r.sni.is_some() {
@@ -110,6 +136,31 @@ pub(super) fn routes(
         out.push(route);
     }
     Ok(out)
+}
+
+/// No frontend sends requests to `template` (`key`'s template) as its fallback or by a
+/// route: a template is not published as a backend (each service gets a copy of it), so a
+/// route to it would match nothing and a fallback naming it would answer `404`.
+fn serves_no_template(
+    key: &str,
+    template: &str,
+    frontends: &[Frontend],
+) -> Result<(), ConfigError> {
+    let why = || {
+        format!(
+            "names {template:?}, the template of {key}: a template is no backend of its own (each service of the tree gets a copy of it)"
+        )
+    };
+    for f in frontends {
+        let fkey = format!("frontend {:?}", f.name);
+        if f.backend.as_deref() == Some(template) {
+            return Err(invalid(format!("{fkey}.backend"), why()));
+        }
+        if let Some(i) = f.routes.iter().position(|r| r.backend == template) {
+            return Err(invalid(format!("{fkey}.route[{i}].backend"), why()));
+        }
+    }
+    Ok(())
 }
 
 /// The `[[service_tree]]` sections.
@@ -234,6 +285,7 @@ pub(super) fn service_trees(
         let backend = match &t.template {
             Some(name) => {
                 names_backend(&format!("{key}.template"), name, backends)?;
+                serves_no_template(&key, name, frontends)?;
                 backends
                     .iter()
                     .find(|b| &b.name == name)

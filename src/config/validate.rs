@@ -449,7 +449,14 @@ fn frontend(
             "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
         ));
     }
-    let routes = super::routing::routes(key, f.route, mode, tls.is_some(), backends)?;
+    let routes = super::routing::routes(
+        key,
+        f.route,
+        mode,
+        tls.is_some(),
+        f.backend.as_deref(),
+        backends,
+    )?;
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
     if max_header_size < MIN_MAX_HEADER_SIZE {
         return Err(invalid(

@@ -133,7 +133,12 @@ pub(crate) async fn handle(
             },
             |h| h.record(took),
         ),
-        None => metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1),
+        // Only the `404`: a request refused (400, 405, 414, 501) before or by routing was
+        // answered for another reason, whether or not a route would have taken it.
+        None if trace.termination == Termination::NoRoute => {
+            metrics::counter!(m::NO_ROUTE, "frontend" => fe.frontend.name.clone()).increment(1)
+        }
+        None => {}
     }
     Ok(resp)
 }
@@ -181,10 +186,14 @@ pub(crate) fn pick_backend(
 }
 
 /// The host a request is for, as routing sees it: the absolute-form target's or HTTP/2's
-/// authority, else the Host field.
+/// authority without its userinfo (`http://user@host/` is for `host`, the part
+/// `answers::refuse` holds equal to the Host field), else the Host field.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
-        Some(a) => Some(a.as_str()),
+        Some(a) => {
+            let a = a.as_str();
+            Some(a.rsplit_once('@').map_or(a, |(_, host)| host))
+        }
         None => req
             .headers()
             .get(header::HOST)

@@ -13,7 +13,9 @@
 //! frontend with no backend named gets the next backend declared. `*_lines` take TOML text for
 //! the last frontend or backend (or `[etcd]`, `[admin]`): its keys, then any of its sections
 //! (`[frontend.tls]`, `[backend.passive]`, ...), which are kept after every key however the calls
-//! are ordered. Parsing is Switchyard's: a mistake shows when `Lb::start` reads the result.
+//! are ordered. `route` adds a `[[frontend.route]]` to the last frontend, and `no_fallback` leaves
+//! its `backend` key out (a frontend served by its routes alone). Parsing is Switchyard's: a
+//! mistake shows when `Lb::start` reads the result.
 
 use std::fmt::Display;
 
@@ -48,10 +50,12 @@ struct Frontend {
     bind: String,
     tcp: bool,
     backend: Option<String>,
-    /// `false`: no `backend =` (no fallback: what no route matches is answered `404`).
-    fallback: bool,
+    /// No `backend` key: routes only (`no_fallback`).
+    no_fallback: bool,
     keys: Vec<String>,
     sections: Vec<String>,
+    /// `[[frontend.route]]` tables, in file order.
+    routes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -96,9 +100,10 @@ impl Cfg {
             bind: "127.0.0.1:0".to_string(),
             tcp: false,
             backend: None,
-            fallback: true,
+            no_fallback: false,
             keys: Vec::new(),
             sections: Vec::new(),
+            routes: Vec::new(),
         });
         self
     }
@@ -122,10 +127,19 @@ impl Cfg {
         self
     }
 
-    /// No `backend =` on the last frontend: only its routes (`[[frontend.route]]`, service
-    /// trees) pick a backend, and what none matches is answered `404`.
+    /// The last frontend has no `backend` key (no fallback: a request no route takes gets
+    /// `404`, a tcp connection is closed); `backend` no longer gives it one.
     pub fn no_fallback(mut self) -> Cfg {
-        self.last_frontend().fallback = false;
+        let f = self.last_frontend();
+        f.no_fallback = true;
+        f.backend = None;
+        self
+    }
+
+    /// A `[[frontend.route]]` of the last frontend with these keys (`host = "..."`,
+    /// `path_prefix`, `strip_prefix`, `sni`, `backend`), after the earlier ones.
+    pub fn route(mut self, keys: &str) -> Cfg {
+        self.last_frontend().routes.push(keys.trim().to_string());
         self
     }
 
@@ -148,7 +162,7 @@ impl Cfg {
         for f in self
             .frontends
             .iter_mut()
-            .filter(|f| f.backend.is_none() && f.fallback)
+            .filter(|f| f.backend.is_none() && !f.no_fallback)
         {
             f.backend = Some(name.to_string());
         }
@@ -249,21 +263,27 @@ impl Cfg {
             push_lines(&mut out, etcd);
         }
         for f in &self.frontends {
+            let backend = match (&f.backend, f.no_fallback) {
+                (_, true) => None,
+                (Some(b), false) => Some(b.as_str()),
+                (None, false) => panic!("frontend {:?} has no backend", f.name),
+            };
             out.push_str("[[frontend]]\n");
             out.push_str(&format!("name = {}\n", quoted(&f.name)));
             out.push_str(&format!("bind = {}\n", quoted(&f.bind)));
             if f.tcp {
                 out.push_str("mode = \"tcp\"\n");
             }
-            if f.fallback {
-                let backend = f
-                    .backend
-                    .as_deref()
-                    .unwrap_or_else(|| panic!("frontend {:?} has no backend", f.name));
+            if let Some(backend) = backend {
                 out.push_str(&format!("backend = {}\n", quoted(backend)));
             }
             push_lines(&mut out, &f.keys);
             push_lines(&mut out, &f.sections);
+            for r in &f.routes {
+                out.push_str("[[frontend.route]]\n");
+                out.push_str(r);
+                out.push('\n');
+            }
         }
         for b in &self.backends {
             out.push_str("[[backend]]\n");
