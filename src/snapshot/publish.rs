@@ -507,8 +507,13 @@ impl Routing {
                 let Some(backend) = index(&r.backend) else {
                     continue;
                 };
+                // Validated with the config: a host that does not parse cannot get here, and
+                // must never become a route for any host if it did.
+                let Ok(host) = HostMatch::parse(r.host.as_deref()) else {
+                    continue;
+                };
                 routes.push(route::Route {
-                    host: HostMatch::parse(r.host.as_deref()).unwrap_or(HostMatch::Any),
+                    host,
                     path_prefix: r.path_prefix.clone(),
                     strip_prefix: r.strip_prefix,
                     sni: r
@@ -550,12 +555,15 @@ impl Routing {
                     }
                     continue;
                 };
-                if !path_prefix.starts_with('/') {
-                    if self.clashes.insert(format!("path {}", svc.name)) {
-                        warn!(service = %svc.name, path_prefix, "the service's path_prefix does not start with '/'; it has no route");
+                let path_prefix = match route::parse_path_prefix(Some(&path_prefix)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        if self.clashes.insert(format!("path {}", svc.name)) {
+                            warn!(service = %svc.name, error = %e, "the service's path_prefix cannot be routed; it has no route");
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                };
                 if let Some(c) = routes[..configured]
                     .iter()
                     .find(|c| c.host == host && c.path_prefix == path_prefix)
