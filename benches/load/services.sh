@@ -138,7 +138,7 @@ import http.client, sys, time, urllib.parse
 etcd, web, up, samples = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 e = http.client.HTTPConnection("127.0.0.1", etcd)
 w = http.client.HTTPConnection("127.0.0.1", web)
-took = []
+took, acks = [], []
 for i in range(samples):
     host = f"new{i}.example.com"
     body = urllib.parse.urlencode({"value": f"127.0.0.1:{up}"})
@@ -146,6 +146,7 @@ for i in range(samples):
     e.request("PUT", f"/v2/keys/services/new{i}/backend/1", body,
               {"Content-Type": "application/x-www-form-urlencoded"})
     r = e.getresponse(); r.read()
+    acks.append((time.monotonic() - t0) * 1000)
     while True:
         w.request("GET", "/", headers={"Host": host})
         r = w.getresponse(); r.read()
@@ -154,7 +155,8 @@ for i in range(samples):
         if time.monotonic() - t0 > 5:
             raise SystemExit(f"{host} not routed within 5 s (last status {r.status})")
     took.append((time.monotonic() - t0) * 1000)
-took.sort()
-p = lambda q: took[min(len(took) - 1, int(q * len(took)))]
-print(f"propagation of a new service ({samples} samples): p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {took[-1]:.2f} ms (target p99 <= 10 ms)")
+took.sort(); acks.sort()
+p = lambda xs, q: xs[min(len(xs) - 1, int(q * len(xs)))]
+print(f"propagation of a new service ({samples} samples): p50 {p(took, 0.5):.2f} ms, p99 {p(took, 0.99):.2f} ms, max {took[-1]:.2f} ms (target p99 <= 10 ms)")
+print(f"  of which etcd's answer to the PUT (its commit, fsync included): p50 {p(acks, 0.5):.2f} ms, p99 {p(acks, 0.99):.2f} ms")
 PY
