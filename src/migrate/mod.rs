@@ -3,16 +3,22 @@
 //! `listen`), and optionally the confd template resource (`keys`, `prefix`, `src`) and the confd
 //! template itself, whose `{{range gets "/prefix/*"}}` / `{{range getvs ...}}` loop inside a
 //! backend section turns that backend into an etcd-discovered one (`etcd_prefix`), with the loop's
-//! `server` line options as its `[backend.check]`. Everything it cannot map becomes one
-//! [`Warning`] naming the file, the line and the reason: nothing is dropped silently. The output
-//! is validated with [`Config::from_toml`] before it is printed.
+//! `server` line options as its `[backend.check]`. A frontend's `acl` / `use_backend` rules become `[[frontend.route]]` entries. Everything it
+//! cannot map becomes one [`Warning`] naming the file, the line and the reason: nothing is
+//! dropped silently. The output is validated with [`Config::from_toml`] before it is printed.
 //!
 //! This module holds the public types, the command line ([`main`]) and the translation as a
 //! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its server options
-//! `server.rs`), the confd resource and template scanner `confd.rs`, the TOML writer `write.rs`.
+//! `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose order `order.rs`
+//! checks), the confd
+//! resource and template scanner `confd.rs`, the TOML writer
+//! `write.rs`.
 
+mod acl;
 mod confd;
 mod haproxy;
+mod order;
+mod rules;
 mod server;
 mod write;
 
