@@ -2,7 +2,8 @@
 //! that `switchyard check` accepts; a larger haproxy.cfg maps what it can and warns once per line
 //! it cannot, naming the line; bad input exits 1. Host, path and SNI acls with their
 //! `use_backend` rules become routes, with a warning where HAProxy's rule order and Switchyard's
-//! precedence pick different backends. Runs the binary and calls the library directly.
+//! precedence pick different backends. A confd template that ranges over `lsdir` becomes a
+//! `[[service_tree]]`. Runs the binary and calls the library directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -363,7 +364,7 @@ fn bad_input_exits_1() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routes: acl / use_backend and SNI.
+// Routes: acl / use_backend, SNI, and confd lsdir templates as service trees.
 
 /// Migrates haproxy.cfg text alone through the library.
 fn lib(cfg: &str) -> (Config, Vec<String>) {
@@ -747,8 +748,145 @@ fn tcp_rules_without_a_mapping_warn() {
 }
 
 #[test]
-fn route_fixtures_through_the_command_line() {
-    for dir in ["routes", "sni"] {
+fn an_lsdir_template_with_host_acls_becomes_a_service_tree() {
+    let (c, text, w) = lib_fixture("lsdir-host");
+    assert_eq!(c.service_trees.len(), 1, "{text}");
+    let t = &c.service_trees[0];
+    assert_eq!(t.etcd_prefix, "/services");
+    assert_eq!(
+        t.servers_dir, "backend",
+        "from gets (printf \"/services/%s/backend/*\" ...)"
+    );
+    assert_eq!(t.frontends, ["http-in"]);
+    assert_eq!(t.host.as_deref(), Some("{service}.example.com"));
+    assert_eq!(t.path_prefix, None);
+    assert_eq!(t.template.as_deref(), Some("services-defaults"));
+    // The templated backend block's settings, read once from the template.
+    assert_eq!(t.backend.balance, Balance::Leastconn);
+    assert_eq!(t.backend.check.kind, CheckType::Http);
+    assert_eq!(t.backend.check.path, "/health");
+    assert_eq!(t.backend.check.inter, Duration::from_secs(2));
+    assert_eq!((t.backend.check.rise, t.backend.check.fall), (2, 3));
+    assert_eq!(t.backend.response_timeout, Duration::from_secs(30));
+    assert_eq!(t.backend.connect_timeout, Duration::from_secs(5));
+    // The rendered services are the tree's now: no backend-api, no host routes; the static
+    // backend and the fallback stay.
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["www", "services-defaults"]);
+    assert!(c.frontends[0].routes.is_empty());
+    assert_eq!(c.frontends[0].backend.as_deref(), Some("www"));
+    assert!(c.etcd.is_some());
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                2,
+                "maxconn 256",
+                "no global connection limit",
+            ),
+            ("haproxy.cfg", 37, "listen stats :1936", "stats listener"),
+            (
+                "haproxy.cfg.tmpl",
+                17,
+                "backend backend-{service}",
+                "named after its directory under /services",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-host", &text);
+}
+
+#[test]
+fn an_lsdir_template_with_path_acls_and_a_prefix_becomes_a_service_tree() {
+    let (c, text, w) = lib_fixture("lsdir-path");
+    let t = &c.service_trees[0];
+    assert_eq!(
+        t.etcd_prefix, "/prod/apps",
+        "the resource's prefix comes first, as in confd"
+    );
+    assert_eq!(
+        t.servers_dir, "",
+        "gets (printf \"/apps/%s/*\" ...): servers right under the service"
+    );
+    assert_eq!(t.frontends, ["public"]);
+    assert_eq!(t.host, None);
+    assert_eq!(t.path_prefix.as_deref(), Some("/{service}/"));
+    assert!(!t.strip_prefix);
+    assert_eq!(t.backend.check.inter, Duration::from_secs(5));
+    assert_eq!(t.backend.retries, 3);
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["bootstrap", "apps-defaults"]);
+    // The cookie line is warned about once, from the template, not once per rendered service.
+    let t = "haproxy.cfg.tmpl";
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 2, "daemon", "service manager"),
+            (t, 23, "backend {service}_cluster", "not api_cluster"),
+            (
+                t,
+                25,
+                "cookie SERVERID insert indirect nocache",
+                "no cookie persistence",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-path", &text);
+}
+
+#[test]
+fn an_lsdir_template_with_ip_and_port_keys_warns_about_the_server_layout() {
+    let (c, text, w) = lib_fixture("lsdir-ipport");
+    let t = &c.service_trees[0];
+    assert_eq!(t.etcd_prefix, "/services/web");
+    assert_eq!(
+        t.host.as_deref(),
+        Some("{service}"),
+        "the directory is the host name"
+    );
+    assert_eq!(t.servers_dir, "backend");
+    assert_eq!(c.frontends[0].backend, None);
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["web-defaults"]);
+    let t = "haproxy.cfg.tmpl";
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 7, "frontend webin", "no default_backend"),
+            (
+                t,
+                20,
+                "backend {service}_cluster",
+                "named after its directory",
+            ),
+            (
+                t,
+                21,
+                "cookie SERVERID insert indirect nocache",
+                "no cookie persistence",
+            ),
+            (
+                t,
+                22,
+                "backend {service}_cluster",
+                "servers are read from a directory per server (an lsdir or ls of a computed key, with keys such as ip and port below it); Switchyard reads one key per server whose value is \"host:port\": register them as /services/web/<service>/backend/<server>",
+            ),
+            (
+                t,
+                23,
+                "server {{...}} cookie {{...}}",
+                "no cookie persistence",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-ipport", &text);
+}
+
+#[test]
+fn route_and_lsdir_fixtures_through_the_command_line() {
+    // The template is found next to the resource, as confd keeps it; stdout passes check.
+    for dir in ["lsdir-host", "lsdir-path", "lsdir-ipport", "routes", "sni"] {
         let cfg = fixture(&format!("{dir}/haproxy.cfg"));
         let res = fixture(&format!("{dir}/conf.d/haproxy.toml"));
         let mut args = vec!["--haproxy", cfg.to_str().unwrap()];

@@ -233,7 +233,7 @@ pub(super) struct ServerLine {
     pub(super) opts: ServerOpts,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Proxy {
     pub(super) kind: Kind,
     pub(super) name: String,

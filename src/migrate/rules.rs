@@ -586,6 +586,51 @@ pub(super) fn frontend(
     out
 }
 
+/// The routes of the `acl` and `use_backend` lines inside a confd template's `lsdir` loop (the
+/// service written as [`super::tree::SERVICE`]) whose backend is `backend`; warnings go to the
+/// template.
+pub(super) fn template_routes(lines: &[Line], backend: &str, w: &mut Warn) -> Vec<RouteOut> {
+    let mut acls = read_acls(lines, false);
+    let mut out: Vec<RouteOut> = Vec::new();
+    for l in lines.iter().filter(|l| l.word(0) == "use_backend") {
+        if l.word(1) != backend {
+            w.line(
+                l,
+                "inside the lsdir loop but not naming the loop's backend; not migrated",
+            );
+            continue;
+        }
+        match use_backend(l, &mut acls, false, &|_| false, w) {
+            Rule::Skip => {}
+            Rule::Always(_) => w.line(
+                l,
+                "without a condition every service would take every request; not migrated",
+            ),
+            Rule::When(_, alts) => {
+                for n in &alts.notes {
+                    w.line(l, n.clone());
+                }
+                if !alts.dropped.is_empty() {
+                    w.line(
+                        l,
+                        format!("alternatives not migrated: {}", alts.dropped.join("; ")),
+                    );
+                }
+                for m in alts.matches {
+                    out.push(RouteOut {
+                        m,
+                        backend: backend.to_string(),
+                        line: l.no,
+                        text: l.text(),
+                    });
+                }
+            }
+        }
+    }
+    acl_warnings(&acls, w);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

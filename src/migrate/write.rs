@@ -1,6 +1,7 @@
 //! The TOML writer: renders the proxies read from haproxy.cfg, with what the confd template says
-//! about each backend, as `switchyard.toml` text (frontends with the routes `rules.rs` maps),
-//! and warns about per-server settings Switchyard has only per backend.
+//! about each backend, as `switchyard.toml` text (frontends with the routes `rules.rs` maps, the
+//! service trees of `tree.rs` with their template backends), and warns about per-server
+//! settings Switchyard has only per backend.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use super::confd::TemplateBackend;
 use super::haproxy::{Kind, Proxy, ServerLine};
 use super::rules::{self, Names, RouteOut};
 use super::server::{ServerOpts, server_opts};
+use super::tree::{SERVICE, Tree};
 use super::{ADMIN_LISTEN, Input, Warn};
 use crate::config::{
     DEFAULT_BALANCE, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTER, DEFAULT_CHECK_PATH,
@@ -39,11 +41,13 @@ pub(super) fn q(s: &str) -> String {
 }
 
 /// Renders the proxies as `switchyard.toml`: `[admin]`, `[etcd]` when a backend has an
-/// `etcd_prefix`, the frontends with their routes, then the backends. Warnings about what
-/// cannot be rendered go to `w` (haproxy.cfg) or, for a template's server line, to the template.
+/// `etcd_prefix` or there is a service tree, the frontends with their routes, the service
+/// trees, then the backends. The backends a tree stands for are left out. Warnings about what
+/// cannot be rendered go to `w` (haproxy.cfg) or, for a template's lines, to the template.
 pub(super) fn render(
     proxies: &[Proxy],
     template: &HashMap<String, TemplateBackend>,
+    trees: &[Tree],
     input: &Input,
     w: &mut Warn,
 ) -> String {
@@ -67,8 +71,11 @@ pub(super) fn render(
             // A listen without servers is only a frontend (e.g. with default_backend).
             continue;
         }
+        if p.kind == Kind::Backend && trees.iter().any(|t| t.is_service(&p.name)) {
+            continue;
+        }
         let tb = template.get(&p.name);
-        if let Some(t) = backend(p, tb, tname, &mut backend_text, w) {
+        if let Some(t) = backend(p, tb, tname, false, &mut backend_text, w) {
             any_prefix |= t;
             emitted.insert(p.name.clone());
         }
@@ -77,6 +84,8 @@ pub(super) fn render(
     let mut binds_seen: HashSet<SocketAddr> = HashSet::new();
     binds_seen.insert(ADMIN_LISTEN.parse().expect("valid admin address"));
     let mut fe_names: HashSet<String> = HashSet::new();
+    // haproxy.cfg frontend -> the names its listeners were written as.
+    let mut written: HashMap<&str, Vec<String>> = HashMap::new();
     let mut fe_text = String::new();
     for p in proxies
         .iter()
@@ -88,13 +97,14 @@ pub(super) fn render(
         let fallback = p.default_backend.clone().or_else(|| {
             (p.kind == Kind::Listen && emitted.contains(&p.name)).then(|| p.name.clone())
         });
-        let is_tree = |_: &str| false;
+        let in_tree = trees.iter().any(|t| t.frontends.contains(&p.name));
+        let is_tree = |b: &str| in_tree && trees.iter().any(|t| t.is_service(b));
         let names = Names {
             emitted: &emitted,
             tree: &is_tree,
         };
         let routing = rules::frontend(p, fallback.clone(), &names, w);
-        if routing.fallback.is_none() && routing.routes.is_empty() {
+        if routing.fallback.is_none() && routing.routes.is_empty() && !in_tree {
             let why = match &fallback {
                 Some(t) => format!("its backend {t:?} was not migrated; frontend not migrated"),
                 None if p.rules.iter().any(|l| l.word(0) == "use_backend") => {
@@ -184,10 +194,73 @@ pub(super) fn render(
                     fe_text.push_str(&route(r));
                 }
             }
+            written.entry(p.name.as_str()).or_default().push(name);
         }
     }
 
-    if any_prefix {
+    // Service trees, each with its template backend.
+    let mut tree_text = String::new();
+    for t in trees {
+        let frontends: Vec<String> = t
+            .frontends
+            .iter()
+            .flat_map(|f| written.get(f.as_str()).cloned().unwrap_or_default())
+            .collect();
+        if frontends.is_empty() {
+            Warn {
+                file: tname,
+                out: &mut *w.out,
+            }
+            .at(
+                t.settings.line,
+                format!("lsdir {:?}", t.etcd_prefix),
+                "none of its frontends was migrated; the service tree is not written",
+            );
+            continue;
+        }
+        let base = t.etcd_prefix.rsplit('/').next().unwrap_or("services");
+        let mut name = format!("{base}-defaults");
+        while emitted.contains(&name) || proxies.iter().any(|p| p.name == name) {
+            name.push('_');
+        }
+        let mut settings = Proxy {
+            name: name.clone(),
+            ..t.settings.clone()
+        };
+        settings.kind = Kind::Backend;
+        let mut tw = Warn {
+            file: tname,
+            out: &mut *w.out,
+        };
+        let mut text = String::new();
+        backend(&settings, None, tname, true, &mut text, &mut tw);
+        if text.contains(SERVICE) {
+            tw.at(
+                t.settings.line,
+                format!("backend {}", t.settings.name.replace(SERVICE, "{service}")),
+                "a setting names the service; a service tree's template is the same for every service, so {service} is left in it literally: set it by hand",
+            );
+            text = text.replace(SERVICE, "{service}");
+        }
+        backend_text.push_str(&text);
+        emitted.insert(name.clone());
+        let fe: Vec<String> = frontends.iter().map(|f| q(f)).collect();
+        tree_text.push_str(&format!(
+            "\n[[service_tree]]\netcd_prefix = {}\nservers_dir = {}\nfrontends = [{}]\n",
+            q(&t.etcd_prefix),
+            q(&t.servers_dir),
+            fe.join(", ")
+        ));
+        if let Some(h) = &t.host {
+            tree_text.push_str(&format!("host = {}\n", q(h)));
+        }
+        if let Some(p) = &t.path_prefix {
+            tree_text.push_str(&format!("path_prefix = {}\n", q(p)));
+        }
+        tree_text.push_str(&format!("template = {}\n", q(&name)));
+    }
+
+    if any_prefix || !tree_text.is_empty() {
         let eps: Vec<String> = input.etcd_endpoints.iter().map(|e| q(e)).collect();
         out.push_str(&format!(
             "\n[etcd]\nendpoints = [{}]\napi = {}\n",
@@ -196,6 +269,7 @@ pub(super) fn render(
         ));
     }
     out.push_str(&fe_text);
+    out.push_str(&tree_text);
     out.push_str(&backend_text);
     out
 }
@@ -217,18 +291,21 @@ fn route(r: &RouteOut) -> String {
     s
 }
 
-/// Renders one backend; `Some(has_prefix)` when it was emitted.
+/// Renders one backend; `Some(has_prefix)` when it was emitted. `tree_template`: `p` is a
+/// service tree's templated backend block, read from the confd template (`w` warns about the
+/// template): its settings only, no servers, its server line the reference.
 pub(super) fn backend(
     p: &Proxy,
     tb: Option<&TemplateBackend>,
     tname: &str,
+    tree_template: bool,
     out: &mut String,
     w: &mut Warn,
 ) -> Option<bool> {
     let prefix = tb.and_then(|t| t.prefix.as_ref());
     // Servers: those rendered from the etcd loop are discovered, the rest stay static.
     let mut statics: Vec<&ServerLine> = Vec::new();
-    for s in &p.servers {
+    for s in p.servers.iter().filter(|_| !tree_template) {
         let from_etcd = prefix.is_some() && !tb.is_some_and(|t| t.static_names.contains(&s.name));
         if from_etcd {
             continue;
@@ -281,12 +358,13 @@ pub(super) fn backend(
             );
             (Some(o), None)
         }
+        None if tree_template => (p.servers.first().map(|s| s.opts.clone()), None),
         None => (
             statics.first().map(|s| s.opts.clone()),
             statics.first().map(|s| s.line),
         ),
     };
-    if prefix.is_none() && statics.is_empty() {
+    if prefix.is_none() && statics.is_empty() && !tree_template {
         w.at(
             p.line,
             format!("backend {}", p.name),
@@ -348,6 +426,23 @@ pub(super) fn backend(
             }
             .at(
                 l.no,
+                "server backup (template)",
+                "Switchyard has no backup servers; discovered servers take traffic",
+            );
+        }
+    }
+
+    if let Some(s) = p.servers.first().filter(|_| tree_template) {
+        if let Some(n) = s.opts.weight {
+            w.at(
+                s.line,
+                format!("server weight {n} (template)"),
+                "weights of discovered servers come from the etcd value: write {\"addr\":\"host:port\",\"weight\":N}",
+            );
+        }
+        if s.opts.backup {
+            w.at(
+                s.line,
                 "server backup (template)",
                 "Switchyard has no backup servers; discovered servers take traffic",
             );
