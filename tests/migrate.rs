@@ -909,3 +909,25 @@ fn route_and_lsdir_fixtures_through_the_command_line() {
         assert_check_passes(dir, &text);
     }
 }
+
+#[test]
+fn malformed_rules_are_one_warning_each() {
+    let (c, w) = lib(
+        "frontend f\n  bind :8000\n  acl a hdr(host) -i a.com\n  acl e hdr_dom(host) -i .\n  use_backend\n  use_backend b if\n  use_backend b if { }\n  use_backend b if !\n  use_backend b if { path_beg /x\n  use_backend b if a || || a\n  use_backend b if e\n  use_backend %[req.hdr(host)] if a\n  use_backend b foo\n  use_backend nope if a\n  default_backend b\nfrontend t\n  mode tcp\n  bind :8001 ssl crt /x.pem\n  acl s req.ssl_sni -i a.com\n  use_backend b if s\nbackend b\n  server b 127.0.0.1:1\n",
+    );
+    assert_eq!(c.frontends.len(), 1, "t has nothing left to route by");
+    assert!(c.frontends[0].routes.is_empty());
+    let lines: Vec<usize> = w
+        .iter()
+        .map(|w| w.split(':').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18, 18], "{w:#?}");
+    assert!(
+        w[9].contains("its backend \"nope\" was not migrated"),
+        "{w:#?}"
+    );
+    assert!(
+        w[11].contains("without a default_backend neither is the listener"),
+        "{w:#?}"
+    );
+}

@@ -264,6 +264,10 @@ fn host_values(c: &mut Criterion, first: &str, method: &str, raw: &str, sni: boo
         "str" => exact(c, v),
         "dom" => {
             let d = v.trim_matches('.');
+            if d.is_empty() {
+                c.bad(format!("{first} {raw}: no domain"));
+                return;
+            }
             if !d.contains('.') {
                 c.notes.push(format!(
                     "{raw}: HAProxy's dom match took it as any dot-separated label of the host; routed: {d} and *.{d}"

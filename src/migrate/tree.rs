@@ -408,8 +408,9 @@ pub(super) fn scan(src: &Source, confd: &Confd, w: &mut Warn) -> Scan {
                             });
                         }
                     } else {
-                        w.line(
-                            &l,
+                        w.at(
+                            no,
+                            template_text(&l.text()),
                             "a section inside an lsdir loop: only a backend named after the service maps (to a [[service_tree]]); not migrated",
                         );
                     }

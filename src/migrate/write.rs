@@ -135,10 +135,17 @@ pub(super) fn render(
             }
             let sni_routes = tcp && !routing.routes.is_empty();
             if sni_routes && b.ssl {
+                let rest = if routing.fallback.is_some() {
+                    "its routes are not migrated"
+                } else {
+                    "its routes are not migrated, and without a default_backend neither is the listener"
+                };
                 w.at(
                     b.line,
                     format!("bind {} ssl", b.addr),
-                    "SNI routes pass TLS through undecrypted, and this listener terminates it; its routes are not migrated",
+                    format!(
+                        "SNI routes pass TLS through undecrypted, and this listener terminates it; {rest}"
+                    ),
                 );
                 if routing.fallback.is_none() {
                     continue;
