@@ -1,6 +1,9 @@
 //! `switchyard migrate`: the classic confd + HAProxy example becomes an etcd-discovered backend
 //! that `switchyard check` accepts; a larger haproxy.cfg maps what it can and warns once per line
-//! it cannot, naming the line; bad input exits 1. Runs the binary and calls the library directly.
+//! it cannot, naming the line; bad input exits 1. Host, path and SNI acls with their
+//! `use_backend` rules become routes, with a warning where HAProxy's rule order and Switchyard's
+//! precedence pick different backends. A confd template that ranges over `lsdir` becomes a
+//! `[[service_tree]]`. Runs the binary and calls the library directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -224,6 +227,11 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
     assert_eq!(www.bind, "0.0.0.0:8080".parse().unwrap());
     assert_eq!(www.mode, Mode::Http);
     assert_eq!(www.backend.as_deref(), Some("app"));
+    // `acl is_api path_beg /api` + `use_backend api if is_api`: a route, the rest to app.
+    assert_eq!(www.routes.len(), 1);
+    assert_eq!(www.routes[0].path_prefix, "/api");
+    assert_eq!(www.routes[0].host, None);
+    assert_eq!(www.routes[0].backend, "api");
     assert_eq!(www.header_timeout, Duration::from_secs(10));
     assert_eq!(www.idle_timeout, Duration::from_secs(30));
     let db = &c.frontends[1];
@@ -270,8 +278,6 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
         (4, "log /dev/log local0"),
         (5, "maxconn 4096"),
         (6, "daemon"),
-        (22, "acl is_api path_beg /api"),
-        (23, "use_backend api if is_api"),
         (37, "listen stats"),
         (46, "server web1 weight 10"),
         (47, "server web2 weight 20"),
@@ -353,6 +359,575 @@ fn bad_input_exits_1() {
     assert_eq!(w.len(), 2, "{w:#?}");
     assert!(
         w[1].contains(":3: frontend f: has no default_backend"),
+        "{w:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes: acl / use_backend, SNI, and confd lsdir templates as service trees.
+
+/// Migrates haproxy.cfg text alone through the library.
+fn lib(cfg: &str) -> (Config, Vec<String>) {
+    let m = migrate(&Input {
+        haproxy: Source {
+            name: "haproxy.cfg",
+            text: cfg,
+        },
+        confd_toml: None,
+        confd_template: None,
+        etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+    })
+    .unwrap();
+    let w = m.warnings.iter().map(ToString::to_string).collect();
+    (Config::from_toml(&m.toml).unwrap(), w)
+}
+
+/// Migrates a fixture directory (haproxy.cfg, and conf.d/haproxy.toml with its template when
+/// there): the config, its text and the warnings.
+fn lib_fixture(dir: &str) -> (Config, String, Vec<String>) {
+    let read = |p: &str| std::fs::read_to_string(fixture(&format!("{dir}/{p}"))).ok();
+    let cfg = read("haproxy.cfg").unwrap();
+    let res = read("conf.d/haproxy.toml");
+    let tpl = read("templates/haproxy.cfg.tmpl");
+    let m = migrate(&Input {
+        haproxy: Source {
+            name: "haproxy.cfg",
+            text: &cfg,
+        },
+        confd_toml: res.as_deref().map(|text| Source {
+            name: "haproxy.toml",
+            text,
+        }),
+        confd_template: tpl.as_deref().map(|text| Source {
+            name: "haproxy.cfg.tmpl",
+            text,
+        }),
+        etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+    })
+    .unwrap();
+    let w = m.warnings.iter().map(ToString::to_string).collect();
+    (Config::from_toml(&m.toml).unwrap(), m.toml, w)
+}
+
+/// `switchyard check` accepts the text.
+fn assert_check_passes(tag: &str, text: &str) {
+    let dir = tempdir(tag);
+    let out = dir.join("switchyard.toml");
+    std::fs::write(&out, text).unwrap();
+    let c = Command::new(BIN)
+        .args(["check", "-c", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{tag}: {c:?}\n{text}");
+}
+
+/// Each warning starts with `warning: FILE:LINE: DIRECTIVE: ` and contains WHAT, in order.
+fn assert_warnings(got: &[String], want: &[(&str, usize, &str, &str)]) {
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (g, (file, line, directive, what)) in got.iter().zip(want) {
+        let head = format!("warning: {file}:{line}: {directive}: ");
+        assert!(g.starts_with(&head), "{g:?} should start with {head:?}");
+        assert!(g.contains(what), "{g:?} should say {what:?}");
+        assert!(!g.contains('\n'), "one line each: {g:?}");
+    }
+}
+
+/// (host, path_prefix, backend) of a frontend's routes.
+fn routes(c: &Config, frontend: usize) -> Vec<(Option<&str>, &str, &str)> {
+    c.frontends[frontend]
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.host.as_deref(),
+                r.path_prefix.as_str(),
+                r.backend.as_str(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn host_and_path_acls_become_routes_and_the_rest_warns() {
+    let (c, text, w) = lib_fixture("routes");
+    assert_eq!(c.frontends.len(), 2);
+    assert_eq!(
+        c.frontends[0].backend.as_deref(),
+        Some("web"),
+        "default_backend"
+    );
+    assert_eq!(
+        routes(&c, 0),
+        [
+            // `path /healthz`: an exact path, as a prefix (warned).
+            (None, "/healthz", "health"),
+            // Two values: a route each; the port of the second dropped (warned).
+            (Some("api.example.com"), "/", "api"),
+            (Some("api.example.org"), "/", "api"),
+            // `host_shop path_v1`: one route with both.
+            (Some("shop.example.com"), "/v1/", "api_v1"),
+            (Some("shop.example.com"), "/", "shop"),
+            // `hdr_dom` is the domain and its subdomains; `||` a route per side;
+            // `hdr_end .cdn.example.com` a wildcard.
+            (Some("blog.example.com"), "/", "blog"),
+            (Some("*.blog.example.com"), "/", "blog"),
+            (Some("*.cdn.example.com"), "/", "blog"),
+            // Two anonymous acls joined by `or`.
+            (None, "/static/", "static"),
+            (None, "/assets/", "static"),
+        ]
+    );
+    // Without default_backend: routes only, no fallback.
+    assert_eq!(c.frontends[1].backend, None);
+    assert_eq!(routes(&c, 1), [(None, "/metrics", "metrics")]);
+    let f = "haproxy.cfg";
+    assert_warnings(
+        &w,
+        &[
+            (f, 4, "daemon", "service manager"),
+            (f, 14, "acl path_health path /healthz", "an exact path"),
+            (
+                f,
+                15,
+                "acl host_api hdr(host) -i api.example.com api.example.org:8080",
+                "api.example.org:8080: the port is dropped",
+            ),
+            (
+                f,
+                16,
+                "acl host_shop hdr(Host) shop.example.com",
+                "without -i HAProxy compared case-sensitively",
+            ),
+            (
+                f,
+                22,
+                "acl php path_end .php",
+                "used by no use_backend rule",
+            ),
+            // `use_backend health if path_health` comes first in HAProxy; in Switchyard an
+            // exact host beats a host-less path: one warning per pair of rules, with a request
+            // that changes backend.
+            (
+                f,
+                24,
+                "use_backend api if host_api",
+                "Host api.example.com path /healthz went to \"health\" by its first matching rule (line 23), and now goes to \"api\"",
+            ),
+            (
+                f,
+                26,
+                "use_backend shop if host_shop",
+                "Host shop.example.com path /healthz went to \"health\"",
+            ),
+            (
+                f,
+                27,
+                "use_backend blog if dom_blog || end_cdn",
+                "Host blog.example.com path /healthz went to \"health\"",
+            ),
+            (
+                f,
+                28,
+                "use_backend admin if beg_admin",
+                "not migrated: beg_admin (line 19): hdr_beg(host) admin.: the beginning of a host cannot be expressed",
+            ),
+            (
+                f,
+                29,
+                "use_backend api if path_v1 !internal",
+                "not migrated: !internal: a negation cannot be expressed",
+            ),
+            (
+                f,
+                31,
+                "use_backend static unless host_api",
+                "`unless` cannot be expressed",
+            ),
+            (
+                f,
+                34,
+                "frontend internal",
+                "no default_backend: a request no route matches gets 404 from Switchyard (HAProxy answered 503)",
+            ),
+        ],
+    );
+    assert_check_passes("routes", &text);
+}
+
+#[test]
+fn sni_acls_in_a_tcp_frontend_become_sni_routes() {
+    let (c, text, w) = lib_fixture("sni");
+    let f = &c.frontends[0];
+    assert_eq!(f.mode, Mode::Tcp);
+    assert_eq!(f.backend.as_deref(), Some("tls_default"));
+    // `tcp-request inspect-delay 5s`: the wait for the ClientHello.
+    assert_eq!(f.header_timeout, Duration::from_secs(5));
+    let sni: Vec<(Option<&str>, &str)> = f
+        .routes
+        .iter()
+        .map(|r| (r.sni.as_deref(), r.backend.as_str()))
+        .collect();
+    assert_eq!(
+        sni,
+        [
+            (Some("db.example.com"), "db"),
+            (Some("mq.example.com"), "mq"),
+            (Some("*.apps.example.com"), "apps"),
+            (Some("legacy.example.com"), "legacy"),
+        ]
+    );
+    assert!(
+        f.routes
+            .iter()
+            .all(|r| r.host.is_none() && r.path_prefix == "/")
+    );
+    // The ClientHello accept rule maps to nothing to say; the rest is one line each.
+    let h = "haproxy.cfg";
+    assert_warnings(
+        &w,
+        &[
+            (
+                h,
+                11,
+                "tcp-request inspect-delay 5s",
+                "no ClientHello within it is closed (HAProxy passed it on to default_backend)",
+            ),
+            (
+                h,
+                15,
+                "acl sni_apps req.ssl_sni -m end .apps.example.com",
+                "without -i",
+            ),
+        ],
+    );
+    assert_check_passes("sni", &text);
+}
+
+#[test]
+fn each_acl_form_maps_or_warns() {
+    let cfg = |acls: &str| {
+        format!(
+            "frontend f\n  bind :8000\n{acls}  default_backend d\nbackend d\n  server d 127.0.0.1:1\nbackend b\n  server b 127.0.0.1:2\nbackend c\n  server c 127.0.0.1:3\n"
+        )
+    };
+    let hosts = |c: &Config| -> Vec<String> {
+        c.frontends[0]
+            .routes
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.host.as_deref().unwrap_or("*"),
+                    r.path_prefix,
+                    r.backend
+                )
+            })
+            .collect()
+    };
+    // Spellings of the Host header.
+    for fetch in ["hdr(host)", "hdr(Host)", "req.hdr(host)", "req.hdr(HOST)"] {
+        let (c, w) = lib(&cfg(&format!(
+            "  acl a {fetch} -i A.example.com\n  use_backend b if a\n"
+        )));
+        assert_eq!(hosts(&c), ["a.example.com / b"], "{fetch}");
+        assert!(w.is_empty(), "{fetch}: {w:#?}");
+    }
+    // hdr_end without the leading dot: both, and a warning saying what changed.
+    let (c, w) = lib(&cfg(
+        "  acl a hdr_end(host) -i example.com\n  use_backend b if a\n",
+    ));
+    assert_eq!(hosts(&c), ["example.com / b", "*.example.com / b"]);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("myexample.com"), "{w:#?}");
+    // AND of two host acls: their intersection; of disjoint ones: nothing (never matched).
+    let (c, w) = lib(&cfg(
+        "  acl x hdr(host) -i a.example.com\n  acl y hdr_end(host) -i .example.com\n  acl z hdr(host) -i b.other.com\n  use_backend b if x y\n  use_backend c if x z\n",
+    ));
+    assert_eq!(hosts(&c), ["a.example.com / b"]);
+    assert!(w.is_empty(), "{w:#?}");
+    // `or` and `||` alike; a negation drops its alternative only.
+    let (c, w) = lib(&cfg(
+        "  acl x hdr(host) -i x.com\n  acl y path_beg /y\n  acl n src 10.0.0.1\n  use_backend b if x or y || y !n\n",
+    ));
+    assert_eq!(hosts(&c), ["x.com / b", "* /y b"]);
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains(":6: use_backend b if x or y || y !n: 1 of its 3 alternatives not migrated (the others are routes): !n: a negation"), "{w:#?}");
+    // A use_backend without a condition is the fallback; rules after it were never reached.
+    let (c, w) = lib(&cfg(
+        "  acl x path_beg /x\n  use_backend b if x\n  use_backend c\n  use_backend b if x\n",
+    ));
+    assert_eq!(c.frontends[0].backend.as_deref(), Some("c"));
+    assert_eq!(hosts(&c), ["* /x b"]);
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        w[0].contains(":5: use_backend c: takes everything no earlier rule takes"),
+        "{w:#?}"
+    );
+    assert!(
+        w[1].contains(":6: use_backend b if x: never reached in HAProxy"),
+        "{w:#?}"
+    );
+    // An acl naming an unknown acl, and SNI in http mode, are not migrated.
+    let (c, w) = lib(&cfg(
+        "  acl s req.ssl_sni -i a.com\n  use_backend b if s\n  use_backend c if nope\n",
+    ));
+    assert!(c.frontends[0].routes.is_empty());
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        w[0].contains("http-mode frontend (use hdr(host))"),
+        "{w:#?}"
+    );
+    assert!(w[1].contains("nope: no such acl"), "{w:#?}");
+}
+
+#[test]
+fn an_order_dependent_rule_set_warns_and_an_equivalent_one_does_not() {
+    let cfg = |rules: &str| {
+        format!(
+            "frontend f\n  bind :8000\n  acl wild hdr_end(host) -i .example.com\n  acl www hdr(host) -i www.example.com\n  acl api path_beg /api/\n{rules}  default_backend d\nbackend d\n  server d 127.0.0.1:1\nbackend w\n  server w 127.0.0.1:2\nbackend x\n  server x 127.0.0.1:3\nbackend a\n  server a 127.0.0.1:4\n"
+        )
+    };
+    // Most specific first: HAProxy's order and Switchyard's precedence agree.
+    let (c, w) = lib(&cfg(
+        "  use_backend x if www\n  use_backend w if wild\n  use_backend a if api\n",
+    ));
+    assert_eq!(c.frontends[0].routes.len(), 3);
+    assert!(w.is_empty(), "{w:#?}");
+    // The wildcard first: www.example.com went to w in HAProxy and now goes to x.
+    let (c, w) = lib(&cfg(
+        "  use_backend w if wild\n  use_backend x if www\n  use_backend a if api\n",
+    ));
+    let names: Vec<&str> = c.frontends[0]
+        .routes
+        .iter()
+        .map(|r| r.backend.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["w", "x", "a"],
+        "the routes are written all the same"
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].starts_with("warning: haproxy.cfg:7: use_backend x if www: rule order matters here")
+            && w[0].contains("Host www.example.com path / went to \"w\" by its first matching rule (line 6), and now goes to \"x\""),
+        "{w:#?}"
+    );
+    // A path rule first: HAProxy sent /api/ on any host to a; Switchyard prefers the hosts.
+    let (_, w) = lib(&cfg(
+        "  use_backend a if api\n  use_backend x if www\n  use_backend w if wild\n",
+    ));
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(
+        w[0].contains(":7: use_backend x if www:") && w[0].contains("path /api/ went to \"a\""),
+        "{w:#?}"
+    );
+    assert!(
+        w[1].contains(":8: use_backend w if wild:")
+            && w[1].contains("Host probe.example.com path /api/"),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn tcp_rules_without_a_mapping_warn() {
+    let (c, w) = lib(
+        "frontend t\n  mode tcp\n  bind :8443\n  tcp-request inspect-delay 3s\n  acl hello req_ssl_hello_type 1\n  tcp-request content accept if hello\n  tcp-request content reject if { src 10.0.0.1 }\n  acl web hdr(host) -i a.com\n  use_backend b if web\n  use_backend b if { req.ssl_sni -i B.com }\nbackend b\n  mode tcp\n  server b 127.0.0.1:1\n",
+    );
+    let f = &c.frontends[0];
+    assert_eq!(
+        f.backend, None,
+        "no default_backend: closed, as HAProxy does"
+    );
+    assert_eq!(f.header_timeout, Duration::from_secs(3));
+    assert_eq!(f.routes.len(), 1);
+    assert_eq!(f.routes[0].sni.as_deref(), Some("b.com"));
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].contains(":7: tcp-request content reject"), "{w:#?}");
+    assert!(w[1].contains(":9: use_backend b if web: not migrated: web (line 8): hdr(host): reads HTTP requests, and this is a tcp-mode frontend"), "{w:#?}");
+}
+
+#[test]
+fn an_lsdir_template_with_host_acls_becomes_a_service_tree() {
+    let (c, text, w) = lib_fixture("lsdir-host");
+    assert_eq!(c.service_trees.len(), 1, "{text}");
+    let t = &c.service_trees[0];
+    assert_eq!(t.etcd_prefix, "/services");
+    assert_eq!(
+        t.servers_dir, "backend",
+        "from gets (printf \"/services/%s/backend/*\" ...)"
+    );
+    assert_eq!(t.frontends, ["http-in"]);
+    assert_eq!(t.host.as_deref(), Some("{service}.example.com"));
+    assert_eq!(t.path_prefix, None);
+    assert_eq!(t.template.as_deref(), Some("services-defaults"));
+    // The templated backend block's settings, read once from the template.
+    assert_eq!(t.backend.balance, Balance::Leastconn);
+    assert_eq!(t.backend.check.kind, CheckType::Http);
+    assert_eq!(t.backend.check.path, "/health");
+    assert_eq!(t.backend.check.inter, Duration::from_secs(2));
+    assert_eq!((t.backend.check.rise, t.backend.check.fall), (2, 3));
+    assert_eq!(t.backend.response_timeout, Duration::from_secs(30));
+    assert_eq!(t.backend.connect_timeout, Duration::from_secs(5));
+    // The rendered services are the tree's now: no backend-api, no host routes; the static
+    // backend and the fallback stay.
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["www", "services-defaults"]);
+    assert!(c.frontends[0].routes.is_empty());
+    assert_eq!(c.frontends[0].backend.as_deref(), Some("www"));
+    assert!(c.etcd.is_some());
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                2,
+                "maxconn 256",
+                "no global connection limit",
+            ),
+            ("haproxy.cfg", 37, "listen stats :1936", "stats listener"),
+            (
+                "haproxy.cfg.tmpl",
+                17,
+                "backend backend-{service}",
+                "named after its directory under /services",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-host", &text);
+}
+
+#[test]
+fn an_lsdir_template_with_path_acls_and_a_prefix_becomes_a_service_tree() {
+    let (c, text, w) = lib_fixture("lsdir-path");
+    let t = &c.service_trees[0];
+    assert_eq!(
+        t.etcd_prefix, "/prod/apps",
+        "the resource's prefix comes first, as in confd"
+    );
+    assert_eq!(
+        t.servers_dir, "",
+        "gets (printf \"/apps/%s/*\" ...): servers right under the service"
+    );
+    assert_eq!(t.frontends, ["public"]);
+    assert_eq!(t.host, None);
+    assert_eq!(t.path_prefix.as_deref(), Some("/{service}/"));
+    assert!(!t.strip_prefix);
+    assert_eq!(t.backend.check.inter, Duration::from_secs(5));
+    assert_eq!(t.backend.retries, 3);
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["bootstrap", "apps-defaults"]);
+    // The cookie line is warned about once, from the template, not once per rendered service.
+    let t = "haproxy.cfg.tmpl";
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 2, "daemon", "service manager"),
+            (t, 23, "backend {service}_cluster", "not api_cluster"),
+            (
+                t,
+                25,
+                "cookie SERVERID insert indirect nocache",
+                "no cookie persistence",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-path", &text);
+}
+
+#[test]
+fn an_lsdir_template_with_ip_and_port_keys_warns_about_the_server_layout() {
+    let (c, text, w) = lib_fixture("lsdir-ipport");
+    let t = &c.service_trees[0];
+    assert_eq!(t.etcd_prefix, "/services/web");
+    assert_eq!(
+        t.host.as_deref(),
+        Some("{service}"),
+        "the directory is the host name"
+    );
+    assert_eq!(t.servers_dir, "backend");
+    assert_eq!(c.frontends[0].backend, None);
+    let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["web-defaults"]);
+    let t = "haproxy.cfg.tmpl";
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 7, "frontend webin", "no default_backend"),
+            (
+                t,
+                20,
+                "backend {service}_cluster",
+                "named after its directory",
+            ),
+            (
+                t,
+                21,
+                "cookie SERVERID insert indirect nocache",
+                "no cookie persistence",
+            ),
+            (
+                t,
+                22,
+                "backend {service}_cluster",
+                "servers are read from a directory per server (an lsdir or ls of a computed key, with keys such as ip and port below it); Switchyard reads one key per server whose value is \"host:port\": register them as /services/web/<service>/backend/<server>",
+            ),
+            (
+                t,
+                23,
+                "server {{...}} cookie {{...}}",
+                "no cookie persistence",
+            ),
+        ],
+    );
+    assert_check_passes("lsdir-ipport", &text);
+}
+
+#[test]
+fn route_and_lsdir_fixtures_through_the_command_line() {
+    // The template is found next to the resource, as confd keeps it; stdout passes check.
+    for dir in ["lsdir-host", "lsdir-path", "lsdir-ipport", "routes", "sni"] {
+        let cfg = fixture(&format!("{dir}/haproxy.cfg"));
+        let res = fixture(&format!("{dir}/conf.d/haproxy.toml"));
+        let mut args = vec!["--haproxy", cfg.to_str().unwrap()];
+        if res.exists() {
+            args.extend(["--confd-toml", res.to_str().unwrap()]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{dir}: {o:?}");
+        let text = String::from_utf8(o.stdout.clone()).unwrap();
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            c.service_trees.len(),
+            usize::from(dir.starts_with("lsdir")),
+            "{dir}"
+        );
+        assert!(
+            stderr_lines(&o).iter().all(|l| l.starts_with("warning: ")),
+            "{dir}"
+        );
+        assert_check_passes(dir, &text);
+    }
+}
+
+#[test]
+fn malformed_rules_are_one_warning_each() {
+    let (c, w) = lib(
+        "frontend f\n  bind :8000\n  acl a hdr(host) -i a.com\n  acl e hdr_dom(host) -i .\n  use_backend\n  use_backend b if\n  use_backend b if { }\n  use_backend b if !\n  use_backend b if { path_beg /x\n  use_backend b if a || || a\n  use_backend b if e\n  use_backend %[req.hdr(host)] if a\n  use_backend b foo\n  use_backend nope if a\n  default_backend b\nfrontend t\n  mode tcp\n  bind :8001 ssl crt /x.pem\n  acl s req.ssl_sni -i a.com\n  use_backend b if s\nbackend b\n  server b 127.0.0.1:1\n",
+    );
+    assert_eq!(c.frontends.len(), 1, "t has nothing left to route by");
+    assert!(c.frontends[0].routes.is_empty());
+    let lines: Vec<usize> = w
+        .iter()
+        .map(|w| w.split(':').nth(2).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18, 18], "{w:#?}");
+    assert!(
+        w[9].contains("its backend \"nope\" was not migrated"),
+        "{w:#?}"
+    );
+    assert!(
+        w[11].contains("without a default_backend neither is the listener"),
         "{w:#?}"
     );
 }

@@ -1,6 +1,8 @@
 //! The confd side: the template resource (`keys`, `prefix`, `src`) and the template, whose
 //! `{{range gets "/prefix/*"}}` / `{{range getvs ...}}` loop inside a backend section makes that
 //! backend etcd-discovered, its `server` line inside the loop the backend's server settings.
+//! Loops over `lsdir` (one backend per directory) are `tree.rs`'s: this scanner leaves the
+//! lines it names alone.
 
 use std::collections::{HashMap, HashSet};
 
@@ -121,10 +123,14 @@ pub(super) fn range_key(action: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_string())
 }
 
+/// Reads the template's backends; `lsdir_lines` (the lines of lsdir loops) are left to
+/// `tree.rs`, and the keys below `tree_dirs` count as used.
 pub(super) fn scan_template(
     src: &Source,
     confd: &Confd,
     confd_file: &str,
+    lsdir_lines: &HashSet<usize>,
+    tree_dirs: &[String],
     w: &mut Warn,
 ) -> HashMap<String, TemplateBackend> {
     let mut out: HashMap<String, TemplateBackend> = HashMap::new();
@@ -146,6 +152,7 @@ pub(super) fn scan_template(
                 Seg::Action(a) => {
                     let first = a.split_whitespace().next().unwrap_or("");
                     match first {
+                        "range" if lsdir_lines.contains(&no) => stack.push(None),
                         "range" => {
                             let key = range_key(&a);
                             let prefix = key.as_ref().map(|k| {
@@ -207,7 +214,7 @@ pub(super) fn scan_template(
             section = Some((kind, l.word(1).to_string()));
             continue;
         }
-        if first != "server" {
+        if first != "server" || lsdir_lines.contains(&no) {
             continue;
         }
         let Some((Kind::Backend | Kind::Listen, name)) = &section else {
@@ -224,11 +231,11 @@ pub(super) fn scan_template(
     }
     for (key, line) in &confd.keys {
         let full = format!("{}{key}", confd.prefix);
-        let used = out.values().any(|b| {
-            b.prefix
-                .as_ref()
-                .is_some_and(|(p, _)| p.starts_with(&full) || full.starts_with(p.as_str()))
-        });
+        let used = out
+            .values()
+            .filter_map(|b| b.prefix.as_ref().map(|(p, _)| p))
+            .chain(tree_dirs)
+            .any(|p| p.starts_with(&full) || full.starts_with(p.as_str()));
         if !used {
             w.out.push(Warning {
                 file: confd_file.to_string(),

@@ -1,6 +1,7 @@
 //! The haproxy.cfg reader: the tokenizer (HAProxy's quoting and escapes), sections, HAProxy
 //! times and bind addresses, and each proxy's directives, folded into [`Proxy`] values with what
-//! their `defaults` section passed on. What cannot be mapped is one warning each.
+//! their `defaults` section passed on. What cannot be mapped is one warning each. A frontend's
+//! `acl`, `use_backend` and `tcp-request` lines are kept as they are for `rules.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -232,7 +233,7 @@ pub(super) struct ServerLine {
     pub(super) opts: ServerOpts,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Proxy {
     pub(super) kind: Kind,
     pub(super) name: String,
@@ -240,9 +241,29 @@ pub(super) struct Proxy {
     pub(super) c: Common,
     pub(super) binds: Vec<Bind>,
     pub(super) default_backend: Option<String>,
-    pub(super) use_backend: Option<String>,
+    /// `acl`, `use_backend` and `tcp-request` lines of a frontend or listen section, in order.
+    pub(super) rules: Vec<Line>,
     pub(super) servers: Vec<ServerLine>,
     pub(super) stats: bool,
+    /// The section's last line.
+    pub(super) end: usize,
+}
+
+impl Proxy {
+    fn new(kind: Kind, name: &str, header: &Line, c: Common) -> Proxy {
+        Proxy {
+            kind,
+            name: name.to_string(),
+            line: header.no,
+            c,
+            binds: Vec::new(),
+            default_backend: None,
+            rules: Vec::new(),
+            servers: Vec::new(),
+            stats: false,
+            end: header.no,
+        }
+    }
 }
 
 /// Which side of a proxy a directive belongs to.
@@ -341,16 +362,12 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         },
         "bind" => bind(p, l, w),
         "default_backend" => p.default_backend = Some(a1.to_string()),
-        "use_backend" => {
-            let why = if p.use_backend.is_none() && p.default_backend.is_none() {
-                p.use_backend = Some(a1.to_string());
-                "no ACL routing in Switchyard; a frontend has one backend. This frontend has no default_backend (yet), so this backend is used for all its traffic unless one follows"
-            } else {
-                "no ACL routing in Switchyard; a frontend has one backend (its default_backend). Give this traffic a frontend of its own"
-            };
-            w.line(l, why);
-        }
-        "acl" => w.line(l, "no ACLs in Switchyard"),
+        "use_backend" | "acl" | "tcp-request" if kind == Kind::Defaults => w.line(
+            l,
+            "routing rules in a defaults section are not migrated; write them in the frontend",
+        ),
+        "use_backend" | "acl" => p.rules.push(l.clone()),
+        "tcp-request" if kind != Kind::Backend => p.rules.push(l.clone()),
         "balance" => match a1 {
             "roundrobin" => p.c.balance = Some("roundrobin"),
             "leastconn" => p.c.balance = Some("leastconn"),
@@ -712,34 +729,15 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                 ),
             ),
             Kind::Defaults => {
-                let mut p = Proxy {
-                    kind: Kind::Defaults,
-                    name: String::new(),
-                    line: s.header.no,
-                    c: Common::default(),
-                    binds: Vec::new(),
-                    default_backend: None,
-                    use_backend: None,
-                    servers: Vec::new(),
-                    stats: false,
-                };
+                let mut p = Proxy::new(Kind::Defaults, "", &s.header, Common::default());
                 for l in &s.body {
                     directive(Kind::Defaults, &mut p, l, w);
                 }
                 defaults = p.c;
             }
             Kind::Frontend | Kind::Backend | Kind::Listen => {
-                let mut p = Proxy {
-                    kind: s.kind,
-                    name: s.name().to_string(),
-                    line: s.header.no,
-                    c: defaults.clone(),
-                    binds: Vec::new(),
-                    default_backend: None,
-                    use_backend: None,
-                    servers: Vec::new(),
-                    stats: false,
-                };
+                let mut p = Proxy::new(s.kind, s.name(), &s.header, defaults.clone());
+                p.end = s.body.last().map_or(s.header.no, |l| l.no);
                 if p.name.is_empty() {
                     w.line(&s.header, "a section without a name; not migrated");
                     continue;

@@ -3,17 +3,26 @@
 //! `listen`), and optionally the confd template resource (`keys`, `prefix`, `src`) and the confd
 //! template itself, whose `{{range gets "/prefix/*"}}` / `{{range getvs ...}}` loop inside a
 //! backend section turns that backend into an etcd-discovered one (`etcd_prefix`), with the loop's
-//! `server` line options as its `[backend.check]`. Everything it cannot map becomes one
-//! [`Warning`] naming the file, the line and the reason: nothing is dropped silently. The output
-//! is validated with [`Config::from_toml`] before it is printed.
+//! `server` line options as its `[backend.check]`, and whose `{{range $svc := lsdir "/dir"}}`
+//! loops (a backend and a `use_backend` rule per directory) become a `[[service_tree]]`. A
+//! frontend's `acl` / `use_backend` rules become `[[frontend.route]]` entries. Everything it
+//! cannot map becomes one [`Warning`] naming the file, the line and the reason: nothing is
+//! dropped silently. The output is validated with [`Config::from_toml`] before it is printed.
 //!
 //! This module holds the public types, the command line ([`main`]) and the translation as a
 //! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its server options
-//! `server.rs`), the confd resource and template scanner `confd.rs`, the TOML writer `write.rs`.
+//! `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose order `order.rs`
+//! checks), the confd
+//! resource and template scanner `confd.rs` (its lsdir loops `tree.rs`), the TOML writer
+//! `write.rs`.
 
+mod acl;
 mod confd;
 mod haproxy;
+mod order;
+mod rules;
 mod server;
+mod tree;
 mod write;
 
 use std::collections::HashMap;
@@ -227,6 +236,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         confd = confd_resource(src, &mut w)?;
     }
     let mut template = HashMap::new();
+    let mut lsdir = tree::Scan::default();
     match (&input.confd_template, &input.confd_toml) {
         (Some(src), _) => {
             let mut w = Warn {
@@ -234,7 +244,8 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
                 out: &mut warnings,
             };
             let cname = input.confd_toml.map(|s| s.name).unwrap_or(src.name);
-            template = scan_template(src, &confd, cname, &mut w);
+            lsdir = tree::scan(src, &confd, &mut w);
+            template = scan_template(src, &confd, cname, &lsdir.lines, &lsdir.dirs(), &mut w);
         }
         (None, Some(src)) => warnings.push(Warning {
             file: src.name.to_string(),
@@ -251,7 +262,28 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         out: &mut warnings,
     };
     let proxies = haproxy::read(input.haproxy.text, &mut w);
-    let out = write::render(&proxies, &template, input, &mut w);
+    // The etcd prefixes of the template's backends that haproxy.cfg has.
+    let taken: Vec<String> = template
+        .iter()
+        .filter(|(name, _)| proxies.iter().any(|p| p.name == **name))
+        .filter_map(|(_, b)| b.prefix.as_ref().map(|(p, _)| p.clone()))
+        .collect();
+    let tname = input.confd_template.map(|s| s.name).unwrap_or("");
+    let trees = tree::plan(&lsdir, &proxies, &taken, tname, &mut warnings);
+    let mut w = Warn {
+        file: hfile,
+        out: &mut warnings,
+    };
+    let out = write::render(&proxies, &template, &trees, input, &mut w);
+    // The backends a tree stands for were rendered once per service: the template said what
+    // there is to say about them, once.
+    let rendered: Vec<(usize, usize)> = proxies
+        .iter()
+        .filter(|p| p.kind == haproxy::Kind::Backend && trees.iter().any(|t| t.is_service(&p.name)))
+        .map(|p| (p.line, p.end))
+        .collect();
+    warnings
+        .retain(|w| w.file != hfile || !rendered.iter().any(|(a, b)| (*a..=*b).contains(&w.line)));
 
     Config::from_toml(&out)?;
     // In file order, then line order (backend-level warnings are found late).
