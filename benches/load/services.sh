@@ -3,7 +3,9 @@
 # binary: 1,000 services x 3 servers are written under /services before Switchyard starts, then
 #   1. initial load: from the process start to /api/v1/routes listing every service (target
 #      <= 1 s), and the resident memory after it (target <= 64 MB);
-#   2. propagation: for each of 50 new services, the time from just before the PUT of its first
+#   2. metric series: one request to every service, then the number of series /metrics exports
+#      (what a tree of that size costs Prometheus);
+#   3. propagation: for each of 50 new services, the time from just before the PUT of its first
 #      server key to the first request routed to it by Host (a keep-alive client polling back to
 #      back; every answer before that is the 404 "no route"): p50 and p99 (target p99 <= 10 ms).
 #
@@ -131,6 +133,24 @@ took = time.monotonic() - started
 rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
 print(f"initial load: {n} services routed {took:.3f} s after the process started (target <= 1 s)")
 print(f"RSS after it: {int(rss) / 1024:.1f} MB (target <= 64 MB)")
+PY
+
+python3 - "$WEB" "$ADMIN" "$SERVICES" <<'PY'
+import http.client, sys
+web, admin, services = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def series():
+    c = http.client.HTTPConnection("127.0.0.1", admin)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    return sum(1 for l in text.splitlines() if l and not l.startswith("#"))
+before = series()
+w = http.client.HTTPConnection("127.0.0.1", web)
+for s in range(services):
+    w.request("GET", "/", headers={"Host": f"svc{s}.example.com"})
+    r = w.getresponse(); r.read()
+    assert r.status == 200, r.status
+after = series()
+print(f"metric series: {before} before any request, {after} after one request to each of {services} services (about {after / services:.1f} per service)")
 PY
 
 python3 - "$ETCD" "$WEB" "$UP" "$SAMPLES" <<'PY'
