@@ -174,13 +174,24 @@ fn check_name(name: &str) -> Result<(), String> {
 /// IPv6 literal keeps its brackets), without one trailing dot, lower-case. Borrowed unless the
 /// value has upper case in it.
 fn host_key(raw: &str) -> Cow<'_, str> {
-    let name = if raw.starts_with('[') {
-        raw.find(']').map_or(raw, |end| &raw[..=end])
+    // One pass for the usual name: where a `:port` starts, and whether there is upper case.
+    let (name, upper) = if raw.starts_with('[') {
+        let name = raw.find(']').map_or(raw, |end| &raw[..=end]);
+        (name, name.bytes().any(|b| b.is_ascii_uppercase()))
     } else {
-        raw.find(':').map_or(raw, |end| &raw[..end])
+        let mut end = raw.len();
+        let mut upper = false;
+        for (i, b) in raw.bytes().enumerate() {
+            if b == b':' {
+                end = i;
+                break;
+            }
+            upper |= b.is_ascii_uppercase();
+        }
+        (&raw[..end], upper)
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)

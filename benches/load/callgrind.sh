@@ -7,7 +7,7 @@
 #   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
 #
 # Environment: BIN, SCENARIOS ("keepalive close tcp https"; also "routed": keep-alive through
-# ROUTES (1000) host routes), DURATION (5, seconds measured),
+# ROUTES (1000; 0 for a binary without routes) host routes), DURATION (5, seconds measured),
 # CONNS (8), KEEP (a directory: the callgrind output of each scenario is kept there as
 # SCENARIO.cg, for callgrind_annotate). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
 # switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
@@ -93,8 +93,8 @@ servers = ["127.0.0.1:$UP"]
 type = "none"
 EOF
 # Scenario `routed`: keep-alive through a frontend with $ROUTES host routes (each to its own
-# backend), to the last one.
-{
+# backend), to the last one. ROUTES=0 leaves it out (a binary older than routes).
+((ROUTES == 0)) || {
     printf '[[frontend]]\nname = "routed"\nbind = "127.0.0.1:%s"\n' "$ROUTED"
     for i in $(seq 0 $((ROUTES - 1))); do
         printf '[[frontend.route]]\nhost = "svc%d.example.com"\nbackend = "svc%d"\n' "$i" "$i"
