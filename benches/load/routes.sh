@@ -11,52 +11,20 @@
 # starts is stopped by PID on exit. Writes a summary to stdout.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN=${BIN:-$ROOT/target/release/switchyard}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-32}
 ROUTES=${ROUTES:-1000}
 
-need=()
-for tool in wrk nginx curl; do
-    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || need+=("$tool")
-done
-if ((${#need[@]})); then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
-fi
-[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
+need_tools wrk nginx curl
+need_bin
 
-WORK=$(mktemp -d /tmp/switchyard-routes.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir routes
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port) SINGLE=$(free_port) ROUTED=$(free_port) ADMIN=$(free_port)
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server { listen 127.0.0.1:$UP; location / { return 200 "hello, world\n"; } }
-}
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-sleep 0.3
-PIDS+=("$(cat "$WORK/nginx.pid")")
+start_nginx "$UP"
 
 {
     cat <<EOF

@@ -15,34 +15,16 @@
 # at run time; etcd, nginx and Switchyard are stopped by PID on exit.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN=${BIN:-$ROOT/target/release/switchyard}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SERVICES=${SERVICES:-1000}
 SERVERS=${SERVERS:-3}
 SAMPLES=${SAMPLES:-50}
 
-need=()
-command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
-if ((${#need[@]})); then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >/dev/null
-fi
-[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --quiet --bin switchyard)
+need_tools etcd nginx curl
+need_bin
 
-WORK=$(mktemp -d /tmp/switchyard-services.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 0.5
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir services
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port) WEB=$(free_port) ADMIN=$(free_port) ETCD=$(free_port) PEER=$(free_port)
 
 etcd --name bench --data-dir "$WORK/etcd" --enable-v2=true \
@@ -51,19 +33,7 @@ etcd --name bench --data-dir "$WORK/etcd" --enable-v2=true \
     --initial-cluster "bench=http://127.0.0.1:$PEER" >"$WORK/etcd.log" 2>&1 &
 PIDS+=("$!")
 
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    server { listen 127.0.0.1:$UP; location / { return 200 "hello, world\n"; } }
-}
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-sleep 0.3
-PIDS+=("$(cat "$WORK/nginx.pid")")
+start_nginx "$UP"
 
 for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$ETCD/version" >/dev/null 2>&1 && break
