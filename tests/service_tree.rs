@@ -483,3 +483,35 @@ async fn services_are_restored_from_the_snapshot_file() {
     lb.shutdown().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A tree service is a backend like a configured one for the operator: the runtime API puts
+/// its server in maintenance (the service answers `503` naming it) and back, and its requests
+/// are counted under `backend="<service>"`.
+#[tokio::test]
+async fn the_runtime_api_and_metrics_see_tree_services() {
+    let etcd = Etcd::start().await;
+    let a = Upstream::start("A").await;
+    let lb = Lb::start_ready(&config(&etcd, Api::V2, BY_HOST, |c| c)).await;
+    put(
+        &etcd,
+        Api::V2,
+        "/services/ops/backend/1",
+        &a.addr().to_string(),
+    )
+    .await;
+    wait_answer(&lb, "ops.example.com", "/", 200, "A", PROPAGATION).await;
+
+    assert_eq!(lb.set_server_state("ops", "1", "maint").await, 200);
+    wait_answer(&lb, "ops.example.com", "/", 503, "ops", PATIENCE).await;
+    let listed = backend(&lb, "ops").await;
+    assert_eq!(listed["servers"][0]["admin"], "maint", "{listed}");
+
+    assert_eq!(lb.set_server_state("ops", "1", "ready").await, 200);
+    wait_answer(&lb, "ops.example.com", "/", 200, "A", PATIENCE).await;
+    let series = format!(
+        "switchyard_requests_total{{frontend=\"web\",backend=\"ops\",server=\"{}\",code=\"200\"}}",
+        a.addr()
+    );
+    assert!(metric(&lb.metrics().await, &series) >= 1.0, "{series}");
+    lb.shutdown().await;
+}
