@@ -36,6 +36,8 @@ pub struct Admin {
     pub publisher: Arc<Publisher>,
     pub running: Arc<ArcSwap<Config>>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The backends `switchyard_backend_servers` was last exported for.
+    pub exported: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
@@ -179,6 +181,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/metrics" => {
             admin.metrics.run_upkeep();
+            export_backend_servers(&admin.shared.load(), &admin.exported);
             respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -337,6 +340,52 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
         })
         .collect();
     json!({"discovery": discovery, "backends": backends})
+}
+
+/// Sets `switchyard_backend_servers{backend,state}` from `snap`: every state of every backend,
+/// zeros included (an empty backend has series for the "no server up" alert to see), and zeros
+/// for the backends gone since the last scrape (a removed tree service), so none keeps
+/// reporting servers it no longer has. A server in maintenance counts as `maint` only;
+/// removed servers still finishing requests count as `draining`.
+fn export_backend_servers(snap: &Snapshot, exported: &std::sync::Mutex<Vec<String>>) {
+    const STATES: [&str; 4] = ["up", "down", "draining", "maint"];
+    let mut seen = exported.lock().unwrap_or_else(|e| e.into_inner());
+    let set = |backend: &str, counts: [usize; 4]| {
+        for (state, n) in STATES.iter().zip(counts) {
+            metrics::gauge!(crate::metrics::BACKEND_SERVERS,
+                "backend" => backend.to_string(), "state" => *state)
+            .set(n as f64);
+        }
+    };
+    for b in &snap.backends {
+        let mut counts = [0usize; 4];
+        for s in &b.servers {
+            let i = if s.is_draining() {
+                2
+            } else if s.admin() == AdminState::Maint {
+                3
+            } else if s.is_up() {
+                0
+            } else {
+                1
+            };
+            counts[i] += 1;
+        }
+        counts[2] += b.draining.len();
+        set(b.name(), counts);
+    }
+    seen.retain(|name| {
+        let gone = snap.backend(name).is_none();
+        if gone {
+            set(name, [0; 4]);
+        }
+        !gone
+    });
+    for b in &snap.backends {
+        if !seen.iter().any(|n| n == b.name()) {
+            seen.push(b.name().to_string());
+        }
+    }
 }
 
 /// The `/api/v1/routes` document: each frontend's routes in precedence order (the first that

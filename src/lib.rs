@@ -323,6 +323,7 @@ pub async fn run(
         publisher: Arc::clone(&publisher),
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
+        exported: Arc::default(),
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.

@@ -13,6 +13,10 @@ pub const NO_ROUTE: &str = "switchyard_no_route_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 pub const SERVER_UP: &str = "switchyard_server_up";
+/// `switchyard_backend_servers{backend,state}`: a backend's servers by state (`up`, `down`,
+/// `draining`, `maint`), counted from the running snapshot at each scrape, so an empty backend
+/// shows zeros instead of no series.
+pub const BACKEND_SERVERS: &str = "switchyard_backend_servers";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "switchyard_upstream_connect_errors_total";
 pub const RETRIES: &str = "switchyard_retries_total";
 pub const UPSTREAM_ABORTS: &str = "switchyard_upstream_aborts_total";
@@ -139,6 +143,10 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS_ACTIVE,
         "Client connections currently open, by frontend."
+    );
+    describe_gauge!(
+        BACKEND_SERVERS,
+        "Servers of each backend by state (up, down, draining, maint), from the running snapshot at each scrape; every state of every backend is exported, zeros included."
     );
     describe_gauge!(
         SERVER_UP,

@@ -233,3 +233,73 @@ async fn reload_over_http() {
         .unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `switchyard_backend_servers{backend,state}` counts each backend's servers by state at every
+/// scrape, zeros included, and goes to zero for a backend a reload removed.
+#[tokio::test]
+async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
+    let up = Upstream::start("live").await;
+    let dead = format!("127.0.0.1:{}", support::dead_port());
+    let with_both = Cfg::http("web")
+        .backend("bsstates")
+        .servers(&[up.addr().to_string(), dead.clone()])
+        .check("type = \"tcp\"\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"200ms\"")
+        .toml();
+    let lb = Lb::start_ready(&with_both).await;
+    let series = |state: &str| {
+        format!("switchyard_backend_servers{{backend=\"bsstates\",state=\"{state}\"}}")
+    };
+    let counts = |text: &str| -> Vec<Option<f64>> {
+        ["up", "down", "draining", "maint"]
+            .iter()
+            .map(|s| {
+                let name = series(s);
+                text.lines()
+                    .find(|l| l.starts_with(&name))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .map(|v| v.parse().unwrap())
+            })
+            .collect()
+    };
+    let until = |want: [Option<f64>; 4], what: &'static str| {
+        let lb = &lb;
+        let counts = &counts;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = lb.metrics().await;
+                if counts(&text) == want {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{what}: {text}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    until(
+        [Some(1.0), Some(1.0), Some(0.0), Some(0.0)],
+        "the dead server counted down",
+    )
+    .await;
+
+    assert_eq!(
+        lb.set_server_state("bsstates", &up.addr().to_string(), "maint")
+            .await,
+        200
+    );
+    let text = lb.metrics().await;
+    assert_eq!(
+        counts(&text),
+        [Some(0.0), Some(1.0), Some(0.0), Some(1.0)],
+        "{text}"
+    );
+
+    let other = Cfg::http("web")
+        .backend("bsother")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    lb.reload_toml(&other).await;
+    until([Some(0.0); 4], "the removed backend at zero").await;
+    lb.shutdown().await;
+}
