@@ -374,18 +374,11 @@ fn export_backend_servers(snap: &Snapshot, exported: &std::sync::Mutex<Vec<Strin
         counts[2] += b.draining.len();
         set(b.name(), counts);
     }
-    seen.retain(|name| {
-        let gone = snap.backend(name).is_none();
-        if gone {
-            set(name, [0; 4]);
-        }
-        !gone
-    });
-    for b in &snap.backends {
-        if !seen.iter().any(|n| n == b.name()) {
-            seen.push(b.name().to_string());
-        }
+    let current: std::collections::HashSet<&str> = snap.backends.iter().map(|b| b.name()).collect();
+    for gone in seen.iter().filter(|n| !current.contains(n.as_str())) {
+        set(gone, [0; 4]);
     }
+    *seen = current.into_iter().map(String::from).collect();
 }
 
 /// The `/api/v1/routes` document: each frontend's routes in precedence order (the first that

@@ -46,10 +46,7 @@ pub(crate) async fn handle(
     let snap = fe.shared.load_full();
     let mut req = req;
     let (picked, routing) = pick_backend(&snap, &fe.frontend.name, &mut req);
-    let routing_kind = match &routing {
-        Routing::Fallback => Routing::Fallback,
-        _ => Routing::Routed,
-    };
+    let fallback = matches!(routing, Routing::Fallback);
     let backend = picked.map(|i| &snap.backends[i]);
     let mut trace = Trace::default();
     // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
@@ -123,7 +120,7 @@ pub(crate) async fn handle(
     let took = start.elapsed().as_secs_f64();
     match backend {
         // The frontend's own backend has its handle at hand; others are looked up once.
-        Some(_) if matches!(routing_kind, Routing::Fallback) => fe.duration.record(took),
+        Some(_) if fallback => fe.duration.record(took),
         Some(b) => fe.durations.with(
             |n| **n == *b.config.name,
             || {
