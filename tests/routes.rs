@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use support::config::{self, Cfg};
 use support::pki::Pki;
 use support::raw::{Client, RawResponse};
-use support::{Lb, Upstream, get, metric, wait_until};
+use support::{Lb, Upstream, get, metric};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -330,7 +330,7 @@ async fn no_route_and_no_fallback_is_404_counted_and_logged() {
     let text = f.metrics().await;
     assert_eq!(metric(&text, &series), 2.0, "{text}");
 
-    let lines = log_lines(&f.log, &f.bare, 3).await;
+    let lines = support::log_lines(&f.log, &f.bare, 3).await;
     let miss = lines
         .iter()
         .find(|v| v["path"] == "/nope?x=1")
@@ -369,28 +369,6 @@ async fn only_the_404_counts_as_no_route() {
     assert_eq!(metric(&text, &series), 1.0, "{text}");
     assert_eq!(f.hits(), 0);
     f.lb.shutdown().await;
-}
-
-/// Waits (5 s) until the access log has at least `n` JSON lines for `frontend`.
-async fn log_lines(file: &Path, frontend: &str, n: usize) -> Vec<serde_json::Value> {
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["frontend"] == frontend)
-            .collect()
-    };
-    wait_until(
-        &format!("{n} access log lines for {frontend}"),
-        Duration::from_secs(5),
-        || {
-            let got = read().len();
-            async move { got >= n }
-        },
-    )
-    .await;
-    read()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use support::config::{self, Cfg};
 use support::pki::{Leaf, Pki};
 use support::stream::until_closed;
-use support::{Lb, get, metric, wait_until};
+use support::{Lb, get, metric};
 
 /// Bound on every single network wait in this file.
 const WAIT: Duration = Duration::from_secs(5);
@@ -305,28 +305,6 @@ impl Fixture {
     }
 }
 
-/// Waits (5 s) until the access log has at least `n` JSON lines for `frontend`.
-async fn log_lines(file: &Path, frontend: &str, n: usize) -> Vec<serde_json::Value> {
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["frontend"] == frontend)
-            .collect()
-    };
-    wait_until(
-        &format!("{n} access log lines for {frontend}"),
-        Duration::from_secs(5),
-        || {
-            let got = read().len();
-            async move { got >= n }
-        },
-    )
-    .await;
-    read()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Routing by SNI
 
@@ -481,7 +459,7 @@ async fn silence_is_closed_at_header_timeout_and_counted() {
 async fn bytes_in_counts_the_client_hello() {
     let f = Fixture::start("bytes").await;
     let x = through(&f.pki, f.pass_addr(), "b.example.com", "B", &f.leaves[B]).await;
-    let lines = log_lines(&f.log, &f.pass, 1).await;
+    let lines = support::log_lines(&f.log, &f.pass, 1).await;
     let v = &lines[0];
     assert_eq!(v["backend"], "b", "{v}");
     assert_eq!(v["server"], f.ups[B].addr.to_string(), "{v}");
@@ -501,7 +479,7 @@ async fn a_connection_closed_after_its_client_hello_logs_the_bytes_read() {
     let f = Fixture::start("refusedbytes").await;
     // No SNI and no fallback: the ClientHello was read, then no route.
     let (_, x) = refused(&f.pki, f.strict_addr(), "127.0.0.1").await;
-    let lines = log_lines(&f.log, &f.strict, 1).await;
+    let lines = support::log_lines(&f.log, &f.strict, 1).await;
     let v = &lines[0];
     assert_eq!(v["termination"], "no_route", "{v}");
     assert_eq!(v["backend"], serde_json::Value::Null, "{v}");

@@ -123,3 +123,25 @@ fn tail(path: &Path, n: usize) -> String {
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
+
+/// Waits (5 s) until the access log has at least `n` JSON lines for `frontend`.
+pub async fn log_lines(file: &Path, frontend: &str, n: usize) -> Vec<serde_json::Value> {
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["frontend"] == frontend)
+            .collect()
+    };
+    wait_until(
+        &format!("{n} access log lines for {frontend}"),
+        Duration::from_secs(5),
+        || {
+            let got = read().len();
+            async move { got >= n }
+        },
+    )
+    .await;
+    read()
+}
