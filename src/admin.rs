@@ -36,8 +36,6 @@ pub struct Admin {
     pub publisher: Arc<Publisher>,
     pub running: Arc<ArcSwap<Config>>,
     pub reload: mpsc::Sender<ReloadRequest>,
-    /// The backends `switchyard_backend_servers` was last exported for.
-    pub exported: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
@@ -181,12 +179,9 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/metrics" => {
             admin.metrics.run_upkeep();
-            export_backend_servers(&admin.shared.load(), &admin.exported);
-            respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                admin.metrics.render(),
-            )
+            let mut text = admin.metrics.render();
+            crate::exposition::append(&admin.shared.load(), &mut text);
+            respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", STATS_PAGE),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -340,45 +335,6 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
         })
         .collect();
     json!({"discovery": discovery, "backends": backends})
-}
-
-/// Sets `switchyard_backend_servers{backend,state}` from `snap`: every state of every backend,
-/// zeros included (an empty backend has series for the "no server up" alert to see), and zeros
-/// for the backends gone since the last scrape (a removed tree service), so none keeps
-/// reporting servers it no longer has. A server in maintenance counts as `maint` only;
-/// removed servers still finishing requests count as `draining`.
-fn export_backend_servers(snap: &Snapshot, exported: &std::sync::Mutex<Vec<String>>) {
-    const STATES: [&str; 4] = ["up", "down", "draining", "maint"];
-    let mut seen = exported.lock().unwrap_or_else(|e| e.into_inner());
-    let set = |backend: &str, counts: [usize; 4]| {
-        for (state, n) in STATES.iter().zip(counts) {
-            metrics::gauge!(crate::metrics::BACKEND_SERVERS,
-                "backend" => backend.to_string(), "state" => *state)
-            .set(n as f64);
-        }
-    };
-    for b in &snap.backends {
-        let mut counts = [0usize; 4];
-        for s in &b.servers {
-            let i = if s.is_draining() {
-                2
-            } else if s.admin() == AdminState::Maint {
-                3
-            } else if s.is_up() {
-                0
-            } else {
-                1
-            };
-            counts[i] += 1;
-        }
-        counts[2] += b.draining.len();
-        set(b.name(), counts);
-    }
-    let current: std::collections::HashSet<&str> = snap.backends.iter().map(|b| b.name()).collect();
-    for gone in seen.iter().filter(|n| !current.contains(n.as_str())) {
-        set(gone, [0; 4]);
-    }
-    *seen = current.into_iter().map(String::from).collect();
 }
 
 /// The `/api/v1/routes` document: each frontend's routes in precedence order (the first that

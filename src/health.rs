@@ -69,8 +69,6 @@ fn flip_to(backend: &Backend, server: &Server, up: bool, reason: &str) -> bool {
     if !server.set_up(up) {
         return false;
     }
-    metrics::gauge!(m::SERVER_UP, "backend" => backend.name.clone(), "server" => server.addr.clone())
-        .set(if up { 1.0 } else { 0.0 });
     if up {
         info!(backend = %backend.name, server = %server.addr, name = %server.name, reason, "server up");
     } else {
@@ -220,8 +218,6 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
                     };
                     debug!(backend = %backend.name, server = %server.addr, ok, reason, "health check");
                     record(&backend, &server, ok, &reason);
-                    metrics::gauge!(m::SERVER_UP, "backend" => backend.name.clone(), "server" => server.addr.clone())
-                        .set(if server.is_up() { 1.0 } else { 0.0 });
                     let mut s = server
                         .state()
                         .streak

@@ -13,6 +13,7 @@ pub mod balancer;
 pub mod config;
 pub mod discovery;
 pub mod etcd;
+pub mod exposition;
 pub mod health;
 pub mod http;
 pub mod listener;
@@ -323,7 +324,6 @@ pub async fn run(
         publisher: Arc::clone(&publisher),
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
-        exported: Arc::default(),
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.

@@ -12,7 +12,13 @@ pub const REQUESTS: &str = "switchyard_requests_total";
 pub const NO_ROUTE: &str = "switchyard_no_route_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+/// `switchyard_server_up{backend,server}`, written at each scrape from the running snapshot
+/// (`exposition.rs`), so a removed server's series ends.
 pub const SERVER_UP: &str = "switchyard_server_up";
+/// `switchyard_server_admin_state{backend,server,state}`: 1 for the server's administrative
+/// state (`ready`, `drain`, `maint`), 0 for the others; written at each scrape like
+/// [`SERVER_UP`].
+pub const SERVER_ADMIN_STATE: &str = "switchyard_server_admin_state";
 /// `switchyard_backend_servers{backend,state}`: a backend's servers by state (`up`, `down`,
 /// `draining`, `maint`), counted from the running snapshot at each scrape, so an empty backend
 /// shows zeros instead of no series.
@@ -143,14 +149,6 @@ fn describe() {
     describe_gauge!(
         CONNECTIONS_ACTIVE,
         "Client connections currently open, by frontend."
-    );
-    describe_gauge!(
-        BACKEND_SERVERS,
-        "Servers of each backend by state (up, down, draining, maint), from the running snapshot at each scrape; every state of every backend is exported, zeros included."
-    );
-    describe_gauge!(
-        SERVER_UP,
-        "1 if the server passes its health checks, 0 if it is down."
     );
     describe_counter!(
         UPSTREAM_CONNECT_ERRORS,

@@ -235,7 +235,8 @@ async fn reload_over_http() {
 }
 
 /// `switchyard_backend_servers{backend,state}` counts each backend's servers by state at every
-/// scrape, zeros included, and goes to zero for a backend a reload removed.
+/// scrape, zeros included; `switchyard_server_up` and `switchyard_server_admin_state` follow each
+/// server; the series of a server or backend that a reload removed are gone from the next scrape.
 #[tokio::test]
 async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
     let up = Upstream::start("live").await;
@@ -293,6 +294,47 @@ async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
         [Some(0.0), Some(1.0), Some(0.0), Some(1.0)],
         "{text}"
     );
+    let line = |text: &str, series: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .map(|l| l[series.len() + 1..].to_string())
+    };
+    let up_of =
+        |addr: &str| format!("switchyard_server_up{{backend=\"bsstates\",server=\"{addr}\"}}");
+    let admin_of = |addr: &str, state: &str| {
+        format!(
+            "switchyard_server_admin_state{{backend=\"bsstates\",server=\"{addr}\",state=\"{state}\"}}"
+        )
+    };
+    let live = up.addr().to_string();
+    assert_eq!(line(&text, &up_of(&dead)).as_deref(), Some("0"), "{text}");
+    assert_eq!(
+        line(&text, &admin_of(&live, "maint")).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, &admin_of(&live, "ready")).as_deref(),
+        Some("0"),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, &admin_of(&dead, "ready")).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+
+    // A reload removes the dead server: its series end, the live one's stay.
+    let only_live = Cfg::http("web")
+        .backend("bsstates")
+        .servers(&[live.clone()])
+        .check("type = \"tcp\"\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"200ms\"")
+        .toml();
+    lb.reload_toml(&only_live).await;
+    let text = lb.metrics().await;
+    assert_eq!(line(&text, &up_of(&dead)), None, "removed server: {text}");
+    assert_eq!(line(&text, &admin_of(&dead, "ready")), None, "{text}");
+    assert!(line(&text, &up_of(&live)).is_some(), "{text}");
 
     let other = Cfg::http("web")
         .backend("bsother")
@@ -300,6 +342,13 @@ async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
         .check_none()
         .toml();
     lb.reload_toml(&other).await;
-    until([Some(0.0); 4], "the removed backend at zero").await;
+    until([None; 4], "the removed backend's series gone").await;
+    let text = lb.metrics().await;
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("switchyard_server_") && l.contains("backend=\"bsstates\"")),
+        "{text}"
+    );
     lb.shutdown().await;
 }

@@ -245,8 +245,6 @@ impl Publisher {
             if b.name() == service {
                 for s in &b.servers {
                     s.start_draining();
-                    metrics::gauge!(crate::metrics::SERVER_UP, "backend" => service.to_string(), "server" => s.addr.clone())
-                        .set(0.0);
                 }
             } else {
                 backends.push(b.with_draining(b.draining.clone()));
@@ -629,9 +627,6 @@ fn next_set(
     let mut draining: Vec<Arc<Server>> = prev.map(|p| p.draining.clone()).unwrap_or_default();
     for (old, _) in prev_servers.iter().zip(&kept).filter(|(_, kept)| !**kept) {
         old.start_draining();
-        // A departed server must not keep reporting "up" (alerts sum this gauge).
-        metrics::gauge!(crate::metrics::SERVER_UP, "backend" => config.name.clone(), "server" => old.addr.clone())
-            .set(0.0);
         if old.active() > 0 {
             info!(backend = %config.name, server = %old.addr, active = old.active(),
                 "server removed: draining the requests in flight");

@@ -1,0 +1,132 @@
+//! Metric families that describe the running snapshot, written at each scrape straight from it:
+//! `switchyard_server_up`, `switchyard_server_admin_state` and `switchyard_backend_servers`.
+//!
+//! They are not kept in the metrics recorder, because the recorder cannot forget a series: a
+//! server removed from etcd would report `switchyard_server_up 0` until the process restarts, and
+//! a dashboard that averages the gauge would count it as down. Written from the snapshot, a
+//! removed server's series and a removed backend's series are simply absent from the next scrape
+//! (Prometheus marks them stale), and an empty backend still has its zeros, so the "no server up"
+//! alert can fire for it.
+
+use std::fmt::Write;
+
+use crate::metrics::{BACKEND_SERVERS, SERVER_ADMIN_STATE, SERVER_UP};
+use crate::snapshot::{AdminState, Server, Snapshot};
+
+/// The states of `switchyard_backend_servers`, in the order written.
+const SERVER_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
+/// The states of `switchyard_server_admin_state`, as the runtime API names them.
+const ADMIN_STATES: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+/// Appends the three families, HELP and TYPE lines included, to `out` (the recorder's rendering).
+pub fn append(snap: &Snapshot, out: &mut String) {
+    // `write!` into a String cannot fail.
+    let _ = write_families(snap, out);
+}
+
+fn write_families(snap: &Snapshot, out: &mut String) -> std::fmt::Result {
+    writeln!(
+        out,
+        "# HELP {SERVER_UP} 1 while the server passes its health checks, else 0; servers of the running configuration only (a removed server's series ends)."
+    )?;
+    writeln!(out, "# TYPE {SERVER_UP} gauge")?;
+    for b in &snap.backends {
+        for s in &b.servers {
+            let up = u8::from(s.is_up());
+            writeln!(
+                out,
+                "{SERVER_UP}{{backend=\"{}\",server=\"{}\"}} {up}",
+                Escaped(b.name()),
+                Escaped(&s.addr)
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "# HELP {SERVER_ADMIN_STATE} 1 for the server's administrative state (ready, drain, maint: the runtime API's and the etcd value's), 0 for the others."
+    )?;
+    writeln!(out, "# TYPE {SERVER_ADMIN_STATE} gauge")?;
+    for b in &snap.backends {
+        for s in &b.servers {
+            let current = s.admin();
+            for state in ADMIN_STATES {
+                writeln!(
+                    out,
+                    "{SERVER_ADMIN_STATE}{{backend=\"{}\",server=\"{}\",state=\"{}\"}} {}",
+                    Escaped(b.name()),
+                    Escaped(&s.addr),
+                    state.as_str(),
+                    u8::from(state == current)
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "# HELP {BACKEND_SERVERS} Servers of each backend by state (up, down, draining, maint), from the running snapshot; every state of every backend, zeros included."
+    )?;
+    writeln!(out, "# TYPE {BACKEND_SERVERS} gauge")?;
+    for b in &snap.backends {
+        let mut counts = [0usize; 4];
+        for s in &b.servers {
+            counts[state_index(s)] += 1;
+        }
+        // Removed servers still finishing requests.
+        counts[2] += b.draining.len();
+        for (state, n) in SERVER_STATES.iter().zip(counts) {
+            writeln!(
+                out,
+                "{BACKEND_SERVERS}{{backend=\"{}\",state=\"{state}\"}} {n}",
+                Escaped(b.name())
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A server's place in [`SERVER_STATES`]: maintenance counts as `maint` only, whatever its
+/// checks last said.
+fn state_index(s: &Server) -> usize {
+    if s.is_draining() {
+        2
+    } else if s.admin() == AdminState::Maint {
+        3
+    } else if s.is_up() {
+        0
+    } else {
+        1
+    }
+}
+
+/// A label value escaped as the text exposition format requires: backslash, double quote and
+/// line feed.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(
+            Escaped("a\\b\"c\nd").to_string(),
+            "a\\\\b\\\"c\\nd",
+            "backslash, quote and newline"
+        );
+        assert_eq!(Escaped("svc-1.example").to_string(), "svc-1.example");
+    }
+}
