@@ -327,7 +327,7 @@ async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
     // A reload removes the dead server: its series end, the live one's stay.
     let only_live = Cfg::http("web")
         .backend("bsstates")
-        .servers(&[live.clone()])
+        .servers(std::slice::from_ref(&live))
         .check("type = \"tcp\"\ninter = \"100ms\"\nrise = 1\nfall = 1\ntimeout = \"200ms\"")
         .toml();
     lb.reload_toml(&only_live).await;
