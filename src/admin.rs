@@ -179,8 +179,10 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/metrics" => {
             admin.metrics.run_upkeep();
+            let snap = admin.shared.load();
+            crate::exposition::register_zeros(&snap);
             let mut text = admin.metrics.render();
-            crate::exposition::append(&admin.shared.load(), &mut text);
+            crate::exposition::append(&snap, &mut text);
             respond(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", STATS_PAGE),
@@ -213,8 +215,7 @@ async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Ful
         let new = match Config::load(&file) {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
-                    .increment(1);
+                crate::metrics::reload_refused();
                 return json(
                     StatusCode::BAD_REQUEST,
                     json!({"error": e.to_string(), "reloaded": false}),
@@ -222,7 +223,7 @@ async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Ful
             }
         };
         if let Err(e) = crate::tls::validate_files(&new) {
-            metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+            crate::metrics::reload_refused();
             return json(
                 StatusCode::BAD_REQUEST,
                 json!({"error": e.to_string(), "reloaded": false}),

@@ -1,5 +1,7 @@
 //! Metric families that describe the running snapshot, written at each scrape straight from it:
-//! `switchyard_server_up`, `switchyard_server_admin_state` and `switchyard_backend_servers`.
+//! `switchyard_server_up`, `switchyard_server_admin_state` and `switchyard_backend_servers`; and
+//! the zero series of the counters that alerts and the dashboard divide or compare, registered
+//! for every backend before the recorder renders ([`register_zeros`]).
 //!
 //! They are not kept in the metrics recorder, because the recorder cannot forget a series: a
 //! server removed from etcd would report `switchyard_server_up 0` until the process restarts, and
@@ -10,13 +12,41 @@
 
 use std::fmt::Write;
 
-use crate::metrics::{BACKEND_SERVERS, SERVER_ADMIN_STATE, SERVER_UP};
+use crate::metrics::{
+    BACKEND_SERVERS, DISCOVERY_INVALID_VALUES, DISCOVERY_RESYNCS, RETRIES, SERVER_ADMIN_STATE,
+    SERVER_UP,
+};
 use crate::snapshot::{AdminState, Server, Snapshot};
 
 /// The states of `switchyard_backend_servers`, in the order written.
 const SERVER_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
 /// The states of `switchyard_server_admin_state`, as the runtime API names them.
 const ADMIN_STATES: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+/// Resync reasons of `switchyard_discovery_resyncs_total` (`discovery/watch.rs`).
+const RESYNC_REASONS: [&str; 4] = ["start", "index_cleared", "compacted", "reconnect"];
+
+/// Registers at 0 the counters that would otherwise appear only on their first increment:
+/// `switchyard_retries_total{backend}` for every backend, and for backends fed by etcd
+/// `switchyard_discovery_invalid_values_total{backend}` and the resync reasons. A series that
+/// exists from the start lets `rate()` and `increase()` see its first increment. Registering an
+/// existing series changes nothing, so this runs before each rendering.
+pub fn register_zeros(snap: &Snapshot) {
+    let mut etcd = false;
+    for b in &snap.backends {
+        metrics::counter!(RETRIES, "backend" => b.name().to_string()).increment(0);
+        if b.config.etcd_prefix.is_some() {
+            etcd = true;
+            metrics::counter!(DISCOVERY_INVALID_VALUES, "backend" => b.name().to_string())
+                .increment(0);
+        }
+    }
+    if etcd {
+        for reason in RESYNC_REASONS {
+            metrics::counter!(DISCOVERY_RESYNCS, "reason" => reason).increment(0);
+        }
+    }
+}
 
 /// Appends the three families, HELP and TYPE lines included, to `out` (the recorder's rendering).
 pub fn append(snap: &Snapshot, out: &mut String) {

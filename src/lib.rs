@@ -189,8 +189,7 @@ impl Runtime {
                     }
                     Err(e) => {
                         error!(frontend = %f.name, error = %e, "reload refused; the running configuration stays");
-                        ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
-                            .increment(1);
+                        crate::metrics::reload_refused();
                         return Err(format!("frontend {:?}: {e}", f.name));
                     }
                 }
@@ -204,8 +203,7 @@ impl Runtime {
                 Ok(log) => self.access_log = log,
                 Err(e) => {
                     error!(error = %e, "reload refused; the running configuration stays");
-                    ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "failure")
-                        .increment(1);
+                    crate::metrics::reload_refused();
                     return Err(format!("log.access_file: {e}"));
                 }
             }
@@ -267,7 +265,7 @@ impl Runtime {
             info!(frontend = %name, "frontend removed");
             t.stop_accept.cancel();
         }
-        ::metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => "success").increment(1);
+        crate::metrics::reload_applied();
         self.running.store(Arc::new(self.config.clone()));
         info!("configuration reloaded");
         Ok(())
@@ -300,6 +298,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The recorder first: anything recorded before it is installed is lost.
     let metrics = crate::metrics::handle();
+    crate::metrics::config_loaded(true);
     let publisher = Arc::new(Publisher::new(&config));
     let access_log = access_log::AccessLog::start(&config.log)
         .map_err(|e| anyhow::anyhow!("log.access_file: {e}"))?;

@@ -203,7 +203,7 @@ fn spawn_signals(
                     match load(&path) {
                         Ok(c) => { let _ = reload_tx.send(c).await; }
                         Err(e) => {
-                            metrics::counter!(switchyard::metrics::CONFIG_RELOADS, "result" => "failure").increment(1);
+                            switchyard::metrics::reload_refused();
                             error!("{}: {e}; reload refused, the running configuration stays", path.display());
                         }
                     }

@@ -35,6 +35,15 @@ pub const DISCOVERY_LAST_SYNC: &str = "switchyard_discovery_last_sync_timestamp_
 pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
 pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+/// `switchyard_config_last_reload_successful`: 1 when the last reload (or the start) succeeded,
+/// 0 after a refused one, until a later reload succeeds (Prometheus's own name for this).
+pub const CONFIG_LAST_RELOAD_OK: &str = "switchyard_config_last_reload_successful";
+/// `switchyard_config_last_reload_success_timestamp_seconds`: when the running configuration was
+/// loaded (start or reload).
+pub const CONFIG_LAST_RELOAD_TIME: &str = "switchyard_config_last_reload_success_timestamp_seconds";
+/// `switchyard_tls_certificate_expiry_timestamp_seconds{frontend,name}`: the served
+/// certificate's notAfter; `name` as for [`TLS_OCSP_NEXT_UPDATE`].
+pub const TLS_CERT_EXPIRY: &str = "switchyard_tls_certificate_expiry_timestamp_seconds";
 /// `switchyard_tls_reloads_total{result}`.
 pub const TLS_RELOADS: &str = "switchyard_tls_reloads_total";
 /// `switchyard_tls_handshakes_total{result}`: success, failure (garbage, no shared cipher, ...)
@@ -127,12 +136,54 @@ pub fn handle() -> PrometheusHandle {
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             metrics::gauge!(DISCOVERY_CONNECTED).set(0.0);
+            for result in ["success", "failure"] {
+                metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+            }
             handle
         })
         .clone()
 }
 
+/// Records the outcome of a configuration reload (SIGHUP or the admin API): the counter by
+/// result, the last-reload gauge, and on success its timestamp. The start counts as a success.
+pub fn config_loaded(ok: bool) {
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!(CONFIG_LAST_RELOAD_TIME).set(now);
+    }
+    metrics::gauge!(CONFIG_LAST_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Records a refused reload: [`CONFIG_RELOADS`]`{result="failure"}` and the gauge at 0.
+pub fn reload_refused() {
+    metrics::counter!(CONFIG_RELOADS, "result" => "failure").increment(1);
+    config_loaded(false);
+}
+
+/// Records an applied reload: [`CONFIG_RELOADS`]`{result="success"}` and the gauge at 1.
+pub fn reload_applied() {
+    metrics::counter!(CONFIG_RELOADS, "result" => "success").increment(1);
+    config_loaded(true);
+}
+
 fn describe() {
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_OK,
+        "1 if the last configuration reload (or the start) succeeded, 0 if it was refused."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_TIME,
+        Unit::Seconds,
+        "When the running configuration was loaded (start or the last successful reload)."
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "The served certificate's notAfter (Unix time), by frontend and name (first DNS name, else file name)."
+    );
     describe_counter!(
         REQUESTS,
         "HTTP requests answered, by frontend, backend, server address and status code."

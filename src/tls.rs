@@ -30,7 +30,7 @@ use x509_cert::der::Decode;
 use x509_ocsp::{BasicOcspResponse, OcspResponse, OcspResponseStatus};
 
 use crate::config::{BackendTls, CertPair, Config, EtcdConfig, FrontendTls};
-use crate::metrics::{TLS_OCSP_ERRORS, TLS_OCSP_NEXT_UPDATE, TLS_RELOADS};
+use crate::metrics::{TLS_CERT_EXPIRY, TLS_OCSP_ERRORS, TLS_OCSP_NEXT_UPDATE, TLS_RELOADS};
 
 /// Installs the process-wide crypto provider; later calls do nothing.
 pub fn install_provider() {
@@ -166,9 +166,9 @@ fn set_next_update(frontend: &str, name: &str, next_update: Option<u64>) {
     metrics::gauge!(TLS_OCSP_NEXT_UPDATE, &labels).set(value);
 }
 
-/// Staples `<cert>.ocsp` to `ck` when that file exists. A file that cannot be read or is not a
-/// successful response for this certificate is logged and counted, and `ck` is served without
-/// a staple.
+/// Exports the certificate's notAfter, and staples `<cert>.ocsp` to `ck` when that file exists.
+/// A file that cannot be read or is not a successful response for this certificate is logged and
+/// counted, and `ck` is served without a staple.
 fn staple(frontend: &str, pair: &CertPair, mut ck: CertifiedKey) -> CertifiedKey {
     let path = ocsp_path(&pair.cert);
     let read = match std::fs::read(&path) {
@@ -180,6 +180,11 @@ fn staple(frontend: &str, pair: &CertPair, mut ck: CertifiedKey) -> CertifiedKey
         .first()
         .and_then(|der| x509_cert::Certificate::from_der(der).ok());
     let name = cert_label(leaf.as_ref(), &pair.cert);
+    if let Some(leaf) = &leaf {
+        let not_after = leaf.tbs_certificate.validity.not_after.to_unix_duration();
+        let labels = [("frontend", frontend.to_string()), ("name", name.clone())];
+        metrics::gauge!(TLS_CERT_EXPIRY, &labels).set(not_after.as_secs() as f64);
+    }
     let Some(read) = read else {
         set_next_update(frontend, &name, None);
         return ck;

@@ -172,6 +172,15 @@ async fn run_reload_and_graceful_sigterm() {
     );
     assert!(metrics.contains("switchyard_discovery_index "), "{metrics}");
     assert!(metrics.contains("# HELP switchyard_requests_total"));
+    // The reload series exist from the start: the start counts as a successful load.
+    for line in [
+        "switchyard_config_last_reload_successful 1",
+        "switchyard_config_reloads_total{result=\"failure\"} 0",
+        "switchyard_config_reloads_total{result=\"success\"} 0",
+        "switchyard_retries_total{backend=\"testservice\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
 
     // A bad config on SIGHUP is refused; the running one keeps serving.
     write(&dir, "sy.toml", "[[frontend]]\nname = 1\n");
@@ -181,6 +190,12 @@ async fn run_reload_and_graceful_sigterm() {
     let metrics = get(admin, "/metrics").await.1;
     assert!(
         metrics.contains("switchyard_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "switchyard_config_last_reload_successful 0"),
         "{metrics}"
     );
 
@@ -207,6 +222,14 @@ async fn run_reload_and_graceful_sigterm() {
         },
     )
     .await;
+    // The alert on a refused reload clears once a later one succeeds.
+    let metrics = get(admin, "/metrics").await.1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "switchyard_config_last_reload_successful 1"),
+        "{metrics}"
+    );
 
     // SIGTERM with a request in flight: it completes, then the process exits 0.
     let inflight = tokio::spawn(async move {

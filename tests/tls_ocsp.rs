@@ -325,3 +325,39 @@ async fn no_file_means_no_staple_and_a_bad_file_is_counted_and_not_stapled() {
     );
     lb.shutdown().await;
 }
+
+/// `switchyard_tls_certificate_expiry_timestamp_seconds` is the served certificate's notAfter,
+/// to the second, as `openssl x509 -checkend` reads the same file.
+#[tokio::test]
+async fn the_certificate_expiry_is_exported() {
+    const NAME: &str = "expiry.test";
+    let pki = Pki::new("expiry");
+    let leaf = pki.leaf("site", &[NAME]);
+    let up = Upstream::start("expiry").await;
+    let lb = start(&up, &leaf).await;
+    let series = format!(
+        "switchyard_tls_certificate_expiry_timestamp_seconds{{frontend=\"web\",name=\"{NAME}\"}}"
+    );
+    let not_after = metric(&lb.metrics().await, &series);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(not_after > now, "a fresh certificate: {not_after}");
+    // `-checkend N` exits 0 when the certificate is still valid N seconds from now.
+    let valid_in = |secs: f64| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-checkend"])
+            .arg(format!("{}", secs.max(0.0) as u64))
+            .arg("-in")
+            .arg(&leaf.cert)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("openssl (deploy/test.sh installs it)")
+            .success()
+    };
+    let left = not_after - now;
+    assert!(valid_in(left - 5.0), "still valid just before: {left}");
+    assert!(!valid_in(left + 5.0), "expired just after: {left}");
+    lb.shutdown().await;
+}
