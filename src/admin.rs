@@ -370,43 +370,8 @@ pub fn routes_json(admin: &Admin) -> serde_json::Value {
     json!({ "frontends": frontends })
 }
 
-/// A minimal self-refreshing stats page; no external assets. Each backend's table carries
-/// `data-backend="NAME"` and each server row `data-server="ADDR" data-state="STATE"`, stable hooks
-/// for scripts and for the browser test (`tests/stats_page.rs`).
-const STATS_PAGE: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>Switchyard</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em 2em;color:#222}
-h1{font-size:1.5em;margin:0 0 .4em}h1 small{font-size:.55em;font-weight:normal;color:#777;margin-left:.8em}
-h2{font-size:1.15em;margin:1.4em 0 .4em}h2 small{font-weight:normal;color:#666;margin-left:.8em}
-#disc{display:inline-block;padding:.35em .8em;border-radius:4px;background:#e8eefc}#disc.bad{background:#fcc}
-table{border-collapse:collapse;margin-bottom:1em}
-td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f2f2f2;font-weight:600}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-.up{background:#dfd}.down{background:#fcc}.draining{background:#ffc}td.st{font-weight:600}
-</style>
-</head><body><h1>Switchyard<small id="upd"></small></h1><div id="disc">loading…</div><div id="out"></div>
-<script>
-const e=s=>String(s).replace(/[&<>"']/g,c=>'&#'+c.charCodeAt(0)+';');
-async function refresh(){
-  const disc=document.getElementById('disc');
-  try{
-    const r=await fetch('/api/v1/backends');const j=await r.json();
-    const d=j.discovery;
-    disc.className=d&&!d.connected?'bad':'';
-    disc.textContent=d?`discovery ${d.api}: ${d.connected?'connected':'DISCONNECTED'}, index ${d.index}, last sync ${d.last_sync_age_seconds==null?'never':d.last_sync_age_seconds.toFixed(1)+' s ago'}, resyncs ${d.resyncs}`:'no discovery';
-    let h='';
-    for(const b of j.backends){
-      const up=b.servers.filter(s=>s.state==='up').length;
-      h+=`<h2>${e(b.name)}<small>${up}/${b.servers.length} up · ${e(b.balance)}${b.etcd_prefix?' · etcd '+e(b.etcd_prefix):''}</small></h2>`;
-      h+=`<table data-backend="${e(b.name)}"><tr><th>name</th><th>address</th><th>source</th><th>state</th><th>admin</th><th>weight</th><th>active</th><th>requests</th><th>5xx</th><th>last check</th><th>in state</th></tr>`;
-      for(const s of b.servers){h+=`<tr class="${e(s.state)}" data-server="${e(s.addr)}" data-state="${e(s.state)}"><td>${e(s.name)}</td><td>${e(s.addr)}</td><td>${e(s.source)}</td><td class="st">${e(s.state)}</td><td>${e(s.admin)}</td><td class="n">${s.weight}</td><td class="n">${s.active}</td><td class="n">${s.requests}</td><td class="n">${s.errors}</td><td>${s.last_check==null?'-':e(s.last_check)+' '+s.last_check_age_seconds.toFixed(1)+' s ago'}</td><td class="n">${s.state_age_seconds.toFixed(0)} s</td></tr>`;}
-      h+='</table>';
-    }
-    document.getElementById('out').innerHTML=h;
-    document.getElementById('upd').textContent='updated '+new Date().toLocaleTimeString();
-  }catch(err){disc.className='bad';disc.textContent='admin API unreachable: '+err;}
-}
-refresh();setInterval(refresh,2000);
-</script></body></html>
-"#;
+/// The stats page (`stats.html`): one self-refreshing page with no external assets, built from
+/// the admin JSON. Each backend's table carries `data-backend="NAME"` and each server row
+/// `data-server="ADDR" data-state="STATE"` (`maint` for a server in maintenance), stable hooks for
+/// scripts and for the browser test (`tests/stats_page.rs`).
+const STATS_PAGE: &str = include_str!("stats.html");

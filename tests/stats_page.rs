@@ -371,6 +371,28 @@ async fn stats_page_renders_servers_and_shows_a_dead_one_down() {
         dom.contains("2/3 up"),
         "backend header should count 2 of 3 up: {dom}"
     );
+    // The legend names every state, and the JSON behind the page is linked.
+    for want in [
+        "maint: taken out by an operator",
+        "href=\"/api/v1/backends\"",
+        "href=\"/api/v1/frontends\"",
+        "href=\"/metrics\"",
+    ] {
+        assert!(dom.contains(want), "{want}: {dom}");
+    }
+
+    // Maintenance is its own word and colour, not a red "down".
+    assert_eq!(lb.set_server_state(api, "api-1", "maint").await, 200);
+    let dom = browser.dom(&page).await;
+    assert_row(&dom, api, "api-1", &addr(&apis[0]), "maint");
+    assert!(
+        dom.contains(&format!(
+            "<tr class=\"maint\" data-server=\"{}\"",
+            addr(&apis[0])
+        )),
+        "maint row class: {dom}"
+    );
+    assert_eq!(lb.set_server_state(api, "api-1", "ready").await, 200);
 
     let png = tmp.0.join("stats-page.png");
     browser.screenshot(&page, &png).await;
