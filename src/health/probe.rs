@@ -217,10 +217,18 @@ const USER_AGENT: &str = "switchyard-check";
 /// A failed exchange: a TLS alert that arrives after the handshake (TLS 1.3 refuses a client
 /// certificate that way) is the TLS layer's; anything else is an invalid answer.
 fn http_error(e: &hyper::Error) -> (Status, String) {
+    // NOTE: `io::Error::source` skips the error it wraps, so rustls's error is looked for
+    // inside each `io::Error` as well as in the chain itself.
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(tls) = s.downcast_ref::<rustls::Error>() {
-            return (Status::L6Rsp, rustls_reason(tls));
+        let inner = s
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(s), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                return (Status::L6Rsp, rustls_reason(tls));
+            }
         }
         source = s.source();
     }
