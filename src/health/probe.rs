@@ -137,8 +137,8 @@ async fn steps(backend: &Backend, addr: &str, deadline: Instant) -> (Status, Str
 
 /// The PROXY header a check sends first, as HAProxy 2.6 does for checks of a `send-proxy`
 /// server: v1 describes the check's own connection (`PROXY TCP4 <our address> <server>`), v2
-/// is a `LOCAL` header (connection.c `make_proxy_line_v2` sends LOCAL on a connection that no
-/// client stream owns, unless `pp2-never-send-local`).
+/// is a `LOCAL` header (HAProxy sends LOCAL on a connection that no client stream owns, unless
+/// `pp2-never-send-local` is set).
 fn proxy_header(version: ProxyVersion, tcp: &TcpStream) -> Option<Vec<u8>> {
     match version {
         ProxyVersion::None => None,

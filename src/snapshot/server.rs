@@ -409,3 +409,36 @@ pub(super) fn uptime_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downtime_adds_up_and_admin_age_restarts_on_change() {
+        let s = Server::new(ServerSpec {
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            weight: 1,
+            drain: false,
+            source: Source::Static,
+        });
+        assert_eq!(s.downtime(), (0, 0));
+        std::thread::sleep(Duration::from_millis(30));
+        s.set_admin(AdminState::Ready);
+        assert!(s.admin_age_ms() >= 30, "no change, no restart");
+        s.set_admin(AdminState::Maint);
+        assert!(s.admin_age_ms() < 30);
+        for _ in 0..2 {
+            assert!(s.set_up(false));
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(s.downtime().1 >= 30, "the current period counts");
+            assert!(s.set_up(true));
+        }
+        let (transitions, ms) = s.downtime();
+        assert_eq!(transitions, 2);
+        assert!(ms >= 60, "both periods: {ms} ms");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.downtime().1, ms, "not counting while up");
+    }
+}
