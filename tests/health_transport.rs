@@ -5,6 +5,7 @@
 //! as HAProxy 2.6), and each failure is named with HAProxy's status code and a reason in
 //! `/api/v1/backends` (`L4CON`, `L6RSP` "TLS: unknown CA", `L6TOUT`, `L7TOUT`, `L7STS`,
 //! `L7RSP`), with its duration and the server's check, failure, transition and downtime counts.
+//! Connecting is bounded by the backend's `connect_timeout` as well as the check's `timeout`.
 //! Upstreams are real: rustls and hyper servers on loopback, certificates from `support::pki`.
 
 mod support;
@@ -443,11 +444,18 @@ async fn a_blackhole_times_out_in_the_layer_it_stalls() {
     assert!((390.0..1500.0).contains(&ms), "the 400 ms timeout: {s}");
     lb.shutdown().await;
 
-    // TLS: the handshake never completes.
+    // TLS: the handshake never completes; connecting is bounded by `connect_timeout` too, as
+    // on the data plane.
     let pki = Pki::new("hc-hole");
-    let lb = Lb::start_ready(&config(hole, &pki.backend_tls(), "http")).await;
+    let backend = format!("connect_timeout = \"150ms\"\n{}", pki.backend_tls());
+    let lb = Lb::start_ready(&config(hole, &backend, "http")).await;
     let s = wait_status(&lb, hole, "L6TOUT").await;
     assert_eq!(s["check"]["reason"], "TLS timeout", "{s}");
+    let ms = f64_of(&s["check"]["duration_ms"]);
+    assert!(
+        (140.0..390.0).contains(&ms),
+        "the 150 ms connect_timeout: {s}"
+    );
     lb.shutdown().await;
 
     // A tcp check on a plain backend only connects: the blackhole passes it.

@@ -4,7 +4,9 @@
 //! has `protocol = "h2"` (ALPN `h2` over TLS, prior knowledge without, as `http::dial` does).
 //! The result is HAProxy's check status code (`L4OK`, `L4CON`, `L6RSP`, `L7STS`, ...) with a
 //! reason in short words, and how long the check took. The whole check runs within the check's
-//! `timeout`; the step it runs out in names the timeout (`L4TOUT`, `L6TOUT`, `L7TOUT`).
+//! `timeout`, and connecting (TCP, PROXY header, TLS) also within the backend's
+//! `connect_timeout`, as on the data plane (HAProxy bounds a check's connect by `timeout
+//! connect` too); the step it runs out in names the timeout (`L4TOUT`, `L6TOUT`, `L7TOUT`).
 
 use std::error::Error as _;
 use std::io;
@@ -89,18 +91,27 @@ impl Outcome {
 /// Checks the server at `addr` as `backend` says.
 pub async fn check(backend: &Backend, addr: &str) -> Outcome {
     let start = Instant::now();
-    let (status, reason) = steps(backend, addr, start + backend.check.timeout).await;
+    let deadline = start + backend.check.timeout;
+    let connected_by = deadline.min(start + backend.connect_timeout);
+    let (status, reason) = steps(backend, addr, connected_by, deadline).await;
     Outcome::new(status, reason, start.elapsed())
 }
 
-async fn steps(backend: &Backend, addr: &str, deadline: Instant) -> (Status, String) {
-    let mut tcp = match timeout_at(deadline, upstream::tcp(addr)).await {
+/// The check's steps: connected (TCP, PROXY header, TLS) by `connected_by`, answered by
+/// `deadline`.
+async fn steps(
+    backend: &Backend,
+    addr: &str,
+    connected_by: Instant,
+    deadline: Instant,
+) -> (Status, String) {
+    let mut tcp = match timeout_at(connected_by, upstream::tcp(addr)).await {
         Err(_) => return (Status::L4Tout, "L4 timeout".into()),
         Ok(Err(e)) => return (Status::L4Con, l4_reason(&e)),
         Ok(Ok(s)) => s,
     };
     if let Some(header) = proxy_header(backend.send_proxy, &tcp) {
-        match timeout_at(deadline, tcp.write_all(&header)).await {
+        match timeout_at(connected_by, tcp.write_all(&header)).await {
             Err(_) => return (Status::L4Tout, "L4 timeout".into()),
             Ok(Err(e)) => return (Status::L4Con, l4_reason(&e)),
             Ok(Ok(())) => {}
@@ -113,7 +124,7 @@ async fn steps(backend: &Backend, addr: &str, deadline: Instant) -> (Status, Str
         (CheckType::Http, Protocol::Http1) => &[b"http/1.1"],
         _ => &[],
     };
-    let io = match timeout_at(deadline, upstream::secure(backend, addr, tcp, alpn)).await {
+    let io = match timeout_at(connected_by, upstream::secure(backend, addr, tcp, alpn)).await {
         Err(_) => return (Status::L6Tout, "TLS timeout".into()),
         Ok(Err(e)) => return (Status::L6Rsp, tls_reason(&e)),
         Ok(Ok(io)) => io,
