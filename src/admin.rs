@@ -311,6 +311,8 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                 .chain(b.draining.iter())
                 .map(|s| {
                     let last = crate::health::last_check(s);
+                    let view = crate::health::check_view(s);
+                    let (down_transitions, downtime_ms) = s.downtime();
                     json!({
                         "name": s.name,
                         "addr": s.addr,
@@ -324,6 +326,18 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                         "state_age_seconds": s.state_age_ms() as f64 / 1000.0,
                         "last_check": last.map(|(ok, _)| if ok { "passed" } else { "failed" }),
                         "last_check_age_seconds": last.map(|(_, age)| age.as_secs_f64()),
+                        "check": view.last.map(|(o, age)| json!({
+                            "ok": o.status.ok(),
+                            "status": o.status.as_str(),
+                            "reason": o.reason,
+                            "duration_ms": o.duration.as_secs_f64() * 1000.0,
+                            "age_seconds": age.as_secs_f64(),
+                        })),
+                        "checks": view.checks,
+                        "check_failures": view.failures,
+                        "down_transitions": down_transitions,
+                        "downtime_seconds": downtime_ms as f64 / 1000.0,
+                        "admin_age_seconds": s.admin_age_ms() as f64 / 1000.0,
                     })
                 })
                 .collect();

@@ -1,8 +1,10 @@
 //! Health: active checks, the rise/fall state machine, and passive checks on live traffic.
 //!
 //! One task walks the published snapshot every 100 ms and starts a probe (TCP connect, or HTTP
-//! GET `path` where 2xx/3xx or the `expect_status` list is healthy) for every server whose check
-//! is due; a new server is due at once. A server goes down after `fall` consecutive failures and
+//! GET `path` where 2xx/3xx or the `expect_status` list is healthy, over the backend's own
+//! transport: see [`probe`]) for every server whose check is due; a new server is due at once.
+//! Each check's status code, reason and duration, and counts of checks and failures, are kept
+//! for the admin API. A server goes down after `fall` consecutive failures and
 //! up after `rise` consecutive successes, checked every `inter`, `fastinter` while its state is
 //! changing and `downinter` while down (HAProxy's semantics and defaults, with +-10% jitter).
 //! Live traffic feeds in through [`observe_failure`] and [`observe_response`]: failures eject a
@@ -14,19 +16,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use std::sync::atomic::Ordering;
 
 use crate::config::{Backend, CheckType};
 use crate::metrics as m;
 use crate::snapshot::{AdminState, BackendSet, Server, Snapshot};
+
+pub mod probe;
+
+pub use probe::{Outcome, Status};
 
 /// How often the task looks for due checks; also the latency of "checked at once".
 const SCAN: Duration = Duration::from_millis(100);
@@ -38,19 +40,28 @@ pub struct Streak {
     fail: u32,
     next_due: Option<Instant>,
     in_flight: bool,
-    last: Option<(bool, Instant)>,
+    last: Option<(Outcome, Instant)>,
+    /// Checks run and checks failed (HAProxy's `chkfail`).
+    checks: u64,
+    failures: u64,
 }
 
 /// Records one check result; flips the server's state when rise or fall is reached.
 /// Returns the new state when it flipped.
-pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Option<bool> {
+pub fn record(backend: &Backend, server: &Server, outcome: Outcome) -> Option<bool> {
+    let ok = outcome.status.ok();
+    let (status, reason) = (outcome.status, outcome.reason.clone());
     let flip = {
         let mut s = server
             .state()
             .streak
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        s.last = Some((ok, Instant::now()));
+        s.last = Some((outcome, Instant::now()));
+        s.checks += 1;
+        if !ok {
+            s.failures += 1;
+        }
         if ok {
             s.ok = s.ok.saturating_add(1);
             s.fail = 0;
@@ -62,17 +73,18 @@ pub fn record(backend: &Backend, server: &Server, ok: bool, reason: &str) -> Opt
         }
     };
     let up = flip?;
-    flip_to(backend, server, up, reason).then_some(up)
+    flip_to(backend, server, up, status.as_str(), &reason).then_some(up)
 }
 
-fn flip_to(backend: &Backend, server: &Server, up: bool, reason: &str) -> bool {
+/// `status` is the check's status code, or `passive` for an ejection by live traffic.
+fn flip_to(backend: &Backend, server: &Server, up: bool, status: &str, reason: &str) -> bool {
     if !server.set_up(up) {
         return false;
     }
     if up {
-        info!(backend = %backend.name, server = %server.addr, name = %server.name, reason, "server up");
+        info!(backend = %backend.name, server = %server.addr, name = %server.name, status, reason, "server up");
     } else {
-        info!(backend = %backend.name, server = %server.addr, name = %server.name, reason, "server down");
+        warn!(backend = %backend.name, server = %server.addr, name = %server.name, status, reason, "server down");
     }
     true
 }
@@ -165,7 +177,7 @@ fn eject(set: &BackendSet, server: &Server, reason: &str) {
         s.fail = set.config.check.fall;
         s.next_due = None;
     }
-    flip_to(&set.config, server, false, reason);
+    flip_to(&set.config, server, false, "passive", reason);
 }
 
 /// Runs the checks until cancelled.
@@ -205,19 +217,17 @@ pub async fn run(shared: Arc<ArcSwap<Snapshot>>, cancel: CancellationToken) {
                 let backend = Arc::clone(&b.config);
                 let server = Arc::clone(server);
                 tokio::spawn(async move {
-                    let result = probe(&backend, &server).await;
-                    let ok = result.is_ok();
+                    let outcome = probe::check(&backend, &server.addr).await;
+                    let ok = outcome.status.ok();
                     metrics::counter!(m::HEALTH_CHECKS,
                         "backend" => backend.name.clone(),
                         "server" => server.addr.clone(),
                         "result" => if ok { "success" } else { "failure" })
                     .increment(1);
-                    let reason = match &result {
-                        Ok(()) => "check passed".to_string(),
-                        Err(e) => e.clone(),
-                    };
-                    debug!(backend = %backend.name, server = %server.addr, ok, reason, "health check");
-                    record(&backend, &server, ok, &reason);
+                    debug!(backend = %backend.name, server = %server.addr,
+                        status = outcome.status.as_str(), reason = %outcome.reason,
+                        duration = ?outcome.duration, "health check");
+                    record(&backend, &server, outcome);
                     let mut s = server
                         .state()
                         .streak
@@ -241,48 +251,28 @@ pub fn last_check(server: &Server) -> Option<(bool, Duration)> {
         .streak
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    s.last.map(|(ok, at)| (ok, at.elapsed()))
+    s.last.as_ref().map(|(o, at)| (o.status.ok(), at.elapsed()))
 }
 
-/// One probe; `Err` carries the reason for the log.
-async fn probe(backend: &Backend, server: &Server) -> Result<(), String> {
-    let check = &backend.check;
-    let fut = async {
-        let stream = TcpStream::connect(&server.addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        if check.kind == CheckType::Tcp {
-            return Ok(());
-        }
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("http: {e}"))?;
-        tokio::spawn(conn);
-        let host = check.host.as_deref().unwrap_or(server.addr.as_str());
-        let req = http::Request::get(check.path.as_str())
-            .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "switchyard-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("http: {e}"))?;
-        let status = resp.status();
-        let healthy = if check.expect_status.is_empty() {
-            status.is_success() || status.is_redirection()
-        } else {
-            check.expect_status.contains(&status.as_u16())
-        };
-        if healthy {
-            Ok(())
-        } else {
-            Err(format!("http status {}", status.as_u16()))
-        }
-    };
-    match tokio::time::timeout(check.timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timeout after {:?}", check.timeout)),
+/// What the admin API shows of a server's checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckView {
+    /// The last check and its age.
+    pub last: Option<(Outcome, Duration)>,
+    pub checks: u64,
+    pub failures: u64,
+}
+
+pub fn check_view(server: &Server) -> CheckView {
+    let s = server
+        .state()
+        .streak
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    CheckView {
+        last: s.last.as_ref().map(|(o, at)| (o.clone(), at.elapsed())),
+        checks: s.checks,
+        failures: s.failures,
     }
 }
 
@@ -306,21 +296,28 @@ mod tests {
             drain: false,
             source: Source::Static,
         });
+        let fail = || Outcome::new(Status::L4Con, "L4 connect refused", Duration::ZERO);
+        let pass = || Outcome::new(Status::L4Ok, "L4 check passed", Duration::ZERO);
         assert!(s.is_up(), "registration means ready");
-        assert_eq!(record(b, &s, false, "x"), None);
-        assert_eq!(record(b, &s, false, "x"), None);
+        assert_eq!(record(b, &s, fail()), None);
+        assert_eq!(record(b, &s, fail()), None);
         assert_eq!(
-            record(b, &s, true, "ok"),
+            record(b, &s, pass()),
             None,
             "a success resets the fall count"
         );
-        assert_eq!(record(b, &s, false, "x"), None);
-        assert_eq!(record(b, &s, false, "x"), None);
-        assert_eq!(record(b, &s, false, "x"), Some(false));
+        assert_eq!(record(b, &s, fail()), None);
+        assert_eq!(record(b, &s, fail()), None);
+        assert_eq!(record(b, &s, fail()), Some(false));
         assert!(!s.is_up());
-        assert_eq!(record(b, &s, false, "x"), None);
-        assert_eq!(record(b, &s, true, "ok"), None);
-        assert_eq!(record(b, &s, true, "ok"), Some(true));
+        assert_eq!(s.downtime().0, 1, "one transition to down");
+        assert_eq!(record(b, &s, fail()), None);
+        assert_eq!(record(b, &s, pass()), None);
+        assert_eq!(record(b, &s, pass()), Some(true));
         assert!(s.is_up());
+        let view = check_view(&s);
+        assert_eq!((view.checks, view.failures), (9, 6));
+        assert_eq!(view.last.unwrap().0.status, Status::L4Ok);
+        assert_eq!(s.downtime().0, 1);
     }
 }

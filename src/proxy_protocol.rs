@@ -135,6 +135,15 @@ pub fn encode_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A v2 `LOCAL` header: a connection the proxy opened on its own behalf (a health check), with
+/// no client address; the receiver uses the connection's own addresses.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = V2_SIGNATURE.to_vec();
+    // Version 2, command LOCAL; family and protocol unspecified; no address bytes.
+    out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    out
+}
+
 /// Reads one PROXY header (v1 or v2, told apart by its first bytes) within `timeout`, and not
 /// one byte past it. `Some((src, dst))` for TCP over IPv4/IPv6; `None` when the sender says
 /// the connection's own addresses apply (v1 `UNKNOWN`, v2 `LOCAL` or an unspecified/unix family).
@@ -438,6 +447,10 @@ mod tests {
         let (res, left) = read(&local, b"rest").await;
         assert_eq!(res.unwrap(), None);
         assert_eq!(left, b"rest");
+        // Our own LOCAL header (health checks) reads back the same way.
+        let (res, left) = read(&encode_v2_local(), b"GET").await;
+        assert_eq!(res.unwrap(), None);
+        assert_eq!(left, b"GET");
         // PROXY with AF_UNSPEC.
         let mut unspec = V2_SIGNATURE.to_vec();
         unspec.extend_from_slice(&[0x21, 0x00, 0, 0]);

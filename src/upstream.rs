@@ -1,6 +1,7 @@
 //! Dialing upstream servers, for both data planes: TCP, the PROXY header when the backend
 //! sends one, and TLS when it has `[backend.tls]`, all three inside one `connect_timeout`
-//! (`connect`); and `Killable`, the socket that a server's drain timeout cuts.
+//! (`connect`, whose steps `tcp` and `secure` the health checks take one by one); and
+//! `Killable`, the socket that a server's drain timeout cuts.
 
 use std::io;
 use std::pin::Pin;
@@ -29,22 +30,40 @@ pub(crate) async fn connect(
     alpn: &[&[u8]],
 ) -> io::Result<UpstreamIo> {
     let dial = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let mut stream = tcp(addr).await?;
         if let Some(h) = proxy_header {
             stream.write_all(h).await?;
         }
-        match &backend.tls {
-            None => Ok(Either::Left(stream)),
-            Some(tls) => Ok(Either::Right(
-                crate::tls::connect(tls, addr, stream, alpn).await?,
-            )),
-        }
+        secure(backend, addr, stream, alpn).await
     };
     // Boxed: a TLS handshake's future is several KiB, which the caller's would carry.
     tokio::time::timeout(backend.connect_timeout, Box::pin(dial))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// The TCP step of [`connect`]: a connection to `addr`, with Nagle off. Health checks take
+/// the steps one by one, with no timeout of their own, to tell which one failed.
+pub(crate) async fn tcp(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// The TLS step of [`connect`]: the handshake (offering `alpn`) when the backend has
+/// `[backend.tls]`, else the stream as it is.
+pub(crate) async fn secure(
+    backend: &Backend,
+    addr: &str,
+    stream: TcpStream,
+    alpn: &[&[u8]],
+) -> io::Result<UpstreamIo> {
+    match &backend.tls {
+        None => Ok(Either::Left(stream)),
+        Some(tls) => Ok(Either::Right(
+            crate::tls::connect(tls, addr, stream, alpn).await?,
+        )),
+    }
 }
 
 /// Any upstream transport: plain TCP or TLS.

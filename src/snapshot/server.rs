@@ -49,6 +49,12 @@ pub struct ServerState {
     draining_since_ms: AtomicU64,
     /// The operator's word (runtime admin API): 0 ready, 1 drain, 2 maint. See [`AdminState`].
     admin: AtomicU8,
+    /// When `admin` last changed (ms), or when the server appeared.
+    admin_changed_ms: AtomicU64,
+    /// Flips from up to down, and the time spent down before the current period (ms): HAProxy's
+    /// `chkdown` and `downtime`.
+    down_transitions: AtomicU64,
+    down_total_ms: AtomicU64,
     /// Requests answered through this server, and how many of them were 5xx (stats page).
     requests: AtomicU64,
     errors: AtomicU64,
@@ -88,6 +94,9 @@ impl ServerState {
             up_since_ms: AtomicU64::new(0),
             draining_since_ms: AtomicU64::new(0),
             admin: AtomicU8::new(AdminState::Ready as u8),
+            admin_changed_ms: AtomicU64::new(now_ms),
+            down_transitions: AtomicU64::new(0),
+            down_total_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             live_errors: AtomicU32::new(0),
@@ -168,7 +177,16 @@ impl Server {
     }
 
     pub(super) fn set_admin(&self, a: AdminState) {
-        self.state.admin.store(a as u8, Ordering::Relaxed);
+        if self.state.admin.swap(a as u8, Ordering::Relaxed) != a as u8 {
+            self.state
+                .admin_changed_ms
+                .store(uptime_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Milliseconds since the admin state last changed (or since the server appeared).
+    pub fn admin_age_ms(&self) -> u64 {
+        uptime_ms().saturating_sub(self.state.admin_changed_ms.load(Ordering::Relaxed))
     }
 
     pub fn is_up(&self) -> bool {
@@ -180,7 +198,14 @@ impl Server {
         let flipped = self.state.up.swap(up, Ordering::Relaxed) != up;
         if flipped {
             let now = uptime_ms().max(1);
-            self.state.changed_ms.store(now, Ordering::Relaxed);
+            let before = self.state.changed_ms.swap(now, Ordering::Relaxed);
+            if up {
+                self.state
+                    .down_total_ms
+                    .fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+            } else {
+                self.state.down_transitions.fetch_add(1, Ordering::Relaxed);
+            }
             if up {
                 self.state.up_since_ms.store(now, Ordering::Relaxed);
                 self.state.live_errors.store(0, Ordering::Relaxed);
@@ -205,6 +230,16 @@ impl Server {
     /// Milliseconds since the health state last changed.
     pub fn state_age_ms(&self) -> u64 {
         uptime_ms().saturating_sub(self.state.changed_ms.load(Ordering::Relaxed))
+    }
+
+    /// (transitions to down, milliseconds spent down including the current period).
+    pub fn downtime(&self) -> (u64, u64) {
+        let total = self.state.down_total_ms.load(Ordering::Relaxed);
+        let current = if self.is_up() { 0 } else { self.state_age_ms() };
+        (
+            self.state.down_transitions.load(Ordering::Relaxed),
+            total + current,
+        )
     }
 
     /// The data plane's connection pool for this server (`P`, made on first use).
@@ -373,4 +408,37 @@ impl Drop for ActiveGuard {
 pub(super) fn uptime_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downtime_adds_up_and_admin_age_restarts_on_change() {
+        let s = Server::new(ServerSpec {
+            name: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            weight: 1,
+            drain: false,
+            source: Source::Static,
+        });
+        assert_eq!(s.downtime(), (0, 0));
+        std::thread::sleep(Duration::from_millis(30));
+        s.set_admin(AdminState::Ready);
+        assert!(s.admin_age_ms() >= 30, "no change, no restart");
+        s.set_admin(AdminState::Maint);
+        assert!(s.admin_age_ms() < 30);
+        for _ in 0..2 {
+            assert!(s.set_up(false));
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(s.downtime().1 >= 30, "the current period counts");
+            assert!(s.set_up(true));
+        }
+        let (transitions, ms) = s.downtime();
+        assert_eq!(transitions, 2);
+        assert!(ms >= 60, "both periods: {ms} ms");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.downtime().1, ms, "not counting while up");
+    }
 }
