@@ -367,6 +367,19 @@ async fn stats_page_renders_servers_and_shows_a_dead_one_down() {
     assert_row(&dom, web, "web-2", &addr(&webs[1]), "down");
     assert_row(&dom, web, "web-3", &addr(&webs[2]), "up");
     assert_row(&dom, api, "api-1", &addr(&apis[0]), "up");
+    // The check column has HAProxy's status code and the reason.
+    let check_of = |a: &str| {
+        row(&dom, web, a)
+            .unwrap()
+            .cols
+            .get("last check")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let live = check_of(&addr(&webs[0]));
+    assert!(live.starts_with("L7OK L7 status 200"), "{live}");
+    let dead = check_of(&addr(&webs[1]));
+    assert!(dead.starts_with("L4CON L4 connect"), "{dead}");
     assert!(
         dom.contains("2/3 up"),
         "backend header should count 2 of 3 up: {dom}"
