@@ -83,13 +83,10 @@ fn classic_confd_example_becomes_an_etcd_backend() {
     assert!(o.status.success(), "{o:?}");
     let text = String::from_utf8(o.stdout.clone()).unwrap();
     assert_classic(&Config::from_toml(&text).unwrap());
-    // Only `global` (daemon, maxconn) cannot be mapped; the template's copy of it is not warned
-    // about twice (warnings come from the rendered haproxy.cfg).
+    // Only `global`'s daemon cannot be mapped (maxconn is the one frontend's); the template's
+    // copy of it is not warned about twice (warnings come from the rendered haproxy.cfg).
     let warnings = stderr_lines(&o);
-    let want = [
-        format!("warning: {}:2: daemon: ", cfg.display()),
-        format!("warning: {}:3: maxconn 256: ", cfg.display()),
-    ];
+    let want = [format!("warning: {}:2: daemon: ", cfg.display())];
     assert_eq!(warnings.len(), want.len(), "{warnings:#?}");
     for (w, want) in warnings.iter().zip(&want) {
         assert!(w.starts_with(want.as_str()), "{w:?} vs {want:?}");
@@ -325,11 +322,10 @@ backend up
     assert!(!t.verify);
     assert_eq!(t.sni.as_deref(), Some("api.internal"));
     let w: Vec<String> = m.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(w.len(), 2, "{w:#?}");
-    assert!(w[0].starts_with(
-        "warning: haproxy.cfg:2: bind :443 crt /etc/ssl/site.pem: a crt file is a combined PEM"
-    ));
-    assert!(w[1].starts_with("warning: haproxy.cfg:2: bind :443 ciphers HIGH: "));
+    // The crt file (a combined PEM) is both cert and key, with no warning.
+    assert_eq!(tls.certs[0].key, Path::new("/etc/ssl/site.pem"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].starts_with("warning: haproxy.cfg:2: bind :443 ciphers HIGH: "));
 }
 
 #[test]
@@ -347,18 +343,22 @@ fn bad_input_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "--haproxy is required");
-    // Nothing migratable is not an error: a config (admin only) and the warnings, exit 0.
+    // No frontend left is an error (it would listen on nothing): the warnings that say why,
+    // then the error, exit 1, nothing on stdout.
     let dir = tempdir("empty");
     let empty = dir.join("haproxy.cfg");
     std::fs::write(&empty, "global\n    daemon\nfrontend f\n    bind :80\n").unwrap();
     let o = run(&["--haproxy", empty.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    let c = Config::from_toml(&String::from_utf8(o.stdout.clone()).unwrap()).unwrap();
-    assert!(c.frontends.is_empty());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
     let w = stderr_lines(&o);
-    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_eq!(w.len(), 3, "{w:#?}");
     assert!(
         w[1].contains(":3: frontend f: has no default_backend"),
+        "{w:#?}"
+    );
+    assert!(
+        w[2].starts_with("switchyard migrate: ") && w[2].contains("no frontend could be migrated"),
         "{w:#?}"
     );
 }
@@ -775,16 +775,11 @@ fn an_lsdir_template_with_host_acls_becomes_a_service_tree() {
     assert_eq!(names, ["www", "services-defaults"]);
     assert!(c.frontends[0].routes.is_empty());
     assert_eq!(c.frontends[0].backend.as_deref(), Some("www"));
+    assert_eq!(c.frontends[0].maxconn, 256, "global maxconn, one frontend");
     assert!(c.etcd.is_some());
     assert_warnings(
         &w,
         &[
-            (
-                "haproxy.cfg",
-                2,
-                "maxconn 256",
-                "no global connection limit",
-            ),
             ("haproxy.cfg", 37, "listen stats :1936", "stats listener"),
             (
                 "haproxy.cfg.tmpl",
@@ -921,13 +916,65 @@ fn malformed_rules_are_one_warning_each() {
         .iter()
         .map(|w| w.split(':').nth(2).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18, 18], "{w:#?}");
+    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18], "{w:#?}");
     assert!(
         w[9].contains("its backend \"nope\" was not migrated"),
         "{w:#?}"
     );
     assert!(
-        w[11].contains("without a default_backend neither is the listener"),
+        w[10].contains("without a default_backend neither is the listener"),
         "{w:#?}"
+    );
+}
+
+#[test]
+fn listen_with_an_address_old_timeouts_maxconn_and_httplog_map() {
+    let (c, w) = lib("\
+global
+    maxconn 4096
+    log 127.0.0.1 local0
+defaults
+    log global
+    mode http
+    option httplog
+    maxconn 2000
+    contimeout 5000
+    clitimeout 50s
+    srvtimeout 1m
+listen app 0.0.0.0:8080
+    balance roundrobin
+    server a 127.0.0.1:9001 check
+    server b 127.0.0.2:9001 check
+frontend www 127.0.0.1:8081
+    maxconn 8000
+    default_backend app
+");
+    let names: Vec<&str> = c.frontends.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["app", "www"]);
+    let app = &c.frontends[0];
+    assert_eq!(app.bind, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(
+        app.backend.as_deref(),
+        Some("app"),
+        "a listen is its own backend"
+    );
+    assert_eq!(app.maxconn, 2000, "defaults' maxconn");
+    assert_eq!(app.idle_timeout, Duration::from_secs(50), "clitimeout");
+    let www = &c.frontends[1];
+    assert_eq!(www.bind, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(www.maxconn, 4096, "its own 8000 is above the global limit");
+    let b = c.backend("app").unwrap();
+    assert_eq!(b.connect_timeout, Duration::from_secs(5), "contimeout, ms");
+    assert_eq!(b.response_timeout, Duration::from_secs(60), "srvtimeout");
+    assert_eq!(b.servers, ["127.0.0.1:9001", "127.0.0.2:9001"]);
+    assert_eq!(
+        c.log.access,
+        switchyard::config::AccessFormat::Logfmt,
+        "option httplog"
+    );
+    // Only syslog has no equivalent; httplog, maxconn and the old timeouts are not warned about.
+    assert_warnings(
+        &w,
+        &[("haproxy.cfg", 3, "log 127.0.0.1 local0", "no syslog")],
     );
 }

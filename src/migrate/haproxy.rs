@@ -213,6 +213,10 @@ pub(super) struct Common {
     pub(super) httpchk: Option<HttpChk>,
     pub(super) expect_status: Option<Vec<u16>>,
     pub(super) server_defaults: ServerOpts,
+    /// `maxconn` of a defaults, frontend or listen section, and its line.
+    pub(super) maxconn: Option<(usize, usize)>,
+    /// `option httplog` / `option tcplog` (or `httpslog`): the access log is on.
+    pub(super) access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +286,8 @@ pub(super) fn side_ok(kind: Kind, side: Side) -> bool {
 }
 
 pub(super) const ADMIN_HINT: &str = "use Switchyard's admin server instead ([admin] listen): the stats page at /, /metrics and /api/v1/backends";
-pub(super) const LOG_HINT: &str = "Switchyard logs to stderr (level set by RUST_LOG) and exports Prometheus metrics; no syslog or access-log format";
+pub(super) const LOG_HINT: &str = "no syslog in Switchyard: its own log goes to stderr (level set by RUST_LOG), the access log (`option httplog`/`tcplog`, as [log] access) to stdout or [log] access_file";
+pub(super) const LOG_FORMAT_HINT: &str = "Switchyard's access log has fixed fields ([log] access = \"logfmt\" or \"json\": one line per request or tcp connection); not configurable";
 
 pub(super) fn time_arg(l: &Line, idx: usize, w: &mut Warn) -> Option<Duration> {
     match haproxy_time(l.word(idx)) {
@@ -318,16 +323,35 @@ pub(super) fn parse_status(s: &str) -> Option<Vec<u16>> {
     Some(out).filter(|v| v.iter().all(|s| (100..=599).contains(s)))
 }
 
+/// Where `timeout NAME` goes, or why it cannot be migrated.
+fn timeout_slot<'c>(
+    c: &'c mut Common,
+    name: &str,
+) -> Result<&'c mut Option<Duration>, &'static str> {
+    Ok(match name {
+        "connect" => &mut c.connect_timeout,
+        "server" => &mut c.response_timeout,
+        "client" => &mut c.client_timeout,
+        "http-keep-alive" => &mut c.keepalive_timeout,
+        "http-request" => &mut c.header_timeout,
+        "check" => &mut c.check_timeout,
+        "tunnel" | "client-fin" | "server-fin" => {
+            return Err("no tunnel (websocket) or half-closed timeouts in Switchyard");
+        }
+        "queue" => return Err("Switchyard has no request queue"),
+        _ => return Err("unknown timeout"),
+    })
+}
+
 /// Applies one directive of a defaults, frontend, backend or listen section.
 pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
     let d = l.word(0);
     let a1 = l.word(1);
     let side = match d {
-        "bind" | "default_backend" | "use_backend" | "acl" | "capture" | "monitor-uri" => {
-            Side::Front
-        }
+        "bind" | "default_backend" | "use_backend" | "acl" | "capture" | "monitor-uri"
+        | "maxconn" | "clitimeout" => Side::Front,
         "server" | "balance" | "http-check" | "default-server" | "retries" | "fullconn"
-        | "hash-type" | "cookie" | "http-reuse" => Side::Back,
+        | "hash-type" | "cookie" | "http-reuse" | "contimeout" | "srvtimeout" => Side::Back,
         "option" => match a1 {
             "httpchk" | "redispatch" | "tcp-check" | "ssl-hello-chk" | "mysql-check"
             | "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "allbackups"
@@ -401,28 +425,22 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             Ok(n) => p.c.retries = Some(n),
             Err(_) => w.line(l, "not a number"),
         },
-        "timeout" => {
-            let slot = match a1 {
-                "connect" => &mut p.c.connect_timeout,
-                "server" => &mut p.c.response_timeout,
-                "client" => &mut p.c.client_timeout,
-                "http-keep-alive" => &mut p.c.keepalive_timeout,
-                "http-request" => &mut p.c.header_timeout,
-                "check" => &mut p.c.check_timeout,
-                "tunnel" | "client-fin" | "server-fin" => {
-                    w.line(l, "no tunnel (websocket) or half-closed timeouts in Switchyard");
-                    return;
+        "timeout" => match timeout_slot(&mut p.c, a1) {
+            Ok(slot) => {
+                if let Some(t) = time_arg(l, 2, w) {
+                    *slot = Some(t);
                 }
-                "queue" => {
-                    w.line(l, "Switchyard has no request queue");
-                    return;
-                }
-                _ => {
-                    w.line(l, "unknown timeout");
-                    return;
-                }
+            }
+            Err(why) => w.line(l, why),
+        },
+        // HAProxy 1.x's names for `timeout connect`, `timeout client` and `timeout server`.
+        "contimeout" | "clitimeout" | "srvtimeout" => {
+            let name = match d {
+                "contimeout" => "connect",
+                "clitimeout" => "client",
+                _ => "server",
             };
-            if let Some(t) = time_arg(l, 2, w) {
+            if let (Ok(slot), Some(t)) = (timeout_slot(&mut p.c, name), time_arg(l, 1, w)) {
                 *slot = Some(t);
             }
         }
@@ -435,13 +453,14 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             p.stats = true;
             w.line(l, ADMIN_HINT);
         }
-        "maxconn" => w.line(
-            l,
-            "no connection limit in Switchyard (header_timeout and max_header_size protect it)",
-        ),
-        "log" | "log-format" | "capture" | "log-tag" | "error-log-format" => {
-            w.line(l, LOG_HINT)
-        }
+        "maxconn" => match a1.parse::<usize>() {
+            Ok(n) if n > 0 => p.c.maxconn = Some((n, l.no)),
+            _ => w.line(l, "not a positive number; Switchyard's default stays"),
+        },
+        // The proxy logs to the global section's targets: that line says what becomes of them.
+        "log" if a1 == "global" => {}
+        "log" | "log-tag" => w.line(l, LOG_HINT),
+        "log-format" | "error-log-format" | "capture" => w.line(l, LOG_FORMAT_HINT),
         "cookie" => w.line(l, "no cookie persistence (sticky sessions) in Switchyard"),
         "http-request" | "http-response" | "http-after-response" | "tcp-request"
         | "tcp-response" | "reqadd" | "rspadd" | "reqrep" | "rsprep" | "reqdel" | "rspdel"
@@ -471,14 +490,9 @@ pub(super) fn bind(p: &mut Proxy, l: &Line, w: &mut Warn) {
             "crt" => {
                 used = 2;
                 match arg {
-                    Some(f) => {
-                        w.at(
-                            l.no,
-                            format!("bind {} crt {f}", l.word(1)),
-                            "a crt file is a combined PEM; it is set as both cert and key in [frontend.tls] certs, but Switchyard wants separate cert and key files: split it and update `key`",
-                        );
-                        crt.push(f);
-                    }
+                    // A combined PEM (chain and key in one file): Switchyard reads the
+                    // certificates and the key out of the same file, so it is both.
+                    Some(f) => crt.push(f),
                     None => w.at(l.no, format!("bind {} crt", l.word(1)), "needs a file"),
                 }
             }
@@ -601,8 +615,10 @@ pub(super) fn option(p: &mut Proxy, l: &Line, w: &mut Warn) {
                 host,
             });
         }
-        "httplog" | "tcplog" | "dontlognull" | "log-separate-errors" | "dontlog-normal"
-        | "httpslog" | "log-health-checks" => w.line(l, LOG_HINT),
+        "httplog" | "tcplog" | "httpslog" => p.c.access_log = true,
+        "dontlognull" | "log-separate-errors" | "dontlog-normal" | "log-health-checks" => {
+            w.line(l, LOG_FORMAT_HINT)
+        }
         "http-server-close" | "httpclose" | "http-pretend-keepalive" | "nolinger" => w.line(
             l,
             "Switchyard manages connection reuse itself (pooled upstream connections, client keep-alive)",
@@ -697,18 +713,33 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
 
     let mut defaults = Common::default();
     let mut proxies: Vec<Proxy> = Vec::new();
+    let mut global = Global::default();
     for s in &sections {
         match s.kind {
             Kind::Global => {
                 for l in &s.body {
                     let why = match l.word(0) {
+                        "maxconn" => match l.word(1).parse::<usize>() {
+                            Ok(n) if n > 0 => {
+                                global.maxconn = Some((n, l.no));
+                                continue;
+                            }
+                            _ => "not a positive number; Switchyard's default stays",
+                        },
+                        "crt-base" if !l.word(1).is_empty() => {
+                            global.crt_base = Some(l.word(1).to_string());
+                            continue;
+                        }
+                        "ca-base" if !l.word(1).is_empty() => {
+                            global.ca_base = Some(l.word(1).to_string());
+                            continue;
+                        }
                         "daemon" | "pidfile" | "user" | "group" | "uid" | "gid" | "chroot"
                         | "master-worker" => {
                             "process management is left to the service manager (systemd, a container runtime)"
                         }
                         "log" | "log-tag" | "log-send-hostname" => LOG_HINT,
                         "stats" => ADMIN_HINT,
-                        "maxconn" => "no global connection limit in Switchyard",
                         "nbproc" | "nbthread" | "cpu-map" => {
                             "Switchyard uses one thread per CPU (tokio); not configurable"
                         }
@@ -742,6 +773,15 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                     w.line(&s.header, "a section without a name; not migrated");
                     continue;
                 }
+                // HAProxy 1.x: `listen NAME ADDR:PORT` (and `frontend NAME ADDR:PORT`) binds
+                // the address on the section line.
+                let on_header = s.header.words.len() > 2;
+                if on_header && s.kind == Kind::Backend {
+                    w.line(
+                        &s.header,
+                        "a backend has no address; the address is ignored",
+                    );
+                }
                 if s.kind == Kind::Listen
                     && s.body.iter().any(|l| l.word(0) == "stats")
                     && !s.body.iter().any(|l| l.word(0) == "server")
@@ -756,6 +796,18 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                     );
                     continue;
                 }
+                if on_header && s.kind != Kind::Backend {
+                    let mut words = vec!["bind".to_string()];
+                    words.extend(s.header.words[2..].iter().cloned());
+                    bind(
+                        &mut p,
+                        &Line {
+                            no: s.header.no,
+                            words,
+                        },
+                        w,
+                    );
+                }
                 for l in &s.body {
                     directive(s.kind, &mut p, l, w);
                 }
@@ -763,7 +815,70 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
             }
         }
     }
+    global.apply(&mut proxies, w);
     proxies
+}
+
+/// What the global section passes on to the proxies.
+#[derive(Debug, Default)]
+struct Global {
+    /// `maxconn N` and its line.
+    maxconn: Option<(usize, usize)>,
+    /// `crt-base DIR`: where relative `crt` files are.
+    crt_base: Option<String>,
+    /// `ca-base DIR`: where relative `ca-file` files are.
+    ca_base: Option<String>,
+}
+
+impl Global {
+    /// Global `maxconn` is the limit of every frontend without its own (HAProxy's default for a
+    /// frontend) or with a higher one; the bases are prefixed to relative file names.
+    fn apply(&self, proxies: &mut [Proxy], w: &mut Warn) {
+        let listeners =
+            |p: &&mut Proxy| matches!(p.kind, Kind::Frontend | Kind::Listen) && !p.binds.is_empty();
+        if let Some((n, line)) = self.maxconn {
+            let mut inherit = 0;
+            for p in proxies.iter_mut().filter(listeners) {
+                // The global limit binds a frontend whose own is higher, too.
+                if p.c.maxconn.is_none_or(|(own, _)| own > n) {
+                    p.c.maxconn = Some((n, line));
+                    inherit += 1;
+                }
+            }
+            if inherit > 1 {
+                w.at(
+                    line,
+                    format!("maxconn {n}"),
+                    format!("HAProxy's limit is process-wide; Switchyard's is per frontend, so each of the {inherit} frontends it limits gets maxconn = {n}"),
+                );
+            }
+        }
+        let base = |b: &Option<String>, f: &mut String| {
+            if let Some(b) = b
+                && !f.starts_with('/')
+            {
+                *f = format!("{}/{f}", b.trim_end_matches('/'));
+            }
+        };
+        for p in proxies.iter_mut() {
+            for b in &mut p.binds {
+                b.crt.iter_mut().for_each(|f| base(&self.crt_base, f));
+            }
+            let mut opts: Vec<&mut ServerOpts> =
+                p.servers.iter_mut().map(|s| &mut s.opts).collect();
+            opts.push(&mut p.c.server_defaults);
+            for o in opts {
+                if let Some(t) = o.conn.tls.as_mut() {
+                    if let Some(f) = t.crt.as_mut() {
+                        base(&self.crt_base, f);
+                    }
+                    if let Some(f) = t.ca.as_mut() {
+                        base(&self.ca_base, f);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,15 @@ pub enum MigrateError {
     Input { file: String, message: String },
     #[error("the generated configuration is invalid: {0}")]
     Invalid(#[from] crate::config::ConfigError),
+    /// Nothing would listen: a config without a frontend passes `check` and serves nothing.
+    /// The warnings say why each frontend was left out.
+    #[error(
+        "{file}: no frontend could be migrated, so the result would listen on nothing (the warnings above say why each was left out)"
+    )]
+    NoFrontend {
+        file: String,
+        warnings: Vec<Warning>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,7 +121,8 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// Runs `switchyard migrate`: the config on stdout, warnings on stderr. Exit 0 when a config was
-/// produced (even with warnings), 1 on unreadable input, bad arguments or an invalid result.
+/// produced (even with warnings), 1 on unreadable input, bad arguments, an invalid result or a
+/// result without a frontend (its warnings are printed first).
 pub fn main(opts: Options) -> ExitCode {
     match run_cli(&opts) {
         Ok(m) => {
@@ -123,13 +133,32 @@ pub fn main(opts: Options) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let CliError::Migrate(MigrateError::NoFrontend { warnings, .. }) = &e {
+                for w in warnings {
+                    eprintln!("{w}");
+                }
+            }
             eprintln!("switchyard migrate: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run_cli(opts: &Options) -> Result<Migration, String> {
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Args(String),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Args(s)
+    }
+}
+
+fn run_cli(opts: &Options) -> Result<Migration, CliError> {
     let endpoints: Vec<String> = opts
         .etcd
         .split(',')
@@ -137,11 +166,11 @@ fn run_cli(opts: &Options) -> Result<Migration, String> {
         .filter(|s| !s.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return Err("--etcd: needs at least one URL".to_string());
+        return Err("--etcd: needs at least one URL".to_string().into());
     }
     for e in &endpoints {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(format!("--etcd: {e:?} must start with http:// or https://"));
+            return Err(format!("--etcd: {e:?} must start with http:// or https://").into());
         }
     }
     let haproxy = read(&opts.haproxy)?;
@@ -183,7 +212,7 @@ fn run_cli(opts: &Options) -> Result<Migration, String> {
             .map(|text| Source { name: &tname, text }),
         etcd_endpoints: endpoints,
     };
-    migrate(&input).map_err(|e| e.to_string())
+    Ok(migrate(&input)?)
 }
 
 /// The `[template] src` of a confd template resource, if it has one.
@@ -285,7 +314,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
     warnings
         .retain(|w| w.file != hfile || !rendered.iter().any(|(a, b)| (*a..=*b).contains(&w.line)));
 
-    Config::from_toml(&out)?;
+    let config = Config::from_toml(&out)?;
     // In file order, then line order (backend-level warnings are found late).
     let order: Vec<String> = [Some(input.haproxy), input.confd_toml, input.confd_template]
         .into_iter()
@@ -293,6 +322,12 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .map(|s| s.name.to_string())
         .collect();
     warnings.sort_by_key(|w| (order.iter().position(|f| *f == w.file), w.line));
+    if config.frontends.is_empty() {
+        return Err(MigrateError::NoFrontend {
+            file: hfile.to_string(),
+            warnings,
+        });
+    }
     Ok(Migration {
         toml: out,
         warnings,

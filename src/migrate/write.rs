@@ -36,6 +36,9 @@ pub(super) fn human(d: Duration) -> String {
     format!("{us}us")
 }
 
+/// `[log] access` for `option httplog`/`tcplog`: logfmt is a text line, as HAProxy's is.
+const ACCESS_LOG_FORMAT: &str = "logfmt";
+
 pub(super) fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
@@ -87,6 +90,9 @@ pub(super) fn render(
     // haproxy.cfg frontend -> the names its listeners were written as.
     let mut written: HashMap<&str, Vec<String>> = HashMap::new();
     let mut fe_text = String::new();
+    // Frontends written with and without `option httplog`/`tcplog`.
+    let mut logged: Vec<&str> = Vec::new();
+    let mut unlogged: Vec<&Proxy> = Vec::new();
     for p in proxies
         .iter()
         .filter(|p| matches!(p.kind, Kind::Frontend | Kind::Listen))
@@ -179,6 +185,9 @@ pub(super) fn render(
             if let Some(t) = p.c.keepalive_timeout.or(p.c.client_timeout) {
                 fe_text.push_str(&format!("idle_timeout = {}\n", q(&human(t))));
             }
+            if let Some((n, _)) = p.c.maxconn {
+                fe_text.push_str(&format!("maxconn = {n}\n"));
+            }
             if b.accept_proxy {
                 fe_text.push_str("accept_proxy = true\n");
             }
@@ -202,6 +211,13 @@ pub(super) fn render(
                 }
             }
             written.entry(p.name.as_str()).or_default().push(name);
+            if p.c.access_log {
+                if !logged.contains(&p.name.as_str()) {
+                    logged.push(p.name.as_str());
+                }
+            } else {
+                unlogged.push(p);
+            }
         }
     }
 
@@ -267,6 +283,21 @@ pub(super) fn render(
         tree_text.push_str(&format!("template = {}\n", q(&name)));
     }
 
+    if !logged.is_empty() {
+        // `option httplog`/`tcplog`: HAProxy's one line per request or connection.
+        out.push_str(&format!("\n[log]\naccess = {}\n", q(ACCESS_LOG_FORMAT)));
+        unlogged.dedup_by_key(|p| p.line);
+        for p in unlogged {
+            w.at(
+                p.line,
+                format!("frontend {}", p.name),
+                format!(
+                    "no option httplog/tcplog here, but Switchyard's access log covers every frontend (it is on for {})",
+                    logged.join(", ")
+                ),
+            );
+        }
+    }
     if any_prefix || !tree_text.is_empty() {
         let eps: Vec<String> = input.etcd_endpoints.iter().map(|e| q(e)).collect();
         out.push_str(&format!(
