@@ -284,6 +284,24 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         }),
         (None, None) => {}
     }
+    // lsdir loops inside one backend: that backend's recursive etcd_prefix.
+    let tname = input.confd_template.map(|s| s.name).unwrap_or("");
+    for r in tree::recursive(&lsdir, tname, &mut warnings) {
+        let b = template.entry(r.backend.clone()).or_default();
+        if b.prefix.is_some() {
+            warnings.push(Warning {
+                file: tname.to_string(),
+                line: r.line,
+                directive: format!("lsdir {:?}", r.etcd_prefix),
+                why: "a second loop in one backend: Switchyard watches one etcd_prefix per backend; only the first is used".to_string(),
+            });
+            continue;
+        }
+        b.prefix = Some((r.etcd_prefix, r.line));
+        if b.server.is_none() {
+            b.server = r.server;
+        }
+    }
 
     // haproxy.cfg, then the TOML.
     let mut w = Warn {
@@ -297,7 +315,6 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .filter(|(name, _)| proxies.iter().any(|p| p.name == **name))
         .filter_map(|(_, b)| b.prefix.as_ref().map(|(p, _)| p.clone()))
         .collect();
-    let tname = input.confd_template.map(|s| s.name).unwrap_or("");
     let trees = tree::plan(&lsdir, &proxies, &taken, tname, &mut warnings);
     let mut w = Warn {
         file: hfile,
