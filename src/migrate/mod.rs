@@ -10,13 +10,13 @@
 //! dropped silently. The output is validated with [`Config::from_toml`] before it is printed.
 //!
 //! This module holds the public types, the command line ([`main`]) and the translation as a
-//! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its server options
-//! `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose order `order.rs`
-//! checks), the confd
-//! resource and template scanner `confd.rs` (its lsdir loops `tree.rs`), the TOML writer
-//! `write.rs`.
+//! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its bind lines `bind.rs`, its
+//! server options `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose
+//! order `order.rs` checks), the confd resource and template scanner `confd.rs` (its lsdir loops
+//! `tree.rs`), the TOML writer `write.rs`.
 
 mod acl;
+mod bind;
 mod confd;
 mod haproxy;
 mod order;
