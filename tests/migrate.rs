@@ -358,7 +358,8 @@ fn bad_input_exits_1() {
         "{w:#?}"
     );
     assert!(
-        w[2].starts_with("switchyard migrate: ") && w[2].contains("no frontend could be migrated"),
+        w[2].starts_with("switchyard migrate: ")
+            && w[2].contains("none of its 1 frontend or listen section(s) could be migrated"),
         "{w:#?}"
     );
 }
@@ -977,4 +978,119 @@ frontend www 127.0.0.1:8081
         &w,
         &[("haproxy.cfg", 3, "log 127.0.0.1 local0", "no syslog")],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus: real-world-shaped setups with their expected output.
+
+/// The warnings that were wrong on real configs: none may come back.
+const WRONG_WARNINGS: &[&str] = &[
+    "combined PEM",
+    "split it",
+    "no connection limit",
+    "no global connection limit",
+    "no syslog or access-log format",
+    "contimeout: not supported",
+    "clitimeout: not supported",
+    "srvtimeout: not supported",
+];
+
+/// Writes a combined PEM (certificate, then key) at `path`.
+fn combined_pem(path: &Path) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        path,
+        format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem()),
+    )
+    .unwrap();
+}
+
+/// Each directory of tests/fixtures/migrate/corpus holds a haproxy.cfg (and a confd resource
+/// and template when confd rendered it) and what `switchyard migrate` prints for it:
+/// `expected.toml` (stdout, exit 0) and `expected.stderr` (the warnings; without
+/// `expected.toml`, the warnings and the error, exit 1). Every output passes `switchyard
+/// check`, with the certificate files it names in place. `SWITCHYARD_BLESS=1` rewrites the
+/// expected files (review the diff).
+#[test]
+fn the_corpus_migrates_as_expected_and_passes_check() {
+    const ADMIN: &str = switchyard::config::DEFAULT_ADMIN_LISTEN;
+    let corpus = fixture("corpus");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 10, "{dirs:?}");
+    let bless = std::env::var_os("SWITCHYARD_BLESS").is_some();
+    let (mut ok, mut refused) = (0, 0);
+    for dir in &dirs {
+        let tag = dir.file_name().unwrap().to_str().unwrap();
+        let mut args = vec!["migrate", "--haproxy", "haproxy.cfg"];
+        if dir.join("conf.d/haproxy.toml").exists() {
+            args.extend(["--confd-toml", "conf.d/haproxy.toml"]);
+            args.extend(["--confd-template", "templates/haproxy.cfg.tmpl"]);
+        }
+        let o = Command::new(BIN)
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        // The admin address is Switchyard's default, whatever it is.
+        let stdout = String::from_utf8(o.stdout.clone())
+            .unwrap()
+            .replace(&format!("listen = \"{ADMIN}\""), "listen = \"<default>\"");
+        let stderr = String::from_utf8(o.stderr.clone()).unwrap();
+        let (want_toml, want_err) = (dir.join("expected.toml"), dir.join("expected.stderr"));
+        if bless {
+            if o.status.success() {
+                std::fs::write(&want_toml, &stdout).unwrap();
+            } else {
+                std::fs::remove_file(&want_toml).ok();
+            }
+            std::fs::write(&want_err, &stderr).unwrap();
+        }
+        let expected_err = std::fs::read_to_string(&want_err)
+            .unwrap_or_else(|e| panic!("{tag}: {}: {e}", want_err.display()));
+        assert_eq!(stderr, expected_err, "{tag}: stderr");
+        for wrong in WRONG_WARNINGS {
+            assert!(!stderr.contains(wrong), "{tag}: {wrong:?} in\n{stderr}");
+        }
+        let Ok(expected_toml) = std::fs::read_to_string(&want_toml) else {
+            assert_eq!(o.status.code(), Some(1), "{tag}: {o:?}");
+            assert!(stdout.is_empty(), "{tag}: nothing on stdout");
+            assert!(
+                stderr.contains("so the result would listen on nothing"),
+                "{tag}: {stderr}"
+            );
+            refused += 1;
+            continue;
+        };
+        assert!(o.status.success(), "{tag}: {o:?}");
+        assert_eq!(stdout, expected_toml, "{tag}: stdout");
+
+        // `switchyard check` accepts the output as printed, its certificates in place.
+        let text = String::from_utf8(o.stdout.clone()).unwrap();
+        let c = Config::from_toml(&text).unwrap();
+        assert!(!c.frontends.is_empty(), "{tag}");
+        let work = tempdir(&format!("corpus-{tag}"));
+        for f in &c.frontends {
+            for pair in f.tls.iter().flat_map(|t| &t.certs) {
+                assert!(pair.cert.is_relative(), "{tag}: {pair:?}");
+                combined_pem(&work.join(&pair.cert));
+            }
+        }
+        std::fs::write(work.join("switchyard.toml"), &text).unwrap();
+        let chk = Command::new(BIN)
+            .args(["check", "-c", "switchyard.toml"])
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(chk.status.success(), "{tag}: {chk:?}\n{text}");
+        std::fs::remove_dir_all(&work).ok();
+        ok += 1;
+    }
+    assert_eq!(refused, 1, "only-backends is the one refused");
+    assert!(ok >= 10, "{ok}");
 }

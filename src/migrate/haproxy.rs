@@ -601,6 +601,9 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                         | "master-worker" => {
                             "process management is left to the service manager (systemd, a container runtime)"
                         }
+                        "log" if matches!(l.word(1), "stdout" | "stderr") => {
+                            "Switchyard writes the access log to stdout ([log] access) and its own log to stderr, in its own format"
+                        }
                         "log" | "log-tag" | "log-send-hostname" => LOG_HINT,
                         "stats" => ADMIN_HINT,
                         "nbproc" | "nbthread" | "cpu-map" => {

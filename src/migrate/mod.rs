@@ -94,11 +94,10 @@ pub enum MigrateError {
     Invalid(#[from] crate::config::ConfigError),
     /// Nothing would listen: a config without a frontend passes `check` and serves nothing.
     /// The warnings say why each frontend was left out.
-    #[error(
-        "{file}: no frontend could be migrated, so the result would listen on nothing (the warnings above say why each was left out)"
-    )]
+    #[error("{file}: {why}, so the result would listen on nothing")]
     NoFrontend {
         file: String,
+        why: String,
         warnings: Vec<Warning>,
     },
 }
@@ -340,8 +339,19 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .collect();
     warnings.sort_by_key(|w| (order.iter().position(|f| *f == w.file), w.line));
     if config.frontends.is_empty() {
+        let sections = proxies
+            .iter()
+            .filter(|p| matches!(p.kind, haproxy::Kind::Frontend | haproxy::Kind::Listen))
+            .count();
+        let why = match sections {
+            0 => "no frontend or listen section".to_string(),
+            n => format!(
+                "none of its {n} frontend or listen section(s) could be migrated (the warnings say why)"
+            ),
+        };
         return Err(MigrateError::NoFrontend {
             file: hfile.to_string(),
+            why,
             warnings,
         });
     }
