@@ -4,10 +4,12 @@
 //! template itself, whose `{{range gets "/prefix/*"}}` / `{{range getvs ...}}` loop inside a
 //! backend section turns that backend into an etcd-discovered one (`etcd_prefix`), with the loop's
 //! `server` line options as its `[backend.check]`, and whose `{{range $svc := lsdir "/dir"}}`
-//! loops (a backend and a `use_backend` rule per directory) become a `[[service_tree]]`. A
-//! frontend's `acl` / `use_backend` rules become `[[frontend.route]]` entries. Everything it
-//! cannot map becomes one [`Warning`] naming the file, the line and the reason: nothing is
-//! dropped silently. The output is validated with [`Config::from_toml`] before it is printed.
+//! loops (a backend and a `use_backend` rule per directory) become a `[[service_tree]]`, and an
+//! `lsdir` loop inside one backend that backend's recursive `etcd_prefix`. A frontend's `acl` /
+//! `use_backend` rules become `[[frontend.route]]` entries. Everything it cannot map becomes one
+//! [`Warning`] naming the file, the line and the reason: nothing is dropped silently. The output
+//! is validated with [`Config::from_toml`] before it is printed, and one without a frontend is
+//! an error ([`MigrateError::NoFrontend`]): it would listen on nothing.
 //!
 //! This module holds the public types, the command line ([`main`]) and the translation as a
 //! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its bind lines `bind.rs`, its
