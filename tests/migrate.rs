@@ -1094,3 +1094,39 @@ fn the_corpus_migrates_as_expected_and_passes_check() {
     assert_eq!(refused, 1, "only-backends is the one refused");
     assert!(ok >= 10, "{ok}");
 }
+
+#[test]
+fn a_frontend_on_the_admin_port_moves_the_admin_server_and_overlapping_binds_warn() {
+    let admin: std::net::SocketAddr = switchyard::config::DEFAULT_ADMIN_LISTEN.parse().unwrap();
+    let port = admin.port();
+    let (c, w) = lib(&format!(
+        "frontend stats_like\n  bind *:{port}\n  default_backend b\nfrontend www\n  bind 0.0.0.0:8000\n  bind 127.0.0.1:8000\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n"
+    ));
+    // The frontend keeps its address; the admin server takes the next free port.
+    assert_eq!(c.frontends[0].bind.port(), port);
+    assert_eq!(c.admin_listen.port(), port + 1);
+    assert_eq!(c.admin_listen.ip(), admin.ip());
+    // 127.0.0.1:8000 cannot be bound next to 0.0.0.0:8000.
+    let binds: Vec<String> = c.frontends.iter().map(|f| f.bind.to_string()).collect();
+    assert_eq!(
+        binds,
+        [format!("0.0.0.0:{port}"), "0.0.0.0:8000".to_string()]
+    );
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                1,
+                &format!("frontend stats_like bind 0.0.0.0:{port}"),
+                &format!("it is moved to {}:{}", admin.ip(), port + 1),
+            ),
+            (
+                "haproxy.cfg",
+                6,
+                "bind 127.0.0.1:8000",
+                "0.0.0.0:8000 is taken by frontend www",
+            ),
+        ],
+    );
+}
