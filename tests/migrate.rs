@@ -1130,3 +1130,39 @@ fn a_frontend_on_the_admin_port_moves_the_admin_server_and_overlapping_binds_war
         ],
     );
 }
+
+#[test]
+fn section_line_addresses_that_are_not_addresses_warn() {
+    let (c, w) = lib("\
+defaults base
+    mode http
+frontend a from base
+    bind :8000
+    default_backend b
+frontend c /run/haproxy.sock
+    bind :8001
+    default_backend b
+backend b 127.0.0.1:80
+    server s 127.0.0.1:9000
+");
+    let binds: Vec<String> = c.frontends.iter().map(|f| f.bind.to_string()).collect();
+    assert_eq!(binds, ["0.0.0.0:8000", "0.0.0.0:8001"]);
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 3, "frontend a from base", "named defaults"),
+            (
+                "haproxy.cfg",
+                6,
+                "bind /run/haproxy.sock",
+                "only TCP addresses can be migrated",
+            ),
+            (
+                "haproxy.cfg",
+                9,
+                "backend b 127.0.0.1:80",
+                "a backend has no address",
+            ),
+        ],
+    );
+}

@@ -641,7 +641,14 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                 }
                 // HAProxy 1.x: `listen NAME ADDR:PORT` (and `frontend NAME ADDR:PORT`) binds
                 // the address on the section line.
-                let on_header = s.header.words.len() > 2;
+                let from = s.header.word(2) == "from";
+                if from {
+                    w.line(
+                        &s.header,
+                        "`from` (named defaults) is not followed: the defaults section above this one applies",
+                    );
+                }
+                let on_header = s.header.words.len() > 2 && !from;
                 if on_header && s.kind == Kind::Backend {
                     w.line(
                         &s.header,
