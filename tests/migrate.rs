@@ -3,7 +3,11 @@
 //! it cannot, naming the line; bad input exits 1. Host, path and SNI acls with their
 //! `use_backend` rules become routes, with a warning where HAProxy's rule order and Switchyard's
 //! precedence pick different backends. A confd template that ranges over `lsdir` becomes a
-//! `[[service_tree]]`. Runs the binary and calls the library directly.
+//! `[[service_tree]]`. HAProxy 1.x's `listen NAME ADDR:PORT` and old timeout names, `maxconn`,
+//! `option httplog` and combined PEM files map without warnings, and a result without a
+//! frontend is refused. A corpus of real-world-shaped setups (`fixtures/migrate/corpus`) is
+//! compared with its expected output, each passing `switchyard check`. Runs the binary and
+//! calls the library directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1165,4 +1169,35 @@ backend b 127.0.0.1:80
             ),
         ],
     );
+}
+
+#[test]
+fn httplog_on_one_frontend_turns_the_access_log_on_for_all_and_says_so() {
+    let (c, w) = lib("\
+frontend a
+    bind :8000
+    option httplog
+    default_backend b
+frontend quiet
+    bind :8001
+    default_backend b
+backend b
+    server s 127.0.0.1:9000
+");
+    assert_eq!(c.log.access, switchyard::config::AccessFormat::Logfmt);
+    assert_warnings(
+        &w,
+        &[(
+            "haproxy.cfg",
+            5,
+            "frontend quiet",
+            "Switchyard's access log covers every frontend (it is on for a)",
+        )],
+    );
+    // Without httplog/tcplog anywhere, the access log stays off and nothing is said.
+    let (c, w) = lib(
+        "frontend a\n  bind :8000\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n",
+    );
+    assert_eq!(c.log.access, switchyard::config::AccessFormat::Off);
+    assert!(w.is_empty(), "{w:#?}");
 }
