@@ -1201,3 +1201,59 @@ backend b
     assert_eq!(c.log.access, switchyard::config::AccessFormat::Off);
     assert!(w.is_empty(), "{w:#?}");
 }
+
+#[test]
+fn an_lsdir_loop_inside_one_backend_is_its_recursive_etcd_prefix() {
+    let cfg = "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n  server a 127.0.0.1:9000 check\n  server b 127.0.0.2:9000 check\n";
+    let res = "[template]\nsrc = \"t\"\nprefix = \"/prod\"\nkeys = [\"/pool\"]\n";
+    let migrate_with = |tpl: &str| {
+        let m = migrate(&Input {
+            haproxy: Source {
+                name: "haproxy.cfg",
+                text: cfg,
+            },
+            confd_toml: Some(Source {
+                name: "haproxy.toml",
+                text: res,
+            }),
+            confd_template: Some(Source {
+                name: "t.tmpl",
+                text: tpl,
+            }),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+        })
+        .unwrap();
+        let w: Vec<String> = m.warnings.iter().map(ToString::to_string).collect();
+        (Config::from_toml(&m.toml).unwrap(), w)
+    };
+    // Servers directly in each directory: no warning.
+    let (c, w) = migrate_with(
+        "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n{{range $z := lsdir \"/pool\"}}{{range $k := ls (printf \"/pool/%s\" $z)}}\n  server {{$k}} {{getv (printf \"/pool/%s/%s\" $z $k)}} check inter 4s\n{{end}}{{end}}\n",
+    );
+    let b = c.backend("pool").unwrap();
+    assert_eq!(b.etcd_prefix.as_deref(), Some("/prod/pool"));
+    assert!(b.servers.is_empty(), "rendered servers are discovered");
+    assert_eq!(
+        b.check.inter,
+        Duration::from_secs(4),
+        "the loop's server line"
+    );
+    assert!(w.is_empty(), "{w:#?}");
+    // Servers in a subdirectory of each: the recursion reads more than the template did.
+    let (c, w) = migrate_with(
+        "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n{{range $z := lsdir \"/pool\"}}{{range gets (printf \"/pool/%s/backend/*\" $z)}}\n  server {{base .Key}} {{.Value}} check\n{{end}}{{end}}\n",
+    );
+    assert_eq!(
+        c.backend("pool").unwrap().etcd_prefix.as_deref(),
+        Some("/prod/pool")
+    );
+    assert_warnings(
+        &w,
+        &[(
+            "t.tmpl",
+            5,
+            "servers",
+            "not only those in /prod/pool/<dir>/backend/",
+        )],
+    );
+}

@@ -790,7 +790,7 @@ pub(super) fn recursive(scan: &Scan, tname: &str, w: &mut Vec<Warning>) -> Vec<R
                 *line,
                 "servers",
                 format!(
-                    "backend {backend} watches every key below {dir} (etcd_prefix is recursive), not only {dir}/<dir>/{d}/: keep other keys out of {dir}, or register the servers as {dir}/<dir>/<server>"
+                    "backend {backend} watches every key below {dir} (etcd_prefix is recursive), not only those in {dir}/<dir>/{d}/: another key below {dir} is read as a server too (one whose value is not an address is skipped and counted as invalid)"
                 ),
             ),
             (Some((Err(why), line)), _) => tw.at(
