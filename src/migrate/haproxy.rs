@@ -1,8 +1,8 @@
 //! The haproxy.cfg reader: the tokenizer (HAProxy's quoting and escapes), sections, HAProxy
-//! times, what the global section passes on, and each proxy's directives (`bind` lines are
-//! `bind.rs`'s), folded into [`Proxy`] values with what
-//! their `defaults` section passed on. What cannot be mapped is one warning each. A frontend's
-//! `acl`, `use_backend` and `tcp-request` lines are kept as they are for `rules.rs`.
+//! times, what the global section passes on (`maxconn`, `crt-base`, `ca-base`), and each proxy's
+//! directives (`bind` lines are `bind.rs`'s), folded into [`Proxy`] values with what their
+//! `defaults` section passed on. What cannot be mapped is one warning each. A frontend's `acl`,
+//! `use_backend` and `tcp-request` lines are kept as they are for `rules.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -94,8 +94,8 @@ pub enum MigrateError {
     Input { file: String, message: String },
     #[error("the generated configuration is invalid: {0}")]
     Invalid(#[from] crate::config::ConfigError),
-    /// Nothing would listen: a config without a frontend passes `check` and serves nothing.
-    /// The warnings say why each frontend was left out.
+    /// Nothing would listen: a config without a frontend serves nothing. `warnings` are the
+    /// migration's, which say why each frontend was left out.
     #[error("{file}: {why}, so the result would listen on nothing")]
     NoFrontend {
         file: String,
