@@ -1257,3 +1257,23 @@ fn an_lsdir_loop_inside_one_backend_is_its_recursive_etcd_prefix() {
         )],
     );
 }
+
+#[test]
+fn a_maxconn_that_is_not_a_count_warns_and_the_default_stays() {
+    let (c, w) = lib(
+        "global\n  maxconn 99999999999999999999\nfrontend f\n  bind :8000\n  maxconn 0\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n",
+    );
+    assert_eq!(c.frontends[0].maxconn, switchyard::config::DEFAULT_MAXCONN);
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                2,
+                "maxconn 99999999999999999999",
+                "not a positive number",
+            ),
+            ("haproxy.cfg", 5, "maxconn 0", "not a positive number"),
+        ],
+    );
+}

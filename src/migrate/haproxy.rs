@@ -424,7 +424,7 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             p.stats = true;
             w.line(l, ADMIN_HINT);
         }
-        "maxconn" => match a1.parse::<usize>() {
+        "maxconn" => match a1.parse::<u32>().map(|n| n as usize) {
             Ok(n) if n > 0 => p.c.maxconn = Some((n, l.no)),
             _ => w.line(l, "not a positive number; Switchyard's default stays"),
         },
@@ -582,7 +582,7 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
             Kind::Global => {
                 for l in &s.body {
                     let why = match l.word(0) {
-                        "maxconn" => match l.word(1).parse::<usize>() {
+                        "maxconn" => match l.word(1).parse::<u32>().map(|n| n as usize) {
                             Ok(n) if n > 0 => {
                                 global.maxconn = Some((n, l.no));
                                 continue;
