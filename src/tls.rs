@@ -644,6 +644,62 @@ mod tests {
         assert!(e.contains("TryLater"), "{e}");
     }
 
+    /// HAProxy's `crt`: one PEM file holding the certificate, its chain and the key, in either
+    /// order. The same file serves as `cert` and `key` (what `switchyard migrate` writes).
+    #[test]
+    fn a_combined_pem_is_both_cert_and_key() {
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-unit-combined-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let leaf = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["ca.test".to_string()]).unwrap();
+        let (cert, chain, key) = (
+            leaf.cert.pem(),
+            other.cert.pem(),
+            leaf.signing_key.serialize_pem(),
+        );
+        for (name, text) in [
+            ("cert-first.pem", format!("{cert}{chain}{key}")),
+            ("key-first.pem", format!("{key}{cert}{chain}")),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let pair = CertPair {
+                cert: path.clone(),
+                key: path,
+            };
+            let ck = load_pair(&pair).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(ck.cert.len(), 2, "{name}: the leaf and its chain");
+            assert_eq!(ck.cert[0].as_ref(), leaf.cert.der().as_ref(), "{name}");
+            TlsAcceptor::new(
+                "unit",
+                &FrontendTls {
+                    certs: vec![pair],
+                    alpn: vec![],
+                    handshake_timeout: Duration::from_secs(1),
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        // A combined file whose key belongs to another certificate is refused, naming it.
+        let path = dir.join("mismatch.pem");
+        std::fs::write(
+            &path,
+            format!("{cert}{}", other.signing_key.serialize_pem()),
+        )
+        .unwrap();
+        let pair = CertPair {
+            cert: path.clone(),
+            key: path,
+        };
+        let e = load_pair(&pair).unwrap_err().to_string();
+        assert!(
+            e.contains("mismatch.pem") && e.contains("does not match"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn bad_files_are_named() {
         let pair = CertPair {

@@ -3,7 +3,11 @@
 //! it cannot, naming the line; bad input exits 1. Host, path and SNI acls with their
 //! `use_backend` rules become routes, with a warning where HAProxy's rule order and Switchyard's
 //! precedence pick different backends. A confd template that ranges over `lsdir` becomes a
-//! `[[service_tree]]`. Runs the binary and calls the library directly.
+//! `[[service_tree]]`. HAProxy 1.x's `listen NAME ADDR:PORT` and old timeout names, `maxconn`,
+//! `option httplog` and combined PEM files map without warnings, and a result without a
+//! frontend is refused. A corpus of real-world-shaped setups (`fixtures/migrate/corpus`) is
+//! compared with its expected output, each passing `switchyard check`. Runs the binary and
+//! calls the library directly.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,13 +87,10 @@ fn classic_confd_example_becomes_an_etcd_backend() {
     assert!(o.status.success(), "{o:?}");
     let text = String::from_utf8(o.stdout.clone()).unwrap();
     assert_classic(&Config::from_toml(&text).unwrap());
-    // Only `global` (daemon, maxconn) cannot be mapped; the template's copy of it is not warned
-    // about twice (warnings come from the rendered haproxy.cfg).
+    // Only `global`'s daemon cannot be mapped (maxconn is the one frontend's); the template's
+    // copy of it is not warned about twice (warnings come from the rendered haproxy.cfg).
     let warnings = stderr_lines(&o);
-    let want = [
-        format!("warning: {}:2: daemon: ", cfg.display()),
-        format!("warning: {}:3: maxconn 256: ", cfg.display()),
-    ];
+    let want = [format!("warning: {}:2: daemon: ", cfg.display())];
     assert_eq!(warnings.len(), want.len(), "{warnings:#?}");
     for (w, want) in warnings.iter().zip(&want) {
         assert!(w.starts_with(want.as_str()), "{w:?} vs {want:?}");
@@ -325,11 +326,10 @@ backend up
     assert!(!t.verify);
     assert_eq!(t.sni.as_deref(), Some("api.internal"));
     let w: Vec<String> = m.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(w.len(), 2, "{w:#?}");
-    assert!(w[0].starts_with(
-        "warning: haproxy.cfg:2: bind :443 crt /etc/ssl/site.pem: a crt file is a combined PEM"
-    ));
-    assert!(w[1].starts_with("warning: haproxy.cfg:2: bind :443 ciphers HIGH: "));
+    // The crt file (a combined PEM) is both cert and key, with no warning.
+    assert_eq!(tls.certs[0].key, Path::new("/etc/ssl/site.pem"));
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].starts_with("warning: haproxy.cfg:2: bind :443 ciphers HIGH: "));
 }
 
 #[test]
@@ -347,18 +347,23 @@ fn bad_input_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "--haproxy is required");
-    // Nothing migratable is not an error: a config (admin only) and the warnings, exit 0.
+    // No frontend left is an error (it would listen on nothing): the warnings that say why,
+    // then the error, exit 1, nothing on stdout.
     let dir = tempdir("empty");
     let empty = dir.join("haproxy.cfg");
     std::fs::write(&empty, "global\n    daemon\nfrontend f\n    bind :80\n").unwrap();
     let o = run(&["--haproxy", empty.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    let c = Config::from_toml(&String::from_utf8(o.stdout.clone()).unwrap()).unwrap();
-    assert!(c.frontends.is_empty());
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
     let w = stderr_lines(&o);
-    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_eq!(w.len(), 3, "{w:#?}");
     assert!(
         w[1].contains(":3: frontend f: has no default_backend"),
+        "{w:#?}"
+    );
+    assert!(
+        w[2].starts_with("switchyard migrate: ")
+            && w[2].contains("none of its 1 frontend or listen section(s) could be migrated"),
         "{w:#?}"
     );
 }
@@ -775,16 +780,11 @@ fn an_lsdir_template_with_host_acls_becomes_a_service_tree() {
     assert_eq!(names, ["www", "services-defaults"]);
     assert!(c.frontends[0].routes.is_empty());
     assert_eq!(c.frontends[0].backend.as_deref(), Some("www"));
+    assert_eq!(c.frontends[0].maxconn, 256, "global maxconn, one frontend");
     assert!(c.etcd.is_some());
     assert_warnings(
         &w,
         &[
-            (
-                "haproxy.cfg",
-                2,
-                "maxconn 256",
-                "no global connection limit",
-            ),
             ("haproxy.cfg", 37, "listen stats :1936", "stats listener"),
             (
                 "haproxy.cfg.tmpl",
@@ -921,13 +921,359 @@ fn malformed_rules_are_one_warning_each() {
         .iter()
         .map(|w| w.split(':').nth(2).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18, 18], "{w:#?}");
+    assert_eq!(lines, [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 18], "{w:#?}");
     assert!(
         w[9].contains("its backend \"nope\" was not migrated"),
         "{w:#?}"
     );
     assert!(
-        w[11].contains("without a default_backend neither is the listener"),
+        w[10].contains("without a default_backend neither is the listener"),
         "{w:#?}"
+    );
+}
+
+#[test]
+fn listen_with_an_address_old_timeouts_maxconn_and_httplog_map() {
+    let (c, w) = lib("\
+global
+    maxconn 4096
+    log 127.0.0.1 local0
+defaults
+    log global
+    mode http
+    option httplog
+    maxconn 2000
+    contimeout 5000
+    clitimeout 50s
+    srvtimeout 1m
+listen app 0.0.0.0:8080
+    balance roundrobin
+    server a 127.0.0.1:9001 check
+    server b 127.0.0.2:9001 check
+frontend www 127.0.0.1:8081
+    maxconn 8000
+    default_backend app
+");
+    let names: Vec<&str> = c.frontends.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["app", "www"]);
+    let app = &c.frontends[0];
+    assert_eq!(app.bind, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(
+        app.backend.as_deref(),
+        Some("app"),
+        "a listen is its own backend"
+    );
+    assert_eq!(app.maxconn, 2000, "defaults' maxconn");
+    assert_eq!(app.idle_timeout, Duration::from_secs(50), "clitimeout");
+    let www = &c.frontends[1];
+    assert_eq!(www.bind, "127.0.0.1:8081".parse().unwrap());
+    assert_eq!(www.maxconn, 4096, "its own 8000 is above the global limit");
+    let b = c.backend("app").unwrap();
+    assert_eq!(b.connect_timeout, Duration::from_secs(5), "contimeout, ms");
+    assert_eq!(b.response_timeout, Duration::from_secs(60), "srvtimeout");
+    assert_eq!(b.servers, ["127.0.0.1:9001", "127.0.0.2:9001"]);
+    assert_eq!(
+        c.log.access,
+        switchyard::config::AccessFormat::Logfmt,
+        "option httplog"
+    );
+    // Only syslog has no equivalent; httplog, maxconn and the old timeouts are not warned about.
+    assert_warnings(
+        &w,
+        &[("haproxy.cfg", 3, "log 127.0.0.1 local0", "no syslog")],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The corpus: real-world-shaped setups with their expected output.
+
+/// The warnings that were wrong on real configs: none may come back.
+const WRONG_WARNINGS: &[&str] = &[
+    "combined PEM",
+    "split it",
+    "no connection limit",
+    "no global connection limit",
+    "no syslog or access-log format",
+    "contimeout: not supported",
+    "clitimeout: not supported",
+    "srvtimeout: not supported",
+];
+
+/// Writes a combined PEM (certificate, then key) at `path`.
+fn combined_pem(path: &Path) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        path,
+        format!("{}{}", ck.cert.pem(), ck.signing_key.serialize_pem()),
+    )
+    .unwrap();
+}
+
+/// Each directory of tests/fixtures/migrate/corpus holds a haproxy.cfg (and a confd resource
+/// and template when confd rendered it) and what `switchyard migrate` prints for it:
+/// `expected.toml` (stdout, exit 0) and `expected.stderr` (the warnings; without
+/// `expected.toml`, the warnings and the error, exit 1). Every output passes `switchyard
+/// check`, with the certificate files it names in place. `SWITCHYARD_BLESS=1` rewrites the
+/// expected files (review the diff).
+#[test]
+fn the_corpus_migrates_as_expected_and_passes_check() {
+    const ADMIN: &str = switchyard::config::DEFAULT_ADMIN_LISTEN;
+    let corpus = fixture("corpus");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 10, "{dirs:?}");
+    let bless = std::env::var_os("SWITCHYARD_BLESS").is_some();
+    let (mut ok, mut refused) = (0, 0);
+    for dir in &dirs {
+        let tag = dir.file_name().unwrap().to_str().unwrap();
+        let mut args = vec!["migrate", "--haproxy", "haproxy.cfg"];
+        if dir.join("conf.d/haproxy.toml").exists() {
+            args.extend(["--confd-toml", "conf.d/haproxy.toml"]);
+            args.extend(["--confd-template", "templates/haproxy.cfg.tmpl"]);
+        }
+        let o = Command::new(BIN)
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        // The admin address is Switchyard's default, whatever it is.
+        let stdout = String::from_utf8(o.stdout.clone())
+            .unwrap()
+            .replace(&format!("listen = \"{ADMIN}\""), "listen = \"<default>\"");
+        let stderr = String::from_utf8(o.stderr.clone()).unwrap();
+        let (want_toml, want_err) = (dir.join("expected.toml"), dir.join("expected.stderr"));
+        if bless {
+            if o.status.success() {
+                std::fs::write(&want_toml, &stdout).unwrap();
+            } else {
+                std::fs::remove_file(&want_toml).ok();
+            }
+            std::fs::write(&want_err, &stderr).unwrap();
+        }
+        let expected_err = std::fs::read_to_string(&want_err)
+            .unwrap_or_else(|e| panic!("{tag}: {}: {e}", want_err.display()));
+        assert_eq!(stderr, expected_err, "{tag}: stderr");
+        for wrong in WRONG_WARNINGS {
+            assert!(!stderr.contains(wrong), "{tag}: {wrong:?} in\n{stderr}");
+        }
+        let Ok(expected_toml) = std::fs::read_to_string(&want_toml) else {
+            assert_eq!(o.status.code(), Some(1), "{tag}: {o:?}");
+            assert!(stdout.is_empty(), "{tag}: nothing on stdout");
+            assert!(
+                stderr.contains("so the result would listen on nothing"),
+                "{tag}: {stderr}"
+            );
+            refused += 1;
+            continue;
+        };
+        assert!(o.status.success(), "{tag}: {o:?}");
+        assert_eq!(stdout, expected_toml, "{tag}: stdout");
+
+        // `switchyard check` accepts the output as printed, its certificates in place.
+        let text = String::from_utf8(o.stdout.clone()).unwrap();
+        let c = Config::from_toml(&text).unwrap();
+        assert!(!c.frontends.is_empty(), "{tag}");
+        let work = tempdir(&format!("corpus-{tag}"));
+        for f in &c.frontends {
+            for pair in f.tls.iter().flat_map(|t| &t.certs) {
+                assert!(pair.cert.is_relative(), "{tag}: {pair:?}");
+                combined_pem(&work.join(&pair.cert));
+            }
+        }
+        std::fs::write(work.join("switchyard.toml"), &text).unwrap();
+        let chk = Command::new(BIN)
+            .args(["check", "-c", "switchyard.toml"])
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(chk.status.success(), "{tag}: {chk:?}\n{text}");
+        std::fs::remove_dir_all(&work).ok();
+        ok += 1;
+    }
+    assert_eq!(refused, 1, "only-backends is the one refused");
+    assert!(ok >= 10, "{ok}");
+}
+
+#[test]
+fn a_frontend_on_the_admin_port_moves_the_admin_server_and_overlapping_binds_warn() {
+    let admin: std::net::SocketAddr = switchyard::config::DEFAULT_ADMIN_LISTEN.parse().unwrap();
+    let port = admin.port();
+    let (c, w) = lib(&format!(
+        "frontend stats_like\n  bind *:{port}\n  default_backend b\nfrontend www\n  bind 0.0.0.0:8000\n  bind 127.0.0.1:8000\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n"
+    ));
+    // The frontend keeps its address; the admin server takes the next free port.
+    assert_eq!(c.frontends[0].bind.port(), port);
+    assert_eq!(c.admin_listen.port(), port + 1);
+    assert_eq!(c.admin_listen.ip(), admin.ip());
+    // 127.0.0.1:8000 cannot be bound next to 0.0.0.0:8000.
+    let binds: Vec<String> = c.frontends.iter().map(|f| f.bind.to_string()).collect();
+    assert_eq!(
+        binds,
+        [format!("0.0.0.0:{port}"), "0.0.0.0:8000".to_string()]
+    );
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                1,
+                &format!("frontend stats_like bind 0.0.0.0:{port}"),
+                &format!("it is moved to {}:{}", admin.ip(), port + 1),
+            ),
+            (
+                "haproxy.cfg",
+                6,
+                "bind 127.0.0.1:8000",
+                "0.0.0.0:8000 is taken by frontend www",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn section_line_addresses_that_are_not_addresses_warn() {
+    let (c, w) = lib("\
+defaults base
+    mode http
+frontend a from base
+    bind :8000
+    default_backend b
+frontend c /run/haproxy.sock
+    bind :8001
+    default_backend b
+backend b 127.0.0.1:80
+    server s 127.0.0.1:9000
+");
+    let binds: Vec<String> = c.frontends.iter().map(|f| f.bind.to_string()).collect();
+    assert_eq!(binds, ["0.0.0.0:8000", "0.0.0.0:8001"]);
+    assert_warnings(
+        &w,
+        &[
+            ("haproxy.cfg", 3, "frontend a from base", "named defaults"),
+            (
+                "haproxy.cfg",
+                6,
+                "bind /run/haproxy.sock",
+                "only TCP addresses can be migrated",
+            ),
+            (
+                "haproxy.cfg",
+                9,
+                "backend b 127.0.0.1:80",
+                "a backend has no address",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn httplog_on_one_frontend_turns_the_access_log_on_for_all_and_says_so() {
+    let (c, w) = lib("\
+frontend a
+    bind :8000
+    option httplog
+    default_backend b
+frontend quiet
+    bind :8001
+    default_backend b
+backend b
+    server s 127.0.0.1:9000
+");
+    assert_eq!(c.log.access, switchyard::config::AccessFormat::Logfmt);
+    assert_warnings(
+        &w,
+        &[(
+            "haproxy.cfg",
+            5,
+            "frontend quiet",
+            "Switchyard's access log covers every frontend (it is on for a)",
+        )],
+    );
+    // Without httplog/tcplog anywhere, the access log stays off and nothing is said.
+    let (c, w) = lib(
+        "frontend a\n  bind :8000\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n",
+    );
+    assert_eq!(c.log.access, switchyard::config::AccessFormat::Off);
+    assert!(w.is_empty(), "{w:#?}");
+}
+
+#[test]
+fn an_lsdir_loop_inside_one_backend_is_its_recursive_etcd_prefix() {
+    let cfg = "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n  server a 127.0.0.1:9000 check\n  server b 127.0.0.2:9000 check\n";
+    let res = "[template]\nsrc = \"t\"\nprefix = \"/prod\"\nkeys = [\"/pool\"]\n";
+    let migrate_with = |tpl: &str| {
+        let m = migrate(&Input {
+            haproxy: Source {
+                name: "haproxy.cfg",
+                text: cfg,
+            },
+            confd_toml: Some(Source {
+                name: "haproxy.toml",
+                text: res,
+            }),
+            confd_template: Some(Source {
+                name: "t.tmpl",
+                text: tpl,
+            }),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+        })
+        .unwrap();
+        let w: Vec<String> = m.warnings.iter().map(ToString::to_string).collect();
+        (Config::from_toml(&m.toml).unwrap(), w)
+    };
+    // Servers directly in each directory: no warning.
+    let (c, w) = migrate_with(
+        "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n{{range $z := lsdir \"/pool\"}}{{range $k := ls (printf \"/pool/%s\" $z)}}\n  server {{$k}} {{getv (printf \"/pool/%s/%s\" $z $k)}} check inter 4s\n{{end}}{{end}}\n",
+    );
+    let b = c.backend("pool").unwrap();
+    assert_eq!(b.etcd_prefix.as_deref(), Some("/prod/pool"));
+    assert!(b.servers.is_empty(), "rendered servers are discovered");
+    assert_eq!(
+        b.check.inter,
+        Duration::from_secs(4),
+        "the loop's server line"
+    );
+    assert!(w.is_empty(), "{w:#?}");
+    // Servers in a subdirectory of each: the recursion reads more than the template did.
+    let (c, w) = migrate_with(
+        "frontend f\n  bind :8000\n  default_backend pool\nbackend pool\n{{range $z := lsdir \"/pool\"}}{{range gets (printf \"/pool/%s/backend/*\" $z)}}\n  server {{base .Key}} {{.Value}} check\n{{end}}{{end}}\n",
+    );
+    assert_eq!(
+        c.backend("pool").unwrap().etcd_prefix.as_deref(),
+        Some("/prod/pool")
+    );
+    assert_warnings(
+        &w,
+        &[(
+            "t.tmpl",
+            5,
+            "servers",
+            "not only those in /prod/pool/<dir>/backend/",
+        )],
+    );
+}
+
+#[test]
+fn a_maxconn_that_is_not_a_count_warns_and_the_default_stays() {
+    let (c, w) = lib(
+        "global\n  maxconn 99999999999999999999\nfrontend f\n  bind :8000\n  maxconn 0\n  default_backend b\nbackend b\n  server s 127.0.0.1:9000\n",
+    );
+    assert_eq!(c.frontends[0].maxconn, switchyard::config::DEFAULT_MAXCONN);
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                2,
+                "maxconn 99999999999999999999",
+                "not a positive number",
+            ),
+            ("haproxy.cfg", 5, "maxconn 0", "not a positive number"),
+        ],
     );
 }

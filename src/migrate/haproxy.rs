@@ -1,12 +1,14 @@
 //! The haproxy.cfg reader: the tokenizer (HAProxy's quoting and escapes), sections, HAProxy
-//! times and bind addresses, and each proxy's directives, folded into [`Proxy`] values with what
-//! their `defaults` section passed on. What cannot be mapped is one warning each. A frontend's
-//! `acl`, `use_backend` and `tcp-request` lines are kept as they are for `rules.rs`.
+//! times, what the global section passes on (`maxconn`, `crt-base`, `ca-base`), and each proxy's
+//! directives (`bind` lines are `bind.rs`'s), folded into [`Proxy`] values with what their
+//! `defaults` section passed on. What cannot be mapped is one warning each. A frontend's `acl`,
+//! `use_backend` and `tcp-request` lines are kept as they are for `rules.rs`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::Warn;
+use super::bind::bind;
 use super::server::{ServerOpts, server_opts};
 
 // ---------------------------------------------------------------------------------------------
@@ -158,37 +160,6 @@ pub(super) fn haproxy_time(s: &str) -> Option<Duration> {
     })
 }
 
-/// A bind address as Switchyard wants it, or why not.
-pub(super) fn bind_addr(raw: &str) -> Result<SocketAddr, String> {
-    let mut a = raw;
-    for p in ["ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"] {
-        if let Some(rest) = a.strip_prefix(p) {
-            a = rest;
-        }
-    }
-    if a.starts_with('/') || a.contains('@') {
-        return Err("only TCP addresses can be migrated".to_string());
-    }
-    if a.contains('$') {
-        return Err("environment variables are not expanded; write the address".to_string());
-    }
-    let (host, port) = a
-        .rsplit_once(':')
-        .ok_or_else(|| "no port (HAProxy binds to the client's port range)".to_string())?;
-    if port.contains('-') {
-        return Err("port ranges are not supported; one frontend per port".to_string());
-    }
-    let host = match host {
-        "" | "*" | "0.0.0.0" => "0.0.0.0".to_string(),
-        "::" | "[::]" => "[::]".to_string(),
-        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
-        h => h.to_string(),
-    };
-    format!("{host}:{port}")
-        .parse()
-        .map_err(|_| "not an ip:port address (host names are not allowed in bind)".to_string())
-}
-
 // ---------------------------------------------------------------------------------------------
 // Proxies.
 
@@ -213,6 +184,10 @@ pub(super) struct Common {
     pub(super) httpchk: Option<HttpChk>,
     pub(super) expect_status: Option<Vec<u16>>,
     pub(super) server_defaults: ServerOpts,
+    /// `maxconn` of a defaults, frontend or listen section, and its line.
+    pub(super) maxconn: Option<(usize, usize)>,
+    /// `option httplog` / `option tcplog` (or `httpslog`): the access log is on.
+    pub(super) access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +257,8 @@ pub(super) fn side_ok(kind: Kind, side: Side) -> bool {
 }
 
 pub(super) const ADMIN_HINT: &str = "use Switchyard's admin server instead ([admin] listen): the stats page at /, /metrics and /api/v1/backends";
-pub(super) const LOG_HINT: &str = "Switchyard logs to stderr (level set by RUST_LOG) and exports Prometheus metrics; no syslog or access-log format";
+pub(super) const LOG_HINT: &str = "no syslog in Switchyard: its own log goes to stderr (level set by RUST_LOG), the access log (`option httplog`/`tcplog`, as [log] access) to stdout or [log] access_file";
+pub(super) const LOG_FORMAT_HINT: &str = "Switchyard's access log has fixed fields ([log] access = \"logfmt\" or \"json\": one line per request or tcp connection); not configurable";
 
 pub(super) fn time_arg(l: &Line, idx: usize, w: &mut Warn) -> Option<Duration> {
     match haproxy_time(l.word(idx)) {
@@ -318,16 +294,35 @@ pub(super) fn parse_status(s: &str) -> Option<Vec<u16>> {
     Some(out).filter(|v| v.iter().all(|s| (100..=599).contains(s)))
 }
 
+/// Where `timeout NAME` goes, or why it cannot be migrated.
+fn timeout_slot<'c>(
+    c: &'c mut Common,
+    name: &str,
+) -> Result<&'c mut Option<Duration>, &'static str> {
+    Ok(match name {
+        "connect" => &mut c.connect_timeout,
+        "server" => &mut c.response_timeout,
+        "client" => &mut c.client_timeout,
+        "http-keep-alive" => &mut c.keepalive_timeout,
+        "http-request" => &mut c.header_timeout,
+        "check" => &mut c.check_timeout,
+        "tunnel" | "client-fin" | "server-fin" => {
+            return Err("no tunnel (websocket) or half-closed timeouts in Switchyard");
+        }
+        "queue" => return Err("Switchyard has no request queue"),
+        _ => return Err("unknown timeout"),
+    })
+}
+
 /// Applies one directive of a defaults, frontend, backend or listen section.
 pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
     let d = l.word(0);
     let a1 = l.word(1);
     let side = match d {
-        "bind" | "default_backend" | "use_backend" | "acl" | "capture" | "monitor-uri" => {
-            Side::Front
-        }
+        "bind" | "default_backend" | "use_backend" | "acl" | "capture" | "monitor-uri"
+        | "maxconn" | "clitimeout" => Side::Front,
         "server" | "balance" | "http-check" | "default-server" | "retries" | "fullconn"
-        | "hash-type" | "cookie" | "http-reuse" => Side::Back,
+        | "hash-type" | "cookie" | "http-reuse" | "contimeout" | "srvtimeout" => Side::Back,
         "option" => match a1 {
             "httpchk" | "redispatch" | "tcp-check" | "ssl-hello-chk" | "mysql-check"
             | "pgsql-check" | "redis-check" | "smtpchk" | "ldap-check" | "allbackups"
@@ -401,28 +396,22 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             Ok(n) => p.c.retries = Some(n),
             Err(_) => w.line(l, "not a number"),
         },
-        "timeout" => {
-            let slot = match a1 {
-                "connect" => &mut p.c.connect_timeout,
-                "server" => &mut p.c.response_timeout,
-                "client" => &mut p.c.client_timeout,
-                "http-keep-alive" => &mut p.c.keepalive_timeout,
-                "http-request" => &mut p.c.header_timeout,
-                "check" => &mut p.c.check_timeout,
-                "tunnel" | "client-fin" | "server-fin" => {
-                    w.line(l, "no tunnel (websocket) or half-closed timeouts in Switchyard");
-                    return;
+        "timeout" => match timeout_slot(&mut p.c, a1) {
+            Ok(slot) => {
+                if let Some(t) = time_arg(l, 2, w) {
+                    *slot = Some(t);
                 }
-                "queue" => {
-                    w.line(l, "Switchyard has no request queue");
-                    return;
-                }
-                _ => {
-                    w.line(l, "unknown timeout");
-                    return;
-                }
+            }
+            Err(why) => w.line(l, why),
+        },
+        // HAProxy 1.x's names for `timeout connect`, `timeout client` and `timeout server`.
+        "contimeout" | "clitimeout" | "srvtimeout" => {
+            let name = match d {
+                "contimeout" => "connect",
+                "clitimeout" => "client",
+                _ => "server",
             };
-            if let Some(t) = time_arg(l, 2, w) {
+            if let (Ok(slot), Some(t)) = (timeout_slot(&mut p.c, name), time_arg(l, 1, w)) {
                 *slot = Some(t);
             }
         }
@@ -435,13 +424,14 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             p.stats = true;
             w.line(l, ADMIN_HINT);
         }
-        "maxconn" => w.line(
-            l,
-            "no connection limit in Switchyard (header_timeout and max_header_size protect it)",
-        ),
-        "log" | "log-format" | "capture" | "log-tag" | "error-log-format" => {
-            w.line(l, LOG_HINT)
-        }
+        "maxconn" => match a1.parse::<u32>().map(|n| n as usize) {
+            Ok(n) if n > 0 => p.c.maxconn = Some((n, l.no)),
+            _ => w.line(l, "not a positive number; Switchyard's default stays"),
+        },
+        // The proxy logs to the global section's targets: that line says what becomes of them.
+        "log" if a1 == "global" => {}
+        "log" | "log-tag" => w.line(l, LOG_HINT),
+        "log-format" | "error-log-format" | "capture" => w.line(l, LOG_FORMAT_HINT),
         "cookie" => w.line(l, "no cookie persistence (sticky sessions) in Switchyard"),
         "http-request" | "http-response" | "http-after-response" | "tcp-request"
         | "tcp-response" | "reqadd" | "rspadd" | "reqrep" | "rsprep" | "reqdel" | "rspdel"
@@ -451,119 +441,6 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         ),
         "errorfile" | "errorfiles" => w.line(l, "no custom error pages in Switchyard"),
         _ => w.line(l, "not supported by Switchyard"),
-    }
-}
-
-pub(super) fn bind(p: &mut Proxy, l: &Line, w: &mut Warn) {
-    let mut crt = Vec::new();
-    let mut ssl = false;
-    let mut alpn = None;
-    let mut accept_proxy = false;
-    let opts = &l.words[2.min(l.words.len())..];
-    let mut i = 0;
-    while i < opts.len() {
-        let o = opts[i].as_str();
-        let arg = opts.get(i + 1).cloned();
-        let mut used = 1;
-        match o {
-            "ssl" => ssl = true,
-            "accept-proxy" => accept_proxy = true,
-            "crt" => {
-                used = 2;
-                match arg {
-                    Some(f) => {
-                        w.at(
-                            l.no,
-                            format!("bind {} crt {f}", l.word(1)),
-                            "a crt file is a combined PEM; it is set as both cert and key in [frontend.tls] certs, but Switchyard wants separate cert and key files: split it and update `key`",
-                        );
-                        crt.push(f);
-                    }
-                    None => w.at(l.no, format!("bind {} crt", l.word(1)), "needs a file"),
-                }
-            }
-            "alpn" => {
-                used = 2;
-                alpn = arg.map(|a| a.split(',').map(ToString::to_string).collect());
-            }
-            _ => {
-                const ARG: &[&str] = &[
-                    "backlog",
-                    "ca-file",
-                    "ciphers",
-                    "ciphersuites",
-                    "crl-file",
-                    "crt-list",
-                    "curves",
-                    "ecdhe",
-                    "gid",
-                    "group",
-                    "id",
-                    "interface",
-                    "level",
-                    "maxconn",
-                    "mode",
-                    "mss",
-                    "name",
-                    "namespace",
-                    "nice",
-                    "npn",
-                    "process",
-                    "proto",
-                    "severity-output",
-                    "sigalgs",
-                    "client-sigalgs",
-                    "ssl-max-ver",
-                    "ssl-min-ver",
-                    "tcp-ut",
-                    "thread",
-                    "uid",
-                    "user",
-                    "verify",
-                ];
-                if ARG.contains(&o) {
-                    used = 2;
-                }
-                let d = opts[i..(i + used).min(opts.len())].join(" ");
-                w.at(
-                    l.no,
-                    format!("bind {} {d}", l.word(1)),
-                    "bind option not supported by Switchyard",
-                );
-            }
-        }
-        i += used;
-    }
-    if ssl && crt.is_empty() {
-        w.line(
-            l,
-            "`ssl` without `crt`: no certificate to serve; bind not migrated",
-        );
-        return;
-    }
-    if !ssl && !crt.is_empty() {
-        w.line(
-            l,
-            "`crt` without `ssl`: TLS is off in HAProxy too; the certificate is ignored",
-        );
-        crt.clear();
-    }
-    for raw in l.word(1).split(',') {
-        match bind_addr(raw) {
-            Ok(addr) => p.binds.push(Bind {
-                line: l.no,
-                addr,
-                crt: crt.clone(),
-                ssl,
-                alpn: alpn.clone(),
-                accept_proxy,
-            }),
-            Err(why) => w.at(
-                l.no,
-                format!("bind {raw}"),
-                format!("{why}; bind not migrated"),
-            ),
-        }
     }
 }
 
@@ -601,8 +478,10 @@ pub(super) fn option(p: &mut Proxy, l: &Line, w: &mut Warn) {
                 host,
             });
         }
-        "httplog" | "tcplog" | "dontlognull" | "log-separate-errors" | "dontlog-normal"
-        | "httpslog" | "log-health-checks" => w.line(l, LOG_HINT),
+        "httplog" | "tcplog" | "httpslog" => p.c.access_log = true,
+        "dontlognull" | "log-separate-errors" | "dontlog-normal" | "log-health-checks" => {
+            w.line(l, LOG_FORMAT_HINT)
+        }
         "http-server-close" | "httpclose" | "http-pretend-keepalive" | "nolinger" => w.line(
             l,
             "Switchyard manages connection reuse itself (pooled upstream connections, client keep-alive)",
@@ -697,18 +576,36 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
 
     let mut defaults = Common::default();
     let mut proxies: Vec<Proxy> = Vec::new();
+    let mut global = Global::default();
     for s in &sections {
         match s.kind {
             Kind::Global => {
                 for l in &s.body {
                     let why = match l.word(0) {
+                        "maxconn" => match l.word(1).parse::<u32>().map(|n| n as usize) {
+                            Ok(n) if n > 0 => {
+                                global.maxconn = Some((n, l.no));
+                                continue;
+                            }
+                            _ => "not a positive number; Switchyard's default stays",
+                        },
+                        "crt-base" if !l.word(1).is_empty() => {
+                            global.crt_base = Some(l.word(1).to_string());
+                            continue;
+                        }
+                        "ca-base" if !l.word(1).is_empty() => {
+                            global.ca_base = Some(l.word(1).to_string());
+                            continue;
+                        }
                         "daemon" | "pidfile" | "user" | "group" | "uid" | "gid" | "chroot"
                         | "master-worker" => {
                             "process management is left to the service manager (systemd, a container runtime)"
                         }
+                        "log" if matches!(l.word(1), "stdout" | "stderr") => {
+                            "Switchyard writes the access log to stdout ([log] access) and its own log to stderr, in its own format"
+                        }
                         "log" | "log-tag" | "log-send-hostname" => LOG_HINT,
                         "stats" => ADMIN_HINT,
-                        "maxconn" => "no global connection limit in Switchyard",
                         "nbproc" | "nbthread" | "cpu-map" => {
                             "Switchyard uses one thread per CPU (tokio); not configurable"
                         }
@@ -742,6 +639,22 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                     w.line(&s.header, "a section without a name; not migrated");
                     continue;
                 }
+                // HAProxy 1.x: `listen NAME ADDR:PORT` (and `frontend NAME ADDR:PORT`) binds
+                // the address on the section line.
+                let from = s.header.word(2) == "from";
+                if from {
+                    w.line(
+                        &s.header,
+                        "`from` (named defaults) is not followed: the defaults section above this one applies",
+                    );
+                }
+                let on_header = s.header.words.len() > 2 && !from;
+                if on_header && s.kind == Kind::Backend {
+                    w.line(
+                        &s.header,
+                        "a backend has no address; the address is ignored",
+                    );
+                }
                 if s.kind == Kind::Listen
                     && s.body.iter().any(|l| l.word(0) == "stats")
                     && !s.body.iter().any(|l| l.word(0) == "server")
@@ -756,6 +669,18 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                     );
                     continue;
                 }
+                if on_header && s.kind != Kind::Backend {
+                    let mut words = vec!["bind".to_string()];
+                    words.extend(s.header.words[2..].iter().cloned());
+                    bind(
+                        &mut p,
+                        &Line {
+                            no: s.header.no,
+                            words,
+                        },
+                        w,
+                    );
+                }
                 for l in &s.body {
                     directive(s.kind, &mut p, l, w);
                 }
@@ -763,7 +688,70 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
             }
         }
     }
+    global.apply(&mut proxies, w);
     proxies
+}
+
+/// What the global section passes on to the proxies.
+#[derive(Debug, Default)]
+struct Global {
+    /// `maxconn N` and its line.
+    maxconn: Option<(usize, usize)>,
+    /// `crt-base DIR`: where relative `crt` files are.
+    crt_base: Option<String>,
+    /// `ca-base DIR`: where relative `ca-file` files are.
+    ca_base: Option<String>,
+}
+
+impl Global {
+    /// Global `maxconn` is the limit of every frontend without its own (HAProxy's default for a
+    /// frontend) or with a higher one; the bases are prefixed to relative file names.
+    fn apply(&self, proxies: &mut [Proxy], w: &mut Warn) {
+        let listeners =
+            |p: &&mut Proxy| matches!(p.kind, Kind::Frontend | Kind::Listen) && !p.binds.is_empty();
+        if let Some((n, line)) = self.maxconn {
+            let mut inherit = 0;
+            for p in proxies.iter_mut().filter(listeners) {
+                // The global limit binds a frontend whose own is higher, too.
+                if p.c.maxconn.is_none_or(|(own, _)| own > n) {
+                    p.c.maxconn = Some((n, line));
+                    inherit += 1;
+                }
+            }
+            if inherit > 1 {
+                w.at(
+                    line,
+                    format!("maxconn {n}"),
+                    format!("HAProxy's limit is process-wide; Switchyard's is per frontend, so each of the {inherit} frontends it limits gets maxconn = {n}"),
+                );
+            }
+        }
+        let base = |b: &Option<String>, f: &mut String| {
+            if let Some(b) = b
+                && !f.starts_with('/')
+            {
+                *f = format!("{}/{f}", b.trim_end_matches('/'));
+            }
+        };
+        for p in proxies.iter_mut() {
+            for b in &mut p.binds {
+                b.crt.iter_mut().for_each(|f| base(&self.crt_base, f));
+            }
+            let mut opts: Vec<&mut ServerOpts> =
+                p.servers.iter_mut().map(|s| &mut s.opts).collect();
+            opts.push(&mut p.c.server_defaults);
+            for o in opts {
+                if let Some(t) = o.conn.tls.as_mut() {
+                    if let Some(f) = t.crt.as_mut() {
+                        base(&self.crt_base, f);
+                    }
+                    if let Some(f) = t.ca.as_mut() {
+                        base(&self.ca_base, f);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -797,19 +785,6 @@ mod tests {
             haproxy_time("213503982334601d"),
             Some(Duration::from_secs(213_503_982_334_601 * 86_400))
         );
-    }
-
-    #[test]
-    fn bind_addresses() {
-        assert_eq!(bind_addr("*:80").unwrap().to_string(), "0.0.0.0:80");
-        assert_eq!(bind_addr(":8080").unwrap().to_string(), "0.0.0.0:8080");
-        assert_eq!(bind_addr(":::443").unwrap().to_string(), "[::]:443");
-        assert_eq!(
-            bind_addr("ipv4@10.0.0.1:80").unwrap().to_string(),
-            "10.0.0.1:80"
-        );
-        assert!(bind_addr("/var/run/x.sock").is_err());
-        assert!(bind_addr(":8000-8010").is_err());
     }
 
     #[test]

@@ -4,19 +4,21 @@
 //! template itself, whose `{{range gets "/prefix/*"}}` / `{{range getvs ...}}` loop inside a
 //! backend section turns that backend into an etcd-discovered one (`etcd_prefix`), with the loop's
 //! `server` line options as its `[backend.check]`, and whose `{{range $svc := lsdir "/dir"}}`
-//! loops (a backend and a `use_backend` rule per directory) become a `[[service_tree]]`. A
-//! frontend's `acl` / `use_backend` rules become `[[frontend.route]]` entries. Everything it
-//! cannot map becomes one [`Warning`] naming the file, the line and the reason: nothing is
-//! dropped silently. The output is validated with [`Config::from_toml`] before it is printed.
+//! loops (a backend and a `use_backend` rule per directory) become a `[[service_tree]]`, and an
+//! `lsdir` loop inside one backend that backend's recursive `etcd_prefix`. A frontend's `acl` /
+//! `use_backend` rules become `[[frontend.route]]` entries. Everything it cannot map becomes one
+//! [`Warning`] naming the file, the line and the reason: nothing is dropped silently. The output
+//! is validated with [`Config::from_toml`] before it is printed, and one without a frontend is
+//! an error ([`MigrateError::NoFrontend`]): it would listen on nothing.
 //!
 //! This module holds the public types, the command line ([`main`]) and the translation as a
-//! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its server options
-//! `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose order `order.rs`
-//! checks), the confd
-//! resource and template scanner `confd.rs` (its lsdir loops `tree.rs`), the TOML writer
-//! `write.rs`.
+//! whole ([`migrate`]). The haproxy.cfg reader is `haproxy.rs` (its bind lines `bind.rs`, its
+//! server options `server.rs`, its routing rules `rules.rs` with their acls `acl.rs`, whose
+//! order `order.rs` checks), the confd resource and template scanner `confd.rs` (its lsdir loops
+//! `tree.rs`), the TOML writer `write.rs`.
 
 mod acl;
+mod bind;
 mod confd;
 mod haproxy;
 mod order;
@@ -92,6 +94,14 @@ pub enum MigrateError {
     Input { file: String, message: String },
     #[error("the generated configuration is invalid: {0}")]
     Invalid(#[from] crate::config::ConfigError),
+    /// Nothing would listen: a config without a frontend serves nothing. `warnings` are the
+    /// migration's, which say why each frontend was left out.
+    #[error("{file}: {why}, so the result would listen on nothing")]
+    NoFrontend {
+        file: String,
+        why: String,
+        warnings: Vec<Warning>,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -112,7 +122,8 @@ fn read(path: &Path) -> Result<String, String> {
 }
 
 /// Runs `switchyard migrate`: the config on stdout, warnings on stderr. Exit 0 when a config was
-/// produced (even with warnings), 1 on unreadable input, bad arguments or an invalid result.
+/// produced (even with warnings), 1 on unreadable input, bad arguments, an invalid result or a
+/// result without a frontend (its warnings are printed first).
 pub fn main(opts: Options) -> ExitCode {
     match run_cli(&opts) {
         Ok(m) => {
@@ -123,13 +134,32 @@ pub fn main(opts: Options) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if let CliError::Migrate(MigrateError::NoFrontend { warnings, .. }) = &e {
+                for w in warnings {
+                    eprintln!("{w}");
+                }
+            }
             eprintln!("switchyard migrate: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run_cli(opts: &Options) -> Result<Migration, String> {
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Args(String),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+impl From<String> for CliError {
+    fn from(s: String) -> Self {
+        CliError::Args(s)
+    }
+}
+
+fn run_cli(opts: &Options) -> Result<Migration, CliError> {
     let endpoints: Vec<String> = opts
         .etcd
         .split(',')
@@ -137,11 +167,11 @@ fn run_cli(opts: &Options) -> Result<Migration, String> {
         .filter(|s| !s.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return Err("--etcd: needs at least one URL".to_string());
+        return Err("--etcd: needs at least one URL".to_string().into());
     }
     for e in &endpoints {
         if !(e.starts_with("http://") || e.starts_with("https://")) {
-            return Err(format!("--etcd: {e:?} must start with http:// or https://"));
+            return Err(format!("--etcd: {e:?} must start with http:// or https://").into());
         }
     }
     let haproxy = read(&opts.haproxy)?;
@@ -183,7 +213,7 @@ fn run_cli(opts: &Options) -> Result<Migration, String> {
             .map(|text| Source { name: &tname, text }),
         etcd_endpoints: endpoints,
     };
-    migrate(&input).map_err(|e| e.to_string())
+    Ok(migrate(&input)?)
 }
 
 /// The `[template] src` of a confd template resource, if it has one.
@@ -255,6 +285,24 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         }),
         (None, None) => {}
     }
+    // lsdir loops inside one backend: that backend's recursive etcd_prefix.
+    let tname = input.confd_template.map(|s| s.name).unwrap_or("");
+    for r in tree::recursive(&lsdir, tname, &mut warnings) {
+        let b = template.entry(r.backend.clone()).or_default();
+        if b.prefix.is_some() {
+            warnings.push(Warning {
+                file: tname.to_string(),
+                line: r.line,
+                directive: format!("lsdir {:?}", r.etcd_prefix),
+                why: "a second loop in one backend: Switchyard watches one etcd_prefix per backend; only the first is used".to_string(),
+            });
+            continue;
+        }
+        b.prefix = Some((r.etcd_prefix, r.line));
+        if b.server.is_none() {
+            b.server = r.server;
+        }
+    }
 
     // haproxy.cfg, then the TOML.
     let mut w = Warn {
@@ -268,7 +316,6 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .filter(|(name, _)| proxies.iter().any(|p| p.name == **name))
         .filter_map(|(_, b)| b.prefix.as_ref().map(|(p, _)| p.clone()))
         .collect();
-    let tname = input.confd_template.map(|s| s.name).unwrap_or("");
     let trees = tree::plan(&lsdir, &proxies, &taken, tname, &mut warnings);
     let mut w = Warn {
         file: hfile,
@@ -285,7 +332,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
     warnings
         .retain(|w| w.file != hfile || !rendered.iter().any(|(a, b)| (*a..=*b).contains(&w.line)));
 
-    Config::from_toml(&out)?;
+    let config = Config::from_toml(&out)?;
     // In file order, then line order (backend-level warnings are found late).
     let order: Vec<String> = [Some(input.haproxy), input.confd_toml, input.confd_template]
         .into_iter()
@@ -293,6 +340,23 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .map(|s| s.name.to_string())
         .collect();
     warnings.sort_by_key(|w| (order.iter().position(|f| *f == w.file), w.line));
+    if config.frontends.is_empty() {
+        let sections = proxies
+            .iter()
+            .filter(|p| matches!(p.kind, haproxy::Kind::Frontend | haproxy::Kind::Listen))
+            .count();
+        let why = match sections {
+            0 => "no frontend or listen section".to_string(),
+            n => format!(
+                "none of its {n} frontend or listen section(s) could be migrated (the warnings say why)"
+            ),
+        };
+        return Err(MigrateError::NoFrontend {
+            file: hfile.to_string(),
+            why,
+            warnings,
+        });
+    }
     Ok(Migration {
         toml: out,
         warnings,

@@ -182,14 +182,9 @@ pub(super) fn server_opts(
             "crt" => {
                 used = 2;
                 match arg {
-                    Some(p) => {
-                        o.conn.tls.get_or_insert_with(Default::default).crt = Some(p.into());
-                        bad(
-                            w,
-                            2,
-                            "a crt file is a combined PEM; it is set as both [backend.tls] cert and key, but Switchyard wants separate cert and key files: split it and update `key`",
-                        );
-                    }
+                    // A combined PEM: Switchyard reads the certificates and the key out of the
+                    // same file, so it is both [backend.tls] cert and key.
+                    Some(p) => o.conn.tls.get_or_insert_with(Default::default).crt = Some(p.into()),
                     None => bad(w, 1, "needs a file"),
                 }
             }

@@ -37,6 +37,8 @@ enum Val {
     Printf(String, Vec<String>),
     /// `gets KEY` / `getvs KEY`.
     Gets(Box<Val>),
+    /// `ls KEY`: the keys in a directory, one server each.
+    Ls(Box<Val>),
     /// `lsdir`/`ls` of a computed key: one directory per server.
     Nested,
     Other,
@@ -62,8 +64,13 @@ struct Found {
     backend: Option<Block>,
     /// `servers_dir` from the `gets` loop (or why not), and that loop's line.
     servers: Option<(Result<String, String>, usize)>,
-    /// A loop over one directory per server (`lsdir`/`ls` of a computed key), its line.
+    /// A loop over one directory per server (`lsdir` of a computed key), its line.
     nested: Option<usize>,
+    /// The literal backend (or listen) section the loop is in, when it is in one: all the
+    /// services' servers in one backend, a recursive `etcd_prefix`.
+    in_backend: Option<String>,
+    /// That backend's `server` line inside the loop.
+    server: Option<Line>,
     /// `acl` and `use_backend` lines in the loop, with their frontend.
     rules: Vec<(String, Line)>,
 }
@@ -157,7 +164,7 @@ fn value(expr: &[String], vars: &HashMap<String, Val>) -> Val {
             Val::Str(p) => Val::Lsdir(p),
             _ => Val::Nested,
         },
-        ("ls", _) => Val::Nested,
+        ("ls", _) => Val::Ls(Box::new(value(&expr[1..], vars))),
         ("gets" | "getvs", _) => Val::Gets(Box::new(value(&expr[1..], vars))),
         ("printf", _) => match expr.get(1).and_then(|f| unquote(f)) {
             Some(fmt) => Val::Printf(fmt.to_string(), expr[2..].to_vec()),
@@ -218,9 +225,23 @@ impl Walk<'_> {
             backend: None,
             servers: None,
             nested: None,
+            in_backend: None,
+            server: None,
             rules: Vec::new(),
         });
         self.found.len() - 1
+    }
+
+    /// `servers_dir` for an `ls` key inside the loop over `written`: the directory listed is
+    /// `written/<service>[/DIR]`, its keys the servers.
+    fn ls_servers_dir(&self, key: &Val, written: &str) -> Result<String, String> {
+        match key {
+            Val::Printf(fmt, args) if !fmt.ends_with('*') => {
+                let pattern = format!("{}/*", fmt.trim_end_matches('/'));
+                self.servers_dir(&Val::Printf(pattern, args.clone()), written)
+            }
+            _ => self.servers_dir(key, written),
+        }
     }
 
     /// `servers_dir` for a `gets`/`getvs` key inside the loop over `written`.
@@ -292,6 +313,16 @@ impl Walk<'_> {
                             }
                         }
                     }
+                    Val::Ls(key) => {
+                        if let Some(i) = self.lsdir() {
+                            let written = self.found[i].written.clone();
+                            let dir = self.ls_servers_dir(&key, &written);
+                            let f = &mut self.found[i];
+                            if f.servers.is_none() {
+                                f.servers = Some((dir, no));
+                            }
+                        }
+                    }
                     Val::Nested => {
                         if let Some(i) = self.lsdir() {
                             self.found[i].nested.get_or_insert(no);
@@ -357,6 +388,7 @@ pub(super) fn scan(src: &Source, confd: &Confd, w: &mut Warn) -> Scan {
         let no = i + 1;
         let mut text = String::new();
         let mut touched = walk.lsdir().is_some();
+        let known = walk.found.len();
         // The lsdir loop the line's first text is in.
         let mut at_text: Option<Option<usize>> = None;
         for seg in segments(raw) {
@@ -380,6 +412,12 @@ pub(super) fn scan(src: &Source, confd: &Confd, w: &mut Warn) -> Scan {
         touched |= walk.lsdir().is_some();
         if touched {
             scan.lines.insert(no);
+        }
+        // A loop that opens in a literal backend's body.
+        if let Some((Kind::Backend | Kind::Listen, name, None)) = &section {
+            for f in &mut walk.found[known..] {
+                f.in_backend = Some(name.clone());
+            }
         }
         scan.flat.push_str(&text);
         scan.flat.push('\n');
@@ -423,6 +461,14 @@ pub(super) fn scan(src: &Source, confd: &Confd, w: &mut Warn) -> Scan {
             continue;
         };
         match (header_loop, in_loop) {
+            // A literal backend's server line inside a loop.
+            (None, Some(f))
+                if first == "server"
+                    && walk.found[f].in_backend.as_ref() == Some(name)
+                    && walk.found[f].server.is_none() =>
+            {
+                walk.found[f].server = Some(l);
+            }
             // The templated backend's body.
             (Some(f), Some(g)) if *f == g => {
                 if let Some(b) = walk.found[*f].backend.as_mut().filter(|b| b.name == *name) {
@@ -499,6 +545,10 @@ pub(super) fn plan(
     for f in &scan.found {
         let loop_at = format!("lsdir {:?}", f.written);
         let Some(block) = &f.backend else {
+            if f.in_backend.is_some() {
+                // `recursive` maps it.
+                continue;
+            }
             tw.at(
                 f.line,
                 loop_at,
@@ -698,6 +748,76 @@ pub(super) fn plan(
     trees
 }
 
+/// An lsdir loop inside one literal backend (all the services' servers in that backend): the
+/// backend's `etcd_prefix`.
+#[derive(Debug)]
+pub(super) struct Recursive {
+    pub(super) backend: String,
+    /// The directory listed, with the confd prefix: every key below it, at any depth, is a
+    /// server.
+    pub(super) etcd_prefix: String,
+    pub(super) line: usize,
+    /// The server line inside the loop: the backend's server settings.
+    pub(super) server: Option<Line>,
+}
+
+/// The lsdir loops inside a literal backend, as recursive `etcd_prefix`es. A loop that reads
+/// something other than the keys below the directory is warned about (those keys would be read
+/// as servers too, and skipped as invalid when their value is not an address).
+pub(super) fn recursive(scan: &Scan, tname: &str, w: &mut Vec<Warning>) -> Vec<Recursive> {
+    let mut tw = Warn {
+        file: tname,
+        out: w,
+    };
+    let mut out = Vec::new();
+    for f in scan.found.iter().filter(|f| f.backend.is_none()) {
+        let Some(backend) = &f.in_backend else {
+            continue;
+        };
+        let dir = f.dir.trim_end_matches('/').to_string();
+        let at = format!("lsdir {:?}", f.written);
+        if !dir.starts_with('/') || dir.len() < 2 {
+            tw.at(
+                f.line,
+                at,
+                "an etcd_prefix needs a directory below the root; not migrated",
+            );
+            continue;
+        }
+        match (&f.servers, f.nested) {
+            (Some((Ok(d), _)), _) if d.is_empty() => {}
+            (Some((Ok(d), line)), _) => tw.at(
+                *line,
+                "servers",
+                format!(
+                    "backend {backend} watches every key below {dir} (etcd_prefix is recursive), not only those in {dir}/<dir>/{d}/: another key below {dir} is read as a server too (one whose value is not an address is skipped and counted as invalid)"
+                ),
+            ),
+            (Some((Err(why), line)), _) => tw.at(
+                *line,
+                "servers",
+                format!(
+                    "{why}; backend {backend} watches every key below {dir} (etcd_prefix is recursive), each a server"
+                ),
+            ),
+            (None, nested) => tw.at(
+                nested.unwrap_or(f.line),
+                at.clone(),
+                format!(
+                    "servers are read from a directory per server (keys such as ip and port below it); backend {backend} watches every key below {dir}, each a server whose value is \"host:port\""
+                ),
+            ),
+        }
+        out.push(Recursive {
+            backend: backend.clone(),
+            etcd_prefix: dir,
+            line: f.line,
+            server: f.server.clone(),
+        });
+    }
+    out
+}
+
 /// A route as its host and path, for warnings.
 fn describe(r: &RouteOut) -> String {
     let mut s = template_text(&format!("host {}", r.m.host));
@@ -849,6 +969,38 @@ backend be-{{.}}
         assert_eq!(f.backend.as_ref().unwrap().name, format!("be-{SERVICE}"));
         assert_eq!(f.rules[0].1.word(1), format!("be-{SERVICE}"));
         assert_eq!(f.rules[0].1.word(5), format!("/{SERVICE}/"));
+    }
+
+    #[test]
+    fn ls_of_each_service_is_its_servers_dir() {
+        // `ls` of the service's directory: its keys are the servers.
+        let t =
+            r#"{{range $s := lsdir "/svc"}}{{range $k := ls (printf "/svc/%s" $s)}}{{end}}{{end}}"#;
+        let (s, w) = run(t, "");
+        assert!(w.is_empty(), "{w:#?}");
+        assert_eq!(s.found[0].servers.as_ref().unwrap().0.as_deref(), Ok(""));
+        let t = r#"{{range $s := lsdir "/svc"}}{{range ls (printf "/svc/%s/nodes/" $s)}}{{end}}{{end}}"#;
+        let (s, _) = run(t, "");
+        assert_eq!(
+            s.found[0].servers.as_ref().unwrap().0.as_deref(),
+            Ok("nodes")
+        );
+        assert_eq!(s.found[0].nested, None);
+        // Inside one literal backend: the loop belongs to it, with its server line.
+        let t = "backend app\n{{range $d := lsdir \"/app\"}}{{range $k := ls (printf \"/app/%s\" $d)}}\n  server {{$k}} {{getv (printf \"/app/%s/%s\" $d $k)}} check inter 2s\n{{end}}{{end}}\n";
+        let (s, _) = run(t, "/p");
+        let f = &s.found[0];
+        assert_eq!(f.in_backend.as_deref(), Some("app"));
+        assert!(f.backend.is_none());
+        assert_eq!(f.server.as_ref().unwrap().word(3), "check");
+        let mut w = Vec::new();
+        let r = recursive(&s, "t.tmpl", &mut w);
+        assert!(w.is_empty(), "{w:#?}");
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].backend.as_str(), r[0].etcd_prefix.as_str()),
+            ("app", "/p/app")
+        );
     }
 
     #[test]
