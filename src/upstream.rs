@@ -47,6 +47,21 @@ pub(crate) async fn connect(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
+/// What a failed `connect` ran into, as a `switchyard_retries_by_cause_total` cause:
+/// `connect_refused`, `connect_timeout`, `tls_error` (the handshake, or the TLS setup), or
+/// `connect_failed` (anything else: unreachable, reset during the connect, a bad address).
+pub(crate) fn connect_cause(e: &io::Error) -> &'static str {
+    let tls = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>() || inner.is::<crate::tls::TlsError>());
+    match e.kind() {
+        _ if tls => "tls_error",
+        io::ErrorKind::ConnectionRefused => "connect_refused",
+        io::ErrorKind::TimedOut => "connect_timeout",
+        _ => "connect_failed",
+    }
+}
+
 /// Any upstream transport: plain TCP or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}

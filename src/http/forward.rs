@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::access_log::{HttpRequest, Pending, Termination};
+use crate::balancer::BackendRuntime;
 use crate::config::{Backend, Protocol, ProxyVersion};
 use crate::http::h1::client as h1_client;
 use crate::http::h1::server as h1_server;
@@ -33,22 +34,40 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let fe = &conn.fe;
+    fe.stats.request();
+    let mut req = req;
+    let request_id = request_id(req.headers_mut());
+    let mut trace = Trace::default();
     // Dropped with this future if the client goes away first: then it logs `client_abort`.
-    let log = fe.log.as_ref().map(|log| {
+    trace.log = fe.log.as_ref().map(|log| {
         let mut p = Pending::new(log, conn.client, Arc::clone(&fe.name));
-        p.record().http = Some(HttpRequest {
+        let r = p.record();
+        r.http = Some(HttpRequest {
             method: Some(req.method().clone()),
             uri: Some(req.uri().clone()),
+            version: Some(req.version()),
+            host: match req.headers().get(header::HOST) {
+                Some(h) => Some(h.clone()),
+                None => req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            },
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            request_id: Some(request_id),
             status: 0,
         });
+        r.tls = conn.tls.clone();
+        r.connections = Some(fe.stats.connections());
         p
     });
     let snap = fe.shared.load_full();
-    let mut req = req;
     let (picked, routing) = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
     let backend = picked.map(|i| &snap.backends[i]);
-    let mut trace = Trace::default();
+    if let (Some(b), Some(p)) = (backend, &mut trace.log) {
+        p.record().backend = Some(Arc::clone(&b.config));
+    }
     // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
     let connect_ok =
         fe.frontend.allow_connect && backend.is_some_and(|b| b.config.protocol == Protocol::Http1);
@@ -78,16 +97,47 @@ pub(crate) async fn handle(
             trace.termination = Termination::NoRoute;
             (no_route(&req), None)
         }
-        (None, _, Some(index)) => forward(conn, &snap, index, req, &mut trace).await,
+        (None, _, Some(index)) => {
+            // Counted as a `client_abort` if the client leaves before the answer.
+            trace.backend = Some(Arc::clone(&snap.backends[index].runtime));
+            forward(conn, &snap, index, req, &mut trace).await
+        }
     };
     let code = resp.status().as_u16();
-    if let Some(mut p) = log {
+    let bytes_in = trace.body.as_ref().map_or(0, |b| b.bytes());
+    if let Some(rt) = trace.backend.take() {
+        // A server's body still to come ends the request later: `Guarded` counts how.
+        let own = matches!(resp.body(), Either::Right(_));
+        let failure = if own {
+            trace.termination.failure()
+        } else {
+            None
+        };
+        rt.stats
+            .finish(failure, trace.response.map(|_| start.elapsed()));
+        rt.stats.received(bytes_in);
+        match resp.body_mut() {
+            Either::Left(body) if !hyper::body::Body::is_end_stream(&body.inner) => {
+                body.stats = Some(rt)
+            }
+            _ => rt.stats.sent(
+                hyper::body::Body::size_hint(resp.body())
+                    .exact()
+                    .unwrap_or(0),
+            ),
+        }
+    }
+    if let Some(reason) = client_error(code, trace.termination) {
+        fe.stats.error();
+        count_client_error(&fe.frontend.name, reason);
+    }
+    if let Some(mut p) = trace.log.take() {
         let r = p.record();
-        r.backend = backend.map(|b| Arc::clone(&b.config));
         r.server = server.clone();
         r.retries = trace.retries;
         r.connect = trace.connect;
         r.response = trace.response;
+        r.bytes_in = Some(bytes_in);
         if let Some(h) = &mut r.http {
             h.status = code;
         }
@@ -237,9 +287,17 @@ pub(crate) fn finish_log(p: &mut Pending, resp: &Response<Body>, termination: Te
     r.termination = termination;
 }
 
-/// How a request was forwarded, for the access log: the last attempt's timings.
+/// How a request was forwarded, for the access log and the stats: the last attempt's timings,
+/// the record being filled in, and the backend the request is counted under until it is.
 #[derive(Debug, Default)]
 pub(crate) struct Trace {
+    /// The access log record (present when the log is on).
+    log: Option<Pending>,
+    /// The backend's counters, until the request is counted there (`handle`); a request
+    /// dropped before that (its client left) counts as a `client_abort`.
+    backend: Option<Arc<BackendRuntime>>,
+    /// The request body's state, with its byte count.
+    body: Option<Arc<BodyState>>,
     /// Further servers tried after the first.
     retries: u32,
     /// Getting a connection to the server (about 0 for a pooled or shared one).
@@ -250,12 +308,125 @@ pub(crate) struct Trace {
     termination: Termination,
 }
 
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(rt) = self.backend.take() {
+            rt.stats
+                .finish(Some(crate::stats::Failure::ClientAbort), None);
+        }
+    }
+}
+
+/// What made a forward attempt fail, as a `switchyard_retries_by_cause_total` cause. Nothing of
+/// the request reached a server for the connect causes (`upstream::connect_cause`); the others
+/// had a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Connecting failed: `connect_refused`, `connect_timeout`, `tls_error`, `connect_failed`.
+    Connect(&'static str),
+    /// The server closed or reset the connection before answering.
+    ServerReset,
+    /// The server answered with something that is not HTTP (or over our limits).
+    ServerInvalid,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cause::Connect(c) => c,
+            Cause::ServerReset => "server_reset",
+            Cause::ServerInvalid => "server_invalid",
+        }
+    }
+
+    /// Why a request that reached a server failed.
+    fn of_sent(e: &BoxError) -> Cause {
+        match e.downcast_ref::<crate::http::h1::Error>() {
+            Some(crate::http::h1::Error::Invalid(_)) => Cause::ServerInvalid,
+            Some(_) => Cause::ServerReset,
+            None => match e.downcast_ref::<hyper::Error>() {
+                Some(h) if h.is_parse() || h.is_parse_status() => Cause::ServerInvalid,
+                _ => Cause::ServerReset,
+            },
+        }
+    }
+
+    /// How a request ends when the last server tried failed this way.
+    fn termination(self) -> Termination {
+        match self {
+            Cause::Connect(_) => Termination::ConnectError,
+            Cause::ServerReset | Cause::ServerInvalid => Termination::ServerError,
+        }
+    }
+}
+
+/// A fresh `X-Request-Id` (a random per-process prefix and a counter), unless `headers` has
+/// one; either way the id the request goes upstream with. NOTE: not a UUID: one relaxed
+/// counter increment and 33 bytes formatted by hand, no system call per request; unique within
+/// a process, and across processes by its 64 random bits.
+fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some(id) = headers.get(X_REQUEST_ID) {
+        return id.clone();
+    }
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut buf = [b'-'; 33];
+    let hex = |v: u64, out: &mut [u8]| {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    };
+    hex(prefix, &mut buf[..16]);
+    hex(n, &mut buf[17..]);
+    let id = HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value");
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// The `switchyard_http_request_errors_total` reason of a request refused with `status`
+/// (`head`: while its head was read, where a `408` is the header timeout).
+pub(crate) fn refusal_reason(status: u16, head: bool) -> &'static str {
+    match status {
+        405 => "method_not_allowed",
+        408 if head => "header_timeout",
+        408 => "body_timeout",
+        413 => "too_large",
+        414 => "uri_too_long",
+        431 => "headers_too_large",
+        501 => "not_implemented",
+        505 => "version",
+        _ => "bad_request",
+    }
+}
+
+/// The reason a request answered `code` and ending as `termination` is a client error: our
+/// own refusal (not a server's 4xx passed on).
+fn client_error(code: u16, termination: Termination) -> Option<&'static str> {
+    matches!(
+        termination,
+        Termination::BadRequest | Termination::ClientTimeout
+    )
+    .then(|| refusal_reason(code, false))
+}
+
+/// Counts a refused request in `switchyard_http_request_errors_total`.
+pub(crate) fn count_client_error(frontend: &str, reason: &'static str) {
+    metrics::counter!(m::HTTP_REQUEST_ERRORS,
+        "frontend" => frontend.to_string(), "reason" => reason)
+    .increment(1);
+}
+
 /// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
 /// would add an allocation on the retry path for nothing.)
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Failure {
-    /// Nothing was sent: the request comes back and may go to another server.
-    Connect(io::Error, Request<UpBody>),
+    /// Nothing was sent: the request comes back and may go to another server. The cause says
+    /// whether connecting failed, or the connection did before the request went out on it.
+    Connect(io::Error, Request<UpBody>, Cause),
     /// The request reached the server (at least partly) and no usable response came back.
     /// Our HTTP/1.1 client hands back the head of a replayable request (idempotent and
     /// bodiless), so it needs no `Replay` copy.
@@ -350,12 +521,15 @@ pub(crate) async fn forward(
         Either::Left(b) => b.state.clone(),
         Either::Right(_) => None,
     };
+    trace.body = body_state.clone();
     // hyper (HTTP/2, upgrades) consumes the request; our HTTP/1.1 client gives it back.
     let replay = (target.h2 || target.upgrade)
         .then(|| Replay::of(&req))
         .flatten();
     let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
+    // Why the last server tried failed: what the request ends as when none is left.
+    let mut last = Cause::Connect("connect_failed");
     loop {
         let Some(server) = backend.pick_excluding(&tried).cloned() else {
             if tried.is_empty() {
@@ -366,9 +540,11 @@ pub(crate) async fn forward(
                 );
                 return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
             }
-            trace.termination = Termination::ConnectError;
-            return (unreachable_backend(&cfg.name), tried.pop());
+            return exhausted(cfg, last, trace, tried.pop());
         };
+        if let Some(p) = &mut trace.log {
+            p.record().server = Some(Arc::clone(&server));
+        }
         let active = server.track();
         match send(&server, cfg, conn, req, target, trace).await {
             Ok(mut resp) => {
@@ -408,6 +584,7 @@ pub(crate) async fn forward(
                     inner: body,
                     _active: active,
                     log: None,
+                    stats: None,
                     origin,
                 };
                 return (
@@ -415,21 +592,28 @@ pub(crate) async fn forward(
                     Some(server),
                 );
             }
-            Err(Failure::Connect(e, back)) => {
-                debug!(server = %server.addr, error = %e, "upstream connect failed");
-                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
-                    "backend" => cfg.name.clone(), "server" => server.addr.clone())
-                .increment(1);
-                crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
+            Err(Failure::Connect(e, back, cause)) => {
+                match cause {
+                    Cause::Connect(_) => {
+                        debug!(server = %server.addr, error = %e, "upstream connect failed");
+                        metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
+                            "backend" => cfg.name.clone(), "server" => server.addr.clone())
+                        .increment(1);
+                        crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
+                    }
+                    _ => {
+                        debug!(server = %server.addr, error = %e, "upstream connection failed before the request was sent");
+                        crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
+                    }
+                }
+                last = cause;
                 tried.push(server);
                 // Nothing was sent, so any method may go to another server; no budget needed,
                 // since the failed attempt loaded nobody.
                 if tried.len() > cfg.retries as usize {
-                    trace.termination = Termination::ConnectError;
-                    return (unreachable_backend(&cfg.name), tried.pop());
+                    return exhausted(cfg, last, trace, tried.pop());
                 }
-                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
-                trace.retries += 1;
+                count_retry(backend, cause, trace);
                 req = back;
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
@@ -441,6 +625,7 @@ pub(crate) async fn forward(
             }
             Err(Failure::Sent(e, back)) => {
                 debug!(server = %server.addr, error = %e, "upstream failed before a response");
+                last = Cause::of_sent(&e);
                 crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
                 let body = format!(
                     "502 Bad Gateway: server {} of backend {} failed before answering\n",
@@ -463,8 +648,7 @@ pub(crate) async fn forward(
                                 || in_flight
                                     .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
-                        metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
-                        trace.retries += 1;
+                        count_retry(backend, last, trace);
                         req = r;
                     }
                     _ => {
@@ -494,6 +678,38 @@ pub(crate) async fn forward(
             }
         }
     }
+}
+
+/// Every server of the backend was tried (or `retries` ran out) and the last one failed as
+/// `last`: `502`, as `connect_error` when it could not be reached, else `server_error`.
+fn exhausted(
+    cfg: &Backend,
+    last: Cause,
+    trace: &mut Trace,
+    server: Option<Arc<Server>>,
+) -> (Response<Body>, Option<Arc<Server>>) {
+    trace.termination = last.termination();
+    let resp = match (last, &server) {
+        (Cause::Connect(_), _) | (_, None) => unreachable_backend(&cfg.name),
+        (_, Some(s)) => plain(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "502 Bad Gateway: server {} of backend {} failed before answering\n",
+                s.addr, cfg.name
+            ),
+        ),
+    };
+    (resp, server)
+}
+
+/// Counts one more attempt, after a failure of `cause`.
+fn count_retry(backend: &crate::snapshot::BackendSet, cause: Cause, trace: &mut Trace) {
+    let name = &backend.config.name;
+    metrics::counter!(m::RETRIES, "backend" => name.clone()).increment(1);
+    metrics::counter!(m::RETRIES_BY_CAUSE, "backend" => name.clone(), "cause" => cause.as_str())
+        .increment(1);
+    backend.runtime.stats.retry();
+    trace.retries += 1;
 }
 
 /// Sends one request to one server over its backend's protocol.
@@ -556,7 +772,10 @@ pub(crate) async fn send_h1(
         Some(c) => (c, true),
         None => match connect_raw(&dial()).await {
             Ok(c) => (c, false),
-            Err(e) => return Err(Failure::Connect(e, req)),
+            Err(e) => {
+                let cause = Cause::Connect(connect_cause(&e));
+                return Err(Failure::Connect(e, req, cause));
+            }
         },
     };
     let ready = Instant::now();
@@ -584,7 +803,8 @@ pub(crate) async fn send_h1(
                     Ok(c) => c,
                     Err(e) => {
                         let back = Request::from_parts(parts, Either::Right(Empty::new()));
-                        return Err(Failure::Connect(e, back));
+                        let cause = Cause::Connect(connect_cause(&e));
+                        return Err(Failure::Connect(e, back, cause));
                     }
                 };
                 deadline = tokio::time::Instant::now() + response_timeout;
@@ -613,7 +833,10 @@ pub(crate) async fn send_upgrade(
     let start = Instant::now();
     let mut sender = match connect_h1(&dial()).await {
         Ok(s) => s,
-        Err(e) => return Err(Failure::Connect(e, req)),
+        Err(e) => {
+            let cause = Cause::Connect(connect_cause(&e));
+            return Err(Failure::Connect(e, req, cause));
+        }
     };
     let ready = Instant::now();
     trace.connect = Some(ready - start);
@@ -625,7 +848,11 @@ pub(crate) async fn send_upgrade(
         }
         Ok(Err(mut e)) => match e.take_message() {
             // Refused before a byte was written: as good as a connect failure.
-            Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
+            Some(back) => Err(Failure::Connect(
+                io::Error::other(e.into_error()),
+                back,
+                Cause::ServerReset,
+            )),
             None => Err(Failure::Sent(e.into_error().into(), None)),
         },
     }
@@ -651,7 +878,10 @@ pub(crate) async fn send_h2(
         };
         let mut sender = match sender {
             Ok(s) => s,
-            Err(e) => return Err(Failure::Connect(e, req)),
+            Err(e) => {
+                let cause = Cause::Connect(connect_cause(&e));
+                return Err(Failure::Connect(e, req, cause));
+            }
         };
         let ready = Instant::now();
         trace.connect = Some(ready - start);
@@ -669,7 +899,11 @@ pub(crate) async fn send_h2(
                     req = back;
                 }
                 Some(back) => {
-                    return Err(Failure::Connect(io::Error::other(e.into_error()), back));
+                    return Err(Failure::Connect(
+                        io::Error::other(e.into_error()),
+                        back,
+                        Cause::ServerReset,
+                    ));
                 }
                 None => return Err(Failure::Sent(e.into_error().into(), None)),
             },
