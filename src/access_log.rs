@@ -577,6 +577,65 @@ mod tests {
         );
     }
 
+    /// Every field filled in: JSON and logfmt carry the same names, in the same order.
+    #[test]
+    fn both_formats_carry_the_same_fields() {
+        let mut r = record();
+        r.http = Some(HttpRequest {
+            method: Some(Method::POST),
+            uri: Some(Uri::from_static("/up")),
+            version: Some(Version::HTTP_2),
+            host: Some(HeaderValue::from_static("shop.example")),
+            user_agent: Some(HeaderValue::from_static("curl/8.5.0")),
+            request_id: Some(HeaderValue::from_static("abc-1")),
+            status: 200,
+        });
+        r.bytes_in = Some(11);
+        r.tls = Some(TlsInfo {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            sni: Some(Arc::from("shop.example")),
+        });
+        r.connections = Some(3);
+        let mut out = Vec::new();
+        format_record(&r, AccessFormat::Json, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["http_version"], "HTTP/2.0");
+        assert_eq!(v["host"], "shop.example");
+        assert_eq!(v["user_agent"], "curl/8.5.0");
+        assert_eq!(v["request_id"], "abc-1");
+        assert_eq!(v["bytes_in"], 11);
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["tls_cipher"], "TLS13_AES_128_GCM_SHA256");
+        assert_eq!(v["tls_sni"], "shop.example");
+        assert_eq!(v["frontend_connections"], 3);
+        let json_keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        let mut out = Vec::new();
+        format_record(&r, AccessFormat::Logfmt, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains(" user_agent=curl/8.5.0 "), "{line}");
+        let logfmt_keys: Vec<&str> = line
+            .split(' ')
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .collect();
+        // `server` is the one `null` JSON keeps; logfmt leaves it out.
+        let json_keys: Vec<&str> = json_keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| *k != "server")
+            .collect();
+        let mut sorted = logfmt_keys.clone();
+        sorted.sort();
+        let mut want = json_keys.clone();
+        want.sort();
+        assert_eq!(sorted, want, "{line}");
+        assert!(
+            logfmt_keys
+                .iter()
+                .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
+    }
+
     #[test]
     fn logfmt_escapes_quotes_and_controls() {
         let mut out = Vec::new();

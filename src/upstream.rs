@@ -173,3 +173,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_are_named_by_cause() {
+        let kind = |k| connect_cause(&io::Error::from(k));
+        assert_eq!(kind(io::ErrorKind::ConnectionRefused), "connect_refused");
+        assert_eq!(kind(io::ErrorKind::TimedOut), "connect_timeout");
+        assert_eq!(kind(io::ErrorKind::HostUnreachable), "connect_failed");
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(connect_cause(&tls), "tls_error");
+    }
+}

@@ -910,3 +910,50 @@ pub(crate) async fn send_h2(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_made_unless_present() {
+        let mut h = HeaderMap::new();
+        let a = request_id(&mut h);
+        assert_eq!(h.get(X_REQUEST_ID), Some(&a));
+        let a = a.to_str().unwrap().to_string();
+        assert_eq!(a.len(), 33);
+        assert_eq!(a.as_bytes()[16], b'-');
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        let mut h = HeaderMap::new();
+        let b = request_id(&mut h);
+        assert_ne!(b.to_str().unwrap(), a);
+        // Same process: the same prefix, another counter.
+        assert_eq!(&b.to_str().unwrap()[..16], &a[..16]);
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("mine"));
+        assert_eq!(request_id(&mut h), "mine");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
+    }
+
+    #[test]
+    fn failures_after_the_connect_are_the_servers() {
+        let reset: BoxError = Box::new(crate::http::h1::Error::Closed(None));
+        assert_eq!(Cause::of_sent(&reset), Cause::ServerReset);
+        let garbage: BoxError = Box::new(crate::http::h1::Error::Invalid("status line"));
+        assert_eq!(Cause::of_sent(&garbage), Cause::ServerInvalid);
+        assert_eq!(Cause::ServerReset.termination(), Termination::ServerError);
+        assert_eq!(Cause::ServerInvalid.termination(), Termination::ServerError);
+        assert_eq!(
+            Cause::Connect("connect_refused").termination(),
+            Termination::ConnectError
+        );
+        assert_eq!(refusal_reason(408, true), "header_timeout");
+        assert_eq!(refusal_reason(408, false), "body_timeout");
+        assert_eq!(refusal_reason(431, true), "headers_too_large");
+        assert_eq!(client_error(400, Termination::Ok), None);
+        assert_eq!(
+            client_error(414, Termination::BadRequest),
+            Some("uri_too_long")
+        );
+    }
+}
