@@ -134,6 +134,10 @@ async fn json_lines_for_requests_connections_and_failures() {
     let v = json_line(&file, "dead").await;
     assert_eq!(v["status"], 502);
     assert_eq!(v["termination"], "connect_error");
+    let text = lb.metrics().await;
+    let series =
+        "switchyard_retries_by_cause_total{backend=\"aljson_dead\",cause=\"connect_refused\"}";
+    assert_eq!(metric(&text, series), 1.0, "{series} in {text}");
 
     // A backend whose only server is in maintenance: 503.
     let status = lb
@@ -182,6 +186,20 @@ async fn json_lines_for_requests_connections_and_failures() {
         v.get("method").is_none() && v.get("status").is_none(),
         "{v}"
     );
+    assert_eq!(v["frontend_connections"], 1, "{v}");
+    // The same connection in the backend's stats (counted when it closed, before its line).
+    let backends = lb.backends().await;
+    let raw = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "aljson_raw")
+        .unwrap()["stats"]
+        .clone();
+    assert_eq!(raw["requests"], 1, "{raw}");
+    assert_eq!(raw["bytes_in"], request.len(), "{raw}");
+    assert_eq!(raw["bytes_out"], answer.len(), "{raw}");
+    assert!(raw["latency_ms"]["p50"].as_f64().is_some(), "{raw}");
 
     // HTTP mode counts the bytes of its client connections too.
     let text = lb.metrics().await;
