@@ -317,122 +317,6 @@ impl Drop for Trace {
     }
 }
 
-/// What made a forward attempt fail, as a `switchyard_retries_by_cause_total` cause. Nothing of
-/// the request reached a server for the connect causes (`upstream::connect_cause`); the others
-/// had a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cause {
-    /// Connecting failed: `connect_refused`, `connect_timeout`, `tls_error`, `connect_failed`.
-    Connect(&'static str),
-    /// The server closed or reset the connection before answering.
-    ServerReset,
-    /// The server answered with something that is not HTTP (or over our limits).
-    ServerInvalid,
-}
-
-impl Cause {
-    fn as_str(self) -> &'static str {
-        match self {
-            Cause::Connect(c) => c,
-            Cause::ServerReset => "server_reset",
-            Cause::ServerInvalid => "server_invalid",
-        }
-    }
-
-    /// Why a request that reached a server failed.
-    fn of_sent(e: &BoxError) -> Cause {
-        match e.downcast_ref::<crate::http::h1::Error>() {
-            Some(crate::http::h1::Error::Invalid(_)) => Cause::ServerInvalid,
-            Some(_) => Cause::ServerReset,
-            None => match e.downcast_ref::<hyper::Error>() {
-                Some(h) if h.is_parse() || h.is_parse_status() => Cause::ServerInvalid,
-                _ => Cause::ServerReset,
-            },
-        }
-    }
-
-    /// How a request ends when the last server tried failed this way.
-    fn termination(self) -> Termination {
-        match self {
-            Cause::Connect(_) => Termination::ConnectError,
-            Cause::ServerReset | Cause::ServerInvalid => Termination::ServerError,
-        }
-    }
-}
-
-/// Gives the request a fresh `X-Request-Id` (a random per-process prefix and a counter)
-/// unless it has one, which then goes upstream unchanged. NOTE: not a UUID: one relaxed counter
-/// increment, 33 bytes formatted by hand and one allocation, no system call per request; unique
-/// within a process, and across processes by its 64 random bits.
-fn set_request_id(headers: &mut HeaderMap) {
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if headers.contains_key(X_REQUEST_ID) {
-        return;
-    }
-    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut buf = [b'-'; 33];
-    let hex = |v: u64, out: &mut [u8]| {
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
-        }
-    };
-    hex(prefix, &mut buf[..16]);
-    hex(n, &mut buf[17..]);
-    let id = HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value");
-    headers.insert(X_REQUEST_ID, id);
-}
-
-const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
-
-/// The `switchyard_http_request_errors_total` reason of a request refused with `status`
-/// (`head`: while its head was read, where a `408` is the header timeout).
-pub(crate) fn refusal_reason(status: u16, head: bool) -> &'static str {
-    match status {
-        405 => "method_not_allowed",
-        408 if head => "header_timeout",
-        408 => "body_timeout",
-        413 => "too_large",
-        414 => "uri_too_long",
-        431 => "headers_too_large",
-        501 => "not_implemented",
-        505 => "version",
-        _ => "bad_request",
-    }
-}
-
-/// The reason a request answered `code` and ending as `termination` is a client error: our
-/// own refusal (not a server's 4xx passed on).
-fn client_error(code: u16, termination: Termination) -> Option<&'static str> {
-    matches!(
-        termination,
-        Termination::BadRequest | Termination::ClientTimeout
-    )
-    .then(|| refusal_reason(code, false))
-}
-
-/// Counts a refused request in `switchyard_http_request_errors_total`.
-pub(crate) fn count_client_error(frontend: &str, reason: &'static str) {
-    metrics::counter!(m::HTTP_REQUEST_ERRORS,
-        "frontend" => frontend.to_string(), "reason" => reason)
-    .increment(1);
-}
-
-/// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
-/// would add an allocation on the retry path for nothing.)
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Failure {
-    /// Nothing was sent: the request comes back and may go to another server. The cause says
-    /// whether connecting failed, or the connection did before the request went out on it.
-    Connect(io::Error, Request<UpBody>, Cause),
-    /// The request reached the server (at least partly) and no usable response came back.
-    /// Our HTTP/1.1 client hands back the head of a replayable request (idempotent and
-    /// bodiless), so it needs no `Replay` copy.
-    Sent(BoxError, Option<http::request::Parts>),
-    Timeout,
-}
-
 /// The head of a request that may be replayed on another server after it reached one: an
 /// idempotent method and no body, so everything needed to send it again is here.
 pub(crate) struct Replay {
@@ -539,7 +423,8 @@ pub(crate) async fn forward(
                 );
                 return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
             }
-            return exhausted(cfg, last, trace, tried.pop());
+            trace.termination = last.termination();
+            return exhausted(cfg, last, tried.pop());
         };
         if let Some(p) = &mut trace.log {
             p.record().server = Some(Arc::clone(&server));
@@ -610,9 +495,11 @@ pub(crate) async fn forward(
                 // Nothing was sent, so any method may go to another server; no budget needed,
                 // since the failed attempt loaded nobody.
                 if tried.len() > cfg.retries as usize {
-                    return exhausted(cfg, last, trace, tried.pop());
+                    trace.termination = last.termination();
+                    return exhausted(cfg, last, tried.pop());
                 }
-                count_retry(backend, cause, trace);
+                count_retry(backend, cause);
+                trace.retries += 1;
                 req = back;
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
@@ -647,7 +534,8 @@ pub(crate) async fn forward(
                                 || in_flight
                                     .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
-                        count_retry(backend, last, trace);
+                        count_retry(backend, last);
+                        trace.retries += 1;
                         req = r;
                     }
                     _ => {
@@ -677,38 +565,6 @@ pub(crate) async fn forward(
             }
         }
     }
-}
-
-/// Every server of the backend was tried (or `retries` ran out) and the last one failed as
-/// `last`: `502`, as `connect_error` when it could not be reached, else `server_error`.
-fn exhausted(
-    cfg: &Backend,
-    last: Cause,
-    trace: &mut Trace,
-    server: Option<Arc<Server>>,
-) -> (Response<Body>, Option<Arc<Server>>) {
-    trace.termination = last.termination();
-    let resp = match (last, &server) {
-        (Cause::Connect(_), _) | (_, None) => unreachable_backend(&cfg.name),
-        (_, Some(s)) => plain(
-            StatusCode::BAD_GATEWAY,
-            format!(
-                "502 Bad Gateway: server {} of backend {} failed before answering\n",
-                s.addr, cfg.name
-            ),
-        ),
-    };
-    (resp, server)
-}
-
-/// Counts one more attempt, after a failure of `cause`.
-fn count_retry(backend: &crate::snapshot::BackendSet, cause: Cause, trace: &mut Trace) {
-    let name = &backend.config.name;
-    metrics::counter!(m::RETRIES, "backend" => name.clone()).increment(1);
-    metrics::counter!(m::RETRIES_BY_CAUSE, "backend" => name.clone(), "cause" => cause.as_str())
-        .increment(1);
-    backend.runtime.stats.retry();
-    trace.retries += 1;
 }
 
 /// Sends one request to one server over its backend's protocol.
@@ -907,54 +763,5 @@ pub(crate) async fn send_h2(
                 None => return Err(Failure::Sent(e.into_error().into(), None)),
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_ids_are_made_unless_present() {
-        let id = |h: &mut HeaderMap| {
-            set_request_id(h);
-            h[X_REQUEST_ID].clone()
-        };
-        let mut h = HeaderMap::new();
-        let a = id(&mut h).to_str().unwrap().to_string();
-        assert_eq!(a.len(), 33);
-        assert_eq!(a.as_bytes()[16], b'-');
-        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
-        let mut h = HeaderMap::new();
-        let b = id(&mut h);
-        assert_ne!(b.to_str().unwrap(), a);
-        // Same process: the same prefix, another counter.
-        assert_eq!(&b.to_str().unwrap()[..16], &a[..16]);
-        let mut h = HeaderMap::new();
-        h.insert(X_REQUEST_ID, HeaderValue::from_static("mine"));
-        assert_eq!(id(&mut h), "mine");
-        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
-    }
-
-    #[test]
-    fn failures_after_the_connect_are_the_servers() {
-        let reset: BoxError = Box::new(crate::http::h1::Error::Closed(None));
-        assert_eq!(Cause::of_sent(&reset), Cause::ServerReset);
-        let garbage: BoxError = Box::new(crate::http::h1::Error::Invalid("status line"));
-        assert_eq!(Cause::of_sent(&garbage), Cause::ServerInvalid);
-        assert_eq!(Cause::ServerReset.termination(), Termination::ServerError);
-        assert_eq!(Cause::ServerInvalid.termination(), Termination::ServerError);
-        assert_eq!(
-            Cause::Connect("connect_refused").termination(),
-            Termination::ConnectError
-        );
-        assert_eq!(refusal_reason(408, true), "header_timeout");
-        assert_eq!(refusal_reason(408, false), "body_timeout");
-        assert_eq!(refusal_reason(431, true), "headers_too_large");
-        assert_eq!(client_error(400, Termination::Ok), None);
-        assert_eq!(
-            client_error(414, Termination::BadRequest),
-            Some("uri_too_long")
-        );
     }
 }

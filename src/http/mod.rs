@@ -14,8 +14,9 @@
 //! | `h1/` | HTTP/1.x: the codec both sides share (`mod.rs`), our server towards clients, our client towards servers |
 //! | `h2.rs`, `h2_rules.rs` | HTTP/2 client connections' timers and `Date`; the rules an HTTP/2 request must meet and its translation to HTTP/1.1 fields |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
-//! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics and access log |
-//! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, upgrades and tunnels, trailer rules, the upstream request's form |
+//! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics, stats and access log |
+//! | `failure.rs` | why an attempt failed (its cause), the answer once every server failed, retries and refusals counted by cause and reason |
+//! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, X-Request-Id, upgrades and tunnels, trailer rules, the upstream request's form |
 //! | `body.rs` | request and response bodies as read from either side |
 //! | `guarded.rs` | what the client gets back: a server's body with its in-flight count, access log record and failure blame, or our own |
 //! | `pool.rs` | the per-server upstream connection pool |
@@ -27,6 +28,7 @@
 pub mod answers;
 pub mod body;
 pub mod dial;
+pub mod failure;
 pub mod forward;
 pub mod guarded;
 pub mod h1;
@@ -65,6 +67,7 @@ pub(crate) use crate::upstream::*;
 pub(crate) use answers::*;
 pub(crate) use body::*;
 pub(crate) use dial::*;
+pub(crate) use failure::*;
 pub(crate) use forward::*;
 pub(crate) use guarded::*;
 pub(crate) use headers::*;
