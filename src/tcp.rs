@@ -332,6 +332,8 @@ async fn connect_upstream(
         retries: tried.len().saturating_sub(1) as u32,
     };
     let mut tried: Vec<Arc<Server>> = Vec::new();
+    // The cause of a retry decided on, counted once another server is picked for it.
+    let mut retry = None;
     loop {
         let Some(server) = set.pick_excluding(&tried).cloned() else {
             let reason = if tried.is_empty() {
@@ -341,6 +343,13 @@ async fn connect_upstream(
             };
             return Err(refused(reason, &tried));
         };
+        if let Some(cause) = retry.take() {
+            metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+            metrics::counter!(m::RETRIES_BY_CAUSE,
+                "backend" => cfg.name.clone(), "cause" => cause)
+            .increment(1);
+            set.runtime.stats.retry();
+        }
         let active = server.track();
         match establish(cfg, &server, client, dst).await {
             Ok(io) => {
@@ -365,11 +374,7 @@ async fn connect_upstream(
                 if tried.len() > cfg.retries as usize {
                     return Err(refused("unreachable", &tried));
                 }
-                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
-                metrics::counter!(m::RETRIES_BY_CAUSE,
-                    "backend" => cfg.name.clone(), "cause" => crate::upstream::connect_cause(&e))
-                .increment(1);
-                set.runtime.stats.retry();
+                retry = Some(crate::upstream::connect_cause(&e));
             }
         }
     }

@@ -413,6 +413,8 @@ pub(crate) async fn forward(
     let mut tried: Vec<Arc<Server>> = Vec::new();
     // Why the last server tried failed: what the request ends as when none is left.
     let mut last = Cause::Connect("connect_failed");
+    // A retry decided on, counted once another server is picked for it (not when none is left).
+    let mut retry = None;
     loop {
         let Some(server) = backend.pick_excluding(&tried).cloned() else {
             if tried.is_empty() {
@@ -426,6 +428,10 @@ pub(crate) async fn forward(
             trace.termination = last.termination();
             return exhausted(cfg, last, tried.pop());
         };
+        if let Some(cause) = retry.take() {
+            count_retry(backend, cause);
+            trace.retries += 1;
+        }
         if let Some(p) = &mut trace.log {
             p.record().server = Some(Arc::clone(&server));
         }
@@ -498,8 +504,7 @@ pub(crate) async fn forward(
                     trace.termination = last.termination();
                     return exhausted(cfg, last, tried.pop());
                 }
-                count_retry(backend, cause);
-                trace.retries += 1;
+                retry = Some(cause);
                 req = back;
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
@@ -534,8 +539,7 @@ pub(crate) async fn forward(
                                 || in_flight
                                     .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
-                        count_retry(backend, last);
-                        trace.retries += 1;
+                        retry = Some(last);
                         req = r;
                     }
                     _ => {
