@@ -21,7 +21,7 @@ pub const UPSTREAM_CONNECT_ERRORS: &str = "switchyard_upstream_connect_errors_to
 pub const RETRIES: &str = "switchyard_retries_total";
 /// The same re-sends as `RETRIES`, by what made the attempt before fail (`forward::Cause`).
 pub const RETRIES_BY_CAUSE: &str = "switchyard_retries_by_cause_total";
-/// Malformed or refused client requests (400, 408, 413, 414, 431, 501, 505), by reason.
+/// Client requests refused as malformed (400, 405, 408, 414, 431, 501, 505), by reason.
 pub const HTTP_REQUEST_ERRORS: &str = "switchyard_http_request_errors_total";
 pub const UPSTREAM_ABORTS: &str = "switchyard_upstream_aborts_total";
 pub const DISCOVERY_CONNECTED: &str = "switchyard_discovery_connected";

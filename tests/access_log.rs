@@ -165,6 +165,16 @@ async fn json_lines_for_requests_connections_and_failures() {
     // The request had reached a server: the line says which.
     assert_eq!(v["backend"], "aljson_slow", "{v}");
     assert_eq!(v["server"], slow.addr().to_string(), "{v}");
+    // The backend's stats count it too (the log line is written as the request is dropped).
+    let backends = lb.backends().await;
+    let stats = &backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "aljson_slow")
+        .unwrap()["stats"];
+    assert_eq!(stats["requests"], 1, "{stats}");
+    assert_eq!(stats["errors"]["client_abort"], 1, "{stats}");
     assert!(v["total_ms"].as_f64().unwrap() < 1500.0, "{v}");
 
     // One line per tcp-mode connection, with the bytes both ways.
