@@ -6,7 +6,11 @@
 //! dedicated OS thread formats and writes the lines (so a slow disk or a full stdout pipe stalls
 //! only that thread). When the queue is full the record is dropped and counted in
 //! `switchyard_access_log_dropped_total`. Formatting happens on the writer thread too, so the
-//! per-request cost with the log on is one small allocation and a queue push.
+//! per-request cost with the log on is the record's allocation, reference-counted copies of the
+//! request's fields (a made-up request id's costs one allocation more), and a queue push.
+//!
+//! The counters of the admin API (`stats`) are not kept here: they count whether or not the
+//! log is on.
 //!
 //! The termination reasons follow HAProxy's termination state, in words (see [`Termination`]).
 
