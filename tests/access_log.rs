@@ -654,6 +654,42 @@ async fn malformed_requests_get_a_line_and_a_metric() {
     lb.shutdown().await;
 }
 
+/// An HTTP/2 client that resets its stream before the (2 s) answer: a `client_abort` line
+/// with the backend and server it had reached, and a `client_abort` in the backend's stats.
+#[tokio::test]
+async fn an_http2_stream_reset_is_a_client_abort_with_its_server() {
+    const NAME: &str = "alh2abort";
+    let dir = tempfile_dir("h2abort");
+    let file = dir.join("access.log");
+    let slow = slow_upstream().await;
+    let lb = Lb::start_ready(&one_frontend(&file, NAME, &[slow.addr().to_string()], "")).await;
+    let stream = TcpStream::connect(lb.http_addr(NAME)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://h2.example/wait")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // Dropping the response future resets the stream; the connection stays open.
+    let waited = tokio::time::timeout(Duration::from_millis(300), sender.send_request(req)).await;
+    assert!(waited.is_err(), "no answer within 300 ms");
+    let v = &json_lines(&file, NAME, 1).await[0];
+    assert_eq!(v["termination"], "client_abort", "{v}");
+    assert_eq!(v["http_version"], "HTTP/2.0", "{v}");
+    assert_eq!(v["backend"], NAME, "{v}");
+    assert_eq!(v["server"], slow.addr().to_string(), "{v}");
+    assert!(v["status"].is_null(), "{v}");
+    let backends = lb.backends().await;
+    let stats = &backends["backends"][0]["stats"];
+    assert_eq!(stats["errors"]["client_abort"], 1, "{stats}");
+    drop(sender);
+    lb.shutdown().await;
+}
+
 /// A fresh directory under the system temp dir for this test's log file.
 fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
