@@ -6,7 +6,11 @@
 //! dedicated OS thread formats and writes the lines (so a slow disk or a full stdout pipe stalls
 //! only that thread). When the queue is full the record is dropped and counted in
 //! `switchyard_access_log_dropped_total`. Formatting happens on the writer thread too, so the
-//! per-request cost with the log on is one small allocation and a queue push.
+//! per-request cost with the log on is the record's allocation, reference-counted copies of the
+//! request's fields (a made-up request id's costs one allocation more), and a queue push.
+//!
+//! The counters of the admin API (`stats`) are not kept here: they count whether or not the
+//! log is on.
 //!
 //! The termination reasons follow HAProxy's termination state, in words (see [`Termination`]).
 
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{Method, Uri};
+use http::{HeaderValue, Method, Uri, Version};
 use tracing::{error, warn};
 
 use crate::config::{AccessFormat, Backend, LogConfig};
@@ -62,6 +66,20 @@ pub enum Termination {
 }
 
 impl Termination {
+    /// The backend failure this ending is counted as in its stats (`None`: not one).
+    pub fn failure(self) -> Option<crate::stats::Failure> {
+        use crate::stats::Failure;
+        match self {
+            Termination::ConnectError => Some(Failure::ConnectError),
+            Termination::ServerError => Some(Failure::ServerError),
+            Termination::ServerTimeout => Some(Failure::ServerTimeout),
+            Termination::NoServer => Some(Failure::NoServer),
+            Termination::ServerAbort => Some(Failure::ServerAbort),
+            Termination::ClientAbort => Some(Failure::ClientAbort),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Termination::Ok => "ok",
@@ -82,13 +100,53 @@ impl Termination {
     }
 }
 
-/// The request line of an HTTP record.
-#[derive(Debug)]
+/// The request line of an HTTP record, and the request's fields the log shows.
+#[derive(Debug, Default)]
 pub struct HttpRequest {
-    /// `None` (with `uri`) for a request head refused before it could be read as a request.
+    /// `None` (with `uri` and `version`) for a request head refused before it could be read as
+    /// a request.
     pub method: Option<Method>,
     pub uri: Option<Uri>,
+    pub version: Option<Version>,
+    /// The Host field, or HTTP/2's `:authority`.
+    pub host: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    /// The request's `X-Request-Id`, its own or the one we gave it.
+    pub request_id: Option<HeaderValue>,
     pub status: u16,
+}
+
+/// The TLS session of a client connection to a frontend with `[frontend.tls]` (or of a tcp
+/// frontend terminating TLS).
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: &'static str,
+    /// The cipher suite, in its IANA name (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: &'static str,
+    /// The server name the client asked for (SNI), if it sent one.
+    pub sni: Option<Arc<str>>,
+}
+
+impl TlsInfo {
+    /// The facts of an established server-side session.
+    pub fn of(conn: &rustls::ServerConnection) -> TlsInfo {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            Some(_) => "other",
+            None => "-",
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("-");
+        TlsInfo {
+            version,
+            cipher,
+            sni: conn.server_name().map(Arc::from),
+        }
+    }
 }
 
 /// One line's worth of facts. Built by the data plane, formatted by the writer thread.
@@ -114,6 +172,11 @@ pub struct Record {
     /// Further servers tried after the first.
     pub retries: u32,
     pub termination: Termination,
+    /// The client connection's TLS session (`None`: plain TCP).
+    pub tls: Option<TlsInfo>,
+    /// Client connections open on the frontend when this one's request (tcp: the connection)
+    /// began, itself included.
+    pub connections: Option<u64>,
 }
 
 /// A handle to one writer; cheap to clone (one per frontend, shared by its connections).
@@ -220,13 +283,31 @@ enum Value<'a> {
     Null,
 }
 
-fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, Value<'a>); 15] {
+/// The HTTP version as HAProxy's `%HV` writes it.
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "-",
+    }
+}
+
+/// The fields of a line, in order (`null` ones are left out, but for `server` in JSON).
+fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, Value<'a>); 23] {
     let path = r
         .http
         .as_ref()
         .and_then(|h| h.uri.as_ref())
         .map(|u| u.path_and_query().map_or("/", |p| p.as_str()));
     let opt_str = |v: Option<&'a str>| v.map_or(Value::Null, Value::Str);
+    // A header value that is not visible ASCII is written as `null` rather than mangled.
+    let header = |f: fn(&'a HttpRequest) -> Option<&'a HeaderValue>| {
+        opt_str(r.http.as_ref().and_then(f).and_then(|v| v.to_str().ok()))
+    };
+    let tls = r.tls.as_ref();
     let opt_ms = |v: Option<Duration>| v.map_or(Value::Null, Value::Millis);
     [
         ("time", Value::Str(time)),
@@ -251,6 +332,12 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, 
         ),
         ("path", opt_str(path)),
         (
+            "http_version",
+            opt_str(r.http.as_ref().and_then(|h| h.version).map(version_str)),
+        ),
+        ("host", header(|h| h.host.as_ref())),
+        ("user_agent", header(|h| h.user_agent.as_ref())),
+        (
             "status",
             // 0: no response was sent (the client left first).
             r.http
@@ -265,6 +352,14 @@ fn fields<'a>(r: &'a Record, time: &'a str, client: &'a str) -> [(&'static str, 
         ("total_ms", Value::Millis(r.total)),
         ("retries", Value::Int(r.retries.into())),
         ("termination", Value::Str(r.termination.as_str())),
+        ("request_id", header(|h| h.request_id.as_ref())),
+        ("tls_version", opt_str(tls.map(|t| t.version))),
+        ("tls_cipher", opt_str(tls.map(|t| t.cipher))),
+        ("tls_sni", opt_str(tls.and_then(|t| t.sni.as_deref()))),
+        (
+            "frontend_connections",
+            r.connections.map_or(Value::Null, Value::Int),
+        ),
     ]
 }
 
@@ -395,6 +490,8 @@ impl Pending {
                 total: Duration::ZERO,
                 retries: 0,
                 termination: Termination::ClientAbort,
+                tls: None,
+                connections: None,
             })),
             started: Instant::now(),
         }
@@ -439,6 +536,7 @@ mod tests {
                 method: Some(Method::GET),
                 uri: Some(Uri::from_static("/a?q=x=y")),
                 status: 503,
+                ..Default::default()
             }),
             bytes_in: None,
             bytes_out: 42,
@@ -447,6 +545,8 @@ mod tests {
             total: Duration::from_micros(1500),
             retries: 0,
             termination: Termination::NoServer,
+            tls: None,
+            connections: None,
         }
     }
 
@@ -478,6 +578,65 @@ mod tests {
             "time=2023-11-14T22:13:20.123Z client=10.0.0.1:5555 frontend=web method=GET \
              path=\"/a?q=x=y\" status=503 bytes_out=42 total_ms=1.500 retries=0 \
              termination=no_server\n"
+        );
+    }
+
+    /// Every field filled in: JSON and logfmt carry the same names, in the same order.
+    #[test]
+    fn both_formats_carry_the_same_fields() {
+        let mut r = record();
+        r.http = Some(HttpRequest {
+            method: Some(Method::POST),
+            uri: Some(Uri::from_static("/up")),
+            version: Some(Version::HTTP_2),
+            host: Some(HeaderValue::from_static("shop.example")),
+            user_agent: Some(HeaderValue::from_static("curl/8.5.0")),
+            request_id: Some(HeaderValue::from_static("abc-1")),
+            status: 200,
+        });
+        r.bytes_in = Some(11);
+        r.tls = Some(TlsInfo {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            sni: Some(Arc::from("shop.example")),
+        });
+        r.connections = Some(3);
+        let mut out = Vec::new();
+        format_record(&r, AccessFormat::Json, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["http_version"], "HTTP/2.0");
+        assert_eq!(v["host"], "shop.example");
+        assert_eq!(v["user_agent"], "curl/8.5.0");
+        assert_eq!(v["request_id"], "abc-1");
+        assert_eq!(v["bytes_in"], 11);
+        assert_eq!(v["tls_version"], "TLSv1.3");
+        assert_eq!(v["tls_cipher"], "TLS13_AES_128_GCM_SHA256");
+        assert_eq!(v["tls_sni"], "shop.example");
+        assert_eq!(v["frontend_connections"], 3);
+        let json_keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        let mut out = Vec::new();
+        format_record(&r, AccessFormat::Logfmt, &mut out);
+        let line = String::from_utf8(out).unwrap();
+        assert!(line.contains(" user_agent=curl/8.5.0 "), "{line}");
+        let logfmt_keys: Vec<&str> = line
+            .split(' ')
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .collect();
+        // `server` is the one `null` JSON keeps; logfmt leaves it out.
+        let json_keys: Vec<&str> = json_keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| *k != "server")
+            .collect();
+        let mut sorted = logfmt_keys.clone();
+        sorted.sort();
+        let mut want = json_keys.clone();
+        want.sort();
+        assert_eq!(sorted, want, "{line}");
+        assert!(
+            logfmt_keys
+                .iter()
+                .all(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         );
     }
 

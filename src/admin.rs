@@ -1,5 +1,5 @@
 //! The admin server (the README's "Admin API"): `/healthz`, `/readyz`, `/api/v1/backends`,
-//! `/api/v1/routes`,
+//! `/api/v1/frontends`, `/api/v1/routes`,
 //! `/metrics` and the stats page at `/`, plus the runtime API: set a server's administrative
 //! state (drain, maint, ready), read the running config (secrets redacted), and reload the config
 //! file. The write endpoints and the config need the bearer token when `[admin] token` is set.
@@ -36,6 +36,8 @@ pub struct Admin {
     pub publisher: Arc<Publisher>,
     pub running: Arc<ArcSwap<Config>>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The frontends' counters (`GET /api/v1/frontends`).
+    pub stats: Arc<crate::stats::Registry>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
@@ -172,6 +174,11 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "application/json",
             backends_json(admin).to_string(),
         ),
+        "/api/v1/frontends" => respond(
+            StatusCode::OK,
+            "application/json",
+            frontends_json(admin).to_string(),
+        ),
         "/api/v1/routes" => respond(
             StatusCode::OK,
             "application/json",
@@ -288,6 +295,25 @@ pub fn redacted_config(c: &Config) -> serde_json::Value {
 }
 
 /// The `/api/v1/backends` document.
+/// `GET /api/v1/frontends`: each running frontend with its counters (zeros for one that has
+/// not started: its TLS setup failed).
+pub fn frontends_json(admin: &Admin) -> serde_json::Value {
+    let running = admin.running.load();
+    let frontends: Vec<_> = running
+        .frontends
+        .iter()
+        .map(|f| {
+            let stats = admin.stats.get(&f.name).unwrap_or_default();
+            let mode = match f.mode {
+                crate::config::Mode::Http => "http",
+                crate::config::Mode::Tcp => "tcp",
+            };
+            crate::stats::frontend_json(&f.name, mode, &f.bind.to_string(), Some(f.maxconn), &stats)
+        })
+        .collect();
+    json!({ "frontends": frontends })
+}
+
 pub fn backends_json(admin: &Admin) -> serde_json::Value {
     let snap = admin.shared.load();
     let discovery = admin.discovery.load().as_ref().map(|s| {
@@ -346,6 +372,7 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                 "etcd_prefix": b.config.etcd_prefix,
                 "balance": format!("{:?}", b.config.balance).to_lowercase(),
                 "servers": servers,
+                "stats": b.runtime.stats.json(),
             })
         })
         .collect();

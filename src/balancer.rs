@@ -25,6 +25,8 @@ pub struct BackendRuntime {
     /// Requests in flight through this backend, and how many of them are retries.
     in_flight: AtomicUsize,
     retries: AtomicUsize,
+    /// Traffic counters for the admin API (cumulative, by backend name).
+    pub stats: crate::stats::BackendStats,
 }
 
 impl BackendRuntime {

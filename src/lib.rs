@@ -25,6 +25,7 @@ pub mod route;
 pub mod signal;
 pub mod snapshot;
 pub mod sni;
+pub mod stats;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
@@ -101,6 +102,8 @@ struct Runtime {
     tracker: TaskTracker,
     /// The access log writer the frontends hand their records to (`None`: off).
     access_log: Option<access_log::AccessLog>,
+    /// The frontends' counters, by name, for the admin API.
+    stats: Arc<stats::Registry>,
 }
 
 impl Runtime {
@@ -122,6 +125,7 @@ impl Runtime {
                     Arc::new(config.clone()),
                     self.publisher.shared(),
                     self.access_log.clone(),
+                    self.stats.frontend(&config.name),
                 ) {
                     Ok(fe) => {
                         tokio::spawn(crate::http::serve(
@@ -142,6 +146,7 @@ impl Runtime {
                     Arc::new(config.clone()),
                     self.publisher.shared(),
                     self.access_log.clone(),
+                    self.stats.frontend(&config.name),
                 ) {
                     Ok(fe) => {
                         tokio::spawn(tcp::serve(
@@ -302,8 +307,10 @@ pub async fn run(
     let publisher = Arc::new(Publisher::new(&config));
     let access_log = access_log::AccessLog::start(&config.log)
         .map_err(|e| anyhow::anyhow!("log.access_file: {e}"))?;
+    let stats = Arc::new(stats::Registry::default());
     let mut rt = Runtime {
         access_log,
+        stats: Arc::clone(&stats),
         publisher: Arc::clone(&publisher),
         discovery_status: Arc::new(ArcSwapOption::empty()),
         discovery_cancel: cancel.child_token(),
@@ -323,6 +330,7 @@ pub async fn run(
         publisher: Arc::clone(&publisher),
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
+        stats,
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::config::Frontend;
 use crate::metrics as m;
 use crate::proxy_protocol;
+use crate::stats::FrontendStats;
 use crate::tls::TlsAcceptor;
 
 /// Back-off after a failed accept, instead of spinning on the error.
@@ -37,8 +38,18 @@ const LINGER_MAX_BYTES: usize = 64 * 1024;
 /// unboxed, its ~1 KiB would be copied with every move of a plain connection's future too.)
 pub(crate) type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
-/// A connection's place under its frontend's `maxconn`, held for the connection's life.
-pub(crate) type Permit = tokio::sync::OwnedSemaphorePermit;
+/// A connection's place under its frontend's `maxconn`, held for the connection's life; it
+/// also counts the connection as open in the frontend's stats.
+pub(crate) struct Permit {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    stats: Arc<FrontendStats>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.stats.close();
+    }
+}
 
 /// Accepts connections on `listener` until `stop` fires, at most `frontend.maxconn` open at
 /// once, and spawns the future `serve(stream, peer, permit)` makes for each on `tracker`.
@@ -48,6 +59,7 @@ pub(crate) type Permit = tokio::sync::OwnedSemaphorePermit;
 pub(crate) async fn accept_loop<F, Fut>(
     listener: &TcpListener,
     frontend: &Frontend,
+    stats: &Arc<FrontendStats>,
     stop: &CancellationToken,
     tracker: &TaskTracker,
     mut serve: F,
@@ -56,7 +68,7 @@ pub(crate) async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let name = frontend.name.as_str();
-    let limit = ConnLimit::new(frontend);
+    let limit = ConnLimit::new(frontend, Arc::clone(stats));
     let mut failing = false;
     loop {
         let Some(permit) = limit.admit(stop, name).await else {
@@ -89,6 +101,11 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
+        stats.open();
+        let permit = Permit {
+            _slot: permit,
+            stats: Arc::clone(stats),
+        };
         tracker.spawn(serve(stream, peer, permit));
     }
     debug!(frontend = %name, "stopped accepting");
@@ -165,15 +182,17 @@ pub(crate) async fn handshake(
 pub(crate) struct ConnLimit {
     permits: Arc<tokio::sync::Semaphore>,
     limited: Counter,
+    stats: Arc<FrontendStats>,
     /// The listener is waiting at the limit (to log once per episode, not per connection).
     saturated: AtomicBool,
 }
 
 impl ConnLimit {
-    pub(crate) fn new(f: &Frontend) -> ConnLimit {
+    pub(crate) fn new(f: &Frontend, stats: Arc<FrontendStats>) -> ConnLimit {
         ConnLimit {
             permits: Arc::new(tokio::sync::Semaphore::new(f.maxconn)),
             limited: metrics::counter!(m::CONNECTIONS_LIMITED, "frontend" => f.name.clone()),
+            stats,
             saturated: Default::default(),
         }
     }
@@ -193,6 +212,7 @@ impl ConnLimit {
             return Some(p);
         }
         self.limited.increment(1);
+        self.stats.refused();
         if !self.saturated.swap(true, Ordering::Relaxed) {
             warn!(
                 frontend,

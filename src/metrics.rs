@@ -25,6 +25,10 @@ pub const SERVER_ADMIN_STATE: &str = "switchyard_server_admin_state";
 pub const BACKEND_SERVERS: &str = "switchyard_backend_servers";
 pub const UPSTREAM_CONNECT_ERRORS: &str = "switchyard_upstream_connect_errors_total";
 pub const RETRIES: &str = "switchyard_retries_total";
+/// The same re-sends as `RETRIES`, by what made the attempt before fail (`forward::Cause`).
+pub const RETRIES_BY_CAUSE: &str = "switchyard_retries_by_cause_total";
+/// Client requests refused as malformed (400, 405, 408, 414, 431, 501, 505), by reason.
+pub const HTTP_REQUEST_ERRORS: &str = "switchyard_http_request_errors_total";
 pub const UPSTREAM_ABORTS: &str = "switchyard_upstream_aborts_total";
 pub const DISCOVERY_CONNECTED: &str = "switchyard_discovery_connected";
 pub const DISCOVERY_INDEX: &str = "switchyard_discovery_index";
@@ -211,7 +215,19 @@ fn describe() {
     );
     describe_counter!(
         RETRIES,
-        "Requests re-sent to another server after a connect failure."
+        "HTTP requests re-sent to another server: after a failed connect, or (idempotent and \
+         bodiless ones) after a server failed before answering. One per extra attempt."
+    );
+    describe_counter!(
+        RETRIES_BY_CAUSE,
+        "The re-sends of switchyard_retries_total by the failure before them (connect_refused, \
+         connect_timeout, tls_error, connect_failed, server_reset, server_invalid)."
+    );
+    describe_counter!(
+        HTTP_REQUEST_ERRORS,
+        "Client requests refused as malformed, by frontend and reason (bad_request, \
+         header_timeout, body_timeout, uri_too_long, headers_too_large, not_implemented, \
+         version, method_not_allowed)."
     );
     describe_gauge!(
         DISCOVERY_CONNECTED,

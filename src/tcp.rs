@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::access_log::{AccessLog, Pending, Termination};
+use crate::balancer::BackendRuntime;
 use crate::config::{Backend, Frontend, ProxyVersion};
 use crate::metrics as m;
 use crate::metrics::{BYTES_RECEIVED, BYTES_SENT, TCP_CONNECTIONS, TCP_REJECTED};
@@ -46,6 +47,8 @@ pub struct TcpFrontend {
     /// Present: one access log line per connection.
     pub log: Option<AccessLog>,
     name: Arc<str>,
+    /// Its counters for the admin API, kept across reloads (`stats::Registry`).
+    stats: Arc<crate::stats::FrontendStats>,
 }
 
 impl TcpFrontend {
@@ -54,10 +57,12 @@ impl TcpFrontend {
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
         log: Option<AccessLog>,
+        stats: Arc<crate::stats::FrontendStats>,
     ) -> Result<TcpFrontend, TlsError> {
         let tls = TlsAcceptor::for_frontend(&frontend)?;
         Ok(TcpFrontend {
             name: Arc::from(frontend.name.as_str()),
+            stats,
             frontend,
             shared,
             tls,
@@ -84,6 +89,7 @@ pub async fn serve(
     crate::listener::accept_loop(
         &listener,
         &frontend,
+        &fe.stats.clone(),
         &stop_accept,
         &tracker,
         |stream, peer, permit| {
@@ -92,10 +98,12 @@ pub async fn serve(
             Box::pin(async move {
                 let _permit = permit;
                 let _open = OpenConnection::new(&fe.frontend.name);
-                let mut log = fe
-                    .log
-                    .as_ref()
-                    .map(|l| Pending::new(l, peer, Arc::clone(&fe.name)));
+                fe.stats.request();
+                let mut log = fe.log.as_ref().map(|l| {
+                    let mut p = Pending::new(l, peer, Arc::clone(&fe.name));
+                    p.record().connections = Some(fe.stats.connections());
+                    p
+                });
                 let ready = tokio::select! {
                     r = setup(&fe, stream, peer, &mut log) => r,
                     _ = shutdown.watch() => {
@@ -107,7 +115,7 @@ pub async fn serve(
                     }
                 };
                 if let Some((client, client_addr, upstream)) = ready {
-                    relay(&fe.frontend, client, client_addr, upstream, log).await;
+                    relay(&fe, client, client_addr, upstream, log).await;
                 }
             })
         },
@@ -169,7 +177,11 @@ async fn setup(
         }
     };
     if let Some(p) = log {
-        p.record().client = client_addr;
+        let r = p.record();
+        r.client = client_addr;
+        if let ClientIo::Right(tls) = &client {
+            r.tls = Some(crate::access_log::TlsInfo::of(tls.get_ref().1));
+        }
     }
     let mut client = client;
     // TLS passthrough: with SNI routes, the ClientHello picks the backend, and its bytes go to
@@ -209,9 +221,10 @@ async fn setup(
                 }
                 up.first_bytes = hello.bytes.len() as u64;
             }
+            up.connect = start.elapsed();
             if let Some(p) = log {
                 let r = p.record();
-                r.connect = Some(start.elapsed());
+                r.connect = Some(up.connect);
                 r.backend = Some(Arc::clone(&up.config));
                 r.server = Some(Arc::clone(&up.server));
                 r.retries = up.retries;
@@ -221,6 +234,7 @@ async fn setup(
         Err(Refused {
             reason,
             config,
+            runtime,
             retries,
         }) => {
             debug!(frontend = %f.name, client = %client_addr, reason, "no server for the connection; closing");
@@ -229,17 +243,23 @@ async fn setup(
             let read = hello.as_ref().map_or(0, |h| h.bytes.len() as u64);
             if read > 0 {
                 metrics::counter!(BYTES_RECEIVED, "frontend" => f.name.clone()).increment(read);
+                fe.stats.received(read);
+            }
+            let termination = match reason {
+                "no_server" => Termination::NoServer,
+                "no_route" => Termination::NoRoute,
+                _ => Termination::ConnectError,
+            };
+            if let Some(rt) = &runtime {
+                rt.stats.finish(termination.failure(), None);
+                rt.stats.received(read);
             }
             if let Some(mut p) = log.take() {
                 let r = p.record();
                 r.backend = config;
                 r.retries = retries;
                 r.bytes_in = Some(read);
-                r.termination = match reason {
-                    "no_server" => Termination::NoServer,
-                    "no_route" => Termination::NoRoute,
-                    _ => Termination::ConnectError,
-                };
+                r.termination = termination;
             }
             // The close is sent at once; lingering only drains what the client already sent.
             linger_close(client).await;
@@ -253,6 +273,10 @@ struct Upstream {
     io: UpstreamIo,
     server: Arc<Server>,
     config: Arc<Backend>,
+    /// The backend's counters.
+    runtime: Arc<BackendRuntime>,
+    /// How long getting the connection took (the retries included).
+    connect: Duration,
     /// Servers tried before this one.
     retries: u32,
     /// Bytes of the client's already sent to the server (a ClientHello read for its SNI).
@@ -265,6 +289,7 @@ struct Upstream {
 struct Refused {
     reason: &'static str,
     config: Option<Arc<Backend>>,
+    runtime: Option<Arc<BackendRuntime>>,
     retries: u32,
 }
 
@@ -294,6 +319,7 @@ async fn connect_upstream(
             return Err(Refused {
                 reason,
                 config: None,
+                runtime: None,
                 retries: 0,
             });
         }
@@ -302,9 +328,12 @@ async fn connect_upstream(
     let refused = |reason, tried: &Vec<Arc<Server>>| Refused {
         reason,
         config: Some(Arc::clone(cfg)),
+        runtime: Some(Arc::clone(&set.runtime)),
         retries: tried.len().saturating_sub(1) as u32,
     };
     let mut tried: Vec<Arc<Server>> = Vec::new();
+    // The cause of a retry decided on, counted once another server is picked for it.
+    let mut retry = None;
     loop {
         let Some(server) = set.pick_excluding(&tried).cloned() else {
             let reason = if tried.is_empty() {
@@ -314,12 +343,21 @@ async fn connect_upstream(
             };
             return Err(refused(reason, &tried));
         };
+        if let Some(cause) = retry.take() {
+            metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+            metrics::counter!(m::RETRIES_BY_CAUSE,
+                "backend" => cfg.name.clone(), "cause" => cause)
+            .increment(1);
+            set.runtime.stats.retry();
+        }
         let active = server.track();
         match establish(cfg, &server, client, dst).await {
             Ok(io) => {
                 return Ok(Upstream {
                     io,
                     config: Arc::clone(cfg),
+                    runtime: Arc::clone(&set.runtime),
+                    connect: Duration::ZERO,
                     retries: tried.len() as u32,
                     first_bytes: 0,
                     server,
@@ -336,7 +374,7 @@ async fn connect_upstream(
                 if tried.len() > cfg.retries as usize {
                     return Err(refused("unreachable", &tried));
                 }
-                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
+                retry = Some(crate::upstream::connect_cause(&e));
             }
         }
     }
@@ -361,16 +399,19 @@ async fn establish(
 /// Relays both ways until both directions are done, the idle timeout passes with no byte
 /// either way, or the server's drain times out.
 async fn relay(
-    f: &Frontend,
+    fe: &TcpFrontend,
     client: ClientIo,
     client_addr: SocketAddr,
     up: Upstream,
     log: Option<Pending>,
 ) {
+    let f = &*fe.frontend;
     let Upstream {
         io: mut upstream,
         server,
         config,
+        runtime,
+        connect,
         first_bytes,
         _active,
         ..
@@ -419,6 +460,12 @@ async fn relay(
     debug!(frontend = %f.name, client = %client_addr, server = %server.addr,
         received = client.totals.0, sent = client.totals.1,
         secs = start.elapsed().as_secs_f64(), outcome = outcome.as_str(), "relay ended");
+    let (received, sent) = client.totals;
+    fe.stats.received(received);
+    fe.stats.sent(sent);
+    runtime.stats.received(received);
+    runtime.stats.sent(sent);
+    runtime.stats.finish(outcome.failure(), Some(connect));
     if let Some(mut p) = log {
         let r = p.record();
         r.bytes_in = Some(client.totals.0);

@@ -66,6 +66,21 @@ pub(crate) async fn secure(
     }
 }
 
+/// What a failed `connect` ran into, as a `switchyard_retries_by_cause_total` cause:
+/// `connect_refused`, `connect_timeout`, `tls_error` (the handshake, or the TLS setup), or
+/// `connect_failed` (anything else: unreachable, reset during the connect, a bad address).
+pub(crate) fn connect_cause(e: &io::Error) -> &'static str {
+    let tls = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>() || inner.is::<crate::tls::TlsError>());
+    match e.kind() {
+        _ if tls => "tls_error",
+        io::ErrorKind::ConnectionRefused => "connect_refused",
+        io::ErrorKind::TimedOut => "connect_timeout",
+        _ => "connect_failed",
+    }
+}
+
 /// Any upstream transport: plain TCP or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -175,5 +190,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_are_named_by_cause() {
+        let kind = |k| connect_cause(&io::Error::from(k));
+        assert_eq!(kind(io::ErrorKind::ConnectionRefused), "connect_refused");
+        assert_eq!(kind(io::ErrorKind::TimedOut), "connect_timeout");
+        assert_eq!(kind(io::ErrorKind::HostUnreachable), "connect_failed");
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        assert_eq!(connect_cause(&tls), "tls_error");
     }
 }

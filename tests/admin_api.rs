@@ -352,3 +352,171 @@ async fn backend_servers_by_state_follow_health_maintenance_and_reloads() {
     );
     lb.shutdown().await;
 }
+
+/// `GET /api/v1/frontends` and the `stats` of each backend in `/api/v1/backends`: requests,
+/// bytes, malformed requests, failures by termination word, latency percentiles, connections
+/// against `maxconn`; cumulative, and kept across a reload that restarts the frontend.
+#[tokio::test]
+async fn frontend_and_backend_stats_count_traffic_and_survive_a_reload() {
+    let up = Upstream::start("stats-up").await;
+    let cfg = |idle: &str| {
+        Cfg::http("stfront")
+            .frontend_lines(&format!("maxconn = 50\nidle_timeout = \"{idle}\""))
+            .backend("stback")
+            .servers(&[up.addr()])
+            .check_none()
+            .toml()
+    };
+    let lb = Lb::start_ready(&cfg("30s")).await;
+    let web = lb.http_addr("stfront");
+    let admin = lb.admin_addr();
+    let frontend = || async move {
+        let (status, body) = get(admin, "/api/v1/frontends").await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "stfront")
+            .cloned()
+            .unwrap_or_else(|| panic!("stfront in {v}"))
+    };
+    let backend = || async {
+        let v = lb.backends().await;
+        v["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "stback")
+            .cloned()
+            .unwrap_or_else(|| panic!("stback in {v}"))["stats"]
+            .clone()
+    };
+    let f = frontend().await;
+    assert_eq!(f["mode"], "http", "{f}");
+    assert_eq!(f["bind"], "127.0.0.1:0", "{f}");
+    assert_eq!(f["limit"], 50, "{f}");
+    assert_eq!(f["requests"], 0, "{f}");
+    let b = backend().await;
+    assert_eq!(b["requests"], 0, "{b}");
+    assert!(b["latency_ms"]["p50"].is_null(), "{b}");
+
+    // Three proxied requests with a 10-byte body each; the upstream answers its name (8 bytes).
+    for _ in 0..3 {
+        let resp = http_client()
+            .post(format!("http://{web}/up"))
+            .body("0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "stats-up");
+    }
+    // One malformed request.
+    let mut c = tokio::net::TcpStream::connect(web).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut c, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut c, &mut answer),
+    )
+    .await;
+    assert!(answer.starts_with(b"HTTP/1.1 400 "));
+    // One request with no server to take it.
+    assert_eq!(
+        lb.set_server_state("stback", &up.addr().to_string(), "maint")
+            .await,
+        200
+    );
+    assert_eq!(get(web, "/none").await.0, 503);
+
+    let b = backend().await;
+    assert_eq!(b["requests"], 4, "{b}");
+    assert_eq!(b["bytes_in"], 30, "{b}");
+    assert!(b["bytes_out"].as_u64().unwrap() >= 3 * 8, "{b}");
+    assert_eq!(b["retries"], 0, "{b}");
+    assert_eq!(b["errors"]["no_server"], 1, "{b}");
+    for word in [
+        "connect_error",
+        "server_error",
+        "server_timeout",
+        "server_abort",
+        "client_abort",
+    ] {
+        assert_eq!(b["errors"][word], 0, "{word}: {b}");
+    }
+    let (p50, p99) = (
+        b["latency_ms"]["p50"].as_f64().unwrap(),
+        b["latency_ms"]["p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50 && p99 < 5_000.0, "{b}");
+    let f = frontend().await;
+    assert_eq!(f["requests"], 5, "{f}");
+    assert_eq!(f["errors"], 1, "{f}");
+    assert_eq!(f["refused"], 0, "{f}");
+    assert!(f["max_connections"].as_u64().unwrap() >= 1, "{f}");
+    assert!(f["bytes_in"].as_u64().unwrap() > 30, "{f}");
+    assert!(f["bytes_out"].as_u64().unwrap() > 3 * 8, "{f}");
+
+    // A reload that changes the frontend restarts its accept loop; the counts go on.
+    lb.reload_toml(&cfg("20s")).await;
+    assert_eq!(
+        lb.set_server_state("stback", &up.addr().to_string(), "ready")
+            .await,
+        200
+    );
+    let mut f = frontend().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        if get(web, "/after").await.0 == 200 {
+            f = frontend().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(f["requests"].as_u64().unwrap() >= 6, "{f}");
+    assert_eq!(f["errors"], 1, "{f}");
+    let b = backend().await;
+    assert!(b["requests"].as_u64().unwrap() >= 5, "{b}");
+    assert_eq!(b["errors"]["no_server"], 1, "{b}");
+    lb.shutdown().await;
+}
+
+/// A frontend at its `maxconn` counts the wait in `refused`, and its open connections.
+#[tokio::test]
+async fn frontend_stats_count_connections_at_maxconn() {
+    let up = Upstream::start("mc-up").await;
+    let lb = Lb::start_ready(
+        &Cfg::http("mcfront")
+            .frontend_lines("maxconn = 1")
+            .backend("mcback")
+            .servers(&[up.addr()])
+            .check_none()
+            .toml(),
+    )
+    .await;
+    let held = tokio::net::TcpStream::connect(lb.http_addr("mcfront"))
+        .await
+        .unwrap();
+    let admin = lb.admin_addr();
+    let mut f = serde_json::Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let (_, body) = get(admin, "/api/v1/frontends").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        f = v["frontends"][0].clone();
+        if f["connections"] == 1 && f["refused"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f["connections"], 1, "{f}");
+    assert!(f["refused"].as_u64().unwrap() >= 1, "{f}");
+    assert_eq!(f["limit"], 1, "{f}");
+    assert_eq!(f["max_connections"], 1, "{f}");
+    drop(held);
+    lb.shutdown().await;
+}

@@ -283,13 +283,25 @@ async fn servers_are_reached_over_tls_with_a_private_ca() {
         lb.shutdown().await;
     }
 
-    // A server whose certificate the configured CA did not sign is not talked to.
+    // A server whose certificate the configured CA did not sign is not talked to; the second
+    // server, tried after the first, neither.
+    let (up2, _) = tls_upstream(&leaf).await;
     let other = Pki::new("uptls-other");
-    let lb = Lb::start_ready(&config(&[up.to_string()], "", "", &other.backend_tls())).await;
+    let lb = Lb::start_ready(&config(
+        &[up.to_string(), up2.to_string()],
+        "",
+        "",
+        &other.backend_tls(),
+    ))
+    .await;
     let requests_before = seen.lock().unwrap().versions.len();
     let (status, body) = support::get(lb.http_addr("web"), "/secure").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(seen.lock().unwrap().versions.len(), requests_before);
+    // The retry on the second server is counted as one after a TLS failure.
+    let text = lb.metrics().await;
+    let series = "switchyard_retries_by_cause_total{backend=\"b\",cause=\"tls_error\"}";
+    assert!(support::metric(&text, series) >= 1.0, "{series} in {text}");
     lb.shutdown().await;
 }
 

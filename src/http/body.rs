@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -111,7 +111,7 @@ pub(crate) struct ClientBody {
 
 /// Where a `ClientBody` is; shared with `forward`, which keeps it after the body is handed over.
 #[derive(Debug, Default)]
-pub(crate) struct BodyState(AtomicU8);
+pub(crate) struct BodyState(AtomicU8, AtomicU64);
 
 impl BodyState {
     /// Not waiting on the client: not polled yet, or the last frame was taken (so the upstream
@@ -138,6 +138,11 @@ impl BodyState {
     pub(crate) fn waiting_on_client(&self) -> bool {
         self.get() == Self::WAITING_CLIENT
     }
+
+    /// The body's bytes taken from the client so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
 }
 
 impl ClientBody {
@@ -157,6 +162,11 @@ impl hyper::body::Body for ClientBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Some(state) = &self.state {
+            if let Poll::Ready(Some(Ok(f))) = &polled
+                && let Some(d) = f.data_ref()
+            {
+                state.1.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
             state.set(match &polled {
                 Poll::Pending => BodyState::WAITING_CLIENT,
                 Poll::Ready(None) => BodyState::DONE,

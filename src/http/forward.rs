@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
 use crate::access_log::{HttpRequest, Pending, Termination};
+use crate::balancer::BackendRuntime;
 use crate::config::{Backend, Protocol, ProxyVersion};
 use crate::http::h1::client as h1_client;
 use crate::http::h1::server as h1_server;
@@ -33,22 +34,40 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let fe = &conn.fe;
+    fe.stats.request();
+    let mut req = req;
+    set_request_id(req.headers_mut());
+    let mut trace = Trace::default();
     // Dropped with this future if the client goes away first: then it logs `client_abort`.
-    let log = fe.log.as_ref().map(|log| {
+    trace.log = fe.log.as_ref().map(|log| {
         let mut p = Pending::new(log, conn.client, Arc::clone(&fe.name));
-        p.record().http = Some(HttpRequest {
+        let r = p.record();
+        r.http = Some(HttpRequest {
             method: Some(req.method().clone()),
             uri: Some(req.uri().clone()),
+            version: Some(req.version()),
+            host: match req.headers().get(header::HOST) {
+                Some(h) => Some(h.clone()),
+                None => req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            },
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            request_id: req.headers().get(X_REQUEST_ID).cloned(),
             status: 0,
         });
+        r.tls = conn.tls.clone();
+        r.connections = Some(fe.stats.connections());
         p
     });
     let snap = fe.shared.load_full();
-    let mut req = req;
     let (picked, routing) = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
     let backend = picked.map(|i| &snap.backends[i]);
-    let mut trace = Trace::default();
+    if let (Some(b), Some(p)) = (backend, &mut trace.log) {
+        p.record().backend = Some(Arc::clone(&b.config));
+    }
     // CONNECT is passed on only where the frontend allows it, over HTTP/1.1 to HTTP/1.1.
     let connect_ok =
         fe.frontend.allow_connect && backend.is_some_and(|b| b.config.protocol == Protocol::Http1);
@@ -78,16 +97,47 @@ pub(crate) async fn handle(
             trace.termination = Termination::NoRoute;
             (no_route(&req), None)
         }
-        (None, _, Some(index)) => forward(conn, &snap, index, req, &mut trace).await,
+        (None, _, Some(index)) => {
+            // Counted as a `client_abort` if the client leaves before the answer.
+            trace.backend = Some(Arc::clone(&snap.backends[index].runtime));
+            forward(conn, &snap, index, req, &mut trace).await
+        }
     };
     let code = resp.status().as_u16();
-    if let Some(mut p) = log {
+    let bytes_in = trace.body.as_ref().map_or(0, |b| b.bytes());
+    if let Some(rt) = trace.backend.take() {
+        // A server's body still to come ends the request later: `Guarded` counts how.
+        let own = matches!(resp.body(), Either::Right(_));
+        let failure = if own {
+            trace.termination.failure()
+        } else {
+            None
+        };
+        rt.stats
+            .finish(failure, trace.response.map(|_| start.elapsed()));
+        rt.stats.received(bytes_in);
+        match resp.body_mut() {
+            Either::Left(body) if !hyper::body::Body::is_end_stream(&body.inner) => {
+                body.stats = Some(rt)
+            }
+            _ => rt.stats.sent(
+                hyper::body::Body::size_hint(resp.body())
+                    .exact()
+                    .unwrap_or(0),
+            ),
+        }
+    }
+    if let Some(reason) = client_error(code, trace.termination) {
+        fe.stats.error();
+        count_client_error(&fe.frontend.name, reason);
+    }
+    if let Some(mut p) = trace.log.take() {
         let r = p.record();
-        r.backend = backend.map(|b| Arc::clone(&b.config));
         r.server = server.clone();
         r.retries = trace.retries;
         r.connect = trace.connect;
         r.response = trace.response;
+        r.bytes_in = Some(bytes_in);
         if let Some(h) = &mut r.http {
             h.status = code;
         }
@@ -237,9 +287,17 @@ pub(crate) fn finish_log(p: &mut Pending, resp: &Response<Body>, termination: Te
     r.termination = termination;
 }
 
-/// How a request was forwarded, for the access log: the last attempt's timings.
+/// How a request was forwarded, for the access log and the stats: the last attempt's timings,
+/// the record being filled in, and the backend the request is counted under until it is.
 #[derive(Debug, Default)]
 pub(crate) struct Trace {
+    /// The access log record (present when the log is on).
+    log: Option<Pending>,
+    /// The backend's counters, until the request is counted there (`handle`); a request
+    /// dropped before that (its client left) counts as a `client_abort`.
+    backend: Option<Arc<BackendRuntime>>,
+    /// The request body's state, with its byte count.
+    body: Option<Arc<BodyState>>,
     /// Further servers tried after the first.
     retries: u32,
     /// Getting a connection to the server (about 0 for a pooled or shared one).
@@ -250,17 +308,13 @@ pub(crate) struct Trace {
     termination: Termination,
 }
 
-/// Why a forward attempt failed. (Large, but moved once per attempt: boxing the request back
-/// would add an allocation on the retry path for nothing.)
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Failure {
-    /// Nothing was sent: the request comes back and may go to another server.
-    Connect(io::Error, Request<UpBody>),
-    /// The request reached the server (at least partly) and no usable response came back.
-    /// Our HTTP/1.1 client hands back the head of a replayable request (idempotent and
-    /// bodiless), so it needs no `Replay` copy.
-    Sent(BoxError, Option<http::request::Parts>),
-    Timeout,
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(rt) = self.backend.take() {
+            rt.stats
+                .finish(Some(crate::stats::Failure::ClientAbort), None);
+        }
+    }
 }
 
 /// The head of a request that may be replayed on another server after it reached one: an
@@ -350,12 +404,17 @@ pub(crate) async fn forward(
         Either::Left(b) => b.state.clone(),
         Either::Right(_) => None,
     };
+    trace.body = body_state.clone();
     // hyper (HTTP/2, upgrades) consumes the request; our HTTP/1.1 client gives it back.
     let replay = (target.h2 || target.upgrade)
         .then(|| Replay::of(&req))
         .flatten();
     let mut in_flight = backend.runtime.request();
     let mut tried: Vec<Arc<Server>> = Vec::new();
+    // Why the last server tried failed: what the request ends as when none is left.
+    let mut last = Cause::Connect("connect_failed");
+    // A retry decided on, counted once another server is picked for it (not when none is left).
+    let mut retry = None;
     loop {
         let Some(server) = backend.pick_excluding(&tried).cloned() else {
             if tried.is_empty() {
@@ -366,9 +425,16 @@ pub(crate) async fn forward(
                 );
                 return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
             }
-            trace.termination = Termination::ConnectError;
-            return (unreachable_backend(&cfg.name), tried.pop());
+            trace.termination = last.termination();
+            return exhausted(cfg, last, tried.pop());
         };
+        if let Some(cause) = retry.take() {
+            count_retry(backend, cause);
+            trace.retries += 1;
+        }
+        if let Some(p) = &mut trace.log {
+            p.record().server = Some(Arc::clone(&server));
+        }
         let active = server.track();
         match send(&server, cfg, conn, req, target, trace).await {
             Ok(mut resp) => {
@@ -408,6 +474,7 @@ pub(crate) async fn forward(
                     inner: body,
                     _active: active,
                     log: None,
+                    stats: None,
                     origin,
                 };
                 return (
@@ -415,21 +482,29 @@ pub(crate) async fn forward(
                     Some(server),
                 );
             }
-            Err(Failure::Connect(e, back)) => {
-                debug!(server = %server.addr, error = %e, "upstream connect failed");
-                metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
-                    "backend" => cfg.name.clone(), "server" => server.addr.clone())
-                .increment(1);
-                crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
+            Err(Failure::Connect(e, back, cause)) => {
+                match cause {
+                    Cause::Connect(_) => {
+                        debug!(server = %server.addr, error = %e, "upstream connect failed");
+                        metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
+                            "backend" => cfg.name.clone(), "server" => server.addr.clone())
+                        .increment(1);
+                        crate::health::observe_failure(backend, &server, &format!("connect: {e}"));
+                    }
+                    _ => {
+                        debug!(server = %server.addr, error = %e, "upstream connection failed before the request was sent");
+                        crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
+                    }
+                }
+                last = cause;
                 tried.push(server);
                 // Nothing was sent, so any method may go to another server; no budget needed,
                 // since the failed attempt loaded nobody.
                 if tried.len() > cfg.retries as usize {
-                    trace.termination = Termination::ConnectError;
-                    return (unreachable_backend(&cfg.name), tried.pop());
+                    trace.termination = last.termination();
+                    return exhausted(cfg, last, tried.pop());
                 }
-                metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
-                trace.retries += 1;
+                retry = Some(cause);
                 req = back;
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
@@ -441,6 +516,7 @@ pub(crate) async fn forward(
             }
             Err(Failure::Sent(e, back)) => {
                 debug!(server = %server.addr, error = %e, "upstream failed before a response");
+                last = Cause::of_sent(&e);
                 crate::health::observe_failure(backend, &server, &format!("upstream: {e}"));
                 let body = format!(
                     "502 Bad Gateway: server {} of backend {} failed before answering\n",
@@ -463,8 +539,7 @@ pub(crate) async fn forward(
                                 || in_flight
                                     .try_retry(cfg.retry_budget_percent, cfg.retry_budget_min)) =>
                     {
-                        metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
-                        trace.retries += 1;
+                        retry = Some(last);
                         req = r;
                     }
                     _ => {
@@ -556,7 +631,10 @@ pub(crate) async fn send_h1(
         Some(c) => (c, true),
         None => match connect_raw(&dial()).await {
             Ok(c) => (c, false),
-            Err(e) => return Err(Failure::Connect(e, req)),
+            Err(e) => {
+                let cause = Cause::Connect(connect_cause(&e));
+                return Err(Failure::Connect(e, req, cause));
+            }
         },
     };
     let ready = Instant::now();
@@ -584,7 +662,8 @@ pub(crate) async fn send_h1(
                     Ok(c) => c,
                     Err(e) => {
                         let back = Request::from_parts(parts, Either::Right(Empty::new()));
-                        return Err(Failure::Connect(e, back));
+                        let cause = Cause::Connect(connect_cause(&e));
+                        return Err(Failure::Connect(e, back, cause));
                     }
                 };
                 deadline = tokio::time::Instant::now() + response_timeout;
@@ -613,7 +692,10 @@ pub(crate) async fn send_upgrade(
     let start = Instant::now();
     let mut sender = match connect_h1(&dial()).await {
         Ok(s) => s,
-        Err(e) => return Err(Failure::Connect(e, req)),
+        Err(e) => {
+            let cause = Cause::Connect(connect_cause(&e));
+            return Err(Failure::Connect(e, req, cause));
+        }
     };
     let ready = Instant::now();
     trace.connect = Some(ready - start);
@@ -625,7 +707,11 @@ pub(crate) async fn send_upgrade(
         }
         Ok(Err(mut e)) => match e.take_message() {
             // Refused before a byte was written: as good as a connect failure.
-            Some(back) => Err(Failure::Connect(io::Error::other(e.into_error()), back)),
+            Some(back) => Err(Failure::Connect(
+                io::Error::other(e.into_error()),
+                back,
+                Cause::ServerReset,
+            )),
             None => Err(Failure::Sent(e.into_error().into(), None)),
         },
     }
@@ -651,7 +737,10 @@ pub(crate) async fn send_h2(
         };
         let mut sender = match sender {
             Ok(s) => s,
-            Err(e) => return Err(Failure::Connect(e, req)),
+            Err(e) => {
+                let cause = Cause::Connect(connect_cause(&e));
+                return Err(Failure::Connect(e, req, cause));
+            }
         };
         let ready = Instant::now();
         trace.connect = Some(ready - start);
@@ -669,7 +758,11 @@ pub(crate) async fn send_h2(
                     req = back;
                 }
                 Some(back) => {
-                    return Err(Failure::Connect(io::Error::other(e.into_error()), back));
+                    return Err(Failure::Connect(
+                        io::Error::other(e.into_error()),
+                        back,
+                        Cause::ServerReset,
+                    ));
                 }
                 None => return Err(Failure::Sent(e.into_error().into(), None)),
             },

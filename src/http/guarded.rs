@@ -13,8 +13,10 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 use crate::access_log::{Pending, Termination};
+use crate::balancer::BackendRuntime;
 use crate::metrics::{self as m};
 use crate::snapshot::{ActiveGuard, Server, Snapshot};
+use crate::stats::Failure;
 
 use super::*;
 
@@ -29,6 +31,9 @@ pub struct Guarded {
     pub(crate) inner: RespBody,
     pub(crate) _active: ActiveGuard,
     pub(crate) log: Option<Pending>,
+    /// The backend's counters, until the body ends: its bytes are counted there, and a body
+    /// dropped before its end (the client left) counts as a `client_abort`.
+    pub(crate) stats: Option<Arc<BackendRuntime>>,
     /// Where the body comes from, to blame the server if it cuts the body short.
     pub(crate) origin: Option<Origin>,
 }
@@ -75,6 +80,21 @@ impl hyper::body::Body for Guarded {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(rt) = &this.stats {
+            match &frame {
+                Some(Ok(f)) => {
+                    rt.stats.sent(f.data_ref().map_or(0, |d| d.len() as u64));
+                    if this.inner.is_end_stream() {
+                        this.stats = None;
+                    }
+                }
+                Some(Err(_)) => {
+                    rt.stats.failed(Failure::ServerAbort);
+                    this.stats = None;
+                }
+                None => this.stats = None,
+            }
+        }
         if let Some(log) = &mut this.log {
             let r = log.record();
             match &frame {
@@ -104,5 +124,13 @@ impl hyper::body::Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(rt) = self.stats.take() {
+            rt.stats.failed(Failure::ClientAbort);
+        }
     }
 }

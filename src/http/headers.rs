@@ -397,6 +397,32 @@ pub(crate) fn rewrite_request(
     Request::from_parts(parts, Either::Left(ClientBody::new(body)))
 }
 
+/// Gives the request a fresh `X-Request-Id` (a random per-process prefix and a counter)
+/// unless it has one, which then goes upstream unchanged. NOTE: not a UUID: one relaxed counter
+/// increment, 33 bytes formatted by hand and one allocation, no system call per request; unique
+/// within a process, and across processes by its 64 random bits.
+pub(crate) fn set_request_id(headers: &mut HeaderMap) {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if headers.contains_key(X_REQUEST_ID) {
+        return;
+    }
+    let prefix = *PREFIX.get_or_init(rand::random::<u64>);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut buf = [b'-'; 33];
+    let hex = |v: u64, out: &mut [u8]| {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    };
+    hex(prefix, &mut buf[..16]);
+    hex(n, &mut buf[17..]);
+    let id = HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value");
+    headers.insert(X_REQUEST_ID, id);
+}
+
+pub(crate) const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +542,27 @@ mod tests {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         announce_grpc_trailers(&mut h);
         assert!(h.get(header::TRAILER).is_none());
+    }
+
+    #[test]
+    fn request_ids_are_made_unless_present() {
+        let id = |h: &mut HeaderMap| {
+            set_request_id(h);
+            h[X_REQUEST_ID].clone()
+        };
+        let mut h = HeaderMap::new();
+        let a = id(&mut h).to_str().unwrap().to_string();
+        assert_eq!(a.len(), 33);
+        assert_eq!(a.as_bytes()[16], b'-');
+        assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        let mut h = HeaderMap::new();
+        let b = id(&mut h);
+        assert_ne!(b.to_str().unwrap(), a);
+        // Same process: the same prefix, another counter.
+        assert_eq!(&b.to_str().unwrap()[..16], &a[..16]);
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("mine"));
+        assert_eq!(id(&mut h), "mine");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
     }
 }

@@ -14,8 +14,9 @@
 //! | `h1/` | HTTP/1.x: the codec both sides share (`mod.rs`), our server towards clients, our client towards servers |
 //! | `h2.rs`, `h2_rules.rs` | HTTP/2 client connections' timers and `Date`; the rules an HTTP/2 request must meet and its translation to HTTP/1.1 fields |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
-//! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics and access log |
-//! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, upgrades and tunnels, trailer rules, the upstream request's form |
+//! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics, stats and access log |
+//! | `failure.rs` | why an attempt failed (its cause), the answer once every server failed, retries and refusals counted by cause and reason |
+//! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, X-Request-Id, upgrades and tunnels, trailer rules, the upstream request's form |
 //! | `body.rs` | request and response bodies as read from either side |
 //! | `guarded.rs` | what the client gets back: a server's body with its in-flight count, access log record and failure blame, or our own |
 //! | `pool.rs` | the per-server upstream connection pool |
@@ -27,6 +28,7 @@
 pub mod answers;
 pub mod body;
 pub mod dial;
+pub mod failure;
 pub mod forward;
 pub mod guarded;
 pub mod h1;
@@ -65,6 +67,7 @@ pub(crate) use crate::upstream::*;
 pub(crate) use answers::*;
 pub(crate) use body::*;
 pub(crate) use dial::*;
+pub(crate) use failure::*;
 pub(crate) use forward::*;
 pub(crate) use guarded::*;
 pub(crate) use headers::*;
@@ -83,6 +86,8 @@ pub struct HttpFrontend {
     pub log: Option<AccessLog>,
     /// The frontend's name, shared by its access log records.
     name: Arc<str>,
+    /// Its counters for the admin API, kept across reloads (`stats::Registry`).
+    pub(crate) stats: Arc<crate::stats::FrontendStats>,
     /// This frontend's metric handles, looked up once rather than per connection or request.
     connections: metrics::Gauge,
     received: metrics::Counter,
@@ -103,6 +108,7 @@ impl HttpFrontend {
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
         log: Option<AccessLog>,
+        stats: Arc<crate::stats::FrontendStats>,
     ) -> Result<HttpFrontend, TlsError> {
         let tls = TlsAcceptor::for_frontend(&frontend)?;
         let label = || frontend.name.clone();
@@ -111,6 +117,7 @@ impl HttpFrontend {
             received: metrics::counter!(m::BYTES_RECEIVED, "frontend" => label()),
             sent: metrics::counter!(m::BYTES_SENT, "frontend" => label()),
             name: Arc::from(frontend.name.as_str()),
+            stats,
             duration: metrics::histogram!(m::REQUEST_DURATION,
                 "frontend" => label(), "backend" => frontend.backend.clone().unwrap_or_default()),
             no_server: Arc::default(),
@@ -136,6 +143,8 @@ pub(crate) struct Conn {
     pub(crate) xff: HeaderValue,
     /// HTTP/2 only: streams the client reset before their answer.
     pub(crate) resets: Option<Resets>,
+    /// The TLS session, for the access log (`None`: plain TCP, or the log is off).
+    pub(crate) tls: Option<crate::access_log::TlsInfo>,
 }
 
 /// Streams of one HTTP/2 connection, and how many of them the client reset before their
@@ -230,6 +239,7 @@ pub async fn serve(
     crate::listener::accept_loop(
         &listener,
         &frontend,
+        &fe.stats.clone(),
         &stop_accept,
         &tracker.clone(),
         |stream, peer, permit| {
@@ -263,14 +273,19 @@ pub(crate) type Stream = ClientStream<ClientIo>;
 fn log_refusal(conn: &Conn, refused: &h1::request::Refused) {
     let h1::request::Refused(status, why) = *refused;
     debug!(client = %conn.client, status = status.as_u16(), why, "request head refused");
-    let Some(log) = &conn.fe.log else { return };
-    let mut p = crate::access_log::Pending::new(log, conn.client, Arc::clone(&conn.fe.name));
+    let fe = &conn.fe;
+    fe.stats.request();
+    fe.stats.error();
+    count_client_error(&fe.frontend.name, refusal_reason(status.as_u16(), true));
+    let Some(log) = &fe.log else { return };
+    let mut p = crate::access_log::Pending::new(log, conn.client, Arc::clone(&fe.name));
     let record = p.record();
     record.http = Some(crate::access_log::HttpRequest {
-        method: None,
-        uri: None,
         status: status.as_u16(),
+        ..Default::default()
     });
+    record.tls = conn.tls.clone();
+    record.connections = Some(fe.stats.connections());
     record.termination = if status == http::StatusCode::REQUEST_TIMEOUT {
         crate::access_log::Termination::ClientTimeout
     } else {
@@ -303,7 +318,12 @@ pub(crate) async fn accept(
         ClientIo::Right(tls) => tls.get_ref().1.alpn_protocol().map(|p| p == b"h2"),
     };
     let xff = forwarded_for(client.ip());
+    let tls = match (&io, &fe.log) {
+        (ClientIo::Right(s), Some(_)) => Some(crate::access_log::TlsInfo::of(s.get_ref().1)),
+        _ => None,
+    };
     let conn = Conn {
+        tls,
         xff,
         https: fe.tls.is_some(),
         fe,
@@ -379,6 +399,7 @@ pub(crate) async fn serve_conn(
         f.idle_timeout,
         conn.fe.received.clone(),
         conn.fe.sent.clone(),
+        Arc::clone(&conn.fe.stats),
     );
     let h2 = match alpn_h2 {
         Some(h2) => h2,

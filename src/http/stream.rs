@@ -80,6 +80,8 @@ pub(crate) struct ClientStream<S> {
     /// Every byte read from and written to the client (`switchyard_bytes_*_total`).
     received: metrics::Counter,
     sent: metrics::Counter,
+    /// The same bytes in the frontend's stats (`stats`).
+    stats: std::sync::Arc<crate::stats::FrontendStats>,
     idle: Duration,
     /// Until the first byte: the wait for it (`None` once a byte came or the clock was taken).
     fresh: Option<Clock>,
@@ -99,11 +101,13 @@ impl<S> ClientStream<S> {
         idle: Duration,
         received: metrics::Counter,
         sent: metrics::Counter,
+        stats: std::sync::Arc<crate::stats::FrontendStats>,
     ) -> ClientStream<S> {
         ClientStream {
             inner,
             received,
             sent,
+            stats,
             idle,
             fresh: Some(Clock::new(idle)),
             write_sleep: None,
@@ -223,6 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientStream<S> {
                 let n = buf.filled().len() - before;
                 if n > 0 {
                     self.received.increment(n as u64);
+                    self.stats.received(n as u64);
                     self.fresh = None;
                 }
                 Poll::Ready(Ok(()))
@@ -254,6 +259,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         let n = ready!(self.write_outcome(cx, res))?;
         self.sent.increment(n as u64);
+        self.stats.sent(n as u64);
         Poll::Ready(Ok(n))
     }
 
@@ -265,6 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientStream<S> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         let n = ready!(self.write_outcome(cx, res))?;
         self.sent.increment(n as u64);
+        self.stats.sent(n as u64);
         Poll::Ready(Ok(n))
     }
 
@@ -293,6 +300,7 @@ mod tests {
             Duration::from_secs(5),
             metrics::Counter::noop(),
             metrics::Counter::noop(),
+            Default::default(),
         )
     }
 
