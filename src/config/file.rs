@@ -46,8 +46,8 @@ pub(super) struct FileAdmin {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileEtcd {
-    #[serde(default)]
-    pub(super) endpoints: Vec<String>,
+    /// `None`: left out (a local member); `Some([])`: written as `endpoints = []`.
+    pub(super) endpoints: Option<Vec<String>>,
     pub(super) api: Option<EtcdApi>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
     pub(super) poll_timeout: Option<Duration>,

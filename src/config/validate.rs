@@ -1,7 +1,9 @@
 //! Validation: turns what serde read ([`super::file`]) into the typed [`Config`], filling in the
 //! defaults of [`super::defaults`], one function per section. Each check fails with a
-//! [`ConfigError::Invalid`] naming the key; sections are checked in file-contract order (global,
-//! admin, etcd, backends, frontends, log), so the first problem found is the one reported.
+//! [`ConfigError::Invalid`] naming the key. Validation goes on past a failed section, backend or
+//! frontend, so that `check` reports every problem at once ([`ConfigError::Several`]), in
+//! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log);
+//! within one backend or frontend the first problem is reported.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -26,37 +28,87 @@ const MIN_MAX_HEADER_SIZE: usize = 1024;
 /// Statuses an `http` check may expect.
 const HTTP_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
 
+/// The problems found so far; a check that fails is recorded and validation goes on.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    fn push(&mut self, e: ConfigError) {
+        self.0.push(e);
+    }
+}
+
 pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
-    let (shutdown_grace, threads) = global(file.global)?;
-    let (admin_listen, admin_token) = admin(file.admin)?;
-    let etcd = file.etcd.map(etcd).transpose()?;
+    let mut errs = Errors::default();
+    let global = errs.take(global(file.global));
+    let admin = errs.take(admin(file.admin));
+    let has_etcd = file.etcd.is_some();
+    let etcd = file.etcd.map(|e| errs.take(etcd(e)));
     let templates: HashSet<String> = file
         .service_tree
         .iter()
         .filter_map(|t| t.template.clone())
         .collect();
-    let backends = backends(file.backend, etcd.is_some(), &templates)?;
+    let backends = backends(&mut errs, file.backend, has_etcd, &templates);
+    if let Some(Some(e)) = &etcd {
+        errs.take(endpoints_for_prefixes(
+            e,
+            &backends,
+            !file.service_tree.is_empty(),
+        ));
+    }
     let tree_frontends: HashSet<String> = file
         .service_tree
         .iter()
         .flat_map(|t| t.frontends.iter().cloned())
         .collect();
-    let frontends = frontends(file.frontend, &backends, admin_listen, &tree_frontends)?;
-    let service_trees =
-        super::routing::service_trees(file.service_tree, &backends, &frontends, etcd.is_some())?;
-    log(&file.log)?;
-    Ok(Config {
-        shutdown_grace,
-        threads,
-        admin_listen,
-        admin_token,
-        path: None,
-        log: file.log,
-        etcd,
-        frontends,
-        backends,
-        service_trees,
-    })
+    if file.frontend.is_empty() {
+        errs.push(invalid(
+            "frontend",
+            "no [[frontend]]: the configuration would listen on nothing",
+        ));
+    }
+    let before = errs.0.len();
+    let (frontends, mut bound) = frontends(&mut errs, file.frontend, &backends, &tree_frontends);
+    if let Some((listen, _)) = &admin {
+        bound.insert(0, ("admin.listen".to_string(), *listen));
+    }
+    binds(&mut errs, &bound);
+    // A tree names frontends: after a frontend failed, its errors would only echo that one.
+    let service_trees = if errs.0.len() == before {
+        errs.take(super::routing::service_trees(
+            file.service_tree,
+            &backends,
+            &frontends,
+            has_etcd,
+        ))
+    } else {
+        None
+    };
+    errs.take(log(&file.log));
+    match (global, admin, etcd, service_trees) {
+        (Some((shutdown_grace, threads)), Some((admin_listen, admin_token)), etcd, Some(trees))
+            if errs.0.is_empty() =>
+        {
+            Ok(Config {
+                shutdown_grace,
+                threads,
+                admin_listen,
+                admin_token,
+                path: None,
+                log: file.log,
+                etcd: etcd.flatten(),
+                frontends,
+                backends,
+                service_trees: trees,
+            })
+        }
+        _ => Err(ConfigError::from_list(errs.0)),
+    }
 }
 
 fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -107,6 +159,16 @@ fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
             format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
         ));
     }
+    // Off loopback, anyone who reaches the port could drain, maintain or reload.
+    if a.token.is_none() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "admin.token",
+            format!(
+                "is required when admin.listen ({listen}) is not a loopback address: set \
+                 [admin] token, which guards drain, maint, ready, reload and reading the config"
+            ),
+        ));
+    }
     Ok((listen, a.token))
 }
 
@@ -126,12 +188,12 @@ fn log(l: &LogConfig) -> Result<(), ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [etcd]
 
+/// `endpoints` left out is a local member; `endpoints = []` is kept empty, and refused by
+/// [`endpoints_for_prefixes`] when anything is discovered from etcd.
 fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
-    let endpoints = if e.endpoints.is_empty() {
-        vec![DEFAULT_ETCD_ENDPOINT.to_string()]
-    } else {
-        e.endpoints
-    };
+    let endpoints = e
+        .endpoints
+        .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINT.to_string()]);
     let mut clean = Vec::with_capacity(endpoints.len());
     for (i, ep) in endpoints.iter().enumerate() {
         let key = format!("etcd.endpoints[{i}]");
@@ -184,28 +246,58 @@ fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
     })
 }
 
+/// An `[etcd]` with `endpoints = []` cannot serve a backend's `etcd_prefix` or a service tree.
+fn endpoints_for_prefixes(
+    e: &EtcdConfig,
+    backends: &[Backend],
+    has_trees: bool,
+) -> Result<(), ConfigError> {
+    if !e.endpoints.is_empty() {
+        return Ok(());
+    }
+    let user = match backends.iter().find(|b| b.etcd_prefix.is_some()) {
+        Some(b) => format!("backend {:?} has an etcd_prefix", b.name),
+        None if has_trees => "a [[service_tree]] reads etcd".to_string(),
+        None => return Ok(()),
+    };
+    Err(invalid(
+        "etcd.endpoints",
+        format!("is empty, but {user}: list at least one etcd member"),
+    ))
+}
+
 // ---------------------------------------------------------------------------------------------
 // [[backend]], [backend.check], [backend.passive], [backend.tls]
 
+/// The valid backends and, for each one refused, a stand-in with its name and the defaults,
+/// so that frontends naming it are not refused too (the config as a whole is refused anyway).
 fn backends(
+    errs: &mut Errors,
     file: Vec<FileBackend>,
     has_etcd: bool,
     templates: &HashSet<String>,
-) -> Result<Vec<Backend>, ConfigError> {
+) -> Vec<Backend> {
     let mut backends = Vec::with_capacity(file.len());
     let mut names = HashSet::new();
     for (i, b) in file.into_iter().enumerate() {
         if b.name.is_empty() {
-            return Err(invalid(format!("backend[{i}].name"), "must not be empty"));
+            errs.push(invalid(format!("backend[{i}].name"), "must not be empty"));
+            continue;
         }
         let key = format!("backend {:?}", b.name);
         if !names.insert(b.name.clone()) {
-            return Err(invalid(format!("{key}.name"), "duplicate backend name"));
+            errs.push(invalid(format!("{key}.name"), "duplicate backend name"));
+            continue;
         }
+        let name = b.name.clone();
         let template = templates.contains(&b.name);
-        backends.push(backend(&key, b, has_etcd, template)?);
+        if let Some(ok) = errs.take(backend(&key, b, has_etcd, template)) {
+            backends.push(ok);
+        } else if let Ok(stand_in) = default_backend(&key) {
+            backends.push(Backend { name, ..stand_in });
+        }
     }
-    Ok(backends)
+    backends
 }
 
 /// One `[[backend]]`; `key` is how errors name it (`backend "NAME"`).
@@ -399,35 +491,64 @@ fn backend_tls(key: &str, t: FileBackendTls) -> Result<BackendTls, ConfigError> 
 // ---------------------------------------------------------------------------------------------
 // [[frontend]], [frontend.tls]
 
+/// The valid frontends, and every bind address read (`(key, address)`), for [`binds`].
 fn frontends(
+    errs: &mut Errors,
     file: Vec<FileFrontend>,
     backends: &[Backend],
-    admin_listen: SocketAddr,
     tree_frontends: &HashSet<String>,
-) -> Result<Vec<Frontend>, ConfigError> {
+) -> (Vec<Frontend>, Vec<(String, SocketAddr)>) {
     let mut frontends = Vec::with_capacity(file.len());
-    let mut binds = HashSet::new();
+    let mut bound = Vec::with_capacity(file.len());
     let mut names = HashSet::new();
     for (i, f) in file.into_iter().enumerate() {
         if f.name.is_empty() {
-            return Err(invalid(format!("frontend[{i}].name"), "must not be empty"));
+            errs.push(invalid(format!("frontend[{i}].name"), "must not be empty"));
+            continue;
         }
         let key = format!("frontend {:?}", f.name);
         if !names.insert(f.name.clone()) {
-            return Err(invalid(format!("{key}.name"), "duplicate frontend name"));
+            errs.push(invalid(format!("{key}.name"), "duplicate frontend name"));
+            continue;
         }
-        let bind = parse_listen(&format!("{key}.bind"), &f.bind)?;
-        // Port 0 (tests) asks the OS for a fresh port each time, so it cannot collide.
-        if bind.port() != 0 && (!binds.insert(bind) || bind == admin_listen) {
-            return Err(invalid(
-                format!("{key}.bind"),
-                format!("{bind} is already used by another listener"),
+        let Some(bind) = errs.take(parse_listen(&format!("{key}.bind"), &f.bind)) else {
+            continue;
+        };
+        bound.push((format!("{key}.bind"), bind));
+        let in_tree = tree_frontends.contains(&f.name);
+        if let Some(ok) = errs.take(frontend(&key, f, bind, backends, in_tree)) {
+            frontends.push(ok);
+        }
+    }
+    (frontends, bound)
+}
+
+/// Refuses two listeners that cannot both bind: the same address and port, or a wildcard and
+/// anything else on its port. `0.0.0.0:P` takes P on every IPv4 address, and `[::]:P` on every
+/// address of both families (Linux's default `net.ipv6.bindv6only = 0`). Port 0 (tests) asks
+/// the OS for a fresh port each time, so it never collides.
+fn binds(errs: &mut Errors, bound: &[(String, SocketAddr)]) {
+    for (i, (key, addr)) in bound.iter().enumerate() {
+        if let Some((other_key, other)) = bound[..i].iter().find(|(_, o)| overlap(*o, *addr)) {
+            let why = if other == addr {
+                String::new()
+            } else {
+                " (a wildcard address takes its port on every address)".to_string()
+            };
+            errs.push(invalid(
+                key.as_str(),
+                format!("{addr} overlaps {other_key} = {other}{why}"),
             ));
         }
-        let in_tree = tree_frontends.contains(&f.name);
-        frontends.push(frontend(&key, f, bind, backends, in_tree)?);
     }
-    Ok(frontends)
+}
+
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: SocketAddr, o: SocketAddr| match w.ip() {
+        std::net::IpAddr::V6(ip) => ip.is_unspecified(),
+        std::net::IpAddr::V4(ip) => ip.is_unspecified() && o.is_ipv4(),
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// One `[[frontend]]` whose name and bind address were checked; `key` is how errors name it.
