@@ -410,3 +410,63 @@ fn systemd_reload_checks_the_config_before_the_hup() {
     );
     assert!(reloads[1].contains("kill -HUP $MAINPID"), "{reloads:?}");
 }
+
+#[test]
+fn admin_off_loopback_needs_a_token_at_check_and_run() {
+    let dir = tempdir("token");
+    let off = format!(
+        "[admin]\nlisten = \"0.0.0.0:{}\"\n{}{STATIC_BACKEND}",
+        free_port(),
+        frontend("f", "127.0.0.1:0")
+    );
+    let (code, _, err) = check(&dir, "off.toml", &off);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("admin.token: is required when admin.listen"),
+        "{err}"
+    );
+    assert!(err.contains("[admin] token"), "{err}");
+    // `run` refuses it too, before binding anything.
+    let p = write(&dir, "off.toml", &off);
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("-c")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[admin] token"));
+    // token_env: the token comes from the environment, as the Docker image's config does it.
+    let env_cfg = off.replace(
+        "[admin]\n",
+        "[admin]\ntoken_env = \"SWITCHYARD_TEST_ADMIN_TOKEN\"\n",
+    );
+    let p = write(&dir, "env.toml", &env_cfg);
+    let with = |token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("check").arg("-c").arg(&p);
+        match token {
+            Some(t) => c.env("SWITCHYARD_TEST_ADMIN_TOKEN", t),
+            None => c.env_remove("SWITCHYARD_TEST_ADMIN_TOKEN"),
+        };
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = with(Some("0123456789abcdef"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = with(None);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "admin.token_env: the environment variable \"SWITCHYARD_TEST_ADMIN_TOKEN\" is not set"
+        ),
+        "{err}"
+    );
+    let (code, err) = with(Some("short"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("admin.token: must be at least 16"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -41,6 +41,8 @@ pub(super) struct FileGlobal {
 pub(super) struct FileAdmin {
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
+    /// The name of an environment variable holding the token (containers, secrets managers).
+    pub(super) token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

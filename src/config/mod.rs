@@ -500,7 +500,7 @@ mod tests {
 
     const CLASSIC: &str = r#"
 [admin]
-listen = "127.0.0.1:9090"
+listen = "127.0.0.1:8404"
 
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
@@ -666,8 +666,8 @@ fall = 3
             );
         }
         // The admin listener counts too; distinct addresses on one port and port 0 do not clash.
-        let e = err(&CLASSIC.replace("0.0.0.0:80", "0.0.0.0:9090"));
-        assert!(e.contains("overlaps admin.listen = 127.0.0.1:9090"), "{e}");
+        let e = err(&CLASSIC.replace("0.0.0.0:80", "0.0.0.0:8404"));
+        assert!(e.contains("overlaps admin.listen = 127.0.0.1:8404"), "{e}");
         let ok = CLASSIC.replace("0.0.0.0:80", "127.0.0.1:80") + &fe("b", "127.0.0.2:80");
         Config::from_toml(&ok).unwrap();
         let ok = CLASSIC.replace("0.0.0.0:80", "0.0.0.0:0") + &fe("b", "0.0.0.0:0");
@@ -745,18 +745,24 @@ fall = 3
     #[test]
     fn admin_off_loopback_needs_a_token() {
         for listen in ["0.0.0.0:8404", "10.1.2.3:8404", "[::]:8404"] {
-            let e = err(&CLASSIC.replace("127.0.0.1:9090", listen));
+            let e = err(&CLASSIC.replace("127.0.0.1:8404", listen));
             assert!(
                 e.starts_with("admin.token: is required when admin.listen"),
                 "{e}"
             );
         }
         let with_token = CLASSIC.replace(
-            "listen = \"127.0.0.1:9090\"",
+            "listen = \"127.0.0.1:8404\"",
             "listen = \"0.0.0.0:8404\"\ntoken = \"0123456789abcdef\"",
         );
         Config::from_toml(&with_token).unwrap();
-        Config::from_toml(&CLASSIC.replace("127.0.0.1:9090", "[::1]:8404")).unwrap();
+        Config::from_toml(&CLASSIC.replace("127.0.0.1:8404", "[::1]:8404")).unwrap();
+    }
+
+    #[test]
+    fn default_admin_port_is_haproxys_stats_port() {
+        let c = Config::from_toml(&CLASSIC.replace("listen = \"127.0.0.1:8404\"", "")).unwrap();
+        assert_eq!(c.admin_listen, "127.0.0.1:8404".parse().unwrap());
     }
 
     #[test]

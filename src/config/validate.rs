@@ -150,7 +150,25 @@ fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
         "admin.listen",
         a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     )?;
-    if a.token
+    let token = match (a.token, a.token_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "admin.token_env",
+                "give [admin] token or token_env, not both",
+            ));
+        }
+        (token, None) => token,
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                return Err(invalid(
+                    "admin.token_env",
+                    format!("the environment variable {var:?} is not set (or is empty)"),
+                ));
+            }
+        },
+    };
+    if token
         .as_deref()
         .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
     {
@@ -160,16 +178,17 @@ fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
         ));
     }
     // Off loopback, anyone who reaches the port could drain, maintain or reload.
-    if a.token.is_none() && !listen.ip().is_loopback() {
+    if token.is_none() && !listen.ip().is_loopback() {
         return Err(invalid(
             "admin.token",
             format!(
                 "is required when admin.listen ({listen}) is not a loopback address: set \
-                 [admin] token, which guards drain, maint, ready, reload and reading the config"
+                 [admin] token (or token_env), which guards drain, maint, ready, reload and \
+                 reading the config"
             ),
         ));
     }
-    Ok((listen, a.token))
+    Ok((listen, token))
 }
 
 fn log(l: &LogConfig) -> Result<(), ConfigError> {
