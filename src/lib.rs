@@ -16,6 +16,7 @@ pub mod etcd;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod log_limit;
 pub mod metrics;
 pub mod migrate;
 pub mod proxy_protocol;
