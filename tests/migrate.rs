@@ -347,20 +347,16 @@ fn bad_input_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "--haproxy is required");
-    // Nothing migratable is not an error: a config (admin only) and the warnings, exit 0.
+    // Nothing migratable is an error: a config without a frontend listens on nothing, and
+    // `check` refuses it.
     let dir = tempdir("empty");
     let empty = dir.join("haproxy.cfg");
     std::fs::write(&empty, "global\n    daemon\nfrontend f\n    bind :80\n").unwrap();
     let o = run(&["--haproxy", empty.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    let c = Config::from_toml(&String::from_utf8(o.stdout.clone()).unwrap()).unwrap();
-    assert!(c.frontends.is_empty());
-    let w = stderr_lines(&o);
-    assert_eq!(w.len(), 2, "{w:#?}");
-    assert!(
-        w[1].contains(":3: frontend f: has no default_backend"),
-        "{w:#?}"
-    );
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(o.stdout.is_empty(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("frontend: no [[frontend]]"), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
