@@ -703,6 +703,7 @@ fall = 3
         let text = CLASSIC
             .replace("[admin]\n", "[global]\nthreads = 0\n[admin]\n")
             .replace("inter = \"2s\"", "inter = \"0s\"")
+            .replace("rise = 2", "rise = 0")
             .replace(
                 "backend = \"testservice\"",
                 "backend = \"testservice\"\nmaxconn = 0",
@@ -724,13 +725,14 @@ fall = 3
             [
                 "global.threads",
                 "backend \"testservice\".check.inter",
+                "backend \"testservice\".check.rise",
                 "backend \"other\"",
                 "frontend \"testloadbalancer\".maxconn",
                 "frontend \"second\".bind",
             ]
         );
         assert!(
-            e.to_string().starts_with("5 problems:\n  global.threads: "),
+            e.to_string().starts_with("6 problems:\n  global.threads: "),
             "{e}"
         );
     }

@@ -2,8 +2,9 @@
 //! defaults of [`super::defaults`], one function per section. Each check fails with a
 //! [`ConfigError::Invalid`] naming the key. Validation goes on past a failed section, backend or
 //! frontend, so that `check` reports every problem at once ([`ConfigError::Several`]), in
-//! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log);
-//! within one backend or frontend the first problem is reported.
+//! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log).
+//! Within a backend or frontend every key's problem is reported too; within its routes, a
+//! section ([global], [admin], [etcd]) or a service tree, the first.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -34,11 +35,37 @@ struct Errors(Vec<ConfigError>);
 
 impl Errors {
     fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
-        r.map_err(|e| self.0.push(e)).ok()
+        r.map_err(|e| self.push(e)).ok()
     }
 
+    /// Records `e`; the problems of a [`ConfigError::Several`] are recorded one by one.
     fn push(&mut self, e: ConfigError) {
-        self.0.push(e);
+        match e {
+            ConfigError::Several(list) => self.0.extend(list),
+            e => self.0.push(e),
+        }
+    }
+
+    /// `key = v` must be above zero; when it is not, the problem is recorded and `v` returned
+    /// anyway (the config is refused, so the value is never used).
+    fn positive(&mut self, key: String, v: Duration) -> Duration {
+        self.take(positive(&key, v));
+        v
+    }
+
+    /// `key = v` must be a percentage; as [`Errors::positive`].
+    fn percent(&mut self, key: String, v: u32) -> u32 {
+        self.take(percent(&key, v));
+        v
+    }
+
+    /// `v`, or every problem recorded.
+    fn finish<T>(self, v: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(v)
+        } else {
+            Err(ConfigError::from_list(self.0))
+        }
     }
 }
 
@@ -331,115 +358,119 @@ pub(super) fn default_backend(key: &str) -> Result<Backend, ConfigError> {
 }
 
 /// A service tree's `template` has neither servers nor `etcd_prefix`: each service fills them.
+/// Every problem of the backend is reported, not only the first.
 fn backend(
     key: &str,
     b: FileBackend,
     has_etcd: bool,
     template: bool,
 ) -> Result<Backend, ConfigError> {
+    let mut e = Errors::default();
     if let Some(p) = &b.etcd_prefix {
         if !p.starts_with('/') {
-            return Err(invalid(
+            e.push(invalid(
                 format!("{key}.etcd_prefix"),
                 format!("{p:?} must start with '/'"),
             ));
         }
         if !has_etcd {
-            return Err(invalid(
+            e.push(invalid(
                 format!("{key}.etcd_prefix"),
                 "needs an [etcd] section with endpoints",
             ));
         }
     }
     if template && (b.etcd_prefix.is_some() || !b.servers.is_empty()) {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "is a [[service_tree]] template: it takes no etcd_prefix and no servers (each service brings its own)",
         ));
     }
     if !template && b.etcd_prefix.is_none() && b.servers.is_empty() {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "needs etcd_prefix, servers, or both (it has neither)",
         ));
     }
     for (j, s) in b.servers.iter().enumerate() {
-        if let Err(e) = crate::value::parse_addr(s) {
-            return Err(invalid(format!("{key}.servers[{j}]"), e.to_string()));
+        if let Err(err) = crate::value::parse_addr(s) {
+            e.push(invalid(format!("{key}.servers[{j}]"), err.to_string()));
         }
     }
     let check = match b.check {
         None => Check::default(),
-        Some(c) => check(key, c)?,
+        Some(c) => e.take(check(key, c)).unwrap_or_default(),
     };
     let passive = match b.passive {
         None => Passive::default(),
-        Some(p) => passive(key, p)?,
+        Some(p) => e.take(passive(key, p)).unwrap_or_default(),
     };
     if let Some(d) = b.slowstart {
-        positive(&format!("{key}.slowstart"), d)?;
+        e.positive(format!("{key}.slowstart"), d);
     }
-    let tls = b.tls.map(|t| backend_tls(key, t)).transpose()?;
-    Ok(Backend {
+    let tls = b.tls.and_then(|t| e.take(backend_tls(key, t)));
+    let backend = Backend {
         protocol: b.protocol.unwrap_or(DEFAULT_PROTOCOL),
         send_proxy: b.send_proxy.unwrap_or(DEFAULT_SEND_PROXY),
         tls,
         passive,
         slowstart: b.slowstart,
-        panic_threshold: percent(
-            &format!("{key}.panic_threshold"),
+        panic_threshold: e.percent(
+            format!("{key}.panic_threshold"),
             b.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
-        )?,
-        retry_budget_percent: percent(
-            &format!("{key}.retry_budget_percent"),
+        ),
+        retry_budget_percent: e.percent(
+            format!("{key}.retry_budget_percent"),
             b.retry_budget_percent
                 .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT),
-        )?,
+        ),
         retry_budget_min: b.retry_budget_min.unwrap_or(DEFAULT_RETRY_BUDGET_MIN),
-        connect_timeout: positive(
-            &format!("{key}.connect_timeout"),
+        connect_timeout: e.positive(
+            format!("{key}.connect_timeout"),
             b.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        )?,
-        response_timeout: positive(
-            &format!("{key}.response_timeout"),
+        ),
+        response_timeout: e.positive(
+            format!("{key}.response_timeout"),
             b.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
-        )?,
+        ),
         retries: b.retries.unwrap_or(DEFAULT_RETRIES),
         drain_timeout: b.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-        pool_idle_timeout: positive(
-            &format!("{key}.pool_idle_timeout"),
+        pool_idle_timeout: e.positive(
+            format!("{key}.pool_idle_timeout"),
             b.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
-        )?,
+        ),
         name: b.name,
         etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
         servers: b.servers,
         balance: b.balance.unwrap_or(DEFAULT_BALANCE),
         check,
-    })
+    };
+    e.finish(backend)
 }
 
-/// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`.
+/// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`. Every
+/// problem is reported.
 fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
-    let inter = positive(
-        &format!("{key}.check.inter"),
+    let mut e = Errors::default();
+    let inter = e.positive(
+        format!("{key}.check.inter"),
         c.inter.unwrap_or(DEFAULT_CHECK_INTER),
-    )?;
+    );
     let check = Check {
         kind: c.kind.unwrap_or(DEFAULT_CHECK_TYPE),
         path: c.path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string()),
         inter,
-        fastinter: positive(
-            &format!("{key}.check.fastinter"),
-            c.fastinter.unwrap_or(inter),
-        )?,
-        downinter: positive(
-            &format!("{key}.check.downinter"),
-            c.downinter.unwrap_or(inter),
-        )?,
-        timeout: positive(
-            &format!("{key}.check.timeout"),
+        // Left out, they are `inter`, whose problem is reported once, under its own key.
+        fastinter: c
+            .fastinter
+            .map_or(inter, |v| e.positive(format!("{key}.check.fastinter"), v)),
+        downinter: c
+            .downinter
+            .map_or(inter, |v| e.positive(format!("{key}.check.downinter"), v)),
+        timeout: e.positive(
+            format!("{key}.check.timeout"),
             c.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
-        )?,
+        ),
         rise: c.rise.unwrap_or(DEFAULT_CHECK_RISE),
         fall: c.fall.unwrap_or(DEFAULT_CHECK_FALL),
         expect_status: c.expect_status.unwrap_or_default(),
@@ -450,7 +481,7 @@ fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
         .iter()
         .find(|s| !HTTP_STATUSES.contains(*s))
     {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.expect_status"),
             format!("{bad} is not an HTTP status"),
         ));
@@ -460,24 +491,24 @@ fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
         .as_deref()
         .is_some_and(|h| h.is_empty() || http::HeaderValue::from_str(h).is_err())
     {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.host"),
             "not a valid Host header",
         ));
     }
     if check.rise == 0 {
-        return Err(invalid(format!("{key}.check.rise"), "must be at least 1"));
+        e.push(invalid(format!("{key}.check.rise"), "must be at least 1"));
     }
     if check.fall == 0 {
-        return Err(invalid(format!("{key}.check.fall"), "must be at least 1"));
+        e.push(invalid(format!("{key}.check.fall"), "must be at least 1"));
     }
     if !check.path.starts_with('/') {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.path"),
             format!("{:?} must start with '/'", check.path),
         ));
     }
-    Ok(check)
+    e.finish(check)
 }
 
 fn passive(key: &str, p: FilePassive) -> Result<Passive, ConfigError> {
@@ -571,6 +602,7 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// One `[[frontend]]` whose name and bind address were checked; `key` is how errors name it.
+/// Every problem is reported (the routes: the first of theirs).
 fn frontend(
     key: &str,
     f: FileFrontend,
@@ -578,63 +610,71 @@ fn frontend(
     backends: &[Backend],
     in_tree: bool,
 ) -> Result<Frontend, ConfigError> {
+    let mut e = Errors::default();
     let mode = f.mode.unwrap_or(DEFAULT_MODE);
-    let tls = f.tls.map(|t| frontend_tls(key, t, mode)).transpose()?;
+    let tls_given = f.tls.is_some();
+    let tls = f.tls.and_then(|t| e.take(frontend_tls(key, t, mode)));
     if let Some(b) = &f.backend {
-        super::routing::names_backend(&format!("{key}.backend"), b, backends)?;
+        e.take(super::routing::names_backend(
+            &format!("{key}.backend"),
+            b,
+            backends,
+        ));
     }
     if f.backend.is_none() && f.route.is_empty() && !in_tree {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
         ));
     }
-    let routes = super::routing::routes(
-        key,
-        f.route,
-        mode,
-        tls.is_some(),
-        f.backend.as_deref(),
-        backends,
-    )?;
+    let routes = e
+        .take(super::routing::routes(
+            key,
+            f.route,
+            mode,
+            tls_given,
+            f.backend.as_deref(),
+            backends,
+        ))
+        .unwrap_or_default();
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
     if max_header_size < MIN_MAX_HEADER_SIZE {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.max_header_size"),
             format!("must be at least {MIN_MAX_HEADER_SIZE} bytes"),
         ));
     }
-    Ok(Frontend {
-        header_timeout: positive(
-            &format!("{key}.header_timeout"),
+    let maxconn = f.maxconn.unwrap_or(DEFAULT_MAXCONN);
+    if maxconn == 0 {
+        e.push(invalid(format!("{key}.maxconn"), "must be at least 1"));
+    }
+    if f.allow_connect == Some(true) && mode == Mode::Tcp {
+        e.push(invalid(
+            format!("{key}.allow_connect"),
+            "is for mode = \"http\" frontends",
+        ));
+    }
+    let frontend = Frontend {
+        header_timeout: e.positive(
+            format!("{key}.header_timeout"),
             f.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
-        )?,
-        idle_timeout: positive(
-            &format!("{key}.idle_timeout"),
+        ),
+        idle_timeout: e.positive(
+            format!("{key}.idle_timeout"),
             f.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        )?,
+        ),
         max_header_size,
-        maxconn: match f.maxconn.unwrap_or(DEFAULT_MAXCONN) {
-            0 => return Err(invalid(format!("{key}.maxconn"), "must be at least 1")),
-            n => n,
-        },
+        maxconn,
         accept_proxy: f.accept_proxy.unwrap_or(DEFAULT_ACCEPT_PROXY),
-        allow_connect: match (f.allow_connect, mode) {
-            (Some(true), Mode::Tcp) => {
-                return Err(invalid(
-                    format!("{key}.allow_connect"),
-                    "is for mode = \"http\" frontends",
-                ));
-            }
-            (v, _) => v.unwrap_or(DEFAULT_ALLOW_CONNECT),
-        },
+        allow_connect: f.allow_connect.unwrap_or(DEFAULT_ALLOW_CONNECT),
         tls,
         name: f.name,
         bind,
         mode,
         backend: f.backend,
         routes,
-    })
+    };
+    e.finish(frontend)
 }
 
 fn frontend_tls(key: &str, t: FileFrontendTls, mode: Mode) -> Result<FrontendTls, ConfigError> {
