@@ -21,22 +21,37 @@ pub(super) fn explain(text: &str, e: &toml::de::Error) -> String {
     let Some((written, expected)) = names.split_first() else {
         return e.to_string();
     };
-    let table = e
-        .span()
-        .map(|s| table_at(text, s.start))
-        .unwrap_or_default();
-    let key = match (what, table.is_empty()) {
-        ("key", false) => format!("{table}.{written}"),
-        ("key", true) => written.to_string(),
-        _ if table.is_empty() => format!("value {written:?}"),
-        _ => format!("{table}: value {written:?}"),
+    let start = e.span().map(|s| s.start).unwrap_or(0);
+    let table = table_at(text, start);
+    // A value's key is what its line has before the `=`.
+    let name = match what {
+        "key" => written.to_string(),
+        _ => key_at(text, start).unwrap_or_default(),
+    };
+    let key = [table.as_str(), name.as_str()]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".");
+    let subject = match what {
+        "key" => "unknown key".to_string(),
+        _ => format!("unknown value {written:?}"),
     };
     let hint = match closest(written, expected) {
         Some(name) => format!("; did you mean `{name}`?"),
         None if expected.is_empty() => String::new(),
         None => format!("; expected one of {}", expected.join(", ")),
     };
-    format!("{key}: unknown {what}{hint}\n{e}")
+    format!("{key}: {subject}{hint}\n{e}")
+}
+
+/// The key on the line that holds byte `offset` (`api` in `api = "v4"`), if it has one.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line = before.rsplit('\n').next()?;
+    let (key, _) = line.split_once('=')?;
+    Some(key.trim().trim_matches('"').to_string())
 }
 
 /// The backtick-quoted names in serde's message, in order (the written one first).
@@ -45,15 +60,19 @@ fn quoted(s: &str) -> Vec<&str> {
 }
 
 /// The expected name nearest to `written` (Damerau-Levenshtein: a swap of two letters is one
-/// edit), if it is near enough.
+/// edit), if it is near enough and no other is as near (`v4` is as near `v2` as `v3`).
 fn closest<'a>(written: &str, expected: &[&'a str]) -> Option<&'a str> {
     let limit = (written.chars().count() / MAX_EDIT_SHARE).max(1);
-    expected
+    let near: Vec<(usize, &str)> = expected
         .iter()
         .map(|name| (strsim::damerau_levenshtein(written, name), *name))
         .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, name)| name)
+        .collect();
+    let best = near.iter().map(|(d, _)| *d).min()?;
+    match near.iter().filter(|(d, _)| *d == best).collect::<Vec<_>>()[..] {
+        [(_, name)] => Some(name),
+        _ => None,
+    }
 }
 
 /// The dotted name of the table that holds byte `offset` of `text`: the last `[header]` or
@@ -71,6 +90,7 @@ fn table_at(text: &str, offset: usize) -> String {
                 .trim_end_matches(']')
                 .split('.')
                 .map(str::trim)
+                .filter(|p| !p.is_empty())
                 .collect::<Vec<_>>()
                 .join(".")
         })
@@ -95,6 +115,12 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("line 2"), "{e}");
+        // A misspelt table: its header is the line the error points into.
+        let e = err("[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.chek]\n");
+        assert!(
+            e.starts_with("backend.chek: unknown key; did you mean `check`?"),
+            "{e}"
+        );
         let e = err(
             "[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n[backend.check]\nintr = \"1s\"\n",
         );
@@ -114,7 +140,17 @@ mod tests {
         let e = err(
             "[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\nbalance = \"roundrobn\"\n",
         );
-        assert!(e.contains("did you mean `roundrobin`?"), "{e}");
+        assert!(
+            e.starts_with(
+                "backend.balance: unknown value \"roundrobn\"; did you mean `roundrobin`?"
+            ),
+            "{e}"
+        );
+        let e = err("[etcd]\napi = \"v4\"\n");
+        assert!(
+            e.starts_with("etcd.api: unknown value \"v4\"; expected one of v2, v3"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -125,5 +161,6 @@ mod tests {
         );
         assert_eq!(closest("tokne", &["listen", "token"]), Some("token"));
         assert_eq!(closest("xyz", &["listen", "token"]), None);
+        assert_eq!(closest("v4", &["v2", "v3"]), None);
     }
 }
