@@ -738,6 +738,23 @@ fall = 3
     }
 
     #[test]
+    fn every_etcd_problem_is_reported() {
+        let text = CLASSIC.replace(
+            "endpoints = [\"http://127.0.0.1:2379\"]",
+            "endpoints = [\"ftp://x\", \"http://127.0.0.1:2379\"]\nbackoff_min = \"0s\"\nusername = \"u\"",
+        );
+        let e = err(&text);
+        for key in [
+            "etcd.endpoints[0]: \"ftp://x\" must start with http://",
+            "etcd.backoff_min: must be greater than zero",
+            "etcd.username: username and password go together",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(e.starts_with("3 problems:"), "{e}");
+    }
+
+    #[test]
     fn a_refused_backend_does_not_make_its_frontend_refused_too() {
         let e = err(&CLASSIC.replace("inter = \"2s\"", "inter = \"0s\""));
         assert!(e.starts_with("backend \"testservice\".check.inter"), "{e}");

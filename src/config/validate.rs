@@ -3,8 +3,8 @@
 //! [`ConfigError::Invalid`] naming the key. Validation goes on past a failed section, backend or
 //! frontend, so that `check` reports every problem at once ([`ConfigError::Several`]), in
 //! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log).
-//! Within a backend or frontend every key's problem is reported too; within its routes, a
-//! section ([global], [admin], [etcd]) or a service tree, the first.
+//! Within a backend, a frontend or `[etcd]` every key's problem is reported too; within a
+//! frontend's routes, `[global]`, `[admin]` or a service tree, the first.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -237,50 +237,52 @@ fn log(l: &LogConfig) -> Result<(), ConfigError> {
 /// `endpoints` left out is a local member; `endpoints = []` is kept empty, and refused by
 /// [`endpoints_for_prefixes`] when anything is discovered from etcd.
 fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
+    let mut errs = Errors::default();
     let endpoints = e
         .endpoints
         .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINT.to_string()]);
     let mut clean = Vec::with_capacity(endpoints.len());
     for (i, ep) in endpoints.iter().enumerate() {
         let key = format!("etcd.endpoints[{i}]");
-        let url = reqwest::Url::parse(ep)
-            .map_err(|err| invalid(&key, format!("{ep:?} is not a URL: {err}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(invalid(&key, format!("{ep:?} must start with http://")));
+        match reqwest::Url::parse(ep) {
+            Err(err) => errs.push(invalid(&key, format!("{ep:?} is not a URL: {err}"))),
+            Ok(url) if url.scheme() != "http" && url.scheme() != "https" => {
+                errs.push(invalid(&key, format!("{ep:?} must start with http://")));
+            }
+            Ok(_) => clean.push(ep.trim_end_matches('/').to_string()),
         }
-        clean.push(ep.trim_end_matches('/').to_string());
     }
-    let backoff_min = positive(
-        "etcd.backoff_min",
+    let backoff_min = errs.positive(
+        "etcd.backoff_min".to_string(),
         e.backoff_min.unwrap_or(DEFAULT_ETCD_BACKOFF_MIN),
-    )?;
+    );
     let backoff_max = e.backoff_max.unwrap_or(DEFAULT_ETCD_BACKOFF_MAX);
     if backoff_max < backoff_min {
-        return Err(invalid(
+        errs.push(invalid(
             "etcd.backoff_max",
             "must not be smaller than etcd.backoff_min",
         ));
     }
     if e.cert.is_some() != e.key.is_some() {
-        return Err(invalid("etcd.cert", "cert and key go together"));
+        errs.push(invalid("etcd.cert", "cert and key go together"));
     }
     if e.username.is_some() != e.password.is_some() {
-        return Err(invalid(
+        errs.push(invalid(
             "etcd.username",
             "username and password go together",
         ));
     }
-    Ok(EtcdConfig {
+    let etcd = EtcdConfig {
         endpoints: clean,
         api: e.api.unwrap_or(DEFAULT_ETCD_API),
-        poll_timeout: positive(
-            "etcd.poll_timeout",
+        poll_timeout: errs.positive(
+            "etcd.poll_timeout".to_string(),
             e.poll_timeout.unwrap_or(DEFAULT_ETCD_POLL_TIMEOUT),
-        )?,
-        request_timeout: positive(
-            "etcd.request_timeout",
+        ),
+        request_timeout: errs.positive(
+            "etcd.request_timeout".to_string(),
             e.request_timeout.unwrap_or(DEFAULT_ETCD_REQUEST_TIMEOUT),
-        )?,
+        ),
         backoff_min,
         backoff_max,
         snapshot_file: e.snapshot_file,
@@ -289,7 +291,8 @@ fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
         key: e.key,
         username: e.username,
         password: e.password,
-    })
+    };
+    errs.finish(etcd)
 }
 
 /// An `[etcd]` with `endpoints = []` cannot serve a backend's `etcd_prefix` or a service tree.
