@@ -4,7 +4,7 @@
 //! frontend, so that `check` reports every problem at once ([`ConfigError::Several`]), in
 //! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log).
 //! Within a backend, a frontend or `[etcd]` every key's problem is reported too; within a
-//! frontend's routes, `[global]`, `[admin]` or a service tree, the first.
+//! frontend's routes, `[global]`, `[admin]` or one service tree, the first.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
