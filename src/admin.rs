@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::discovery;
@@ -132,6 +132,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A write refused for its token is logged at WARN at most once per path per this interval
+/// (anyone who reaches the port can send them); the next line counts those held back.
+const REFUSED_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn warn_refused_token(path: &str, status: StatusCode) {
+    static LIMIT: std::sync::LazyLock<crate::log_limit::LogLimit> =
+        std::sync::LazyLock::new(|| crate::log_limit::LogLimit::new(REFUSED_WARN_INTERVAL));
+    let why = if status == StatusCode::UNAUTHORIZED {
+        "no bearer token"
+    } else {
+        "wrong bearer token"
+    };
+    match LIMIT.admit(path, std::time::Instant::now()) {
+        Some(suppressed) => warn!(
+            path,
+            status = status.as_u16(),
+            suppressed,
+            "admin POST refused: {why}"
+        ),
+        None => debug!(path, status = status.as_u16(), "admin POST refused: {why}"),
+    }
+}
+
 /// Largest admin request body read (a state change is a few bytes).
 const MAX_BODY: usize = 4096;
 
@@ -139,6 +162,7 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if req.method() == Method::POST {
         if let Some(r) = unauthorized(admin, &req) {
+            warn_refused_token(&path, r.status());
             return r;
         }
         return post(admin, &path, req).await;
@@ -222,6 +246,7 @@ async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Ful
         let new = match Config::load(&file) {
             Ok(c) => c,
             Err(e) => {
+                warn!(path = %file.display(), error = %e, "POST /api/v1/reload refused: the running configuration stays");
                 crate::metrics::reload_refused();
                 return json(
                     StatusCode::BAD_REQUEST,
@@ -230,6 +255,7 @@ async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Ful
             }
         };
         if let Err(e) = crate::tls::validate_files(&new) {
+            warn!(path = %file.display(), error = %e, "POST /api/v1/reload refused: the running configuration stays");
             crate::metrics::reload_refused();
             return json(
                 StatusCode::BAD_REQUEST,
@@ -245,10 +271,13 @@ async fn post(admin: &Admin, path: &str, req: Request<Incoming>) -> Response<Ful
         }
         return match rx.await {
             Ok(Ok(())) => json(StatusCode::OK, json!({"reloaded": true})),
-            Ok(Err(e)) => json(
-                StatusCode::BAD_REQUEST,
-                json!({"error": e, "reloaded": false}),
-            ),
+            Ok(Err(e)) => {
+                warn!(error = %e, "POST /api/v1/reload refused: the running configuration stays");
+                json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": e, "reloaded": false}),
+                )
+            }
             Err(_) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": "shutting down"}),

@@ -17,6 +17,7 @@ pub mod exposition;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod log_limit;
 pub mod metrics;
 pub mod migrate;
 pub mod proxy_protocol;
@@ -53,12 +54,21 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the admin address and every frontend's address (port 0 picks a free port).
+    /// Binds the admin address and every frontend's address (port 0 picks a free port). An
+    /// error names the listener: `admin.listen` or `frontend "NAME"`, with the address.
     pub async fn bind(cfg: &Config) -> std::io::Result<Listeners> {
-        let admin = bind(cfg.admin_listen).await?;
+        let named = |what: String| {
+            move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
+        let admin = bind(cfg.admin_listen)
+            .await
+            .map_err(named("admin.listen".to_string()))?;
         let mut frontends = Vec::with_capacity(cfg.frontends.len());
         for f in &cfg.frontends {
-            frontends.push((f.name.clone(), bind(f.bind).await?));
+            let l = bind(f.bind)
+                .await
+                .map_err(named(format!("frontend {:?}", f.name)))?;
+            frontends.push((f.name.clone(), l));
         }
         Ok(Listeners { admin, frontends })
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use switchyard::config::Config;
 
@@ -81,7 +81,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { config } => match load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                let warnings = switchyard::config::warnings::unused_backends(&c)
+                    .into_iter()
+                    .chain(switchyard::config::warnings::unresolved_servers(&c));
+                for w in warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("configuration valid");
                 ExitCode::SUCCESS
             }
@@ -122,6 +128,13 @@ fn load(path: &std::path::Path) -> Result<Config, switchyard::config::ConfigErro
     Ok(c)
 }
 
+/// A valid config may still hold a backend that serves nothing: said at start and reload.
+fn warn_unused(c: &Config) {
+    for w in switchyard::config::warnings::unused_backends(c) {
+        warn!("{w}");
+    }
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -141,6 +154,7 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    warn_unused(&config);
     // One thread: tokio's current-thread scheduler, which skips the work-stealing machinery
     // (about 9% fewer instructions per request in tcp mode). More: one worker per thread.
     let mut builder = match config.threads {
@@ -201,7 +215,7 @@ fn spawn_signals(
                 _ = hup.recv() => {
                     info!(path = %path.display(), "SIGHUP received: reloading the configuration");
                     match load(&path) {
-                        Ok(c) => { let _ = reload_tx.send(c).await; }
+                        Ok(c) => { warn_unused(&c); let _ = reload_tx.send(c).await; }
                         Err(e) => {
                             switchyard::metrics::reload_refused();
                             error!("{}: {e}; reload refused, the running configuration stays", path.display());

@@ -365,7 +365,7 @@ async fn connect_upstream(
                 });
             }
             Err(e) => {
-                debug!(backend = %cfg.name, server = %server.addr, error = %e, "upstream connect failed");
+                crate::upstream::warn_connect_failed(cfg, &server.addr, &e);
                 metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
                     "backend" => cfg.name.clone(), "server" => server.addr.clone())
                 .increment(1);

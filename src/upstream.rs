@@ -1,11 +1,14 @@
 //! Dialing upstream servers, for both data planes: TCP, the PROXY header when the backend
 //! sends one, and TLS when it has `[backend.tls]`, all three inside one `connect_timeout`
-//! (`connect`, whose steps `tcp` and `secure` the health checks take one by one); and
-//! `Killable`, the socket that a server's drain timeout cuts.
+//! (`connect`, whose steps `tcp` and `secure` the health checks take one by one); the WARN
+//! line for a failed one, at most one per server per [`CONNECT_WARN_INTERVAL`]
+//! (`warn_connect_failed`); and `Killable`, the socket that a server's drain timeout cuts.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -78,6 +81,33 @@ pub(crate) fn connect_cause(e: &io::Error) -> &'static str {
         io::ErrorKind::ConnectionRefused => "connect_refused",
         io::ErrorKind::TimedOut => "connect_timeout",
         _ => "connect_failed",
+    }
+}
+
+/// A server's connect and TLS failures are logged at WARN at most once per this interval; the
+/// next line says how many were held back. (Each one is also counted in
+/// `switchyard_upstream_connect_errors_total`.)
+pub const CONNECT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+static CONNECT_WARNINGS: LazyLock<crate::log_limit::LogLimit> =
+    LazyLock::new(|| crate::log_limit::LogLimit::new(CONNECT_WARN_INTERVAL));
+
+/// Logs a failed [`connect`] to `addr` for `backend` (TCP, PROXY header or TLS) at WARN,
+/// rate-limited per server; the lines held back go to DEBUG.
+pub(crate) fn warn_connect_failed(backend: &Backend, addr: &str, e: &io::Error) {
+    let name = backend.name.as_str();
+    let tls = backend.tls.is_some();
+    match CONNECT_WARNINGS.admit(&format!("{name} {addr}"), Instant::now()) {
+        Some(0) => {
+            tracing::warn!(backend = %name, server = %addr, tls, error = %e, "upstream connect failed")
+        }
+        Some(suppressed) => tracing::warn!(
+            backend = %name, server = %addr, tls, error = %e, suppressed,
+            "upstream connect failed ({suppressed} more since the last line)"
+        ),
+        None => {
+            tracing::debug!(backend = %name, server = %addr, tls, error = %e, "upstream connect failed")
+        }
     }
 }
 

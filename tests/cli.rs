@@ -279,6 +279,217 @@ async fn bind_failure_exits_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("frontend \"f\": cannot bind 127.0.0.1:{port}")),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `check` on `text`: (exit code, stdout, stderr).
+fn check(dir: &Path, name: &str, text: &str) -> (Option<i32>, String, String) {
+    let p = write(dir, name, text);
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&p)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const STATIC_BACKEND: &str = "[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n";
+
+fn frontend(name: &str, bind: &str) -> String {
+    format!("[[frontend]]\nname = \"{name}\"\nbind = \"{bind}\"\nbackend = \"b\"\n")
+}
+
+#[test]
+fn check_refuses_what_cannot_work() {
+    let dir = tempdir("refuse");
+    let port = free_port();
+    let cases = [
+        (
+            "empty.toml",
+            "# nothing here\n\n".to_string(),
+            "the file is empty",
+        ),
+        (
+            "nofrontend.toml",
+            STATIC_BACKEND.to_string(),
+            "frontend: no [[frontend]]",
+        ),
+        (
+            "noendpoints.toml",
+            format!(
+                "[etcd]\nendpoints = []\n{}[[backend]]\nname = \"b\"\netcd_prefix = \"/b\"\n",
+                frontend("f", "127.0.0.1:0")
+            ),
+            "etcd.endpoints: is empty, but backend \"b\" has an etcd_prefix",
+        ),
+        (
+            "overlap.toml",
+            format!(
+                "{}{}{STATIC_BACKEND}",
+                frontend("any", &format!("0.0.0.0:{port}")),
+                frontend("local", &format!("127.0.0.1:{port}"))
+            ),
+            "frontend \"local\".bind: 127.0.0.1:",
+        ),
+        (
+            "overlap6.toml",
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:{port}\"\n{}{STATIC_BACKEND}",
+                frontend("v6", &format!("[::]:{port}"))
+            ),
+            "overlaps admin.listen",
+        ),
+        (
+            "typo.toml",
+            format!(
+                "{}{STATIC_BACKEND}[backend.check]\nfal = 3\n",
+                frontend("f", "127.0.0.1:0")
+            ),
+            "backend.check.fal: unknown key; did you mean `fall`?",
+        ),
+        (
+            "admin.toml",
+            format!(
+                "[admin]\nlisten = \"0.0.0.0:{port}\"\n{}{STATIC_BACKEND}",
+                frontend("f", "127.0.0.1:0")
+            ),
+            "[admin] token",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let (code, _, err) = check(&dir, name, &text);
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let dir = tempdir("several");
+    let text = format!(
+        "[global]\nthreads = 0\n{}maxconn = 0\n{}bind = \"nowhere\"\n[[backend]]\nname = \"b\"\n",
+        frontend("f", "127.0.0.1:0"),
+        "[[frontend]]\nname = \"g\"\nbackend = \"b\"\n"
+    );
+    let (code, _, err) = check(&dir, "several.toml", &text);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("4 problems:"), "{err}");
+    for key in [
+        "global.threads:",
+        "backend \"b\": needs etcd_prefix, servers",
+        "frontend \"f\".maxconn:",
+        "frontend \"g\".bind:",
+    ] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn check_warns_and_still_accepts() {
+    let dir = tempdir("warn");
+    let text = format!(
+        "{}[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\", \"nowhere.invalid:80\"]\n\
+         [[backend]]\nname = \"spare\"\nservers = [\"127.0.0.1:2\"]\n",
+        frontend("f", "127.0.0.1:0")
+    );
+    let (code, out, err) = check(&dir, "warn.toml", &text);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "configuration valid");
+    assert!(
+        err.contains("warning: backend \"spare\": no frontend, route or service tree uses it"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: backend \"b\".servers[1]: \"nowhere.invalid:80\" does not resolve"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn systemd_reload_checks_the_config_before_the_hup() {
+    let unit = std::fs::read_to_string("deploy/systemd/switchyard.service").unwrap();
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert!(
+        reloads[0].starts_with("/usr/bin/switchyard check -c "),
+        "{reloads:?}"
+    );
+    assert!(reloads[1].contains("kill -HUP $MAINPID"), "{reloads:?}");
+}
+
+#[test]
+fn admin_off_loopback_needs_a_token_at_check_and_run() {
+    let dir = tempdir("token");
+    let off = format!(
+        "[admin]\nlisten = \"0.0.0.0:{}\"\n{}{STATIC_BACKEND}",
+        free_port(),
+        frontend("f", "127.0.0.1:0")
+    );
+    let (code, _, err) = check(&dir, "off.toml", &off);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("admin.token: is required when admin.listen"),
+        "{err}"
+    );
+    assert!(err.contains("[admin] token"), "{err}");
+    // `run` refuses it too, before binding anything.
+    let p = write(&dir, "off.toml", &off);
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("-c")
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[admin] token"));
+    // token_env: the token comes from the environment, as the Docker image's config does it.
+    let env_cfg = off.replace(
+        "[admin]\n",
+        "[admin]\ntoken_env = \"SWITCHYARD_TEST_ADMIN_TOKEN\"\n",
+    );
+    let p = write(&dir, "env.toml", &env_cfg);
+    let with = |token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("check").arg("-c").arg(&p);
+        match token {
+            Some(t) => c.env("SWITCHYARD_TEST_ADMIN_TOKEN", t),
+            None => c.env_remove("SWITCHYARD_TEST_ADMIN_TOKEN"),
+        };
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = with(Some("0123456789abcdef"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = with(None);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(
+            "admin.token_env: the environment variable \"SWITCHYARD_TEST_ADMIN_TOKEN\" is not set"
+        ),
+        "{err}"
+    );
+    let (code, err) = with(Some("short"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("admin.token: must be at least 16"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -19,8 +19,9 @@ pub const DEFAULT_ACCESS_FORMAT: AccessFormat = AccessFormat::Off;
 
 // --- [admin] ----------------------------------------------------------------------------------
 
-/// `[admin] listen`: the admin server, on loopback only.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// `[admin] listen`: the admin server, on loopback only. Port 8404 is HAProxy's stats
+/// convention; Prometheus's own 9090 would collide on a host that runs both.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8404";
 
 // --- [etcd] -----------------------------------------------------------------------------------
 

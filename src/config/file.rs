@@ -41,13 +41,15 @@ pub(super) struct FileGlobal {
 pub(super) struct FileAdmin {
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
+    /// The name of an environment variable holding the token (containers, secrets managers).
+    pub(super) token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileEtcd {
-    #[serde(default)]
-    pub(super) endpoints: Vec<String>,
+    /// `None`: left out (a local member); `Some([])`: written as `endpoints = []`.
+    pub(super) endpoints: Option<Vec<String>>,
     pub(super) api: Option<EtcdApi>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
     pub(super) poll_timeout: Option<Duration>,

@@ -10,7 +10,9 @@
 pub mod defaults;
 mod file;
 mod routing;
+mod unknown;
 mod validate;
+pub mod warnings;
 
 pub use defaults::*;
 
@@ -34,6 +36,24 @@ pub enum ConfigError {
     Parse(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// Every problem found (two or more), in file order.
+    #[error("{} problems:\n  {}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    lines.join("\n  ")
+}
+
+impl ConfigError {
+    /// One error as itself, more as [`ConfigError::Several`].
+    fn from_list(mut errors: Vec<ConfigError>) -> ConfigError {
+        match errors.len() {
+            1 => errors.remove(0),
+            _ => ConfigError::Several(errors),
+        }
+    }
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -444,10 +464,20 @@ impl Config {
         Ok(c)
     }
 
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text. A file of only comments and blank lines is refused: it
+    /// is a truncated or misplaced file, not a configuration.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let empty = text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if empty {
+            return Err(ConfigError::Parse(
+                "the file is empty: a configuration needs at least one [[frontend]]".to_string(),
+            ));
+        }
         let file: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse(unknown::explain(text, &e)))?;
         validate::validate(file)
     }
 
@@ -470,7 +500,7 @@ mod tests {
 
     const CLASSIC: &str = r#"
 [admin]
-listen = "127.0.0.1:9090"
+listen = "127.0.0.1:8404"
 
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
@@ -610,6 +640,148 @@ fall = 3
         );
         let e = err(&text);
         assert!(e.contains("frontend \"b\".bind"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_binds_are_rejected_with_both_keys() {
+        let fe = |name: &str, bind: &str| {
+            format!(
+                "[[frontend]]\nname = \"{name}\"\nbind = \"{bind}\"\nbackend = \"testservice\"\n"
+            )
+        };
+        for (a, b) in [
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("127.0.0.2:80", "0.0.0.0:80"),
+            ("[::]:80", "127.0.0.1:80"),
+            ("[::1]:80", "[::]:80"),
+        ] {
+            let text = CLASSIC.replace("0.0.0.0:80", a) + &fe("b", b);
+            let e = err(&text);
+            assert!(
+                e.contains(&format!(
+                    "frontend \"b\".bind: {}",
+                    b.parse::<SocketAddr>().unwrap()
+                )) && e.contains("overlaps frontend \"testloadbalancer\".bind"),
+                "{a} {b}: {e}"
+            );
+        }
+        // The admin listener counts too; distinct addresses on one port and port 0 do not clash.
+        let e = err(&CLASSIC.replace("0.0.0.0:80", "0.0.0.0:8404"));
+        assert!(e.contains("overlaps admin.listen = 127.0.0.1:8404"), "{e}");
+        let ok = CLASSIC.replace("0.0.0.0:80", "127.0.0.1:80") + &fe("b", "127.0.0.2:80");
+        Config::from_toml(&ok).unwrap();
+        let ok = CLASSIC.replace("0.0.0.0:80", "0.0.0.0:0") + &fe("b", "0.0.0.0:0");
+        Config::from_toml(&ok).unwrap();
+    }
+
+    #[test]
+    fn empty_file_and_zero_frontends_are_refused() {
+        for text in ["", "  \n# only a comment\n\n"] {
+            assert!(err(text).contains("the file is empty"), "{text:?}");
+        }
+        let e = err("[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n");
+        assert!(e.starts_with("frontend: no [[frontend]]"), "{e}");
+    }
+
+    #[test]
+    fn empty_endpoints_are_refused_when_a_prefix_needs_them() {
+        let e = err(&CLASSIC.replace("endpoints = [\"http://127.0.0.1:2379\"]", "endpoints = []"));
+        assert!(
+            e.starts_with(
+                "etcd.endpoints: is empty, but backend \"testservice\" has an etcd_prefix"
+            ),
+            "{e}"
+        );
+        // Left out, it is a local member.
+        let c = Config::from_toml(&CLASSIC.replace("endpoints = [\"http://127.0.0.1:2379\"]", ""))
+            .unwrap();
+        assert_eq!(c.etcd.unwrap().endpoints, [DEFAULT_ETCD_ENDPOINT]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_each_naming_its_key() {
+        let text = CLASSIC
+            .replace("[admin]\n", "[global]\nthreads = 0\n[admin]\n")
+            .replace("inter = \"2s\"", "inter = \"0s\"")
+            .replace("rise = 2", "rise = 0")
+            .replace(
+                "backend = \"testservice\"",
+                "backend = \"testservice\"\nmaxconn = 0",
+            )
+            + "[[backend]]\nname = \"other\"\n\n[[frontend]]\nname = \"second\"\nbind = \"nowhere\"\nbackend = \"missing\"\n";
+        let e = Config::from_toml(&text).unwrap_err();
+        let ConfigError::Several(list) = &e else {
+            panic!("one error only: {e}");
+        };
+        let keys: Vec<String> = list
+            .iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key.clone(),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "global.threads",
+                "backend \"testservice\".check.inter",
+                "backend \"testservice\".check.rise",
+                "backend \"other\"",
+                "frontend \"testloadbalancer\".maxconn",
+                "frontend \"second\".bind",
+            ]
+        );
+        assert!(
+            e.to_string().starts_with("6 problems:\n  global.threads: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_etcd_problem_is_reported() {
+        let text = CLASSIC.replace(
+            "endpoints = [\"http://127.0.0.1:2379\"]",
+            "endpoints = [\"ftp://x\", \"http://127.0.0.1:2379\"]\nbackoff_min = \"0s\"\nusername = \"u\"",
+        );
+        let e = err(&text);
+        for key in [
+            "etcd.endpoints[0]: \"ftp://x\" must start with http://",
+            "etcd.backoff_min: must be greater than zero",
+            "etcd.username: username and password go together",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(e.starts_with("3 problems:"), "{e}");
+    }
+
+    #[test]
+    fn a_refused_backend_does_not_make_its_frontend_refused_too() {
+        let e = err(&CLASSIC.replace("inter = \"2s\"", "inter = \"0s\""));
+        assert!(e.starts_with("backend \"testservice\".check.inter"), "{e}");
+        assert!(!e.contains("frontend"), "{e}");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        for listen in ["0.0.0.0:8404", "10.1.2.3:8404", "[::]:8404"] {
+            let e = err(&CLASSIC.replace("127.0.0.1:8404", listen));
+            assert!(
+                e.starts_with("admin.token: is required when admin.listen"),
+                "{e}"
+            );
+        }
+        let with_token = CLASSIC.replace(
+            "listen = \"127.0.0.1:8404\"",
+            "listen = \"0.0.0.0:8404\"\ntoken = \"0123456789abcdef\"",
+        );
+        Config::from_toml(&with_token).unwrap();
+        Config::from_toml(&CLASSIC.replace("127.0.0.1:8404", "[::1]:8404")).unwrap();
+    }
+
+    #[test]
+    fn default_admin_port_is_haproxys_stats_port() {
+        let c = Config::from_toml(&CLASSIC.replace("listen = \"127.0.0.1:8404\"", "")).unwrap();
+        assert_eq!(c.admin_listen, "127.0.0.1:8404".parse().unwrap());
     }
 
     #[test]

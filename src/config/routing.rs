@@ -163,7 +163,7 @@ fn serves_no_template(
     Ok(())
 }
 
-/// The `[[service_tree]]` sections.
+/// The `[[service_tree]]` sections; every tree's problem is reported (the first of each).
 pub(super) fn service_trees(
     file: Vec<FileServiceTree>,
     backends: &[Backend],
@@ -171,143 +171,163 @@ pub(super) fn service_trees(
     has_etcd: bool,
 ) -> Result<Vec<ServiceTree>, ConfigError> {
     let mut out: Vec<ServiceTree> = Vec::with_capacity(file.len());
+    let mut errors = Vec::new();
     for (i, t) in file.into_iter().enumerate() {
-        let key = format!("service_tree[{i}]");
-        let prefix = t.etcd_prefix.trim_end_matches('/').to_string();
-        if !t.etcd_prefix.starts_with('/') || prefix.is_empty() {
-            return Err(invalid(
-                format!("{key}.etcd_prefix"),
-                format!(
-                    "{:?} must start with '/' and name a directory",
-                    t.etcd_prefix
-                ),
-            ));
+        match service_tree(i, t, &out, backends, frontends, has_etcd) {
+            Ok(tree) => out.push(tree),
+            Err(e) => errors.push(e),
         }
-        if !has_etcd {
-            return Err(invalid(
-                format!("{key}.etcd_prefix"),
-                "needs an [etcd] section with endpoints",
-            ));
-        }
-        if let Some(other) = out.iter().find(|o| {
-            let (a, b) = (format!("{}/", o.etcd_prefix), format!("{prefix}/"));
-            a.starts_with(&b) || b.starts_with(&a)
-        }) {
-            return Err(invalid(
-                format!("{key}.etcd_prefix"),
-                format!("{prefix:?} overlaps another tree's {:?}", other.etcd_prefix),
-            ));
-        }
-        if let Some(b) = backends
-            .iter()
-            .filter_map(|b| b.etcd_prefix.as_deref().map(|p| (b, p)))
-            .find(|(_, p)| format!("{p}/").starts_with(&format!("{prefix}/")))
-        {
-            return Err(invalid(
-                format!("{key}.etcd_prefix"),
-                format!(
-                    "{prefix:?} holds backend {:?}'s etcd_prefix {:?}: a directory is a service of the tree or a backend, not both",
-                    b.0.name, b.1
-                ),
-            ));
-        }
-        let servers_dir = t
-            .servers_dir
-            .unwrap_or_else(|| DEFAULT_SERVERS_DIR.to_string())
-            .trim_matches('/')
-            .to_string();
-        if servers_dir.contains('/') {
-            return Err(invalid(
-                format!("{key}.servers_dir"),
-                "is one directory name (or \"\" for servers directly under the service)",
-            ));
-        }
-        if t.frontends.is_empty() {
-            return Err(invalid(
-                format!("{key}.frontends"),
-                "lists no frontend: the services would have no route",
-            ));
-        }
-        for (j, name) in t.frontends.iter().enumerate() {
-            match frontends.iter().find(|f| &f.name == name) {
-                None => {
-                    return Err(invalid(
-                        format!("{key}.frontends[{j}]"),
-                        format!("names no frontend: {name:?}"),
-                    ));
-                }
-                Some(f) if f.mode != Mode::Http => {
-                    return Err(invalid(
-                        format!("{key}.frontends[{j}]"),
-                        format!(
-                            "{name:?} is a tcp-mode frontend; services are routed by host and path"
-                        ),
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-        if t.host.is_none() && t.path_prefix.is_none() {
-            return Err(invalid(
-                key.as_str(),
-                "needs a route template: host = \"{service}.example.com\" or path_prefix = \"/{service}/\"",
-            ));
-        }
-        let host = match t.host {
-            Some(h) => {
-                if !h.contains("{service}") {
-                    return Err(invalid(
-                        format!("{key}.host"),
-                        "must contain {service}: each service needs its own host",
-                    ));
-                }
-                pattern(&format!("{key}.host"), &ServiceTree::fill(&h, "service"))?;
-                Some(h.to_ascii_lowercase())
-            }
-            None => None,
-        };
-        let path_prefix = match t.path_prefix {
-            Some(p) => {
-                if host.is_none() && !p.contains("{service}") {
-                    return Err(invalid(
-                        format!("{key}.path_prefix"),
-                        "must contain {service} (or the tree needs a host template)",
-                    ));
-                }
-                path_prefix(
-                    &format!("{key}.path_prefix"),
-                    Some(ServiceTree::fill(&p, "service")),
-                )?;
-                Some(p)
-            }
-            None => None,
-        };
-        let backend = match &t.template {
-            Some(name) => {
-                names_backend(&format!("{key}.template"), name, backends)?;
-                serves_no_template(&key, name, frontends)?;
-                backends
-                    .iter()
-                    .find(|b| &b.name == name)
-                    .cloned()
-                    .expect("checked just above")
-            }
-            None => super::validate::default_backend(&key)?,
-        };
-        let service_linger = t.service_linger.unwrap_or(DEFAULT_SERVICE_LINGER);
-        out.push(ServiceTree {
-            etcd_prefix: prefix,
-            servers_dir,
-            frontends: t.frontends,
-            host,
-            path_prefix,
-            strip_prefix: t.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
-            template: t.template,
-            backend,
-            service_linger,
-        });
     }
-    Ok(out)
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigError::from_list(errors))
+    }
+}
+
+/// `[[service_tree]]` number `i`; `prior` are the valid trees before it.
+fn service_tree(
+    i: usize,
+    t: FileServiceTree,
+    prior: &[ServiceTree],
+    backends: &[Backend],
+    frontends: &[Frontend],
+    has_etcd: bool,
+) -> Result<ServiceTree, ConfigError> {
+    let key = format!("service_tree[{i}]");
+    let prefix = t.etcd_prefix.trim_end_matches('/').to_string();
+    if !t.etcd_prefix.starts_with('/') || prefix.is_empty() {
+        return Err(invalid(
+            format!("{key}.etcd_prefix"),
+            format!(
+                "{:?} must start with '/' and name a directory",
+                t.etcd_prefix
+            ),
+        ));
+    }
+    if !has_etcd {
+        return Err(invalid(
+            format!("{key}.etcd_prefix"),
+            "needs an [etcd] section with endpoints",
+        ));
+    }
+    if let Some(other) = prior.iter().find(|o| {
+        let (a, b) = (format!("{}/", o.etcd_prefix), format!("{prefix}/"));
+        a.starts_with(&b) || b.starts_with(&a)
+    }) {
+        return Err(invalid(
+            format!("{key}.etcd_prefix"),
+            format!("{prefix:?} overlaps another tree's {:?}", other.etcd_prefix),
+        ));
+    }
+    if let Some(b) = backends
+        .iter()
+        .filter_map(|b| b.etcd_prefix.as_deref().map(|p| (b, p)))
+        .find(|(_, p)| format!("{p}/").starts_with(&format!("{prefix}/")))
+    {
+        return Err(invalid(
+            format!("{key}.etcd_prefix"),
+            format!(
+                "{prefix:?} holds backend {:?}'s etcd_prefix {:?}: a directory is a service of the tree or a backend, not both",
+                b.0.name, b.1
+            ),
+        ));
+    }
+    let servers_dir = t
+        .servers_dir
+        .unwrap_or_else(|| DEFAULT_SERVERS_DIR.to_string())
+        .trim_matches('/')
+        .to_string();
+    if servers_dir.contains('/') {
+        return Err(invalid(
+            format!("{key}.servers_dir"),
+            "is one directory name (or \"\" for servers directly under the service)",
+        ));
+    }
+    if t.frontends.is_empty() {
+        return Err(invalid(
+            format!("{key}.frontends"),
+            "lists no frontend: the services would have no route",
+        ));
+    }
+    for (j, name) in t.frontends.iter().enumerate() {
+        match frontends.iter().find(|f| &f.name == name) {
+            None => {
+                return Err(invalid(
+                    format!("{key}.frontends[{j}]"),
+                    format!("names no frontend: {name:?}"),
+                ));
+            }
+            Some(f) if f.mode != Mode::Http => {
+                return Err(invalid(
+                    format!("{key}.frontends[{j}]"),
+                    format!(
+                        "{name:?} is a tcp-mode frontend; services are routed by host and path"
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if t.host.is_none() && t.path_prefix.is_none() {
+        return Err(invalid(
+            key.as_str(),
+            "needs a route template: host = \"{service}.example.com\" or path_prefix = \"/{service}/\"",
+        ));
+    }
+    let host = match t.host {
+        Some(h) => {
+            if !h.contains("{service}") {
+                return Err(invalid(
+                    format!("{key}.host"),
+                    "must contain {service}: each service needs its own host",
+                ));
+            }
+            pattern(&format!("{key}.host"), &ServiceTree::fill(&h, "service"))?;
+            Some(h.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let path_prefix = match t.path_prefix {
+        Some(p) => {
+            if host.is_none() && !p.contains("{service}") {
+                return Err(invalid(
+                    format!("{key}.path_prefix"),
+                    "must contain {service} (or the tree needs a host template)",
+                ));
+            }
+            path_prefix(
+                &format!("{key}.path_prefix"),
+                Some(ServiceTree::fill(&p, "service")),
+            )?;
+            Some(p)
+        }
+        None => None,
+    };
+    let backend = match &t.template {
+        Some(name) => {
+            names_backend(&format!("{key}.template"), name, backends)?;
+            serves_no_template(&key, name, frontends)?;
+            backends
+                .iter()
+                .find(|b| &b.name == name)
+                .cloned()
+                .expect("checked just above")
+        }
+        None => super::validate::default_backend(&key)?,
+    };
+    let service_linger = t.service_linger.unwrap_or(DEFAULT_SERVICE_LINGER);
+    Ok(ServiceTree {
+        etcd_prefix: prefix,
+        servers_dir,
+        frontends: t.frontends,
+        host,
+        path_prefix,
+        strip_prefix: t.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
+        template: t.template,
+        backend,
+        service_linger,
+    })
 }
 
 #[cfg(test)]
@@ -423,5 +443,24 @@ servers = ["127.0.0.1:2"]
             let e = err(&text);
             assert!(e.contains(want), "wanted {want:?} in {e:?} for\n{text}");
         }
+    }
+
+    #[test]
+    fn every_trees_problem_is_reported() {
+        let text = format!(
+            "{WEB}backend = \"api\"\n\
+             [[service_tree]]\netcd_prefix = \"services\"\nfrontends = [\"web\"]\nhost = \"{{service}}.a.com\"\n\
+             [[service_tree]]\netcd_prefix = \"/other\"\nfrontends = [\"nope\"]\nhost = \"{{service}}.b.com\"\n"
+        );
+        let e = err(&text);
+        assert!(e.starts_with("2 problems:"), "{e}");
+        assert!(
+            e.contains("service_tree[0].etcd_prefix: \"services\" must start with '/'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("service_tree[1].frontends[0]: names no frontend: \"nope\""),
+            "{e}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! Validation: turns what serde read ([`super::file`]) into the typed [`Config`], filling in the
 //! defaults of [`super::defaults`], one function per section. Each check fails with a
-//! [`ConfigError::Invalid`] naming the key; sections are checked in file-contract order (global,
-//! admin, etcd, backends, frontends, log), so the first problem found is the one reported.
+//! [`ConfigError::Invalid`] naming the key. Validation goes on past a failed section, backend or
+//! frontend, so that `check` reports every problem at once ([`ConfigError::Several`]), in
+//! file-contract order (global, admin, etcd, backends, frontends, binds, service trees, log).
+//! Within a backend, a frontend or `[etcd]` every key's problem is reported too; within a
+//! frontend's routes, `[global]`, `[admin]` or one service tree, the first.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -26,37 +29,113 @@ const MIN_MAX_HEADER_SIZE: usize = 1024;
 /// Statuses an `http` check may expect.
 const HTTP_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
 
+/// The problems found so far; a check that fails is recorded and validation goes on.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| self.push(e)).ok()
+    }
+
+    /// Records `e`; the problems of a [`ConfigError::Several`] are recorded one by one.
+    fn push(&mut self, e: ConfigError) {
+        match e {
+            ConfigError::Several(list) => self.0.extend(list),
+            e => self.0.push(e),
+        }
+    }
+
+    /// `key = v` must be above zero; when it is not, the problem is recorded and `v` returned
+    /// anyway (the config is refused, so the value is never used).
+    fn positive(&mut self, key: String, v: Duration) -> Duration {
+        self.take(positive(&key, v));
+        v
+    }
+
+    /// `key = v` must be a percentage; as [`Errors::positive`].
+    fn percent(&mut self, key: String, v: u32) -> u32 {
+        self.take(percent(&key, v));
+        v
+    }
+
+    /// `v`, or every problem recorded.
+    fn finish<T>(self, v: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(v)
+        } else {
+            Err(ConfigError::from_list(self.0))
+        }
+    }
+}
+
 pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
-    let (shutdown_grace, threads) = global(file.global)?;
-    let (admin_listen, admin_token) = admin(file.admin)?;
-    let etcd = file.etcd.map(etcd).transpose()?;
+    let mut errs = Errors::default();
+    let global = errs.take(global(file.global));
+    let admin = errs.take(admin(file.admin));
+    let has_etcd = file.etcd.is_some();
+    let etcd = file.etcd.map(|e| errs.take(etcd(e)));
     let templates: HashSet<String> = file
         .service_tree
         .iter()
         .filter_map(|t| t.template.clone())
         .collect();
-    let backends = backends(file.backend, etcd.is_some(), &templates)?;
+    let backends = backends(&mut errs, file.backend, has_etcd, &templates);
+    if let Some(Some(e)) = &etcd {
+        errs.take(endpoints_for_prefixes(
+            e,
+            &backends,
+            !file.service_tree.is_empty(),
+        ));
+    }
     let tree_frontends: HashSet<String> = file
         .service_tree
         .iter()
         .flat_map(|t| t.frontends.iter().cloned())
         .collect();
-    let frontends = frontends(file.frontend, &backends, admin_listen, &tree_frontends)?;
-    let service_trees =
-        super::routing::service_trees(file.service_tree, &backends, &frontends, etcd.is_some())?;
-    log(&file.log)?;
-    Ok(Config {
-        shutdown_grace,
-        threads,
-        admin_listen,
-        admin_token,
-        path: None,
-        log: file.log,
-        etcd,
-        frontends,
-        backends,
-        service_trees,
-    })
+    if file.frontend.is_empty() {
+        errs.push(invalid(
+            "frontend",
+            "no [[frontend]]: the configuration would listen on nothing",
+        ));
+    }
+    let before = errs.0.len();
+    let (frontends, mut bound) = frontends(&mut errs, file.frontend, &backends, &tree_frontends);
+    if let Some((listen, _)) = &admin {
+        bound.insert(0, ("admin.listen".to_string(), *listen));
+    }
+    binds(&mut errs, &bound);
+    // A tree names frontends: after a frontend failed, its errors would only echo that one.
+    let service_trees = if errs.0.len() == before {
+        errs.take(super::routing::service_trees(
+            file.service_tree,
+            &backends,
+            &frontends,
+            has_etcd,
+        ))
+    } else {
+        None
+    };
+    errs.take(log(&file.log));
+    match (global, admin, etcd, service_trees) {
+        (Some((shutdown_grace, threads)), Some((admin_listen, admin_token)), etcd, Some(trees))
+            if errs.0.is_empty() =>
+        {
+            Ok(Config {
+                shutdown_grace,
+                threads,
+                admin_listen,
+                admin_token,
+                path: None,
+                log: file.log,
+                etcd: etcd.flatten(),
+                frontends,
+                backends,
+                service_trees: trees,
+            })
+        }
+        _ => Err(ConfigError::from_list(errs.0)),
+    }
 }
 
 fn parse_listen(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -98,7 +177,25 @@ fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
         "admin.listen",
         a.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     )?;
-    if a.token
+    let token = match (a.token, a.token_env) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "admin.token_env",
+                "give [admin] token or token_env, not both",
+            ));
+        }
+        (token, None) => token,
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                return Err(invalid(
+                    "admin.token_env",
+                    format!("the environment variable {var:?} is not set (or is empty)"),
+                ));
+            }
+        },
+    };
+    if token
         .as_deref()
         .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
     {
@@ -107,7 +204,18 @@ fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
             format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
         ));
     }
-    Ok((listen, a.token))
+    // Off loopback, anyone who reaches the port could drain, maintain or reload.
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "admin.token",
+            format!(
+                "is required when admin.listen ({listen}) is not a loopback address: set \
+                 [admin] token (or token_env), which guards drain, maint, ready, reload and \
+                 reading the config"
+            ),
+        ));
+    }
+    Ok((listen, token))
 }
 
 fn log(l: &LogConfig) -> Result<(), ConfigError> {
@@ -126,53 +234,55 @@ fn log(l: &LogConfig) -> Result<(), ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [etcd]
 
+/// `endpoints` left out is a local member; `endpoints = []` is kept empty, and refused by
+/// [`endpoints_for_prefixes`] when anything is discovered from etcd.
 fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
-    let endpoints = if e.endpoints.is_empty() {
-        vec![DEFAULT_ETCD_ENDPOINT.to_string()]
-    } else {
-        e.endpoints
-    };
+    let mut errs = Errors::default();
+    let endpoints = e
+        .endpoints
+        .unwrap_or_else(|| vec![DEFAULT_ETCD_ENDPOINT.to_string()]);
     let mut clean = Vec::with_capacity(endpoints.len());
     for (i, ep) in endpoints.iter().enumerate() {
         let key = format!("etcd.endpoints[{i}]");
-        let url = reqwest::Url::parse(ep)
-            .map_err(|err| invalid(&key, format!("{ep:?} is not a URL: {err}")))?;
-        if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(invalid(&key, format!("{ep:?} must start with http://")));
+        match reqwest::Url::parse(ep) {
+            Err(err) => errs.push(invalid(&key, format!("{ep:?} is not a URL: {err}"))),
+            Ok(url) if url.scheme() != "http" && url.scheme() != "https" => {
+                errs.push(invalid(&key, format!("{ep:?} must start with http://")));
+            }
+            Ok(_) => clean.push(ep.trim_end_matches('/').to_string()),
         }
-        clean.push(ep.trim_end_matches('/').to_string());
     }
-    let backoff_min = positive(
-        "etcd.backoff_min",
+    let backoff_min = errs.positive(
+        "etcd.backoff_min".to_string(),
         e.backoff_min.unwrap_or(DEFAULT_ETCD_BACKOFF_MIN),
-    )?;
+    );
     let backoff_max = e.backoff_max.unwrap_or(DEFAULT_ETCD_BACKOFF_MAX);
     if backoff_max < backoff_min {
-        return Err(invalid(
+        errs.push(invalid(
             "etcd.backoff_max",
             "must not be smaller than etcd.backoff_min",
         ));
     }
     if e.cert.is_some() != e.key.is_some() {
-        return Err(invalid("etcd.cert", "cert and key go together"));
+        errs.push(invalid("etcd.cert", "cert and key go together"));
     }
     if e.username.is_some() != e.password.is_some() {
-        return Err(invalid(
+        errs.push(invalid(
             "etcd.username",
             "username and password go together",
         ));
     }
-    Ok(EtcdConfig {
+    let etcd = EtcdConfig {
         endpoints: clean,
         api: e.api.unwrap_or(DEFAULT_ETCD_API),
-        poll_timeout: positive(
-            "etcd.poll_timeout",
+        poll_timeout: errs.positive(
+            "etcd.poll_timeout".to_string(),
             e.poll_timeout.unwrap_or(DEFAULT_ETCD_POLL_TIMEOUT),
-        )?,
-        request_timeout: positive(
-            "etcd.request_timeout",
+        ),
+        request_timeout: errs.positive(
+            "etcd.request_timeout".to_string(),
             e.request_timeout.unwrap_or(DEFAULT_ETCD_REQUEST_TIMEOUT),
-        )?,
+        ),
         backoff_min,
         backoff_max,
         snapshot_file: e.snapshot_file,
@@ -181,31 +291,62 @@ fn etcd(e: FileEtcd) -> Result<EtcdConfig, ConfigError> {
         key: e.key,
         username: e.username,
         password: e.password,
-    })
+    };
+    errs.finish(etcd)
+}
+
+/// An `[etcd]` with `endpoints = []` cannot serve a backend's `etcd_prefix` or a service tree.
+fn endpoints_for_prefixes(
+    e: &EtcdConfig,
+    backends: &[Backend],
+    has_trees: bool,
+) -> Result<(), ConfigError> {
+    if !e.endpoints.is_empty() {
+        return Ok(());
+    }
+    let user = match backends.iter().find(|b| b.etcd_prefix.is_some()) {
+        Some(b) => format!("backend {:?} has an etcd_prefix", b.name),
+        None if has_trees => "a [[service_tree]] reads etcd".to_string(),
+        None => return Ok(()),
+    };
+    Err(invalid(
+        "etcd.endpoints",
+        format!("is empty, but {user}: list at least one etcd member"),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
 // [[backend]], [backend.check], [backend.passive], [backend.tls]
 
+/// The valid backends and, for each one refused, a stand-in with its name and the defaults,
+/// so that frontends naming it are not refused too (the config as a whole is refused anyway).
 fn backends(
+    errs: &mut Errors,
     file: Vec<FileBackend>,
     has_etcd: bool,
     templates: &HashSet<String>,
-) -> Result<Vec<Backend>, ConfigError> {
+) -> Vec<Backend> {
     let mut backends = Vec::with_capacity(file.len());
     let mut names = HashSet::new();
     for (i, b) in file.into_iter().enumerate() {
         if b.name.is_empty() {
-            return Err(invalid(format!("backend[{i}].name"), "must not be empty"));
+            errs.push(invalid(format!("backend[{i}].name"), "must not be empty"));
+            continue;
         }
         let key = format!("backend {:?}", b.name);
         if !names.insert(b.name.clone()) {
-            return Err(invalid(format!("{key}.name"), "duplicate backend name"));
+            errs.push(invalid(format!("{key}.name"), "duplicate backend name"));
+            continue;
         }
+        let name = b.name.clone();
         let template = templates.contains(&b.name);
-        backends.push(backend(&key, b, has_etcd, template)?);
+        if let Some(ok) = errs.take(backend(&key, b, has_etcd, template)) {
+            backends.push(ok);
+        } else if let Ok(stand_in) = default_backend(&key) {
+            backends.push(Backend { name, ..stand_in });
+        }
     }
-    Ok(backends)
+    backends
 }
 
 /// One `[[backend]]`; `key` is how errors name it (`backend "NAME"`).
@@ -220,115 +361,119 @@ pub(super) fn default_backend(key: &str) -> Result<Backend, ConfigError> {
 }
 
 /// A service tree's `template` has neither servers nor `etcd_prefix`: each service fills them.
+/// Every problem of the backend is reported, not only the first.
 fn backend(
     key: &str,
     b: FileBackend,
     has_etcd: bool,
     template: bool,
 ) -> Result<Backend, ConfigError> {
+    let mut e = Errors::default();
     if let Some(p) = &b.etcd_prefix {
         if !p.starts_with('/') {
-            return Err(invalid(
+            e.push(invalid(
                 format!("{key}.etcd_prefix"),
                 format!("{p:?} must start with '/'"),
             ));
         }
         if !has_etcd {
-            return Err(invalid(
+            e.push(invalid(
                 format!("{key}.etcd_prefix"),
                 "needs an [etcd] section with endpoints",
             ));
         }
     }
     if template && (b.etcd_prefix.is_some() || !b.servers.is_empty()) {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "is a [[service_tree]] template: it takes no etcd_prefix and no servers (each service brings its own)",
         ));
     }
     if !template && b.etcd_prefix.is_none() && b.servers.is_empty() {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "needs etcd_prefix, servers, or both (it has neither)",
         ));
     }
     for (j, s) in b.servers.iter().enumerate() {
-        if let Err(e) = crate::value::parse_addr(s) {
-            return Err(invalid(format!("{key}.servers[{j}]"), e.to_string()));
+        if let Err(err) = crate::value::parse_addr(s) {
+            e.push(invalid(format!("{key}.servers[{j}]"), err.to_string()));
         }
     }
     let check = match b.check {
         None => Check::default(),
-        Some(c) => check(key, c)?,
+        Some(c) => e.take(check(key, c)).unwrap_or_default(),
     };
     let passive = match b.passive {
         None => Passive::default(),
-        Some(p) => passive(key, p)?,
+        Some(p) => e.take(passive(key, p)).unwrap_or_default(),
     };
     if let Some(d) = b.slowstart {
-        positive(&format!("{key}.slowstart"), d)?;
+        e.positive(format!("{key}.slowstart"), d);
     }
-    let tls = b.tls.map(|t| backend_tls(key, t)).transpose()?;
-    Ok(Backend {
+    let tls = b.tls.and_then(|t| e.take(backend_tls(key, t)));
+    let backend = Backend {
         protocol: b.protocol.unwrap_or(DEFAULT_PROTOCOL),
         send_proxy: b.send_proxy.unwrap_or(DEFAULT_SEND_PROXY),
         tls,
         passive,
         slowstart: b.slowstart,
-        panic_threshold: percent(
-            &format!("{key}.panic_threshold"),
+        panic_threshold: e.percent(
+            format!("{key}.panic_threshold"),
             b.panic_threshold.unwrap_or(DEFAULT_PANIC_THRESHOLD),
-        )?,
-        retry_budget_percent: percent(
-            &format!("{key}.retry_budget_percent"),
+        ),
+        retry_budget_percent: e.percent(
+            format!("{key}.retry_budget_percent"),
             b.retry_budget_percent
                 .unwrap_or(DEFAULT_RETRY_BUDGET_PERCENT),
-        )?,
+        ),
         retry_budget_min: b.retry_budget_min.unwrap_or(DEFAULT_RETRY_BUDGET_MIN),
-        connect_timeout: positive(
-            &format!("{key}.connect_timeout"),
+        connect_timeout: e.positive(
+            format!("{key}.connect_timeout"),
             b.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        )?,
-        response_timeout: positive(
-            &format!("{key}.response_timeout"),
+        ),
+        response_timeout: e.positive(
+            format!("{key}.response_timeout"),
             b.response_timeout.unwrap_or(DEFAULT_RESPONSE_TIMEOUT),
-        )?,
+        ),
         retries: b.retries.unwrap_or(DEFAULT_RETRIES),
         drain_timeout: b.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
-        pool_idle_timeout: positive(
-            &format!("{key}.pool_idle_timeout"),
+        pool_idle_timeout: e.positive(
+            format!("{key}.pool_idle_timeout"),
             b.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
-        )?,
+        ),
         name: b.name,
         etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
         servers: b.servers,
         balance: b.balance.unwrap_or(DEFAULT_BALANCE),
         check,
-    })
+    };
+    e.finish(backend)
 }
 
-/// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`.
+/// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`. Every
+/// problem is reported.
 fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
-    let inter = positive(
-        &format!("{key}.check.inter"),
+    let mut e = Errors::default();
+    let inter = e.positive(
+        format!("{key}.check.inter"),
         c.inter.unwrap_or(DEFAULT_CHECK_INTER),
-    )?;
+    );
     let check = Check {
         kind: c.kind.unwrap_or(DEFAULT_CHECK_TYPE),
         path: c.path.unwrap_or_else(|| DEFAULT_CHECK_PATH.to_string()),
         inter,
-        fastinter: positive(
-            &format!("{key}.check.fastinter"),
-            c.fastinter.unwrap_or(inter),
-        )?,
-        downinter: positive(
-            &format!("{key}.check.downinter"),
-            c.downinter.unwrap_or(inter),
-        )?,
-        timeout: positive(
-            &format!("{key}.check.timeout"),
+        // Left out, they are `inter`, whose problem is reported once, under its own key.
+        fastinter: c
+            .fastinter
+            .map_or(inter, |v| e.positive(format!("{key}.check.fastinter"), v)),
+        downinter: c
+            .downinter
+            .map_or(inter, |v| e.positive(format!("{key}.check.downinter"), v)),
+        timeout: e.positive(
+            format!("{key}.check.timeout"),
             c.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT),
-        )?,
+        ),
         rise: c.rise.unwrap_or(DEFAULT_CHECK_RISE),
         fall: c.fall.unwrap_or(DEFAULT_CHECK_FALL),
         expect_status: c.expect_status.unwrap_or_default(),
@@ -339,7 +484,7 @@ fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
         .iter()
         .find(|s| !HTTP_STATUSES.contains(*s))
     {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.expect_status"),
             format!("{bad} is not an HTTP status"),
         ));
@@ -349,24 +494,24 @@ fn check(key: &str, c: FileCheck) -> Result<Check, ConfigError> {
         .as_deref()
         .is_some_and(|h| h.is_empty() || http::HeaderValue::from_str(h).is_err())
     {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.host"),
             "not a valid Host header",
         ));
     }
     if check.rise == 0 {
-        return Err(invalid(format!("{key}.check.rise"), "must be at least 1"));
+        e.push(invalid(format!("{key}.check.rise"), "must be at least 1"));
     }
     if check.fall == 0 {
-        return Err(invalid(format!("{key}.check.fall"), "must be at least 1"));
+        e.push(invalid(format!("{key}.check.fall"), "must be at least 1"));
     }
     if !check.path.starts_with('/') {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.check.path"),
             format!("{:?} must start with '/'", check.path),
         ));
     }
-    Ok(check)
+    e.finish(check)
 }
 
 fn passive(key: &str, p: FilePassive) -> Result<Passive, ConfigError> {
@@ -399,38 +544,68 @@ fn backend_tls(key: &str, t: FileBackendTls) -> Result<BackendTls, ConfigError> 
 // ---------------------------------------------------------------------------------------------
 // [[frontend]], [frontend.tls]
 
+/// The valid frontends, and every bind address read (`(key, address)`), for [`binds`].
 fn frontends(
+    errs: &mut Errors,
     file: Vec<FileFrontend>,
     backends: &[Backend],
-    admin_listen: SocketAddr,
     tree_frontends: &HashSet<String>,
-) -> Result<Vec<Frontend>, ConfigError> {
+) -> (Vec<Frontend>, Vec<(String, SocketAddr)>) {
     let mut frontends = Vec::with_capacity(file.len());
-    let mut binds = HashSet::new();
+    let mut bound = Vec::with_capacity(file.len());
     let mut names = HashSet::new();
     for (i, f) in file.into_iter().enumerate() {
         if f.name.is_empty() {
-            return Err(invalid(format!("frontend[{i}].name"), "must not be empty"));
+            errs.push(invalid(format!("frontend[{i}].name"), "must not be empty"));
+            continue;
         }
         let key = format!("frontend {:?}", f.name);
         if !names.insert(f.name.clone()) {
-            return Err(invalid(format!("{key}.name"), "duplicate frontend name"));
+            errs.push(invalid(format!("{key}.name"), "duplicate frontend name"));
+            continue;
         }
-        let bind = parse_listen(&format!("{key}.bind"), &f.bind)?;
-        // Port 0 (tests) asks the OS for a fresh port each time, so it cannot collide.
-        if bind.port() != 0 && (!binds.insert(bind) || bind == admin_listen) {
-            return Err(invalid(
-                format!("{key}.bind"),
-                format!("{bind} is already used by another listener"),
+        let Some(bind) = errs.take(parse_listen(&format!("{key}.bind"), &f.bind)) else {
+            continue;
+        };
+        bound.push((format!("{key}.bind"), bind));
+        let in_tree = tree_frontends.contains(&f.name);
+        if let Some(ok) = errs.take(frontend(&key, f, bind, backends, in_tree)) {
+            frontends.push(ok);
+        }
+    }
+    (frontends, bound)
+}
+
+/// Refuses two listeners that cannot both bind: the same address and port, or a wildcard and
+/// anything else on its port. `0.0.0.0:P` takes P on every IPv4 address, and `[::]:P` on every
+/// address of both families (Linux's default `net.ipv6.bindv6only = 0`). Port 0 (tests) asks
+/// the OS for a fresh port each time, so it never collides.
+fn binds(errs: &mut Errors, bound: &[(String, SocketAddr)]) {
+    for (i, (key, addr)) in bound.iter().enumerate() {
+        if let Some((other_key, other)) = bound[..i].iter().find(|(_, o)| overlap(*o, *addr)) {
+            let why = if other == addr {
+                String::new()
+            } else {
+                " (a wildcard address takes its port on every address)".to_string()
+            };
+            errs.push(invalid(
+                key.as_str(),
+                format!("{addr} overlaps {other_key} = {other}{why}"),
             ));
         }
-        let in_tree = tree_frontends.contains(&f.name);
-        frontends.push(frontend(&key, f, bind, backends, in_tree)?);
     }
-    Ok(frontends)
+}
+
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: SocketAddr, o: SocketAddr| match w.ip() {
+        std::net::IpAddr::V6(ip) => ip.is_unspecified(),
+        std::net::IpAddr::V4(ip) => ip.is_unspecified() && o.is_ipv4(),
+    };
+    a.port() == b.port() && a.port() != 0 && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// One `[[frontend]]` whose name and bind address were checked; `key` is how errors name it.
+/// Every problem is reported (the routes: the first of theirs).
 fn frontend(
     key: &str,
     f: FileFrontend,
@@ -438,63 +613,71 @@ fn frontend(
     backends: &[Backend],
     in_tree: bool,
 ) -> Result<Frontend, ConfigError> {
+    let mut e = Errors::default();
     let mode = f.mode.unwrap_or(DEFAULT_MODE);
-    let tls = f.tls.map(|t| frontend_tls(key, t, mode)).transpose()?;
+    let tls_given = f.tls.is_some();
+    let tls = f.tls.and_then(|t| e.take(frontend_tls(key, t, mode)));
     if let Some(b) = &f.backend {
-        super::routing::names_backend(&format!("{key}.backend"), b, backends)?;
+        e.take(super::routing::names_backend(
+            &format!("{key}.backend"),
+            b,
+            backends,
+        ));
     }
     if f.backend.is_none() && f.route.is_empty() && !in_tree {
-        return Err(invalid(
+        e.push(invalid(
             key,
             "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
         ));
     }
-    let routes = super::routing::routes(
-        key,
-        f.route,
-        mode,
-        tls.is_some(),
-        f.backend.as_deref(),
-        backends,
-    )?;
+    let routes = e
+        .take(super::routing::routes(
+            key,
+            f.route,
+            mode,
+            tls_given,
+            f.backend.as_deref(),
+            backends,
+        ))
+        .unwrap_or_default();
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
     if max_header_size < MIN_MAX_HEADER_SIZE {
-        return Err(invalid(
+        e.push(invalid(
             format!("{key}.max_header_size"),
             format!("must be at least {MIN_MAX_HEADER_SIZE} bytes"),
         ));
     }
-    Ok(Frontend {
-        header_timeout: positive(
-            &format!("{key}.header_timeout"),
+    let maxconn = f.maxconn.unwrap_or(DEFAULT_MAXCONN);
+    if maxconn == 0 {
+        e.push(invalid(format!("{key}.maxconn"), "must be at least 1"));
+    }
+    if f.allow_connect == Some(true) && mode == Mode::Tcp {
+        e.push(invalid(
+            format!("{key}.allow_connect"),
+            "is for mode = \"http\" frontends",
+        ));
+    }
+    let frontend = Frontend {
+        header_timeout: e.positive(
+            format!("{key}.header_timeout"),
             f.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
-        )?,
-        idle_timeout: positive(
-            &format!("{key}.idle_timeout"),
+        ),
+        idle_timeout: e.positive(
+            format!("{key}.idle_timeout"),
             f.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        )?,
+        ),
         max_header_size,
-        maxconn: match f.maxconn.unwrap_or(DEFAULT_MAXCONN) {
-            0 => return Err(invalid(format!("{key}.maxconn"), "must be at least 1")),
-            n => n,
-        },
+        maxconn,
         accept_proxy: f.accept_proxy.unwrap_or(DEFAULT_ACCEPT_PROXY),
-        allow_connect: match (f.allow_connect, mode) {
-            (Some(true), Mode::Tcp) => {
-                return Err(invalid(
-                    format!("{key}.allow_connect"),
-                    "is for mode = \"http\" frontends",
-                ));
-            }
-            (v, _) => v.unwrap_or(DEFAULT_ALLOW_CONNECT),
-        },
+        allow_connect: f.allow_connect.unwrap_or(DEFAULT_ALLOW_CONNECT),
         tls,
         name: f.name,
         bind,
         mode,
         backend: f.backend,
         routes,
-    })
+    };
+    e.finish(frontend)
 }
 
 fn frontend_tls(key: &str, t: FileFrontendTls, mode: Mode) -> Result<FrontendTls, ConfigError> {

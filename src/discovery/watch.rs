@@ -24,6 +24,13 @@ use crate::etcd::{Backoff, Endpoints, EtcdError};
 use crate::metrics as m;
 use crate::snapshot::{Publisher, ServerSpec};
 
+/// While etcd has not answered a first listing (and no snapshot file is served), a WARN naming
+/// the endpoints at once and then at most once per this interval, whichever prefix fails.
+pub(super) const START_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+static START_WARNINGS: std::sync::LazyLock<crate::log_limit::LogLimit> =
+    std::sync::LazyLock::new(|| crate::log_limit::LogLimit::new(START_WARN_INTERVAL));
+
 /// What a watch does with its mirror: the one part in which a backend's watch and a service
 /// tree's differ.
 pub(super) trait Sink: Send + 'static {
@@ -99,6 +106,8 @@ pub(super) struct Watcher<S> {
     backoff: Backoff,
     listed_once: bool,
     counted_ready: bool,
+    /// Serving the snapshot file's servers until the first listing.
+    served_saved: bool,
 }
 
 /// Why the mirror is re-read in full.
@@ -141,6 +150,7 @@ impl<S: Sink> Watcher<S> {
             shared: shared.clone(),
             listed_once: false,
             counted_ready: false,
+            served_saved: false,
         }
     }
 
@@ -387,6 +397,10 @@ impl<S: Sink> Watcher<S> {
         info!(watch = %self.name, prefix = %self.prefix, index,
             servers = self.mirror.len(), published, reason = reason.as_str(),
             "etcd listing loaded");
+        if !self.listed_once && self.mirror.is_empty() {
+            warn!(watch = %self.name, prefix = %self.prefix, index,
+                "etcd prefix is empty: nothing is registered under it (yet); check the prefix and the sidekicks");
+        }
         if !self.listed_once {
             self.listed_once = true;
             self.count_ready();
@@ -433,6 +447,7 @@ impl<S: Sink> Watcher<S> {
             warn!(watch = %self.name, servers, error = %e,
                 "etcd unreachable at start: serving the servers saved in the snapshot file until it answers");
             self.shared.status.update(self.slot, |s| s.from_file = true);
+            self.served_saved = true;
             self.count_ready();
         }
         let status = &self.shared.status;
@@ -442,6 +457,12 @@ impl<S: Sink> Watcher<S> {
         if was_connected {
             warn!(watch = %self.name, error = %e, retry_in = ?delay,
                 "etcd unreachable; keeping the last published servers");
+        } else if !self.listed_once
+            && !self.served_saved
+            && let Some(suppressed) = START_WARNINGS.admit("start", std::time::Instant::now())
+        {
+            warn!(watch = %self.name, endpoints = ?self.shared.etcd.endpoints, error = %e,
+                suppressed, "etcd unreachable at start and no snapshot file to serve: discovered backends have no servers until it answers");
         } else {
             debug!(watch = %self.name, error = %e, retry_in = ?delay, "etcd still unreachable");
         }

@@ -485,7 +485,7 @@ pub(crate) async fn forward(
             Err(Failure::Connect(e, back, cause)) => {
                 match cause {
                     Cause::Connect(_) => {
-                        debug!(server = %server.addr, error = %e, "upstream connect failed");
+                        crate::upstream::warn_connect_failed(cfg, &server.addr, &e);
                         metrics::counter!(m::UPSTREAM_CONNECT_ERRORS,
                             "backend" => cfg.name.clone(), "server" => server.addr.clone())
                         .increment(1);
