@@ -405,7 +405,22 @@ async fn stats_page_renders_servers_and_shows_a_dead_one_down() {
         )),
         "maint row class: {dom}"
     );
-    assert_eq!(lb.set_server_state(api, "api-1", "ready").await, 200);
+    // The frontends table counts what the test sent through each frontend.
+    let fe = |name: &str| -> HashMap<String, String> {
+        let t = dom.find("<table data-frontends").expect("frontends table");
+        let table = &dom[t..t + dom[t..].find("</table>").unwrap()];
+        let headers = cells(&table[..table.find("</tr>").unwrap()], "th");
+        let at = table
+            .find(&format!("data-frontend=\"{name}\""))
+            .unwrap_or_else(|| panic!("no row for frontend {name}: {table}"));
+        let start = table[..at].rfind("<tr").unwrap();
+        let end = at + table[at..].find("</tr>").unwrap();
+        headers.into_iter().zip(cells(&table[start..end], "td")).collect()
+    };
+    let web_fe = fe("web");
+    assert_eq!(web_fe.get("requests").map(String::as_str), Some("50"), "{web_fe:?}");
+    assert_eq!(web_fe.get("mode").map(String::as_str), Some("http"), "{web_fe:?}");
+    assert_eq!(fe("api").get("requests").map(String::as_str), Some("12"));
 
     let png = tmp.0.join("stats-page.png");
     browser.screenshot(&page, &png).await;

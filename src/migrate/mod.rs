@@ -332,7 +332,6 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
     warnings
         .retain(|w| w.file != hfile || !rendered.iter().any(|(a, b)| (*a..=*b).contains(&w.line)));
 
-    let config = Config::from_toml(&out)?;
     // In file order, then line order (backend-level warnings are found late).
     let order: Vec<String> = [Some(input.haproxy), input.confd_toml, input.confd_template]
         .into_iter()
@@ -340,7 +339,13 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         .map(|s| s.name.to_string())
         .collect();
     warnings.sort_by_key(|w| (order.iter().position(|f| *f == w.file), w.line));
-    if config.frontends.is_empty() {
+    // Asked of the TOML itself: validation refuses a config without a frontend, with a message
+    // that would hide the warnings saying why none was migrated.
+    let frontends = toml::from_str::<toml::Table>(&out)
+        .ok()
+        .and_then(|t| t.get("frontend").and_then(|f| f.as_array()).map(Vec::len))
+        .unwrap_or(0);
+    if frontends == 0 {
         let sections = proxies
             .iter()
             .filter(|p| matches!(p.kind, haproxy::Kind::Frontend | haproxy::Kind::Listen))
@@ -357,6 +362,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
             warnings,
         });
     }
+    Config::from_toml(&out)?;
     Ok(Migration {
         toml: out,
         warnings,
