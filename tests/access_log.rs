@@ -427,14 +427,7 @@ async fn request_fields_and_request_ids() {
     assert_ne!(again.to_str().unwrap(), sent_id);
 
     // HTTP/2 by prior knowledge: its version, and `:authority` as the host.
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::h2c(addr).await;
     let req = http::Request::get("http://h2.example/h2")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -615,14 +608,7 @@ async fn malformed_requests_get_a_line_and_a_metric() {
         );
     }
     // HTTP/2: a Host that contradicts `:authority` is refused by our HTTP/2 rules (400).
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::h2c(addr).await;
     let req = http::Request::get("http://a.example/h2")
         .header("host", "b.example")
         .body(http_body_util::Empty::<Bytes>::new())
@@ -663,14 +649,7 @@ async fn an_http2_stream_reset_is_a_client_abort_with_its_server() {
     let file = dir.join("access.log");
     let slow = slow_upstream().await;
     let lb = Lb::start_ready(&one_frontend(&file, NAME, &[slow.addr().to_string()], "")).await;
-    let stream = TcpStream::connect(lb.http_addr(NAME)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::h2c(lb.http_addr(NAME)).await;
     let req = http::Request::get("http://h2.example/wait")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();

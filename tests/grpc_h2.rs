@@ -233,15 +233,7 @@ fn config(server: SocketAddr) -> String {
 
 /// An HTTP/2 (prior knowledge) client connection to `addr`.
 async fn h2_client(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
+    support::h2c(addr).await
 }
 
 fn grpc_request(lb: SocketAddr, method: &str, payload: &str) -> Request<Full<Bytes>> {

@@ -215,14 +215,7 @@ async fn bodies_stream_both_ways() {
 async fn http2_prior_knowledge_is_proxied_to_http1() {
     let up = Upstream::start("A").await;
     let lb = Lb::start_ready(&config("h2", &[up.addr().to_string()], "", "")).await;
-    let stream = TcpStream::connect(lb.http_addr("web")).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = support::h2c(lb.http_addr("web")).await;
     let req = http::Request::get("http://h2.example/x")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();

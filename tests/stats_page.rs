@@ -415,11 +415,22 @@ async fn stats_page_renders_servers_and_shows_a_dead_one_down() {
             .unwrap_or_else(|| panic!("no row for frontend {name}: {table}"));
         let start = table[..at].rfind("<tr").unwrap();
         let end = at + table[at..].find("</tr>").unwrap();
-        headers.into_iter().zip(cells(&table[start..end], "td")).collect()
+        headers
+            .into_iter()
+            .zip(cells(&table[start..end], "td"))
+            .collect()
     };
     let web_fe = fe("web");
-    assert_eq!(web_fe.get("requests").map(String::as_str), Some("50"), "{web_fe:?}");
-    assert_eq!(web_fe.get("mode").map(String::as_str), Some("http"), "{web_fe:?}");
+    assert_eq!(
+        web_fe.get("requests").map(String::as_str),
+        Some("50"),
+        "{web_fe:?}"
+    );
+    assert_eq!(
+        web_fe.get("mode").map(String::as_str),
+        Some("http"),
+        "{web_fe:?}"
+    );
     assert_eq!(fe("api").get("requests").map(String::as_str), Some("12"));
 
     let png = tmp.0.join("stats-page.png");

@@ -74,3 +74,24 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .await
         .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
 }
+
+/// An HTTP/2 client by prior knowledge (h2c) on a new connection to `addr`; the connection runs
+/// in a task of its own until the sender is dropped.
+pub async fn h2c<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect for h2c");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    sender
+}
