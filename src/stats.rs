@@ -164,11 +164,20 @@ impl Default for BackendStats {
 
 /// The bucket of `d`.
 fn bucket(d: Duration) -> usize {
-    let us = d.as_secs_f64() * 1e6;
-    if us <= BUCKET_BASE_US {
+    // Integer arithmetic (a float log2 and ceil cost ~80 instructions a request): bucket `i`
+    // is the smallest with `us <= base * 2^(i/2)`, i.e. `us^2 <= base^2 * 2^i`. Durations are
+    // capped at 2^32 us (~72 min), far beyond the last bucket, so `us^2` fits in a u64.
+    let us = d.as_micros().min(u128::from(u32::MAX)) as u64;
+    let base = BUCKET_BASE_US as u64;
+    if us <= base {
         return 0;
     }
-    let i = (2.0 * (us / BUCKET_BASE_US).log2()).ceil();
+    let (a, b) = (us * us, base * base);
+    // floor(log2 a) - floor(log2 b) is at most the answer and at most one below it.
+    let mut i = a.ilog2().saturating_sub(b.ilog2());
+    while u128::from(b) << i < u128::from(a) {
+        i += 1;
+    }
     (i as usize).min(BUCKETS - 1)
 }
 

@@ -679,3 +679,19 @@ fn tempfile_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Without the access log, nothing would tie an id to a line: requests go upstream as they came.
+#[tokio::test]
+async fn without_the_log_no_request_id_is_added() {
+    let up = Upstream::start("noid").await;
+    let toml = support::Cfg::http("alnoid")
+        .backend("alnoid")
+        .servers(&[up.addr()])
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    assert_eq!(support::get(lb.http_addr("alnoid"), "/").await.0, 200);
+    let headers = up.last_headers().unwrap();
+    assert!(headers.get("x-request-id").is_none(), "{headers:?}");
+    lb.shutdown().await;
+}

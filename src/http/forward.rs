@@ -36,7 +36,11 @@ pub(crate) async fn handle(
     let fe = &conn.fe;
     fe.stats.request();
     let mut req = req;
-    set_request_id(req.headers_mut());
+    // The id ties the access-log line to the server's own logs; without the log, the request
+    // goes up as it came (as HAProxy's unique-id and nginx's $request_id, paid for when used).
+    if fe.log.is_some() {
+        set_request_id(req.headers_mut());
+    }
     let mut trace = Trace::default();
     // Dropped with this future if the client goes away first: then it logs `client_abort`.
     trace.log = fe.log.as_ref().map(|log| {
