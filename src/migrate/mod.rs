@@ -23,6 +23,7 @@ mod confd;
 mod haproxy;
 mod order;
 mod rules;
+mod scan;
 mod server;
 mod tree;
 mod write;
@@ -266,7 +267,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
         confd = confd_resource(src, &mut w)?;
     }
     let mut template = HashMap::new();
-    let mut lsdir = tree::Scan::default();
+    let mut lsdir = scan::Scan::default();
     match (&input.confd_template, &input.confd_toml) {
         (Some(src), _) => {
             let mut w = Warn {
@@ -274,7 +275,7 @@ pub fn migrate(input: &Input) -> Result<Migration, MigrateError> {
                 out: &mut warnings,
             };
             let cname = input.confd_toml.map(|s| s.name).unwrap_or(src.name);
-            lsdir = tree::scan(src, &confd, &mut w);
+            lsdir = scan::scan(src, &confd, &mut w);
             template = scan_template(src, &confd, cname, &lsdir.lines, &lsdir.dirs(), &mut w);
         }
         (None, Some(src)) => warnings.push(Warning {

@@ -587,7 +587,7 @@ pub(super) fn frontend(
 }
 
 /// The routes of the `acl` and `use_backend` lines inside a confd template's `lsdir` loop (the
-/// service written as [`super::tree::SERVICE`]) whose backend is `backend`; warnings go to the
+/// service written as [`super::scan::SERVICE`]) whose backend is `backend`; warnings go to the
 /// template.
 pub(super) fn template_routes(lines: &[Line], backend: &str, w: &mut Warn) -> Vec<RouteOut> {
     let mut acls = read_acls(lines, false);

@@ -10,8 +10,9 @@ use std::time::Duration;
 use super::confd::TemplateBackend;
 use super::haproxy::{Kind, Proxy, ServerLine};
 use super::rules::{self, Names, RouteOut};
+use super::scan::SERVICE;
 use super::server::{ServerOpts, server_opts};
-use super::tree::{SERVICE, Tree};
+use super::tree::Tree;
 use super::{ADMIN_LISTEN, Input, Warn};
 use crate::config::{
     DEFAULT_BALANCE, DEFAULT_CHECK_FALL, DEFAULT_CHECK_INTER, DEFAULT_CHECK_PATH,
