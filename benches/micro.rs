@@ -318,10 +318,11 @@ fn routes(kind: &str, n: usize) -> Table {
                 backend: i,
                 backend_name: Arc::from(format!("svc{i}").as_str()),
                 source: RouteSource::Config,
+                policy: (),
             }
         })
         .collect();
-    Table::new(routes, None)
+    Table::new(routes, None, ())
 }
 
 /// One request's route: host and path in, backend and forwarded path out (`Table::route`, what

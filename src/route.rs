@@ -212,8 +212,11 @@ pub enum Source {
 /// route (a TCP frontend's TLS passthrough) has `sni` set and is used by [`Table::pick_sni`]
 /// only (its `host`, `path_prefix` and `strip_prefix` are then ignored: config validation
 /// refuses the mix).
+///
+/// `P` is what the data plane attaches to each route and only carries: its traffic policy
+/// (the snapshot's routes carry `config::Policy`; this module never looks inside it).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Route {
+pub struct Route<P = ()> {
     /// The hosts it serves.
     pub host: HostMatch,
     /// A plain string prefix of the normalized path ([`normalize_path`]), starting with `/`;
@@ -229,9 +232,11 @@ pub struct Route {
     pub backend_name: Arc<str>,
     /// Where it comes from.
     pub source: Source,
+    /// What the data plane does with its requests besides forwarding them (its policy).
+    pub policy: P,
 }
 
-impl Route {
+impl<P> Route<P> {
     /// Whether it is an SNI route (matched by [`Table::pick_sni`], not by host and path).
     pub fn is_sni(&self) -> bool {
         self.sni.is_some()
@@ -491,14 +496,16 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
 
 /// Where a request goes, from [`Table::route`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Routed<'a> {
+pub struct Routed<'a, P = ()> {
     /// The index of the backend in the snapshot's backends: the route's, else the fallback's;
     /// `None`: no route matches and the frontend has no backend of its own (404).
     pub backend: Option<usize>,
     /// That backend's name.
     pub backend_name: Option<&'a Arc<str>>,
     /// The route that matched; `None` when the fallback serves.
-    pub route: Option<&'a Route>,
+    pub route: Option<&'a Route<P>>,
+    /// The policy that applies: the route's, else the table's own (see [`Table::new`]).
+    pub policy: &'a P,
     /// The path to forward: `Borrowed` (the request's own path) when it is sent unchanged,
     /// `Owned` when it was normalized or its prefix stripped (put it, and the query, in the
     /// request target's place).
@@ -507,17 +514,19 @@ pub struct Routed<'a> {
 
 /// The routes of one frontend, in precedence order, with the indexes that make a pick a few
 /// hash lookups (a service tree may give a frontend thousands of routes), and its fallback.
-#[derive(Debug, Default)]
-pub struct Table {
+#[derive(Debug)]
+pub struct Table<P = ()> {
     /// Every route, in precedence order: HTTP routes (exact hosts by name, wildcards longest
     /// suffix first, then host-less; within a host the longest prefix first), then SNI routes
     /// (the same host order); the order in the file breaks ties.
-    routes: Vec<Route>,
+    routes: Vec<Route<P>>,
     /// The HTTP routes.
     http: Index,
     /// The SNI routes.
     sni: Index,
     fallback: Option<(usize, Arc<str>)>,
+    /// The policy of requests no route takes (the fallback's, or the `404`'s).
+    policy: P,
 }
 
 /// Routes (indexes into `Table::routes`, each group in precedence order) by host.
@@ -643,7 +652,7 @@ impl Index {
 }
 
 /// A route's place in precedence order (smaller first); equal keys keep the file's order.
-fn precedence(r: &Route) -> (bool, u8, Reverse<usize>, &str, Reverse<usize>) {
+fn precedence<P>(r: &Route<P>) -> (bool, u8, Reverse<usize>, &str, Reverse<usize>) {
     let (host, prefix) = match &r.sni {
         Some(sni) => (sni, 0),
         None => (&r.host, r.path_prefix.len()),
@@ -656,16 +665,23 @@ fn precedence(r: &Route) -> (bool, u8, Reverse<usize>, &str, Reverse<usize>) {
     (r.is_sni(), class, Reverse(suffix), name, Reverse(prefix))
 }
 
-impl Table {
+impl<P> Table<P> {
     /// Sorts `routes` (given in file order) into precedence order and indexes them. `fallback`
-    /// is the frontend's own backend (index and name), served when no route matches.
-    pub fn new(mut routes: Vec<Route>, fallback: Option<(usize, Arc<str>)>) -> Table {
+    /// is the frontend's own backend (index and name), served when no route matches, under
+    /// `policy` (the frontend's own).
+    pub fn new(
+        mut routes: Vec<Route<P>>,
+        fallback: Option<(usize, Arc<str>)>,
+        policy: P,
+    ) -> Table<P> {
         // A stable sort: routes of equal precedence keep their order in the file.
         routes.sort_by(|a, b| precedence(a).cmp(&precedence(b)));
         let mut table = Table {
             routes,
+            http: Index::default(),
+            sni: Index::default(),
             fallback,
-            ..Table::default()
+            policy,
         };
         for (i, r) in table.routes.iter().enumerate() {
             match &r.sni {
@@ -679,13 +695,18 @@ impl Table {
     }
 
     /// Every route, in precedence order (for the admin listing).
-    pub fn routes(&self) -> &[Route] {
+    pub fn routes(&self) -> &[Route<P>] {
         &self.routes
     }
 
     /// The frontend's own backend (index and name), served when no route matches.
     pub fn fallback(&self) -> Option<(usize, &Arc<str>)> {
         self.fallback.as_ref().map(|(i, name)| (*i, name))
+    }
+
+    /// The policy of requests no route takes (the frontend's own).
+    pub fn policy(&self) -> &P {
+        &self.policy
     }
 
     /// No routes: everything goes to the fallback, and the data plane can skip the host and
@@ -703,7 +724,7 @@ impl Table {
     /// dot and upper case are ignored; `None` when the request has none) and a path that is
     /// already in normal form ([`normalize_path`]; [`Table::route`] takes raw paths). `None`:
     /// no route matches (the fallback serves, if any).
-    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+    pub fn pick(&self, host: Option<&str>, path: &str) -> Option<&Route<P>> {
         let key = host.map(host_key);
         self.pick_index(key.as_deref(), path)
             .map(|i| &self.routes[i])
@@ -727,7 +748,7 @@ impl Table {
         &'a self,
         host: Option<&str>,
         raw_path: &'a str,
-    ) -> Result<Routed<'a>, BadPath> {
+    ) -> Result<Routed<'a, P>, BadPath> {
         let key = host.map(host_key);
         let key = key.as_deref();
         if raw_path == ASTERISK {
@@ -756,18 +777,20 @@ impl Table {
         Ok(self.routed(i, path))
     }
 
-    fn routed<'a>(&'a self, i: Option<usize>, path: Cow<'a, str>) -> Routed<'a> {
+    fn routed<'a>(&'a self, i: Option<usize>, path: Cow<'a, str>) -> Routed<'a, P> {
         match i.map(|i| &self.routes[i]) {
             Some(r) => Routed {
                 backend: Some(r.backend),
                 backend_name: Some(&r.backend_name),
                 route: Some(r),
+                policy: &r.policy,
                 path,
             },
             None => Routed {
                 backend: self.fallback.as_ref().map(|f| f.0),
                 backend_name: self.fallback.as_ref().map(|f| &f.1),
                 route: None,
+                policy: &self.policy,
                 path,
             },
         }
@@ -800,6 +823,7 @@ mod tests {
             backend,
             backend_name: format!("b{backend}").into(),
             source: Source::Config,
+            policy: (),
         }
     }
 
@@ -818,7 +842,7 @@ mod tests {
     }
 
     fn table(routes: Vec<Route>, fallback: Option<usize>) -> Table {
-        Table::new(routes, fallback.map(|b| (b, format!("b{b}").into())))
+        Table::new(routes, fallback.map(|b| (b, format!("b{b}").into())), ())
     }
 
     /// The backend a request goes to (panics on a refused path).

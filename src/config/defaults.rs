@@ -124,6 +124,13 @@ pub const DEFAULT_PASSIVE_MAX_EJECTED_PERCENT: u32 = 50;
 /// `[[frontend.route]] path_prefix` (every path) and `strip_prefix` (and `[[service_tree]]`'s:
 /// the path goes upstream whole): the route table's own, where they are used.
 pub use crate::route::{DEFAULT_PATH_PREFIX, DEFAULT_STRIP_PREFIX};
+/// `redirect = "https"`: a permanent redirect that keeps the method and body (HAProxy's
+/// `redirect scheme https` answers 302 unless given a code; the contract asks for 308).
+pub const HTTPS_REDIRECT_CODE: u16 = 308;
+/// `redirect = "https"`: the same host (without its port) and path, on https.
+pub const HTTPS_REDIRECT_LOCATION: &str = "https://{host}{path}";
+/// `redirect = { location }` without a `code`: 302, as HAProxy's `redirect` without one.
+pub const DEFAULT_REDIRECT_CODE: u16 = 302;
 /// `[[service_tree]] servers_dir`: `<prefix>/<service>/backend/<server>`, confd's layout.
 pub const DEFAULT_SERVERS_DIR: &str = "backend";
 /// `[[service_tree]] service_linger`: how long a service with no keys left keeps its route

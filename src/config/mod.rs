@@ -9,12 +9,14 @@
 
 pub mod defaults;
 mod file;
+mod policy;
 mod routing;
 mod unknown;
 mod validate;
 pub mod warnings;
 
 pub use defaults::*;
+pub use policy::{HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, Redirect};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -245,6 +247,8 @@ pub struct Frontend {
     pub allow_connect: bool,
     /// Present: the listener terminates TLS.
     pub tls: Option<FrontendTls>,
+    /// The policy of requests no route takes, and of routes that set none of its keys.
+    pub policy: Policy,
 }
 
 /// One `[[frontend.route]]`: which requests (http mode: host and path) or connections (tcp
@@ -257,6 +261,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub sni: Option<String>,
     pub backend: String,
+    /// Its own policy keys over its frontend's.
+    pub policy: Policy,
 }
 
 /// The longest service name a `[[service_tree]]` takes: a DNS label's limit, so that

@@ -4,7 +4,8 @@
 
 use super::defaults::*;
 use super::file::{FileRoute, FileServiceTree};
-use super::{Backend, ConfigError, Frontend, Mode, Route, ServiceTree, invalid};
+use super::policy::FilePolicy;
+use super::{Backend, ConfigError, Frontend, Mode, Policy, Route, ServiceTree, invalid};
 
 /// `key` (a frontend's `backend`, a route's, a tree's `template`) names a configured backend.
 pub(super) fn names_backend(
@@ -46,7 +47,8 @@ fn path_prefix(key: &str, p: Option<String>) -> Result<String, ConfigError> {
 
 /// A frontend's routes; `key` names the frontend, `fallback` is its `backend`. http mode
 /// routes by host and path, tcp mode by SNI (TLS passthrough: not on a frontend that
-/// terminates TLS, nor to a backend that originates it, the fallback included).
+/// terminates TLS, nor to a backend that originates it, the fallback included). Each route's
+/// policy keys go over the frontend's `policy`.
 pub(super) fn routes(
     frontend: &str,
     file: Vec<FileRoute>,
@@ -54,6 +56,7 @@ pub(super) fn routes(
     terminates_tls: bool,
     fallback: Option<&str>,
     backends: &[Backend],
+    policy: &Policy,
 ) -> Result<Vec<Route>, ConfigError> {
     if mode == Mode::Tcp
         && !file.is_empty()
@@ -104,7 +107,22 @@ pub(super) fn routes(
                 }
             }
         }
+        let own = super::policy::policy(
+            &key,
+            FilePolicy {
+                redirect: r.redirect,
+                request_headers: r.request_headers,
+                response_headers: r.response_headers,
+            },
+        )?;
+        if mode == Mode::Tcp && !own.is_empty() {
+            return Err(invalid(
+                key.as_str(),
+                "redirect and header rules are for mode = \"http\" routes",
+            ));
+        }
         let route = Route {
+            policy: own.over(policy),
             host: r
                 .host
                 .as_deref()

@@ -630,6 +630,22 @@ fn frontend(
             "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
         ));
     }
+    let policy = e
+        .take(super::policy::policy(
+            key,
+            super::policy::FilePolicy {
+                redirect: f.redirect,
+                request_headers: f.request_headers,
+                response_headers: f.response_headers,
+            },
+        ))
+        .unwrap_or_default();
+    if mode == Mode::Tcp && !policy.is_empty() {
+        e.push(invalid(
+            key,
+            "redirect and header rules are for mode = \"http\" frontends",
+        ));
+    }
     let routes = e
         .take(super::routing::routes(
             key,
@@ -638,6 +654,7 @@ fn frontend(
             tls_given,
             f.backend.as_deref(),
             backends,
+            &policy,
         ))
         .unwrap_or_default();
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
@@ -676,6 +693,7 @@ fn frontend(
         mode,
         backend: f.backend,
         routes,
+        policy,
     };
     e.finish(frontend)
 }

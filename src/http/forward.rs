@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::access_log::{HttpRequest, Pending, Termination};
 use crate::balancer::BackendRuntime;
-use crate::config::{Backend, Protocol, ProxyVersion};
+use crate::config::{Backend, Policy, Protocol, ProxyVersion};
 use crate::http::h1::client as h1_client;
 use crate::http::h1::server as h1_server;
 use crate::metrics::{self as m};
@@ -66,7 +66,12 @@ pub(crate) async fn handle(
         p
     });
     let snap = fe.shared.load_full();
-    let (picked, routing) = pick_backend(&snap, &fe.frontend.name, &mut req);
+    let Picked {
+        backend: picked,
+        routing,
+        policy,
+        redirect,
+    } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
@@ -92,6 +97,15 @@ pub(crate) async fn handle(
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
+        // The policy, in the contract's order (README, "Traffic policy"): redirect, header
+        // rules, then balancing.
+        (None, Routing::Fallback | Routing::Routed, _) if redirect.is_some() => {
+            let resp = redirect.expect("matched just above");
+            if resp.status() == StatusCode::BAD_REQUEST {
+                trace.termination = Termination::BadRequest;
+            }
+            (resp, None)
+        }
         (None, Routing::BadPath(why), _) => {
             trace.termination = Termination::BadRequest;
             let body = format!("400 Bad Request: {why}\n");
@@ -104,7 +118,18 @@ pub(crate) async fn handle(
         (None, _, Some(index)) => {
             // Counted as a `client_abort` if the client leaves before the answer.
             trace.backend = Some(Arc::clone(&snap.backends[index].runtime));
-            forward(conn, &snap, index, req, &mut trace).await
+            let rules = policy.as_deref();
+            if let Some(r) = rules.and_then(|p| p.request_headers.as_ref()) {
+                super::policy::apply(r, req.headers_mut());
+            }
+            let (mut resp, server) = forward(conn, &snap, index, req, &mut trace).await;
+            // The upstream's answer only (our own 502, 503, 504 keep their headers).
+            if let (Some(r), Either::Left(_)) =
+                (rules.and_then(|p| p.response_headers.as_ref()), resp.body())
+            {
+                super::policy::apply_response(r, &mut resp);
+            }
+            (resp, server)
         }
     };
     let code = resp.status().as_u16();
@@ -204,36 +229,68 @@ pub(crate) enum Routing {
     BadPath(String),
 }
 
-/// The backend for `req` (an index into the snapshot's backends; `None`: no route and no
-/// fallback), with the request's path rewritten to the form it was routed by (normalized) and
-/// without a stripped prefix. A frontend without routes goes straight to its backend: no host
-/// or path is looked at.
-pub(crate) fn pick_backend(
-    snap: &Snapshot,
-    frontend: &str,
-    req: &mut Request<ReqBody>,
-) -> (Option<usize>, Routing) {
+/// What routing made of a request.
+pub(crate) struct Picked {
+    /// An index into the snapshot's backends; `None`: no route and no fallback.
+    pub(crate) backend: Option<usize>,
+    pub(crate) routing: Routing,
+    /// The route's policy (or the frontend's); `None` when it does nothing.
+    pub(crate) policy: Option<Arc<Policy>>,
+    /// The policy's redirect, answered instead of forwarding (unless the request is refused).
+    pub(crate) redirect: Option<Response<Body>>,
+}
+
+/// The backend for `req`, with the request's path rewritten to the form it was routed by
+/// (normalized) and without a stripped prefix, and the policy that applies. A frontend without
+/// routes goes straight to its backend: no path is looked at.
+pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<ReqBody>) -> Picked {
     let Some(table) = snap.table(frontend) else {
-        return (None, Routing::Routed);
+        return Picked {
+            backend: None,
+            routing: Routing::Routed,
+            policy: None,
+            redirect: None,
+        };
+    };
+    let with_policy = |backend, routing, policy: &Arc<Policy>, req: &Request<ReqBody>| {
+        let redirect = policy
+            .redirect
+            .as_ref()
+            .map(|r| super::policy::redirect(r, request_host(req), req));
+        Picked {
+            backend,
+            routing,
+            policy: (!policy.is_empty()).then(|| Arc::clone(policy)),
+            redirect,
+        }
     };
     if table.is_trivial() {
-        return (table.fallback().map(|(i, _)| i), Routing::Fallback);
+        let backend = table.fallback().map(|(i, _)| i);
+        return with_policy(backend, Routing::Fallback, table.policy(), req);
     }
     let host = request_host(req);
     let routed = match table.route(host, req.uri().path()) {
         Ok(r) => r,
-        Err(e) => return (None, Routing::BadPath(e.to_string())),
+        Err(e) => {
+            return Picked {
+                backend: None,
+                routing: Routing::BadPath(e.to_string()),
+                policy: None,
+                redirect: None,
+            };
+        }
     };
-    let backend = routed.backend;
     let how = if routed.route.is_none() {
         Routing::Fallback
     } else {
         Routing::Routed
     };
+    // The redirect is made before the path is rewritten: `{path}` is the path as received.
+    let picked = with_policy(routed.backend, how, routed.policy, req);
     if let std::borrow::Cow::Owned(path) = routed.path {
         set_path(req, &path);
     }
-    (backend, how)
+    picked
 }
 
 /// The host a request is for, as routing sees it: the absolute-form target's or HTTP/2's

@@ -35,6 +35,7 @@ pub mod h1;
 pub mod h2;
 pub mod h2_rules;
 pub mod headers;
+pub mod policy;
 pub mod pool;
 pub mod stream;
 pub mod tunnel;

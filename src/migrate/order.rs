@@ -79,10 +79,11 @@ pub(super) fn check(entries: &[Entry], fallback: Option<&str>, tcp: bool, w: &mu
                 backend: i,
                 backend_name: Arc::from(entries[i].route.backend.as_str()),
                 source: Source::Config,
+                policy: (),
             }
         })
         .collect();
-    let table = Table::new(routes, Some((none, Arc::from(fallback.unwrap_or("")))));
+    let table = Table::new(routes, Some((none, Arc::from(fallback.unwrap_or("")))), ());
     let patterns: Vec<&HostMatch> = entries
         .iter()
         .map(|e| e.route.m.sni.as_ref().unwrap_or(&e.route.m.host))

@@ -22,7 +22,11 @@ use std::sync::Arc;
 
 use crate::balancer::BackendRuntime;
 use crate::config;
+use crate::config::Policy;
 use crate::route::Table;
+
+/// A frontend's routing table: each route carries its traffic policy.
+pub type RouteTable = Table<Arc<Policy>>;
 
 /// One backend as published: its settings, its servers, the weighted schedule and the runtime
 /// state (round-robin counter, retry budget) that outlives snapshots.
@@ -80,7 +84,7 @@ pub struct Snapshot {
     pub backends: Vec<BackendSet>,
     /// Each frontend's routing table (routes to indices into `backends`), by frontend name.
     /// Shared with the next snapshot while routes and backend positions stay the same.
-    pub routes: Vec<(String, Arc<Table>)>,
+    pub routes: Vec<(String, Arc<RouteTable>)>,
     /// True once every etcd prefix has been listed once (or there are none).
     pub ready: bool,
 }
@@ -91,7 +95,7 @@ impl Snapshot {
     }
 
     /// The frontend's routing table.
-    pub fn table(&self, frontend: &str) -> Option<&Table> {
+    pub fn table(&self, frontend: &str) -> Option<&RouteTable> {
         let (_, table) = self.routes.iter().find(|(f, _)| f == frontend)?;
         Some(table)
     }

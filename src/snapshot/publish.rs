@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tracing::{info, warn};
 
 use super::server::{AdminState, Server, ServerSpec, ServerState, Source, uptime_ms};
-use super::{BackendSet, Snapshot};
+use super::{BackendSet, RouteTable, Snapshot};
 use crate::config::{self, Config};
 use crate::route::{self, HostMatch, Table};
 
@@ -496,10 +496,12 @@ impl Routing {
     /// Every frontend's table over `backends`: its configured routes, then the routes of the
     /// tree services it serves (one that repeats a configured route's host and path is left
     /// out: the configured one wins, logged once).
-    fn tables(&mut self, backends: &[BackendSet]) -> Vec<(String, Arc<Table>)> {
+    fn tables(&mut self, backends: &[BackendSet]) -> Vec<(String, Arc<RouteTable>)> {
         let index = |name: &str| backends.iter().position(|b| b.name() == name);
         let mut out = Vec::with_capacity(self.frontends.len());
         for f in &self.frontends {
+            // A tree's routes, and requests no route takes, have the frontend's policy.
+            let frontend_policy = Arc::new(f.policy.clone());
             let mut routes = Vec::with_capacity(f.routes.len());
             for r in &f.routes {
                 let Some(backend) = index(&r.backend) else {
@@ -521,6 +523,7 @@ impl Routing {
                     backend,
                     backend_name: Arc::from(r.backend.as_str()),
                     source: route::Source::Config,
+                    policy: Arc::new(r.policy.clone()),
                 });
             }
             let configured = routes.len();
@@ -583,13 +586,17 @@ impl Routing {
                     backend,
                     backend_name: Arc::from(svc.name.as_str()),
                     source: route::Source::Etcd,
+                    policy: Arc::clone(&frontend_policy),
                 });
             }
             let fallback = f
                 .backend
                 .as_deref()
                 .and_then(|b| Some((index(b)?, Arc::from(b))));
-            out.push((f.name.clone(), Arc::new(Table::new(routes, fallback))));
+            out.push((
+                f.name.clone(),
+                Arc::new(Table::new(routes, fallback, frontend_policy)),
+            ));
         }
         out
     }

@@ -1,0 +1,335 @@
+//! A route's traffic policy: what the data plane does with a request besides picking its
+//! backend (redirects, header rules), read from a `[[frontend.route]]` or a whole
+//! `[[frontend]]` and validated into one [`Policy`]. A route's own value wins, key by key,
+//! over its frontend's ([`Policy::over`]). The data plane evaluates it in `http::policy`.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use super::defaults::{DEFAULT_REDIRECT_CODE, HTTPS_REDIRECT_CODE, HTTPS_REDIRECT_LOCATION};
+use super::{ConfigError, invalid};
+
+/// Redirect codes a `redirect` may give (HAProxy's `redirect ... code` takes the same).
+pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// Fields no header rule may touch: hop-by-hop (RFC 9110 7.6.1) and framing fields, which
+/// the proxy itself writes for each hop; a rule on them would break the message. `Host` is
+/// refused on `remove` only (setting it rewrites the host the upstream sees).
+pub const PROTECTED_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "trailer",
+    "proxy-connection",
+    "content-length",
+];
+
+/// The policy keys as written, in a `[[frontend]]` or a `[[frontend.route]]`.
+#[derive(Debug, Default)]
+pub(super) struct FilePolicy {
+    pub(super) redirect: Option<FileRedirect>,
+    pub(super) request_headers: Option<FileHeaderRules>,
+    pub(super) response_headers: Option<FileHeaderRules>,
+}
+
+/// `redirect = "https"` or `redirect = { location = "...", code = 301 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileRedirect {
+    Scheme(String),
+    To { location: String, code: Option<u16> },
+}
+
+/// `{ set = { NAME = VALUE }, add = { NAME = VALUE }, remove = [NAME] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHeaderRules {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// What happens to a request besides forwarding it, in this order: `redirect`, then the
+/// header rules, then balancing. Every key left out does nothing.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Policy {
+    /// Answer with a redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Applied to the request before it goes upstream.
+    pub request_headers: Option<HeaderRules>,
+    /// Applied to the upstream's response before it goes to the client.
+    pub response_headers: Option<HeaderRules>,
+}
+
+impl Policy {
+    /// Whether it does nothing (then the data plane skips it).
+    pub fn is_empty(&self) -> bool {
+        self.redirect.is_none() && self.request_headers.is_none() && self.response_headers.is_none()
+    }
+
+    /// A route's policy over its frontend's: each key the route sets wins whole (a route's
+    /// `request_headers` replaces the frontend's, it is not merged with them).
+    pub fn over(self, frontend: &Policy) -> Policy {
+        Policy {
+            redirect: self.redirect.or_else(|| frontend.redirect.clone()),
+            request_headers: self
+                .request_headers
+                .or_else(|| frontend.request_headers.clone()),
+            response_headers: self
+                .response_headers
+                .or_else(|| frontend.response_headers.clone()),
+        }
+    }
+}
+
+/// A redirect: `code` with `Location` filled from `location`, where `{host}` is the request's
+/// host without its port and `{path}` its path with the query.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Redirect {
+    pub location: String,
+    pub code: u16,
+}
+
+/// Header rules, applied in this order: `remove`, `set` (replaces every field of the name),
+/// `add` (appends one more).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+/// As written in the file (for the admin API's config).
+impl serde::Serialize for HeaderRules {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let pairs = |v: &[(HeaderName, HeaderValue)]| -> BTreeMap<String, String> {
+            v.iter()
+                .map(|(n, v)| {
+                    (
+                        n.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect()
+        };
+        let mut st = s.serialize_struct("HeaderRules", 3)?;
+        st.serialize_field("set", &pairs(&self.set))?;
+        st.serialize_field("add", &pairs(&self.add))?;
+        let remove: Vec<&str> = self.remove.iter().map(|n| n.as_str()).collect();
+        st.serialize_field("remove", &remove)?;
+        st.end()
+    }
+}
+
+/// Validates the policy keys of a frontend or route; `key` names where they are
+/// (`frontend "web"`, `frontend "web".route[1]`). Every problem is reported.
+pub(super) fn policy(key: &str, f: FilePolicy) -> Result<Policy, ConfigError> {
+    fn take<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
+        r.map_err(|e| errors.push(e)).ok()
+    }
+    let mut errors = Vec::new();
+    let redirect = f
+        .redirect
+        .and_then(|r| take(&mut errors, redirect(&format!("{key}.redirect"), r)));
+    let request_headers = f.request_headers.and_then(|r| {
+        take(
+            &mut errors,
+            header_rules(&format!("{key}.request_headers"), r),
+        )
+    });
+    let response_headers = f.response_headers.and_then(|r| {
+        take(
+            &mut errors,
+            header_rules(&format!("{key}.response_headers"), r),
+        )
+    });
+    if errors.is_empty() {
+        Ok(Policy {
+            redirect,
+            request_headers,
+            response_headers,
+        })
+    } else {
+        Err(ConfigError::from_list(errors))
+    }
+}
+
+fn redirect(key: &str, r: FileRedirect) -> Result<Redirect, ConfigError> {
+    match r {
+        FileRedirect::Scheme(s) if s == "https" => Ok(Redirect {
+            location: HTTPS_REDIRECT_LOCATION.to_string(),
+            code: HTTPS_REDIRECT_CODE,
+        }),
+        FileRedirect::Scheme(s) => Err(invalid(
+            key,
+            format!("{s:?}: write \"https\" or {{ location = \"...\", code = 301 }}"),
+        )),
+        FileRedirect::To { location, code } => {
+            let code = code.unwrap_or(DEFAULT_REDIRECT_CODE);
+            if !REDIRECT_CODES.contains(&code) {
+                return Err(invalid(
+                    format!("{key}.code"),
+                    format!("{code} is not a redirect code: 301, 302, 303, 307 or 308"),
+                ));
+            }
+            // With its placeholders filled, it must be a field value (no control characters).
+            let sample = location.replace("{host}", "h").replace("{path}", "/");
+            if location.is_empty() || HeaderValue::from_str(&sample).is_err() {
+                return Err(invalid(
+                    format!("{key}.location"),
+                    format!(
+                        "{location:?} is not a Location value (a URL or a path, visible ASCII)"
+                    ),
+                ));
+            }
+            Ok(Redirect { location, code })
+        }
+    }
+}
+
+/// A header name a rule may name (`op`: `set`, `add` or `remove`).
+fn rule_name(key: &str, op: &str, name: &str) -> Result<HeaderName, ConfigError> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+    if PROTECTED_HEADERS.contains(&n.as_str()) || (op == "remove" && n == http::header::HOST) {
+        return Err(invalid(
+            key,
+            format!(
+                "{name:?} is a hop-by-hop or framing field: the proxy writes it for each connection, and a rule would break the message"
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+fn header_rules(key: &str, f: FileHeaderRules) -> Result<HeaderRules, ConfigError> {
+    let pairs = |op: &str, m: BTreeMap<String, String>| {
+        let key = format!("{key}.{op}");
+        m.into_iter()
+            .map(|(name, value)| {
+                let n = rule_name(&key, op, &name)?;
+                let v = HeaderValue::from_str(&value).map_err(|_| {
+                    invalid(
+                        key.as_str(),
+                        format!("{name:?} = {value:?}: not a header value (visible ASCII, spaces and tabs)"),
+                    )
+                })?;
+                Ok((n, v))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()
+    };
+    let set = pairs("set", f.set)?;
+    let add = pairs("add", f.add)?;
+    let rkey = format!("{key}.remove");
+    let remove = f
+        .remove
+        .iter()
+        .map(|name| rule_name(&rkey, "remove", name))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(HeaderRules { set, add, remove })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BACKENDS: &str = "[[backend]]\nname = \"api\"\nservers = [\"127.0.0.1:1\"]\n";
+    const WEB: &str = "[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nbackend = \"api\"\n";
+
+    fn config(text: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("{text}\n{BACKENDS}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn route_values_win_over_the_frontends() {
+        let text = format!(
+            "{WEB}redirect = \"https\"\nresponse_headers = {{ set = {{ \"X-Frame-Options\" = \"DENY\" }} }}\n\
+             [[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"api\"\n\
+             [[frontend.route]]\nhost = \"b.example.com\"\nbackend = \"api\"\n\
+             redirect = {{ location = \"https://new.example.com{{path}}\", code = 301 }}\n\
+             response_headers = {{ remove = [\"Server\"] }}\n"
+        );
+        let c = config(&text).unwrap();
+        let f = &c.frontends[0];
+        let fr = f.policy.redirect.as_ref().unwrap();
+        assert_eq!(
+            (fr.location.as_str(), fr.code),
+            ("https://{host}{path}", 308)
+        );
+        // Route 0 sets nothing: the frontend's policy whole.
+        assert_eq!(f.routes[0].policy, f.policy);
+        // Route 1 sets both keys: its own, nothing merged from the frontend's.
+        let p = &f.routes[1].policy;
+        let r = p.redirect.as_ref().unwrap();
+        assert_eq!(
+            (r.location.as_str(), r.code),
+            ("https://new.example.com{path}", 301)
+        );
+        let rh = p.response_headers.as_ref().unwrap();
+        assert!(rh.set.is_empty());
+        assert_eq!(rh.remove, vec![http::header::SERVER]);
+    }
+
+    #[test]
+    fn rules_on_framing_fields_and_bad_values_are_refused_naming_the_rule() {
+        let cases = [
+            (
+                "request_headers = { set = { \"Connection\" = \"close\" } }",
+                "frontend \"web\".route[0].request_headers.set: \"Connection\" is a hop-by-hop",
+            ),
+            (
+                "response_headers = { add = { \"Transfer-Encoding\" = \"chunked\" } }",
+                "frontend \"web\".route[0].response_headers.add: \"Transfer-Encoding\"",
+            ),
+            (
+                "request_headers = { remove = [\"Host\"] }",
+                "frontend \"web\".route[0].request_headers.remove: \"Host\"",
+            ),
+            (
+                "request_headers = { remove = [\"content-length\"] }",
+                "frontend \"web\".route[0].request_headers.remove: \"content-length\"",
+            ),
+            (
+                "request_headers = { set = { \"Bad Name\" = \"x\" } }",
+                "frontend \"web\".route[0].request_headers.set: \"Bad Name\" is not a header name",
+            ),
+            (
+                "response_headers = { set = { \"X-A\" = \"a\\nb\" } }",
+                "frontend \"web\".route[0].response_headers.set: \"X-A\" = \"a\\nb\": not a header value",
+            ),
+            (
+                "redirect = { location = \"https://x{path}\", code = 200 }",
+                "frontend \"web\".route[0].redirect.code: 200 is not a redirect code",
+            ),
+            (
+                "redirect = \"http\"",
+                "frontend \"web\".route[0].redirect: \"http\"",
+            ),
+        ];
+        for (rule, want) in cases {
+            let text =
+                format!("{WEB}[[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\n{rule}\n");
+            let e = config(&text).expect_err(rule);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+        // Setting Host is allowed (it rewrites the host the upstream sees); so is a frontend's.
+        let ok = format!("{WEB}request_headers = {{ set = {{ \"Host\" = \"internal\" }} }}\n");
+        config(&ok).unwrap();
+        let e = config(&format!(
+            "{WEB}request_headers = {{ set = {{ \"TE\" = \"x\" }} }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("frontend \"web\".request_headers.set: \"TE\""),
+            "{e}"
+        );
+    }
+}
