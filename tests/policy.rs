@@ -1,0 +1,184 @@
+//! Traffic policy end to end (README, "Traffic policy"), with real upstreams: `redirect =
+//! "https"` (308, `Location` on the same host without its port, the query kept, no upstream
+//! reached), a redirect with `{host}` and `{path}` placeholders and its own code, and header
+//! rules (`set`, `add`, `remove`) on the request the upstream sees and on the response the
+//! client sees, over HTTP/1.1 and HTTP/2 (h2c) alike: set on the frontend, inherited by a route
+//! that sets none and replaced, key by key, by a route that sets its own.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use support::config::Cfg;
+use support::{Lb, Upstream};
+
+/// An upstream answering `200 NAME` with a `Server` field and an `X-Up` field of its own.
+async fn upstream(name: &str) -> Upstream {
+    let n = name.to_string();
+    Upstream::start_with(name, move |_req| {
+        let body = Bytes::from(n.clone());
+        async move {
+            let mut r = Response::new(Full::new(body));
+            r.headers_mut()
+                .insert("server", "upstream/1.0".parse().unwrap());
+            r.headers_mut().insert("x-up", "1".parse().unwrap());
+            r
+        }
+    })
+    .await
+}
+
+/// One request over a new connection, HTTP/1.1 (`Host: host`) or HTTP/2 (`:authority`),
+/// with `headers`; no redirect is followed.
+async fn send(
+    addr: SocketAddr,
+    h2: bool,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let fut = async {
+        let mut b = Request::get(path);
+        if h2 {
+            b = Request::get(format!("http://{host}{path}")).version(http::Version::HTTP_2);
+        } else {
+            b = b.header("host", host);
+        }
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let req = b.body(Empty::<Bytes>::new()).unwrap();
+        let resp = if h2 {
+            let mut s = support::h2c(addr).await;
+            s.send_request(req).await.expect("h2 request")
+        } else {
+            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+            let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(conn);
+            s.send_request(req).await.expect("h1 request")
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+        .await
+        .expect("answered within 5 s")
+}
+
+#[tokio::test]
+async fn redirects_answer_without_reaching_the_upstream() {
+    let up = upstream("shop").await;
+    let toml = Cfg::http("redir")
+        .no_fallback()
+        .route("host = \"shop.example.com\"\nbackend = \"shop\"\nredirect = \"https\"")
+        .route(
+            "host = \"old.example.com\"\nbackend = \"shop\"\n\
+             redirect = { location = \"https://new.example.com/from/{host}{path}\", code = 301 }",
+        )
+        .route("host = \"plain.example.com\"\nbackend = \"shop\"")
+        .backend("shop")
+        .servers(&[up.addr()])
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let addr = lb.http_addr("redir");
+    for h2 in [false, true] {
+        let (code, h, body) = send(addr, h2, "shop.example.com:8080", "/a/b?x=1&y=2", &[]).await;
+        assert_eq!(code, StatusCode::PERMANENT_REDIRECT, "h2={h2}");
+        assert_eq!(
+            h["location"], "https://shop.example.com/a/b?x=1&y=2",
+            "h2={h2}"
+        );
+        assert!(
+            body.contains("https://shop.example.com/a/b?x=1&y=2"),
+            "{body}"
+        );
+        assert!(h.get("cache-control").is_none());
+
+        let (code, h, _) = send(addr, h2, "old.example.com", "/p?q=1", &[]).await;
+        assert_eq!(code, StatusCode::MOVED_PERMANENTLY, "h2={h2}");
+        assert_eq!(
+            h["location"], "https://new.example.com/from/old.example.com/p?q=1",
+            "h2={h2}"
+        );
+    }
+    assert_eq!(up.hits(), 0, "no redirect reached the upstream");
+    // A route without a redirect is forwarded.
+    let (code, _, body) = send(addr, false, "plain.example.com", "/", &[]).await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "shop"));
+    assert_eq!(up.hits(), 1);
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
+    let up = upstream("app").await;
+    let toml = Cfg::http("hdrs")
+        .no_fallback()
+        .frontend_lines(
+            "request_headers = { set = { \"X-Env\" = \"prod\" }, add = { \"X-Tag\" = \"fe\" }, remove = [\"X-Debug\"] }\n\
+             response_headers = { set = { \"Strict-Transport-Security\" = \"max-age=31536000\" }, remove = [\"Server\"] }",
+        )
+        .route("host = \"inherit.example.com\"\nbackend = \"app\"")
+        .route(
+            "host = \"own.example.com\"\nbackend = \"app\"\n\
+             request_headers = { set = { \"X-Env\" = \"canary\" } }",
+        )
+        .backend("app")
+        .servers(&[up.addr()])
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let addr = lb.http_addr("hdrs");
+    let sent = [("x-env", "dev"), ("x-debug", "1"), ("x-tag", "client")];
+    for h2 in [false, true] {
+        // The frontend's rules, inherited by a route that sets none.
+        let (code, h, body) = send(addr, h2, "inherit.example.com", "/", &sent).await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "app"), "h2={h2}");
+        let seen = up.last_headers().expect("the upstream saw the request");
+        let all = |n: &str| -> Vec<String> {
+            seen.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(all("x-env"), ["prod"], "set replaces (h2={h2})");
+        assert_eq!(all("x-tag"), ["client", "fe"], "add appends (h2={h2})");
+        assert!(all("x-debug").is_empty(), "remove (h2={h2})");
+        assert!(
+            h.get("server").is_none(),
+            "response remove (h2={h2}): {h:?}"
+        );
+        assert_eq!(
+            h["strict-transport-security"], "max-age=31536000",
+            "h2={h2}"
+        );
+        assert_eq!(h["x-up"], "1", "other fields pass (h2={h2})");
+
+        // A route's own request_headers replace the frontend's whole; its response_headers,
+        // which it does not set, are still the frontend's.
+        let (code, h, _) = send(addr, h2, "own.example.com", "/", &sent).await;
+        assert_eq!(code, StatusCode::OK);
+        let seen = up.last_headers().unwrap();
+        assert_eq!(seen["x-env"], "canary", "h2={h2}");
+        assert_eq!(
+            seen["x-debug"], "1",
+            "the frontend's remove is not merged in (h2={h2})"
+        );
+        assert_eq!(seen.get_all("x-tag").iter().count(), 1, "h2={h2}");
+        assert!(h.get("server").is_none(), "h2={h2}");
+        assert_eq!(h["strict-transport-security"], "max-age=31536000");
+    }
+    lb.shutdown().await;
+}
