@@ -1277,3 +1277,80 @@ fn a_maxconn_that_is_not_a_count_warns_and_the_default_stays() {
         ],
     );
 }
+
+#[test]
+fn redirects_and_header_rules_map_to_the_traffic_policy() {
+    let cfg = "\
+frontend web
+    bind :80
+    bind :443 ssl crt /etc/ssl/site.pem
+    http-request redirect scheme https if !{ ssl_fc }
+    http-request set-header X-Env prod
+    http-request del-header X-Debug
+    http-request set-header X-Client %[src]
+    http-request set-header X-Maybe 1 if { path_beg /a }
+    http-response set-header Strict-Transport-Security \"max-age=31536000\"
+    http-response del-header Server
+    http-response del-header Connection
+    http-request deny
+    default_backend app
+backend app
+    server s1 10.0.0.1:80
+";
+    let (c, w) = lib(cfg);
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                4,
+                "http-request redirect scheme https if !{ ssl_fc }",
+                "answers 308",
+            ),
+            (
+                "haproxy.cfg",
+                7,
+                "http-request set-header X-Client %[src]",
+                "constant value",
+            ),
+            (
+                "haproxy.cfg",
+                8,
+                "http-request set-header X-Maybe 1 if { path_beg /a }",
+                "no condition",
+            ),
+            (
+                "haproxy.cfg",
+                11,
+                "http-response del-header Connection",
+                "hop-by-hop",
+            ),
+            (
+                "haproxy.cfg",
+                12,
+                "http-request deny",
+                "no request/response rules",
+            ),
+        ],
+    );
+    let plain = &c.frontends[0];
+    assert_eq!(plain.bind.port(), 80);
+    let r = plain.policy.redirect.as_ref().expect("redirect on :80");
+    assert_eq!((r.location.as_str(), r.code), ("https://{host}{path}", 308));
+    let req = plain.policy.request_headers.as_ref().unwrap();
+    assert_eq!(req.set.len(), 1);
+    assert_eq!(
+        (req.set[0].0.as_str(), req.set[0].1.to_str().unwrap()),
+        ("x-env", "prod")
+    );
+    assert_eq!(req.remove, [http::HeaderName::from_static("x-debug")]);
+    let resp = plain.policy.response_headers.as_ref().unwrap();
+    assert_eq!(resp.set[0].0.as_str(), "strict-transport-security");
+    assert_eq!(resp.set[0].1, "max-age=31536000");
+    assert_eq!(resp.remove, [http::header::SERVER]);
+    // The TLS listener: `!{ ssl_fc }` never holds there, so no redirect; the header rules stay.
+    let tls = &c.frontends[1];
+    assert!(tls.tls.is_some());
+    assert!(tls.policy.redirect.is_none());
+    assert_eq!(tls.policy.request_headers, plain.policy.request_headers);
+}

@@ -218,6 +218,9 @@ pub(super) struct Proxy {
     pub(super) default_backend: Option<String>,
     /// `acl`, `use_backend` and `tcp-request` lines of a frontend or listen section, in order.
     pub(super) rules: Vec<Line>,
+    /// `http-request`/`http-response` lines of a frontend or listen section that map to its
+    /// traffic policy (`policy.rs`), in order.
+    pub(super) policy: Vec<Line>,
     pub(super) servers: Vec<ServerLine>,
     pub(super) stats: bool,
     /// The section's last line.
@@ -234,6 +237,7 @@ impl Proxy {
             binds: Vec::new(),
             default_backend: None,
             rules: Vec::new(),
+            policy: Vec::new(),
             servers: Vec::new(),
             stats: false,
             end: header.no,
@@ -363,6 +367,11 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         ),
         "use_backend" | "acl" => p.rules.push(l.clone()),
         "tcp-request" if kind != Kind::Backend => p.rules.push(l.clone()),
+        "http-request" | "http-response" | "redirect"
+            if matches!(kind, Kind::Frontend | Kind::Listen) && super::policy::maps(l) =>
+        {
+            p.policy.push(l.clone())
+        }
         "balance" => match a1 {
             "roundrobin" => p.c.balance = Some("roundrobin"),
             "leastconn" => p.c.balance = Some("leastconn"),

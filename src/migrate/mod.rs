@@ -22,6 +22,7 @@ mod bind;
 mod confd;
 mod haproxy;
 mod order;
+mod policy;
 mod rules;
 mod scan;
 mod server;

@@ -112,6 +112,14 @@ pub(super) fn render(
             tree: &is_tree,
         };
         let routing = rules::frontend(p, fallback.clone(), &names, w);
+        let policy = if p.c.mode == Some("tcp") {
+            for l in &p.policy {
+                w.line(l, "an HTTP rule in a tcp-mode frontend; not migrated");
+            }
+            super::policy::PolicyOut::default()
+        } else {
+            super::policy::read(&p.policy, w)
+        };
         if routing.fallback.is_none() && routing.routes.is_empty() && !in_tree {
             let why = match &fallback {
                 Some(t) => format!("its backend {t:?} was not migrated; frontend not migrated"),
@@ -193,6 +201,9 @@ pub(super) fn render(
             }
             if b.accept_proxy {
                 fe_text.push_str("accept_proxy = true\n");
+            }
+            if !tcp {
+                fe_text.push_str(&super::policy::keys(&policy, b.ssl));
             }
             if b.ssl {
                 let certs: Vec<String> = b
