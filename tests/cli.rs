@@ -365,6 +365,26 @@ fn check_refuses_what_cannot_work() {
             ),
             "[admin] token",
         ),
+        (
+            "framing.toml",
+            format!(
+                "{}{STATIC_BACKEND}",
+                format_args!(
+                    "{}[[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"b\"\n\
+                     response_headers = {{ set = {{ \"Transfer-Encoding\" = \"chunked\" }} }}\n",
+                    frontend("f", "127.0.0.1:0")
+                )
+            ),
+            "frontend \"f\".route[0].response_headers.set: \"Transfer-Encoding\" is a hop-by-hop or framing field",
+        ),
+        (
+            "nohost.toml",
+            format!(
+                "{}request_headers = {{ remove = [\"Host\"] }}\n{STATIC_BACKEND}",
+                frontend("f", "127.0.0.1:0")
+            ),
+            "frontend \"f\".request_headers.remove: \"Host\"",
+        ),
     ];
     for (name, text, needle) in cases {
         let (code, _, err) = check(&dir, name, &text);
