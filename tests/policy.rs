@@ -3,7 +3,8 @@
 //! reached), a redirect with `{host}` and `{path}` placeholders and its own code, and header
 //! rules (`set`, `add`, `remove`) on the request the upstream sees and on the response the
 //! client sees, over HTTP/1.1 and HTTP/2 (h2c) alike: set on the frontend, inherited by a route
-//! that sets none and replaced, key by key, by a route that sets its own.
+//! that sets none and replaced, key by key, by a route that sets its own; a service tree's
+//! routes and the fallback carry the frontend's policy.
 
 mod support;
 
@@ -181,4 +182,58 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
         assert_eq!(h["strict-transport-security"], "max-age=31536000");
     }
     lb.shutdown().await;
+}
+
+/// A `[[service_tree]]`'s routes, published as services appear, carry their frontend's policy,
+/// as do requests no route takes; a configured route keeps its own.
+#[test]
+fn tree_routes_and_the_fallback_carry_the_frontends_policy() {
+    let toml = "\
+[etcd]
+endpoints = [\"http://127.0.0.1:2379\"]
+[[frontend]]
+name = \"web\"
+bind = \"127.0.0.1:0\"
+backend = \"fixed\"
+response_headers = { set = { \"X-Frame-Options\" = \"DENY\" } }
+[[frontend.route]]
+host = \"own.example.com\"
+backend = \"fixed\"
+redirect = \"https\"
+[[service_tree]]
+etcd_prefix = \"/services\"
+frontends = [\"web\"]
+host = \"{service}.example.com\"
+[[backend]]
+name = \"fixed\"
+servers = [\"127.0.0.1:1\"]
+";
+    let cfg = switchyard::config::Config::from_toml(toml).unwrap();
+    let p = switchyard::snapshot::Publisher::new(&cfg);
+    let spec = switchyard::snapshot::ServerSpec {
+        name: "1".into(),
+        addr: "127.0.0.1:2".into(),
+        weight: 1,
+        drain: false,
+        source: switchyard::snapshot::Source::Etcd,
+    };
+    assert!(p.publish_service(0, "cart", [&spec], &Default::default()));
+    let snap = p.load();
+    let table = snap.table("web").unwrap();
+    let frontend = &cfg.frontends[0].policy;
+    let routed = table.route(Some("cart.example.com"), "/").unwrap();
+    assert_eq!(routed.backend_name.map(|n| &**n), Some("cart"));
+    assert_eq!(
+        **routed.policy, *frontend,
+        "a tree's route: the frontend's policy"
+    );
+    let fallback = table.route(Some("elsewhere.test"), "/").unwrap();
+    assert!(fallback.route.is_none());
+    assert_eq!(
+        **fallback.policy, *frontend,
+        "the fallback: the frontend's policy"
+    );
+    let own = table.route(Some("own.example.com"), "/").unwrap();
+    assert_eq!(own.policy.redirect.as_ref().map(|r| r.code), Some(308));
+    assert_eq!(own.policy.response_headers, frontend.response_headers);
 }
