@@ -137,8 +137,12 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
             "host = \"own.example.com\"\nbackend = \"app\"\n\
              request_headers = { set = { \"X-Env\" = \"canary\" } }",
         )
+        .route("host = \"dead.example.com\"\nbackend = \"gone\"")
         .backend("app")
         .servers(&[up.addr()])
+        .backend("gone")
+        .servers(&[format!("127.0.0.1:{}", support::dead_port())])
+        .check_none()
         .toml();
     let lb = Lb::start_ready(&toml).await;
     let addr = lb.http_addr("hdrs");
@@ -180,6 +184,11 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
         assert_eq!(seen.get_all("x-tag").iter().count(), 1, "h2={h2}");
         assert!(h.get("server").is_none(), "h2={h2}");
         assert_eq!(h["strict-transport-security"], "max-age=31536000");
+
+        // Our own answer (no server reachable) is not the upstream's: no response rules.
+        let (code, h, _) = send(addr, h2, "dead.example.com", "/", &[]).await;
+        assert_eq!(code, StatusCode::BAD_GATEWAY, "h2={h2}");
+        assert!(h.get("strict-transport-security").is_none(), "h2={h2}");
     }
     lb.shutdown().await;
 }

@@ -99,7 +99,8 @@ pub(crate) async fn handle(
         }
         // The policy, in the contract's order (README, "Traffic policy"): redirect, header
         // rules, then balancing.
-        (None, Routing::Fallback | Routing::Routed, _) if redirect.is_some() => {
+        // A redirect is answered by us: no server, and the access log's termination is `ok`.
+        (None, _, _) if redirect.is_some() => {
             let resp = redirect.expect("matched just above");
             if resp.status() == StatusCode::BAD_REQUEST {
                 trace.termination = Termination::BadRequest;
@@ -127,7 +128,7 @@ pub(crate) async fn handle(
             if let (Some(r), Either::Left(_)) =
                 (rules.and_then(|p| p.response_headers.as_ref()), resp.body())
             {
-                super::policy::apply_response(r, &mut resp);
+                super::policy::apply(r, resp.headers_mut());
             }
             (resp, server)
         }

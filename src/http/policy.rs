@@ -96,11 +96,6 @@ pub(crate) fn apply(rules: &HeaderRules, headers: &mut HeaderMap) {
     }
 }
 
-/// The rules on a response from the upstream (not on our own answers).
-pub(crate) fn apply_response(rules: &HeaderRules, resp: &mut Response<Body>) {
-    apply(rules, resp.headers_mut());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
