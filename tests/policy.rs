@@ -138,6 +138,10 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
              request_headers = { set = { \"X-Env\" = \"canary\" } }",
         )
         .route("host = \"dead.example.com\"\nbackend = \"gone\"")
+        .route(
+            "host = \"rehost.example.com\"\nbackend = \"app\"\n\
+             request_headers = { set = { \"Host\" = \"internal.svc\" } }",
+        )
         .backend("app")
         .servers(&[up.addr()])
         .backend("gone")
@@ -184,6 +188,16 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
         assert_eq!(seen.get_all("x-tag").iter().count(), 1, "h2={h2}");
         assert!(h.get("server").is_none(), "h2={h2}");
         assert_eq!(h["strict-transport-security"], "max-age=31536000");
+
+        // Setting Host rewrites the host the upstream sees.
+        let (code, _, _) = send(addr, h2, "rehost.example.com", "/", &[]).await;
+        assert_eq!(code, StatusCode::OK);
+        let seen = up.last_headers().unwrap();
+        assert_eq!(
+            seen.get_all("host").iter().collect::<Vec<_>>(),
+            ["internal.svc"],
+            "h2={h2}"
+        );
 
         // Our own answer (no server reachable) is not the upstream's: no response rules.
         let (code, h, _) = send(addr, h2, "dead.example.com", "/", &[]).await;
