@@ -37,11 +37,43 @@ pub(super) struct FilePolicy {
 }
 
 /// `redirect = "https"` or `redirect = { location = "...", code = 301 }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum FileRedirect {
     Scheme(String),
-    To { location: String, code: Option<u16> },
+    To(FileRedirectTo),
+}
+
+/// `{ location = "...", code = 301 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRedirectTo {
+    location: String,
+    code: Option<u16>,
+}
+
+/// By hand rather than `#[serde(untagged)]`, which would answer a misspelt key in the table
+/// with "data did not match any variant" instead of naming it.
+impl<'de> Deserialize<'de> for FileRedirect {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileRedirect;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"https\" or { location = \"...\", code = 301 }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileRedirect, E> {
+                Ok(FileRedirect::Scheme(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<FileRedirect, A::Error> {
+                FileRedirectTo::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(FileRedirect::To)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `{ set = { NAME = VALUE }, add = { NAME = VALUE }, remove = [NAME] }`.
@@ -172,7 +204,7 @@ fn redirect(key: &str, r: FileRedirect) -> Result<Redirect, ConfigError> {
             key,
             format!("{s:?}: write \"https\" or {{ location = \"...\", code = 301 }}"),
         )),
-        FileRedirect::To { location, code } => {
+        FileRedirect::To(FileRedirectTo { location, code }) => {
             let code = code.unwrap_or(DEFAULT_REDIRECT_CODE);
             if !REDIRECT_CODES.contains(&code) {
                 return Err(invalid(
@@ -313,6 +345,11 @@ mod tests {
                 "redirect = \"http\"",
                 "frontend \"web\".route[0].redirect: \"http\"",
             ),
+            (
+                "redirect = { location = \"https://x{path}\", cod = 301 }",
+                "unknown key; did you mean `code`?",
+            ),
+            ("redirect = 301", "\"https\" or { location"),
         ];
         for (rule, want) in cases {
             let text =
