@@ -116,6 +116,18 @@ async fn redirects_answer_without_reaching_the_upstream() {
         );
     }
     assert_eq!(up.hits(), 0, "no redirect reached the upstream");
+    // Counted under the frontend alone: no backend took them.
+    let m = lb.metrics().await;
+    let redirects = |code: &str| {
+        support::metric(
+            &m,
+            &format!(
+                "switchyard_requests_total{{frontend=\"redir\",backend=\"\",server=\"\",code=\"{code}\"}}"
+            ),
+        )
+    };
+    assert_eq!((redirects("308"), redirects("301")), (2.0, 2.0), "{m}");
+    assert!(!m.contains("backend=\"shop\",server=\"\",code=\"30"), "{m}");
     // A route without a redirect is forwarded.
     let (code, _, body) = send(addr, false, "plain.example.com", "/", &[]).await;
     assert_eq!((code, body.as_str()), (StatusCode::OK, "shop"));

@@ -73,6 +73,8 @@ pub(crate) async fn handle(
         redirect,
     } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
+    // A redirect reaches no backend: it is counted, and logged, under the frontend alone.
+    let picked = picked.filter(|_| redirect.is_none());
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
         p.record().backend = Some(Arc::clone(&b.config));
@@ -99,7 +101,7 @@ pub(crate) async fn handle(
         }
         // The policy, in the contract's order (README, "Traffic policy"): redirect, header
         // rules, then balancing.
-        // A redirect is answered by us: no server, and the access log's termination is `ok`.
+        // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
             let resp = redirect.expect("matched just above");
             if resp.status() == StatusCode::BAD_REQUEST {
