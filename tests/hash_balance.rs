@@ -1,8 +1,9 @@
 //! `balance = "hash"` end to end against real upstreams: the same URI always reaches the same
 //! server; a header key pins its value and a request without the header is balanced
 //! round-robin; a stopped server's keys move to the others (and only those keys) and come back
-//! once it is up again; the PROXY header's source is the `source` key; and tcp mode hashes the
-//! client's address.
+//! once it is up again; the PROXY header's source is the `source` key; a cookie key reaches
+//! the same server over HTTP/2 (cookies split over several fields) as over HTTP/1.1; and tcp
+//! mode hashes the client's address.
 
 mod support;
 
@@ -270,4 +271,69 @@ async fn tcp_mode_hashes_the_clients_address() {
     assert_eq!(used.len(), 3, "{by_source:?}");
     lb.shutdown().await;
     stop.cancel();
+}
+
+/// The body of a GET over an HTTP/2 connection, with these header fields.
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    uri: &str,
+    headers: &[(&str, String)],
+) -> String {
+    use http_body_util::BodyExt;
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = tokio::time::timeout(
+        WAIT,
+        sender.send_request(req.body(http_body_util::Empty::new()).unwrap()),
+    )
+    .await
+    .expect("answer within 5 s")
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_cookie_key_over_http2_matches_http1() {
+    let ups = three().await;
+    let lb = Lb::start_ready(&config(&ups, "cookie:sid", "type = \"none\"", "")).await;
+    let fe = lb.http_addr("web");
+    let mut h2 = support::h2c(fe).await;
+    let client = http_client();
+    let mut used = HashSet::new();
+    for u in 0..30 {
+        let sid = format!("user-{u}");
+        // HTTP/2 may split the cookies over several fields (RFC 9113 8.2.3).
+        let over_h2 = h2_get(
+            &mut h2,
+            &format!("http://cache.example/p{u}"),
+            &[
+                ("cookie", "theme=dark".into()),
+                ("cookie", format!("sid={sid}")),
+            ],
+        )
+        .await;
+        let again = h2_get(
+            &mut h2,
+            "http://cache.example/other",
+            &[("cookie", format!("sid={sid}; theme=light"))],
+        )
+        .await;
+        let over_h1 = client
+            .get(format!("http://{fe}/x"))
+            .header("Cookie", format!("theme=dark; sid={sid}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!((&over_h2, &again), (&over_h1, &over_h1), "sid {sid}");
+        used.insert(over_h1);
+    }
+    assert_eq!(used.len(), 3, "{used:?}");
+    lb.shutdown().await;
 }
