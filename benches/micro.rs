@@ -5,7 +5,8 @@
 //! path from an etcd v2/v3 listing body to a published snapshot), and the decoders: one etcd v2
 //! long-poll event, one v3 watch message (JSON gateway, base64 keys and values) and the etcd
 //! value format (`host:port` or JSON), and a request's route (`route::Table::route`) among 1, 100
-//! and 10,000 exact-host, wildcard and path-prefix routes.
+//! and 10,000 exact-host, wildcard and path-prefix routes; and `balance = "hash"`: a pick over
+//! 10,000 servers and the build of its Maglev table.
 //!
 //! `cargo bench --bench micro` (about 2 minutes on 2 cores); the medians of the last run are in
 //! `benches/results/micro.txt`. Targets: one change published at 10,000 servers <= 1 ms, initial
@@ -28,6 +29,11 @@ const BACKEND: &str = "b";
 const PREFIX: &str = "/svc/backend";
 
 fn config(balance: &str) -> Config {
+    let hash_key = if balance == "hash" {
+        "hash_key = \"uri\""
+    } else {
+        ""
+    };
     Config::from_toml(&format!(
         r#"
 [etcd]
@@ -39,6 +45,7 @@ backend = "{BACKEND}"
 name = "{BACKEND}"
 etcd_prefix = "{PREFIX}"
 balance = "{balance}"
+{hash_key}
 "#
     ))
     .expect("bench config is valid")
@@ -364,6 +371,51 @@ fn route(c: &mut Criterion) {
     g.finish();
 }
 
+/// `balance = "hash"` over 10,000 servers: a request's pick, hashing its key (a 20-byte path)
+/// included, with all servers up and with every 10th down (then a key of a down server walks
+/// the table to the next one); and the Maglev table's build at publish time (one change at
+/// 10,000 servers, as `publish/one_change_10k`). Target: a pick under 100 ns.
+fn hash(c: &mut Criterion) {
+    use switchyard::balancer::maglev::key_hash;
+    let mut g = c.benchmark_group("hash");
+    const N: usize = 10_000;
+    let keys: Vec<String> = (0..1024)
+        .map(|i| format!("/static/img/{i:05}.png"))
+        .collect();
+    for down in [false, true] {
+        let p = publisher("hash", N);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        if down {
+            for s in b.servers.iter().step_by(10) {
+                s.set_up(false);
+            }
+        }
+        let label = if down { "pick_10pct_down" } else { "pick" };
+        let mut i = 0usize;
+        g.bench_with_input(BenchmarkId::new(label, N), &N, |bch, _| {
+            bch.iter(|| {
+                i = (i + 1) & 1023;
+                let h = key_hash(black_box(keys[i].as_str()));
+                black_box(b.pick_keyed(Some(h), &[])).is_some()
+            })
+        });
+    }
+    g.sample_size(10);
+    let p = publisher("hash", N);
+    let base = specs(N);
+    let mut plus_one = base.clone();
+    plus_one.push(spec(N));
+    let mut add = false;
+    g.bench_function("publish_one_change_10k", |bch| {
+        bch.iter(|| {
+            add = !add;
+            assert!(p.publish_discovered(BACKEND, if add { &plus_one } else { &base }));
+        })
+    });
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -373,6 +425,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = micro;
     config = short();
-    targets = pick, publish, decode, route
+    targets = pick, publish, decode, route, hash
 }
 criterion_main!(micro);

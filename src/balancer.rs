@@ -9,6 +9,13 @@
 //! the k-th available server by weight instead, so the share of an unavailable server spreads
 //! over all the others rather than landing on its neighbour.
 //! This module does not change health; it reads `Server::available`.
+//!
+//! `balance = "hash"` reads a Maglev table built at publish time ([`maglev`]): the key's slot,
+//! and when that server is down, draining or tried, the next slots of the table in turn, so the
+//! key's traffic goes to the next server and comes back when the first is up again. Slowstart
+//! does not apply to it (as in HAProxy, a hash does not ramp: the keys are the server's).
+
+pub mod maglev;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -142,6 +149,10 @@ fn untried(s: &Arc<Server>, tried: &[Arc<Server>]) -> bool {
 /// Random turns tried when a roundrobin turn falls on an unusable server, before the scan.
 const RR_PROBES: usize = 4;
 
+/// Slots of the hash table walked from a key's slot while their servers are unusable, before
+/// the scan (with 90% of the weight down, all 64 are down once in a thousand keys).
+const HASH_PROBES: usize = 64;
+
 impl BackendSet {
     /// The next server for a request, or `None` when no server is available.
     #[inline]
@@ -152,10 +163,21 @@ impl BackendSet {
     /// The next server that is not in `tried` (used for retries, so a failed attempt goes to a
     /// different server). `tried` is short: at most `retries + 1` entries.
     pub fn pick_excluding(&self, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
+        self.pick_keyed(None, tried)
+    }
+
+    /// As [`BackendSet::pick_excluding`], with the hash of the request's `hash_key`
+    /// ([`maglev::key_hash`]) for `balance = "hash"`; without one (no such header or cookie),
+    /// or for the other balances, the key is not used.
+    pub fn pick_keyed(&self, key: Option<u64>, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
         if self.servers.is_empty() {
             return None;
         }
         match self.config.balance {
+            Balance::Hash => match key {
+                Some(h) => self.pick_hash(h, tried),
+                None => self.pick_rr(tried),
+            },
             Balance::Roundrobin => self.pick_rr(tried),
             Balance::Leastconn => self.pick_least(tried, self.runtime.tick()),
             Balance::Random2 => self.pick_random2(tried),
@@ -242,6 +264,28 @@ impl BackendSet {
         self.kth_by_weight(tried, panic, tick, None)
     }
 
+    /// The key's server in the Maglev table, or the first usable one in the slots after it.
+    fn pick_hash(&self, h: u64, tried: &[Arc<Server>]) -> Option<&Arc<Server>> {
+        let Some(table) = &self.hash else {
+            return self.pick_rr(tried); // no server has a weight: nobody is in the table
+        };
+        let start = table.slot(h);
+        for i in 0..HASH_PROBES {
+            let s = &self.servers[table.at(start + i)];
+            if self.usable(s, tried, false) {
+                return Some(s);
+            }
+        }
+        // Most of the weight is unusable: still the same server for the same key while the
+        // set stays the same, chosen by weight among the usable ones (or, in panic, all).
+        let panic = self.in_panic();
+        let first = &self.servers[table.at(start)];
+        if panic && self.usable(first, tried, true) {
+            return Some(first);
+        }
+        self.kth_by_weight(tried, panic, h as usize, None)
+    }
+
     /// The k-th usable server (other than `skip`) counting each one `weight` times
     /// (k = tick mod total weight).
     fn kth_by_weight(
@@ -322,7 +366,7 @@ impl BackendSet {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::snapshot::{Publisher, ServerSpec, Source};
+    use crate::snapshot::{AdminState, Publisher, ServerSpec, Source};
     use std::collections::HashMap;
 
     fn publisher_with(balance: &str, extra: &str, weights: &[u32]) -> Publisher {
@@ -534,6 +578,91 @@ balance = "{balance}"
         assert!(b.servers[0].ramp(b.config.slowstart) < 0.06);
         let m = counts(b, 2000);
         assert!(m.get(&0).copied().unwrap_or(0) < 200, "{m:?}");
+    }
+
+    fn hash_owner(b: &BackendSet, k: usize) -> usize {
+        let h = maglev::key_hash(format!("/k/{k}"));
+        b.pick_keyed(Some(h), &[]).unwrap().name.parse().unwrap()
+    }
+
+    #[test]
+    fn hash_keeps_keys_and_a_down_servers_keys_move_and_come_back() {
+        let p = publisher_with("hash", "hash_key = \"uri\"", &[1; 10]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let before: Vec<usize> = (0..10_000).map(|k| hash_owner(b, k)).collect();
+        assert_eq!(
+            before,
+            (0..10_000).map(|k| hash_owner(b, k)).collect::<Vec<_>>()
+        );
+        let on3 = before.iter().filter(|&&s| s == 3).count();
+        assert!((800..1200).contains(&on3), "{on3}");
+        b.servers[3].set_up(false);
+        let during: Vec<usize> = (0..10_000).map(|k| hash_owner(b, k)).collect();
+        for (k, (a, d)) in before.iter().zip(&during).enumerate() {
+            if *a == 3 {
+                assert_ne!(*d, 3, "key {k} still on the down server");
+            } else {
+                assert_eq!(a, d, "key {k} moved though its server is up");
+            }
+        }
+        // The down server's keys spread over the others rather than onto one neighbour.
+        let mut spread = HashMap::<usize, usize>::new();
+        for (a, d) in before.iter().zip(&during) {
+            if *a == 3 {
+                *spread.entry(*d).or_default() += 1;
+            }
+        }
+        assert!(spread.len() >= 8, "{spread:?}");
+        // All come back once it is up; drain and maint count as down too.
+        b.servers[3].set_up(true);
+        assert_eq!(
+            before,
+            (0..10_000).map(|k| hash_owner(b, k)).collect::<Vec<_>>()
+        );
+        for state in [AdminState::Drain, AdminState::Maint] {
+            p.set_admin_state("b", "5", state).unwrap();
+            assert!((0..10_000).all(|k| hash_owner(b, k) != 5), "{state:?}");
+        }
+        p.set_admin_state("b", "5", AdminState::Ready).unwrap();
+        assert_eq!(
+            before,
+            (0..10_000).map(|k| hash_owner(b, k)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn hash_retries_walk_on_and_a_missing_key_is_round_robin() {
+        let p = publisher_with("hash", "hash_key = \"header:x-user\"", &[1, 1, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let h = maglev::key_hash("alice");
+        let first = Arc::clone(b.pick_keyed(Some(h), &[]).unwrap());
+        let second = Arc::clone(b.pick_keyed(Some(h), std::slice::from_ref(&first)).unwrap());
+        assert!(!Arc::ptr_eq(&first, &second));
+        let all = b.servers.clone();
+        assert!(b.pick_keyed(Some(h), &all).is_none());
+        // No key: the plain rotation, even over 300 picks.
+        let m = counts(b, 300);
+        assert!(m.values().all(|&c| c == 100), "{m:?}");
+    }
+
+    #[test]
+    fn hash_honours_weights_and_holds_with_most_servers_down() {
+        let p = publisher_with("hash", "hash_key = \"uri\"", &[2, 1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let on0 = (0..10_000).filter(|&k| hash_owner(b, k) == 0).count() as f64;
+        assert!((on0 / (10_000.0 - on0) - 2.0).abs() < 0.2, "{on0}");
+
+        // 99 of 100 down: every key still finds the one up server (past the table walk).
+        let p = publisher_with("hash", "hash_key = \"uri\"", &[1; 100]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        for s in &b.servers[1..] {
+            s.set_up(false);
+        }
+        assert!((0..1000).all(|k| hash_owner(b, k) == 0));
     }
 
     #[test]

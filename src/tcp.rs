@@ -334,8 +334,11 @@ async fn connect_upstream(
     let mut tried: Vec<Arc<Server>> = Vec::new();
     // The cause of a retry decided on, counted once another server is picked for it.
     let mut retry = None;
+    // `check` allows tcp mode only `hash_key = "source"`: the client's address (PROXY's source).
+    let key = (cfg.balance == crate::config::Balance::Hash)
+        .then(|| crate::balancer::maglev::key_hash(client.ip()));
     loop {
-        let Some(server) = set.pick_excluding(&tried).cloned() else {
+        let Some(server) = set.pick_keyed(key, &tried).cloned() else {
             let reason = if tried.is_empty() {
                 "no_server"
             } else {

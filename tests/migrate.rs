@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use switchyard::config::{Balance, CheckType, Config, Mode, ProxyVersion};
+use switchyard::config::{Balance, CheckType, Config, HashKey, Mode, ProxyVersion};
 use switchyard::migrate::{Input, Source, migrate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -264,7 +264,8 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
     assert_eq!(api.balance, Balance::Random2);
     assert_eq!(api.servers.len(), 2);
     let pg = c.backend("postgres").unwrap();
-    assert_eq!(pg.balance, Balance::Roundrobin);
+    assert_eq!(pg.balance, Balance::Hash, "balance source");
+    assert_eq!(pg.hash_key, Some(HashKey::Source));
     assert_eq!(pg.response_timeout, Duration::from_secs(7200));
     assert_eq!(pg.check.inter, Duration::from_secs(5));
     let adm = c.backend("admin_api").unwrap();
@@ -283,7 +284,6 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
         (46, "server web1 weight 10"),
         (47, "server web2 weight 20"),
         (48, "server sorry backup"),
-        (57, "balance source"),
         (59, "server pg1 maxconn 100"),
     ];
     assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
@@ -982,6 +982,107 @@ frontend www 127.0.0.1:8081
         &w,
         &[("haproxy.cfg", 3, "log 127.0.0.1 local0", "no syslog")],
     );
+}
+
+#[test]
+fn balance_source_uri_and_hdr_become_consistent_hashing() {
+    let text = "\
+defaults
+    mode http
+    balance source
+frontend www
+    bind 127.0.0.1:8080
+    default_backend by_source
+    use_backend by_uri if { path_beg /static }
+    use_backend by_hdr if { path_beg /api }
+backend by_source
+    server a 127.0.0.1:9001
+backend by_uri
+    balance uri
+    server a 127.0.0.1:9001
+backend by_hdr
+    balance hdr(X-User)
+    server a 127.0.0.1:9001
+backend by_rr
+    balance roundrobin
+    server a 127.0.0.1:9001
+backend by_uri_len
+    balance uri len 10
+    server a 127.0.0.1:9001
+backend by_url_param
+    balance url_param userid
+    server a 127.0.0.1:9001
+frontend raw
+    mode tcp
+    bind 127.0.0.1:5432
+    default_backend pg
+backend pg
+    mode tcp
+    balance hdr(X-User)
+    server a 127.0.0.1:5433
+";
+    let (c, w) = lib(text);
+    let hash = |name: &str| {
+        let b = c.backend(name).unwrap();
+        (b.balance, b.hash_key.clone())
+    };
+    assert_eq!(
+        hash("by_source"),
+        (Balance::Hash, Some(HashKey::Source)),
+        "from defaults"
+    );
+    assert_eq!(hash("by_uri"), (Balance::Hash, Some(HashKey::Uri)));
+    assert_eq!(
+        hash("by_hdr"),
+        (Balance::Hash, Some(HashKey::Header("x-user".into())))
+    );
+    assert_eq!(
+        hash("by_rr"),
+        (Balance::Roundrobin, None),
+        "overrides defaults"
+    );
+    assert_eq!(hash("by_uri_len"), (Balance::Hash, Some(HashKey::Uri)));
+    assert_eq!(hash("by_url_param"), (Balance::Roundrobin, None));
+    assert_eq!(hash("pg"), (Balance::Roundrobin, None));
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                21,
+                "balance uri len 10",
+                "options are not migrated",
+            ),
+            (
+                "haproxy.cfg",
+                24,
+                "balance url_param userid",
+                "roundrobin is used",
+            ),
+            (
+                "haproxy.cfg",
+                32,
+                "balance hdr(X-User)",
+                "tcp mode can hash only",
+            ),
+        ],
+    );
+    let m = migrate(&Input {
+        haproxy: Source {
+            name: "haproxy.cfg",
+            text,
+        },
+        confd_toml: None,
+        confd_template: None,
+        etcd_endpoints: vec![],
+    })
+    .unwrap();
+    assert!(
+        m.toml.contains("hash_key = \"header:X-User\""),
+        "{}",
+        m.toml
+    );
+    assert_check_passes("hash", &m.toml);
 }
 
 // ---------------------------------------------------------------------------------------------

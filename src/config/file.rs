@@ -156,6 +156,7 @@ pub(super) struct FileBackend {
     #[serde(default)]
     pub(super) servers: Vec<String>,
     pub(super) balance: Option<Balance>,
+    pub(super) hash_key: Option<String>,
     pub(super) check: Option<FileCheck>,
     pub(super) passive: Option<FilePassive>,
     #[serde(default, deserialize_with = "bounded::deserialize")]

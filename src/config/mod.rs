@@ -124,6 +124,8 @@ pub enum Balance {
     Leastconn,
     /// Power of two random choices, by requests in flight relative to weight.
     Random2,
+    /// Consistent hashing (Maglev) of the backend's `hash_key`.
+    Hash,
 }
 
 impl Balance {
@@ -133,7 +135,66 @@ impl Balance {
             Balance::Roundrobin => "roundrobin",
             Balance::Leastconn => "leastconn",
             Balance::Random2 => "random2",
+            Balance::Hash => "hash",
         }
+    }
+}
+
+/// `[[backend]] hash_key`: what `balance = "hash"` hashes. A request without it (no such header
+/// or cookie) is balanced round-robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's address without the port (the PROXY header's source with `accept_proxy`).
+    Source,
+    /// The path and query as received.
+    Uri,
+    /// A request header's value (`header:NAME`; the name is kept lowercase).
+    Header(String),
+    /// A cookie's value (`cookie:NAME`).
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `source`, `uri`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(s: &str) -> Result<HashKey, String> {
+        let named = |kind: &str, name: &str| {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b == b';') {
+                Err(format!("{kind}: needs a name, as in \"{kind}:NAME\""))
+            } else {
+                Ok(name.to_string())
+            }
+        };
+        match s.split_once(':') {
+            None if s == "source" => Ok(HashKey::Source),
+            None if s == "uri" => Ok(HashKey::Uri),
+            Some(("header", n)) => {
+                let n = named("header", n)?;
+                http::HeaderName::from_bytes(n.as_bytes())
+                    .map(|h| HashKey::Header(h.as_str().to_string()))
+                    .map_err(|_| format!("header:{n}: not a valid header name"))
+            }
+            Some(("cookie", n)) => named("cookie", n).map(HashKey::Cookie),
+            _ => Err(format!(
+                "unknown value {s:?}; expected \"source\", \"uri\", \"header:NAME\" or \"cookie:NAME\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::Source => f.write_str("source"),
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::Header(n) => write!(f, "header:{n}"),
+            HashKey::Cookie(n) => write!(f, "cookie:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -365,6 +426,8 @@ pub struct Backend {
     pub etcd_prefix: Option<String>,
     pub servers: Vec<String>,
     pub balance: Balance,
+    /// What `balance = "hash"` hashes (set exactly when the balance is `hash`).
+    pub hash_key: Option<HashKey>,
     pub check: Check,
     pub passive: Passive,
     /// Ramp-up time of a server's weight after it comes back up (HAProxy's `slowstart`).
@@ -575,7 +638,12 @@ fall = 3
         for m in [Mode::Http, Mode::Tcp] {
             assert_eq!(text(m), m.as_str());
         }
-        for b in [Balance::Roundrobin, Balance::Leastconn, Balance::Random2] {
+        for b in [
+            Balance::Roundrobin,
+            Balance::Leastconn,
+            Balance::Random2,
+            Balance::Hash,
+        ] {
             assert_eq!(text(b), b.as_str());
         }
         for a in [EtcdApi::V2, EtcdApi::V3] {
@@ -835,6 +903,62 @@ fall = 3
         assert!(err(&bad).contains("expect_status"));
         let bad = CLASSIC.replace("balance = \"roundrobin\"", "balance = \"fastest\"");
         assert!(err(&bad).contains("fastest"), "{}", err(&bad));
+    }
+
+    #[test]
+    fn hash_keys_are_read_and_bad_ones_named() {
+        let with = |key: &str| {
+            CLASSIC.replace(
+                "balance = \"roundrobin\"",
+                &format!("balance = \"hash\"\nhash_key = \"{key}\""),
+            )
+        };
+        for (text, want) in [
+            ("source", HashKey::Source),
+            ("uri", HashKey::Uri),
+            ("header:X-User", HashKey::Header("x-user".into())),
+            ("cookie:SID", HashKey::Cookie("SID".into())),
+        ] {
+            let c = Config::from_toml(&with(text)).unwrap();
+            assert_eq!(c.backends[0].balance, Balance::Hash);
+            assert_eq!(c.backends[0].hash_key.as_ref(), Some(&want));
+            assert_eq!(want.to_string().to_lowercase(), text.to_lowercase());
+        }
+        for (key, says) in [
+            ("url", "unknown value \"url\""),
+            ("header:", "needs a name"),
+            ("header:a b", "needs a name"),
+            ("header:a(b", "not a valid header name"),
+            ("cookie:", "needs a name"),
+        ] {
+            let e = err(&with(key));
+            assert!(e.contains("hash_key") && e.contains(says), "{key}: {e}");
+        }
+        let e = err(&CLASSIC.replace("balance = \"roundrobin\"", "balance = \"hash\""));
+        assert!(e.contains("hash_key") && e.contains("required"), "{e}");
+        let e = err(&CLASSIC.replace(
+            "balance = \"roundrobin\"",
+            "balance = \"leastconn\"\nhash_key = \"uri\"",
+        ));
+        assert!(e.contains("only applies to balance = \"hash\""), "{e}");
+    }
+
+    #[test]
+    fn a_tcp_frontend_hashes_only_the_source() {
+        let tcp = |key: &str| {
+            format!(
+                "[[frontend]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\nbackend = \"b\"\n\
+                 [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\nbalance = \"hash\"\nhash_key = \"{key}\"\n"
+            )
+        };
+        assert!(Config::from_toml(&tcp("source")).is_ok());
+        for key in ["uri", "header:x-user", "cookie:sid"] {
+            let e = err(&tcp(key));
+            assert!(
+                e.contains(&format!("hash_key = \"{key}\"")) && e.contains("\"raw\""),
+                "{e}"
+            );
+        }
     }
 
     #[test]

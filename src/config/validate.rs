@@ -16,8 +16,8 @@ use super::file::{
     FileFrontendTls, FileGlobal, FilePassive,
 };
 use super::{
-    Backend, BackendTls, CertPair, Check, Config, ConfigError, EtcdConfig, Frontend, FrontendTls,
-    LogConfig, Mode, Passive, invalid,
+    Backend, BackendTls, Balance, CertPair, Check, Config, ConfigError, EtcdConfig, Frontend,
+    FrontendTls, HashKey, LogConfig, Mode, Passive, invalid,
 };
 
 /// `[global] threads` above this is refused.
@@ -105,6 +105,7 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         bound.insert(0, ("admin.listen".to_string(), *listen));
     }
     binds(&mut errs, &bound);
+    tcp_hash_keys(&mut errs, &frontends, &backends);
     // A tree names frontends: after a frontend failed, its errors would only echo that one.
     let service_trees = if errs.0.len() == before {
         errs.take(super::routing::service_trees(
@@ -412,6 +413,30 @@ fn backend(
         e.positive(format!("{key}.slowstart"), d);
     }
     let tls = b.tls.and_then(|t| e.take(backend_tls(key, t)));
+    let balance = b.balance.unwrap_or(DEFAULT_BALANCE);
+    let hash_key = match (&b.hash_key, balance) {
+        (Some(k), Balance::Hash) => HashKey::parse(k)
+            .map_err(|m| e.push(invalid(format!("{key}.hash_key"), m)))
+            .ok(),
+        (None, Balance::Hash) => {
+            e.push(invalid(
+                format!("{key}.hash_key"),
+                "is required with balance = \"hash\": \"source\", \"uri\", \"header:NAME\" or \"cookie:NAME\"",
+            ));
+            None
+        }
+        (Some(_), other) => {
+            e.push(invalid(
+                format!("{key}.hash_key"),
+                format!(
+                    "only applies to balance = \"hash\" (this backend balances {:?})",
+                    other.as_str()
+                ),
+            ));
+            None
+        }
+        (None, _) => None,
+    };
     let backend = Backend {
         protocol: b.protocol.unwrap_or(DEFAULT_PROTOCOL),
         send_proxy: b.send_proxy.unwrap_or(DEFAULT_SEND_PROXY),
@@ -445,10 +470,33 @@ fn backend(
         name: b.name,
         etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
         servers: b.servers,
-        balance: b.balance.unwrap_or(DEFAULT_BALANCE),
+        balance,
+        hash_key,
         check,
     };
     e.finish(backend)
+}
+
+/// A tcp-mode frontend sees no request: a backend it reaches can hash only the client's
+/// address (`hash_key = "source"`).
+fn tcp_hash_keys(errs: &mut Errors, frontends: &[Frontend], backends: &[Backend]) {
+    for f in frontends.iter().filter(|f| f.mode == Mode::Tcp) {
+        let used = f.backend.iter().chain(f.routes.iter().map(|r| &r.backend));
+        for name in used {
+            let Some(b) = backends.iter().find(|b| &b.name == name) else {
+                continue;
+            };
+            if let Some(k) = b.hash_key.as_ref().filter(|k| **k != HashKey::Source) {
+                errs.push(invalid(
+                    format!("backend {:?}.hash_key", b.name),
+                    format!(
+                        "hash_key = \"{k}\" needs a request, but tcp-mode frontend {:?} uses this backend; tcp mode hashes only \"source\"",
+                        f.name
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 /// `[backend.check]`; `fastinter` and `downinter` default to the backend's `inter`. Every

@@ -462,6 +462,7 @@ pub(crate) async fn forward(
     // HTTP/2 clients get trailers unannounced (`announce_grpc_trailers` is for HTTP/1.1).
     let client_version = req.version();
     let method = req.method().clone();
+    let key = super::hash_key::of(cfg, &req, conn.client);
     let mut req = rewrite_request(req, conn, &cfg.name, target);
     // Kept to tell, once the body is gone upstream, whether a failure was the client's.
     let body_state = match req.body() {
@@ -480,7 +481,7 @@ pub(crate) async fn forward(
     // A retry decided on, counted once another server is picked for it (not when none is left).
     let mut retry = None;
     loop {
-        let Some(server) = backend.pick_excluding(&tried).cloned() else {
+        let Some(server) = backend.pick_keyed(key, &tried).cloned() else {
             if tried.is_empty() {
                 trace.termination = Termination::NoServer;
                 let body = format!(

@@ -13,6 +13,7 @@
 //! | `stream.rs` | the client socket as the servers read it: first-byte and write-stall bounds, byte counts, HTTP/2 sniffing, the connection timer |
 //! | `h1/` | HTTP/1.x: the codec both sides share (`mod.rs`), our server towards clients, our client towards servers |
 //! | `h2.rs`, `h2_rules.rs` | HTTP/2 client connections' timers and `Date`; the rules an HTTP/2 request must meet and its translation to HTTP/1.1 fields |
+//! | `hash_key.rs` | the value a request is hashed by under `balance = "hash"` (source, uri, header, cookie) |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
 //! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics, stats and access log |
 //! | `failure.rs` | why an attempt failed (its cause), the answer once every server failed, retries and refusals counted by cause and reason |
@@ -34,6 +35,7 @@ pub mod guarded;
 pub mod h1;
 pub mod h2;
 pub mod h2_rules;
+pub(crate) mod hash_key;
 pub mod headers;
 pub mod policy;
 pub mod pool;

@@ -174,6 +174,8 @@ pub(super) struct HttpChk {
 pub(super) struct Common {
     pub(super) mode: Option<&'static str>,
     pub(super) balance: Option<&'static str>,
+    /// With `balance = "hash"`: its `hash_key`.
+    pub(super) hash_key: Option<String>,
     pub(super) connect_timeout: Option<Duration>,
     pub(super) response_timeout: Option<Duration>,
     pub(super) client_timeout: Option<Duration>,
@@ -318,6 +320,50 @@ fn timeout_slot<'c>(
     })
 }
 
+/// `balance`: roundrobin, leastconn and random as they are; `source`, `uri` and `hdr(NAME)` as
+/// `balance = "hash"` with that `hash_key`. In tcp mode only `source` has a key to hash.
+fn balance(p: &mut Proxy, l: &Line, w: &mut Warn) {
+    let a1 = l.word(1);
+    let (balance, key) = match a1 {
+        "roundrobin" => ("roundrobin", None),
+        "leastconn" => ("leastconn", None),
+        "random" | "random(2)" => ("random2", None),
+        "source" => ("hash", Some("source".to_string())),
+        "uri" => ("hash", Some("uri".to_string())),
+        _ => match a1.strip_prefix("hdr(").and_then(|r| r.strip_suffix(')')) {
+            Some(name) if crate::config::HashKey::parse(&format!("header:{name}")).is_ok() => {
+                ("hash", Some(format!("header:{name}")))
+            }
+            _ => {
+                w.line(
+                    l,
+                    "only roundrobin, leastconn, random (as random2), source, uri and hdr(NAME) (as hash) exist in Switchyard; roundrobin is used",
+                );
+                p.c.balance = Some("roundrobin");
+                p.c.hash_key = None;
+                return;
+            }
+        },
+    };
+    if key.as_deref().is_some_and(|k| k != "source") && p.c.mode == Some("tcp") {
+        w.line(
+            l,
+            "tcp mode can hash only the client's address (balance source); roundrobin is used",
+        );
+        p.c.balance = Some("roundrobin");
+        p.c.hash_key = None;
+        return;
+    }
+    if l.words.len() > 2 {
+        w.line(
+            l,
+            "its options are not migrated: Switchyard hashes the whole value (for uri: the path and query)",
+        );
+    }
+    p.c.balance = Some(balance);
+    p.c.hash_key = key;
+}
+
 /// Applies one directive of a defaults, frontend, backend or listen section.
 pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
     let d = l.word(0);
@@ -372,15 +418,7 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         {
             p.policy.push(l.clone())
         }
-        "balance" => match a1 {
-            "roundrobin" => p.c.balance = Some("roundrobin"),
-            "leastconn" => p.c.balance = Some("leastconn"),
-            "random" | "random(2)" => p.c.balance = Some("random2"),
-            _ => w.line(
-                l,
-                "only roundrobin, leastconn and random (as random2) exist in Switchyard; roundrobin is used",
-            ),
-        },
+        "balance" => balance(p, l, w),
         "server" => {
             if l.words.len() < 3 {
                 w.line(l, "needs a name and an address");
@@ -442,8 +480,17 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         "log" | "log-tag" => w.line(l, LOG_HINT),
         "log-format" | "error-log-format" | "capture" => w.line(l, LOG_FORMAT_HINT),
         "cookie" => w.line(l, "no cookie persistence (sticky sessions) in Switchyard"),
-        "http-request" | "http-response" | "http-after-response" | "tcp-request"
-        | "tcp-response" | "reqadd" | "rspadd" | "reqrep" | "rsprep" | "reqdel" | "rspdel"
+        "http-request"
+        | "http-response"
+        | "http-after-response"
+        | "tcp-request"
+        | "tcp-response"
+        | "reqadd"
+        | "rspadd"
+        | "reqrep"
+        | "rsprep"
+        | "reqdel"
+        | "rspdel"
         | "redirect" => w.line(
             l,
             "no request/response rules in Switchyard (it sets X-Forwarded-For/-Proto/-Host itself)",

@@ -545,6 +545,9 @@ pub(super) fn backend(
         "balance = {}\n",
         q(p.c.balance.unwrap_or(DEFAULT_BALANCE.as_str()))
     ));
+    if let Some(k) = &p.c.hash_key {
+        out.push_str(&format!("hash_key = {}\n", q(k)));
+    }
     if let Some(t) = p.c.connect_timeout {
         out.push_str(&format!("connect_timeout = {}\n", q(&human(t))));
     }

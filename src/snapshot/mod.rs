@@ -38,6 +38,9 @@ pub struct BackendSet {
     /// Smooth weighted round-robin order, as indices into `servers`; empty when every server
     /// has the same weight (then the order is simply `servers`).
     pub schedule: Vec<u32>,
+    /// For `balance = "hash"`: the Maglev table over `servers` (`None` for the other balances,
+    /// or when no server has a weight). Shared, not copied, while the servers stay the same.
+    pub hash: Option<Arc<crate::balancer::maglev::Table>>,
     /// Removed servers still finishing requests in flight: listed as draining, never picked.
     pub draining: Vec<Arc<Server>>,
     /// Lives outside the snapshot: carried into every new snapshot so rotation does not restart
@@ -52,8 +55,19 @@ impl BackendSet {
         draining: Vec<Arc<Server>>,
         runtime: Arc<BackendRuntime>,
     ) -> BackendSet {
+        let hash = (config.balance == config::Balance::Hash)
+            .then(|| {
+                let ids: Vec<_> = servers
+                    .iter()
+                    .map(|s| ((&s.name, &s.addr), s.weight))
+                    .collect();
+                crate::balancer::maglev::Table::build(&ids)
+            })
+            .flatten()
+            .map(Arc::new);
         BackendSet {
             schedule: crate::balancer::schedule(&servers),
+            hash,
             config,
             servers,
             draining,
@@ -67,6 +81,7 @@ impl BackendSet {
             config: Arc::clone(&self.config),
             servers: self.servers.clone(),
             schedule: self.schedule.clone(),
+            hash: self.hash.clone(),
             draining,
             runtime: Arc::clone(&self.runtime),
         }
