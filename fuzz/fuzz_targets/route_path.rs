@@ -32,6 +32,7 @@ fn route(host: Option<&str>, prefix: &str, strip: bool, sni: bool, backend: usiz
         backend,
         backend_name: Arc::from(format!("b{backend}")),
         source: Source::Config,
+        policy: (),
     }
 }
 
@@ -61,7 +62,7 @@ static ROUTES: LazyLock<Vec<Route>> = LazyLock::new(|| {
 });
 
 static TABLE: LazyLock<Table> =
-    LazyLock::new(|| Table::new(ROUTES.clone(), Some((FALLBACK, Arc::from("fallback")))));
+    LazyLock::new(|| Table::new(ROUTES.clone(), Some((FALLBACK, Arc::from("fallback"))), ()));
 
 /// The precedence rules as a scan of every route (SNI routes when `sni`).
 fn scan(host: Option<&str>, path: &str, sni: bool) -> Option<&'static Route> {

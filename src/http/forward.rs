@@ -103,7 +103,7 @@ pub(crate) async fn handle(
         // rules, then balancing.
         // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
-            let resp = redirect.expect("matched just above");
+            let resp = *redirect.expect("matched just above");
             if resp.status() == StatusCode::BAD_REQUEST {
                 trace.termination = Termination::BadRequest;
             }
@@ -240,7 +240,9 @@ pub(crate) struct Picked {
     /// The route's policy (or the frontend's); `None` when it does nothing.
     pub(crate) policy: Option<Arc<Policy>>,
     /// The policy's redirect, answered instead of forwarding (unless the request is refused).
-    pub(crate) redirect: Option<Response<Body>>,
+    /// Boxed: a response is ~150 bytes that every request would otherwise move several times
+    /// through `handle`'s future (callgrind: +230 instructions of memcpy per request).
+    pub(crate) redirect: Option<Box<Response<Body>>>,
 }
 
 /// The backend for `req`, with the request's path rewritten to the form it was routed by
@@ -259,7 +261,7 @@ pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<Re
         let redirect = policy
             .redirect
             .as_ref()
-            .map(|r| super::policy::redirect(r, request_host(req), req));
+            .map(|r| Box::new(super::policy::redirect(r, request_host(req), req)));
         Picked {
             backend,
             routing,
