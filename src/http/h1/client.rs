@@ -47,6 +47,8 @@ pub(crate) struct Conn {
     /// The response timer, made at the first request and then moved lazily (see
     /// `timed_out`).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Part of the current response was read since the last wait (see `poll_response`).
+    unacked: bool,
 }
 
 impl Conn {
@@ -55,6 +57,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             timer: None,
+            unacked: false,
         }
     }
 
@@ -88,6 +91,25 @@ impl Conn {
             Poll::Pending => self.buf.is_empty(),
             Poll::Ready(_) => false,
         }
+    }
+
+    /// `poll_fill` for a response being read. When it must wait for more after having read
+    /// part of the response, what was read is acknowledged at once (`UpIo::ack_now`): a
+    /// server with Nagle on that wrote the head and the body in two sends holds the body until
+    /// the head is acknowledged, and Linux delays that ACK by about 40 ms on an interactive
+    /// connection (HAProxy 2.6 and nginx 1.22 stall so; tests/nagle_upstream.rs). A response
+    /// read whole in one go costs no extra system call.
+    fn poll_response(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let r = self.poll_fill(cx);
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => self.unacked = true,
+            Poll::Pending if self.unacked => {
+                self.unacked = false;
+                self.io.ack_now();
+            }
+            _ => {}
+        }
+        r
     }
 
     /// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
@@ -193,6 +215,8 @@ where
     let mut sent_all = false;
     let mut write_error: Option<io::Error> = None;
     let mut got_bytes = !conn.buf.is_empty();
+    // Nothing of this response is read yet: its first wait needs no ACK.
+    conn.unacked = false;
     poll_fn(|cx| {
         // Write side: as much of the head and body as the socket takes now.
         while !sent_all && write_error.is_none() {
@@ -250,7 +274,7 @@ where
                 }
                 return Poll::Ready(Ok(head));
             }
-            let filled = match conn.poll_fill(cx) {
+            let filled = match conn.poll_response(cx) {
                 Poll::Pending if conn.timed_out(deadline, cx) => {
                     return Poll::Ready(Err(Error::TimedOut));
                 }
@@ -558,7 +582,7 @@ impl Body {
 
     /// Reads more; the end of the stream is an error unless the body runs to the close.
     fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Error>> {
-        match ready!(self.conn().poll_fill(cx)) {
+        match ready!(self.conn().poll_response(cx)) {
             Ok(0) if matches!(self.state, State::Close) => Poll::Ready(Ok(false)),
             Ok(0) => Poll::Ready(Err(Error::Io(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
