@@ -7,7 +7,7 @@
 # Environment:
 #   ROUNDS (3)  DURATION (10, seconds per measured run)  WARMUP (2, seconds before each run)
 #   CONNS (64)  THREADS (1, wrk threads)
-#   SCENARIOS ("keepalive close tcp https")  KEEP=1 keeps the temp dir (configs, logs, raw wrk output)
+#   SCENARIOS ("keepalive close tcp https nagle")  KEEP=1 keeps the temp dir (configs, logs, raw wrk output)
 #   OUT (benches/results/load.txt)
 #
 # Each scenario starts the three proxies fresh, then runs them interleaved (A B C, A B C, ...) for
@@ -22,7 +22,10 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
-SCENARIOS=${SCENARIOS:-"keepalive close tcp https"}
+SCENARIOS=${SCENARIOS:-"keepalive close tcp https nagle"}
+# The `nagle` scenario's upstreams are Python's http.server, which writes a response's head and
+# body in two sends with Nagle on; they are slow, so fewer connections load them.
+NAGLE_CONNS=${NAGLE_CONNS:-8}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OUT=${OUT:-$ROOT/benches/results/load.txt}
 BIN=$ROOT/target/release/switchyard
@@ -174,6 +177,30 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$UP1/" && wait_http "http://127.0.0.1:$UP2/" || {
     log "upstream nginx did not start:"; cat "$WORK/upstream/logs/"*.log >&2; exit 1; }
 log "upstreams on 127.0.0.1:$UP1 and 127.0.0.1:$UP2 (nginx pid ${PIDS[-1]})"
+
+# The `nagle` scenario's upstreams: Python's threading http.server (HTTP/1.1 keep-alive), whose
+# handler writes the head (one flush) and then the body (a second send), Nagle left on.
+if [[ " $SCENARIOS " == *" nagle "* ]]; then
+    read -r PY1 PY2 <<<"$(free_ports 2)"
+    cat > "$WORK/upstream/py.py" <<'EOF'
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.send_header("X-Up", sys.argv[2])
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+EOF
+    python3 "$WORK/upstream/py.py" "$PY1" a & PIDS+=($!)
+    python3 "$WORK/upstream/py.py" "$PY2" b & PIDS+=($!)
+    wait_http "http://127.0.0.1:$PY1/" && wait_http "http://127.0.0.1:$PY2/" || { log "python upstreams did not start"; exit 1; }
+    log "python two-send upstreams on 127.0.0.1:$PY1 and 127.0.0.1:$PY2"
+fi
 
 # ---------------------------------------------------------------- proxy configs
 write_switchyard() {   # dir scenario port admin
@@ -351,11 +378,13 @@ run_one() {   # name scenario round
     [ "$sc" = https ] && scheme=https
     [ "$sc" = close ] && hdr=(-H "Connection: close")
     local url="$scheme://127.0.0.1:$port/"
-    timeout $((WARMUP + 20)) wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null 2>&1 || true
+    local conns=$CONNS
+    [ "$sc" = nagle ] && conns=$NAGLE_CONNS
+    timeout $((WARMUP + 20)) wrk -t"$THREADS" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null 2>&1 || true
     local pids t0 t1
     mapfile -t pids < <(proc_tree "$pid")
     t0=$(cpu_ticks "${pids[@]}")
-    timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "${hdr[@]}" "$url" \
+    timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${hdr[@]}" "$url" \
         > "$d/wrk.$round.txt" 2>&1 || true
     mapfile -t pids < <(proc_tree "$pid")
     t1=$(cpu_ticks "${pids[@]}")
@@ -379,6 +408,7 @@ declare -A TITLE=(
     [close]="HTTP, one request per connection (Connection: close)"
     [tcp]="TCP mode (L4), HTTP keep-alive traffic through it"
     [https]="HTTPS keep-alive (TLS termination at the proxy)"
+    [nagle]="HTTP keep-alive to upstreams that write head and body in two sends with Nagle on (Python http.server), wrk -c$NAGLE_CONNS"
 )
 
 TABLES=$WORK/tables.md
@@ -387,7 +417,10 @@ RAW=$WORK/raw.txt
 
 for sc in $SCENARIOS; do
     log "scenario $sc: ${TITLE[$sc]}"
+    FAST_UPS="$UP1 $UP2"
+    [ "$sc" = nagle ] && { UP1=$PY1; UP2=$PY2; }
     for p in "${PROXIES[@]}"; do start_proxy "$p" "$sc"; done
+    read -r UP1 UP2 <<<"$FAST_UPS"
     for r in $(seq "$ROUNDS"); do
         for p in "${PROXIES[@]}"; do
             [ -z "${NA_OF[$p]}" ] || continue
