@@ -413,6 +413,7 @@ fn backend(
         e.positive(format!("{key}.slowstart"), d);
     }
     let tls = b.tls.and_then(|t| e.take(backend_tls(key, t)));
+    let sticky = b.sticky.and_then(|s| e.take(super::sticky::sticky(key, s)));
     let balance = b.balance.unwrap_or(DEFAULT_BALANCE);
     let hash_key = match (&b.hash_key, balance) {
         (Some(k), Balance::Hash) => HashKey::parse(k)
@@ -473,6 +474,7 @@ fn backend(
         balance,
         hash_key,
         check,
+        sticky,
     };
     e.finish(backend)
 }
