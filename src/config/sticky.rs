@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DEFAULT_STICKY_HTTP_ONLY, DEFAULT_STICKY_SECURE, file::bounded, invalid};
+use super::{
+    Backend, ConfigError, DEFAULT_STICKY_HTTP_ONLY, DEFAULT_STICKY_SECURE, Frontend, Mode,
+    file::bounded, invalid,
+};
 
 /// `[backend.sticky]` as written.
 #[derive(Debug, Deserialize)]
@@ -68,6 +71,29 @@ pub(super) fn sticky(key: &str, s: FileSticky) -> Result<Sticky, ConfigError> {
         secure: s.secure.unwrap_or(DEFAULT_STICKY_SECURE),
         http_only: s.http_only.unwrap_or(DEFAULT_STICKY_HTTP_ONLY),
     })
+}
+
+/// A backend that a tcp-mode frontend uses cannot be sticky: that frontend sees no cookies
+/// (refused as `hash_key` other than "source" is, rather than ignored).
+pub(super) fn tcp_frontends(frontends: &[Frontend], backends: &[Backend]) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for f in frontends.iter().filter(|f| f.mode == Mode::Tcp) {
+        for name in f.backend.iter().chain(f.routes.iter().map(|r| &r.backend)) {
+            if backends
+                .iter()
+                .any(|b| &b.name == name && b.sticky.is_some())
+            {
+                out.push(invalid(
+                    format!("backend {name:?}.sticky"),
+                    format!(
+                        "cookie persistence needs HTTP, but tcp-mode frontend {:?} uses this backend",
+                        f.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// An RFC 7230 `token` (which RFC 6265 4.1.1 takes for a cookie name): one or more visible
@@ -135,5 +161,15 @@ mod tests {
         );
         let e = cfg("cookie = \"s\"\nhttponly = true").unwrap_err();
         assert!(e.contains("did you mean `http_only`?"), "{e}");
+        let e = Config::from_toml(
+            "[[frontend]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\nbackend = \"cache\"\n\
+             [[backend]]\nname = \"cache\"\nservers = [\"127.0.0.1:1\"]\n[backend.sticky]\ncookie = \"s\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("backend \"cache\".sticky: ") && e.contains("tcp-mode frontend \"raw\""),
+            "{e}"
+        );
     }
 }

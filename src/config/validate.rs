@@ -106,6 +106,9 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     binds(&mut errs, &bound);
     tcp_hash_keys(&mut errs, &frontends, &backends);
+    for e in super::sticky::tcp_frontends(&frontends, &backends) {
+        errs.push(e);
+    }
     // A tree names frontends: after a frontend failed, its errors would only echo that one.
     let service_trees = if errs.0.len() == before {
         errs.take(super::routing::service_trees(
