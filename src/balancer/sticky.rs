@@ -114,6 +114,52 @@ mod tests {
     }
 
     #[test]
+    fn the_published_map_names_every_server_of_ten_thousand() {
+        use crate::config::Config;
+        use crate::snapshot::{Publisher, ServerSpec, Source};
+        let cfg = Config::from_toml(
+            "[etcd]\n[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\nbackend = \"b\"\n\
+             [[backend]]\nname = \"b\"\netcd_prefix = \"/svc\"\n[backend.sticky]\ncookie = \"s\"\n",
+        )
+        .unwrap();
+        let p = Publisher::new(&cfg);
+        let specs: Vec<ServerSpec> = (0..10_000)
+            .map(|i| ServerSpec {
+                name: format!("{i:05}"),
+                addr: format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256),
+                weight: 1,
+                drain: false,
+                source: Source::Etcd,
+            })
+            .collect();
+        p.publish_discovered("b", &specs);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        assert_eq!(b.servers.len(), 10_000);
+        for (i, s) in b.servers.iter().enumerate() {
+            assert_eq!(
+                b.sticky_index(server_id("b", &s.addr)),
+                Some(i),
+                "{}",
+                s.addr
+            );
+        }
+        assert_eq!(b.sticky_index(server_id("b", "10.0.0.0:8081")), None);
+        // Up and untried: picked; draining or tried: not.
+        let first = &b.servers[0];
+        assert!(b.sticky_pick(0, &[]).is_some_and(|s| Arc::ptr_eq(s, first)));
+        assert!(b.sticky_pick(0, std::slice::from_ref(first)).is_none());
+        b.servers[1].set_up(false);
+        assert!(b.sticky_pick(1, &[]).is_none());
+        assert!(b.sticky_pick(2, &[]).is_some());
+        assert!(b.sticky_pick(10_000, &[]).is_none());
+        p.set_admin_state("b", "00000", crate::snapshot::AdminState::Drain)
+            .unwrap();
+        let snap = p.load();
+        assert!(snap.backends[0].sticky_pick(0, &[]).is_none(), "draining");
+    }
+
+    #[test]
     fn values_parse_only_as_sixteen_hex_digits() {
         let id = server_id("b", "127.0.0.1:1");
         assert_eq!(parse(render(id).as_bytes()), Some(id));
