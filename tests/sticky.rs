@@ -4,7 +4,8 @@
 //! left for another one and the cookie rewritten; a garbage or unknown value is a normal pick
 //! with a cookie; the cookie wins over `balance = "hash"` while its server is up; HTTP/2 (with
 //! cookie crumbs) sticks as HTTP/1.1 does; a service-tree backend sticks through its template;
-//! and the value shows neither the server's address nor its port.
+//! an upgrade (WebSocket) is pinned and sticks as well; and the value shows neither the
+//! server's address nor its port.
 
 mod support;
 
@@ -422,6 +423,101 @@ async fn a_service_tree_backend_sticks_through_its_template() {
     for _ in 0..20 {
         let (status, set, again) = ask(Some(format!("{COOKIE}={want}"))).await.unwrap();
         assert_eq!((status, set, again.as_str()), (200, None, body.as_str()));
+    }
+    lb.shutdown().await;
+}
+
+/// A server that answers every upgrade request with `101` and `X-Server: name`, then holds the
+/// connection until the client closes it.
+async fn upgrader(name: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Server: {name}\r\n\r\n"
+                );
+                if s.write_all(answer.as_bytes()).await.is_ok() {
+                    let _ = s.read(&mut buf).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upgrade request through `fe` with these cookies: the response head.
+async fn upgrade(fe: SocketAddr, cookie: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(fe).await.unwrap();
+    let cookie = cookie.map_or(String::new(), |c| format!("Cookie: {c}\r\n"));
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{cookie}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("a head within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {head:?}");
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn an_upgrade_is_pinned_and_sticks() {
+    let servers = [upgrader("A").await, upgrader("B").await];
+    let lb = Lb::start_ready(
+        &Cfg::http("web")
+            .backend("ws")
+            .servers(&servers)
+            .backend_lines(STICKY)
+            .check_none()
+            .toml(),
+    )
+    .await;
+    let fe = lb.http_addr("web");
+    let head = upgrade(fe, None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let server = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("x-server: ")
+                .or(l.strip_prefix("X-Server: "))
+        })
+        .unwrap_or_else(|| panic!("{head}"))
+        .to_string();
+    let addr = servers[if server == "A" { 0 } else { 1 }];
+    let v = render(server_id("ws", &addr.to_string()));
+    let set = format!("{COOKIE}={v}; Path=/; HttpOnly");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("set-cookie: {}", set.to_ascii_lowercase())),
+        "{head}"
+    );
+    // Where round-robin would alternate, the cookie keeps every upgrade on the same server.
+    for _ in 0..6 {
+        let again = upgrade(fe, Some(&format!("{COOKIE}={v}"))).await;
+        assert!(again.starts_with("HTTP/1.1 101"), "{again}");
+        assert!(again.contains(&format!(": {server}\r\n")), "{again}");
+        assert!(
+            !again.to_ascii_lowercase().contains("set-cookie"),
+            "{again}"
+        );
     }
     lb.shutdown().await;
 }

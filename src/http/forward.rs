@@ -520,6 +520,9 @@ pub(crate) async fn forward(
                     let server_side = hyper::upgrade::on(&mut resp);
                     let (mut parts, _) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
+                    if let Some(c) = &sticky {
+                        c.set_cookie(backend, &server, &mut parts.headers);
+                    }
                     // A `2xx` to CONNECT has no content (RFC 9110 9.3.6): the tunnel follows.
                     parts.headers.remove(header::CONTENT_LENGTH);
                     tunnel(conn, &server, active, client_side, server_side);
