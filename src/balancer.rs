@@ -16,6 +16,7 @@
 //! does not apply to it (as in HAProxy, a hash does not ramp: the keys are the server's).
 
 pub mod maglev;
+pub mod sticky;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -817,6 +817,13 @@ fn an_lsdir_template_with_path_acls_and_a_prefix_becomes_a_service_tree() {
     assert_eq!(t.backend.retries, 3);
     let names: Vec<&str> = c.backends.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["bootstrap", "apps-defaults"]);
+    // The template's `cookie ... insert`: every service's backend is sticky.
+    let sticky = t
+        .backend
+        .sticky
+        .as_ref()
+        .expect("the template's cookie line");
+    assert_eq!(sticky.cookie, "SERVERID");
     // The cookie line is warned about once, from the template, not once per rendered service.
     let t = "haproxy.cfg.tmpl";
     assert_warnings(
@@ -828,7 +835,7 @@ fn an_lsdir_template_with_path_acls_and_a_prefix_becomes_a_service_tree() {
                 t,
                 25,
                 "cookie SERVERID insert indirect nocache",
-                "no cookie persistence",
+                "[backend.sticky] cookie = \"SERVERID\"; the servers' `cookie` values are not kept (Switchyard derives each server's from its address), so every client is re-pinned once after the move",
             ),
         ],
     );
@@ -864,19 +871,13 @@ fn an_lsdir_template_with_ip_and_port_keys_warns_about_the_server_layout() {
                 t,
                 21,
                 "cookie SERVERID insert indirect nocache",
-                "no cookie persistence",
+                "re-pinned once after the move",
             ),
             (
                 t,
                 22,
                 "backend {service}_cluster",
                 "servers are read from a directory per server (an lsdir or ls of a computed key, with keys such as ip and port below it); Switchyard reads one key per server whose value is \"host:port\": register them as /services/web/<service>/backend/<server>",
-            ),
-            (
-                t,
-                23,
-                "server {{...}} cookie {{...}}",
-                "no cookie persistence",
             ),
         ],
     );
@@ -981,6 +982,88 @@ frontend www 127.0.0.1:8081
     assert_warnings(
         &w,
         &[("haproxy.cfg", 3, "log 127.0.0.1 local0", "no syslog")],
+    );
+}
+
+#[test]
+fn cookie_insert_becomes_sticky_and_the_other_modes_warn() {
+    let text = "\
+defaults
+    mode http
+frontend www
+    bind 127.0.0.1:8080
+    default_backend app
+    use_backend secure_app if { path_beg /s }
+    use_backend rewritten if { path_beg /r }
+    use_backend prefixed if { path_beg /p }
+    use_backend passive if { path_beg /q }
+backend app
+    cookie SERVERID insert indirect nocache httponly
+    server a 127.0.0.1:9001 cookie a check
+    server b 127.0.0.1:9002 cookie b check
+    server c 127.0.0.1:9003 check cookie c
+backend secure_app
+    cookie SID insert secure domain .example.com maxidle 30m
+    server a 127.0.0.1:9001 cookie a
+backend rewritten
+    cookie JSESSIONID rewrite
+    server a 127.0.0.1:9001 cookie a
+backend prefixed
+    cookie JSESSIONID prefix nocache
+    server a 127.0.0.1:9001 cookie a
+backend passive
+    cookie JSESSIONID
+    server a 127.0.0.1:9001 cookie a
+";
+    let (c, w) = lib(text);
+    let sticky = |name: &str| {
+        c.backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap()
+            .sticky
+            .clone()
+    };
+    let app = sticky("app").expect("insert maps");
+    assert_eq!(app.cookie, "SERVERID");
+    assert!(app.http_only && !app.secure);
+    let s = sticky("secure_app").expect("insert maps");
+    assert_eq!(s.cookie, "SID");
+    assert!(s.secure);
+    for other in ["rewritten", "prefixed", "passive"] {
+        assert_eq!(sticky(other), None, "{other}");
+    }
+    // One line per cookie line; none for the servers' cookie values.
+    let f = "haproxy.cfg";
+    assert_warnings(
+        &w,
+        &[
+            (
+                f,
+                11,
+                "cookie SERVERID insert indirect nocache httponly",
+                "[backend.sticky] cookie = \"SERVERID\"; the servers' `cookie` values are not kept (Switchyard derives each server's from its address), so every client is re-pinned once after the move",
+            ),
+            (
+                f,
+                16,
+                "cookie SID insert secure domain .example.com maxidle 30m",
+                "re-pinned once after the move; not migrated: domain .example.com, maxidle 30m",
+            ),
+            (
+                f,
+                19,
+                "cookie JSESSIONID rewrite",
+                "`rewrite` changes the servers' own cookie",
+            ),
+            (
+                f,
+                22,
+                "cookie JSESSIONID prefix nocache",
+                "`prefix` changes the servers' own cookie",
+            ),
+            (f, 25, "cookie JSESSIONID", "without `insert`"),
+        ],
     );
 }
 

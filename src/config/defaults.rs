@@ -93,6 +93,15 @@ pub const DEFAULT_PROTOCOL: Protocol = Protocol::Http1;
 /// `[[backend]] send_proxy`: no PROXY protocol header to the servers.
 pub const DEFAULT_SEND_PROXY: ProxyVersion = ProxyVersion::None;
 
+// --- [backend.sticky] -----------------------------------------------------------------------
+
+/// `[backend.sticky] secure`: off, so the cookie works on plain-HTTP frontends too (HAProxy's
+/// `cookie ... insert` adds `Secure` only when told).
+pub const DEFAULT_STICKY_SECURE: bool = false;
+/// `[backend.sticky] http_only`: on; the page's scripts have no use for it (HAProxy's
+/// `httponly`, which its users nearly always set).
+pub const DEFAULT_STICKY_HTTP_ONLY: bool = true;
+
 // --- [backend.check] (HAProxy's defaults) ----------------------------------------------------
 
 /// `[backend.check] type`: a TCP connect.

@@ -176,6 +176,7 @@ pub(super) struct FileBackend {
     pub(super) protocol: Option<Protocol>,
     pub(super) send_proxy: Option<ProxyVersion>,
     pub(super) tls: Option<FileBackendTls>,
+    pub(super) sticky: Option<super::sticky::FileSticky>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,12 +11,14 @@ pub mod defaults;
 mod file;
 mod policy;
 mod routing;
+mod sticky;
 mod unknown;
 mod validate;
 pub mod warnings;
 
 pub use defaults::*;
 pub use policy::{HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, Redirect};
+pub use sticky::{Sticky, is_token as is_cookie_name};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -456,6 +458,8 @@ pub struct Backend {
     pub send_proxy: ProxyVersion,
     /// Present: connect to servers with TLS.
     pub tls: Option<BackendTls>,
+    /// `[backend.sticky]`: cookie persistence.
+    pub sticky: Option<Sticky>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

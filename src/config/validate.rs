@@ -106,6 +106,9 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     }
     binds(&mut errs, &bound);
     tcp_hash_keys(&mut errs, &frontends, &backends);
+    for e in super::sticky::tcp_frontends(&frontends, &backends) {
+        errs.push(e);
+    }
     // A tree names frontends: after a frontend failed, its errors would only echo that one.
     let service_trees = if errs.0.len() == before {
         errs.take(super::routing::service_trees(
@@ -413,6 +416,7 @@ fn backend(
         e.positive(format!("{key}.slowstart"), d);
     }
     let tls = b.tls.and_then(|t| e.take(backend_tls(key, t)));
+    let sticky = b.sticky.and_then(|s| e.take(super::sticky::sticky(key, s)));
     let balance = b.balance.unwrap_or(DEFAULT_BALANCE);
     let hash_key = match (&b.hash_key, balance) {
         (Some(k), Balance::Hash) => HashKey::parse(k)
@@ -473,6 +477,7 @@ fn backend(
         balance,
         hash_key,
         check,
+        sticky,
     };
     e.finish(backend)
 }

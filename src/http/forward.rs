@@ -465,6 +465,7 @@ pub(crate) async fn forward(
     let client_version = req.version();
     let method = req.method().clone();
     let key = super::hash_key::of(cfg, &req, conn.client);
+    let sticky = super::sticky::Cookie::of(backend, req.headers());
     let mut req = rewrite_request(req, conn, &cfg.name, target);
     // Kept to tell, once the body is gone upstream, whether a failure was the client's.
     let body_state = match req.body() {
@@ -483,7 +484,8 @@ pub(crate) async fn forward(
     // A retry decided on, counted once another server is picked for it (not when none is left).
     let mut retry = None;
     loop {
-        let Some(server) = backend.pick_keyed(key, &tried).cloned() else {
+        let pinned = sticky.as_ref().and_then(|c| c.pick(backend, &tried));
+        let Some(server) = pinned.or_else(|| backend.pick_keyed(key, &tried)).cloned() else {
             if tried.is_empty() {
                 trace.termination = Termination::NoServer;
                 let body = format!(
@@ -518,6 +520,9 @@ pub(crate) async fn forward(
                     let server_side = hyper::upgrade::on(&mut resp);
                     let (mut parts, _) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers, Keep::UPGRADE);
+                    if let Some(c) = &sticky {
+                        c.set_cookie(backend, &server, &mut parts.headers);
+                    }
                     // A `2xx` to CONNECT has no content (RFC 9110 9.3.6): the tunnel follows.
                     parts.headers.remove(header::CONTENT_LENGTH);
                     tunnel(conn, &server, active, client_side, server_side);
@@ -532,6 +537,9 @@ pub(crate) async fn forward(
                 }
                 if client_version == Version::HTTP_11 {
                     announce_grpc_trailers(&mut parts.headers);
+                }
+                if let Some(c) = &sticky {
+                    c.set_cookie(backend, &server, &mut parts.headers);
                 }
                 let origin = Some(Origin {
                     shared: Arc::clone(&conn.fe.shared),

@@ -39,6 +39,7 @@ pub(crate) mod hash_key;
 pub mod headers;
 pub mod policy;
 pub mod pool;
+pub(crate) mod sticky;
 pub mod stream;
 pub mod tunnel;
 

@@ -190,6 +190,8 @@ pub(super) struct Common {
     pub(super) maxconn: Option<(usize, usize)>,
     /// `option httplog` / `option tcplog` (or `httpslog`): the access log is on.
     pub(super) access_log: bool,
+    /// `cookie NAME insert`: `[backend.sticky]`.
+    pub(super) sticky: Option<super::sticky::StickyOpts>,
 }
 
 #[derive(Debug, Clone)]
@@ -479,7 +481,7 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
         "log" if a1 == "global" => {}
         "log" | "log-tag" => w.line(l, LOG_HINT),
         "log-format" | "error-log-format" | "capture" => w.line(l, LOG_FORMAT_HINT),
-        "cookie" => w.line(l, "no cookie persistence (sticky sessions) in Switchyard"),
+        "cookie" => super::sticky::cookie(p, l, w),
         "http-request"
         | "http-response"
         | "http-after-response"

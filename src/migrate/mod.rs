@@ -26,6 +26,7 @@ mod policy;
 mod rules;
 mod scan;
 mod server;
+mod sticky;
 mod tree;
 mod write;
 

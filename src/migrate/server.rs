@@ -202,10 +202,12 @@ pub(super) fn server_opts(
                     None => bad(w, 2, "not a positive HAProxy time"),
                 }
             }
+            // Switchyard derives each server's cookie value: the backend's `cookie` line says
+            // so once (`sticky.rs`), not each server's.
+            "cookie" => used = 2,
             _ => {
                 used = if SERVER_ARG_OPTS.contains(&opt) { 2 } else { 1 };
                 let why = match opt {
-                    "cookie" => "no cookie persistence (sticky sessions) in Switchyard",
                     "maxconn" | "maxqueue" | "minconn" => {
                         "no per-server connection limits or queues in Switchyard"
                     }

@@ -622,5 +622,6 @@ pub(super) fn backend(
             out.push_str("verify = false\n");
         }
     }
+    super::sticky::write(out, p);
     Some(prefix.is_some())
 }

@@ -41,6 +41,8 @@ pub struct BackendSet {
     /// For `balance = "hash"`: the Maglev table over `servers` (`None` for the other balances,
     /// or when no server has a weight). Shared, not copied, while the servers stay the same.
     pub hash: Option<Arc<crate::balancer::maglev::Table>>,
+    /// With `[backend.sticky]`: the cookie's server ids -> index into `servers`.
+    pub sticky: Option<Arc<crate::balancer::sticky::Ids>>,
     /// Removed servers still finishing requests in flight: listed as draining, never picked.
     pub draining: Vec<Arc<Server>>,
     /// Lives outside the snapshot: carried into every new snapshot so rotation does not restart
@@ -65,9 +67,14 @@ impl BackendSet {
             })
             .flatten()
             .map(Arc::new);
+        let sticky = config
+            .sticky
+            .is_some()
+            .then(|| Arc::new(crate::balancer::sticky::Ids::build(&config.name, &servers)));
         BackendSet {
             schedule: crate::balancer::schedule(&servers),
             hash,
+            sticky,
             config,
             servers,
             draining,
@@ -82,6 +89,7 @@ impl BackendSet {
             servers: self.servers.clone(),
             schedule: self.schedule.clone(),
             hash: self.hash.clone(),
+            sticky: self.sticky.clone(),
             draining,
             runtime: Arc::clone(&self.runtime),
         }
