@@ -114,18 +114,26 @@ pub(crate) fn warn_connect_failed(backend: &Backend, addr: &str, e: &io::Error) 
 /// Any upstream transport: plain TCP or TLS over it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
     /// The TCP socket under the stream, for its socket options.
-    fn tcp(&self) -> &TcpStream;
+    fn tcp(&self) -> Option<&TcpStream>;
 }
 
 impl Io for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
     }
 }
 
 impl Io for tokio_rustls::client::TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self.get_ref().0)
+    }
+}
+
+/// Unit tests drive the client over in-memory pipes.
+#[cfg(test)]
+impl Io for tokio::io::DuplexStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
@@ -176,7 +184,9 @@ impl Killable<Box<dyn Io>> {
     /// first is acknowledged: without this, about 40 ms per response on a reused connection.
     /// Best effort: a failure only means the old delay.
     pub(crate) fn ack_now(&self) {
-        let _ = socket2::SockRef::from(self.inner.tcp()).set_tcp_quickack(true);
+        if let Some(tcp) = self.inner.tcp() {
+            let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+        }
     }
 }
 
