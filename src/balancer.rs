@@ -1,7 +1,8 @@
 //! Server selection over one published backend: smooth weighted round-robin, least
 //! connections, and power-of-two random choices, plus slowstart, the panic threshold and the
-//! per-backend runtime state ([`BackendRuntime`]: the round-robin cursor and the retry budget)
-//! that is carried from snapshot to snapshot.
+//! per-backend runtime state ([`BackendRuntime`]: the round-robin cursor, the retry budget and
+//! the server queue) that is carried from snapshot to snapshot. With `max_conns_per_server`, a
+//! pick skips servers at their limit ([`queue`] waits when all are).
 //!
 //! A pick is lock-free and allocation-free. Round-robin reads a precomputed schedule (built at
 //! publish time, see [`schedule`]): one `fetch_add` and, in the common case (the server under
@@ -16,6 +17,7 @@
 //! does not apply to it (as in HAProxy, a hash does not ramp: the keys are the server's).
 
 pub mod maglev;
+pub mod queue;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -34,6 +36,8 @@ pub struct BackendRuntime {
     retries: AtomicUsize,
     /// Traffic counters for the admin API (cumulative, by backend name).
     pub stats: crate::stats::BackendStats,
+    /// Requests waiting for a server slot (`max_conns_per_server`).
+    pub queue: queue::Queue,
 }
 
 impl BackendRuntime {
@@ -211,7 +215,28 @@ impl BackendSet {
         } else {
             s.available()
         };
-        ok && untried(s, tried)
+        ok && untried(s, tried) && self.has_slot(s)
+    }
+
+    /// Below `max_conns_per_server` (always, without one: a single branch on the hot path).
+    #[inline]
+    fn has_slot(&self, s: &Server) -> bool {
+        let limit = self.config.max_conns_per_server;
+        limit == 0 || s.active_now() < limit as usize
+    }
+
+    /// Whether any server could take a request, slots aside: `false` means a quick `503`
+    /// rather than a wait in the queue.
+    pub(crate) fn any_eligible(&self, tried: &[Arc<Server>]) -> bool {
+        let panic = self.in_panic();
+        self.servers.iter().any(|s| {
+            let ok = if panic {
+                s.weight > 0 && !s.is_draining()
+            } else {
+                s.available()
+            };
+            ok && untried(s, tried)
+        })
     }
 
     fn slowstart_admits(&self, s: &Server) -> bool {
