@@ -691,6 +691,62 @@ balance = "{balance}"
     }
 
     #[test]
+    fn every_balance_skips_servers_at_max_conns_per_server() {
+        for balance in ["roundrobin", "leastconn", "random2"] {
+            let p = publisher_with(balance, "max_conns_per_server = 2", &[1, 1, 1]);
+            let snap = p.load();
+            let b = &snap.backends[0];
+            let full: Vec<_> = (0..2)
+                .map(|_| b.servers[0].try_track(2, &b.runtime).unwrap())
+                .collect();
+            assert!(b.servers[0].try_track(2, &b.runtime).is_none());
+            let m = counts(b, 300);
+            assert!(!m.contains_key(&0), "{balance}: {m:?}");
+            assert_eq!(m.len(), 2, "{balance}: {m:?}");
+            // All full: no pick, but still eligible (a wait, not a 503).
+            let more: Vec<_> = b.servers[1..]
+                .iter()
+                .flat_map(|s| [s.try_track(2, &b.runtime), s.try_track(2, &b.runtime)])
+                .collect();
+            assert!(more.iter().all(Option::is_some));
+            assert!(b.pick().is_none(), "{balance}");
+            assert!(b.any_eligible(&[]), "{balance}");
+            drop(full);
+            assert_eq!(b.pick().unwrap().name, "0", "{balance}: the freed one");
+            drop(more);
+        }
+        // Down servers are not eligible: a quick 503 rather than a wait.
+        let p = publisher_with("roundrobin", "max_conns_per_server = 1", &[1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        b.servers[0].set_up(false);
+        assert!(!b.any_eligible(&[]));
+    }
+
+    #[test]
+    fn hash_sends_a_full_servers_keys_to_the_next_in_its_table_and_back() {
+        let p = publisher_with(
+            "hash",
+            "hash_key = \"uri\"\nmax_conns_per_server = 1",
+            &[1; 5],
+        );
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let before: Vec<usize> = (0..1000).map(|k| hash_owner(b, k)).collect();
+        let busy = b.servers[2].try_track(1, &b.runtime).unwrap();
+        for (k, &owner) in before.iter().enumerate() {
+            let now = hash_owner(b, k);
+            if owner == 2 {
+                assert_ne!(now, 2, "key {k} sent to the full server");
+            } else {
+                assert_eq!(now, owner, "key {k} moved though its server has a slot");
+            }
+        }
+        drop(busy);
+        assert_eq!(before, (0..1000).map(|k| hash_owner(b, k)).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn retry_budget_limits_concurrent_retries() {
         let rt = Arc::new(BackendRuntime::default());
         let mut reqs: Vec<InFlight> = (0..20).map(|_| rt.request()).collect();
