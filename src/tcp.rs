@@ -341,7 +341,7 @@ async fn connect_upstream(
         .then(|| crate::balancer::maglev::key_hash(client.ip()));
     loop {
         // A slot on a server, waiting in the backend's queue at `max_conns_per_server`.
-        let (server, active) = match set.acquire(key, &tried).await {
+        let (server, active) = match set.acquire(key, &tried, &fe.shared).await {
             Ok(slot) => slot,
             Err(NoSlot::Timeout(_)) => return Err(refused("queue_timeout", &tried)),
             Err(NoSlot::NoServer) if tried.is_empty() => return Err(refused("no_server", &tried)),

@@ -340,3 +340,28 @@ async fn the_queue_metrics_exist_at_zero_for_limited_backends_only() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_server_added_while_requests_wait_takes_them_without_a_release() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let a = holding("a", tx.clone()).await;
+    let b = holding("b", tx).await;
+    let lines = "max_conns_per_server = 1\nqueue_timeout = \"20s\"";
+    let lb = Lb::start_ready(&queue_toml("qgrow", &[a.addr()], lines)).await;
+    let web = lb.http_addr("web");
+    let busy = spawn_get(web, "/busy");
+    let held = next(&mut rx).await;
+    let waiting = spawn_get(web, "/waiting");
+    wait_depth(&lb, "qgrow", 1.0).await;
+    // The queue is the backend's, kept across the reload; the new server's slot is found by
+    // the waiting request although nothing ended on the first server.
+    lb.reload_toml(&queue_toml("qgrow", &[a.addr(), b.addr()], lines))
+        .await;
+    let h = next(&mut rx).await;
+    assert_eq!(h.path, "/waiting");
+    wait_depth(&lb, "qgrow", 0.0).await;
+    h.go();
+    assert_eq!(waiting.await.unwrap(), (200, "/waiting".to_string()));
+    held.go();
+    assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
+}

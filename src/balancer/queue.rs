@@ -13,9 +13,15 @@
 //!
 //! Fairness: while anyone waits, a new request queues behind them instead of trying a server
 //! (HAProxy does the same), so slots go in arrival order. A woken waiter that finds its slot
-//! taken by a request that never queued (a tcp connection, or a race at the moment the queue
-//! emptied) goes back to sleep at its place. A waiter dropped while queued (its client left) or
-//! timed out leaves the queue, and if it had been woken, passes the wake-up on: no slot is lost.
+//! taken by a request that never queued (a race at the moment the queue emptied) goes back to
+//! sleep at its place. A waiter dropped while queued (its client left) or timed out leaves the
+//! queue, and if it had been woken, passes the wake-up on: no slot is lost.
+//!
+//! Capacity that comes without a slot being freed (a new server, one back up or out of
+//! maintenance, a higher cap after a reload) is found by the first waiter in line, which looks
+//! again every [`RECHECK`]; a waiter that gets a slot that way wakes the next one, and so on
+//! until one finds none, so the queue moves onto the new capacity in order. A woken waiter picks
+//! among the servers published now (not those of the snapshot it arrived in).
 //!
 //! Without a limit (`max_conns_per_server = 0`) none of this runs: `acquire` is a pick and a
 //! plain `Server::track`, one branch more than before.
@@ -29,13 +35,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::snapshot::{ActiveGuard, BackendSet, Server};
+use crate::snapshot::{ActiveGuard, BackendSet, Server, Snapshot};
 
 /// How many times a pick may lose the race for a slot it saw free before the request queues
 /// (each loss means another request took a slot; the queue then serves them in turn).
 const RACE_RETRIES: usize = 4;
+
+/// How often the first waiter in line looks for capacity that came without a release.
+pub const RECHECK: Duration = Duration::from_millis(100);
 
 /// One backend's waiters, in arrival order; lives in its `BackendRuntime` (carried from snapshot
 /// to snapshot).
@@ -66,6 +76,8 @@ struct Entry {
     id: u64,
     /// Told to try (a slot freed); cleared when it tries and finds none.
     woken: bool,
+    /// Woken by a waiter that found capacity without a release: on success, wakes the next.
+    chained: bool,
     notify: Arc<Notify>,
 }
 
@@ -104,7 +116,7 @@ impl Queue {
         if self.interest.load(SeqCst) == 0 {
             return;
         }
-        wake_next(&mut self.lock());
+        wake_next(&mut self.lock(), false);
     }
 
     /// `take` when nobody waits and it succeeds; else in line until `take` succeeds after a
@@ -133,6 +145,7 @@ impl Queue {
             w.list.push_back(Entry {
                 id,
                 woken: false,
+                chained: false,
                 notify: Arc::clone(&notify),
             });
             let depth = self.depth.fetch_add(1, SeqCst) + 1;
@@ -149,21 +162,34 @@ impl Queue {
         };
         let deadline = tokio::time::Instant::from_std(start) + timeout;
         let got = loop {
-            if tokio::time::timeout_at(deadline, notify.notified())
-                .await
-                .is_err()
-            {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 break None;
             }
+            let woken = tokio::time::timeout_at(deadline.min(now + RECHECK), notify.notified())
+                .await
+                .is_ok();
             let mut w = self.lock();
+            let Some(pos) = w.list.iter().position(|e| e.id == id) else {
+                break None; // not reached: only the ticket removes its entry
+            };
+            // Without a wake-up, only the first in line looks (for capacity without a release).
+            if !woken && pos != 0 {
+                continue;
+            }
             if let Some(t) = take() {
                 ticket.served = true;
+                let e = w.list.remove(pos).expect("the position was just found");
+                self.depth.fetch_sub(1, SeqCst);
+                if !woken || e.chained {
+                    wake_next(&mut w, true);
+                }
                 break Some(t);
             }
             // Someone outside the queue took the slot: back to sleep at the same place.
-            if let Some(e) = w.list.iter_mut().find(|e| e.id == id) {
-                e.woken = false;
-            }
+            let e = &mut w.list[pos];
+            e.woken = false;
+            e.chained = false;
         };
         drop(ticket);
         self.wait_histogram
@@ -175,10 +201,11 @@ impl Queue {
     }
 }
 
-/// Wakes the first waiter not woken yet, if any.
-fn wake_next(w: &mut Waiters) {
+/// Wakes the first waiter not woken yet, if any; `chained`: it passes its success on.
+fn wake_next(w: &mut Waiters, chained: bool) {
     if let Some(e) = w.list.iter_mut().find(|e| !e.woken) {
         e.woken = true;
+        e.chained = chained;
         e.notify.notify_one();
     }
 }
@@ -198,7 +225,7 @@ impl Drop for Ticket<'_> {
             let e = w.list.remove(i).expect("the position was just found");
             self.queue.depth.fetch_sub(1, SeqCst);
             if e.woken && !self.served {
-                wake_next(&mut w);
+                wake_next(&mut w, e.chained);
             }
         }
         self.queue.interest.fetch_sub(1, SeqCst);
@@ -209,10 +236,14 @@ impl BackendSet {
     /// A server for a request and its slot there: the balance's pick among the eligible servers
     /// (untried, available) with a free slot, waiting in the backend's queue while all of them
     /// are full. Without `max_conns_per_server` this is `pick_keyed` and `Server::track`.
+    ///
+    /// `current` is where the running snapshot is published: a request that waited picks among
+    /// the servers of this backend as published when it is woken.
     pub async fn acquire(
         &self,
         key: Option<u64>,
         tried: &[Arc<Server>],
+        current: &ArcSwap<Snapshot>,
     ) -> Result<(Arc<Server>, ActiveGuard), NoSlot> {
         let limit = self.config.max_conns_per_server;
         if limit == 0 {
@@ -222,34 +253,61 @@ impl BackendSet {
             };
         }
         // Boxed: a request to an unlimited backend does not carry the waiting future's state.
-        Box::pin(self.acquire_limited(key, tried, limit as usize)).await
+        Box::pin(self.acquire_limited(key, tried, current)).await
     }
 
     async fn acquire_limited(
         &self,
         key: Option<u64>,
         tried: &[Arc<Server>],
-        limit: usize,
+        current: &ArcSwap<Snapshot>,
     ) -> Result<(Arc<Server>, ActiveGuard), NoSlot> {
         let queue = &self.runtime.queue;
         let timeout = self.config.queue_timeout();
-        // `Some(Err)`: nobody eligible at all, a `503` now (also for a waiter woken after its
-        // servers went down); `None`: all full, so wait.
+        let mut first = true;
         let take = || {
-            for _ in 0..RACE_RETRIES {
-                let Some(s) = self.pick_keyed(key, tried) else {
-                    return (!self.any_eligible(tried)).then_some(Err(NoSlot::NoServer));
-                };
-                if let Some(guard) = s.try_track(limit, &self.runtime) {
-                    return Some(Ok((Arc::clone(s), guard)));
-                }
+            if std::mem::take(&mut first) {
+                return self.take_slot(key, tried);
             }
-            None
+            // This backend as published now (the same runtime), else as it was.
+            let snap = current.load();
+            let set = snap
+                .backends
+                .iter()
+                .find(|b| Arc::ptr_eq(&b.runtime, &self.runtime))
+                .unwrap_or(self);
+            set.take_slot(key, tried)
         };
         match queue.wait(self.name(), timeout, take).await {
             Some(r) => r,
             None => Err(NoSlot::Timeout(timeout)),
         }
+    }
+
+    /// A free slot now: `Some(Ok)`; `Some(Err)`: nobody eligible at all, a `503` now (also for
+    /// a waiter woken after its servers went down); `None`: all full, so wait.
+    fn take_slot(
+        &self,
+        key: Option<u64>,
+        tried: &[Arc<Server>],
+    ) -> Option<Result<(Arc<Server>, ActiveGuard), NoSlot>> {
+        let limit = self.config.max_conns_per_server as usize;
+        if limit == 0 {
+            // A reload lifted the cap while this request waited.
+            return Some(match self.pick_keyed(key, tried) {
+                Some(s) => Ok((Arc::clone(s), s.track())),
+                None => Err(NoSlot::NoServer),
+            });
+        }
+        for _ in 0..RACE_RETRIES {
+            let Some(s) = self.pick_keyed(key, tried) else {
+                return (!self.any_eligible(tried)).then_some(Err(NoSlot::NoServer));
+            };
+            if let Some(guard) = s.try_track(limit, &self.runtime) {
+                return Some(Ok((Arc::clone(s), guard)));
+            }
+        }
+        None
     }
 }
 
@@ -261,13 +319,15 @@ mod tests {
     /// A toy slot pool of `n` slots for the queue alone.
     struct Pool {
         used: AtomicUsize,
-        n: usize,
+        n: AtomicUsize,
     }
 
     impl Pool {
         fn take(&self) -> Option<()> {
             self.used
-                .fetch_update(SeqCst, SeqCst, |u| (u < self.n).then_some(u + 1))
+                .fetch_update(SeqCst, SeqCst, |u| {
+                    (u < self.n.load(SeqCst)).then_some(u + 1)
+                })
                 .ok()
                 .map(|_| ())
         }
@@ -280,7 +340,7 @@ mod tests {
     fn pool(n: usize) -> Arc<Pool> {
         Arc::new(Pool {
             used: AtomicUsize::new(0),
-            n,
+            n: AtomicUsize::new(n),
         })
     }
 
@@ -322,6 +382,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn capacity_without_a_release_is_found_and_filled_in_order() {
+        let q = Arc::new(Queue::default());
+        let p = pool(1);
+        p.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3 {
+            let (q, p, tx) = (Arc::clone(&q), Arc::clone(&p), tx.clone());
+            tokio::spawn(async move {
+                let got = q.wait("b", Duration::from_secs(5), || p.take()).await;
+                tx.send((i, got.is_some())).unwrap();
+            });
+            settle().await;
+        }
+        // Two more slots, as a new server would bring: no release tells anyone.
+        p.n.store(3, SeqCst);
+        let start = Instant::now();
+        assert_eq!(rx.recv().await.unwrap(), (0, true));
+        assert_eq!(rx.recv().await.unwrap(), (1, true));
+        assert!(start.elapsed() < Duration::from_secs(4), "found by the recheck");
+        tokio::time::sleep(RECHECK * 3).await;
+        assert!(rx.try_recv().is_err(), "the third has no slot");
+        assert_eq!(q.depth(), 1);
+        p.give(&q);
+        assert_eq!(rx.recv().await.unwrap(), (2, true));
+    }
+
+    #[tokio::test]
     async fn a_dropped_waiter_leaves_and_passes_its_wake_up_on() {
         let q = Arc::new(Queue::default());
         let p = pool(1);
@@ -341,7 +428,7 @@ mod tests {
         p.used.fetch_sub(1, SeqCst);
         {
             let mut w = q.lock();
-            wake_next(&mut w);
+            wake_next(&mut w, false);
         }
         first.abort();
         assert!(first.await.is_err());

@@ -485,7 +485,7 @@ pub(crate) async fn forward(
     let mut retry = None;
     loop {
         // A slot on a server: at once, or after a wait in the backend's queue (`queue.rs`).
-        let (server, active) = match backend.acquire(key, &tried).await {
+        let (server, active) = match backend.acquire(key, &tried, &conn.fe.shared).await {
             Ok(slot) => slot,
             Err(NoSlot::Timeout(waited)) => {
                 trace.termination = Termination::QueueTimeout;
