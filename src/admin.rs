@@ -360,7 +360,8 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
         .backends
         .iter()
         .map(|b| {
-            let limit = (b.config.max_conns_per_server > 0).then_some(b.config.max_conns_per_server);
+            let limit =
+                (b.config.max_conns_per_server > 0).then_some(b.config.max_conns_per_server);
             let servers: Vec<_> = b
                 .servers
                 .iter()

@@ -743,7 +743,10 @@ balance = "{balance}"
             }
         }
         drop(busy);
-        assert_eq!(before, (0..1000).map(|k| hash_owner(b, k)).collect::<Vec<_>>());
+        assert_eq!(
+            before,
+            (0..1000).map(|k| hash_owner(b, k)).collect::<Vec<_>>()
+        );
     }
 
     #[test]

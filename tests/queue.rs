@@ -136,7 +136,10 @@ async fn two_servers_one_slot_each_the_third_waits_and_waiters_go_in_order() {
     assert_eq!(q["queue"]["max"], 3, "{q}");
     assert_eq!(q["queue"]["max_conns_per_server"], 1, "{q}");
     for s in q["servers"].as_array().unwrap() {
-        assert_eq!((s["active"].as_u64(), s["limit"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(
+            (s["active"].as_u64(), s["limit"].as_u64()),
+            (Some(1), Some(1))
+        );
     }
 
     // Each slot that frees goes to the oldest waiter, whichever server it is on.
@@ -159,7 +162,10 @@ async fn two_servers_one_slot_each_the_third_waits_and_waiters_go_in_order() {
     }
     let text = lb.metrics().await;
     assert_eq!(
-        metric(&text, "switchyard_queue_wait_seconds_count{backend=\"qfifo\"}"),
+        metric(
+            &text,
+            "switchyard_queue_wait_seconds_count{backend=\"qfifo\"}"
+        ),
         3.0,
         "three requests waited"
     );
@@ -202,7 +208,10 @@ async fn a_request_that_waits_past_queue_timeout_gets_503_naming_the_backend() {
         body.contains("backend qtimeout") && body.contains("queue_timeout"),
         "{body}"
     );
-    assert!(waited >= Duration::from_millis(400), "answered after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "answered after {waited:?}"
+    );
     assert_eq!(depth(&lb, "qtimeout").await, 0.0);
     held.go();
     assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
@@ -256,7 +265,10 @@ async fn a_client_that_leaves_while_queued_frees_its_place() {
     assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
     let after = spawn_get(web, "/after");
     let h = next(&mut rx).await;
-    assert_eq!(h.path, "/after", "the request that left never reached the server");
+    assert_eq!(
+        h.path, "/after",
+        "the request that left never reached the server"
+    );
     h.go();
     assert_eq!(after.await.unwrap(), (200, "/after".to_string()));
 }
@@ -327,7 +339,10 @@ async fn the_queue_metrics_exist_at_zero_for_limited_backends_only() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
-    assert!(!text.contains("switchyard_queue_depth{backend=\"qnone\"}"), "{text}");
+    assert!(
+        !text.contains("switchyard_queue_depth{backend=\"qnone\"}"),
+        "{text}"
+    );
     // Requests below the limit do not wait.
     let r = http_client()
         .get(format!("http://{}/", lb.http_addr("web")))
@@ -336,7 +351,10 @@ async fn the_queue_metrics_exist_at_zero_for_limited_backends_only() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        metric(&lb.metrics().await, "switchyard_queue_wait_seconds_count{backend=\"qzero\"}"),
+        metric(
+            &lb.metrics().await,
+            "switchyard_queue_wait_seconds_count{backend=\"qzero\"}"
+        ),
         0.0
     );
 }

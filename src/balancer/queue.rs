@@ -193,9 +193,9 @@ impl Queue {
         };
         drop(ticket);
         self.wait_histogram
-            .get_or_init(|| {
-                metrics::histogram!(crate::metrics::QUEUE_WAIT, "backend" => name.to_string())
-            })
+            .get_or_init(
+                || metrics::histogram!(crate::metrics::QUEUE_WAIT, "backend" => name.to_string()),
+            )
             .record(start.elapsed().as_secs_f64());
         got
     }
@@ -400,7 +400,10 @@ mod tests {
         let start = Instant::now();
         assert_eq!(rx.recv().await.unwrap(), (0, true));
         assert_eq!(rx.recv().await.unwrap(), (1, true));
-        assert!(start.elapsed() < Duration::from_secs(4), "found by the recheck");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "found by the recheck"
+        );
         tokio::time::sleep(RECHECK * 3).await;
         assert!(rx.try_recv().is_err(), "the third has no slot");
         assert_eq!(q.depth(), 1);

@@ -734,7 +734,10 @@ fall = 3
         assert_eq!(c.backends[0].max_conns_per_server, 100);
         assert_eq!(c.backends[0].queue_timeout(), Duration::from_secs(3));
         let e = err(&set.replace("\"3s\"", "\"0s\""));
-        assert!(e.contains(".queue_timeout") && e.contains("greater than zero"), "{e}");
+        assert!(
+            e.contains(".queue_timeout") && e.contains("greater than zero"),
+            "{e}"
+        );
         let e = err(&set.replace("100", "-1"));
         assert!(e.contains("max_conns_per_server"), "{e}");
         let e = err(&set.replace("100", "\"many\""));
