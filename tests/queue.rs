@@ -383,3 +383,76 @@ async fn a_server_added_while_requests_wait_takes_them_without_a_release() {
     held.go();
     assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
 }
+
+/// GETs `path` with `Host: host` in a task of its own: (status, body).
+fn spawn_get_host(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> tokio::task::JoinHandle<(u16, String)> {
+    let (url, host) = (format!("http://{addr}{path}"), host.to_string());
+    tokio::spawn(async move {
+        let r = http_client()
+            .get(&url)
+            .header("host", host)
+            .send()
+            .await
+            .expect("an answer");
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+#[tokio::test]
+async fn each_service_of_a_tree_has_its_own_queue_and_a_discovered_server_drains_it() {
+    let etcd = support::Etcd::start().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (a, a2, b) = (
+        holding("a", tx.clone()).await,
+        holding("a2", tx.clone()).await,
+        holding("b", tx).await,
+    );
+    let toml = Cfg::http("web")
+        .no_fallback()
+        .etcd(&etcd.url())
+        .backend("qtpl")
+        .backend_lines("max_conns_per_server = 1\nqueue_timeout = \"20s\"")
+        .check_none()
+        .service_tree(
+            "frontends = [\"web\"]\ntemplate = \"qtpl\"\netcd_prefix = \"/qsvc\"\nhost = \"{service}.example.com\"",
+        )
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let web = lb.http_addr("web");
+    etcd.put("/qsvc/qsa/backend/1", &a.addr().to_string()).await;
+    etcd.put("/qsvc/qsb/backend/1", &b.addr().to_string()).await;
+    wait_until("both services routed", Duration::from_secs(10), || async {
+        let text = lb.metrics().await;
+        text.contains("switchyard_queue_depth{backend=\"qsa\"} 0")
+            && text.contains("switchyard_queue_depth{backend=\"qsb\"} 0")
+    })
+    .await;
+
+    let busy = spawn_get_host(web, "qsa.example.com", "/busy");
+    let held = next(&mut rx).await;
+    assert_eq!(held.path, "/busy");
+    let waiting = spawn_get_host(web, "qsa.example.com", "/waiting");
+    wait_depth(&lb, "qsa", 1.0).await;
+    // The other service's server has its own slot: served at once.
+    let other = spawn_get_host(web, "qsb.example.com", "/other");
+    let h = next(&mut rx).await;
+    assert_eq!(h.path, "/other");
+    assert_eq!(depth(&lb, "qsb").await, 0.0);
+    h.go();
+    assert_eq!(other.await.unwrap(), (200, "/other".to_string()));
+
+    // A second server registers for qsa: the waiting request goes to it.
+    etcd.put("/qsvc/qsa/backend/2", &a2.addr().to_string())
+        .await;
+    let h = next(&mut rx).await;
+    assert_eq!(h.path, "/waiting");
+    wait_depth(&lb, "qsa", 0.0).await;
+    h.go();
+    held.go();
+    assert_eq!(waiting.await.unwrap(), (200, "/waiting".to_string()));
+    assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
+}
