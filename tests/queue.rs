@@ -1,6 +1,7 @@
 //! Server queues (`max_conns_per_server`, `queue_timeout`): requests beyond every server's limit
 //! wait FIFO for the first slot on any server, get a `503` naming the backend at the timeout,
-//! and leave the queue when their client does; over HTTP/1.1 and HTTP/2, with the queue on
+//! and leave the queue when their client does; over HTTP/1.1 and HTTP/2, for tcp-mode
+//! connections, across a reload and in the services of an etcd service tree, with the queue on
 //! `/metrics`, in `/api/v1/backends` and in the access log. The upstreams are real servers that
 //! hold each request until the test lets it go, so the slots in use are the test's to choose.
 //! (Backend names differ per test: the metrics recorder is the process's.)
@@ -455,4 +456,56 @@ async fn each_service_of_a_tree_has_its_own_queue_and_a_discovered_server_drains
     held.go();
     assert_eq!(waiting.await.unwrap(), (200, "/waiting".to_string()));
     assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
+}
+
+/// Sends one keep-alive request on `s` and reads until the upstream's body (`A`) has come.
+async fn exchange(s: &mut TcpStream) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"\r\n\r\nA") {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn a_tcp_connection_holds_its_slot_until_it_closes() {
+    let a = Upstream::start("A").await;
+    let toml = Cfg::tcp("raw")
+        .backend("qtcp")
+        .servers(&[a.addr()])
+        .backend_lines("max_conns_per_server = 1\nqueue_timeout = \"20s\"")
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let raw = lb.http_addr("raw");
+    let mut first = TcpStream::connect(raw).await.unwrap();
+    assert!(
+        exchange(&mut first)
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+    // The second connection waits for the first one's slot, however idle the first is.
+    let second = tokio::spawn(async move {
+        let mut s = TcpStream::connect(raw).await.unwrap();
+        exchange(&mut s).await
+    });
+    wait_depth(&lb, "qtcp", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "relayed beyond max_conns_per_server");
+    drop(first);
+    let answer = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("served once the first connection closed")
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(depth(&lb, "qtcp").await, 0.0);
 }
