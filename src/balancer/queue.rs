@@ -121,12 +121,13 @@ impl Queue {
 
     /// `take` when nobody waits and it succeeds; else in line until `take` succeeds after a
     /// wake-up, or `timeout` passes (`None`). `take` runs under the queue's lock, so it must be
-    /// quick (a pick and a compare-and-swap). `name` labels the wait histogram.
+    /// quick (a pick and a compare-and-swap); its argument says whether the request waited.
+    /// `name` labels the wait histogram.
     pub async fn wait<T>(
         &self,
         name: &str,
         timeout: Duration,
-        mut take: impl FnMut() -> Option<T>,
+        mut take: impl FnMut(bool) -> Option<T>,
     ) -> Option<T> {
         let (id, notify) = {
             let mut w = self.lock();
@@ -134,7 +135,7 @@ impl Queue {
             // reading this: one of the two sees the other, so no wake-up is lost.
             self.interest.fetch_add(1, SeqCst);
             if w.list.is_empty()
-                && let Some(t) = take()
+                && let Some(t) = take(false)
             {
                 self.interest.fetch_sub(1, SeqCst);
                 return Some(t);
@@ -177,7 +178,7 @@ impl Queue {
             if !woken && pos != 0 {
                 continue;
             }
-            if let Some(t) = take() {
+            if let Some(t) = take(true) {
                 ticket.served = true;
                 let e = w.list.remove(pos).expect("the position was just found");
                 self.depth.fetch_sub(1, SeqCst);
@@ -264,9 +265,8 @@ impl BackendSet {
     ) -> Result<(Arc<Server>, ActiveGuard), NoSlot> {
         let queue = &self.runtime.queue;
         let timeout = self.config.queue_timeout();
-        let mut first = true;
-        let take = || {
-            if std::mem::take(&mut first) {
+        let take = |waited: bool| {
+            if !waited {
                 return self.take_slot(key, tried);
             }
             // This backend as published now (the same runtime), else as it was.
@@ -355,7 +355,7 @@ mod tests {
         let q = Arc::new(Queue::default());
         let p = pool(1);
         assert!(
-            q.wait("b", Duration::from_secs(5), || p.take())
+            q.wait("b", Duration::from_secs(5), |_| p.take())
                 .await
                 .is_some()
         );
@@ -363,7 +363,7 @@ mod tests {
         for i in 0..4 {
             let (q, p, tx) = (Arc::clone(&q), Arc::clone(&p), tx.clone());
             tokio::spawn(async move {
-                let got = q.wait("b", Duration::from_secs(5), || p.take()).await;
+                let got = q.wait("b", Duration::from_secs(5), |_| p.take()).await;
                 tx.send((i, got.is_some())).unwrap();
             });
             settle().await; // each one queued before the next arrives
@@ -390,7 +390,7 @@ mod tests {
         for i in 0..3 {
             let (q, p, tx) = (Arc::clone(&q), Arc::clone(&p), tx.clone());
             tokio::spawn(async move {
-                let got = q.wait("b", Duration::from_secs(5), || p.take()).await;
+                let got = q.wait("b", Duration::from_secs(5), |_| p.take()).await;
                 tx.send((i, got.is_some())).unwrap();
             });
             settle().await;
@@ -418,12 +418,12 @@ mod tests {
         p.take().unwrap();
         let first = {
             let (q, p) = (Arc::clone(&q), Arc::clone(&p));
-            tokio::spawn(async move { q.wait("b", Duration::from_secs(5), || p.take()).await })
+            tokio::spawn(async move { q.wait("b", Duration::from_secs(5), |_| p.take()).await })
         };
         settle().await;
         let second = {
             let (q, p) = (Arc::clone(&q), Arc::clone(&p));
-            tokio::spawn(async move { q.wait("b", Duration::from_secs(5), || p.take()).await })
+            tokio::spawn(async move { q.wait("b", Duration::from_secs(5), |_| p.take()).await })
         };
         settle().await;
         assert_eq!(q.depth(), 2);
@@ -449,7 +449,7 @@ mod tests {
         let start = Instant::now();
         let waiter = {
             let (q, p) = (Arc::clone(&q), Arc::clone(&p));
-            tokio::spawn(async move { q.wait("b", Duration::from_millis(300), || p.take()).await })
+            tokio::spawn(async move { q.wait("b", Duration::from_millis(300), |_| p.take()).await })
         };
         settle().await;
         // A slot frees and is taken at once by someone outside the queue.
