@@ -48,6 +48,9 @@ pub enum Termination {
     ConnectError,
     /// The backend had no server to offer (503; tcp: connection closed).
     NoServer,
+    /// Every eligible server stayed at `max_conns_per_server` for `queue_timeout` (503; tcp:
+    /// connection closed). HAProxy logs it as `sQ`.
+    QueueTimeout,
     /// No route took the request and the frontend has no fallback backend (404); tcp: no SNI
     /// route took the connection and there is no fallback (closed).
     NoRoute,
@@ -74,6 +77,7 @@ impl Termination {
             Termination::ServerError => Some(Failure::ServerError),
             Termination::ServerTimeout => Some(Failure::ServerTimeout),
             Termination::NoServer => Some(Failure::NoServer),
+            Termination::QueueTimeout => Some(Failure::QueueTimeout),
             Termination::ServerAbort => Some(Failure::ServerAbort),
             Termination::ClientAbort => Some(Failure::ClientAbort),
             _ => None,
@@ -89,6 +93,7 @@ impl Termination {
             Termination::ServerTimeout => "server_timeout",
             Termination::ConnectError => "connect_error",
             Termination::NoServer => "no_server",
+            Termination::QueueTimeout => "queue_timeout",
             Termination::NoRoute => "no_route",
             Termination::BadRequest => "bad_request",
             Termination::ClientTimeout => "client_timeout",

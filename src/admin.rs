@@ -360,6 +360,8 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
         .backends
         .iter()
         .map(|b| {
+            let limit =
+                (b.config.max_conns_per_server > 0).then_some(b.config.max_conns_per_server);
             let servers: Vec<_> = b
                 .servers
                 .iter()
@@ -376,6 +378,8 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                         "admin": s.admin().as_str(),
                         "weight": s.weight,
                         "active": s.active(),
+                        // HAProxy's "Sessions Cur/Limit": the slot limit, null without one.
+                        "limit": limit,
                         "requests": s.request_counts().0,
                         "errors": s.request_counts().1,
                         "state_age_seconds": s.state_age_ms() as f64 / 1000.0,
@@ -402,6 +406,17 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
                 "balance": format!("{:?}", b.config.balance).to_lowercase(),
                 "servers": servers,
                 "stats": b.runtime.stats.json(),
+                // HAProxy's "Queue Cur/Max"; null without `max_conns_per_server`.
+                "queue": limit.map(|limit| {
+                    let q = &b.runtime.queue;
+                    json!({
+                        "current": q.depth(),
+                        "max": q.max_depth(),
+                        "queued": q.queued_total(),
+                        "max_conns_per_server": limit,
+                        "timeout_seconds": b.config.queue_timeout().as_secs_f64(),
+                    })
+                }),
             })
         })
         .collect();

@@ -1,7 +1,8 @@
 //! Server selection over one published backend: smooth weighted round-robin, least
 //! connections, and power-of-two random choices, plus slowstart, the panic threshold and the
-//! per-backend runtime state ([`BackendRuntime`]: the round-robin cursor and the retry budget)
-//! that is carried from snapshot to snapshot.
+//! per-backend runtime state ([`BackendRuntime`]: the round-robin cursor, the retry budget and
+//! the server queue) that is carried from snapshot to snapshot. With `max_conns_per_server`, a
+//! pick skips servers at their limit ([`queue`] waits when all are).
 //!
 //! A pick is lock-free and allocation-free. Round-robin reads a precomputed schedule (built at
 //! publish time, see [`schedule`]): one `fetch_add` and, in the common case (the server under
@@ -16,6 +17,7 @@
 //! does not apply to it (as in HAProxy, a hash does not ramp: the keys are the server's).
 
 pub mod maglev;
+pub mod queue;
 pub mod sticky;
 
 use std::cmp::Reverse;
@@ -35,6 +37,8 @@ pub struct BackendRuntime {
     retries: AtomicUsize,
     /// Traffic counters for the admin API (cumulative, by backend name).
     pub stats: crate::stats::BackendStats,
+    /// Requests waiting for a server slot (`max_conns_per_server`).
+    pub queue: queue::Queue,
 }
 
 impl BackendRuntime {
@@ -212,7 +216,28 @@ impl BackendSet {
         } else {
             s.available()
         };
-        ok && untried(s, tried)
+        ok && untried(s, tried) && self.has_slot(s)
+    }
+
+    /// Below `max_conns_per_server` (always, without one: a single branch on the hot path).
+    #[inline]
+    fn has_slot(&self, s: &Server) -> bool {
+        let limit = self.config.max_conns_per_server;
+        limit == 0 || s.active_now() < limit as usize
+    }
+
+    /// Whether any server could take a request, slots aside: `false` means a quick `503`
+    /// rather than a wait in the queue.
+    pub(crate) fn any_eligible(&self, tried: &[Arc<Server>]) -> bool {
+        let panic = self.in_panic();
+        self.servers.iter().any(|s| {
+            let ok = if panic {
+                s.weight > 0 && !s.is_draining()
+            } else {
+                s.available()
+            };
+            ok && untried(s, tried)
+        })
     }
 
     fn slowstart_admits(&self, s: &Server) -> bool {
@@ -664,6 +689,65 @@ balance = "{balance}"
             s.set_up(false);
         }
         assert!((0..1000).all(|k| hash_owner(b, k) == 0));
+    }
+
+    #[test]
+    fn every_balance_skips_servers_at_max_conns_per_server() {
+        for balance in ["roundrobin", "leastconn", "random2"] {
+            let p = publisher_with(balance, "max_conns_per_server = 2", &[1, 1, 1]);
+            let snap = p.load();
+            let b = &snap.backends[0];
+            let full: Vec<_> = (0..2)
+                .map(|_| b.servers[0].try_track(2, &b.runtime).unwrap())
+                .collect();
+            assert!(b.servers[0].try_track(2, &b.runtime).is_none());
+            let m = counts(b, 300);
+            assert!(!m.contains_key(&0), "{balance}: {m:?}");
+            assert_eq!(m.len(), 2, "{balance}: {m:?}");
+            // All full: no pick, but still eligible (a wait, not a 503).
+            let more: Vec<_> = b.servers[1..]
+                .iter()
+                .flat_map(|s| [s.try_track(2, &b.runtime), s.try_track(2, &b.runtime)])
+                .collect();
+            assert!(more.iter().all(Option::is_some));
+            assert!(b.pick().is_none(), "{balance}");
+            assert!(b.any_eligible(&[]), "{balance}");
+            drop(full);
+            assert_eq!(b.pick().unwrap().name, "0", "{balance}: the freed one");
+            drop(more);
+        }
+        // Down servers are not eligible: a quick 503 rather than a wait.
+        let p = publisher_with("roundrobin", "max_conns_per_server = 1", &[1]);
+        let snap = p.load();
+        let b = &snap.backends[0];
+        b.servers[0].set_up(false);
+        assert!(!b.any_eligible(&[]));
+    }
+
+    #[test]
+    fn hash_sends_a_full_servers_keys_to_the_next_in_its_table_and_back() {
+        let p = publisher_with(
+            "hash",
+            "hash_key = \"uri\"\nmax_conns_per_server = 1",
+            &[1; 5],
+        );
+        let snap = p.load();
+        let b = &snap.backends[0];
+        let before: Vec<usize> = (0..1000).map(|k| hash_owner(b, k)).collect();
+        let busy = b.servers[2].try_track(1, &b.runtime).unwrap();
+        for (k, &owner) in before.iter().enumerate() {
+            let now = hash_owner(b, k);
+            if owner == 2 {
+                assert_ne!(now, 2, "key {k} sent to the full server");
+            } else {
+                assert_eq!(now, owner, "key {k} moved though its server has a slot");
+            }
+        }
+        drop(busy);
+        assert_eq!(
+            before,
+            (0..1000).map(|k| hash_owner(b, k)).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Metric families that describe the running snapshot, written at each scrape straight from it:
-//! `switchyard_server_up`, `switchyard_server_admin_state` and `switchyard_backend_servers`; and
+//! `switchyard_server_up`, `switchyard_server_admin_state`, `switchyard_backend_servers` and
+//! `switchyard_queue_depth` (backends with `max_conns_per_server`); and
 //! the zero series of the counters that alerts and the dashboard divide or compare, registered
 //! for every backend before the recorder renders ([`register_zeros`]).
 //!
@@ -13,8 +14,8 @@
 use std::fmt::Write;
 
 use crate::metrics::{
-    BACKEND_SERVERS, DISCOVERY_INVALID_VALUES, DISCOVERY_RESYNCS, RETRIES, SERVER_ADMIN_STATE,
-    SERVER_UP,
+    BACKEND_SERVERS, DISCOVERY_INVALID_VALUES, DISCOVERY_RESYNCS, QUEUE_DEPTH, QUEUE_WAIT, RETRIES,
+    SERVER_ADMIN_STATE, SERVER_UP,
 };
 use crate::snapshot::{AdminState, Server, Snapshot};
 
@@ -27,7 +28,8 @@ const ADMIN_STATES: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, Adm
 const RESYNC_REASONS: [&str; 4] = ["start", "index_cleared", "compacted", "reconnect"];
 
 /// Registers at 0 the counters that would otherwise appear only on their first increment:
-/// `switchyard_retries_total{backend}` for every backend, and for backends fed by etcd
+/// `switchyard_retries_total{backend}` for every backend, `switchyard_queue_wait_seconds{backend}`
+/// for those with `max_conns_per_server`, and for backends fed by etcd
 /// `switchyard_discovery_invalid_values_total{backend}` and the resync reasons. A series that
 /// exists from the start lets `rate()` and `increase()` see its first increment. Registering an
 /// existing series changes nothing, so this runs before each rendering.
@@ -35,6 +37,10 @@ pub fn register_zeros(snap: &Snapshot) {
     let mut etcd = false;
     for b in &snap.backends {
         metrics::counter!(RETRIES, "backend" => b.name().to_string()).increment(0);
+        if b.config.max_conns_per_server > 0 {
+            // A histogram handle registers its (empty) series.
+            drop(metrics::histogram!(QUEUE_WAIT, "backend" => b.name().to_string()));
+        }
         if b.config.etcd_prefix.is_some() {
             etcd = true;
             metrics::counter!(DISCOVERY_INVALID_VALUES, "backend" => b.name().to_string())
@@ -108,6 +114,26 @@ fn write_families(snap: &Snapshot, out: &mut String) -> std::fmt::Result {
                 out,
                 "{BACKEND_SERVERS}{{backend=\"{}\",state=\"{state}\"}} {n}",
                 Escaped(b.name())
+            )?;
+        }
+    }
+    let limited = || {
+        snap.backends
+            .iter()
+            .filter(|b| b.config.max_conns_per_server > 0)
+    };
+    if limited().next().is_some() {
+        writeln!(
+            out,
+            "# HELP {QUEUE_DEPTH} Requests waiting now for a server slot (max_conns_per_server), by backend; backends with a limit only."
+        )?;
+        writeln!(out, "# TYPE {QUEUE_DEPTH} gauge")?;
+        for b in limited() {
+            writeln!(
+                out,
+                "{QUEUE_DEPTH}{{backend=\"{}\"}} {}",
+                Escaped(b.name()),
+                b.runtime.queue.depth()
             )?;
         }
     }

@@ -84,7 +84,8 @@ fn main() -> ExitCode {
             Ok(c) => {
                 let warnings = switchyard::config::warnings::unused_backends(&c)
                     .into_iter()
-                    .chain(switchyard::config::warnings::unresolved_servers(&c));
+                    .chain(switchyard::config::warnings::unresolved_servers(&c))
+                    .chain(switchyard::config::warnings::idle_queue_timeouts(&c));
                 for w in warnings {
                     eprintln!("{}: warning: {w}", config.display());
                 }
@@ -130,7 +131,10 @@ fn load(path: &std::path::Path) -> Result<Config, switchyard::config::ConfigErro
 
 /// A valid config may still hold a backend that serves nothing: said at start and reload.
 fn warn_unused(c: &Config) {
-    for w in switchyard::config::warnings::unused_backends(c) {
+    let warnings = switchyard::config::warnings::unused_backends(c)
+        .into_iter()
+        .chain(switchyard::config::warnings::idle_queue_timeouts(c));
+    for w in warnings {
         warn!("{w}");
     }
 }

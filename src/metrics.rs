@@ -12,6 +12,12 @@ pub const REQUESTS: &str = "switchyard_requests_total";
 pub const NO_ROUTE: &str = "switchyard_no_route_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+/// `switchyard_queue_depth{backend}`: requests waiting for a server slot now, written at each
+/// scrape from the running snapshot (`exposition.rs`) for backends with `max_conns_per_server`.
+pub const QUEUE_DEPTH: &str = "switchyard_queue_depth";
+/// `switchyard_queue_wait_seconds{backend}`: how long each request that had to wait for a
+/// server slot waited (served or timed out); registered at 0 by `exposition::register_zeros`.
+pub const QUEUE_WAIT: &str = "switchyard_queue_wait_seconds";
 /// `switchyard_server_up{backend,server}`, written at each scrape from the running snapshot
 /// (`exposition.rs`), so a removed server's series ends.
 pub const SERVER_UP: &str = "switchyard_server_up";
@@ -73,7 +79,7 @@ pub const BYTES_RECEIVED: &str = "switchyard_bytes_received_total";
 /// `switchyard_bytes_sent_total{frontend}`: bytes written to clients (TCP mode).
 pub const BYTES_SENT: &str = "switchyard_bytes_sent_total";
 /// `switchyard_tcp_rejected_total{frontend,reason}`: client connections closed before a relay
-/// started (reason `proxy_header`, `tls_handshake`, `client_hello`, `no_route`, `no_server`,
+/// started (reason `proxy_header`, `tls_handshake`, `client_hello`, `no_route`, `no_server`, `queue_timeout`,
 /// `unreachable`).
 pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
 /// `switchyard_connections_limited_total{frontend}`: times a frontend reached its `maxconn`.
@@ -134,6 +140,8 @@ pub fn handle() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+                .expect("buckets are not empty")
+                .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), DURATION_BUCKETS)
                 .expect("buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
@@ -200,6 +208,11 @@ fn describe() {
         REQUEST_DURATION,
         Unit::Seconds,
         "Time from request received to response headers sent."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time requests waited in a backend's queue for a server slot (max_conns_per_server), by backend; only requests that waited."
     );
     describe_gauge!(
         CONNECTIONS_ACTIVE,

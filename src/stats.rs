@@ -118,16 +118,18 @@ pub enum Failure {
     ServerError,
     ServerTimeout,
     NoServer,
+    QueueTimeout,
     ServerAbort,
     ClientAbort,
 }
 
 /// Every failure, in the order of `BackendStats::errors`, with its word.
-const ERRORS: [(Failure, &str); 6] = [
+const ERRORS: [(Failure, &str); 7] = [
     (Failure::ConnectError, "connect_error"),
     (Failure::ServerError, "server_error"),
     (Failure::ServerTimeout, "server_timeout"),
     (Failure::NoServer, "no_server"),
+    (Failure::QueueTimeout, "queue_timeout"),
     (Failure::ServerAbort, "server_abort"),
     (Failure::ClientAbort, "client_abort"),
 ];

@@ -30,6 +30,7 @@ use tracing::{debug, info};
 
 use crate::access_log::{AccessLog, Pending, Termination};
 use crate::balancer::BackendRuntime;
+use crate::balancer::queue::NoSlot;
 use crate::config::{Backend, Frontend, ProxyVersion};
 use crate::metrics as m;
 use crate::metrics::{BYTES_RECEIVED, BYTES_SENT, TCP_CONNECTIONS, TCP_REJECTED};
@@ -247,6 +248,7 @@ async fn setup(
             }
             let termination = match reason {
                 "no_server" => Termination::NoServer,
+                "queue_timeout" => Termination::QueueTimeout,
                 "no_route" => Termination::NoRoute,
                 _ => Termination::ConnectError,
             };
@@ -338,13 +340,12 @@ async fn connect_upstream(
     let key = (cfg.balance == crate::config::Balance::Hash)
         .then(|| crate::balancer::maglev::key_hash(client.ip()));
     loop {
-        let Some(server) = set.pick_keyed(key, &tried).cloned() else {
-            let reason = if tried.is_empty() {
-                "no_server"
-            } else {
-                "unreachable"
-            };
-            return Err(refused(reason, &tried));
+        // A slot on a server, waiting in the backend's queue at `max_conns_per_server`.
+        let (server, active) = match set.acquire(key, &tried, &fe.shared).await {
+            Ok(slot) => slot,
+            Err(NoSlot::Timeout(_)) => return Err(refused("queue_timeout", &tried)),
+            Err(NoSlot::NoServer) if tried.is_empty() => return Err(refused("no_server", &tried)),
+            Err(NoSlot::NoServer) => return Err(refused("unreachable", &tried)),
         };
         if let Some(cause) = retry.take() {
             metrics::counter!(m::RETRIES, "backend" => cfg.name.clone()).increment(1);
@@ -353,7 +354,6 @@ async fn connect_upstream(
             .increment(1);
             set.runtime.stats.retry();
         }
-        let active = server.track();
         match establish(cfg, &server, client, dst).await {
             Ok(io) => {
                 return Ok(Upstream {

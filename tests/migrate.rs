@@ -268,6 +268,8 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
     assert_eq!(pg.hash_key, Some(HashKey::Source));
     assert_eq!(pg.response_timeout, Duration::from_secs(7200));
     assert_eq!(pg.check.inter, Duration::from_secs(5));
+    assert_eq!(pg.max_conns_per_server, 100, "server pg1 maxconn 100");
+    assert_eq!(app.max_conns_per_server, 0, "no maxconn, no limit");
     let adm = c.backend("admin_api").unwrap();
     assert_eq!(adm.balance, Balance::Leastconn);
     assert_eq!(adm.send_proxy, ProxyVersion::V2);
@@ -284,7 +286,6 @@ fn larger_haproxy_cfg_maps_what_it_can_and_warns_per_line() {
         (46, "server web1 weight 10"),
         (47, "server web2 weight 20"),
         (48, "server sorry backup"),
-        (59, "server pg1 maxconn 100"),
     ];
     assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
     for (w, (line, directive)) in warnings.iter().zip(expected) {

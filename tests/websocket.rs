@@ -1,6 +1,7 @@
 //! HTTP Upgrade through the L7 proxy: a WebSocket client talks to a WebSocket echo server
 //! through Switchyard (text, binary and large frames), the upgrade headers reach the server,
-//! the tunnel counts as in flight on its server, a server that declines the upgrade answers
+//! the tunnel counts as in flight on its server (and holds a `max_conns_per_server` slot while
+//! open), a server that declines the upgrade answers
 //! normally, and a tunnel to a removed server is cut when its drain times out. CONNECT
 //! tunnels to a forward proxy behind a frontend with `allow_connect` (and `405` without).
 
@@ -192,6 +193,50 @@ async fn websocket_frames_are_echoed_through_the_proxy() {
             .any(|l| l.starts_with("switchyard_requests_total") && l.contains("code=\"101\"")),
         "{text}"
     );
+    lb.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_open_tunnel_holds_its_server_slot_and_the_next_upgrade_waits_for_it() {
+    let server = EchoServer::start().await;
+    let toml = Cfg::http("web")
+        .backend("wsq")
+        .servers(&[server.addr])
+        .backend_lines("max_conns_per_server = 1\nqueue_timeout = \"20s\"")
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let addr = lb.http_addr("web");
+    let mut first = connect(addr, "/first").await;
+    assert_eq!(
+        echo(&mut first, Message::text("one")).await,
+        Message::text("one")
+    );
+    // The second upgrade queues while the first tunnel is open (max_conns_per_server = 1).
+    let second = tokio::spawn(async move {
+        let mut ws = connect(addr, "/second").await;
+        let got = echo(&mut ws, Message::text("two")).await;
+        ws.close(None).await.unwrap();
+        got
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second tunnel opened beyond the limit"
+    );
+    let text = lb.metrics().await;
+    assert!(
+        text.contains("switchyard_queue_depth{backend=\"wsq\"} 1"),
+        "{text}"
+    );
+    first.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), first.next()).await {}
+    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second tunnel opened once the first closed")
+        .unwrap();
+    assert_eq!(got, Message::text("two"));
     lb.shutdown().await;
 }
 

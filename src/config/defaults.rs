@@ -88,6 +88,13 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `[[backend]] pool_idle_timeout`: an idle pooled upstream connection is closed after this.
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `[[backend]] max_conns_per_server`: 0, no limit (and no queue).
+pub const DEFAULT_MAX_CONNS_PER_SERVER: u32 = 0;
+/// `[[backend]] queue_timeout`: how long a request waits for a free server slot, then `503`.
+/// HAProxy's `timeout queue` falls back to `timeout connect`; ours is not `connect_timeout`
+/// (2 s, made for a SYN to be answered) but the time a busy server gets to finish a request,
+/// the figure of the README's example.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `[[backend]] protocol`: HTTP/1.1 to the servers.
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Http1;
 /// `[[backend]] send_proxy`: no PROXY protocol header to the servers.

@@ -177,6 +177,9 @@ pub(super) struct FileBackend {
     pub(super) send_proxy: Option<ProxyVersion>,
     pub(super) tls: Option<FileBackendTls>,
     pub(super) sticky: Option<super::sticky::FileSticky>,
+    pub(super) max_conns_per_server: Option<u32>,
+    #[serde(default, deserialize_with = "bounded::deserialize")]
+    pub(super) queue_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -460,6 +460,20 @@ pub struct Backend {
     pub tls: Option<BackendTls>,
     /// `[backend.sticky]`: cookie persistence.
     pub sticky: Option<Sticky>,
+    /// Requests in flight on one server at once (HAProxy's server `maxconn`); more wait in the
+    /// backend's queue (`balancer::queue`). 0 = no limit and no queue.
+    pub max_conns_per_server: u32,
+    /// How long a request may wait in the queue before its `503`; `None` as written when the
+    /// file leaves it out ([`Backend::queue_timeout`] gives the value in force).
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Option<Duration>,
+}
+
+impl Backend {
+    /// The queue timeout in force: the configured one, else [`DEFAULT_QUEUE_TIMEOUT`].
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(DEFAULT_QUEUE_TIMEOUT)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -709,6 +723,29 @@ fall = 3
         assert_eq!(c.backends[0].pool_idle_timeout, Duration::from_secs(4));
         let e = err(&set.replace("\"4s\"", "\"0s\""));
         assert!(e.contains("pool_idle_timeout"), "{e}");
+    }
+
+    #[test]
+    fn queue_keys_are_read_and_bad_ones_named() {
+        let c = Config::from_toml(CLASSIC).unwrap();
+        assert_eq!(c.backends[0].max_conns_per_server, 0);
+        assert_eq!(c.backends[0].queue_timeout(), DEFAULT_QUEUE_TIMEOUT);
+        let set = CLASSIC.replace(
+            "etcd_prefix = \"/testservice/backend\"",
+            "etcd_prefix = \"/testservice/backend\"\nmax_conns_per_server = 100\nqueue_timeout = \"3s\"",
+        );
+        let c = Config::from_toml(&set).unwrap();
+        assert_eq!(c.backends[0].max_conns_per_server, 100);
+        assert_eq!(c.backends[0].queue_timeout(), Duration::from_secs(3));
+        let e = err(&set.replace("\"3s\"", "\"0s\""));
+        assert!(
+            e.contains(".queue_timeout") && e.contains("greater than zero"),
+            "{e}"
+        );
+        let e = err(&set.replace("100", "-1"));
+        assert!(e.contains("max_conns_per_server"), "{e}");
+        let e = err(&set.replace("100", "\"many\""));
+        assert!(e.contains("max_conns_per_server"), "{e}");
     }
 
     #[test]

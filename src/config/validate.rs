@@ -471,6 +471,12 @@ fn backend(
             format!("{key}.pool_idle_timeout"),
             b.pool_idle_timeout.unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT),
         ),
+        max_conns_per_server: b
+            .max_conns_per_server
+            .unwrap_or(DEFAULT_MAX_CONNS_PER_SERVER),
+        queue_timeout: b
+            .queue_timeout
+            .map(|d| e.positive(format!("{key}.queue_timeout"), d)),
         name: b.name,
         etcd_prefix: b.etcd_prefix.map(|p| p.trim_end_matches('/').to_string()),
         servers: b.servers,

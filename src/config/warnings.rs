@@ -1,4 +1,5 @@
-//! What a valid configuration may still get wrong: a backend nothing sends traffic to, and a
+//! What a valid configuration may still get wrong: a backend nothing sends traffic to, a
+//! `queue_timeout` without the `max_conns_per_server` that makes a queue, and a
 //! static server whose host name does not resolve now. `check` prints these on stderr and still
 //! succeeds; `run` logs the first kind at WARN. Each line names the key.
 
@@ -20,6 +21,21 @@ pub fn unused_backends(c: &Config) -> Vec<String> {
         .map(|b| {
             format!(
                 "backend {:?}: no frontend, route or service tree uses it; it serves nothing",
+                b.name
+            )
+        })
+        .collect()
+}
+
+/// Backends with a `queue_timeout` but no `max_conns_per_server`: without a limit nothing ever
+/// waits, so the timeout does nothing (HAProxy accepts `timeout queue` without `maxconn` too).
+pub fn idle_queue_timeouts(c: &Config) -> Vec<String> {
+    c.backends
+        .iter()
+        .filter(|b| b.queue_timeout.is_some() && b.max_conns_per_server == 0)
+        .map(|b| {
+            format!(
+                "backend {:?}.queue_timeout: has no effect without max_conns_per_server (no request ever waits)",
                 b.name
             )
         })
@@ -61,6 +77,20 @@ mod tests {
 
     fn config(backends: &str) -> Config {
         Config::from_toml(&format!("{FRONTEND}{backends}")).unwrap()
+    }
+
+    #[test]
+    fn a_queue_timeout_without_a_limit_is_named() {
+        let c = config(
+            "[[backend]]\nname = \"used\"\nservers = [\"127.0.0.1:1\"]\nqueue_timeout = \"3s\"\n",
+        );
+        let w = idle_queue_timeouts(&c);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("backend \"used\".queue_timeout"), "{w:?}");
+        let c = config(
+            "[[backend]]\nname = \"used\"\nservers = [\"127.0.0.1:1\"]\nqueue_timeout = \"3s\"\nmax_conns_per_server = 2\n",
+        );
+        assert!(idle_queue_timeouts(&c).is_empty());
     }
 
     #[test]

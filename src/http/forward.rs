@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::access_log::{HttpRequest, Pending, Termination};
 use crate::balancer::BackendRuntime;
+use crate::balancer::queue::NoSlot;
 use crate::config::{Backend, Policy, Protocol, ProxyVersion};
 use crate::http::h1::client as h1_client;
 use crate::http::h1::server as h1_server;
@@ -484,9 +485,27 @@ pub(crate) async fn forward(
     // A retry decided on, counted once another server is picked for it (not when none is left).
     let mut retry = None;
     loop {
-        let pinned = sticky.as_ref().and_then(|c| c.pick(backend, &tried));
-        let Some(server) = pinned.or_else(|| backend.pick_keyed(key, &tried)).cloned() else {
-            if tried.is_empty() {
+        // The server the sticky cookie names, if it may take the request and has a slot; else a
+        // slot on a server: at once, or after a wait in the backend's queue (`queue.rs`).
+        let pinned = sticky
+            .as_ref()
+            .and_then(|c| c.pick(backend, &tried))
+            .and_then(|s| backend.try_slot(s));
+        let slot = match pinned {
+            Some(slot) => Ok(slot),
+            None => backend.acquire(key, &tried, &conn.fe.shared).await,
+        };
+        let (server, active) = match slot {
+            Ok(slot) => slot,
+            Err(NoSlot::Timeout(waited)) => {
+                trace.termination = Termination::QueueTimeout;
+                let body = format!(
+                    "503 Service Unavailable: every server of backend {} stayed busy for {waited:?} (queue_timeout)\n",
+                    cfg.name
+                );
+                return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
+            }
+            Err(NoSlot::NoServer) if tried.is_empty() => {
                 trace.termination = Termination::NoServer;
                 let body = format!(
                     "503 Service Unavailable: no server available for backend {}\n",
@@ -494,8 +513,10 @@ pub(crate) async fn forward(
                 );
                 return (plain(StatusCode::SERVICE_UNAVAILABLE, body), None);
             }
-            trace.termination = last.termination();
-            return exhausted(cfg, last, tried.pop());
+            Err(NoSlot::NoServer) => {
+                trace.termination = last.termination();
+                return exhausted(cfg, last, tried.pop());
+            }
         };
         if let Some(cause) = retry.take() {
             count_retry(backend, cause);
@@ -504,7 +525,6 @@ pub(crate) async fn forward(
         if let Some(p) = &mut trace.log {
             p.record().server = Some(Arc::clone(&server));
         }
-        let active = server.track();
         match send(&server, cfg, conn, req, target, trace).await {
             Ok(mut resp) => {
                 crate::health::observe_response(backend, &server, resp.status().as_u16());

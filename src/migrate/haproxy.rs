@@ -182,6 +182,8 @@ pub(super) struct Common {
     pub(super) keepalive_timeout: Option<Duration>,
     pub(super) header_timeout: Option<Duration>,
     pub(super) check_timeout: Option<Duration>,
+    /// `timeout queue`: the backend's `queue_timeout`.
+    pub(super) queue_timeout: Option<Duration>,
     pub(super) retries: Option<u32>,
     pub(super) httpchk: Option<HttpChk>,
     pub(super) expect_status: Option<Vec<u16>>,
@@ -317,7 +319,7 @@ fn timeout_slot<'c>(
         "tunnel" | "client-fin" | "server-fin" => {
             return Err("no tunnel (websocket) or half-closed timeouts in Switchyard");
         }
-        "queue" => return Err("Switchyard has no request queue"),
+        "queue" => &mut c.queue_timeout,
         _ => return Err("unknown timeout"),
     })
 }

@@ -1,6 +1,6 @@
 //! HAProxy server options (`server`, `default-server` and the confd template's server line):
-//! what Switchyard can take over (checks, TLS, PROXY protocol, h2, slowstart, weight), and one
-//! warning for each of the rest.
+//! what Switchyard can take over (checks, TLS, PROXY protocol, h2, slowstart, weight, maxconn),
+//! and one warning for each of the rest.
 
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub(super) struct ServerOpts {
     pub(super) checks: CheckOpts,
     pub(super) conn: ConnOpts,
     pub(super) weight: Option<u32>,
+    /// `maxconn N` (N > 0): the backend's `max_conns_per_server` (the smallest of its servers').
+    pub(super) maxconn: Option<u32>,
     pub(super) backup: bool,
     pub(super) disabled: bool,
 }
@@ -135,6 +137,14 @@ pub(super) fn server_opts(
                     None => bad(w, 2, "not a number"),
                 }
             }
+            "maxconn" => {
+                used = 2;
+                match arg.and_then(|a| a.parse::<u32>().ok()) {
+                    // HAProxy's `maxconn 0` is no limit.
+                    Some(n) => o.maxconn = (n > 0).then_some(n),
+                    None => bad(w, 2, "not a number"),
+                }
+            }
             "backup" => o.backup = true,
             "disabled" => o.disabled = true,
             "enabled" => o.disabled = false,
@@ -208,8 +218,11 @@ pub(super) fn server_opts(
             _ => {
                 used = if SERVER_ARG_OPTS.contains(&opt) { 2 } else { 1 };
                 let why = match opt {
-                    "maxconn" | "maxqueue" | "minconn" => {
-                        "no per-server connection limits or queues in Switchyard"
+                    "maxqueue" => {
+                        "the backend's queue has no length limit in Switchyard, only queue_timeout"
+                    }
+                    "minconn" => {
+                        "no dynamic limits in Switchyard; maxconn maps to max_conns_per_server"
                     }
                     "port" | "addr" => {
                         "health checks go to the server's own address; no separate check port"

@@ -495,6 +495,32 @@ pub(super) fn backend(
             );
         }
     }
+    // `maxconn` per server: one `max_conns_per_server` per backend, the smallest given (a
+    // server without one would have no limit, which no longer exists: said once).
+    let mut limits: Vec<(Option<u32>, usize, &str)> = statics
+        .iter()
+        .map(|s| (s.opts.maxconn, s.line, s.name.as_str()))
+        .collect();
+    if ref_file_line.is_none() {
+        // The template's (or the service tree's) server line stands for discovered servers.
+        limits.push((reference.maxconn, p.line, "(template)"));
+    }
+    let max_conns = limits.iter().filter_map(|l| l.0).min();
+    if let Some(n) = max_conns
+        && let Some((m, line, name)) = limits.iter().find(|l| l.0 != Some(n))
+    {
+        let directive = match m {
+            Some(m) => format!("server {name} maxconn {m}"),
+            None => format!("server {name} (no maxconn)"),
+        };
+        w.at(
+            *line,
+            directive,
+            format!(
+                "Switchyard has one max_conns_per_server per backend; the servers' maxconn differ, so the smallest, {n}, applies to every server"
+            ),
+        );
+    }
     if prefix.is_some() {
         if let (Some(n), Some(l)) = (reference.weight, tb.and_then(|t| t.server.as_ref())) {
             Warn { file: tname, out: &mut *w.out }.at(
@@ -556,6 +582,12 @@ pub(super) fn backend(
     }
     if let Some(n) = p.c.retries {
         out.push_str(&format!("retries = {n}\n"));
+    }
+    if let Some(n) = max_conns {
+        out.push_str(&format!("max_conns_per_server = {n}\n"));
+    }
+    if let Some(t) = p.c.queue_timeout {
+        out.push_str(&format!("queue_timeout = {}\n", q(&human(t))));
     }
     if let Some(t) = reference.conn.slowstart {
         out.push_str(&format!("slowstart = {}\n", q(&human(t))));

@@ -292,10 +292,32 @@ impl Server {
         self.state.active.load(Ordering::Relaxed)
     }
 
+    /// Requests in flight, read in the order [`Server::try_track`] and the queue rely on.
+    #[inline]
+    pub fn active_now(&self) -> usize {
+        self.state.active.load(Ordering::SeqCst)
+    }
+
     /// Counts one request in flight until the guard drops.
     pub fn track(self: &Arc<Self>) -> ActiveGuard {
         self.state.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(Arc::clone(&self.state))
+        ActiveGuard(Arc::clone(&self.state), None)
+    }
+
+    /// Counts one request in flight if fewer than `limit` are (a slot of
+    /// `max_conns_per_server`); the guard tells `rt`'s queue when it drops.
+    pub fn try_track(
+        self: &Arc<Self>,
+        limit: usize,
+        rt: &Arc<crate::balancer::BackendRuntime>,
+    ) -> Option<ActiveGuard> {
+        self.state
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(Arc::clone(&self.state), Some(Arc::clone(rt))))
     }
 
     /// The signal a new upstream connection watches (see `ServerState::kill`).
@@ -396,11 +418,25 @@ impl AdminState {
     }
 }
 
-pub struct ActiveGuard(Arc<ServerState>);
+/// One request (or connection) in flight on a server; with a slot limit, also the backend
+/// whose queue is told when the slot frees (`balancer::queue`).
+pub struct ActiveGuard(
+    Arc<ServerState>,
+    Option<Arc<crate::balancer::BackendRuntime>>,
+);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        match &self.1 {
+            None => {
+                self.0.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            Some(rt) => {
+                // Freed before the queue is read (see `Queue::wait`).
+                self.0.active.fetch_sub(1, Ordering::SeqCst);
+                rt.queue.released();
+            }
+        }
     }
 }
 
