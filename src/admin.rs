@@ -420,14 +420,24 @@ pub fn routes_json(admin: &Admin) -> serde_json::Value {
                 .routes()
                 .iter()
                 .map(|r| {
-                    json!({
+                    let mut route = json!({
                         "host": r.host,
                         "path_prefix": (!r.is_sni()).then_some(r.path_prefix.as_str()),
                         "sni": r.sni,
                         "backend": &*r.backend_name,
                         "strip_prefix": r.strip_prefix,
                         "source": r.source,
-                    })
+                    });
+                    // A split: `backend` stays its heaviest, for readers that know one.
+                    if let Some(split) = &r.split {
+                        let backends: Vec<_> = split
+                            .backends()
+                            .iter()
+                            .map(|w| json!({"name": &*w.name, "weight": w.weight}))
+                            .collect();
+                        route["backends"] = json!(backends);
+                    }
+                    route
                 })
                 .collect();
             json!({

@@ -99,10 +99,20 @@ pub(super) struct FileRoute {
     pub(super) path_prefix: Option<String>,
     pub(super) strip_prefix: Option<bool>,
     pub(super) sni: Option<String>,
-    pub(super) backend: String,
+    pub(super) backend: Option<String>,
+    pub(super) backends: Option<Vec<FileWeighted>>,
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+}
+
+/// One of a route's `backends = [{ name = "...", weight = 90 }]`. The weight is read wide so
+/// that a negative or overlong one is refused with a message naming it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileWeighted {
+    pub(super) name: String,
+    pub(super) weight: i64,
 }
 
 /// `[[service_tree]]`.

@@ -321,9 +321,30 @@ pub struct Route {
     pub path_prefix: String,
     pub strip_prefix: bool,
     pub sni: Option<String>,
+    /// Its backend; with `backends`, the heaviest of them (the first of equals).
     pub backend: String,
+    /// A weighted split (`backends = [...]`), in file order; empty: every request goes to
+    /// `backend`.
+    pub backends: Vec<WeightedBackend>,
     /// Its own policy keys over its frontend's.
     pub policy: Policy,
+}
+
+impl Route {
+    /// Every backend it sends requests to: `backend`, or each of its split's.
+    pub fn backend_names(&self) -> impl Iterator<Item = &str> {
+        let split = self.backends.iter().map(|w| w.name.as_str());
+        let single = self.backends.is_empty().then_some(self.backend.as_str());
+        single.into_iter().chain(split)
+    }
+}
+
+/// One backend of a route's weighted split: it takes `weight` out of the weights' sum of the
+/// requests (0: none, a canary switched off).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WeightedBackend {
+    pub name: String,
+    pub weight: u32,
 }
 
 /// The longest service name a `[[service_tree]]` takes: a DNS label's limit, so that

@@ -13,6 +13,7 @@ use super::server::{AdminState, Server, ServerSpec, ServerState, Source, uptime_
 use super::{BackendSet, RouteTable, Snapshot};
 use crate::config::{self, Config};
 use crate::route::{self, HostMatch, Table};
+use crate::split::{Split, Weighted};
 
 /// The single writer side of the snapshot. Publishing takes a mutex so that concurrent
 /// discovery watchers, reloads and the drain sweep never lose each other's update; readers
@@ -512,6 +513,15 @@ impl Routing {
                 let Ok(host) = HostMatch::parse(r.host.as_deref()) else {
                     continue;
                 };
+                // A split over the backends that exist (all do: validated with the config).
+                let weighted = r.backends.iter().filter_map(|w| {
+                    Some(Weighted {
+                        backend: index(&w.name)?,
+                        name: Arc::from(w.name.as_str()),
+                        weight: w.weight,
+                    })
+                });
+                let split = Split::new(weighted.collect()).map(Arc::new);
                 routes.push(route::Route {
                     host,
                     path_prefix: r.path_prefix.clone(),
@@ -522,6 +532,7 @@ impl Routing {
                         .and_then(|s| HostMatch::parse(Some(s)).ok()),
                     backend,
                     backend_name: Arc::from(r.backend.as_str()),
+                    split,
                     source: route::Source::Config,
                     policy: Arc::new(r.policy.clone()),
                 });
@@ -585,6 +596,7 @@ impl Routing {
                     sni: None,
                     backend,
                     backend_name: Arc::from(svc.name.as_str()),
+                    split: None,
                     source: route::Source::Etcd,
                     policy: Arc::clone(&frontend_policy),
                 });
