@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::policy::{FileHeaderRules, FileRedirect};
+use super::size::FileSize;
 use super::{Balance, CheckType, EtcdApi, LogConfig, Mode, Protocol, ProxyVersion};
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +90,7 @@ pub(super) struct FileFrontend {
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+    pub(super) max_body_size: Option<FileSize>,
 }
 
 /// `[[frontend.route]]`.
@@ -104,6 +106,7 @@ pub(super) struct FileRoute {
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+    pub(super) max_body_size: Option<FileSize>,
 }
 
 /// One of a route's `backends = [{ name = "...", weight = 90 }]`. The weight is read wide so

@@ -11,6 +11,7 @@ pub mod defaults;
 mod file;
 mod policy;
 mod routing;
+mod size;
 mod unknown;
 mod validate;
 pub mod warnings;

@@ -121,12 +121,13 @@ pub(super) fn routes(
                 redirect: r.redirect,
                 request_headers: r.request_headers,
                 response_headers: r.response_headers,
+                max_body_size: r.max_body_size,
             },
         )?;
         if mode == Mode::Tcp && !own.is_empty() {
             return Err(invalid(
                 key.as_str(),
-                "redirect and header rules are for mode = \"http\" routes",
+                "redirect, header rules and max_body_size are for mode = \"http\" routes",
             ));
         }
         let route = Route {

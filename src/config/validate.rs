@@ -685,13 +685,14 @@ fn frontend(
                 redirect: f.redirect,
                 request_headers: f.request_headers,
                 response_headers: f.response_headers,
+                max_body_size: f.max_body_size,
             },
         ))
         .unwrap_or_default();
     if mode == Mode::Tcp && !policy.is_empty() {
         e.push(invalid(
             key,
-            "redirect and header rules are for mode = \"http\" frontends",
+            "redirect, header rules and max_body_size are for mode = \"http\" frontends",
         ));
     }
     let routes = e

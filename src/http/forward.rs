@@ -73,8 +73,13 @@ pub(crate) async fn handle(
         redirect,
     } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
-    // A redirect reaches no backend: it is counted, and logged, under the frontend alone.
-    let picked = picked.filter(|_| redirect.is_none());
+    // `max_body_size` by Content-Length, after the redirect (`body_limit`).
+    let too_large = redirect
+        .is_none()
+        .then(|| super::body_limit::check(policy.as_deref(), &mut req))
+        .flatten();
+    // A redirect or a refusal reaches no backend: counted, and logged, under the frontend alone.
+    let picked = picked.filter(|_| redirect.is_none() && too_large.is_none());
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
         p.record().backend = Some(Arc::clone(&b.config));
@@ -108,6 +113,10 @@ pub(crate) async fn handle(
                 trace.termination = Termination::BadRequest;
             }
             (resp, None)
+        }
+        (None, _, _) if too_large.is_some() => {
+            trace.termination = Termination::BodyTooLarge;
+            (*too_large.expect("matched just above"), None)
         }
         (None, Routing::BadPath(why), _) => {
             trace.termination = Termination::BadRequest;
@@ -158,6 +167,9 @@ pub(crate) async fn handle(
                     .unwrap_or(0),
             ),
         }
+    }
+    if trace.termination == Termination::BodyTooLarge {
+        super::body_limit::count(&fe.frontend.name);
     }
     if let Some(reason) = client_error(code, trace.termination) {
         fe.stats.error();
@@ -573,6 +585,11 @@ pub(crate) async fn forward(
                 }
                 retry = Some(cause);
                 req = back;
+            }
+            Err(Failure::Sent(_, _)) if body_state.as_ref().is_some_and(|b| b.too_large()) => {
+                trace.termination = Termination::BodyTooLarge;
+                let limit = body_state.as_ref().map_or(0, |b| b.limit());
+                return (super::body_limit::too_large(limit), Some(server));
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
                 // The client's body broke (bad chunk, hung up mid-body): not the server's fault.
