@@ -110,6 +110,7 @@ async fn a_90_10_split_lands_within_2_percent_over_h1_and_h2() {
     .await
     .expect("10,000 requests within 60 s");
     let (a, b) = (v1.hits(), v2.hits());
+    eprintln!("90/10 over 10,000 requests: shop-v1 {a}, shop-v2 {b}");
     assert_eq!(a + b, 10_000, "every request reached one of the split");
     assert!((share(a, 10_000) - 0.90).abs() <= 0.02, "v1 {a}, v2 {b}");
     assert!((share(b, 10_000) - 0.10).abs() <= 0.02, "v1 {a}, v2 {b}");

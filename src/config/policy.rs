@@ -384,4 +384,40 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn max_body_size_is_read_route_over_frontend_and_bad_sizes_name_the_key() {
+        let text = format!(
+            "{WEB}max_body_size = \"1MiB\"\n\
+             [[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"api\"\n\
+             [[frontend.route]]\nhost = \"b.example.com\"\nbackend = \"api\"\nmax_body_size = 512\n"
+        );
+        let c = config(&text).unwrap();
+        let f = &c.frontends[0];
+        assert_eq!(f.policy.max_body_size, Some(1 << 20));
+        assert_eq!(f.routes[0].policy.max_body_size, Some(1 << 20));
+        assert_eq!(f.routes[1].policy.max_body_size, Some(512));
+        for (value, want) in [
+            (
+                "\"10XB\"",
+                "frontend \"web\".route[0].max_body_size: \"10XB\": write a whole number",
+            ),
+            (
+                "0",
+                "frontend \"web\".route[0].max_body_size: 0: leave the key out",
+            ),
+            (
+                "-3",
+                "frontend \"web\".route[0].max_body_size: -3: must not be negative",
+            ),
+        ] {
+            let text = format!(
+                "{WEB}[[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\nmax_body_size = {value}\n"
+            );
+            let e = config(&text).expect_err(value);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+        let e = config(&format!("{WEB}max_body_size = true\n")).unwrap_err();
+        assert!(e.contains("max_body_size"), "{e}");
+    }
 }
