@@ -150,11 +150,20 @@ async fn a_90_10_split_lands_within_2_percent_over_h1_and_h2() {
 
 #[tokio::test]
 async fn weight_zero_takes_nothing_and_retries_stay_in_the_chosen_backend() {
+    let dir = std::env::temp_dir().join(format!("switchyard-split-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("access.log");
+    let _ = std::fs::remove_file(&file);
     let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
     let off = Upstream::start("off").await;
     // A port with nothing listening: connecting to it fails at once, and is retried.
     let dead: SocketAddr = format!("127.0.0.1:{}", dead_port()).parse().unwrap();
-    let toml = Cfg::http("web")
+    let toml = Cfg::new()
+        .table(&format!(
+            "[log]\naccess = \"json\"\naccess_file = {}",
+            support::config::path(&file)
+        ))
+        .frontend("canary")
         .no_fallback()
         .route(
             "path_prefix = \"/shop/\"\n\
@@ -171,7 +180,7 @@ async fn weight_zero_takes_nothing_and_retries_stay_in_the_chosen_backend() {
         .check_none()
         .toml();
     let lb = Lb::start_ready(&toml).await;
-    let addr = lb.http_addr("web");
+    let addr = lb.http_addr("canary");
     tokio::time::timeout(Duration::from_secs(30), async {
         h1_requests(addr, 100, 2).await;
         h2_requests(addr, 100, 2).await;
@@ -187,7 +196,25 @@ async fn weight_zero_takes_nothing_and_retries_stay_in_the_chosen_backend() {
         "{m}"
     );
     assert_eq!(metric(&m, "switchyard_retries_total{backend=\"b\"}"), 0.0);
+    // The access log and the stats name the chosen backend too.
+    let lines = support::log_lines(&file, "canary", 200).await;
+    let logged = |name: &str| lines.iter().filter(|v| v["backend"] == name).count();
+    assert_eq!((logged("a"), logged("b"), logged("off")), (100, 100, 0));
+    let backends = lb.backends().await;
+    let stat = |name: &str| {
+        backends["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .map(|b| b["stats"]["requests"].as_u64().unwrap())
+    };
+    assert_eq!(
+        (stat("a"), stat("b"), stat("off")),
+        (Some(100), Some(100), Some(0))
+    );
     lb.shutdown().await;
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The phases of the reload test.

@@ -326,6 +326,7 @@ pub struct Route {
     pub backend: String,
     /// A weighted split (`backends = [...]`), in file order; empty: every request goes to
     /// `backend`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
     /// Its own policy keys over its frontend's.
     pub policy: Policy,
