@@ -4,7 +4,8 @@
 //! one without a length) that crosses the limit is answered `413` and the HTTP/1.1 connection
 //! closed, with no whole body reaching the upstream; a body within the limit reaches it whole;
 //! a route's value beats its frontend's; each refusal is counted in
-//! `switchyard_requests_refused_total` and logged as `body_too_large`.
+//! `switchyard_requests_refused_total` and logged as `body_too_large`; the limit holds in front
+//! of an HTTP/2 upstream (`protocol = "h2"`) too.
 
 mod support;
 
@@ -389,4 +390,77 @@ async fn a_routes_value_beats_its_frontends_and_refusals_are_logged() {
     );
     lb.shutdown().await;
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An HTTP/2 (h2c) upstream that reads each body whole and answers `got N`; the sizes of the
+/// bodies it read whole are in the list. It runs until the test's runtime ends.
+async fn h2_reader() -> (SocketAddr, Arc<Mutex<Vec<usize>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let s = Arc::clone(&s);
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let s = Arc::clone(&s);
+                async move {
+                    let body = match req.into_body().collect().await {
+                        Ok(b) => {
+                            let n = b.to_bytes().len();
+                            s.lock().unwrap().push(n);
+                            format!("got {n}")
+                        }
+                        Err(_) => "cut".to_string(),
+                    };
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_limit_holds_in_front_of_an_http2_upstream() {
+    let (up, seen) = h2_reader().await;
+    let toml = Cfg::http("h2up")
+        .route("path_prefix = \"/up/\"\nbackend = \"shop\"\nmax_body_size = \"1KiB\"")
+        .backend("shop")
+        .servers(&[up])
+        .backend_lines("protocol = \"h2\"")
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let addr = lb.http_addr("h2up");
+    // Crossing the limit mid-stream: the upstream stream is reset, the client gets the 413.
+    let answer = h1_exchange(
+        addr,
+        &post_head("/up/x", "Transfer-Encoding: chunked\r\n"),
+        &chunked(4, 512),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    let (status, body) = h2_post(addr, "/up/x", chunks(4, 512), None).await;
+    assert_eq!(status, 413, "{body}");
+    // Within it: the whole body arrives.
+    assert_eq!(
+        h2_post(addr, "/up/x", chunks(2, 512), None).await,
+        (200, "got 1024".into())
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![1024]);
+    let m = lb.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "switchyard_requests_refused_total{frontend=\"h2up\",reason=\"body_too_large\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    lb.shutdown().await;
 }
