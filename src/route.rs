@@ -534,6 +534,8 @@ pub struct Table<P = ()> {
     /// The SNI routes.
     sni: Index,
     fallback: Option<(usize, Arc<str>)>,
+    /// `Some`: the fallback is a weighted split (`fallback` is then its heaviest backend).
+    fallback_split: Option<Arc<Split>>,
     /// The policy of requests no route takes (the fallback's, or the `404`'s).
     policy: P,
 }
@@ -690,6 +692,7 @@ impl<P> Table<P> {
             http: Index::default(),
             sni: Index::default(),
             fallback,
+            fallback_split: None,
             policy,
         };
         for (i, r) in table.routes.iter().enumerate() {
@@ -701,6 +704,30 @@ impl<P> Table<P> {
         table.http.seal();
         table.sni.seal();
         table
+    }
+
+    /// Makes the fallback a weighted split (the fallback given to [`Table::new`] should be its
+    /// heaviest backend, for what names one). HTTP only: [`Table::pick_sni`] keeps the one.
+    pub fn with_fallback_split(mut self, split: Option<Arc<Split>>) -> Table<P> {
+        self.fallback_split = split;
+        self
+    }
+
+    /// The fallback's weighted split, if it has one.
+    pub fn fallback_split(&self) -> Option<&Split> {
+        self.fallback_split.as_deref()
+    }
+
+    /// The fallback backend for the next HTTP request no route takes (index and name): its
+    /// split's pick, else the fallback.
+    pub fn pick_fallback(&self) -> Option<(usize, &Arc<str>)> {
+        match &self.fallback_split {
+            Some(split) => {
+                let w = split.pick();
+                Some((w.backend, &w.name))
+            }
+            None => self.fallback(),
+        }
     }
 
     /// Every route, in precedence order (for the admin listing).
@@ -804,13 +831,16 @@ impl<P> Table<P> {
                     path,
                 }
             }
-            None => Routed {
-                backend: self.fallback.as_ref().map(|f| f.0),
-                backend_name: self.fallback.as_ref().map(|f| &f.1),
-                route: None,
-                policy: &self.policy,
-                path,
-            },
+            None => {
+                let fallback = self.pick_fallback();
+                Routed {
+                    backend: fallback.map(|f| f.0),
+                    backend_name: fallback.map(|f| f.1),
+                    route: None,
+                    policy: &self.policy,
+                    path,
+                }
+            }
         }
     }
 

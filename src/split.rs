@@ -1,6 +1,7 @@
-//! A route's weighted split between backends (`backends = [{ name, weight }, ...]`, a canary):
-//! which one of them each request goes to. It owns the schedule ([`Split::pick`]): lock-free
-//! (one atomic counter per route, rebuilt with the routing table on every snapshot) and exact
+//! A weighted split between backends (`backends = [{ name, weight }, ...]` on a route or as a
+//! frontend's fallback: a canary): which one of them each request goes to. It owns the schedule
+//! ([`Split::pick`]): lock-free (one atomic counter per split, rebuilt with the routing table on
+//! every snapshot) and exact
 //! over each cycle of the weights' sum, spread evenly within it. A pure leaf: it imports nothing
 //! from the crate; `route` carries a split in its routes and picks with it.
 //!

@@ -409,3 +409,64 @@ async fn new_weights_take_effect_on_sighup_with_no_request_lost() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn a_frontends_fallback_may_be_a_split_with_or_without_routes() {
+    let (a, b, r) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("routed").await,
+    );
+    let split = "backends = [{ name = \"fa\", weight = 3 }, { name = \"fb\", weight = 1 }]";
+    let toml = Cfg::http("plain")
+        .no_fallback()
+        .frontend_lines(split)
+        .frontend("mixed")
+        .no_fallback()
+        .frontend_lines(split)
+        .route("path_prefix = \"/r/\"\nbackend = \"routed\"")
+        .backend("fa")
+        .servers(&[a.addr()])
+        .check_none()
+        .backend("fb")
+        .servers(&[b.addr()])
+        .check_none()
+        .backend("routed")
+        .servers(&[r.addr()])
+        .check_none()
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // A frontend without routes: every request is the fallback's.
+        h1_requests(lb.http_addr("plain"), 200, 2).await;
+        h2_requests(lb.http_addr("plain"), 200, 2).await;
+        // With routes: what no route takes (here `/shop/x`) is the fallback's.
+        h1_requests(lb.http_addr("mixed"), 400, 2).await;
+    })
+    .await
+    .expect("800 requests within 30 s");
+    assert_eq!((a.hits(), b.hits()), (600, 200));
+    assert_eq!(
+        get(lb.http_addr("mixed"), "/r/x").await,
+        (200, "routed".into())
+    );
+    let (_, body) = get(lb.admin_addr(), "/api/v1/routes").await;
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for f in j["frontends"].as_array().unwrap() {
+        assert_eq!(f["fallback"], "fa", "{body}");
+        assert_eq!(
+            f["fallback_backends"],
+            serde_json::json!([{"name": "fa", "weight": 3}, {"name": "fb", "weight": 1}]),
+            "{body}"
+        );
+    }
+    // The duration histogram names the backend each request went to.
+    let m = lb.metrics().await;
+    assert!(
+        m.contains(
+            "switchyard_request_duration_seconds_count{frontend=\"plain\",backend=\"fb\"} 100"
+        ),
+        "{m}"
+    );
+    lb.shutdown().await;
+}

@@ -76,6 +76,7 @@ pub(super) struct FileFrontend {
     pub(super) bind: String,
     pub(super) mode: Option<Mode>,
     pub(super) backend: Option<String>,
+    pub(super) backends: Option<Vec<FileWeighted>>,
     #[serde(default)]
     pub(super) route: Vec<FileRoute>,
     #[serde(default, deserialize_with = "bounded::deserialize")]

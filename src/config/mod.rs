@@ -290,8 +290,12 @@ pub struct Frontend {
     pub bind: SocketAddr,
     pub mode: Mode,
     /// The fallback: what a request (or connection) no route matches goes to. `None`: `404`
-    /// (tcp mode: a close).
+    /// (tcp mode: a close). With `backends`, the heaviest of them.
     pub backend: Option<String>,
+    /// The fallback as a weighted split (`backends = [...]`, http mode), in file order; empty:
+    /// `backend` alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<WeightedBackend>,
     /// `[[frontend.route]]`, in file order.
     pub routes: Vec<Route>,
     #[serde(with = "humantime_serde")]
@@ -330,6 +334,19 @@ pub struct Route {
     pub backends: Vec<WeightedBackend>,
     /// Its own policy keys over its frontend's.
     pub policy: Policy,
+}
+
+impl Frontend {
+    /// Every backend its fallback sends requests to: `backend`, or each of its split's.
+    pub fn fallback_names(&self) -> impl Iterator<Item = &str> {
+        let split = self.backends.iter().map(|w| w.name.as_str());
+        let single = if self.backends.is_empty() {
+            self.backend.as_deref()
+        } else {
+            None
+        };
+        single.into_iter().chain(split)
+    }
 }
 
 impl Route {

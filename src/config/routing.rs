@@ -169,7 +169,7 @@ pub(super) fn routes(
 /// A route's `backend` or `backends` (one, not both): its backend (with a split, the
 /// heaviest) and its split (empty without one). Each name names a backend, once; each weight is
 /// an integer from 0 to `u32::MAX`, and they sum to more than 0.
-fn route_backends(
+pub(super) fn route_backends(
     key: &str,
     backend: Option<String>,
     split: Option<Vec<FileWeighted>>,
@@ -179,7 +179,7 @@ fn route_backends(
         (Some(_), Some(_)) => {
             return Err(invalid(
                 format!("{key}.backends"),
-                "a route sets `backend` or `backends` (a weighted split), not both",
+                "set `backend` or `backends` (a weighted split), not both",
             ));
         }
         (None, None) => {
@@ -252,7 +252,7 @@ fn serves_no_template(
     };
     for f in frontends {
         let fkey = format!("frontend {:?}", f.name);
-        if f.backend.as_deref() == Some(template) {
+        if f.fallback_names().any(|b| b == template) {
             return Err(invalid(format!("{fkey}.backend"), why()));
         }
         if let Some(i) = f
@@ -593,7 +593,7 @@ servers = ["127.0.0.1:2"]
         let cases = [
             (
                 route("backend = \"api\"\nbackends = [{ name = \"db\", weight = 1 }]"),
-                "frontend \"web\".route[0].backends: a route sets `backend` or `backends`",
+                "frontend \"web\".route[0].backends: set `backend` or `backends`",
             ),
             (route(""), "frontend \"web\".route[0].backend: is required"),
             (
@@ -627,6 +627,36 @@ servers = ["127.0.0.1:2"]
                     "{TCP}[[frontend.route]]\nsni = \"a.com\"\nbackends = [{{ name = \"db\", weight = 1 }}]\n"
                 ),
                 "frontend \"raw\".route[0].backends: a weighted split is for mode = \"http\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_frontends_fallback_may_be_a_split() {
+        let c = config(&format!(
+            "{WEB}backends = [{{ name = \"api\", weight = 1 }}, {{ name = \"db\", weight = 3 }}]\n"
+        ))
+        .unwrap();
+        let f = &c.frontends[0];
+        assert_eq!(f.backend.as_deref(), Some("db"));
+        assert_eq!(f.fallback_names().collect::<Vec<_>>(), vec!["api", "db"]);
+        assert!(crate::config::warnings::unused_backends(&c).is_empty());
+        let cases = [
+            (
+                format!("{WEB}backend = \"api\"\nbackends = [{{ name = \"db\", weight = 1 }}]\n"),
+                "frontend \"web\".backends: set `backend` or `backends`",
+            ),
+            (
+                format!("{WEB}backends = [{{ name = \"nope\", weight = 1 }}]\n"),
+                "frontend \"web\".backends[0].name: names no backend",
+            ),
+            (
+                format!("{TCP}backends = [{{ name = \"db\", weight = 1 }}]\n"),
+                "frontend \"raw\".backends: a weighted split is for mode = \"http\" frontends",
             ),
         ];
         for (text, want) in cases {

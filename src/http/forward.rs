@@ -234,6 +234,15 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// How a request the fallback takes was routed: [`Routing::Fallback`] names the frontend's own
+/// backend; a split fallback's pick is another, counted like a route's.
+fn fallback_routing<P>(table: &crate::route::Table<P>) -> Routing {
+    match table.fallback_split() {
+        Some(_) => Routing::Routed,
+        None => Routing::Fallback,
+    }
+}
+
 /// How the routing table took a request.
 pub(crate) enum Routing {
     /// To the frontend's own backend (its `backend` key).
@@ -282,8 +291,8 @@ pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<Re
         }
     };
     if table.is_trivial() {
-        let backend = table.fallback().map(|(i, _)| i);
-        return with_policy(backend, Routing::Fallback, table.policy(), req);
+        let backend = table.pick_fallback().map(|(i, _)| i);
+        return with_policy(backend, fallback_routing(table), table.policy(), req);
     }
     let host = request_host(req);
     let routed = match table.route(host, req.uri().path()) {
@@ -298,7 +307,7 @@ pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<Re
         }
     };
     let how = if routed.route.is_none() {
-        Routing::Fallback
+        fallback_routing(table)
     } else {
         Routing::Routed
     };

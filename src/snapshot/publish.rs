@@ -514,14 +514,7 @@ impl Routing {
                     continue;
                 };
                 // A split over the backends that exist (all do: validated with the config).
-                let weighted = r.backends.iter().filter_map(|w| {
-                    Some(Weighted {
-                        backend: index(&w.name)?,
-                        name: Arc::from(w.name.as_str()),
-                        weight: w.weight,
-                    })
-                });
-                let split = Split::new(weighted.collect()).map(Arc::new);
+                let split = split_of(&r.backends, index);
                 routes.push(route::Route {
                     host,
                     path_prefix: r.path_prefix.clone(),
@@ -605,13 +598,28 @@ impl Routing {
                 .backend
                 .as_deref()
                 .and_then(|b| Some((index(b)?, Arc::from(b))));
-            out.push((
-                f.name.clone(),
-                Arc::new(Table::new(routes, fallback, frontend_policy)),
-            ));
+            let table = Table::new(routes, fallback, frontend_policy)
+                .with_fallback_split(split_of(&f.backends, index));
+            out.push((f.name.clone(), Arc::new(table)));
         }
         out
     }
+}
+
+/// A route's (or a fallback's) weighted split over the published backends; `None` without
+/// one (validated with the config: every name is a backend, the weights sum to more than 0).
+fn split_of(
+    split: &[config::WeightedBackend],
+    index: impl Fn(&str) -> Option<usize>,
+) -> Option<Arc<Split>> {
+    let weighted = split.iter().filter_map(|w| {
+        Some(Weighted {
+            backend: index(&w.name)?,
+            name: Arc::from(w.name.as_str()),
+            weight: w.weight,
+        })
+    });
+    Split::new(weighted.collect()).map(Arc::new)
 }
 
 /// The discovered servers of a published backend, to carry into its next version.
