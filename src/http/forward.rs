@@ -104,8 +104,8 @@ pub(crate) async fn handle(
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        // The policy, in the contract's order (README, "Traffic policy"): redirect, header
-        // rules, then balancing.
+        // The policy, in the contract's order (README, "Traffic policy"): redirect,
+        // max_body_size, header rules, then balancing.
         // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
             let resp = *redirect.expect("matched just above");
