@@ -324,6 +324,7 @@ fn routes(kind: &str, n: usize) -> Table {
                 sni: None,
                 backend: i,
                 backend_name: Arc::from(format!("svc{i}").as_str()),
+                split: None,
                 source: RouteSource::Config,
                 policy: (),
             }

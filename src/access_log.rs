@@ -66,6 +66,9 @@ pub enum Termination {
     DrainTimeout,
     /// tcp: the relay ended with an I/O error.
     IoError,
+    /// The request body was over the route's `max_body_size` (413, or a close if the answer
+    /// had started).
+    BodyTooLarge,
 }
 
 impl Termination {
@@ -101,6 +104,7 @@ impl Termination {
             Termination::IdleTimeout => "idle_timeout",
             Termination::DrainTimeout => "drain_timeout",
             Termination::IoError => "io_error",
+            Termination::BodyTooLarge => "body_too_large",
         }
     }
 }

@@ -423,6 +423,16 @@ pub fn backends_json(admin: &Admin) -> serde_json::Value {
     json!({"discovery": discovery, "backends": backends})
 }
 
+/// A weighted split as listed: `[{"name", "weight"}]`, in file order.
+fn split_json(split: &crate::split::Split) -> serde_json::Value {
+    let backends: Vec<_> = split
+        .backends()
+        .iter()
+        .map(|w| json!({"name": &*w.name, "weight": w.weight}))
+        .collect();
+    json!(backends)
+}
+
 /// The `/api/v1/routes` document: each frontend's routes in precedence order (the first that
 /// matches a request takes it) and its fallback backend.
 pub fn routes_json(admin: &Admin) -> serde_json::Value {
@@ -435,21 +445,30 @@ pub fn routes_json(admin: &Admin) -> serde_json::Value {
                 .routes()
                 .iter()
                 .map(|r| {
-                    json!({
+                    let mut route = json!({
                         "host": r.host,
                         "path_prefix": (!r.is_sni()).then_some(r.path_prefix.as_str()),
                         "sni": r.sni,
                         "backend": &*r.backend_name,
                         "strip_prefix": r.strip_prefix,
                         "source": r.source,
-                    })
+                    });
+                    // A split: `backend` stays its heaviest, for readers that know one.
+                    if let Some(split) = &r.split {
+                        route["backends"] = split_json(split);
+                    }
+                    route
                 })
                 .collect();
-            json!({
+            let mut frontend = json!({
                 "name": name,
                 "routes": routes,
                 "fallback": table.fallback().map(|(_, name)| name.to_string()),
-            })
+            });
+            if let Some(split) = table.fallback_split() {
+                frontend["fallback_backends"] = split_json(split);
+            }
+            frontend
         })
         .collect();
     json!({ "frontends": frontends })

@@ -26,6 +26,7 @@ pub mod route;
 pub mod signal;
 pub mod snapshot;
 pub mod sni;
+pub mod split;
 pub mod stats;
 pub mod tcp;
 pub mod tls;

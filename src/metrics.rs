@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS: &str = "switchyard_requests_total";
 /// Requests no route took and no fallback backend either (`404`).
 pub const NO_ROUTE: &str = "switchyard_no_route_total";
+/// `switchyard_requests_refused_total{frontend,reason}`: requests a traffic policy refused
+/// (README, "Traffic policy"); `reason` is the access log's termination (`body_too_large`).
+pub const REQUESTS_REFUSED: &str = "switchyard_requests_refused_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 /// `switchyard_queue_depth{backend}`: requests waiting for a server slot now, written at each
@@ -199,6 +202,10 @@ fn describe() {
     describe_counter!(
         REQUESTS,
         "HTTP requests answered, by frontend, backend, server address and status code."
+    );
+    describe_counter!(
+        REQUESTS_REFUSED,
+        "HTTP requests a traffic policy refused, by frontend and reason (body_too_large: over max_body_size, answered 413)."
     );
     describe_counter!(
         NO_ROUTE,

@@ -14,12 +14,17 @@
 //! encoded slashes, backslashes or `;` parameters would take another route if the upstream read
 //! them as separators is refused ([`BadPath::Ambiguous`]), so no request is routed on one reading
 //! of its path and served on another.
+//!
+//! A route may split its requests between backends by weight (a canary): the schedule is
+//! `split`'s, the only module of the crate this one imports (itself a pure leaf).
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use crate::split::Split;
 
 /// `path_prefix` when a route leaves it out: every path.
 pub const DEFAULT_PATH_PREFIX: &str = "/";
@@ -230,6 +235,9 @@ pub struct Route<P = ()> {
     pub backend: usize,
     /// Its backend's name, for logs and the admin listing.
     pub backend_name: Arc<str>,
+    /// `Some`: each request goes to one of these backends, by weight (`backend` is then the
+    /// heaviest, for listings that name one); `None`: every request goes to `backend`.
+    pub split: Option<Arc<Split>>,
     /// Where it comes from.
     pub source: Source,
     /// What the data plane does with its requests besides forwarding them (its policy).
@@ -497,7 +505,8 @@ pub fn strip_prefix<'a>(path: &'a str, prefix: &str) -> Cow<'a, str> {
 /// Where a request goes, from [`Table::route`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routed<'a, P = ()> {
-    /// The index of the backend in the snapshot's backends: the route's, else the fallback's;
+    /// The index of the backend in the snapshot's backends: the route's (the one its split
+    /// picked for this request, if it has one), else the fallback's;
     /// `None`: no route matches and the frontend has no backend of its own (404).
     pub backend: Option<usize>,
     /// That backend's name.
@@ -525,6 +534,8 @@ pub struct Table<P = ()> {
     /// The SNI routes.
     sni: Index,
     fallback: Option<(usize, Arc<str>)>,
+    /// `Some`: the fallback is a weighted split (`fallback` is then its heaviest backend).
+    fallback_split: Option<Arc<Split>>,
     /// The policy of requests no route takes (the fallback's, or the `404`'s).
     policy: P,
 }
@@ -681,6 +692,7 @@ impl<P> Table<P> {
             http: Index::default(),
             sni: Index::default(),
             fallback,
+            fallback_split: None,
             policy,
         };
         for (i, r) in table.routes.iter().enumerate() {
@@ -692,6 +704,30 @@ impl<P> Table<P> {
         table.http.seal();
         table.sni.seal();
         table
+    }
+
+    /// Makes the fallback a weighted split (the fallback given to [`Table::new`] should be its
+    /// heaviest backend, for what names one). HTTP only: [`Table::pick_sni`] keeps the one.
+    pub fn with_fallback_split(mut self, split: Option<Arc<Split>>) -> Table<P> {
+        self.fallback_split = split;
+        self
+    }
+
+    /// The fallback's weighted split, if it has one.
+    pub fn fallback_split(&self) -> Option<&Split> {
+        self.fallback_split.as_deref()
+    }
+
+    /// The fallback backend for the next HTTP request no route takes (index and name): its
+    /// split's pick, else the fallback.
+    pub fn pick_fallback(&self) -> Option<(usize, &Arc<str>)> {
+        match &self.fallback_split {
+            Some(split) => {
+                let w = split.pick();
+                Some((w.backend, &w.name))
+            }
+            None => self.fallback(),
+        }
     }
 
     /// Every route, in precedence order (for the admin listing).
@@ -779,20 +815,32 @@ impl<P> Table<P> {
 
     fn routed<'a>(&'a self, i: Option<usize>, path: Cow<'a, str>) -> Routed<'a, P> {
         match i.map(|i| &self.routes[i]) {
-            Some(r) => Routed {
-                backend: Some(r.backend),
-                backend_name: Some(&r.backend_name),
-                route: Some(r),
-                policy: &r.policy,
-                path,
-            },
-            None => Routed {
-                backend: self.fallback.as_ref().map(|f| f.0),
-                backend_name: self.fallback.as_ref().map(|f| &f.1),
-                route: None,
-                policy: &self.policy,
-                path,
-            },
+            Some(r) => {
+                let (backend, backend_name) = match &r.split {
+                    Some(split) => {
+                        let w = split.pick();
+                        (w.backend, &w.name)
+                    }
+                    None => (r.backend, &r.backend_name),
+                };
+                Routed {
+                    backend: Some(backend),
+                    backend_name: Some(backend_name),
+                    route: Some(r),
+                    policy: &r.policy,
+                    path,
+                }
+            }
+            None => {
+                let fallback = self.pick_fallback();
+                Routed {
+                    backend: fallback.map(|f| f.0),
+                    backend_name: fallback.map(|f| f.1),
+                    route: None,
+                    policy: &self.policy,
+                    path,
+                }
+            }
         }
     }
 
@@ -822,6 +870,7 @@ mod tests {
             sni: None,
             backend,
             backend_name: format!("b{backend}").into(),
+            split: None,
             source: Source::Config,
             policy: (),
         }
@@ -1486,5 +1535,32 @@ mod tests {
                 serde_json::to_string(self).unwrap()
             }
         }
+    }
+
+    #[test]
+    fn a_split_route_picks_its_backends_by_weight() {
+        use crate::split::Weighted;
+        let w = |backend, weight| Weighted {
+            backend,
+            name: format!("b{backend}").into(),
+            weight,
+        };
+        let split = Split::new(vec![w(1, 3), w(2, 1), w(3, 0)]).unwrap();
+        let r = Route {
+            split: Some(Arc::new(split)),
+            ..http(Some("shop.example.com"), "/", 1)
+        };
+        let t = table(vec![r], Some(0));
+        let mut counts = [0; 4];
+        for _ in 0..400 {
+            let routed = t.route(Some("shop.example.com"), "/x").unwrap();
+            let b = routed.backend.unwrap();
+            // The name is the picked backend's, not the route's first.
+            assert_eq!(**routed.backend_name.unwrap(), *format!("b{b}"));
+            counts[b] += 1;
+        }
+        assert_eq!(counts, [0, 300, 100, 0]);
+        // Requests the route does not take still go to the fallback.
+        assert_eq!(to(&t, "other.example.com", "/"), Some(0));
     }
 }

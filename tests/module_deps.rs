@@ -16,6 +16,7 @@ const LEAVES: &[&str] = &[
     "route",
     "signal",
     "sni",
+    "split",
     "value",
 ];
 

@@ -31,6 +31,7 @@ fn route(host: Option<&str>, prefix: &str, strip: bool, sni: bool, backend: usiz
         sni: sni.then_some(host),
         backend,
         backend_name: Arc::from(format!("b{backend}")),
+        split: None,
         source: Source::Config,
         policy: (),
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::policy::{FileHeaderRules, FileRedirect};
+use super::size::FileSize;
 use super::{Balance, CheckType, EtcdApi, LogConfig, Mode, Protocol, ProxyVersion};
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +76,7 @@ pub(super) struct FileFrontend {
     pub(super) bind: String,
     pub(super) mode: Option<Mode>,
     pub(super) backend: Option<String>,
+    pub(super) backends: Option<Vec<FileWeighted>>,
     #[serde(default)]
     pub(super) route: Vec<FileRoute>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
@@ -89,6 +91,7 @@ pub(super) struct FileFrontend {
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+    pub(super) max_body_size: Option<FileSize>,
 }
 
 /// `[[frontend.route]]`.
@@ -99,10 +102,21 @@ pub(super) struct FileRoute {
     pub(super) path_prefix: Option<String>,
     pub(super) strip_prefix: Option<bool>,
     pub(super) sni: Option<String>,
-    pub(super) backend: String,
+    pub(super) backend: Option<String>,
+    pub(super) backends: Option<Vec<FileWeighted>>,
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+    pub(super) max_body_size: Option<FileSize>,
+}
+
+/// One of a route's `backends = [{ name = "...", weight = 90 }]`. The weight is read wide so
+/// that a negative or overlong one is refused with a message naming it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileWeighted {
+    pub(super) name: String,
+    pub(super) weight: i64,
 }
 
 /// `[[service_tree]]`.

@@ -11,6 +11,7 @@ pub mod defaults;
 mod file;
 mod policy;
 mod routing;
+mod size;
 mod sticky;
 mod unknown;
 mod validate;
@@ -291,8 +292,12 @@ pub struct Frontend {
     pub bind: SocketAddr,
     pub mode: Mode,
     /// The fallback: what a request (or connection) no route matches goes to. `None`: `404`
-    /// (tcp mode: a close).
+    /// (tcp mode: a close). With `backends`, the heaviest of them.
     pub backend: Option<String>,
+    /// The fallback as a weighted split (`backends = [...]`, http mode), in file order; empty:
+    /// `backend` alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<WeightedBackend>,
     /// `[[frontend.route]]`, in file order.
     pub routes: Vec<Route>,
     #[serde(with = "humantime_serde")]
@@ -323,9 +328,44 @@ pub struct Route {
     pub path_prefix: String,
     pub strip_prefix: bool,
     pub sni: Option<String>,
+    /// Its backend; with `backends`, the heaviest of them (the first of equals).
     pub backend: String,
+    /// A weighted split (`backends = [...]`), in file order; empty: every request goes to
+    /// `backend`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<WeightedBackend>,
     /// Its own policy keys over its frontend's.
     pub policy: Policy,
+}
+
+impl Frontend {
+    /// Every backend its fallback sends requests to: `backend`, or each of its split's.
+    pub fn fallback_names(&self) -> impl Iterator<Item = &str> {
+        let split = self.backends.iter().map(|w| w.name.as_str());
+        let single = if self.backends.is_empty() {
+            self.backend.as_deref()
+        } else {
+            None
+        };
+        single.into_iter().chain(split)
+    }
+}
+
+impl Route {
+    /// Every backend it sends requests to: `backend`, or each of its split's.
+    pub fn backend_names(&self) -> impl Iterator<Item = &str> {
+        let split = self.backends.iter().map(|w| w.name.as_str());
+        let single = self.backends.is_empty().then_some(self.backend.as_str());
+        single.into_iter().chain(split)
+    }
+}
+
+/// One backend of a route's weighted split: it takes `weight` out of the weights' sum of the
+/// requests (0: none, a canary switched off).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WeightedBackend {
+    pub name: String,
+    pub weight: u32,
 }
 
 /// The longest service name a `[[service_tree]]` takes: a DNS label's limit, so that

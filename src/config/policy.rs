@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use super::defaults::{DEFAULT_REDIRECT_CODE, HTTPS_REDIRECT_CODE, HTTPS_REDIRECT_LOCATION};
+use super::size::FileSize;
 use super::{ConfigError, invalid};
 
 /// Redirect codes a `redirect` may give (HAProxy's `redirect ... code` takes the same).
@@ -34,6 +35,7 @@ pub(super) struct FilePolicy {
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
+    pub(super) max_body_size: Option<FileSize>,
 }
 
 /// `redirect = "https"` or `redirect = { location = "...", code = 301 }`.
@@ -98,12 +100,17 @@ pub struct Policy {
     pub request_headers: Option<HeaderRules>,
     /// Applied to the upstream's response before it goes to the client.
     pub response_headers: Option<HeaderRules>,
+    /// The largest request body forwarded, in bytes (`413` beyond it: `http::body_limit`).
+    pub max_body_size: Option<u64>,
 }
 
 impl Policy {
     /// Whether it does nothing (then the data plane skips it).
     pub fn is_empty(&self) -> bool {
-        self.redirect.is_none() && self.request_headers.is_none() && self.response_headers.is_none()
+        self.redirect.is_none()
+            && self.request_headers.is_none()
+            && self.response_headers.is_none()
+            && self.max_body_size.is_none()
     }
 
     /// A route's policy over its frontend's: each key the route sets wins whole (a route's
@@ -117,6 +124,7 @@ impl Policy {
             response_headers: self
                 .response_headers
                 .or_else(|| frontend.response_headers.clone()),
+            max_body_size: self.max_body_size.or(frontend.max_body_size),
         }
     }
 }
@@ -183,11 +191,18 @@ pub(super) fn policy(key: &str, f: FilePolicy) -> Result<Policy, ConfigError> {
             header_rules(&format!("{key}.response_headers"), r),
         )
     });
+    let max_body_size = f.max_body_size.and_then(|s| {
+        take(
+            &mut errors,
+            super::size::bytes(&s).map_err(|e| invalid(format!("{key}.max_body_size"), e)),
+        )
+    });
     if errors.is_empty() {
         Ok(Policy {
             redirect,
             request_headers,
             response_headers,
+            max_body_size,
         })
     } else {
         Err(ConfigError::from_list(errors))
@@ -368,5 +383,41 @@ mod tests {
             e.contains("frontend \"web\".request_headers.set: \"TE\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_body_size_is_read_route_over_frontend_and_bad_sizes_name_the_key() {
+        let text = format!(
+            "{WEB}max_body_size = \"1MiB\"\n\
+             [[frontend.route]]\nhost = \"a.example.com\"\nbackend = \"api\"\n\
+             [[frontend.route]]\nhost = \"b.example.com\"\nbackend = \"api\"\nmax_body_size = 512\n"
+        );
+        let c = config(&text).unwrap();
+        let f = &c.frontends[0];
+        assert_eq!(f.policy.max_body_size, Some(1 << 20));
+        assert_eq!(f.routes[0].policy.max_body_size, Some(1 << 20));
+        assert_eq!(f.routes[1].policy.max_body_size, Some(512));
+        for (value, want) in [
+            (
+                "\"10XB\"",
+                "frontend \"web\".route[0].max_body_size: \"10XB\": write a whole number",
+            ),
+            (
+                "0",
+                "frontend \"web\".route[0].max_body_size: 0: leave the key out",
+            ),
+            (
+                "-3",
+                "frontend \"web\".route[0].max_body_size: -3: must not be negative",
+            ),
+        ] {
+            let text = format!(
+                "{WEB}[[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\nmax_body_size = {value}\n"
+            );
+            let e = config(&text).expect_err(value);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+        let e = config(&format!("{WEB}max_body_size = true\n")).unwrap_err();
+        assert!(e.contains("max_body_size"), "{e}");
     }
 }

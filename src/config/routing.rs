@@ -3,9 +3,11 @@
 //! parser (`route::HostMatch`), so a pattern the config takes is one the table can match.
 
 use super::defaults::*;
-use super::file::{FileRoute, FileServiceTree};
+use super::file::{FileRoute, FileServiceTree, FileWeighted};
 use super::policy::FilePolicy;
-use super::{Backend, ConfigError, Frontend, Mode, Policy, Route, ServiceTree, invalid};
+use super::{
+    Backend, ConfigError, Frontend, Mode, Policy, Route, ServiceTree, WeightedBackend, invalid,
+};
 
 /// `key` (a frontend's `backend`, a route's, a tree's `template`) names a configured backend.
 pub(super) fn names_backend(
@@ -67,9 +69,15 @@ pub(super) fn routes(
     let mut out = Vec::with_capacity(file.len());
     for (i, r) in file.into_iter().enumerate() {
         let key = format!("{frontend}.route[{i}]");
-        names_backend(&format!("{key}.backend"), &r.backend, backends)?;
+        let (backend, split) = route_backends(&key, r.backend, r.backends, backends)?;
         if mode == Mode::Tcp {
-            passes_tls_through(&format!("{key}.backend"), &r.backend, backends)?;
+            if !split.is_empty() {
+                return Err(invalid(
+                    format!("{key}.backends"),
+                    "a weighted split is for mode = \"http\" routes; an SNI route names one backend",
+                ));
+            }
+            passes_tls_through(&format!("{key}.backend"), &backend, backends)?;
         }
         match mode {
             Mode::Http => {
@@ -113,12 +121,13 @@ pub(super) fn routes(
                 redirect: r.redirect,
                 request_headers: r.request_headers,
                 response_headers: r.response_headers,
+                max_body_size: r.max_body_size,
             },
         )?;
         if mode == Mode::Tcp && !own.is_empty() {
             return Err(invalid(
                 key.as_str(),
-                "redirect and header rules are for mode = \"http\" routes",
+                "redirect, header rules and max_body_size are for mode = \"http\" routes",
             ));
         }
         let route = Route {
@@ -135,7 +144,8 @@ pub(super) fn routes(
                 .as_deref()
                 .map(|h| pattern(&format!("{key}.sni"), h))
                 .transpose()?,
-            backend: r.backend,
+            backend,
+            backends: split,
         };
         // The same match twice: only the first could ever be taken.
         if let Some(j) = out.iter().position(|o: &Route| {
@@ -156,6 +166,77 @@ pub(super) fn routes(
     Ok(out)
 }
 
+/// A route's `backend` or `backends` (one, not both): its backend (with a split, the
+/// heaviest) and its split (empty without one). Each name names a backend, once; each weight is
+/// an integer from 0 to `u32::MAX`, and they sum to more than 0.
+pub(super) fn route_backends(
+    key: &str,
+    backend: Option<String>,
+    split: Option<Vec<FileWeighted>>,
+    backends: &[Backend],
+) -> Result<(String, Vec<WeightedBackend>), ConfigError> {
+    let split = match (backend, split) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{key}.backends"),
+                "set `backend` or `backends` (a weighted split), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                format!("{key}.backend"),
+                "is required (or `backends = [{ name = \"...\", weight = 90 }, ...]` for a weighted split)",
+            ));
+        }
+        (Some(b), None) => {
+            names_backend(&format!("{key}.backend"), &b, backends)?;
+            return Ok((b, Vec::new()));
+        }
+        (None, Some(split)) => split,
+    };
+    if split.is_empty() {
+        return Err(invalid(
+            format!("{key}.backends"),
+            "is empty: name at least one backend, as in [{ name = \"shop\", weight = 1 }]",
+        ));
+    }
+    let mut out: Vec<WeightedBackend> = Vec::with_capacity(split.len());
+    for (j, w) in split.into_iter().enumerate() {
+        let wkey = format!("{key}.backends[{j}]");
+        names_backend(&format!("{wkey}.name"), &w.name, backends)?;
+        if let Some(k) = out.iter().position(|o| o.name == w.name) {
+            return Err(invalid(
+                format!("{wkey}.name"),
+                format!(
+                    "{:?} repeats backends[{k}]: give each backend one weight",
+                    w.name
+                ),
+            ));
+        }
+        let weight = u32::try_from(w.weight).map_err(|_| {
+            invalid(
+                format!("{wkey}.weight"),
+                format!("{}: must be an integer from 0 to {}", w.weight, u32::MAX),
+            )
+        })?;
+        out.push(WeightedBackend {
+            name: w.name,
+            weight,
+        });
+    }
+    if out.iter().all(|w| w.weight == 0) {
+        return Err(invalid(
+            format!("{key}.backends"),
+            "the weights sum to 0: at least one backend must take requests",
+        ));
+    }
+    let heaviest = out
+        .iter()
+        .reduce(|a, b| if b.weight > a.weight { b } else { a })
+        .expect("not empty");
+    Ok((heaviest.name.clone(), out))
+}
+
 /// No frontend sends requests to `template` (`key`'s template) as its fallback or by a
 /// route: a template is not published as a backend (each service gets a copy of it), so a
 /// route to it would match nothing and a fallback naming it would answer `404`.
@@ -171,10 +252,14 @@ fn serves_no_template(
     };
     for f in frontends {
         let fkey = format!("frontend {:?}", f.name);
-        if f.backend.as_deref() == Some(template) {
+        if f.fallback_names().any(|b| b == template) {
             return Err(invalid(format!("{fkey}.backend"), why()));
         }
-        if let Some(i) = f.routes.iter().position(|r| r.backend == template) {
+        if let Some(i) = f
+            .routes
+            .iter()
+            .position(|r| r.backend_names().any(|b| b == template))
+        {
             return Err(invalid(format!("{fkey}.route[{i}].backend"), why()));
         }
     }
@@ -480,5 +565,103 @@ servers = ["127.0.0.1:2"]
             e.contains("service_tree[1].frontends[0]: names no frontend: \"nope\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn weighted_splits_are_read_and_their_errors_name_the_key() {
+        let route = |b: &str| format!("{WEB}[[frontend.route]]\nhost = \"a.com\"\n{b}\n");
+        let c = config(&route(
+            "backends = [{ name = \"api\", weight = 10 }, { name = \"db\", weight = 90 }]",
+        ))
+        .unwrap();
+        let r = &c.frontends[0].routes[0];
+        // `backend` is the heaviest, for what names one backend per route.
+        assert_eq!(r.backend, "db");
+        assert_eq!(
+            r.backends
+                .iter()
+                .map(|w| (w.name.as_str(), w.weight))
+                .collect::<Vec<_>>(),
+            vec![("api", 10), ("db", 90)]
+        );
+        assert_eq!(r.backend_names().collect::<Vec<_>>(), vec!["api", "db"]);
+        // A canary switched off is valid.
+        config(&route(
+            "backends = [{ name = \"api\", weight = 1 }, { name = \"db\", weight = 0 }]",
+        ))
+        .unwrap();
+        let cases = [
+            (
+                route("backend = \"api\"\nbackends = [{ name = \"db\", weight = 1 }]"),
+                "frontend \"web\".route[0].backends: set `backend` or `backends`",
+            ),
+            (route(""), "frontend \"web\".route[0].backend: is required"),
+            (
+                route("backends = []"),
+                "frontend \"web\".route[0].backends: is empty",
+            ),
+            (
+                route("backends = [{ name = \"nope\", weight = 1 }]"),
+                "frontend \"web\".route[0].backends[0].name: names no backend: \"nope\"",
+            ),
+            (
+                route(
+                    "backends = [{ name = \"api\", weight = 1 }, { name = \"api\", weight = 2 }]",
+                ),
+                "frontend \"web\".route[0].backends[1].name: \"api\" repeats backends[0]",
+            ),
+            (
+                route("backends = [{ name = \"api\", weight = -1 }]"),
+                "frontend \"web\".route[0].backends[0].weight: -1",
+            ),
+            (
+                route("backends = [{ name = \"api\", weight = 0 }, { name = \"db\", weight = 0 }]"),
+                "frontend \"web\".route[0].backends: the weights sum to 0",
+            ),
+            (
+                route("backends = [{ name = \"api\", wieght = 1 }]"),
+                "wieght",
+            ),
+            (
+                format!(
+                    "{TCP}[[frontend.route]]\nsni = \"a.com\"\nbackends = [{{ name = \"db\", weight = 1 }}]\n"
+                ),
+                "frontend \"raw\".route[0].backends: a weighted split is for mode = \"http\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_frontends_fallback_may_be_a_split() {
+        let c = config(&format!(
+            "{WEB}backends = [{{ name = \"api\", weight = 1 }}, {{ name = \"db\", weight = 3 }}]\n"
+        ))
+        .unwrap();
+        let f = &c.frontends[0];
+        assert_eq!(f.backend.as_deref(), Some("db"));
+        assert_eq!(f.fallback_names().collect::<Vec<_>>(), vec!["api", "db"]);
+        assert!(crate::config::warnings::unused_backends(&c).is_empty());
+        let cases = [
+            (
+                format!("{WEB}backend = \"api\"\nbackends = [{{ name = \"db\", weight = 1 }}]\n"),
+                "frontend \"web\".backends: set `backend` or `backends`",
+            ),
+            (
+                format!("{WEB}backends = [{{ name = \"nope\", weight = 1 }}]\n"),
+                "frontend \"web\".backends[0].name: names no backend",
+            ),
+            (
+                format!("{TCP}backends = [{{ name = \"db\", weight = 1 }}]\n"),
+                "frontend \"raw\".backends: a weighted split is for mode = \"http\" frontends",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
     }
 }

@@ -676,14 +676,20 @@ fn frontend(
     let mode = f.mode.unwrap_or(DEFAULT_MODE);
     let tls_given = f.tls.is_some();
     let tls = f.tls.and_then(|t| e.take(frontend_tls(key, t, mode)));
-    if let Some(b) = &f.backend {
-        e.take(super::routing::names_backend(
-            &format!("{key}.backend"),
-            b,
-            backends,
+    let given = f.backend.is_some() || f.backends.is_some();
+    let (backend, split) = match (f.backend, f.backends) {
+        (None, None) => (None, Vec::new()),
+        (b, s) => e
+            .take(super::routing::route_backends(key, b, s, backends))
+            .map_or((None, Vec::new()), |(b, s)| (Some(b), s)),
+    };
+    if mode == Mode::Tcp && !split.is_empty() {
+        e.push(invalid(
+            format!("{key}.backends"),
+            "a weighted split is for mode = \"http\" frontends; a tcp frontend names one backend",
         ));
     }
-    if f.backend.is_none() && f.route.is_empty() && !in_tree {
+    if !given && f.route.is_empty() && !in_tree {
         e.push(invalid(
             key,
             "needs a backend, routes ([[frontend.route]]) or a [[service_tree]] that lists it",
@@ -696,13 +702,14 @@ fn frontend(
                 redirect: f.redirect,
                 request_headers: f.request_headers,
                 response_headers: f.response_headers,
+                max_body_size: f.max_body_size,
             },
         ))
         .unwrap_or_default();
     if mode == Mode::Tcp && !policy.is_empty() {
         e.push(invalid(
             key,
-            "redirect and header rules are for mode = \"http\" frontends",
+            "redirect, header rules and max_body_size are for mode = \"http\" frontends",
         ));
     }
     let routes = e
@@ -711,7 +718,7 @@ fn frontend(
             f.route,
             mode,
             tls_given,
-            f.backend.as_deref(),
+            backend.as_deref(),
             backends,
             &policy,
         ))
@@ -750,7 +757,8 @@ fn frontend(
         name: f.name,
         bind,
         mode,
-        backend: f.backend,
+        backend,
+        backends: split,
         routes,
         policy,
     };

@@ -15,7 +15,10 @@ pub fn unused_backends(c: &Config) -> Vec<String> {
         .filter(|b| {
             let name = Some(b.name.as_str());
             !c.frontends.iter().any(|f| {
-                f.backend.as_deref() == name || f.routes.iter().any(|r| r.backend == b.name)
+                f.fallback_names().any(|n| Some(n) == name)
+                    || f.routes
+                        .iter()
+                        .any(|r| r.backend_names().any(|n| n == b.name))
             }) && !c.is_template(&b.name)
         })
         .map(|b| {

@@ -110,8 +110,10 @@ pub(crate) struct ClientBody {
 }
 
 /// Where a `ClientBody` is; shared with `forward`, which keeps it after the body is handed over.
-#[derive(Debug, Default)]
-pub(crate) struct BodyState(AtomicU8, AtomicU64);
+/// Its bytes so far, and the most it may carry (`max_body_size`; `u64::MAX`: no limit): past
+/// it the body fails, and the state says why ([`BodyState::too_large`]).
+#[derive(Debug)]
+pub(crate) struct BodyState(AtomicU8, AtomicU64, u64);
 
 impl BodyState {
     /// Not waiting on the client: not polled yet, or the last frame was taken (so the upstream
@@ -122,6 +124,8 @@ impl BodyState {
     const DONE: u8 = 2;
     /// The client's body failed (malformed framing, or the connection ended mid-body).
     const FAILED: u8 = 3;
+    /// The client's body went past its limit (`max_body_size`); nothing more is read of it.
+    const TOO_LARGE: u8 = 4;
 
     fn set(&self, v: u8) {
         self.0.store(v, Ordering::Relaxed);
@@ -135,8 +139,17 @@ impl BodyState {
         self.get() == Self::FAILED
     }
 
+    pub(crate) fn too_large(&self) -> bool {
+        self.get() == Self::TOO_LARGE
+    }
+
     pub(crate) fn waiting_on_client(&self) -> bool {
         self.get() == Self::WAITING_CLIENT
+    }
+
+    /// The most bytes the body may carry (`u64::MAX`: no limit).
+    pub(crate) fn limit(&self) -> u64 {
+        self.2
     }
 
     /// The body's bytes taken from the client so far.
@@ -146,8 +159,15 @@ impl BodyState {
 }
 
 impl ClientBody {
-    pub(crate) fn new(inner: ReqBody) -> ClientBody {
-        let state = (!hyper::body::Body::is_end_stream(&inner)).then(Arc::default);
+    /// `limit`: `max_body_size`, if the route has one.
+    pub(crate) fn new(inner: ReqBody, limit: Option<u64>) -> ClientBody {
+        let state = (!hyper::body::Body::is_end_stream(&inner)).then(|| {
+            Arc::new(BodyState(
+                AtomicU8::new(BodyState::IDLE),
+                AtomicU64::new(0),
+                limit.unwrap_or(u64::MAX),
+            ))
+        });
         ClientBody { inner, state }
     }
 }
@@ -160,12 +180,20 @@ impl hyper::body::Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if self.state.as_ref().is_some_and(|s| s.too_large()) {
+            return Poll::Ready(Some(Err(super::body_limit::TooLarge.into())));
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Some(state) = &self.state {
             if let Poll::Ready(Some(Ok(f))) = &polled
                 && let Some(d) = f.data_ref()
             {
-                state.1.fetch_add(d.len() as u64, Ordering::Relaxed);
+                let had = state.1.fetch_add(d.len() as u64, Ordering::Relaxed);
+                // Past the limit: the upstream request fails here, before this frame is sent.
+                if had + d.len() as u64 > state.limit() {
+                    state.set(BodyState::TOO_LARGE);
+                    return Poll::Ready(Some(Err(super::body_limit::TooLarge.into())));
+                }
             }
             state.set(match &polled {
                 Poll::Pending => BodyState::WAITING_CLIENT,

@@ -74,8 +74,13 @@ pub(crate) async fn handle(
         redirect,
     } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
-    // A redirect reaches no backend: it is counted, and logged, under the frontend alone.
-    let picked = picked.filter(|_| redirect.is_none());
+    // `max_body_size` by Content-Length, after the redirect (`body_limit`).
+    let too_large = redirect
+        .is_none()
+        .then(|| super::body_limit::check(policy.as_deref(), &mut req))
+        .flatten();
+    // A redirect or a refusal reaches no backend: counted, and logged, under the frontend alone.
+    let picked = picked.filter(|_| redirect.is_none() && too_large.is_none());
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
         p.record().backend = Some(Arc::clone(&b.config));
@@ -100,8 +105,8 @@ pub(crate) async fn handle(
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        // The policy, in the contract's order (README, "Traffic policy"): redirect, header
-        // rules, then balancing.
+        // The policy, in the contract's order (README, "Traffic policy"): redirect,
+        // max_body_size, header rules, then balancing.
         // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
             let resp = *redirect.expect("matched just above");
@@ -109,6 +114,10 @@ pub(crate) async fn handle(
                 trace.termination = Termination::BadRequest;
             }
             (resp, None)
+        }
+        (None, _, _) if too_large.is_some() => {
+            trace.termination = Termination::BodyTooLarge;
+            (*too_large.expect("matched just above"), None)
         }
         (None, Routing::BadPath(why), _) => {
             trace.termination = Termination::BadRequest;
@@ -159,6 +168,9 @@ pub(crate) async fn handle(
                     .unwrap_or(0),
             ),
         }
+    }
+    if trace.termination == Termination::BodyTooLarge {
+        super::body_limit::count(&fe.frontend.name);
     }
     if let Some(reason) = client_error(code, trace.termination) {
         fe.stats.error();
@@ -223,6 +235,15 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
+/// How a request the fallback takes was routed: [`Routing::Fallback`] names the frontend's own
+/// backend; a split fallback's pick is another, counted like a route's.
+fn fallback_routing<P>(table: &crate::route::Table<P>) -> Routing {
+    match table.fallback_split() {
+        Some(_) => Routing::Routed,
+        None => Routing::Fallback,
+    }
+}
+
 /// How the routing table took a request.
 pub(crate) enum Routing {
     /// To the frontend's own backend (its `backend` key).
@@ -271,8 +292,8 @@ pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<Re
         }
     };
     if table.is_trivial() {
-        let backend = table.fallback().map(|(i, _)| i);
-        return with_policy(backend, Routing::Fallback, table.policy(), req);
+        let backend = table.pick_fallback().map(|(i, _)| i);
+        return with_policy(backend, fallback_routing(table), table.policy(), req);
     }
     let host = request_host(req);
     let routed = match table.route(host, req.uri().path()) {
@@ -287,7 +308,7 @@ pub(crate) fn pick_backend(snap: &Snapshot, frontend: &str, req: &mut Request<Re
         }
     };
     let how = if routed.route.is_none() {
-        Routing::Fallback
+        fallback_routing(table)
     } else {
         Routing::Routed
     };
@@ -601,6 +622,11 @@ pub(crate) async fn forward(
                 }
                 retry = Some(cause);
                 req = back;
+            }
+            Err(Failure::Sent(_, _)) if body_state.as_ref().is_some_and(|b| b.too_large()) => {
+                trace.termination = Termination::BodyTooLarge;
+                let limit = body_state.as_ref().map_or(0, |b| b.limit());
+                return (super::body_limit::too_large(limit), Some(server));
             }
             Err(Failure::Sent(e, _)) if body_state.as_ref().is_some_and(|b| b.failed()) => {
                 // The client's body broke (bad chunk, hung up mid-body): not the server's fault.

@@ -394,7 +394,11 @@ pub(crate) fn rewrite_request(
         }
         parts.version = Version::HTTP_11;
     }
-    Request::from_parts(parts, Either::Left(ClientBody::new(body)))
+    let limit = parts.extensions.remove::<super::body_limit::BodyLimit>();
+    Request::from_parts(
+        parts,
+        Either::Left(ClientBody::new(body, limit.map(|l| l.0))),
+    )
 }
 
 /// Gives the request a fresh `X-Request-Id` (a random per-process prefix and a counter)

@@ -28,6 +28,7 @@
 
 pub mod answers;
 pub mod body;
+pub(crate) mod body_limit;
 pub mod dial;
 pub mod failure;
 pub mod forward;

@@ -78,6 +78,7 @@ pub(super) fn check(entries: &[Entry], fallback: Option<&str>, tcp: bool, w: &mu
                 sni: m.sni.clone(),
                 backend: i,
                 backend_name: Arc::from(entries[i].route.backend.as_str()),
+                split: None,
                 source: Source::Config,
                 policy: (),
             }

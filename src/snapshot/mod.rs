@@ -146,6 +146,12 @@ impl Snapshot {
                 .is_some_and(|b| b.config.send_proxy != config::ProxyVersion::None)
         };
         table.fallback().is_some_and(|(i, _)| sends(i))
-            || table.routes().iter().any(|r| sends(r.backend))
+            || table
+                .fallback_split()
+                .is_some_and(|s| s.backends().iter().any(|w| sends(w.backend)))
+            || table.routes().iter().any(|r| match &r.split {
+                Some(split) => split.backends().iter().any(|w| sends(w.backend)),
+                None => sends(r.backend),
+            })
     }
 }

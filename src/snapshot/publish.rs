@@ -13,6 +13,7 @@ use super::server::{AdminState, Server, ServerSpec, ServerState, Source, uptime_
 use super::{BackendSet, RouteTable, Snapshot};
 use crate::config::{self, Config};
 use crate::route::{self, HostMatch, Table};
+use crate::split::{Split, Weighted};
 
 /// The single writer side of the snapshot. Publishing takes a mutex so that concurrent
 /// discovery watchers, reloads and the drain sweep never lose each other's update; readers
@@ -512,6 +513,8 @@ impl Routing {
                 let Ok(host) = HostMatch::parse(r.host.as_deref()) else {
                     continue;
                 };
+                // A split over the backends that exist (all do: validated with the config).
+                let split = split_of(&r.backends, index);
                 routes.push(route::Route {
                     host,
                     path_prefix: r.path_prefix.clone(),
@@ -522,6 +525,7 @@ impl Routing {
                         .and_then(|s| HostMatch::parse(Some(s)).ok()),
                     backend,
                     backend_name: Arc::from(r.backend.as_str()),
+                    split,
                     source: route::Source::Config,
                     policy: Arc::new(r.policy.clone()),
                 });
@@ -585,6 +589,7 @@ impl Routing {
                     sni: None,
                     backend,
                     backend_name: Arc::from(svc.name.as_str()),
+                    split: None,
                     source: route::Source::Etcd,
                     policy: Arc::clone(&frontend_policy),
                 });
@@ -593,13 +598,28 @@ impl Routing {
                 .backend
                 .as_deref()
                 .and_then(|b| Some((index(b)?, Arc::from(b))));
-            out.push((
-                f.name.clone(),
-                Arc::new(Table::new(routes, fallback, frontend_policy)),
-            ));
+            let table = Table::new(routes, fallback, frontend_policy)
+                .with_fallback_split(split_of(&f.backends, index));
+            out.push((f.name.clone(), Arc::new(table)));
         }
         out
     }
+}
+
+/// A route's (or a fallback's) weighted split over the published backends; `None` without
+/// one (validated with the config: every name is a backend, the weights sum to more than 0).
+fn split_of(
+    split: &[config::WeightedBackend],
+    index: impl Fn(&str) -> Option<usize>,
+) -> Option<Arc<Split>> {
+    let weighted = split.iter().filter_map(|w| {
+        Some(Weighted {
+            backend: index(&w.name)?,
+            name: Arc::from(w.name.as_str()),
+            weight: w.weight,
+        })
+    });
+    Split::new(weighted.collect()).map(Arc::new)
 }
 
 /// The discovered servers of a published backend, to carry into its next version.
