@@ -63,6 +63,10 @@ pub enum Termination {
     DrainTimeout,
     /// tcp: the relay ended with an I/O error.
     IoError,
+    /// The client's address is refused by the route's `allow`/`deny` (403).
+    Denied,
+    /// The route's `rate_limit` refused the request (429).
+    RateLimited,
 }
 
 impl Termination {
@@ -96,6 +100,8 @@ impl Termination {
             Termination::IdleTimeout => "idle_timeout",
             Termination::DrainTimeout => "drain_timeout",
             Termination::IoError => "io_error",
+            Termination::Denied => "denied",
+            Termination::RateLimited => "rate_limited",
         }
     }
 }

@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS: &str = "switchyard_requests_total";
 /// Requests no route took and no fallback backend either (`404`).
 pub const NO_ROUTE: &str = "switchyard_no_route_total";
+/// Requests a route's policy refused, by `frontend` and `reason` (`denied`, `rate_limited`).
+pub const REQUESTS_REFUSED: &str = "switchyard_requests_refused_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
 /// `switchyard_server_up{backend,server}`, written at each scrape from the running snapshot

@@ -7,8 +7,10 @@
 //! its checks, section by section, in `validate.rs`, and every default as a named constant in
 //! [`defaults`], re-exported here as `config::DEFAULT_*`.
 
+mod cidr;
 pub mod defaults;
 mod file;
+mod limiter;
 mod policy;
 mod routing;
 mod unknown;
@@ -16,7 +18,11 @@ mod validate;
 pub mod warnings;
 
 pub use defaults::*;
-pub use policy::{HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, Redirect};
+pub use cidr::CidrSet;
+pub use limiter::{LimitKey, Limiter};
+pub use policy::{
+    HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, RateKey, RateLimit, Redirect,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -110,6 +110,9 @@ pub(super) fn routes(
         let own = super::policy::policy(
             &key,
             FilePolicy {
+                allow: r.allow,
+                deny: r.deny,
+                rate_limit: r.rate_limit,
                 redirect: r.redirect,
                 request_headers: r.request_headers,
                 response_headers: r.response_headers,
@@ -118,7 +121,7 @@ pub(super) fn routes(
         if mode == Mode::Tcp && !own.is_empty() {
             return Err(invalid(
                 key.as_str(),
-                "redirect and header rules are for mode = \"http\" routes",
+                "redirect, header rules, allow, deny and rate_limit are for mode = \"http\" routes",
             ));
         }
         let route = Route {

@@ -682,6 +682,9 @@ fn frontend(
         .take(super::policy::policy(
             key,
             super::policy::FilePolicy {
+                allow: f.allow,
+                deny: f.deny,
+                rate_limit: f.rate_limit,
                 redirect: f.redirect,
                 request_headers: f.request_headers,
                 response_headers: f.response_headers,
@@ -691,7 +694,7 @@ fn frontend(
     if mode == Mode::Tcp && !policy.is_empty() {
         e.push(invalid(
             key,
-            "redirect and header rules are for mode = \"http\" frontends",
+            "redirect, header rules, allow, deny and rate_limit are for mode = \"http\" frontends",
         ));
     }
     let routes = e

@@ -73,8 +73,10 @@ pub(crate) async fn handle(
         redirect,
     } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
-    // A redirect reaches no backend: it is counted, and logged, under the frontend alone.
-    let picked = picked.filter(|_| redirect.is_none());
+    // allow/deny, then (unless redirected) rate_limit: `guard` answers these itself.
+    let mut guarded = super::guard::check(conn, policy.as_deref(), redirect.is_some(), &req);
+    // A redirect or a refusal reaches no backend: counted, and logged, under the frontend alone.
+    let picked = picked.filter(|_| redirect.is_none() && guarded.is_none());
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
         p.record().backend = Some(Arc::clone(&b.config));
@@ -99,8 +101,13 @@ pub(crate) async fn handle(
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        // The policy, in the contract's order (README, "Traffic policy"): redirect, header
-        // rules, then balancing.
+        // The policy, in the contract's order (README, "Traffic policy"): allow/deny,
+        // redirect, rate_limit (both refusals in `guarded`), header rules, then balancing.
+        (None, _, _) if guarded.is_some() => {
+            let (resp, termination) = guarded.take().expect("matched just above");
+            trace.termination = termination;
+            (resp, None)
+        }
         // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
             let resp = *redirect.expect("matched just above");

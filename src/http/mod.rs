@@ -35,6 +35,7 @@ pub mod guarded;
 pub mod h1;
 pub mod h2;
 pub mod h2_rules;
+pub(crate) mod guard;
 pub(crate) mod hash_key;
 pub mod headers;
 pub mod policy;
