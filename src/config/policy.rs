@@ -142,6 +142,15 @@ impl Policy {
             && self.rate_limit.is_none()
     }
 
+    /// Takes `old`'s buckets if its `rate_limit` is the same as this one's.
+    pub fn keep_buckets(&mut self, old: &Policy) {
+        if let (Some(new), Some(old)) = (&mut self.rate_limit, &old.rate_limit)
+            && new == old
+        {
+            new.limiter = Arc::clone(&old.limiter);
+        }
+    }
+
     /// A route's policy over its frontend's: each key the route sets wins whole (a route's
     /// `request_headers` replaces the frontend's, it is not merged with them; a route's
     /// `allow` replaces the frontend's `allow`, while the frontend's `deny` still applies unless
