@@ -106,15 +106,27 @@ async fn loopback_is_allowed_by_its_network_and_denied_by_its_address() {
     let addr = lb.http_addr("acl");
     for h2 in [false, true] {
         let (code, _, body) = send(addr, h2, "open.example.com").await;
-        assert_eq!(code, StatusCode::OK, "allowed by 127.0.0.0/8 (h2={h2}): {body}");
+        assert_eq!(
+            code,
+            StatusCode::OK,
+            "allowed by 127.0.0.0/8 (h2={h2}): {body}"
+        );
         // The route's deny applies beside the frontend's allow (deny wins).
         let (code, h, body) = send(addr, h2, "closed.example.com").await;
-        assert_eq!(code, StatusCode::FORBIDDEN, "denied by 127.0.0.1/32 (h2={h2})");
+        assert_eq!(
+            code,
+            StatusCode::FORBIDDEN,
+            "denied by 127.0.0.1/32 (h2={h2})"
+        );
         assert!(body.starts_with("403 Forbidden"), "{body}");
         assert_eq!(h["content-type"], "text/plain; charset=utf-8");
         // The route's own allow replaces the frontend's.
         let (code, _, _) = send(addr, h2, "v6.example.com").await;
-        assert_eq!(code, StatusCode::FORBIDDEN, "not in 2001:db8::/32 (h2={h2})");
+        assert_eq!(
+            code,
+            StatusCode::FORBIDDEN,
+            "not in 2001:db8::/32 (h2={h2})"
+        );
     }
     assert_eq!(up.hits(), 2, "the upstream saw only the allowed requests");
     let m = lb.metrics().await;

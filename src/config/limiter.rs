@@ -160,7 +160,8 @@ impl Limiter {
     fn sweep(&self) {
         let now = self.born.elapsed().as_nanos() as u64;
         let last = self.last_sweep.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= RATE_LIMIT_SWEEP_INTERVAL.as_nanos() as u64;
+        let due =
+            last == 0 || now.saturating_sub(last) >= RATE_LIMIT_SWEEP_INTERVAL.as_nanos() as u64;
         if due
             && self
                 .last_sweep
@@ -193,7 +194,10 @@ mod tests {
             l.check(&ip(1)).unwrap();
         }
         let wait = l.check(&ip(1)).unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // Another key has its own bucket; a mapped address is the same client.
         l.check(&ip(2)).unwrap();
         let mapped = LimitKey::source("::ffff:0.0.0.1".parse().unwrap());
@@ -245,8 +249,13 @@ mod tests {
             line.split_whitespace().nth(1).unwrap().parse().unwrap()
         }
         let before = rss_kib();
-        let l = Limiter::new(100, Duration::from_secs(1), 200, super::super::MAX_RATE_LIMIT_KEYS)
-            .unwrap();
+        let l = Limiter::new(
+            100,
+            Duration::from_secs(1),
+            200,
+            super::super::MAX_RATE_LIMIT_KEYS,
+        )
+        .unwrap();
         for i in 0..1_000_000u32 {
             let _ = l.check(&ip(0x0a00_0000 + i));
         }

@@ -17,8 +17,8 @@ mod unknown;
 mod validate;
 pub mod warnings;
 
-pub use defaults::*;
 pub use cidr::CidrSet;
+pub use defaults::*;
 pub use limiter::{LimitKey, Limiter};
 pub use policy::{
     HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, RateKey, RateLimit, Redirect,
@@ -911,13 +911,19 @@ fall = 3
         same.keep_rate_limits(&old);
         let (of, nf) = (&old.frontends[0], &same.frontends[0]);
         assert!(Arc::ptr_eq(&l(&nf.policy), &l(&of.policy)));
-        assert!(Arc::ptr_eq(&l(&nf.routes[0].policy), &l(&of.routes[0].policy)));
+        assert!(Arc::ptr_eq(
+            &l(&nf.routes[0].policy),
+            &l(&of.routes[0].policy)
+        ));
         assert!(Arc::ptr_eq(&l(&nf.routes[1].policy), &l(&of.policy)));
         // A changed limit starts with empty buckets; the others keep theirs.
         let mut changed = Config::from_toml(&text("10/s", "6/s")).unwrap();
         changed.keep_rate_limits(&old);
         let cf = &changed.frontends[0];
-        assert!(!Arc::ptr_eq(&l(&cf.routes[0].policy), &l(&of.routes[0].policy)));
+        assert!(!Arc::ptr_eq(
+            &l(&cf.routes[0].policy),
+            &l(&of.routes[0].policy)
+        ));
         assert!(Arc::ptr_eq(&l(&cf.routes[1].policy), &l(&of.policy)));
     }
 

@@ -312,7 +312,9 @@ fn rate(key: &str, rate: &str) -> Result<(u32, Duration), ConfigError> {
     let bad = || {
         invalid(
             key,
-            format!("{rate:?} is not a rate: write a count per s, m or h (\"100/s\", \"6000/m\", \"10/h\")"),
+            format!(
+                "{rate:?} is not a rate: write a count per s, m or h (\"100/s\", \"6000/m\", \"10/h\")"
+            ),
         )
     };
     let (n, unit) = rate.split_once('/').ok_or_else(bad)?;
@@ -358,8 +360,13 @@ fn rate_limit(key: &str, f: FileRateLimit) -> Result<RateLimit, ConfigError> {
             ));
         }
     };
-    let limiter = Limiter::new(per_period, period, burst, MAX_RATE_LIMIT_KEYS)
-        .ok_or_else(|| invalid(format!("{key}.rate"), format!("{:?} is too fine to time", f.rate)))?;
+    let limiter =
+        Limiter::new(per_period, period, burst, MAX_RATE_LIMIT_KEYS).ok_or_else(|| {
+            invalid(
+                format!("{key}.rate"),
+                format!("{:?} is too fine to time", f.rate),
+            )
+        })?;
     Ok(RateLimit {
         rate: f.rate,
         per_period,
