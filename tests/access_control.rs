@@ -4,7 +4,8 @@
 //! the upstream sees none of the refused requests; behind `accept_proxy`, the PROXY v1 header's
 //! source is what is checked (an IPv4-mapped IPv6 source against IPv4 CIDRs too); each refusal
 //! is counted in `switchyard_requests_refused_total{reason="denied"}`, on the stats API and in
-//! the access log (`termination = "denied"`).
+//! the access log (`termination = "denied"`); a service tree's routes (etcd) carry the
+//! frontend's lists (clients on 127.0.0.2 and 127.0.0.1, both loopback).
 
 mod support;
 
@@ -18,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::config::{self, Cfg};
-use support::{Lb, Upstream, metric};
+use support::config::{self, Api, Cfg};
+use support::{Etcd, Lb, Upstream, metric};
 
 /// One request over a new connection, HTTP/1.1 (`Host: host`) or HTTP/2 (`:authority`).
 async fn send(addr: SocketAddr, h2: bool, host: &str) -> (StatusCode, HeaderMap, String) {
@@ -202,6 +203,68 @@ async fn the_proxy_headers_source_is_what_is_checked() {
         ),
         3.0,
         "{m}"
+    );
+    lb.shutdown().await;
+}
+
+/// One HTTP/1.1 request from local address `from` (any 127.x is loopback on Linux); the status.
+async fn status_from(from: &str, addr: SocketAddr, host: &str) -> u16 {
+    let fut = async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut s = sock.connect(addr).await.expect("connect");
+        let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .expect("answered within 5 s");
+    text.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test]
+async fn tree_routes_carry_the_frontends_lists() {
+    let etcd = Etcd::start().await;
+    let up = Upstream::start("T").await;
+    let toml = Cfg::http("web")
+        .no_fallback()
+        .etcd(&etcd.url())
+        .api(Api::V3)
+        .etcd_lines("backoff_max = \"300ms\"")
+        .frontend_lines("allow = [\"127.0.0.2/32\"]")
+        .backend("svc-defaults")
+        .check_none()
+        .service_tree(
+            "frontends = [\"web\"]\ntemplate = \"svc-defaults\"\n\
+             etcd_prefix = \"/services\"\nhost = \"{service}.example.com\"",
+        )
+        .toml();
+    let lb = Lb::start_ready(&toml).await;
+    let addr = lb.http_addr("web");
+    etcd.put_v3("/services/cart/backend/1", &up.addr().to_string())
+        .await;
+    support::wait_until("the tree's route", Duration::from_secs(10), || async move {
+        status_from("127.0.0.2", addr, "cart.example.com").await == 200
+    })
+    .await;
+    let hits = up.hits();
+    assert_eq!(
+        status_from("127.0.0.1", addr, "cart.example.com").await,
+        403
+    );
+    assert_eq!(
+        status_from("127.0.0.2", addr, "cart.example.com").await,
+        200
+    );
+    assert_eq!(
+        up.hits(),
+        hits + 1,
+        "the denied request reached no upstream"
     );
     lb.shutdown().await;
 }
