@@ -104,7 +104,8 @@ pub(crate) async fn handle(
         // The policy, in the contract's order (README, "Traffic policy"): allow/deny,
         // redirect, rate_limit (both refusals in `guarded`), header rules, then balancing.
         (None, _, _) if guarded.is_some() => {
-            let (resp, termination) = guarded.take().expect("matched just above");
+            let refused = guarded.take().expect("matched just above");
+            let (resp, termination) = super::guard::answer(conn, refused);
             trace.termination = termination;
             (resp, None)
         }

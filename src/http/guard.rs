@@ -19,26 +19,39 @@ use crate::stats::Refusal;
 use super::answers::plain;
 use super::{Body, Conn};
 
-/// The answer to a refused request and how the access log ends it, or `None`: go on.
-/// In the contract's order: `allow`/`deny` first (a denied client is not even redirected),
-/// then, unless the request is `redirected`, `rate_limit` (a redirect costs no token).
+/// Why a request is refused (`None` from [`check`]: go on).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    why: Refusal,
+    /// `rate_limited`: until the next token.
+    wait: Duration,
+}
+
+/// Whether `req` is refused by its policy, in the contract's order: `allow`/`deny` first (a
+/// denied client is not even redirected), then, unless the request is `redirected`,
+/// `rate_limit` (a redirect costs no token). Counted only when answered ([`answer`]): a request
+/// refused as malformed first is not counted here.
 pub(crate) fn check<B>(
     conn: &Conn,
     policy: Option<&Policy>,
     redirected: bool,
     req: &Request<B>,
-) -> Option<(Response<Body>, Termination)> {
+) -> Option<Refused> {
     let policy = policy?;
     let ip = conn.client.ip();
-    let refusal = if denied(policy, ip) {
-        Refusal::Denied
-    } else if let (false, Some(rl)) = (redirected, &policy.rate_limit) {
-        let wait = limited(rl, ip, req)?;
-        return Some(refuse(conn, Refusal::RateLimited, Some(wait)));
-    } else {
-        return None;
-    };
-    Some(refuse(conn, refusal, None))
+    if denied(policy, ip) {
+        return Some(Refused {
+            why: Refusal::Denied,
+            wait: Duration::ZERO,
+        });
+    }
+    match (redirected, &policy.rate_limit) {
+        (false, Some(rl)) => limited(rl, ip, req).map(|wait| Refused {
+            why: Refusal::RateLimited,
+            wait,
+        }),
+        _ => None,
+    }
 }
 
 /// Whether `ip` is refused: in `deny`, or not in a set `allow` (`deny` wins).
@@ -65,15 +78,16 @@ pub(crate) fn retry_after(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.as_secs() == 0))
 }
 
-fn refuse(conn: &Conn, why: Refusal, wait: Option<Duration>) -> (Response<Body>, Termination) {
+/// The answer to a refused request and how the access log ends it; counts the refusal.
+pub(crate) fn answer(conn: &Conn, r: Refused) -> (Response<Body>, Termination) {
     let fe = &conn.fe;
-    fe.stats.refused_by(why);
+    fe.stats.refused_by(r.why);
     metrics::counter!(m::REQUESTS_REFUSED,
-        "frontend" => fe.frontend.name.clone(), "reason" => why.as_str())
+        "frontend" => fe.frontend.name.clone(), "reason" => r.why.as_str())
     .increment(1);
-    match (why, wait) {
-        (Refusal::RateLimited, Some(wait)) => {
-            let secs = retry_after(wait);
+    match r.why {
+        Refusal::RateLimited => {
+            let secs = retry_after(r.wait);
             let mut resp = plain(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("429 Too Many Requests: rate limit reached; retry after {secs}s\n"),
@@ -82,7 +96,7 @@ fn refuse(conn: &Conn, why: Refusal, wait: Option<Duration>) -> (Response<Body>,
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             (resp, Termination::RateLimited)
         }
-        _ => (
+        Refusal::Denied => (
             plain(
                 StatusCode::FORBIDDEN,
                 "403 Forbidden: the client address is not allowed\n",
