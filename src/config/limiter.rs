@@ -28,17 +28,28 @@ use governor::{Quota, RateLimiter};
 use super::defaults::RATE_LIMIT_SWEEP_INTERVAL;
 
 /// What a request is counted under: the client's address (an IPv4-mapped IPv6 one as IPv4),
-/// or a header's value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// or a header's value as a 64-bit hash, so that a key's size does not depend on what clients
+/// send (100,000 keys of 8 KiB values would otherwise hold 800 MiB). The hash is seeded once per
+/// process at random: two values share a bucket with odds of about 1 in 2^64 per pair, and
+/// clients cannot aim for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     Source(IpAddr),
-    Value(Box<[u8]>),
+    Value(u64),
 }
 
 impl LimitKey {
     /// The client's address as a key: `::ffff:10.1.2.3` and `10.1.2.3` are one client.
     pub fn source(ip: IpAddr) -> LimitKey {
         LimitKey::Source(ip.to_canonical())
+    }
+
+    /// A header value as a key.
+    pub fn value(v: &[u8]) -> LimitKey {
+        use std::hash::BuildHasher;
+        static SEED: std::sync::OnceLock<foldhash::quality::RandomState> =
+            std::sync::OnceLock::new();
+        LimitKey::Value(SEED.get_or_init(Default::default).hash_one(v))
     }
 }
 
@@ -203,6 +214,9 @@ mod tests {
         let mapped = LimitKey::source("::ffff:0.0.0.1".parse().unwrap());
         assert_eq!(mapped, ip(1));
         assert!(l.check(&mapped).is_err());
+        // Header values: one bucket per value.
+        assert_eq!(LimitKey::value(b"k1"), LimitKey::value(b"k1"));
+        assert_ne!(LimitKey::value(b"k1"), LimitKey::value(b"k2"));
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn denied(policy: &Policy, ip: IpAddr) -> bool {
 fn limited<B>(rl: &RateLimit, ip: IpAddr, req: &Request<B>) -> Option<Duration> {
     let key = match &rl.key {
         RateKey::Header(name) => match req.headers().get(name) {
-            Some(v) => LimitKey::Value(v.as_bytes().into()),
+            Some(v) => LimitKey::value(v.as_bytes()),
             // Leaving the header out does not escape the limit: counted by address instead.
             None => LimitKey::source(ip),
         },
