@@ -1,5 +1,6 @@
 //! In-process traffic counters for the admin API and the stats page: per frontend (connections
-//! now and at most, requests, bytes, connections held at `maxconn`, malformed requests) and
+//! now and at most, requests, bytes, connections held at `maxconn`, malformed requests, requests
+//! refused by a policy by reason) and
 //! per backend (requests, bytes, retries, failures by termination word, a latency histogram).
 //!
 //! Owns the counters and their JSON; the data plane bumps them (relaxed atomics: no lock, no

@@ -1,7 +1,9 @@
 //! A route's traffic policy: what the data plane does with a request besides picking its
-//! backend (access lists, redirects, rate limits, header rules), read from a `[[frontend.route]]` or a whole
-//! `[[frontend]]` and validated into one [`Policy`]. A route's own value wins, key by key,
-//! over its frontend's ([`Policy::over`]). The data plane evaluates it in `http::policy`.
+//! backend (access lists, redirects, rate limits, header rules), read from a
+//! `[[frontend.route]]` or a whole `[[frontend]]` and validated into one [`Policy`]. A route's
+//! own value wins, key by key, over its frontend's ([`Policy::over`]). The data plane evaluates
+//! it in `http::guard` (`allow`/`deny`, `rate_limit`) and `http::policy` (the rest); the lists
+//! and buckets are `cidr.rs`'s and `limiter.rs`'s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
