@@ -1483,6 +1483,12 @@ fn src_deny_rules_map_to_allow_and_deny_lists() {
                 "http-request deny if badflag",
                 "has flag -f",
             ),
+            (
+                "haproxy.cfg",
+                33,
+                "tcp-request connection reject if !{ src 10.0.0.0/8 }",
+                "for mode = \"http\" frontends",
+            ),
         ],
     );
     let internal = &c.frontends[0];
