@@ -5,7 +5,8 @@
 //! source is what is checked (an IPv4-mapped IPv6 source against IPv4 CIDRs too); each refusal
 //! is counted in `switchyard_requests_refused_total{reason="denied"}`, on the stats API and in
 //! the access log (`termination = "denied"`); a service tree's routes (etcd) carry the
-//! frontend's lists (clients on 127.0.0.2 and 127.0.0.1, both loopback).
+//! frontend's lists (clients on 127.0.0.2 and 127.0.0.1, both loopback); `switchyard check`
+//! names a bad entry.
 
 mod support;
 
@@ -267,4 +268,37 @@ async fn tree_routes_carry_the_frontends_lists() {
         "the denied request reached no upstream"
     );
     lb.shutdown().await;
+}
+
+/// `switchyard check` refuses a bad entry naming it, and a bad rate naming its key.
+#[test]
+fn check_names_a_bad_entry() {
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-acl-check-{}-{}",
+        std::process::id(),
+        support::free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("switchyard.toml");
+    let text = "[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+                rate_limit = { rate = \"5/d\" }\n\
+                [[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\n\
+                allow = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n\
+                [[backend]]\nname = \"api\"\nservers = [\"127.0.0.1:1\"]\n";
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("frontend \"web\".route[0].allow[1]: \"10.0.0.0/33\" is not a CIDR"),
+        "{err}"
+    );
+    assert!(
+        err.contains("frontend \"web\".rate_limit.rate: \"5/d\" is not a rate"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
