@@ -6,7 +6,9 @@
 //! long-poll event, one v3 watch message (JSON gateway, base64 keys and values) and the etcd
 //! value format (`host:port` or JSON), and a request's route (`route::Table::route`) among 1, 100
 //! and 10,000 exact-host, wildcard and path-prefix routes; and `balance = "hash"`: a pick over
-//! 10,000 servers and the build of its Maglev table.
+//! 10,000 servers and the build of its Maglev table; and the traffic policy's refusals: an
+//! `allow` list of 300 CIDRs looked up (against a linear scan of the same networks), and a
+//! `rate_limit` bucket taken for one of 1,024 known clients.
 //!
 //! `cargo bench --bench micro` (about 2 minutes on 2 cores); the medians of the last run are in
 //! `benches/results/micro.txt`. Targets: one change published at 10,000 servers <= 1 ms, initial
@@ -417,6 +419,51 @@ fn hash(c: &mut Criterion) {
     g.finish();
 }
 
+/// `allow`/`deny`: a lookup in 300 networks (sorted merged ranges, one binary search) for
+/// clients in and out of them, against `ipnet`'s `contains` over the same list one by one; and
+/// `rate_limit`: one token from the bucket of one of 1,024 known source addresses (governor's
+/// keyed GCRA in our capped store). Target: each well under a microsecond.
+fn guard(c: &mut Criterion) {
+    use std::net::{IpAddr, Ipv4Addr};
+    use switchyard::config::{CidrSet, LimitKey, Limiter};
+    let mut g = c.benchmark_group("guard");
+    let list: Vec<String> = (0..300u32)
+        .map(|i| format!("{}.{}.0.0/16", 10 + i % 200, (i * 7) % 256))
+        .collect();
+    let set = CidrSet::parse(&list).unwrap();
+    let nets: Vec<ipnet::IpNet> = list.iter().map(|l| l.parse().unwrap()).collect();
+    let clients: Vec<IpAddr> = (0..1024u32)
+        .map(|i| {
+            IpAddr::V4(Ipv4Addr::from(
+                0x0a00_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761)),
+            ))
+        })
+        .collect();
+    let mut i = 0usize;
+    g.bench_function("cidr_contains/300", |bch| {
+        bch.iter(|| {
+            i = (i + 1) & 1023;
+            set.contains(black_box(clients[i]))
+        })
+    });
+    g.bench_function("cidr_linear_scan/300", |bch| {
+        bch.iter(|| {
+            i = (i + 1) & 1023;
+            let ip = black_box(clients[i]);
+            nets.iter().any(|n| n.contains(&ip))
+        })
+    });
+    let limiter = Limiter::new(1_000_000, Duration::from_secs(1), 1_000, 100_000).unwrap();
+    let keys: Vec<LimitKey> = clients.iter().map(|&ip| LimitKey::source(ip)).collect();
+    g.bench_function("rate_limit_check/1024_sources", |bch| {
+        bch.iter(|| {
+            i = (i + 1) & 1023;
+            limiter.check(black_box(&keys[i])).is_ok()
+        })
+    });
+    g.finish();
+}
+
 fn short() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -426,6 +473,6 @@ fn short() -> Criterion {
 criterion_group! {
     name = micro;
     config = short();
-    targets = pick, publish, decode, route, hash
+    targets = pick, publish, decode, route, hash, guard
 }
 criterion_main!(micro);

@@ -69,6 +69,10 @@ pub enum Termination {
     /// The request body was over the route's `max_body_size` (413, or a close if the answer
     /// had started).
     BodyTooLarge,
+    /// The client's address is refused by the route's `allow`/`deny` (403).
+    Denied,
+    /// The route's `rate_limit` refused the request (429).
+    RateLimited,
 }
 
 impl Termination {
@@ -105,6 +109,8 @@ impl Termination {
             Termination::DrainTimeout => "drain_timeout",
             Termination::IoError => "io_error",
             Termination::BodyTooLarge => "body_too_large",
+            Termination::Denied => "denied",
+            Termination::RateLimited => "rate_limited",
         }
     }
 }

@@ -186,7 +186,8 @@ impl Runtime {
 
     /// Applies a validated new config. Listeners whose frontend keeps its name and bind address
     /// are kept (their accept loop restarts if other settings changed); new ones are bound.
-    async fn reload(&mut self, new: Config) -> Result<(), String> {
+    async fn reload(&mut self, mut new: Config) -> Result<(), String> {
+        new.keep_rate_limits(&self.config);
         if new.admin_listen != self.config.admin_listen {
             warn!(old = %self.config.admin_listen, new = %new.admin_listen,
                 "admin.listen changes need a restart; keeping the old admin listener");

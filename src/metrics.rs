@@ -11,7 +11,8 @@ pub const REQUESTS: &str = "switchyard_requests_total";
 /// Requests no route took and no fallback backend either (`404`).
 pub const NO_ROUTE: &str = "switchyard_no_route_total";
 /// `switchyard_requests_refused_total{frontend,reason}`: requests a traffic policy refused
-/// (README, "Traffic policy"); `reason` is the access log's termination (`body_too_large`).
+/// (README, "Traffic policy"); `reason` is the access log's termination (`denied`,
+/// `rate_limited`, `body_too_large`).
 pub const REQUESTS_REFUSED: &str = "switchyard_requests_refused_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
@@ -205,7 +206,7 @@ fn describe() {
     );
     describe_counter!(
         REQUESTS_REFUSED,
-        "HTTP requests a traffic policy refused, by frontend and reason (body_too_large: over max_body_size, answered 413)."
+        "HTTP requests a traffic policy refused, by frontend and reason: denied (allow/deny, 403), rate_limited (429), body_too_large (max_body_size, 413)."
     );
     describe_counter!(
         NO_ROUTE,

@@ -1,5 +1,6 @@
 //! In-process traffic counters for the admin API and the stats page: per frontend (connections
-//! now and at most, requests, bytes, connections held at `maxconn`, malformed requests) and
+//! now and at most, requests, bytes, connections held at `maxconn`, malformed requests, requests
+//! refused by a policy by reason) and
 //! per backend (requests, bytes, retries, failures by termination word, a latency histogram).
 //!
 //! Owns the counters and their JSON; the data plane bumps them (relaxed atomics: no lock, no
@@ -25,6 +26,29 @@ pub struct FrontendStats {
     bytes_out: AtomicU64,
     refused: AtomicU64,
     errors: AtomicU64,
+    /// Requests refused by a policy, in the order of [`REFUSALS`].
+    refused_by: [AtomicU64; REFUSALS.len()],
+}
+
+/// Why a route's policy refused a request (`switchyard_requests_refused_total`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Denied,
+    RateLimited,
+    BodyTooLarge,
+}
+
+/// Every refusal, in the order of `FrontendStats::refused_by`, with its word.
+const REFUSALS: [(Refusal, &str); 3] = [
+    (Refusal::Denied, "denied"),
+    (Refusal::RateLimited, "rate_limited"),
+    (Refusal::BodyTooLarge, "body_too_large"),
+];
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        REFUSALS[self as usize].1
+    }
 }
 
 impl FrontendStats {
@@ -59,6 +83,11 @@ impl FrontendStats {
     /// A connection had to wait at `maxconn` (counted like `switchyard_connections_limited_total`).
     pub fn refused(&self) {
         self.refused.fetch_add(1, Relaxed);
+    }
+
+    /// A request refused by its policy (counted like `switchyard_requests_refused_total`).
+    pub fn refused_by(&self, why: Refusal) {
+        self.refused_by[why as usize].fetch_add(1, Relaxed);
     }
 
     /// A malformed request (counted like `switchyard_http_request_errors_total`).
@@ -107,6 +136,11 @@ pub fn frontend_json(
         "bytes_out": s.bytes_out.load(Relaxed),
         "refused": s.refused.load(Relaxed),
         "errors": s.errors.load(Relaxed),
+        "requests_refused": REFUSALS
+            .iter()
+            .zip(&s.refused_by)
+            .map(|((_, word), n)| (word.to_string(), Value::from(n.load(Relaxed))))
+            .collect::<serde_json::Map<String, Value>>(),
     })
 }
 

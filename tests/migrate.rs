@@ -1539,3 +1539,59 @@ backend app
     assert!(tls.policy.redirect.is_none());
     assert_eq!(tls.policy.request_headers, plain.policy.request_headers);
 }
+
+/// `http-request deny` / `tcp-request connection reject` on client addresses (inline
+/// `{ src ... }` or a named `src` acl, `if`, `if !`, `unless`) become `allow` and `deny`; the
+/// acls they use are not warned as unused; other deny rules and bad values warn, one line each.
+#[test]
+fn src_deny_rules_map_to_allow_and_deny_lists() {
+    let (c, text, w) = lib_fixture("access");
+    assert_warnings(
+        &w,
+        &[
+            (
+                "haproxy.cfg",
+                21,
+                "http-request deny if { path_beg /admin }",
+                "no request/response rules",
+            ),
+            (
+                "haproxy.cfg",
+                22,
+                "http-request deny if !{ src 10.0.0.0/33 }",
+                "is not a CIDR",
+            ),
+            (
+                "haproxy.cfg",
+                24,
+                "http-request deny if badflag",
+                "has flag -f",
+            ),
+            (
+                "haproxy.cfg",
+                33,
+                "tcp-request connection reject if !{ src 10.0.0.0/8 }",
+                "for mode = \"http\" frontends",
+            ),
+        ],
+    );
+    let internal = &c.frontends[0];
+    let nets = |s: &Option<switchyard::config::CidrSet>| -> Vec<String> {
+        s.as_ref()
+            .map(|s| s.networks().iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        nets(&internal.policy.allow),
+        ["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32"]
+    );
+    assert_eq!(nets(&internal.policy.deny), ["10.66.0.0/16"]);
+    let public = &c.frontends[1];
+    assert_eq!(nets(&public.policy.deny), ["203.0.113.0/24"]);
+    assert_eq!(nets(&public.policy.allow), ["0.0.0.0/0", "::/0"]);
+    assert!(
+        text.contains("allow = [\"10.0.0.0/8\", \"192.168.0.0/16\", \"2001:db8::/32\"]"),
+        "{text}"
+    );
+    assert_check_passes("access", &text);
+}

@@ -152,3 +152,14 @@ pub const DEFAULT_SERVERS_DIR: &str = "backend";
 /// `[[service_tree]] service_linger`: how long a service with no keys left keeps its route
 /// (answering `503`) before it is removed (then `404`).
 pub const DEFAULT_SERVICE_LINGER: Duration = Duration::from_secs(60);
+
+// --- rate_limit -----------------------------------------------------------------------------------
+
+/// The most keys (client addresses, header values) one `rate_limit` keeps a bucket for. At
+/// about 100 bytes a key this caps one limiter near 10 MiB however many sources send; past it,
+/// new keys share one overflow bucket until a sweep frees room (`config::limiter`).
+pub const MAX_RATE_LIMIT_KEYS: usize = 100_000;
+/// A full `rate_limit` store is swept (idle keys dropped, the map shrunk) at most this often.
+pub const RATE_LIMIT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// `rate_limit` without `key`: each client address has its own bucket.
+pub const DEFAULT_RATE_LIMIT_KEY: &str = "source";

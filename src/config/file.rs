@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::policy::{FileHeaderRules, FileRedirect};
+use super::policy::{FileHeaderRules, FileRateLimit, FileRedirect};
 use super::size::FileSize;
 use super::{Balance, CheckType, EtcdApi, LogConfig, Mode, Protocol, ProxyVersion};
 
@@ -88,6 +88,9 @@ pub(super) struct FileFrontend {
     pub(super) accept_proxy: Option<bool>,
     pub(super) allow_connect: Option<bool>,
     pub(super) tls: Option<FileFrontendTls>,
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) deny: Option<Vec<String>>,
+    pub(super) rate_limit: Option<FileRateLimit>,
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,
@@ -104,6 +107,9 @@ pub(super) struct FileRoute {
     pub(super) sni: Option<String>,
     pub(super) backend: Option<String>,
     pub(super) backends: Option<Vec<FileWeighted>>,
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) deny: Option<Vec<String>>,
+    pub(super) rate_limit: Option<FileRateLimit>,
     pub(super) redirect: Option<FileRedirect>,
     pub(super) request_headers: Option<FileHeaderRules>,
     pub(super) response_headers: Option<FileHeaderRules>,

@@ -7,8 +7,10 @@
 //! its checks, section by section, in `validate.rs`, and every default as a named constant in
 //! [`defaults`], re-exported here as `config::DEFAULT_*`.
 
+mod cidr;
 pub mod defaults;
 mod file;
+mod limiter;
 mod policy;
 mod routing;
 mod size;
@@ -17,12 +19,17 @@ mod unknown;
 mod validate;
 pub mod warnings;
 
+pub use cidr::CidrSet;
 pub use defaults::*;
-pub use policy::{HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, Redirect};
+pub use limiter::{LimitKey, Limiter};
+pub use policy::{
+    HeaderRules, PROTECTED_HEADERS, Policy, REDIRECT_CODES, RateKey, RateLimit, Redirect,
+};
 pub use sticky::{Sticky, is_token as is_cookie_name};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -580,6 +587,40 @@ impl Default for Passive {
 }
 
 impl Config {
+    /// Takes over the running config's rate-limit buckets wherever a frontend (by name) or a
+    /// route (by host, path and SNI) keeps the same `rate_limit`: a reload that leaves a limit
+    /// as it was does not hand every client a fresh burst. A changed limit starts empty.
+    pub fn keep_rate_limits(&mut self, old: &Config) {
+        let limiter = |p: &Policy| p.rate_limit.as_ref().map(|r| Arc::clone(&r.limiter));
+        for f in &mut self.frontends {
+            let Some(of) = old.frontends.iter().find(|o| o.name == f.name) else {
+                continue;
+            };
+            let fresh = limiter(&f.policy);
+            f.policy.keep_buckets(&of.policy);
+            let kept = limiter(&f.policy);
+            for r in &mut f.routes {
+                let inherited = match (&limiter(&r.policy), &fresh) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    _ => false,
+                };
+                if inherited {
+                    // Still the frontend's buckets, whichever they are now.
+                    if let (Some(rl), Some(k)) = (&mut r.policy.rate_limit, &kept) {
+                        rl.limiter = Arc::clone(k);
+                    }
+                    continue;
+                }
+                let same = |o: &&Route| {
+                    (&o.host, &o.path_prefix, &o.sni) == (&r.host, &r.path_prefix, &r.sni)
+                };
+                if let Some(or) = of.routes.iter().find(same) {
+                    r.policy.keep_buckets(&or.policy);
+                }
+            }
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -931,6 +972,40 @@ fall = 3
         );
         Config::from_toml(&with_token).unwrap();
         Config::from_toml(&CLASSIC.replace("127.0.0.1:8404", "[::1]:8404")).unwrap();
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_rate_limits() {
+        let text = |fe_rate: &str, route_rate: &str| {
+            format!(
+                "[[backend]]\nname = \"api\"\nservers = [\"127.0.0.1:1\"]\n\
+                 [[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nbackend = \"api\"\n\
+                 rate_limit = {{ rate = \"{fe_rate}\" }}\n\
+                 [[frontend.route]]\nhost = \"a.com\"\nbackend = \"api\"\n\
+                 rate_limit = {{ rate = \"{route_rate}\" }}\n\
+                 [[frontend.route]]\nhost = \"b.com\"\nbackend = \"api\"\n"
+            )
+        };
+        let l = |p: &Policy| Arc::clone(&p.rate_limit.as_ref().unwrap().limiter);
+        let old = Config::from_toml(&text("10/s", "5/s")).unwrap();
+        let mut same = Config::from_toml(&text("10/s", "5/s")).unwrap();
+        same.keep_rate_limits(&old);
+        let (of, nf) = (&old.frontends[0], &same.frontends[0]);
+        assert!(Arc::ptr_eq(&l(&nf.policy), &l(&of.policy)));
+        assert!(Arc::ptr_eq(
+            &l(&nf.routes[0].policy),
+            &l(&of.routes[0].policy)
+        ));
+        assert!(Arc::ptr_eq(&l(&nf.routes[1].policy), &l(&of.policy)));
+        // A changed limit starts with empty buckets; the others keep theirs.
+        let mut changed = Config::from_toml(&text("10/s", "6/s")).unwrap();
+        changed.keep_rate_limits(&old);
+        let cf = &changed.frontends[0];
+        assert!(!Arc::ptr_eq(
+            &l(&cf.routes[0].policy),
+            &l(&of.routes[0].policy)
+        ));
+        assert!(Arc::ptr_eq(&l(&cf.routes[1].policy), &l(&of.policy)));
     }
 
     #[test]

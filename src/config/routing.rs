@@ -118,6 +118,9 @@ pub(super) fn routes(
         let own = super::policy::policy(
             &key,
             FilePolicy {
+                allow: r.allow,
+                deny: r.deny,
+                rate_limit: r.rate_limit,
                 redirect: r.redirect,
                 request_headers: r.request_headers,
                 response_headers: r.response_headers,
@@ -127,7 +130,7 @@ pub(super) fn routes(
         if mode == Mode::Tcp && !own.is_empty() {
             return Err(invalid(
                 key.as_str(),
-                "redirect, header rules and max_body_size are for mode = \"http\" routes",
+                "redirect, header rules, allow, deny, rate_limit and max_body_size are for mode = \"http\" routes",
             ));
         }
         let route = Route {

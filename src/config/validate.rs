@@ -699,6 +699,9 @@ fn frontend(
         .take(super::policy::policy(
             key,
             super::policy::FilePolicy {
+                allow: f.allow,
+                deny: f.deny,
+                rate_limit: f.rate_limit,
                 redirect: f.redirect,
                 request_headers: f.request_headers,
                 response_headers: f.response_headers,
@@ -709,7 +712,7 @@ fn frontend(
     if mode == Mode::Tcp && !policy.is_empty() {
         e.push(invalid(
             key,
-            "redirect, header rules and max_body_size are for mode = \"http\" frontends",
+            "redirect, header rules, allow, deny, rate_limit and max_body_size are for mode = \"http\" frontends",
         ));
     }
     let routes = e

@@ -74,13 +74,14 @@ pub(crate) async fn handle(
         redirect,
     } = pick_backend(&snap, &fe.frontend.name, &mut req);
     let fallback = matches!(routing, Routing::Fallback);
-    // `max_body_size` by Content-Length, after the redirect (`body_limit`).
-    let too_large = redirect
-        .is_none()
+    // allow/deny, then (unless redirected) rate_limit: `guard` answers these itself.
+    let mut guarded = super::guard::check(conn, policy.as_deref(), redirect.is_some(), &req);
+    // `max_body_size` by Content-Length, after those (`body_limit`).
+    let too_large = (redirect.is_none() && guarded.is_none())
         .then(|| super::body_limit::check(policy.as_deref(), &mut req))
         .flatten();
     // A redirect or a refusal reaches no backend: counted, and logged, under the frontend alone.
-    let picked = picked.filter(|_| redirect.is_none() && too_large.is_none());
+    let picked = picked.filter(|_| redirect.is_none() && guarded.is_none() && too_large.is_none());
     let backend = picked.map(|i| &snap.backends[i]);
     if let (Some(b), Some(p)) = (backend, &mut trace.log) {
         p.record().backend = Some(Arc::clone(&b.config));
@@ -105,8 +106,15 @@ pub(crate) async fn handle(
             trace.termination = Termination::BadRequest;
             (resp, None)
         }
-        // The policy, in the contract's order (README, "Traffic policy"): redirect,
-        // max_body_size, header rules, then balancing.
+        // The policy, in the contract's order (README, "Traffic policy"): allow/deny,
+        // redirect, rate_limit (both refusals in `guarded`), max_body_size, header rules, then
+        // balancing.
+        (None, _, _) if guarded.is_some() => {
+            let refused = guarded.take().expect("matched just above");
+            let (resp, termination) = super::guard::answer(conn, refused);
+            trace.termination = termination;
+            (resp, None)
+        }
         // A redirect is answered by us: no backend, and the access log's termination is `ok`.
         (None, _, _) if redirect.is_some() => {
             let resp = *redirect.expect("matched just above");
@@ -170,6 +178,7 @@ pub(crate) async fn handle(
         }
     }
     if trace.termination == Termination::BodyTooLarge {
+        fe.stats.refused_by(crate::stats::Refusal::BodyTooLarge);
         super::body_limit::count(&fe.frontend.name);
     }
     if let Some(reason) = client_error(code, trace.termination) {

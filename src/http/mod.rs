@@ -15,6 +15,7 @@
 //! | `h2.rs`, `h2_rules.rs` | HTTP/2 client connections' timers and `Date`; the rules an HTTP/2 request must meet and its translation to HTTP/1.1 fields |
 //! | `hash_key.rs` | the value a request is hashed by under `balance = "hash"` (source, uri, header, cookie) |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
+//! | `guard.rs` | requests refused by their route's policy: `allow`/`deny` (403) and `rate_limit` (429 with `Retry-After`), counted and logged |
 //! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics, stats and access log |
 //! | `failure.rs` | why an attempt failed (its cause), the answer once every server failed, retries and refusals counted by cause and reason |
 //! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, X-Request-Id, upgrades and tunnels, trailer rules, the upstream request's form |
@@ -32,6 +33,7 @@ pub(crate) mod body_limit;
 pub mod dial;
 pub mod failure;
 pub mod forward;
+pub(crate) mod guard;
 pub mod guarded;
 pub mod h1;
 pub mod h2;

@@ -416,6 +416,11 @@ pub(super) fn directive(kind: Kind, p: &mut Proxy, l: &Line, w: &mut Warn) {
             "routing rules in a defaults section are not migrated; write them in the frontend",
         ),
         "use_backend" | "acl" => p.rules.push(l.clone()),
+        "tcp-request"
+            if matches!(kind, Kind::Frontend | Kind::Listen) && super::policy::maps(l) =>
+        {
+            p.policy.push(l.clone())
+        }
         "tcp-request" if kind != Kind::Backend => p.rules.push(l.clone()),
         "http-request" | "http-response" | "redirect"
             if matches!(kind, Kind::Frontend | Kind::Listen) && super::policy::maps(l) =>
@@ -747,6 +752,9 @@ pub(super) fn read(text: &str, w: &mut Warn) -> Vec<Proxy> {
                 proxies.push(p);
             }
         }
+    }
+    for p in &mut proxies {
+        super::policy::take_src_acls(p);
     }
     global.apply(&mut proxies, w);
     proxies

@@ -114,7 +114,12 @@ pub(super) fn render(
         let routing = rules::frontend(p, fallback.clone(), &names, w);
         let policy = if p.c.mode == Some("tcp") {
             for l in &p.policy {
-                w.line(l, "an HTTP rule in a tcp-mode frontend; not migrated");
+                let why = if matches!(l.word(0), "acl" | "tcp-request") || l.word(1) == "deny" {
+                    "allow and deny are for mode = \"http\" frontends in Switchyard; not migrated"
+                } else {
+                    "an HTTP rule in a tcp-mode frontend; not migrated"
+                };
+                w.line(l, why);
             }
             super::policy::PolicyOut::default()
         } else {
