@@ -14,10 +14,11 @@
 use std::fmt::Write;
 
 use crate::metrics::{
-    BACKEND_SERVERS, DISCOVERY_INVALID_VALUES, DISCOVERY_RESYNCS, QUEUE_DEPTH, QUEUE_WAIT, RETRIES,
-    SERVER_ADMIN_STATE, SERVER_UP,
+    BACKEND_SERVERS, DISCOVERY_INVALID_VALUES, DISCOVERY_RESYNCS, QUEUE_DEPTH, QUEUE_WAIT,
+    REQUESTS_REFUSED, RETRIES, SERVER_ADMIN_STATE, SERVER_UP,
 };
 use crate::snapshot::{AdminState, Server, Snapshot};
+use crate::stats::Refusal;
 
 /// The states of `switchyard_backend_servers`, in the order written.
 const SERVER_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
@@ -45,6 +46,28 @@ pub fn register_zeros(snap: &Snapshot) {
             etcd = true;
             metrics::counter!(DISCOVERY_INVALID_VALUES, "backend" => b.name().to_string())
                 .increment(0);
+        }
+    }
+    // Each frontend's policy refusals, for the reasons its policies can give.
+    for (frontend, table) in &snap.routes {
+        let policies =
+            std::iter::once(table.policy()).chain(table.routes().iter().map(|r| &r.policy));
+        let (mut denied, mut limited, mut large) = (false, false, false);
+        for p in policies {
+            denied |= p.allow.is_some() || p.deny.is_some();
+            limited |= p.rate_limit.is_some();
+            large |= p.max_body_size.is_some();
+        }
+        for (on, reason) in [
+            (denied, Refusal::Denied),
+            (limited, Refusal::RateLimited),
+            (large, Refusal::BodyTooLarge),
+        ] {
+            if on {
+                metrics::counter!(REQUESTS_REFUSED,
+                    "frontend" => frontend.clone(), "reason" => reason.as_str())
+                .increment(0);
+            }
         }
     }
     if etcd {

@@ -313,6 +313,12 @@ async fn bodies_within_the_limit_reach_the_upstream_whole() {
     );
     assert_eq!(*seen.lock().unwrap(), vec![1024, 1000, 1024, 1000]);
     let m = lb.metrics().await;
+    // The series is there at 0 before any refusal (a frontend whose policy can refuse so).
+    assert!(
+        m.lines().any(|l| l
+            == "switchyard_requests_refused_total{frontend=\"within\",reason=\"body_too_large\"} 0"),
+        "{m}"
+    );
     assert_eq!(
         metric(
             &m,
