@@ -7,7 +7,10 @@
 #   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
 #
 # Environment: BIN, SCENARIOS ("keepalive close tcp https"; also "routed": keep-alive through
-# ROUTES (1000; 0 for a binary without routes) host routes), DURATION (5, seconds measured),
+# ROUTES (1000; 0 for a binary without routes) host routes; and, unless POLICY=0 (a binary
+# without traffic policy), "plainroute": keep-alive through one host route, "policy": the same
+# route with three header rules and a rate limit that never refuses, "limited": the same with a
+# rate limit of 1/s, so that nearly every request is refused with 429), DURATION (5, seconds measured),
 # CONNS (8), KEEP (a directory: the callgrind output of each scenario is kept there as
 # SCENARIO.cg, for callgrind_annotate). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
 # switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
@@ -29,6 +32,8 @@ work_dir callgrind
 UP=$(free_port) WEB=$(free_port) TCP=$(free_port) TLS=$(free_port) ADMIN=$(free_port)
 ROUTED=$(free_port)
 ROUTES=${ROUTES:-1000}
+PLAINROUTE=$(free_port) POLICYROUTE=$(free_port) LIMITED=$(free_port)
+POLICY=${POLICY:-1}
 start_nginx "$UP"
 
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
@@ -72,6 +77,20 @@ EOF
     done
 } >>"$WORK/sy.toml"
 
+# Scenarios `plainroute`, `policy` and `limited` (see above); POLICY=0 leaves them out.
+((POLICY == 0)) || {
+    rules='request_headers = { set = { "X-Env" = "prod" }, remove = ["X-Debug"] }
+response_headers = { set = { "Strict-Transport-Security" = "max-age=31536000" } }'
+    for f in "plainroute $PLAINROUTE" "policy $POLICYROUTE" "limited $LIMITED"; do
+        set -- $f
+        printf '[[frontend]]\nname = "%s"\nbind = "127.0.0.1:%s"\n[[frontend.route]]\nhost = "shop.example.com"\nbackend = "up"\n' "$1" "$2"
+        case $1 in
+            policy) printf '%s\nrate_limit = { rate = "100000000/s", burst = 100000000 }\n' "$rules" ;;
+            limited) printf '%s\nrate_limit = { rate = "1/s", burst = 1 }\n' "$rules" ;;
+        esac
+    done
+} >>"$WORK/sy.toml"
+
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     "$BIN" run -c "$WORK/sy.toml" >"$WORK/sy.log" 2>&1 &
 SY=$!
@@ -89,6 +108,9 @@ for s in $SCENARIOS; do
         tcp) url="http://127.0.0.1:$TCP/"; extra=() ;;
         https) url="https://127.0.0.1:$TLS/"; extra=() ;;
         routed) url="http://127.0.0.1:$ROUTED/"; extra=(-H "Host: svc$((ROUTES - 1)).example.com") ;;
+        plainroute) url="http://127.0.0.1:$PLAINROUTE/"; extra=(-H "Host: shop.example.com") ;;
+        policy) url="http://127.0.0.1:$POLICYROUTE/"; extra=(-H "Host: shop.example.com") ;;
+        limited) url="http://127.0.0.1:$LIMITED/"; extra=(-H "Host: shop.example.com") ;;
         *) echo "unknown scenario $s" >&2; exit 1 ;;
     esac
     wrk -t1 -c"$CONNS" -d1s "${extra[@]}" "$url" >/dev/null 2>&1 || true

@@ -73,7 +73,7 @@ EOF
 cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 10000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
@@ -160,4 +160,5 @@ for r in $(seq "$ROUNDS"); do
 done
 med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%s (rounds: %s .. %s)", a[int((NR+1)/2)], a[1], a[NR]}'; }
 echo "median ratio policy/plain: switchyard $(med "${sy_ratios[@]}"); haproxy $(med "${hp_ratios[@]}")"
+awk -v hz="$CLK_TCK" '{printf "Switchyard CPU over the whole run: user %.1f s, system %.1f s (user %.0f%%): user-space instruction counts (benches/load/callgrind.sh) move CPU time by about that share\n", $14 / hz, $15 / hz, 100 * $14 / ($14 + $15)}' "/proc/$SY/stat"
 echo "RSS: switchyard $(awk '/^VmRSS:/ {print $2, $3}' "/proc/$SY/status"), haproxy $(awk '/^VmRSS:/ {print $2, $3}' "/proc/$HP/status")"

@@ -66,7 +66,10 @@ struct Fill {
 /// governor's DashMap store with a cap on its keys and one bucket for the keys past it.
 #[derive(Debug)]
 struct CappedStore {
-    map: DashMapStateStore<LimitKey>,
+    /// Hashed with foldhash (seeded per process) rather than the default SipHash: the lookup
+    /// is on every request of a limited route, and foldhash took a third of its instructions
+    /// (callgrind, benches/load/callgrind.sh `policy`).
+    map: DashMapStateStore<LimitKey, foldhash::quality::RandomState>,
     overflow: InMemoryState,
     cap: usize,
     fill: Arc<Fill>,
@@ -139,7 +142,7 @@ impl Limiter {
         let fill = Arc::new(Fill::default());
         let clock = DefaultClock::default();
         let store = CappedStore {
-            map: DashMapStateStore::default(),
+            map: DashMapStateStore::with_hasher(foldhash::quality::RandomState::default()),
             overflow: InMemoryState::default(),
             cap: cap.max(1),
             fill: Arc::clone(&fill),

@@ -403,19 +403,32 @@ impl Publisher {
     pub fn sweep_draining(&self) {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.shared.load_full();
+        // Most sweeps find nothing to finish: then no set is rebuilt (a rebuild clones every
+        // backend's server list, which at thousands of services cost more than the requests).
+        let mut due = false;
+        for b in &old.backends {
+            let timeout = b.config.drain_timeout;
+            for s in b.servers.iter().filter(|s| s.drain) {
+                if s.active() > 0 && s.drain_expired(timeout) {
+                    warn!(backend = %b.name(), server = %s.addr, active = s.active(),
+                        "drain timeout: closing the requests still in flight");
+                    s.kill();
+                }
+            }
+            due |= b
+                .draining
+                .iter()
+                .any(|s| s.active() == 0 || s.drain_expired(timeout));
+        }
+        if !due {
+            return;
+        }
         let mut changed = false;
         let backends: Vec<BackendSet> = old
             .backends
             .iter()
             .map(|b| {
                 let timeout = b.config.drain_timeout;
-                for s in b.servers.iter().filter(|s| s.drain) {
-                    if s.active() > 0 && s.drain_expired(timeout) {
-                        warn!(backend = %b.name(), server = %s.addr, active = s.active(),
-                            "drain timeout: closing the requests still in flight");
-                        s.kill();
-                    }
-                }
                 let keep: Vec<Arc<Server>> = b
                     .draining
                     .iter()

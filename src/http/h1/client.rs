@@ -434,7 +434,9 @@ fn parse_head(buf: &mut BytesMut, head_method: bool) -> Result<Option<ResponseHe
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the proxy may add to a response (a route's header rules, a sticky
+        // cookie): a map that grows is copied.
+        let mut headers = HeaderMap::with_capacity(count + 2);
         let mut length: Option<u64> = None;
         let mut bad_length = false;
         let mut chunked = None;

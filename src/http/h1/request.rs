@@ -94,8 +94,9 @@ pub(crate) fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head
     } else {
         Version::HTTP_11
     };
-    // Room for the X-Forwarded-* fields `headers::rewrite_request` adds: a map that grows is copied.
-    let mut headers = HeaderMap::with_capacity(count + 3);
+    // Room for the X-Forwarded-* fields `headers::rewrite_request` adds, and one a route's
+    // header rules add: a map that grows is copied.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut length: Option<u64> = None;
     let mut chunked: Option<bool> = None;
     let mut keep_alive = version == Version::HTTP_11;
