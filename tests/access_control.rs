@@ -13,52 +13,12 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::config::{self, Api, Cfg};
 use support::{Etcd, Lb, Upstream, metric};
-
-/// One request over a new connection, HTTP/1.1 (`Host: host`) or HTTP/2 (`:authority`).
-async fn send(addr: SocketAddr, h2: bool, host: &str) -> (StatusCode, HeaderMap, String) {
-    let fut = async {
-        let req = if h2 {
-            Request::get(format!("http://{host}/"))
-                .version(http::Version::HTTP_2)
-                .body(Empty::<Bytes>::new())
-        } else {
-            Request::get("/")
-                .header("host", host)
-                .body(Empty::<Bytes>::new())
-        }
-        .unwrap();
-        let resp = if h2 {
-            let mut s = support::h2c(addr).await;
-            s.send_request(req).await.expect("h2 request")
-        } else {
-            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
-            let (mut s, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .expect("h1 handshake");
-            tokio::spawn(conn);
-            s.send_request(req).await.expect("h1 request")
-        };
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("answered within 5 s")
-}
 
 /// One HTTP/1.1 request behind PROXY v1 header `proxy` (`TCP4 ...`); the status code.
 async fn status_behind_proxy(addr: SocketAddr, proxy: &str) -> u16 {
@@ -107,14 +67,14 @@ async fn loopback_is_allowed_by_its_network_and_denied_by_its_address() {
     let lb = Lb::start_ready(&toml).await;
     let addr = lb.http_addr("acl");
     for h2 in [false, true] {
-        let (code, _, body) = send(addr, h2, "open.example.com").await;
+        let (code, _, body) = support::send(addr, h2, "open.example.com", "/", &[]).await;
         assert_eq!(
             code,
             StatusCode::OK,
             "allowed by 127.0.0.0/8 (h2={h2}): {body}"
         );
         // The route's deny applies beside the frontend's allow (deny wins).
-        let (code, h, body) = send(addr, h2, "closed.example.com").await;
+        let (code, h, body) = support::send(addr, h2, "closed.example.com", "/", &[]).await;
         assert_eq!(
             code,
             StatusCode::FORBIDDEN,
@@ -123,7 +83,7 @@ async fn loopback_is_allowed_by_its_network_and_denied_by_its_address() {
         assert!(body.starts_with("403 Forbidden"), "{body}");
         assert_eq!(h["content-type"], "text/plain; charset=utf-8");
         // The route's own allow replaces the frontend's.
-        let (code, _, _) = send(addr, h2, "v6.example.com").await;
+        let (code, _, _) = support::send(addr, h2, "v6.example.com", "/", &[]).await;
         assert_eq!(
             code,
             StatusCode::FORBIDDEN,

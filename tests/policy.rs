@@ -8,13 +8,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::{Response, StatusCode};
+use http_body_util::Full;
 
 use support::config::Cfg;
 use support::{Lb, Upstream};
@@ -35,50 +31,6 @@ async fn upstream(name: &str) -> Upstream {
     .await
 }
 
-/// One request over a new connection, HTTP/1.1 (`Host: host`) or HTTP/2 (`:authority`),
-/// with `headers`; no redirect is followed.
-async fn send(
-    addr: SocketAddr,
-    h2: bool,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, HeaderMap, String) {
-    let fut = async {
-        let mut b = Request::get(path);
-        if h2 {
-            b = Request::get(format!("http://{host}{path}")).version(http::Version::HTTP_2);
-        } else {
-            b = b.header("host", host);
-        }
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        let req = b.body(Empty::<Bytes>::new()).unwrap();
-        let resp = if h2 {
-            let mut s = support::h2c(addr).await;
-            s.send_request(req).await.expect("h2 request")
-        } else {
-            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
-            let (mut s, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .expect("h1 handshake");
-            tokio::spawn(conn);
-            s.send_request(req).await.expect("h1 request")
-        };
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
-        .await
-        .expect("answered within 5 s")
-}
-
 #[tokio::test]
 async fn redirects_answer_without_reaching_the_upstream() {
     let up = upstream("shop").await;
@@ -96,7 +48,8 @@ async fn redirects_answer_without_reaching_the_upstream() {
     let lb = Lb::start_ready(&toml).await;
     let addr = lb.http_addr("redir");
     for h2 in [false, true] {
-        let (code, h, body) = send(addr, h2, "shop.example.com:8080", "/a/b?x=1&y=2", &[]).await;
+        let (code, h, body) =
+            support::send(addr, h2, "shop.example.com:8080", "/a/b?x=1&y=2", &[]).await;
         assert_eq!(code, StatusCode::PERMANENT_REDIRECT, "h2={h2}");
         assert_eq!(
             h["location"], "https://shop.example.com/a/b?x=1&y=2",
@@ -108,7 +61,7 @@ async fn redirects_answer_without_reaching_the_upstream() {
         );
         assert!(h.get("cache-control").is_none());
 
-        let (code, h, _) = send(addr, h2, "old.example.com", "/p?q=1", &[]).await;
+        let (code, h, _) = support::send(addr, h2, "old.example.com", "/p?q=1", &[]).await;
         assert_eq!(code, StatusCode::MOVED_PERMANENTLY, "h2={h2}");
         assert_eq!(
             h["location"], "https://new.example.com/from/old.example.com/p?q=1",
@@ -129,7 +82,7 @@ async fn redirects_answer_without_reaching_the_upstream() {
     assert_eq!((redirects("308"), redirects("301")), (2.0, 2.0), "{m}");
     assert!(!m.contains("backend=\"shop\",server=\"\",code=\"30"), "{m}");
     // A route without a redirect is forwarded.
-    let (code, _, body) = send(addr, false, "plain.example.com", "/", &[]).await;
+    let (code, _, body) = support::send(addr, false, "plain.example.com", "/", &[]).await;
     assert_eq!((code, body.as_str()), (StatusCode::OK, "shop"));
     assert_eq!(up.hits(), 1);
     lb.shutdown().await;
@@ -165,7 +118,7 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
     let sent = [("x-env", "dev"), ("x-debug", "1"), ("x-tag", "client")];
     for h2 in [false, true] {
         // The frontend's rules, inherited by a route that sets none.
-        let (code, h, body) = send(addr, h2, "inherit.example.com", "/", &sent).await;
+        let (code, h, body) = support::send(addr, h2, "inherit.example.com", "/", &sent).await;
         assert_eq!((code, body.as_str()), (StatusCode::OK, "app"), "h2={h2}");
         let seen = up.last_headers().expect("the upstream saw the request");
         let all = |n: &str| -> Vec<String> {
@@ -189,7 +142,7 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
 
         // A route's own request_headers replace the frontend's whole; its response_headers,
         // which it does not set, are still the frontend's.
-        let (code, h, _) = send(addr, h2, "own.example.com", "/", &sent).await;
+        let (code, h, _) = support::send(addr, h2, "own.example.com", "/", &sent).await;
         assert_eq!(code, StatusCode::OK);
         let seen = up.last_headers().unwrap();
         assert_eq!(seen["x-env"], "canary", "h2={h2}");
@@ -202,7 +155,7 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
         assert_eq!(h["strict-transport-security"], "max-age=31536000");
 
         // Setting Host rewrites the host the upstream sees.
-        let (code, _, _) = send(addr, h2, "rehost.example.com", "/", &[]).await;
+        let (code, _, _) = support::send(addr, h2, "rehost.example.com", "/", &[]).await;
         assert_eq!(code, StatusCode::OK);
         let seen = up.last_headers().unwrap();
         assert_eq!(
@@ -212,7 +165,7 @@ async fn header_rules_reach_upstream_and_client_over_h1_and_h2() {
         );
 
         // Our own answer (no server reachable) is not the upstream's: no response rules.
-        let (code, h, _) = send(addr, h2, "dead.example.com", "/", &[]).await;
+        let (code, h, _) = support::send(addr, h2, "dead.example.com", "/", &[]).await;
         assert_eq!(code, StatusCode::BAD_GATEWAY, "h2={h2}");
         assert!(h.get("strict-transport-security").is_none(), "h2={h2}");
     }

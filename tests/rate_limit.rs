@@ -11,56 +11,10 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::StatusCode;
 
 use support::config::{self, Api, Cfg};
 use support::{Etcd, Lb, Upstream, metric};
-
-/// One request over a new connection, HTTP/1.1 (`Host: host`) or HTTP/2 (`:authority`), with
-/// `headers`.
-async fn send(
-    addr: SocketAddr,
-    h2: bool,
-    host: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, HeaderMap, String) {
-    let fut = async {
-        let mut b = if h2 {
-            Request::get(format!("http://{host}/")).version(http::Version::HTTP_2)
-        } else {
-            Request::get("/").header("host", host)
-        };
-        for (n, v) in headers {
-            b = b.header(*n, *v);
-        }
-        let req = b.body(Empty::<Bytes>::new()).unwrap();
-        let resp = if h2 {
-            let mut s = support::h2c(addr).await;
-            s.send_request(req).await.expect("h2 request")
-        } else {
-            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
-            let (mut s, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .expect("h1 handshake");
-            tokio::spawn(conn);
-            s.send_request(req).await.expect("h1 request")
-        };
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    };
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("answered within 5 s")
-}
 
 /// The status codes of `n` requests in a row.
 async fn codes(
@@ -72,7 +26,7 @@ async fn codes(
 ) -> Vec<u16> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(send(addr, h2, host, headers).await.0.as_u16());
+        out.push(support::send(addr, h2, host, "/", headers).await.0.as_u16());
     }
     out
 }
@@ -118,7 +72,7 @@ async fn a_burst_passes_then_429_with_retry_after_per_key() {
             [200; 5],
             "the burst passes (h2={h2})"
         );
-        let (code, h, body) = send(addr, h2, host, &[]).await;
+        let (code, h, body) = support::send(addr, h2, host, "/", &[]).await;
         assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "the 6th (h2={h2})");
         assert_eq!(h["retry-after"], "1", "h2={h2}");
         assert_eq!(h["content-type"], "text/plain; charset=utf-8");
@@ -132,7 +86,7 @@ async fn a_burst_passes_then_429_with_retry_after_per_key() {
         codes(addr, false, "keyed.example.com", &a, 2).await,
         [200, 200]
     );
-    let (code, h, _) = send(addr, true, "keyed.example.com", &a).await;
+    let (code, h, _) = support::send(addr, true, "keyed.example.com", "/", &a).await;
     assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "Retry-After {wait}");
@@ -231,7 +185,7 @@ async fn tree_routes_carry_the_frontends_limit() {
         n += 1;
         let key = format!("poll-{n}");
         async move {
-            send(addr, false, "cart.example.com", &[("x-client", &key)])
+            support::send(addr, false, "cart.example.com", "/", &[("x-client", &key)])
                 .await
                 .0
                 == StatusCode::OK

@@ -95,3 +95,51 @@ where
     tokio::spawn(conn);
     sender
 }
+
+/// One GET of `path` on a new connection to `addr`, over HTTP/1.1 (`Host: host`) or HTTP/2 by
+/// prior knowledge (`:authority` host), with `headers`; no redirect is followed. The status,
+/// the response's fields and its body, within 5 s.
+pub async fn send(
+    addr: SocketAddr,
+    h2: bool,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let fut = async {
+        let mut b = if h2 {
+            http::Request::get(format!("http://{host}{path}")).version(http::Version::HTTP_2)
+        } else {
+            http::Request::get(path).header("host", host)
+        };
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let req = b
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = if h2 {
+            let mut s = h2c(addr).await;
+            s.send_request(req).await.expect("h2 request")
+        } else {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(conn);
+            s.send_request(req).await.expect("h1 request")
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .expect("answered within 5 s")
+}

@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use client::{cached_http_client, get, h2c, http_client, plain_tls, try_get, try_get_cached};
+pub use client::{
+    cached_http_client, get, h2c, http_client, plain_tls, send, try_get, try_get_cached,
+};
 pub use config::{Cfg, static_config};
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
