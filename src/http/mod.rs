@@ -16,7 +16,8 @@
 //! | `hash_key.rs` | the value a request is hashed by under `balance = "hash"` (source, uri, header, cookie) |
 //! | `answers.rs` | requests refused before forwarding (400, 405, 414, 501) and our own error bodies |
 //! | `guard.rs` | requests refused by their route's policy: `allow`/`deny` (403) and `rate_limit` (429 with `Retry-After`), counted and logged |
-//! | `forward.rs` | one request: pick, send (HTTP/1.1, HTTP/2, upgrade), retry, map failures (502, 503, 504), metrics, stats and access log |
+//! | `forward.rs` | one request: pick, retry, map failures (502, 503, 504), metrics, stats and access log |
+//! | `send.rs` | one attempt on one server: HTTP/1.1 (our client, pooled), HTTP/2 (shared connection), or an upgrade through hyper |
 //! | `failure.rs` | why an attempt failed (its cause), the answer once every server failed, retries and refusals counted by cause and reason |
 //! | `headers.rs` | hop-by-hop stripping, X-Forwarded-*, X-Request-Id, upgrades and tunnels, trailer rules, the upstream request's form |
 //! | `body.rs` | request and response bodies as read from either side |
@@ -42,6 +43,7 @@ pub(crate) mod hash_key;
 pub mod headers;
 pub mod policy;
 pub mod pool;
+pub(crate) mod send;
 pub(crate) mod sticky;
 pub mod stream;
 pub mod tunnel;
@@ -79,6 +81,7 @@ pub(crate) use forward::*;
 pub(crate) use guarded::*;
 pub(crate) use headers::*;
 pub(crate) use pool::*;
+pub(crate) use send::*;
 pub(crate) use stream::*;
 pub(crate) use tunnel::*;
 
