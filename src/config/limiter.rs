@@ -253,36 +253,4 @@ mod tests {
         l.buckets.retain_recent();
         assert_eq!(l.keys(), 0);
     }
-
-    /// Feeds 1,000,000 distinct source addresses and prints the process's RSS growth (the
-    /// number in the README's "Rate limits"). Not timed; run with
-    /// `cargo test --lib limiter -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn memory_under_a_million_distinct_sources() {
-        fn rss_kib() -> u64 {
-            let s = std::fs::read_to_string("/proc/self/status").unwrap();
-            let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
-        }
-        let before = rss_kib();
-        let l = Limiter::new(
-            100,
-            Duration::from_secs(1),
-            200,
-            super::super::MAX_RATE_LIMIT_KEYS,
-        )
-        .unwrap();
-        for i in 0..1_000_000u32 {
-            let _ = l.check(&ip(0x0a00_0000 + i));
-        }
-        let after = rss_kib();
-        println!(
-            "1,000,000 distinct sources: {} keys held (cap {}), RSS {before} KiB -> {after} KiB (+{} KiB)",
-            l.keys(),
-            super::super::MAX_RATE_LIMIT_KEYS,
-            after.saturating_sub(before)
-        );
-        assert!(l.keys() <= super::super::MAX_RATE_LIMIT_KEYS + 64);
-    }
 }
