@@ -15,9 +15,7 @@
 use http::header::{self, HeaderMap};
 use http::{Request, Response, StatusCode};
 
-use crate::access_log::Termination;
 use crate::config::Policy;
-use crate::metrics as m;
 
 use super::Body;
 use super::answers::refusal;
@@ -70,13 +68,6 @@ pub(crate) fn too_large(limit: u64) -> Response<Body> {
             "413 Payload Too Large: the request body is over this route's limit of {limit} bytes (max_body_size)\n"
         ),
     )
-}
-
-/// Counts one refusal in `switchyard_requests_refused_total{frontend, reason="body_too_large"}`.
-pub(crate) fn count(frontend: &str) {
-    metrics::counter!(m::REQUESTS_REFUSED,
-        "frontend" => frontend.to_string(), "reason" => Termination::BodyTooLarge.as_str())
-    .increment(1);
 }
 
 #[cfg(test)]

@@ -175,8 +175,7 @@ pub(crate) async fn handle(
         }
     }
     if trace.termination == Termination::BodyTooLarge {
-        fe.stats.refused_by(crate::stats::Refusal::BodyTooLarge);
-        super::body_limit::count(&fe.frontend.name);
+        fe.count_refused(crate::stats::Refusal::BodyTooLarge);
     }
     if let Some(reason) = client_error(code, trace.termination) {
         fe.stats.error();

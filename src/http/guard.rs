@@ -13,7 +13,6 @@ use http::{Request, Response, StatusCode};
 
 use crate::access_log::Termination;
 use crate::config::{LimitKey, Policy, RateKey, RateLimit};
-use crate::metrics as m;
 use crate::stats::Refusal;
 
 use super::answers::plain;
@@ -84,10 +83,7 @@ pub(crate) fn retry_after(wait: Duration) -> u64 {
 /// The answer to a refused request and how the access log ends it; counts the refusal.
 pub(crate) fn answer(conn: &Conn, r: Refused) -> (Response<Body>, Termination) {
     let fe = &conn.fe;
-    fe.stats.refused_by(r.why());
-    metrics::counter!(m::REQUESTS_REFUSED,
-        "frontend" => fe.frontend.name.clone(), "reason" => r.why().as_str())
-    .increment(1);
+    fe.count_refused(r.why());
     match r {
         Refused::RateLimited(wait) => {
             let secs = retry_after(wait);

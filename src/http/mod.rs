@@ -110,9 +110,26 @@ pub struct HttpFrontend {
     no_server: Arc<HandleCache<(String, u16), metrics::Counter>>,
     /// `switchyard_request_duration_seconds` of the other backends routes pick.
     durations: Arc<HandleCache<Arc<str>, metrics::Histogram>>,
+    /// `switchyard_requests_refused_total` of this frontend, by reason.
+    refused: Arc<HandleCache<crate::stats::Refusal, metrics::Counter>>,
 }
 
 impl HttpFrontend {
+    /// Counts a request its policy refused: the stats page's count and
+    /// `switchyard_requests_refused_total` (its handle looked up once per reason).
+    pub(crate) fn count_refused(&self, why: crate::stats::Refusal) {
+        self.stats.refused_by(why);
+        self.refused.with(
+            |r| *r == why,
+            || {
+                let c = metrics::counter!(m::REQUESTS_REFUSED,
+                    "frontend" => self.frontend.name.clone(), "reason" => why.as_str());
+                (why, c)
+            },
+            |c| c.increment(1),
+        );
+    }
+
     /// Builds the TLS acceptor from `frontend.tls`, if any.
     pub fn new(
         frontend: Arc<Frontend>,
@@ -132,6 +149,7 @@ impl HttpFrontend {
                 "frontend" => label(), "backend" => frontend.backend.clone().unwrap_or_default()),
             no_server: Arc::default(),
             durations: Arc::default(),
+            refused: Arc::default(),
             frontend,
             shared,
             tls,
