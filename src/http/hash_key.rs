@@ -31,19 +31,29 @@ pub(crate) fn of<B>(cfg: &Backend, req: &Request<B>, client: SocketAddr) -> Opti
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` fields (RFC 6265 5.4: `name=value`
-/// pairs separated by `;`; HTTP/2 may split them over several fields). An empty value is none.
-fn cookie<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a [u8]> {
-    req.headers()
+/// The value of cookie `name` in the request's `Cookie` fields; an empty value is none.
+fn cookie<'a, B>(req: &'a Request<B>, name: &'a str) -> Option<&'a [u8]> {
+    cookie_values(req.headers(), name)
+        .next()
+        .filter(|v| !v.is_empty())
+}
+
+/// The values of every cookie `name` in `Cookie` fields, in order, as written (RFC 6265 5.4:
+/// `name=value` pairs separated by `;`, blanks around them trimmed; HTTP/2 may split them over
+/// several fields).
+pub(crate) fn cookie_values<'a>(
+    headers: &'a http::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> {
+    headers
         .get_all(COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|&b| b == b'=')?;
             (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
         })
-        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use http::header::{COOKIE, HeaderValue, SET_COOKIE};
+use http::header::{HeaderValue, SET_COOKIE};
 
 use crate::balancer::sticky::{parse, render, server_id};
 use crate::config::Sticky;
@@ -85,28 +85,17 @@ pub(crate) fn set_cookie_value(cfg: &Sticky, id: u64) -> String {
 /// into one field by `h2_rules` before this runs, and several fields are read all the same).
 /// The name matches exactly (case counts); a value in double quotes is taken without them.
 pub(crate) fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .filter_map(move |pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            if pair[..eq].trim_ascii() != name.as_bytes() {
-                return None;
-            }
-            let v = pair[eq + 1..].trim_ascii();
-            Some(
-                v.strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(v),
-            )
-        })
+    super::hash_key::cookie_values(headers, name).map(|v| {
+        v.strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::COOKIE;
     use std::time::Duration;
 
     fn headers(cookies: &[&str]) -> HeaderMap {
