@@ -92,6 +92,45 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
 }
 
+/// A started frontend, ready to run accept loops (one per thread with `work_stealing = false`).
+enum Serve {
+    Http(HttpFrontend),
+    Tcp(tcp::TcpFrontend),
+}
+
+impl Serve {
+    fn accept(
+        &self,
+        listener: Arc<TcpListener>,
+        limit: Arc<listener::ConnLimit>,
+        thread: usize,
+        stop: CancellationToken,
+        shutdown: signal::Signal,
+        tracker: TaskTracker,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        match self {
+            Serve::Http(fe) => Box::pin(crate::http::serve(
+                listener,
+                fe.clone(),
+                limit,
+                thread,
+                stop,
+                shutdown,
+                tracker,
+            )),
+            Serve::Tcp(fe) => Box::pin(tcp::serve(
+                listener,
+                fe.clone(),
+                limit,
+                thread,
+                stop,
+                shutdown,
+                tracker,
+            )),
+        }
+    }
+}
+
 /// One frontend's accept loop and the listener it owns.
 struct FrontendTask {
     config: Frontend,
@@ -115,6 +154,9 @@ struct Runtime {
     access_log: Option<access_log::AccessLog>,
     /// The frontends' counters, by name, for the admin API.
     stats: Arc<stats::Registry>,
+    /// With `work_stealing = false`: the other threads' runtimes, each of which accepts on every
+    /// frontend too and serves the connections it accepted.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Runtime {
@@ -130,48 +172,51 @@ impl Runtime {
 
     fn start_frontend(&mut self, config: Frontend, listener: Arc<TcpListener>) {
         let stop_accept = self.cancel.child_token();
-        match config.mode {
-            crate::config::Mode::Http => {
-                match HttpFrontend::new(
-                    Arc::new(config.clone()),
-                    self.publisher.shared(),
-                    self.access_log.clone(),
-                    self.stats.frontend(&config.name),
-                ) {
-                    Ok(fe) => {
-                        tokio::spawn(crate::http::serve(
-                            Arc::clone(&listener),
-                            fe,
-                            stop_accept.clone(),
-                            self.conn_shutdown.clone(),
-                            self.tracker.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
+        let stats = self.stats.frontend(&config.name);
+        let fe = Arc::new(config.clone());
+        let started = match config.mode {
+            crate::config::Mode::Http => HttpFrontend::new(
+                fe,
+                self.publisher.shared(),
+                self.access_log.clone(),
+                Arc::clone(&stats),
+            )
+            .map(Serve::Http),
+            crate::config::Mode::Tcp => tcp::TcpFrontend::new(
+                fe,
+                self.publisher.shared(),
+                self.access_log.clone(),
+                Arc::clone(&stats),
+            )
+            .map(Serve::Tcp),
+        };
+        match started {
+            Ok(serve) => {
+                // One `maxconn` for the frontend, whichever thread accepts.
+                let threads = 1 + self.workers.len();
+                let limit = Arc::new(listener::ConnLimit::new(&config, stats, threads));
+                let accept = |listener, thread| {
+                    serve.accept(
+                        listener,
+                        Arc::clone(&limit),
+                        thread,
+                        stop_accept.clone(),
+                        self.conn_shutdown.clone(),
+                        self.tracker.clone(),
+                    )
+                };
+                tokio::spawn(accept(Arc::clone(&listener), 0));
+                for (i, worker) in self.workers.iter().enumerate() {
+                    match listener::listener_for(&listener, worker) {
+                        Ok(l) => drop(worker.spawn(accept(Arc::new(l), i + 1))),
+                        Err(e) => {
+                            error!(frontend = %config.name, error = %e, "a worker thread cannot accept on this frontend; the others do")
+                        }
                     }
                 }
             }
-            crate::config::Mode::Tcp => {
-                match tcp::TcpFrontend::new(
-                    Arc::new(config.clone()),
-                    self.publisher.shared(),
-                    self.access_log.clone(),
-                    self.stats.frontend(&config.name),
-                ) {
-                    Ok(fe) => {
-                        tokio::spawn(tcp::serve(
-                            Arc::clone(&listener),
-                            fe,
-                            stop_accept.clone(),
-                            self.conn_shutdown.clone(),
-                            self.tracker.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
-                    }
-                }
+            Err(e) => {
+                error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
             }
         }
         self.frontends.insert(
@@ -311,7 +356,20 @@ pub async fn run(
     config: Config,
     listeners: Listeners,
     cancel: CancellationToken,
+    reloads: mpsc::Receiver<Config>,
+) -> anyhow::Result<()> {
+    run_with_workers(config, listeners, cancel, reloads, Vec::new()).await
+}
+
+/// [`run`], with the connections also accepted and served on `workers`: the runtimes of other
+/// threads (`work_stealing = false`: one current-thread runtime per thread). Everything else,
+/// discovery, health checks, the admin server, runs on the caller's runtime.
+pub async fn run_with_workers(
+    config: Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<()> {
     // The recorder first: anything recorded before it is installed is lost.
     let metrics = crate::metrics::handle();
@@ -332,6 +390,7 @@ pub async fn run(
         tracker: TaskTracker::new(),
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
+        workers,
     };
     rt.start_discovery();
     let (admin_reload_tx, mut admin_reloads) = mpsc::channel::<admin::ReloadRequest>(1);

@@ -122,22 +122,24 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     };
     errs.take(log(&file.log));
     match (global, admin, etcd, service_trees) {
-        (Some((shutdown_grace, threads)), Some((admin_listen, admin_token)), etcd, Some(trees))
-            if errs.0.is_empty() =>
-        {
-            Ok(Config {
-                shutdown_grace,
-                threads,
-                admin_listen,
-                admin_token,
-                path: None,
-                log: file.log,
-                etcd: etcd.flatten(),
-                frontends,
-                backends,
-                service_trees: trees,
-            })
-        }
+        (
+            Some((shutdown_grace, threads, work_stealing)),
+            Some((admin_listen, admin_token)),
+            etcd,
+            Some(trees),
+        ) if errs.0.is_empty() => Ok(Config {
+            shutdown_grace,
+            threads,
+            work_stealing,
+            admin_listen,
+            admin_token,
+            path: None,
+            log: file.log,
+            etcd: etcd.flatten(),
+            frontends,
+            backends,
+            service_trees: trees,
+        }),
         _ => Err(ConfigError::from_list(errs.0)),
     }
 }
@@ -165,7 +167,7 @@ fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [global], [admin], [log]
 
-fn global(g: FileGlobal) -> Result<(Duration, Option<usize>), ConfigError> {
+fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool), ConfigError> {
     let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
         return Err(invalid(
@@ -173,7 +175,11 @@ fn global(g: FileGlobal) -> Result<(Duration, Option<usize>), ConfigError> {
             format!("must be between 1 and {MAX_THREADS}"),
         ));
     }
-    Ok((shutdown_grace, g.threads))
+    Ok((
+        shutdown_grace,
+        g.threads,
+        g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
+    ))
 }
 
 fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
