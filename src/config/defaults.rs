@@ -11,6 +11,9 @@ use super::{AccessFormat, Balance, CheckType, EtcdApi, Mode, Protocol, ProxyVers
 
 /// `[global] shutdown_grace`: after SIGTERM, how long in-flight requests may take to finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `[global] upgrade_socket`: where a running Switchyard listens for a takeover by a new binary
+/// (`switchyard run --takeover`); systemd's `RuntimeDirectory=switchyard` makes its directory.
+pub const DEFAULT_UPGRADE_SOCKET: &str = "/run/switchyard/upgrade.sock";
 
 // --- [log] ------------------------------------------------------------------------------------
 
