@@ -5,9 +5,11 @@
 #
 #   switchyard   `switchyard run --takeover` from a copy of the binary at another path (the old
 #                process hands its listening sockets over, stops accepting, drains, exits 0)
+#   sy-restart   for contrast, what a takeover replaces: SIGTERM to the running Switchyard, then
+#                the new binary starts and binds (clients are refused in between)
 #   haproxy      HAProxy 2.6 seamless reload: master-worker (`-W -S`), SIGUSR2 to the master; the
 #                new worker takes the listeners over the `stats socket ... expose-fd listeners`
-#   haproxy+icr  the same with `idle-close-on-response` (2.6+: an idle keep-alive connection
+#   haproxy+icr  the same with `option idle-close-on-response` (2.6+: an idle keep-alive connection
 #                waits for one more request, answered with a close, instead of being closed)
 #
 # Counted: wrk's socket errors (connect, read, write, timeout) and non-2xx answers. The machine
@@ -77,11 +79,26 @@ upgrade_switchyard() {
     start_switchyard --takeover "$WORK/upgrade.sock"
     wait "$old" || rc=$?
     t1=$(date +%s.%N)
-    UPGRADE_NOTE="old exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s"
+    UPGRADE_NOTE="old exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
+}
+
+# For contrast, the plain restart a takeover replaces: SIGTERM (the old process closes its
+# listeners and drains), then the new binary starts and binds.
+restart_switchyard() {
+    local old=$SY_PID t0 rc=0
+    t0=$(date +%s.%N)
+    kill -TERM "$old"
+    wait "$old" || rc=$?
+    start_switchyard
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$SY_ADMIN/readyz" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    UPGRADE_NOTE="old exited $rc; new serving after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}') s"
 }
 
 # --- haproxy ---------------------------------------------------------------------------------
-write_haproxy() {   # dir port extra-global
+write_haproxy() {   # dir port extra-defaults
     mkdir -p "$1"
     cat >"$1/haproxy.cfg" <<EOF
 global
@@ -89,8 +106,8 @@ global
     maxconn 4096
     stats socket $1/stats.sock mode 600 expose-fd listeners level admin
     hard-stop-after 30s
-$3
 defaults
+$3
     mode http
     timeout connect 2s
     timeout client 60s
@@ -106,6 +123,7 @@ EOF
 }
 HA_PID=
 start_haproxy() {   # dir
+    haproxy -c -q -f "$1/haproxy.cfg"
     haproxy -W -S "$1/master.sock" -f "$1/haproxy.cfg" -p "$1/haproxy.pid" >"$1/haproxy.log" 2>&1 &
     HA_PID=$!
     PIDS+=("$HA_PID")
@@ -115,7 +133,7 @@ start_haproxy() {   # dir
 # from the old one over the stats socket; the old worker finishes its connections and exits.
 upgrade_haproxy() {
     local t0 old_workers
-    old_workers=$(pgrep -P "$HA_PID" | tr '\n' ' ')
+    old_workers=$(pgrep -P "$HA_PID" | tr '\n' ' ' || true)
     t0=$(date +%s.%N)
     kill -USR2 "$HA_PID"
     for _ in $(seq 300); do
@@ -124,7 +142,7 @@ upgrade_haproxy() {
         ((alive == 0)) && break
         sleep 0.1
     done
-    UPGRADE_NOTE="old worker gone after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s"
+    UPGRADE_NOTE="old worker gone after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}') s"
 }
 
 HA_PORT=$(free_port)
@@ -132,7 +150,7 @@ write_haproxy "$WORK/haproxy" "$HA_PORT" ""
 start_haproxy "$WORK/haproxy"
 HA_MASTER=$HA_PID
 HAI_PORT=$(free_port)
-write_haproxy "$WORK/haproxy-icr" "$HAI_PORT" "    idle-close-on-response"
+write_haproxy "$WORK/haproxy-icr" "$HAI_PORT" "    option idle-close-on-response"
 start_haproxy "$WORK/haproxy-icr"
 HAI_MASTER=$HA_PID
 
@@ -162,6 +180,7 @@ header=$(printf '%-12s %-10s %9s  %-44s %6s  %s' proxy mode requests "socket err
 printf '%s\n' "$header"
 for mode in keepalive close; do
     run_one switchyard "$mode" "$SY_PORT" upgrade_switchyard
+    run_one sy-restart "$mode" "$SY_PORT" restart_switchyard
     HA_PID=$HA_MASTER
     run_one haproxy "$mode" "$HA_PORT" upgrade_haproxy
     HA_PID=$HAI_MASTER
@@ -177,8 +196,11 @@ curl -fs "http://127.0.0.1:$SY_PORT/" >/dev/null && alive="the last Switchyard s
     echo "# wrk -t$THREADS -c$CONNS -d${DURATION}s through one binary upgrade at $((DURATION / 2)) s;"
     echo "# mode close: -H 'Connection: close' (one request per connection). nginx upstream."
     echo "# switchyard: $("$BIN" --version 2>&1), --takeover from a copy of the binary;"
+    echo "# sy-restart: SIGTERM, then the new binary starts (no takeover), for contrast;"
     echo "# haproxy: $(haproxy -v 2>&1 | head -n 1 | cut -d' ' -f1-3), master-worker, SIGUSR2 (seamless reload, expose-fd listeners);"
-    echo "# haproxy+icr: the same with idle-close-on-response."
+    echo "# haproxy+icr: the same with option idle-close-on-response."
+    echo "# wrk counts a refused connection as a write error (its non-blocking connect fails at the write)."
+
     echo "$header"
     printf '%s\n' "${ROWS[@]}"
     echo "# $alive"
