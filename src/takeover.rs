@@ -553,7 +553,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sockets_cross_with_their_names_and_the_old_side_refuses_another_version() {
+    async fn sockets_cross_with_their_names_in_order() {
         let (a, b) = UnixStream::pair().unwrap();
         let (l1, addr1) = listener();
         let (l2, addr2) = listener();
@@ -593,6 +593,38 @@ mod tests {
         assert!(matches!(receiver.recv().await.unwrap(), Message::Serving));
         drop(sender);
         assert!(matches!(receiver.recv().await, Err(TakeoverError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_socket_makes_its_directory_replaces_a_stale_file_and_leaves_a_live_one() {
+        let dir = std::env::temp_dir().join(format!("switchyard-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("run").join("upgrade.sock");
+        // A socket file whose process is gone: bound, then closed.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = UpgradeSocket::bind(&path)
+            .await
+            .unwrap()
+            .expect("stale file replaced");
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        assert!(
+            UpgradeSocket::bind(&path).await.unwrap().is_none(),
+            "a live one is left alone"
+        );
+        drop(live);
+        assert!(!path.exists(), "removed when dropped");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Its directory is made when missing.
+        let s = UpgradeSocket::bind(&path).await.unwrap().expect("bound");
+        assert!(path.exists());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -119,8 +119,8 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// The config: frontend `web` (and `extra` frontends, name and port) to the upstream.
-fn config(dir: &Path, admin: u16, web: u16, up: SocketAddr, extra: &[(&str, u16)]) -> String {
+/// The config: frontend `web` (and `extra` frontends: name, port, mode) to the upstream.
+fn config(dir: &Path, admin: u16, web: u16, up: SocketAddr, extra: &[(&str, u16, &str)]) -> String {
     let mut s = format!(
         r#"[global]
 shutdown_grace = "10s"
@@ -134,9 +134,9 @@ backend = "app"
 "#,
         sock = dir.join("upgrade.sock").display()
     );
-    for (name, port) in extra {
+    for (name, port, mode) in extra {
         s.push_str(&format!(
-            "[[frontend]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\nbackend = \"app\"\n"
+            "[[frontend]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\nmode = \"{mode}\"\nbackend = \"app\"\n"
         ));
     }
     s.push_str(&format!(
@@ -308,10 +308,11 @@ async fn get_once(target: SocketAddr, path: &str) -> Result<(u16, String), Strin
     Ok((status, body))
 }
 
-/// Starts `n` keep-alive and `n` one-request-per-connection clients on `target`.
+/// Starts `keep_alive` keep-alive and `one_shot` one-request-per-connection clients on `target`.
 fn start_load(
     target: SocketAddr,
-    n: usize,
+    keep_alive: usize,
+    one_shot: usize,
 ) -> (
     Arc<tokio::sync::Notify>,
     Arc<Mutex<Tally>>,
@@ -319,11 +320,11 @@ fn start_load(
 ) {
     let stop = Arc::new(tokio::sync::Notify::new());
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let tasks = (0..2 * n)
+    let tasks = (0..keep_alive + one_shot)
         .map(|i| {
             tokio::spawn(load(
                 target,
-                i % 2 == 0,
+                i < keep_alive,
                 Arc::clone(&stop),
                 Arc::clone(&tally),
             ))
@@ -349,16 +350,21 @@ async fn stop_load(
 
 // ---------------------------------------------------------------------------------------------
 
-/// Under load on keep-alive and one-request connections, the binary is upgraded twice (a copy at
-/// another path, then the original again): no connection is refused and no request fails; a
-/// slow request started before the first upgrade is answered `200` by the old process, which
-/// then exits 0; each new process serves and is itself taken over.
+/// Under load on keep-alive and one-request connections (to an http frontend, and through a
+/// tcp-mode one), the binary is upgraded twice (a copy at another path, then the original
+/// again): no connection is refused and no request fails; a slow request started before the
+/// first upgrade is answered `200` by the old process, which then exits 0; each new process
+/// serves and is itself taken over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
     let up = upstream().await;
     let (dir, next) = setup("load");
-    let (admin, web) = (free_port(), free_port());
-    let cfg = write(&dir, "sy.toml", &config(&dir, admin, web, up.addr(), &[]));
+    let (admin, web, relay) = (free_port(), free_port(), free_port());
+    let cfg = write(
+        &dir,
+        "sy.toml",
+        &config(&dir, admin, web, up.addr(), &[("relay", relay, "tcp")]),
+    );
     let sock = dir.join("upgrade.sock");
     let mut old = run(Path::new(BIN), &cfg, None, dir.join("old.log"));
     wait_ready(admin).await;
@@ -368,7 +374,11 @@ async fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
     })
     .await;
 
-    let (stop, tally, tasks) = start_load(addr(web), 2);
+    let (stop, tally, tasks) = start_load(addr(web), 2, 2);
+    // Through the tcp frontend one request per connection: a relay lives as long as its client
+    // keeps the connection, and one still open at the end of `shutdown_grace` is cut (Switchyard
+    // cannot end a byte stream gracefully, as it ends an HTTP connection after an answer).
+    let (relay_stop, relay_tally, relay_tasks) = start_load(addr(relay), 0, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let slow = tokio::spawn(get_once(addr(web), "/slow"));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -407,19 +417,22 @@ async fn an_upgrade_under_load_refuses_nothing_and_fails_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = stop_load(stop, tally, tasks).await;
+    let r = stop_load(relay_stop, relay_tally, relay_tasks).await;
     assert!(
         third.running(),
         "third process died; its log:\n{}",
         third.log()
     );
-    assert!(
-        t.failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        t.failures.len(),
-        t.ok + t.failures.len(),
-        &t.failures[..t.failures.len().min(10)]
-    );
-    assert!(t.ok > 50, "only {} requests made", t.ok);
+    for (what, t) in [("http", t), ("tcp", r)] {
+        assert!(
+            t.failures.is_empty(),
+            "{what}: {} of {} requests failed: {:?}",
+            t.failures.len(),
+            t.ok + t.failures.len(),
+            &t.failures[..t.failures.len().min(10)]
+        );
+        assert!(t.ok > 50, "{what}: only {} requests made", t.ok);
+    }
     // The admin listener went along too.
     assert_eq!(try_get(addr(admin), "/healthz").await.unwrap().0, 200);
     third.signal("-TERM");
@@ -497,7 +510,7 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
     let clash = write(
         &dir,
         "clash.toml",
-        &config(&dir, admin, web, up.addr(), &[("api", taken_port)]),
+        &config(&dir, admin, web, up.addr(), &[("api", taken_port, "http")]),
     );
     let mut p = run(&next, &clash, Some(&sock), dir.join("clash.log"));
     assert_eq!(
@@ -520,6 +533,55 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
     assert!(old.exited_within(Duration::from_secs(15)).await.success());
     assert_eq!(serving().await, Ok((200, "app".to_string())));
     assert!(new.running(), "{}", new.log());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The new process's side of a failed handshake: a running process that speaks another protocol
+/// version, or refuses, makes `--takeover` exit 2 with the reason, binding nothing. (The running
+/// process here is the test, answering on a Unix socket.)
+#[tokio::test]
+async fn the_new_process_exits_2_on_another_version_or_a_refusal() {
+    let up = upstream().await;
+    let (dir, next) = setup("skew");
+    let (admin, web) = (free_port(), free_port());
+    let cfg = write(&dir, "sy.toml", &config(&dir, admin, web, up.addr(), &[]));
+    let fake = dir.join("fake.sock");
+    let listener = tokio::net::UnixListener::bind(&fake).unwrap();
+    let answers = [
+        (
+            "{\"type\":\"listeners\",\"version\":2,\"listeners\":[]}\n",
+            "running process speaks version 2, this binary 1",
+        ),
+        (
+            "{\"type\":\"refused\",\"message\":\"not today\"}\n",
+            "refused the takeover: not today",
+        ),
+    ];
+    for (i, (answer, expect)) in answers.into_iter().enumerate() {
+        let mut p = run(&next, &cfg, Some(&fake), dir.join(format!("new{i}.log")));
+        let (mut c, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the new process connects")
+            .unwrap();
+        let mut hello = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut hello))
+            .await
+            .unwrap()
+            .unwrap();
+        let hello = String::from_utf8_lossy(&hello[..n]).into_owned();
+        assert_eq!(hello, "{\"type\":\"hello\",\"version\":1}\n");
+        c.write_all(answer.as_bytes()).await.unwrap();
+        assert_eq!(
+            p.exited_within(Duration::from_secs(10)).await.code(),
+            Some(2)
+        );
+        let log = p.log();
+        assert!(
+            log.contains(expect) && log.contains("keeps serving"),
+            "{log}"
+        );
+        assert!(get_once(addr(web), "/").await.is_err(), "nothing was bound");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -548,7 +610,7 @@ async fn a_takeover_with_a_changed_config_binds_what_changed() {
     let cfg2 = write(
         &dir,
         "sy2.toml",
-        &config(&dir, admin2, web, up.addr(), &[("api", api)]),
+        &config(&dir, admin2, web, up.addr(), &[("api", api, "http")]),
     );
     let new = run(&next, &cfg2, Some(&sock), dir.join("new.log"));
     assert!(old.exited_within(Duration::from_secs(15)).await.success());
