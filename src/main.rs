@@ -200,7 +200,7 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
             Some(socket) => match switchyard::takeover::connect(socket).await {
                 Ok((t, inherited)) => {
                     info!(socket = %socket.display(), sockets = inherited.len(), "takeover: listening sockets received");
-                    (inherited, Some(t))
+                    (inherited, Some((t, socket.clone())))
                 }
                 Err(e) => {
                     error!("takeover through {}: {e}; the running process keeps serving", socket.display());
@@ -227,7 +227,7 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
         }
         let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
         let (takeover_tx, takeover_rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(once_serving(
+        let started = tokio::spawn(once_serving(
             serving_rx,
             handoff,
             config.upgrade_socket.clone(),
@@ -239,6 +239,8 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
             serving: Some(serving_tx),
         };
         match switchyard::run_with(config, listeners, cancel, reload_rx, control).await {
+            // A takeover the old process did not finish: it kept serving, this one stopped.
+            Ok(()) if matches!(started.await, Ok(Err(()))) => ExitCode::from(2),
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");
@@ -250,23 +252,34 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
 
 /// Once `run` serves: ends the takeover that started this process (the old one stops and lets
 /// go of the upgrade socket), listens on the upgrade socket for the next one, and tells systemd
-/// (`READY=1`; `STOPPING=1` when the drain begins).
+/// (`READY=1`; `STOPPING=1` when the drain begins). `Err` when the old process did not confirm
+/// its stop and still listens on the upgrade socket: it keeps serving (it gives the socket up
+/// as it stops), so this one drains and exits.
 async fn once_serving(
     serving: tokio::sync::oneshot::Receiver<()>,
-    handoff: Option<switchyard::takeover::Takeover>,
+    handoff: Option<(switchyard::takeover::Takeover, PathBuf)>,
     upgrade_socket: PathBuf,
     takeovers: tokio::sync::mpsc::Sender<switchyard::takeover::Request>,
     cancel: CancellationToken,
-) {
+) -> Result<(), ()> {
     use sd_notify::NotifyState;
     if serving.await.is_err() {
-        return;
+        return Ok(());
     }
     let taken_over = handoff.is_some();
-    if let Some(t) = handoff {
+    if let Some((t, old_socket)) = handoff {
         match t.serving().await {
             Ok(()) => info!("takeover done: the old process stopped accepting and drains"),
-            Err(e) => warn!("takeover: the old process did not confirm its stop: {e}"),
+            Err(e) if tokio::net::UnixStream::connect(&old_socket).await.is_ok() => {
+                error!(
+                    "takeover: the old process did not confirm its stop ({e}) and still listens; it keeps serving, this process stops"
+                );
+                cancel.cancel();
+                return Err(());
+            }
+            Err(e) => {
+                warn!("takeover: the old process did not confirm its stop ({e}), but it is gone")
+            }
         }
     }
     // NOTE: read at start; a reload that changes `upgrade_socket` needs a restart.
@@ -296,6 +309,7 @@ async fn once_serving(
     }
     cancel.cancelled().await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    Ok(())
 }
 
 /// SIGTERM/SIGINT cancel; SIGHUP re-reads the config and hands a valid one to `run`.

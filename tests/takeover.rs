@@ -537,10 +537,12 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
 }
 
 /// The new process's side of a failed handshake: a running process that speaks another protocol
-/// version, or refuses, makes `--takeover` exit 2 with the reason, binding nothing. (The running
-/// process here is the test, answering on a Unix socket.)
+/// version, or refuses, makes `--takeover` exit 2 with the reason, binding nothing. One that
+/// hands over no socket, hears `serving`, but never says `stopped` and still listens on its
+/// upgrade socket keeps serving, so the new process stops and exits 2; if it is gone, the new
+/// one serves on. (The running process here is the test, answering on a Unix socket.)
 #[tokio::test]
-async fn the_new_process_exits_2_on_another_version_or_a_refusal() {
+async fn the_new_process_exits_2_when_the_old_one_refuses_or_does_not_stop() {
     let up = upstream().await;
     let (dir, next) = setup("skew");
     let (admin, web) = (free_port(), free_port());
@@ -581,6 +583,53 @@ async fn the_new_process_exits_2_on_another_version_or_a_refusal() {
             "{log}"
         );
         assert!(get_once(addr(web), "/").await.is_err(), "nothing was bound");
+    }
+
+    // No sockets handed over (the new process binds its own), then silence after `serving`.
+    let no_sockets = "{\"type\":\"listeners\",\"version\":1,\"listeners\":[]}\n";
+    for old_still_listens in [true, false] {
+        let mut p = run(&next, &cfg, Some(&fake), dir.join("silent.log"));
+        let (mut c, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the new process connects")
+            .unwrap();
+        let mut buf = vec![0u8; 256];
+        let _ = c.read(&mut buf).await.unwrap();
+        c.write_all(no_sockets.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .expect("serving")
+            .unwrap();
+        assert_eq!(&buf[..n], b"{\"type\":\"serving\"}\n");
+        assert_eq!(get_once(addr(web), "/").await, Ok((200, "app".to_string())));
+        if old_still_listens {
+            drop(c);
+            assert_eq!(
+                p.exited_within(Duration::from_secs(15)).await.code(),
+                Some(2)
+            );
+            assert!(
+                p.log().contains("it keeps serving, this process stops"),
+                "{}",
+                p.log()
+            );
+            // Its probe: whether the old process still listens.
+            let probe = tokio::time::timeout(Duration::from_secs(1), listener.accept()).await;
+            assert!(
+                probe.is_ok_and(|p| p.is_ok()),
+                "the new process probed the socket"
+            );
+        } else {
+            drop(listener);
+            std::fs::remove_file(&fake).unwrap();
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(p.running(), "{}", p.log());
+            assert_eq!(get_once(addr(web), "/").await, Ok((200, "app".to_string())));
+            p.signal("-TERM");
+            assert!(p.exited_within(Duration::from_secs(15)).await.success());
+            break;
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }
