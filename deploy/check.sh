@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deploy/check.sh — validates the deployment files with the tools that own their formats:
 #
-#   deploy/systemd/*.service   systemd-analyze verify (every unit; warnings count as failures),
+#   deploy/systemd/*.service   systemd-analyze verify (every unit, and switchyard.socket; warnings
+#                              count as failures),
 #                              the directives switchyard.service must have, its exposure score
 #                              (systemd-analyze security --offline), and `switchyard check` on
 #                              the config its ExecStartPre validates
@@ -130,7 +131,7 @@ units=$TMP/units
 mkdir -p "$units" "$TMP/bin"
 ln -s "$(realpath "$BIN")" "$TMP/bin/switchyard"
 verify_args=()
-for f in deploy/systemd/*.service; do
+for f in deploy/systemd/*.service deploy/systemd/*.socket; do
     name=$(basename "$f")
     sed "s#/usr/bin/switchyard#$TMP/bin/switchyard#g" "$f" >"$units/$name"
     if [[ $name == *@.service ]]; then
@@ -158,7 +159,8 @@ missing=()
 for want in \
     'ExecStartPre=/usr/bin/switchyard check -c /etc/switchyard/switchyard.toml' \
     'ExecStart=/usr/bin/switchyard run -c /etc/switchyard/switchyard.toml' \
-    'ExecReload=/bin/kill -HUP $MAINPID' \
+    'ExecReload=/bin/kill -HUP $MAINPID' 'Type=notify' 'Sockets=switchyard.socket' \
+    'RuntimeDirectory=switchyard' \
     'KillSignal=SIGTERM' 'TimeoutStopSec=35' 'Restart=on-failure' 'LimitNOFILE=1048576' \
     'StateDirectory=switchyard' 'DynamicUser=yes' 'NoNewPrivileges=yes' 'ProtectSystem=strict' \
     'ProtectHome=yes' 'PrivateTmp=yes' 'CapabilityBoundingSet=CAP_NET_BIND_SERVICE' \

@@ -3,7 +3,8 @@
 //! [`run`] wires the parts together and owns the lifecycle: it starts discovery, health checks,
 //! the admin server and one accept loop per frontend on listeners the caller bound (so tests can
 //! bind port 0), applies config reloads, and on cancellation stops accepting, drains in-flight
-//! requests for up to the shutdown grace period, and returns.
+//! requests for up to the shutdown grace period, and returns. Started by a takeover
+//! (`takeover.rs`), it serves on inherited sockets, and hands its own over when asked.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod snapshot;
 pub mod sni;
 pub mod split;
 pub mod stats;
+pub mod takeover;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
@@ -35,11 +37,12 @@ pub mod value;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -74,6 +77,41 @@ impl Listeners {
         Ok(Listeners { admin, frontends })
     }
 
+    /// Like [`Listeners::bind`], but first takes each listener from `inherited` (a takeover's
+    /// or systemd's sockets, see `takeover::take`); what is left there is closed.
+    pub async fn bind_with(
+        cfg: &Config,
+        mut inherited: Vec<takeover::Inherited>,
+    ) -> std::io::Result<Listeners> {
+        let named = |what: String| {
+            move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+        };
+        let admin = match takeover::take(&mut inherited, true, takeover::ADMIN, cfg.admin_listen) {
+            Some(l) => adopt(l).map_err(named("admin.listen".to_string()))?,
+            None => bind(cfg.admin_listen)
+                .await
+                .map_err(named("admin.listen".to_string()))?,
+        };
+        let mut frontends = Vec::with_capacity(cfg.frontends.len());
+        for f in &cfg.frontends {
+            let l = match takeover::take(&mut inherited, false, &f.name, f.bind) {
+                Some(l) => {
+                    info!(frontend = %f.name, bind = %f.bind, "listening socket inherited");
+                    adopt(l)
+                }
+                None => bind(f.bind).await,
+            };
+            frontends.push((
+                f.name.clone(),
+                l.map_err(named(format!("frontend {:?}", f.name)))?,
+            ));
+        }
+        for i in inherited {
+            info!(name = %i.name, bind = %i.bind, "inherited listening socket not in the configuration; closed");
+        }
+        Ok(Listeners { admin, frontends })
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
             .local_addr()
@@ -84,6 +122,12 @@ impl Listeners {
         let (_, l) = self.frontends.iter().find(|(n, _)| n == name)?;
         l.local_addr().ok()
     }
+}
+
+/// An inherited listening socket, on this runtime.
+fn adopt(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }
 
 async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -157,9 +201,34 @@ struct Runtime {
     /// With `work_stealing = false`: the other threads' runtimes, each of which accepts on every
     /// frontend too and serves the connections it accepted.
     workers: Vec<tokio::runtime::Handle>,
+    /// The admin listener (a duplicate: the admin server owns it) and the address it was bound
+    /// for, to hand over in a takeover. Closed when the drain begins.
+    admin_listener: Option<(SocketAddr, OwnedFd)>,
 }
 
 impl Runtime {
+    /// Duplicates of the listening sockets in use, for a takeover.
+    fn handed(&self) -> std::io::Result<Vec<takeover::Handed>> {
+        let mut handed = Vec::with_capacity(self.frontends.len() + 1);
+        if let Some((bind, fd)) = &self.admin_listener {
+            handed.push(takeover::Handed {
+                admin: true,
+                name: takeover::ADMIN.to_string(),
+                bind: *bind,
+                fd: fd.try_clone()?,
+            });
+        }
+        for (name, t) in &self.frontends {
+            handed.push(takeover::Handed {
+                admin: false,
+                name: name.clone(),
+                bind: t.config.bind,
+                fd: t.listener.as_fd().try_clone_to_owned()?,
+            });
+        }
+        Ok(handed)
+    }
+
     fn start_discovery(&mut self) {
         self.discovery_cancel = self.cancel.child_token();
         let status = discovery::spawn(
@@ -358,19 +427,39 @@ pub async fn run(
     cancel: CancellationToken,
     reloads: mpsc::Receiver<Config>,
 ) -> anyhow::Result<()> {
-    run_with_workers(config, listeners, cancel, reloads, Vec::new()).await
+    run_with(config, listeners, cancel, reloads, Control::default()).await
 }
 
-/// [`run`], with the connections also accepted and served on `workers`: the runtimes of other
-/// threads (`work_stealing = false`: one current-thread runtime per thread). Everything else,
-/// discovery, health checks, the admin server, runs on the caller's runtime.
-pub async fn run_with_workers(
+/// What the binary adds to [`run`]: takeovers, word once it serves, and the threads of
+/// `work_stealing = false`.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Requests from the upgrade socket (`takeover::serve`).
+    pub takeovers: Option<mpsc::Receiver<takeover::Request>>,
+    /// Told once every accept loop is started.
+    pub serving: Option<oneshot::Sender<()>>,
+    /// The runtimes of other threads (`work_stealing = false`: one current-thread runtime per
+    /// thread), each of which accepts on every frontend too and serves what it accepted.
+    /// Everything else, discovery, health checks, the admin server, runs on the caller's.
+    pub workers: Vec<tokio::runtime::Handle>,
+}
+
+/// [`run`], answering takeover requests: after `takeover::Request::Stop` it stops accepting
+/// and drains as on `cancel`, but as a handoff (`Signal::fire_handoff`).
+pub async fn run_with(
     config: Config,
     listeners: Listeners,
     cancel: CancellationToken,
     mut reloads: mpsc::Receiver<Config>,
-    workers: Vec<tokio::runtime::Handle>,
+    control: Control,
 ) -> anyhow::Result<()> {
+    let Control {
+        takeovers,
+        serving,
+        workers,
+    } = control;
+    // A closed channel when there is no upgrade socket: its branch below is then disabled.
+    let mut takeovers = takeovers.unwrap_or_else(|| mpsc::channel(1).1);
     // The recorder first: anything recorded before it is installed is lost.
     let metrics = crate::metrics::handle();
     crate::metrics::config_loaded(true);
@@ -391,7 +480,12 @@ pub async fn run_with_workers(
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
         workers,
+        admin_listener: None,
     };
+    rt.admin_listener = Some((
+        config.admin_listen,
+        listeners.admin.as_fd().try_clone_to_owned()?,
+    ));
     rt.start_discovery();
     let (admin_reload_tx, mut admin_reloads) = mpsc::channel::<admin::ReloadRequest>(1);
     let admin = admin::Admin {
@@ -441,9 +535,25 @@ pub async fn run_with_workers(
             .ok_or_else(|| anyhow::anyhow!("listener for unknown frontend {name:?}"))?;
         rt.start_frontend(f, Arc::new(listener));
     }
+    if let Some(serving) = serving {
+        let _ = serving.send(());
+    }
+    let mut handoff = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(req) = takeovers.recv(), if !takeovers.is_closed() => match req {
+                takeover::Request::Listeners(reply) => {
+                    let _ = reply.send(rt.handed());
+                }
+                takeover::Request::Stop(reply) => {
+                    info!("taken over: another process accepts on these sockets now");
+                    handoff = true;
+                    cancel.cancel();
+                    let _ = reply.send(());
+                    break;
+                }
+            },
             // `None`: nobody can send SIGHUP reloads any more; the admin API still can.
             next = reloads.recv(), if !reloads.is_closed() => if let Some(new) = next {
                 let _ = rt.reload(new).await;
@@ -460,7 +570,12 @@ pub async fn run_with_workers(
     // Close the listening sockets (once their accept loops let go of them too), so that new
     // clients are refused at once instead of queueing in a backlog nobody accepts from.
     rt.frontends.clear();
-    rt.conn_shutdown.fire();
+    rt.admin_listener = None;
+    if handoff {
+        rt.conn_shutdown.fire_handoff();
+    } else {
+        rt.conn_shutdown.fire();
+    }
     rt.tracker.close();
     if tokio::time::timeout(rt.config.shutdown_grace, rt.tracker.wait())
         .await

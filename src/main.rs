@@ -1,5 +1,5 @@
-//! The `switchyard` binary: the command line (`run`, `check`, `register`), logging, signals and
-//! exit codes.
+//! The `switchyard` binary: the command line (`run`, `check`, `register`), logging, signals,
+//! the upgrade socket and systemd notifications, and exit codes.
 //! Exit codes: 0 success, 1 invalid configuration or arguments, 2 runtime failure.
 
 use std::path::PathBuf;
@@ -28,6 +28,10 @@ enum Command {
     Run {
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
+        /// Take the listening sockets over from the Switchyard listening on this upgrade
+        /// socket, serve, then tell it to stop accepting and drain (a zero-downtime upgrade).
+        #[arg(long, value_name = "SOCKET")]
+        takeover: Option<PathBuf>,
     },
     /// Validate a configuration file and exit.
     Check {
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config } => run(config),
+        Command::Run { config, takeover } => run(config, takeover),
         Command::Register(args) => match args.validate() {
             Ok(cfg) => {
                 init_logging();
@@ -149,7 +153,7 @@ fn init_logging() {
         .init();
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
     init_logging();
     let config = match load(&path) {
         Ok(c) => c,
@@ -159,6 +163,19 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     warn_unused(&config);
+    // Before any other thread exists: taking systemd's sockets unsets LISTEN_FDS and LISTEN_PID.
+    // A takeover inherits the running process's sockets instead.
+    let systemd = if takeover.is_some() {
+        Vec::new()
+    } else {
+        match switchyard::takeover::from_systemd() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     // One thread: tokio's current-thread scheduler, which skips the work-stealing machinery
     // (about 9% fewer instructions per request in tcp mode). More: one worker per thread, or
     // with `work_stealing = false` one current-thread runtime per thread.
@@ -193,10 +210,27 @@ fn run(path: PathBuf) -> ExitCode {
     };
     let handles = workers.handles.clone();
     rt.block_on(async move {
-        let listeners = match switchyard::Listeners::bind(&config).await {
+        let (inherited, handoff) = match &takeover {
+            None => (systemd, None),
+            Some(socket) => match switchyard::takeover::connect(socket).await {
+                Ok((t, inherited)) => {
+                    info!(socket = %socket.display(), sockets = inherited.len(), "takeover: listening sockets received");
+                    (inherited, Some((t, socket.clone())))
+                }
+                Err(e) => {
+                    error!("takeover through {}: {e}; the running process keeps serving", socket.display());
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let listeners = match switchyard::Listeners::bind_with(&config, inherited).await {
             Ok(l) => l,
             Err(e) => {
-                error!("{e}");
+                if handoff.is_some() {
+                    error!("takeover: {e}; the running process keeps serving");
+                } else {
+                    error!("{e}");
+                }
                 return ExitCode::from(2);
             }
         };
@@ -206,7 +240,23 @@ fn run(path: PathBuf) -> ExitCode {
             error!("cannot install signal handlers: {e}");
             return ExitCode::from(2);
         }
-        match switchyard::run_with_workers(config, listeners, cancel, reload_rx, handles).await {
+        let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
+        let (takeover_tx, takeover_rx) = tokio::sync::mpsc::channel(1);
+        let started = tokio::spawn(once_serving(
+            serving_rx,
+            handoff,
+            config.upgrade_socket.clone(),
+            takeover_tx,
+            cancel.clone(),
+        ));
+        let control = switchyard::Control {
+            takeovers: Some(takeover_rx),
+            serving: Some(serving_tx),
+            workers: handles,
+        };
+        match switchyard::run_with(config, listeners, cancel, reload_rx, control).await {
+            // A takeover the old process did not finish: it kept serving, this one stopped.
+            Ok(()) if matches!(started.await, Ok(Err(()))) => ExitCode::from(2),
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");
@@ -255,6 +305,68 @@ impl Drop for Workers {
             let _ = t.join();
         }
     }
+}
+
+/// Once `run` serves: ends the takeover that started this process (the old one stops and lets
+/// go of the upgrade socket), listens on the upgrade socket for the next one, and tells systemd
+/// (`READY=1`; `STOPPING=1` when the drain begins). `Err` when the old process did not confirm
+/// its stop and still listens on the upgrade socket: it keeps serving (it gives the socket up
+/// as it stops), so this one drains and exits.
+async fn once_serving(
+    serving: tokio::sync::oneshot::Receiver<()>,
+    handoff: Option<(switchyard::takeover::Takeover, PathBuf)>,
+    upgrade_socket: PathBuf,
+    takeovers: tokio::sync::mpsc::Sender<switchyard::takeover::Request>,
+    cancel: CancellationToken,
+) -> Result<(), ()> {
+    use sd_notify::NotifyState;
+    if serving.await.is_err() {
+        return Ok(());
+    }
+    let taken_over = handoff.is_some();
+    if let Some((t, old_socket)) = handoff {
+        match t.serving().await {
+            Ok(()) => info!("takeover done: the old process stopped accepting and drains"),
+            Err(e) if tokio::net::UnixStream::connect(&old_socket).await.is_ok() => {
+                error!(
+                    "takeover: the old process did not confirm its stop ({e}) and still listens; it keeps serving, this process stops"
+                );
+                cancel.cancel();
+                return Err(());
+            }
+            Err(e) => {
+                warn!("takeover: the old process did not confirm its stop ({e}), but it is gone")
+            }
+        }
+    }
+    // NOTE: read at start; a reload that changes `upgrade_socket` needs a restart.
+    match switchyard::takeover::UpgradeSocket::bind(&upgrade_socket).await {
+        Ok(Some(socket)) => {
+            tokio::spawn(switchyard::takeover::serve(
+                socket,
+                takeovers,
+                cancel.clone(),
+            ));
+        }
+        Ok(None) => warn!(path = %upgrade_socket.display(),
+            "another process listens on global.upgrade_socket; this one cannot be taken over"),
+        Err(e) => warn!(path = %upgrade_socket.display(), error = %e,
+            "cannot listen on global.upgrade_socket; this process cannot be taken over"),
+    }
+    // After a takeover this process is the service's main one (systemd needs NotifyAccess=all
+    // to accept that from it).
+    let pid = std::process::id();
+    let states: &[NotifyState] = if taken_over {
+        &[NotifyState::MainPid(pid), NotifyState::Ready]
+    } else {
+        &[NotifyState::Ready]
+    };
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+    cancel.cancelled().await;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    Ok(())
 }
 
 /// SIGTERM/SIGINT cancel; SIGHUP re-reads the config and hands a valid one to `run`.

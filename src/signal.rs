@@ -8,6 +8,11 @@
 //! instead was still an allocation and both locks per client connection (about 700
 //! instructions, 2% of a one-request connection). A [`Watch`] puts its waker in the signal's
 //! slab once per waker, under one uncontended lock, and otherwise only reads the atomic flag.
+//!
+//! A shutdown signal may be fired as a handoff ([`Signal::fire_handoff`]): another process now
+//! accepts on the same listening sockets (a takeover, `takeover.rs`), so a connection that
+//! waits for a request answers one more, with a close, instead of closing under a client that
+//! may be sending it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +29,8 @@ pub struct Signal(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     fired: AtomicBool,
+    /// Set before `fired` by `fire_handoff`.
+    handoff: AtomicBool,
     /// The wakers of the watches that wait, each under the key its watch holds. Drained when
     /// the signal fires; nothing is added after that.
     waiting: Mutex<Slab<Waker>>,
@@ -46,6 +53,17 @@ impl Signal {
 
     pub fn is_fired(&self) -> bool {
         self.0.fired.load(Ordering::Acquire)
+    }
+
+    /// Fires the signal as a handoff: another process serves the same sockets from now on.
+    pub fn fire_handoff(&self) {
+        self.0.handoff.store(true, Ordering::Release);
+        self.fire();
+    }
+
+    /// Whether the signal fired as a handoff.
+    pub fn is_handoff(&self) -> bool {
+        self.0.handoff.load(Ordering::Acquire)
     }
 
     /// A future that resolves once the signal fires.
@@ -88,6 +106,11 @@ impl Watch {
     /// Whether the signal fired, without registering for a wake-up.
     pub fn is_fired(&self) -> bool {
         self.signal.is_fired()
+    }
+
+    /// Whether the signal fired as a handoff (`Signal::fire_handoff`).
+    pub fn is_handoff(&self) -> bool {
+        self.signal.is_handoff()
     }
 
     /// Whether the signal fired; if not, the task of `cx` is woken when it does.
@@ -186,6 +209,21 @@ mod tests {
             .await
             .expect("the new task was woken")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_handoff_fires_and_says_so() {
+        let s = Signal::new();
+        let w = s.watch();
+        assert!(!w.is_handoff());
+        s.fire_handoff();
+        assert!(w.is_fired() && w.is_handoff());
+        tokio::time::timeout(Duration::from_millis(1), w)
+            .await
+            .expect("fired");
+        let plain = Signal::new();
+        plain.fire();
+        assert!(!plain.is_handoff());
     }
 
     #[tokio::test]

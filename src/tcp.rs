@@ -77,7 +77,7 @@ use crate::upstream::UpstreamIo;
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker`. A
 /// connection still setting up (PROXY header, TLS handshake, connecting) is dropped when
-/// `shutdown` fires; an established relay runs until it ends on its own.
+/// `shutdown` fires, unless as a handoff; an established relay runs until it ends on its own.
 pub(crate) async fn serve(
     listener: Arc<TcpListener>,
     fe: TcpFrontend,
@@ -108,15 +108,27 @@ pub(crate) async fn serve(
                     p.record().connections = Some(fe.stats.connections());
                     p
                 });
-                let ready = tokio::select! {
-                    r = setup(&fe, stream, peer, &mut log) => r,
-                    _ = shutdown.watch() => {
-                        debug!(client = %peer, "shutdown before the relay started; closing");
-                        if let Some(p) = log {
-                            p.discard();
-                        }
-                        return;
+                let ready = {
+                    let mut stop = shutdown.watch();
+                    let setting_up = setup(&fe, stream, peer, &mut log);
+                    tokio::pin!(setting_up);
+                    tokio::select! {
+                        r = &mut setting_up => Some(r),
+                        // After a handoff the relay still starts: the client connected
+                        // before the other process took over.
+                        _ = &mut stop => if shutdown.is_handoff() {
+                            Some(setting_up.await)
+                        } else {
+                            None
+                        },
                     }
+                };
+                let Some(ready) = ready else {
+                    debug!(client = %peer, "shutdown before the relay started; closing");
+                    if let Some(p) = log {
+                        p.discard();
+                    }
+                    return;
                 };
                 if let Some((client, client_addr, upstream)) = ready {
                     relay(&fe, client, client_addr, upstream, log).await;

@@ -37,6 +37,7 @@ pub(super) struct FileGlobal {
     pub(super) shutdown_grace: Option<Duration>,
     pub(super) threads: Option<usize>,
     pub(super) work_stealing: Option<bool>,
+    pub(super) upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

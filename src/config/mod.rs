@@ -257,6 +257,8 @@ pub struct Config {
     /// `false`: one current-thread runtime per thread, each accepting on every listener and
     /// serving what it accepted (pingora's `work_stealing = false`). Read at start only.
     pub work_stealing: bool,
+    /// The Unix socket a running process listens on for a takeover (`takeover.rs`).
+    pub upgrade_socket: PathBuf,
     pub admin_listen: SocketAddr,
     /// Bearer token required by the admin API's write endpoints and `/api/v1/config`.
     pub admin_token: Option<String>,
@@ -1170,5 +1172,29 @@ servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
             "{}",
             err(&with("0"))
         );
+    }
+    #[test]
+    fn upgrade_socket_has_a_default_and_is_checked() {
+        let with = |global: &str| {
+            format!(
+                "[global]\n{global}\n[[frontend]]\nname = \"f\"\nbind = \"127.0.0.1:0\"\n\
+                 backend = \"b\"\n[[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:1\"]\n"
+            )
+        };
+        assert_eq!(
+            Config::from_toml(&with("")).unwrap().upgrade_socket,
+            PathBuf::from(DEFAULT_UPGRADE_SOCKET)
+        );
+        assert_eq!(
+            Config::from_toml(&with("upgrade_socket = \"/tmp/sy/u.sock\""))
+                .unwrap()
+                .upgrade_socket,
+            PathBuf::from("/tmp/sy/u.sock")
+        );
+        let long = format!("upgrade_socket = \"/{}\"", "x".repeat(120));
+        for bad in ["upgrade_socket = \"\"", long.as_str()] {
+            let e = err(&with(bad));
+            assert!(e.contains("global.upgrade_socket"), "{bad}: {e}");
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::defaults::*;
@@ -22,6 +23,9 @@ use super::{
 
 /// `[global] threads` above this is refused.
 const MAX_THREADS: usize = 1024;
+/// `[global] upgrade_socket` longer than this cannot be a Unix socket's address (`sun_path` is
+/// 108 bytes with its terminating NUL).
+const MAX_UNIX_PATH: usize = 107;
 /// `[admin] token` shorter than this is refused.
 const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// `[[frontend]] max_header_size` below this is refused.
@@ -123,7 +127,12 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     errs.take(log(&file.log));
     match (global, admin, etcd, service_trees) {
         (
-            Some((shutdown_grace, threads, work_stealing)),
+            Some(Global {
+                shutdown_grace,
+                threads,
+                work_stealing,
+                upgrade_socket,
+            }),
             Some((admin_listen, admin_token)),
             etcd,
             Some(trees),
@@ -131,6 +140,7 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             shutdown_grace,
             threads,
             work_stealing,
+            upgrade_socket,
             admin_listen,
             admin_token,
             path: None,
@@ -167,7 +177,15 @@ fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [global], [admin], [log]
 
-fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool), ConfigError> {
+/// `[global]`, validated.
+struct Global {
+    shutdown_grace: Duration,
+    threads: Option<usize>,
+    work_stealing: bool,
+    upgrade_socket: PathBuf,
+}
+
+fn global(g: FileGlobal) -> Result<Global, ConfigError> {
     let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
         return Err(invalid(
@@ -175,11 +193,24 @@ fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool), ConfigError>
             format!("must be between 1 and {MAX_THREADS}"),
         ));
     }
-    Ok((
+    let upgrade_socket = g
+        .upgrade_socket
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCKET));
+    if upgrade_socket.as_os_str().is_empty() {
+        return Err(invalid("global.upgrade_socket", "must not be empty"));
+    }
+    if upgrade_socket.as_os_str().len() > MAX_UNIX_PATH {
+        return Err(invalid(
+            "global.upgrade_socket",
+            format!("a Unix socket path has at most {MAX_UNIX_PATH} bytes"),
+        ));
+    }
+    Ok(Global {
         shutdown_grace,
-        g.threads,
-        g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
-    ))
+        threads: g.threads,
+        work_stealing: g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
+        upgrade_socket,
+    })
 }
 
 fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {

@@ -336,9 +336,15 @@ pub(crate) async fn accept(
 ) {
     // One watch for the connection's whole life: each new one allocates and registers.
     let mut stop = shutdown.watch();
-    let ready = tokio::select! {
-        r = setup(&fe, stream, peer) => r,
-        _ = &mut stop => return,
+    let ready = {
+        let setting_up = setup(&fe, stream, peer);
+        tokio::pin!(setting_up);
+        tokio::select! {
+            r = &mut setting_up => r,
+            // After a handoff the client is still answered once (with a close): it connected
+            // before the other process took over and may be sending its request.
+            _ = &mut stop => if stop.is_handoff() { setting_up.await } else { return },
+        }
     };
     let Some(Accepted { io, client, local }) = ready else {
         return;
@@ -434,16 +440,22 @@ pub(crate) async fn serve_conn(
     );
     let h2 = match alpn_h2 {
         Some(h2) => h2,
-        None => tokio::select! {
-            r = io.sniff_h2() => match r {
+        None => {
+            let sniffing = io.sniff_h2();
+            tokio::pin!(sniffing);
+            let sniffed = tokio::select! {
+                r = &mut sniffing => r,
+                // After a handoff, as in `accept`: the request is still read and answered.
+                _ = &mut *stop => if stop.is_handoff() { sniffing.await } else { return },
+            };
+            match sniffed {
                 Ok(h2) => h2,
                 Err(e) => {
                     debug!(client = %client, error = %e, "client connection ended before a request");
                     return;
                 }
-            },
-            _ = &mut *stop => return,
-        },
+            }
+        }
     };
     if !h2 {
         let first = io.take_sniffed();

@@ -54,6 +54,13 @@ const OUT_START: usize = 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// After a handoff (`Signal::fire_handoff`): how long a connection that waits for a request
+/// keeps waiting for one more, to answer it with `Connection: close`. A client that has just
+/// read a response may be sending its next request on the connection; closing under it would
+/// fail that request, where another process now serves the reconnect. (HAProxy's
+/// `idle-close-on-response` does the same.) A client idle for longer is closed.
+const LAST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// After an answer sent before the request body was all read: how long, and how many bytes,
 /// the rest of the body is read and dropped before the close (nginx's `lingering_time` is
 /// 30 s; a client that saw the answer and its `Connection: close` stops well before this).
@@ -250,6 +257,8 @@ where
     // Each request's future runs in this one slot on the heap. Inline, its several KiB would
     // make the connection's future that much larger, and that is copied whole when spawned.
     let mut slot = Box::pin(None);
+    // Waiting for one last request after a handoff (`LAST_REQUEST_WAIT`).
+    let mut last_call = false;
     loop {
         // The next request head. Until its first byte (empty lines count) the idle clock runs,
         // and `stop` closes the connection; from then, the header clock. The clock is moved
@@ -276,7 +285,7 @@ where
                 if let Poll::Ready(r) = reader.poll_fill(cx) {
                     return Poll::Ready(Wait::Read(r));
                 }
-                if idle && stop.poll_fired(cx) {
+                if idle && !last_call && stop.poll_fired(cx) {
                     return Poll::Ready(Wait::Stop);
                 }
                 if clock.poll_expired(cx) {
@@ -285,7 +294,13 @@ where
                 Poll::Pending
             });
             match read.await {
-                Wait::Read(Ok(0) | Err(_)) | Wait::Stop => return None,
+                Wait::Read(Ok(0) | Err(_)) => return None,
+                Wait::Stop if stop.is_handoff() => {
+                    last_call = true;
+                    closing = true;
+                    clock.set(LAST_REQUEST_WAIT);
+                }
+                Wait::Stop => return None,
                 Wait::Read(Ok(_)) => begun = true,
                 Wait::Expired if begun => {
                     let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
