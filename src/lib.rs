@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod balancer;
 pub mod config;
@@ -115,6 +116,8 @@ struct Runtime {
     access_log: Option<access_log::AccessLog>,
     /// The frontends' counters, by name, for the admin API.
     stats: Arc<stats::Registry>,
+    /// Certificates ordered through ACME and their challenges (`[frontend.tls.acme]`).
+    acme: Arc<acme::Acme>,
 }
 
 impl Runtime {
@@ -137,6 +140,7 @@ impl Runtime {
                     self.publisher.shared(),
                     self.access_log.clone(),
                     self.stats.frontend(&config.name),
+                    Arc::clone(&self.acme),
                 ) {
                     Ok(fe) => {
                         tokio::spawn(crate::http::serve(
@@ -158,6 +162,7 @@ impl Runtime {
                     self.publisher.shared(),
                     self.access_log.clone(),
                     self.stats.frontend(&config.name),
+                    &self.acme.certs,
                 ) {
                     Ok(fe) => {
                         tokio::spawn(tcp::serve(
@@ -249,7 +254,20 @@ impl Runtime {
             )
         };
         let restart_discovery = watched(&new) != watched(&self.config);
+        let acme_of = |c: &Config| {
+            (
+                c.etcd.clone(),
+                c.frontends
+                    .iter()
+                    .map(|f| f.acme.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let restart_acme = acme_of(&new) != acme_of(&self.config);
         self.config = new.clone();
+        if restart_acme {
+            self.acme.start(&self.config, &self.cancel);
+        }
         if restart_discovery {
             self.discovery_cancel.cancel();
             self.start_discovery();
@@ -332,8 +350,10 @@ pub async fn run(
         tracker: TaskTracker::new(),
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
+        acme: Arc::new(acme::Acme::default()),
     };
     rt.start_discovery();
+    rt.acme.start(&config, &cancel);
     let (admin_reload_tx, mut admin_reloads) = mpsc::channel::<admin::ReloadRequest>(1);
     let admin = admin::Admin {
         shared: publisher.shared(),
@@ -343,6 +363,7 @@ pub async fn run(
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
         stats,
+        acme: Arc::clone(&rt.acme),
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.
