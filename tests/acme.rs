@@ -1,0 +1,470 @@
+//! Automatic certificates against a real ACME server: Debian's `pebble` (with
+//! `pebble-challtestsrv` as its DNS, every name resolving to 127.0.0.1), a real etcd, and two
+//! Switchyard instances sharing it. Pebble validates for real (no PEBBLE_VA_ALWAYS_VALID): its
+//! tls-alpn-01 or http-01 check reaches the first instance's frontend port, whichever
+//! instance ordered. Everything listens on loopback ports picked at run time.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::pki::Pki;
+use support::{Etcd, Lb, free_port, metric, wait_until};
+use tokio::net::TcpStream;
+
+const DOMAIN: &str = "shop.acme.test";
+
+/// Switchyard's logs in the test output (`RUST_LOG=switchyard=debug`), for a failure's story.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// pebble and pebble-challtestsrv, killed by PID on drop.
+struct Pebble {
+    pebble: Child,
+    chall: Child,
+    dir: PathBuf,
+    port: u16,
+    mgmt: u16,
+    pki: Pki,
+}
+
+fn require(bin: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()));
+    assert!(
+        found,
+        "{bin} not found: install the Debian package `pebble`"
+    );
+}
+
+impl Pebble {
+    /// Starts the DNS stub and pebble: validation connects to `http_port` (http-01) and
+    /// `tls_port` (tls-alpn-01); certificates last `validity`.
+    async fn start(http_port: u16, tls_port: u16, validity: Duration) -> Pebble {
+        require("pebble");
+        require("pebble-challtestsrv");
+        let pki = Pki::new("pebble");
+        let leaf = pki.leaf("pebble", &["127.0.0.1", "localhost"]);
+        let dir = pki.dir().to_path_buf();
+        let (port, mgmt, dns, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let chall = Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("challtestsrv.log")).unwrap())
+            .spawn()
+            .expect("spawn pebble-challtestsrv");
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": leaf.cert,
+            "privateKey": leaf.key,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity.as_secs(),
+        }});
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(dir.join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn pebble");
+        let p = Pebble {
+            pebble,
+            chall,
+            dir,
+            port,
+            mgmt,
+            pki,
+        };
+        let client = p.client();
+        let url = p.directory();
+        wait_until(
+            "pebble's directory answers",
+            Duration::from_secs(20),
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                }
+            },
+        )
+        .await;
+        p
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_preconfigured_tls((*self.pki.client(&[])).clone())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
+    /// The root pebble issues under (its management interface's `/roots/0`).
+    async fn root(&self) -> CertificateDer<'static> {
+        let pem = self
+            .client()
+            .get(format!("https://127.0.0.1:{}/roots/0", self.mgmt))
+            .send()
+            .await
+            .expect("pebble /roots/0")
+            .text()
+            .await
+            .unwrap();
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM root")
+    }
+
+    fn stop(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = self.chall.kill();
+        let _ = self.chall.wait();
+    }
+}
+
+/// One instance's config: an https frontend on `tls_bind` ordering `DOMAIN` from pebble with
+/// `challenge`, and a plain http frontend on `http_bind`.
+fn config(
+    etcd: &Etcd,
+    pebble: &Pebble,
+    tls_bind: u16,
+    http_bind: u16,
+    challenge: &str,
+    renew_before: &str,
+) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[etcd]
+endpoints = ["{etcd}"]
+api = "v3"
+
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:{tls_bind}"
+backend = "app"
+[frontend.tls]
+[frontend.tls.acme]
+directory = "{dir}"
+email = "ops@acme.test"
+domains = ["{DOMAIN}"]
+challenge = "{challenge}"
+ca = "{ca}"
+renew_before = "{renew_before}"
+insecure_shared_keys = true
+
+[[frontend]]
+name = "plain"
+bind = "127.0.0.1:{http_bind}"
+backend = "app"
+
+[[backend]]
+name = "app"
+servers = ["127.0.0.1:{dead}"]
+"#,
+        etcd = etcd.url(),
+        dir = pebble.directory(),
+        ca = pebble.pki.ca_pem().display(),
+        dead = support::dead_port(),
+    )
+}
+
+/// The leaf certificate `addr` serves for `DOMAIN`, verified against `root` (`None`: the
+/// handshake failed or the chain does not verify).
+async fn served(addr: SocketAddr, root: &CertificateDer<'static>) -> Option<Vec<u8>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).ok()?;
+    let cc = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from(DOMAIN).unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(3), connector.connect(name, tcp))
+        .await
+        .ok()?
+        .ok()?;
+    let (_, conn) = tls.get_ref();
+    conn.peer_certificates()?.first().map(|c| c.to_vec())
+}
+
+/// Waits until both addresses serve the same verified leaf other than `not`; returns it.
+async fn both_serve(
+    a: SocketAddr,
+    b: SocketAddr,
+    root: &CertificateDer<'static>,
+    not: Option<&[u8]>,
+    pebble: &Pebble,
+) -> Vec<u8> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (x, y) = (served(a, root).await, served(b, root).await);
+        if let (Some(x), Some(y)) = (&x, &y)
+            && x == y
+            && Some(x.as_slice()) != not
+        {
+            return x.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "both instances serving one new certificate from pebble: a {}, b {}\npebble log:\n{}",
+            x.is_some(),
+            y.is_some(),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `(value, version)` of a key through etcd's v3 gateway (version: how many times it was put).
+async fn etcd_key(etcd: &Etcd, key: &str) -> Option<(String, u64)> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v3/kv/range", etcd.url()))
+        .json(&serde_json::json!({"key": b64.encode(key)}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kv = v["kvs"].get(0)?;
+    let value = String::from_utf8(b64.decode(kv["value"].as_str()?).ok()?).ok()?;
+    let version = kv["version"].as_str()?.parse().ok()?;
+    Some((value, version))
+}
+
+async fn certificates(lb: &Lb) -> serde_json::Value {
+    let (status, body) = support::client::get(lb.admin_addr(), "/api/v1/certificates").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn acme_entry(doc: &serde_json::Value) -> serde_json::Value {
+    doc["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["source"] == "acme")
+        .cloned()
+        .unwrap_or_else(|| panic!("no acme certificate in {doc}"))
+}
+
+/// Two instances, one etcd: exactly one order, and both serve its certificate, which chains
+/// to pebble's root; the API shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_two_instances_one_order_same_certificate() {
+    logs();
+    let etcd = Etcd::start().await;
+    let tls_a = free_port();
+    let pebble = Pebble::start(free_port(), tls_a, Duration::from_secs(90 * 24 * 3600)).await;
+    let a = Lb::start(&config(&etcd, &pebble, tls_a, 0, "tls-alpn-01", "30d")).await;
+    let b = Lb::start(&config(&etcd, &pebble, 0, 0, "tls-alpn-01", "30d")).await;
+    let root = pebble.root().await;
+    let leaf = both_serve(a.http_addr("web"), b.http_addr("web"), &root, None, &pebble).await;
+    let stored = format!("/switchyard/acme/certs/{DOMAIN}");
+    let (pem, version) = etcd_key(&etcd, &stored)
+        .await
+        .expect("certificate stored in etcd");
+    assert_eq!(version, 1, "one order stored one certificate, once");
+    assert!(pem.contains("PRIVATE KEY"), "chain and key stored together");
+    assert!(etcd_key(&etcd, "/switchyard/acme/account").await.is_some());
+    // A while later still one: neither instance ordered again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(etcd_key(&etcd, &stored).await.unwrap().1, 1);
+    for lb in [&a, &b] {
+        let c = acme_entry(&certificates(lb).await);
+        assert_eq!(c["name"], DOMAIN);
+        assert_eq!(c["names"], serde_json::json!([DOMAIN]));
+        assert!(c["issuer"].as_str().unwrap().contains("Pebble"), "{c}");
+        assert!(c["not_after"].is_string(), "{c}");
+        assert!(c["last_error"].is_null(), "{c}");
+        let text = lb.metrics().await;
+        assert!(
+            text.contains("switchyard_acme_orders_total{result=\"failed\"}"),
+            "registered at 0"
+        );
+    }
+    // The lock went with its lease once the order was done.
+    assert!(etcd_key(&etcd, "/switchyard/acme/lock").await.is_none());
+    assert!(!leaf.is_empty());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Short-lived certificates are renewed (a third into their life, since renew_before is longer)
+/// and both instances switch to the new one; with pebble gone, the renewal fails, the error is
+/// reported (API, metric) and the current certificate stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_reaches_both_and_an_unreachable_server_keeps_the_certificate() {
+    logs();
+    let etcd = Etcd::start().await;
+    let tls_a = free_port();
+    let mut pebble = Pebble::start(free_port(), tls_a, Duration::from_secs(45)).await;
+    let a = Lb::start(&config(&etcd, &pebble, tls_a, 0, "tls-alpn-01", "30d")).await;
+    let b = Lb::start(&config(&etcd, &pebble, 0, 0, "tls-alpn-01", "30d")).await;
+    let root = pebble.root().await;
+    let (fa, fb) = (a.http_addr("web"), b.http_addr("web"));
+    let first = both_serve(fa, fb, &root, None, &pebble).await;
+    let second = both_serve(fa, fb, &root, Some(&first), &pebble).await;
+    assert_ne!(first, second);
+    pebble.stop();
+    wait_until(
+        "an instance reports the failed renewal",
+        Duration::from_secs(40),
+        || {
+            let (a, b) = (&a, &b);
+            async move {
+                for lb in [a, b] {
+                    if !acme_entry(&certificates(lb).await)["last_error"].is_null() {
+                        return true;
+                    }
+                }
+                false
+            }
+        },
+    )
+    .await;
+    let text = a.metrics().await;
+    assert!(
+        metric(&text, "switchyard_acme_orders_total{result=\"failed\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "switchyard_acme_orders_total{result=\"valid\"}") >= 2.0,
+        "{text}"
+    );
+    let reported = [
+        acme_entry(&certificates(&a).await),
+        acme_entry(&certificates(&b).await),
+    ];
+    let failed = reported
+        .iter()
+        .find(|c| !c["last_error"].is_null())
+        .unwrap();
+    assert!(failed["next_attempt"].is_string(), "{failed}");
+    // Still served, by both: the last certificate issued.
+    assert_eq!(served(fa, &root).await.as_deref(), Some(second.as_slice()));
+    assert_eq!(served(fb, &root).await.as_deref(), Some(second.as_slice()));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// http-01: pebble asks the first instance's plain http frontend for the token, which whoever
+/// ordered stored in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_is_answered_from_etcd_on_the_plain_frontend() {
+    logs();
+    let etcd = Etcd::start().await;
+    let http_a = free_port();
+    let pebble = Pebble::start(http_a, free_port(), Duration::from_secs(90 * 24 * 3600)).await;
+    let a = Lb::start(&config(&etcd, &pebble, 0, http_a, "http-01", "30d")).await;
+    let b = Lb::start(&config(&etcd, &pebble, 0, 0, "http-01", "30d")).await;
+    let root = pebble.root().await;
+    both_serve(a.http_addr("web"), b.http_addr("web"), &root, None, &pebble).await;
+    assert_eq!(
+        etcd_key(&etcd, &format!("/switchyard/acme/certs/{DOMAIN}"))
+            .await
+            .unwrap()
+            .1,
+        1
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// An ACME config whose etcd has no authentication is refused by `check`, naming the key,
+/// unless insecure_shared_keys says so on purpose.
+#[test]
+fn check_refuses_acme_without_etcd_auth() {
+    let dir = std::env::temp_dir().join(format!("switchyard-acme-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = r#"
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+
+[[frontend]]
+name = "web"
+bind = "127.0.0.1:8443"
+backend = "app"
+[frontend.tls]
+[frontend.tls.acme]
+domains = ["shop.example.com"]
+"#;
+    let tail = "\n[[backend]]\nname = \"app\"\nservers = [\"127.0.0.1:9000\"]\n";
+    let run = |text: &str| {
+        let path = dir.join("switchyard.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = run(&format!("{base}{tail}"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("frontend \"web\".tls.acme.insecure_shared_keys")
+            && text.contains("etcd.username"),
+        "{text}"
+    );
+    let (code, text) = run(&format!("{base}insecure_shared_keys = true\n{tail}"));
+    assert_eq!(code, Some(0), "{text}");
+    let with_auth = base.replace(
+        "endpoints = [\"http://127.0.0.1:2379\"]",
+        "endpoints = [\"http://127.0.0.1:2379\"]\nusername = \"sy\"\npassword = \"secret\"",
+    );
+    let (code, text) = run(&format!("{with_auth}{tail}"));
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
