@@ -466,5 +466,16 @@ domains = ["shop.example.com"]
     );
     let (code, text) = run(&format!("{with_auth}{tail}"));
     assert_eq!(code, Some(0), "{text}");
+    // The shipped example passes.
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c", "config/acme.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
