@@ -258,21 +258,47 @@ async fn both_serve(
 
 /// `(value, version)` of a key through etcd's v3 gateway (version: how many times it was put).
 async fn etcd_key(etcd: &Etcd, key: &str) -> Option<(String, u64)> {
+    etcd_key_as(etcd, key, None).await
+}
+
+/// `etcd_key` with an auth token.
+async fn etcd_key_as(etcd: &Etcd, key: &str, token: Option<&str>) -> Option<(String, u64)> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let v: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v3/kv/range", etcd.url()))
-        .json(&serde_json::json!({"key": b64.encode(key)}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = v3(
+        etcd,
+        "kv/range",
+        token,
+        serde_json::json!({"key": b64.encode(key)}),
+    )
+    .await
+    .ok()?;
     let kv = v["kvs"].get(0)?;
     let value = String::from_utf8(b64.decode(kv["value"].as_str()?).ok()?).ok()?;
     let version = kv["version"].as_str()?.parse().ok()?;
     Some((value, version))
+}
+
+/// `POST /v3/{path}` on etcd's gateway: the JSON answer of a 200, else the status and body.
+async fn v3(
+    etcd: &Etcd,
+    path: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/v3/{path}", etcd.url()))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.header("Authorization", t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    if !status.is_success() {
+        return Err(format!("{path}: {status} {text}"));
+    }
+    Ok(serde_json::from_str(&text).unwrap())
 }
 
 async fn certificates(lb: &Lb) -> serde_json::Value {
@@ -412,6 +438,84 @@ async fn http01_is_answered_from_etcd_on_the_plain_frontend() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+/// With etcd auth on and a user whose role reaches only `/switchyard/acme/`, an instance orders
+/// and serves the certificate (no insecure_shared_keys), and an unauthenticated read of the
+/// stored key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_auth_with_a_role_limited_to_the_acme_prefix() {
+    use base64::Engine;
+    logs();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let etcd = Etcd::start().await;
+    let setup = |path: &'static str, body: serde_json::Value| {
+        let etcd = &etcd;
+        async move { v3(etcd, path, None, body).await.unwrap() }
+    };
+    setup(
+        "auth/user/add",
+        serde_json::json!({"name": "root", "password": "rootpw"}),
+    )
+    .await;
+    setup("auth/role/add", serde_json::json!({"name": "root"})).await;
+    setup(
+        "auth/user/grant",
+        serde_json::json!({"user": "root", "role": "root"}),
+    )
+    .await;
+    setup(
+        "auth/user/add",
+        serde_json::json!({"name": "sy", "password": "sypw"}),
+    )
+    .await;
+    setup("auth/role/add", serde_json::json!({"name": "acme"})).await;
+    setup(
+        "auth/role/grant",
+        serde_json::json!({"name": "acme", "perm": {"permType": "READWRITE",
+            "key": b64.encode("/switchyard/acme/"), "range_end": b64.encode("/switchyard/acme0")}}),
+    )
+    .await;
+    setup(
+        "auth/user/grant",
+        serde_json::json!({"user": "sy", "role": "acme"}),
+    )
+    .await;
+    setup("auth/enable", serde_json::json!({})).await;
+    let tls_a = free_port();
+    let pebble = Pebble::start(free_port(), tls_a, Duration::from_secs(90 * 24 * 3600)).await;
+    let toml = config(&etcd, &pebble, tls_a, 0, "tls-alpn-01", "30d")
+        .replace("insecure_shared_keys = true\n", "")
+        .replace(
+            "api = \"v3\"",
+            "api = \"v3\"\nusername = \"sy\"\npassword = \"sypw\"",
+        );
+    assert!(!toml.contains("insecure_shared_keys"));
+    let a = Lb::start(&toml).await;
+    let root = pebble.root().await;
+    let leaf = both_serve(a.http_addr("web"), a.http_addr("web"), &root, None, &pebble).await;
+    let key = format!("/switchyard/acme/certs/{DOMAIN}");
+    assert!(
+        etcd_key(&etcd, &key).await.is_none(),
+        "an unauthenticated client must not read the stored key"
+    );
+    let token = v3(
+        &etcd,
+        "auth/authenticate",
+        None,
+        serde_json::json!({"name": "root", "password": "rootpw"}),
+    )
+    .await
+    .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (pem, _) = etcd_key_as(&etcd, &key, Some(&token))
+        .await
+        .expect("stored");
+    assert!(pem.contains("PRIVATE KEY"));
+    assert!(!leaf.is_empty());
+    a.shutdown().await;
 }
 
 /// An ACME config whose etcd has no authentication is refused by `check`, naming the key,
