@@ -234,6 +234,65 @@ pub(super) fn cross_checks(frontends: &[Frontend], etcd: Option<&EtcdConfig>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    const TAIL: &str = "\n[[backend]]\nname = \"app\"\nservers = [\"127.0.0.1:9000\"]\n";
+
+    fn web(acme: &str, etcd: bool) -> String {
+        let etcd = if etcd {
+            "[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\npassword = \"p\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "{etcd}[[frontend]]\nname = \"web\"\nbind = \"127.0.0.1:8443\"\nbackend = \"app\"\n\
+             [[frontend.route]]\nhost = \"shop.example.com\"\nbackend = \"app\"\n\
+             [[frontend.route]]\nhost = \"*.example.com\"\nbackend = \"app\"\n\
+             [frontend.tls]\n[frontend.tls.acme]\n{acme}\n{TAIL}"
+        )
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_and_routes() {
+        let c = Config::from_toml(&web("domains = \"routes\"", true)).unwrap();
+        let a = c.frontends[0].acme.as_ref().unwrap();
+        // The wildcard route is not a name http-01 or tls-alpn-01 can prove.
+        assert_eq!(a.domains, ["shop.example.com"]);
+        assert_eq!(a.directory, DEFAULT_ACME_DIRECTORY);
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(a.renew_before, DEFAULT_ACME_RENEW_BEFORE);
+        assert!(c.frontends[0].tls.as_ref().unwrap().certs.is_empty());
+    }
+
+    #[test]
+    fn bad_settings_name_their_key() {
+        let e = err(&web("domains = [\"*.example.com\"]", true));
+        assert!(e.contains("frontend \"web\".tls.acme.domains"), "{e}");
+        let e = err(&web("", true));
+        assert!(e.contains("tls.acme.domains: is required"), "{e}");
+        let e = err(&web(
+            "domains = [\"a.example.com\"]\ndirectory = \"http://acme.test/dir\"",
+            true,
+        ));
+        assert!(e.contains("tls.acme.directory"), "{e}");
+        let e = err(&web(
+            "domains = [\"a.example.com\"]\nchallange = \"x\"",
+            true,
+        ));
+        assert!(e.contains("challange"), "{e}");
+        let e = err(&web("domains = [\"a.example.com\"]", false));
+        assert!(e.contains("tls.acme: needs [etcd]"), "{e}");
+        // http-01 without a plain http frontend to answer on.
+        let e = err(&web(
+            "domains = [\"a.example.com\"]\nchallenge = \"http-01\"",
+            true,
+        ));
+        assert!(e.contains("tls.acme.challenge"), "{e}");
+    }
 
     #[test]
     fn domains_are_dns_names() {
