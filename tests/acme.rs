@@ -32,9 +32,29 @@ struct Pebble {
     pebble: Child,
     chall: Child,
     dir: PathBuf,
+    dns: u16,
     port: u16,
     mgmt: u16,
     pki: Pki,
+}
+
+/// pebble with the config in `dir`, resolving names through the stub DNS on `dns`.
+fn spawn_pebble(dir: &std::path::Path, dns: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("pebble.log"))
+        .unwrap();
+    Command::new("pebble")
+        .arg("-config")
+        .arg(dir.join("pebble.json"))
+        .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pebble")
 }
 
 fn require(bin: &str) {
@@ -77,26 +97,24 @@ impl Pebble {
             "certificateValidityPeriod": validity.as_secs(),
         }});
         std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
-        let pebble = Command::new("pebble")
-            .arg("-config")
-            .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .stdout(std::fs::File::create(dir.join("pebble.log")).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pebble");
+        let pebble = spawn_pebble(&dir, dns);
         let p = Pebble {
             pebble,
             chall,
             dir,
+            dns,
             port,
             mgmt,
             pki,
         };
-        let client = p.client();
-        let url = p.directory();
+        p.wait_up().await;
+        p
+    }
+
+    /// Waits until the directory answers.
+    async fn wait_up(&self) {
+        let client = self.client();
+        let url = self.directory();
         wait_until(
             "pebble's directory answers",
             Duration::from_secs(20),
@@ -112,7 +130,13 @@ impl Pebble {
             },
         )
         .await;
-        p
+    }
+
+    /// A new pebble on the same ports: no accounts, a new root.
+    async fn restart(&mut self) {
+        self.stop();
+        self.pebble = spawn_pebble(&self.dir, self.dns);
+        self.wait_up().await;
     }
 
     fn directory(&self) -> String {
@@ -413,6 +437,30 @@ async fn renewal_reaches_both_and_an_unreachable_server_keeps_the_certificate() 
     // Still served, by both: the last certificate issued.
     assert_eq!(served(fa, &root).await.as_deref(), Some(second.as_slice()));
     assert_eq!(served(fb, &root).await.as_deref(), Some(second.as_slice()));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The ACME server forgot the stored account (pebble keeps its state in memory): the renewal
+/// creates a new account instead of failing for ever, and both instances serve the new
+/// certificate, which chains to the new server's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_account_is_created_again() {
+    logs();
+    let etcd = Etcd::start().await;
+    let tls_a = free_port();
+    let mut pebble = Pebble::start(free_port(), tls_a, Duration::from_secs(30)).await;
+    let a = Lb::start(&config(&etcd, &pebble, tls_a, 0, "tls-alpn-01", "30d")).await;
+    let b = Lb::start(&config(&etcd, &pebble, 0, 0, "tls-alpn-01", "30d")).await;
+    let (fa, fb) = (a.http_addr("web"), b.http_addr("web"));
+    let first = both_serve(fa, fb, &pebble.root().await, None, &pebble).await;
+    let account = etcd_key(&etcd, "/switchyard/acme/account").await.unwrap().0;
+    pebble.restart().await;
+    let root = pebble.root().await;
+    let renewed = both_serve(fa, fb, &root, Some(&first), &pebble).await;
+    assert_ne!(renewed, first);
+    let now = etcd_key(&etcd, "/switchyard/acme/account").await.unwrap().0;
+    assert_ne!(now, account, "a new account was stored");
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -44,17 +44,33 @@ fn http_client(ca: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, S
     Ok(Box::new(client))
 }
 
-/// The account for `cfg.directory`: restored from etcd, or created and stored there.
-async fn account(store: &Store, cfg: &AcmeConfig) -> Result<Account, String> {
-    let mut all: BTreeMap<String, serde_json::Value> = match store
+/// Every stored account, by directory URL.
+async fn accounts(store: &Store) -> Result<BTreeMap<String, serde_json::Value>, String> {
+    match store
         .get(ACCOUNT_KEY)
         .await
         .map_err(|e| format!("etcd: {e}"))?
     {
         Some(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("{ACCOUNT_KEY}: not a JSON object of accounts: {e}"))?,
-        None => BTreeMap::new(),
-    };
+            .map_err(|e| format!("{ACCOUNT_KEY}: not a JSON object of accounts: {e}")),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// Drops the stored account of `cfg.directory` (the server no longer knows it).
+async fn forget_account(store: &Store, cfg: &AcmeConfig) -> Result<(), String> {
+    let mut all = accounts(store).await?;
+    all.remove(&cfg.directory);
+    let text = serde_json::to_string(&all).map_err(|e| e.to_string())?;
+    store
+        .put(ACCOUNT_KEY, &text, None)
+        .await
+        .map_err(|e| format!("etcd: {e}"))
+}
+
+/// The account for `cfg.directory`: restored from etcd, or created and stored there.
+async fn load_account(store: &Store, cfg: &AcmeConfig) -> Result<Account, String> {
+    let mut all = accounts(store).await?;
     let http = http_client(cfg.ca.as_deref())?;
     if let Some(creds) = all.get(&cfg.directory) {
         let creds: AccountCredentials =
@@ -102,16 +118,25 @@ where
     F: Fn(Answer) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let account = account(store, cfg).await?;
     let identifiers: Vec<Identifier> = cfg
         .domains
         .iter()
         .map(|d| Identifier::Dns(d.clone()))
         .collect();
-    let mut order = account
-        .new_order(&NewOrder::new(&identifiers))
-        .await
-        .map_err(|e| format!("new order: {e}"))?;
+    let new_order = NewOrder::new(&identifiers);
+    let account = load_account(store, cfg).await?;
+    let mut order = match account.new_order(&new_order).await {
+        // The server lost the account (a test server restarted, an account deactivated
+        // elsewhere): create a new one, once.
+        Err(e) if e.to_string().contains("accountDoesNotExist") => {
+            tracing::warn!(directory = %cfg.directory, error = %e,
+                "the ACME server does not know the stored account; creating a new one");
+            forget_account(store, cfg).await?;
+            load_account(store, cfg).await?.new_order(&new_order).await
+        }
+        r => r,
+    }
+    .map_err(|e| format!("new order: {e}"))?;
     let kind = match cfg.challenge {
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         AcmeChallenge::Http01 => ChallengeType::Http01,
