@@ -375,6 +375,16 @@ async fn tls_alpn_two_instances_one_order_same_certificate() {
             text.contains("switchyard_acme_orders_total{result=\"failed\"}"),
             "registered at 0"
         );
+        let expiry = metric(
+            &text,
+            &format!(
+                "switchyard_tls_certificate_expiry_timestamp_seconds{{frontend=\"web\",name=\"{DOMAIN}\"}}"
+            ),
+        );
+        assert!(
+            expiry > 1e9,
+            "the expiry gauge covers the ACME certificate: {text}"
+        );
     }
     // The lock went with its lease once the order was done.
     assert!(etcd_key(&etcd, "/switchyard/acme/lock").await.is_none());

@@ -90,6 +90,8 @@ pub struct Acme {
     /// By certificate name (the key below [`CERTS_PREFIX`]).
     stored: ArcSwap<HashMap<String, Arc<Stored>>>,
     attempts: Mutex<HashMap<String, Attempt>>,
+    /// The frontends serving each certificate (by name), for the expiry gauge's labels.
+    frontends: Mutex<HashMap<String, Vec<String>>>,
     /// tls-alpn-01 certificates already made, by (domain, digest).
     alpn_cache: Mutex<HashMap<(String, String), Arc<CertifiedKey>>>,
     /// Cancels the running watch and order tasks (a reload that changes ACME restarts them).
@@ -187,6 +189,16 @@ impl Acme {
             old.cancel();
         }
         let wanted = wanted(config);
+        let mut frontends: HashMap<String, Vec<String>> = HashMap::new();
+        for f in &config.frontends {
+            if let Some(a) = &f.acme {
+                frontends
+                    .entry(a.name().to_string())
+                    .or_default()
+                    .push(f.name.clone());
+            }
+        }
+        *self.frontends.lock().unwrap_or_else(|e| e.into_inner()) = frontends;
         let Some(etcd) = config.etcd.as_ref().filter(|_| !wanted.is_empty()) else {
             return;
         };
@@ -267,7 +279,18 @@ impl Acme {
             }
         }
         *alpn_cache = next_cache;
+        let frontends = self.frontends.lock().unwrap_or_else(|e| e.into_inner());
         for (name, s) in &stored {
+            // The same gauge as a `certs` file's, so expiry alerts cover ACME certificates too.
+            let not_after = s
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            for f in frontends.get(name).into_iter().flatten() {
+                let labels = [("frontend", f.clone()), ("name", name.clone())];
+                metrics::gauge!(crate::metrics::TLS_CERT_EXPIRY, &labels).set(not_after);
+            }
             if old.get(name).is_none_or(|o| !Arc::ptr_eq(o, s)) {
                 info!(certificate = %name, not_after = %rfc3339(s.not_after), issuer = %s.issuer,
                     "ACME certificate loaded from etcd");
