@@ -272,13 +272,6 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if let Some(acme) = &self.acme {
             let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
-            let challenge = hello
-                .alpn()
-                .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
-            if challenge {
-                // A validator: its challenge certificate or nothing, never a real one.
-                return sni.and_then(|s| acme.shared.challenges.load().get(&s).cloned());
-            }
             if let Some(ck) = sni.and_then(|s| acme.shared.certs.load().get(&s).cloned()) {
                 return Some(ck);
             }
@@ -303,9 +296,25 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// The resolver of tls-alpn-01 handshakes: the challenge certificate for the SNI, or none
+/// (never a real certificate).
+#[derive(Debug)]
+struct ChallengeResolver(Arc<AcmeCerts>);
+
+impl ResolvesServerCert for ChallengeResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name()?.to_ascii_lowercase();
+        self.0.challenges.load().get(&sni).cloned()
+    }
+}
+
 /// A frontend's TLS: the acceptor and its reloadable certificates.
 pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
+    /// With tls-alpn-01: the config of handshakes offering ALPN `acme-tls/1` (chosen after
+    /// reading the ClientHello, so the frontend's own ALPN list stays as configured: rustls
+    /// refuses a client whose offered protocols miss all of the server's).
+    challenge: Option<Arc<ServerConfig>>,
     resolver: Arc<SniResolver>,
     /// The frontend's name, for logs and metric labels.
     frontend: String,
@@ -320,7 +329,7 @@ impl TlsAcceptor {
     }
 
     /// As [`TlsAcceptor::new`], also serving the ACME certificates of `acme.0` (by SNI, else
-    /// the one named `acme.1`), and with `acme.2` answering tls-alpn-01 challenges.
+    /// the one named `acme.1`), and with `acme.2` answering tls-alpn-01 challenges from it.
     fn with_acme(
         frontend: &str,
         config: &FrontendTls,
@@ -328,7 +337,13 @@ impl TlsAcceptor {
     ) -> Result<TlsAcceptor, TlsError> {
         install_provider();
         let stamps = stamps(config);
-        let alpn_challenge = acme.as_ref().is_some_and(|a| a.2);
+        let challenge = acme.as_ref().filter(|a| a.2).map(|a| {
+            let mut sc = ServerConfig::builder()
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(ChallengeResolver(Arc::clone(&a.0))));
+            sc.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+            Arc::new(sc)
+        });
         let resolver = Arc::new(SniResolver {
             certs: ArcSwap::from_pointee(load_served(frontend, config)?),
             acme: acme.map(|(shared, name, _)| AcmeSource { shared, name }),
@@ -340,12 +355,9 @@ impl TlsAcceptor {
         // server cipher order"): the provider's order, AEAD with ECDHE only, strongest first.
         sc.ignore_client_order = true;
         sc.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        if alpn_challenge {
-            // Last: a client offering it and another protocol gets the other one.
-            sc.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
-        }
         Ok(TlsAcceptor {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+            challenge,
             resolver,
             frontend: frontend.to_string(),
             stamps: Mutex::new(stamps),
@@ -380,16 +392,28 @@ impl TlsAcceptor {
         &self,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream))
-            .await
-        {
-            // A tls-alpn-01 validator has seen the challenge certificate: nothing more to say.
-            Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
-                Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "acme-tls/1 challenge answered",
-                ))
+        let handshake = async {
+            let Some(challenge) = &self.challenge else {
+                return self.acceptor.accept(stream).await;
+            };
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await?;
+            let validator = start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+            if !validator {
+                return start.into_stream(Arc::clone(self.acceptor.config())).await;
             }
+            // The validator has seen the challenge certificate: nothing more to say.
+            drop(start.into_stream(Arc::clone(challenge)).await?);
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "acme-tls/1 challenge answered",
+            ))
+        };
+        match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

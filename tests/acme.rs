@@ -185,7 +185,8 @@ impl Drop for Pebble {
 }
 
 /// One instance's config: an https frontend on `tls_bind` ordering `DOMAIN` from pebble with
-/// `challenge`, and a plain http frontend on `http_bind`.
+/// `challenge`, a tcp-mode TLS frontend serving the same certificate (no ALPN of its own), and
+/// a plain http frontend on `http_bind`.
 fn config(
     etcd: &Etcd,
     pebble: &Pebble,
@@ -218,6 +219,21 @@ renew_before = "{renew_before}"
 insecure_shared_keys = true
 
 [[frontend]]
+name = "tcpweb"
+bind = "127.0.0.1:0"
+mode = "tcp"
+backend = "app"
+[frontend.tls]
+[frontend.tls.acme]
+directory = "{dir}"
+email = "ops@acme.test"
+domains = ["{DOMAIN}"]
+challenge = "{challenge}"
+ca = "{ca}"
+renew_before = "{renew_before}"
+insecure_shared_keys = true
+
+[[frontend]]
 name = "plain"
 bind = "127.0.0.1:{http_bind}"
 backend = "app"
@@ -236,11 +252,21 @@ servers = ["127.0.0.1:{dead}"]
 /// The leaf certificate `addr` serves for `DOMAIN`, verified against `root` (`None`: the
 /// handshake failed or the chain does not verify).
 async fn served(addr: SocketAddr, root: &CertificateDer<'static>) -> Option<Vec<u8>> {
+    served_alpn(addr, root, &[]).await
+}
+
+/// `served`, with the client offering `alpn`.
+async fn served_alpn(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> Option<Vec<u8>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(root.clone()).ok()?;
-    let cc = rustls::ClientConfig::builder()
+    let mut cc = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cc));
     let tcp = TcpStream::connect(addr).await.ok()?;
     let name = ServerName::try_from(DOMAIN).unwrap();
@@ -385,6 +411,12 @@ async fn tls_alpn_two_instances_one_order_same_certificate() {
             expiry > 1e9,
             "the expiry gauge covers the ACME certificate: {text}"
         );
+    }
+    // The tcp-mode frontend serves it too, to a client offering ALPN protocols it has none of
+    // (answering tls-alpn-01 must not give it an ALPN list that refuses such clients).
+    for lb in [&a, &b] {
+        let got = served_alpn(lb.http_addr("tcpweb"), &root, &[b"h2", b"http/1.1"]).await;
+        assert_eq!(got.as_deref(), Some(leaf.as_slice()));
     }
     // The lock went with its lease once the order was done.
     assert!(etcd_key(&etcd, "/switchyard/acme/lock").await.is_none());
