@@ -9,14 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::defaults::{DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_RENEW_BEFORE};
 use super::file::bounded;
 use super::{ConfigError, EtcdConfig, Frontend, Route, invalid};
-
-/// `directory` when left out: Let's Encrypt's production directory.
-pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// `renew_before` when left out: Let's Encrypt's certificates last 90 days, and renewing with a
-/// month left leaves weeks to fix a failing renewal.
-pub const DEFAULT_ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// `[frontend.tls.acme]` as written.
 #[derive(Debug, Deserialize)]
