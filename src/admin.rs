@@ -38,6 +38,8 @@ pub struct Admin {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// The frontends' counters (`GET /api/v1/frontends`).
     pub stats: Arc<crate::stats::Registry>,
+    /// ACME state (`GET /api/v1/certificates`).
+    pub acme: Arc<crate::acme::Acme>,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin, cancel: CancellationToken) {
@@ -202,6 +204,11 @@ async fn route(admin: &Admin, req: Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             "application/json",
             frontends_json(admin).to_string(),
+        ),
+        "/api/v1/certificates" => respond(
+            StatusCode::OK,
+            "application/json",
+            admin.acme.status_json(&admin.running.load()).to_string(),
         ),
         "/api/v1/routes" => respond(
             StatusCode::OK,

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod balancer;
 pub mod config;
@@ -204,6 +205,8 @@ struct Runtime {
     /// The admin listener (a duplicate: the admin server owns it) and the address it was bound
     /// for, to hand over in a takeover. Closed when the drain begins.
     admin_listener: Option<(SocketAddr, OwnedFd)>,
+    /// Certificates ordered through ACME and their challenges (`[frontend.tls.acme]`).
+    acme: Arc<acme::Acme>,
 }
 
 impl Runtime {
@@ -249,6 +252,7 @@ impl Runtime {
                 self.publisher.shared(),
                 self.access_log.clone(),
                 Arc::clone(&stats),
+                Arc::clone(&self.acme),
             )
             .map(Serve::Http),
             crate::config::Mode::Tcp => tcp::TcpFrontend::new(
@@ -256,6 +260,7 @@ impl Runtime {
                 self.publisher.shared(),
                 self.access_log.clone(),
                 Arc::clone(&stats),
+                &self.acme.certs,
             )
             .map(Serve::Tcp),
         };
@@ -363,7 +368,20 @@ impl Runtime {
             )
         };
         let restart_discovery = watched(&new) != watched(&self.config);
+        let acme_of = |c: &Config| {
+            (
+                c.etcd.clone(),
+                c.frontends
+                    .iter()
+                    .map(|f| f.acme.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let restart_acme = acme_of(&new) != acme_of(&self.config);
         self.config = new.clone();
+        if restart_acme {
+            self.acme.start(&self.config, &self.cancel);
+        }
         if restart_discovery {
             self.discovery_cancel.cancel();
             self.start_discovery();
@@ -481,12 +499,14 @@ pub async fn run_with(
         config: config.clone(),
         workers,
         admin_listener: None,
+        acme: Arc::new(acme::Acme::default()),
     };
     rt.admin_listener = Some((
         config.admin_listen,
         listeners.admin.as_fd().try_clone_to_owned()?,
     ));
     rt.start_discovery();
+    rt.acme.start(&config, &cancel);
     let (admin_reload_tx, mut admin_reloads) = mpsc::channel::<admin::ReloadRequest>(1);
     let admin = admin::Admin {
         shared: publisher.shared(),
@@ -496,6 +516,7 @@ pub async fn run_with(
         running: Arc::clone(&rt.running),
         reload: admin_reload_tx,
         stats,
+        acme: Arc::clone(&rt.acme),
     };
     // Histogram samples pile up in the recorder until an upkeep drains them; without a
     // Prometheus scraping /metrics that would grow without bound, so drain them here too.

@@ -57,10 +57,11 @@ impl Drop for Permit {
     }
 }
 
-/// With `work_stealing = false`: how long a thread that holds more of a frontend's connections
-/// than the least loaded one (by more than `BALANCE_SLACK`) leaves the next connection to the
-/// others, before it accepts again itself.
-const ACCEPT_DEFER: Duration = Duration::from_millis(1);
+/// With `work_stealing = false`: how many times a thread that holds more of a frontend's
+/// connections than the least loaded one (`Loads::ahead`) yields to its other tasks, giving the
+/// other threads the next connection, before it accepts again itself. A yield, not a timer: a
+/// thread that waited a millisecond each time let one-request connections queue while it idled.
+const ACCEPT_DEFER_YIELDS: usize = 8;
 const BALANCE_SLACK: usize = 4;
 
 /// One counter of open connections per accepting thread, each on its own cache line (only its
@@ -112,12 +113,12 @@ pub(crate) async fn accept_loop<F, Fut>(
         // burst would land on one: a thread ahead of the others lets them take the next one.
         // (Not SO_REUSEPORT sockets per thread: closing one resets the connections queued on
         // it, which a reload or an upgrade must not do.)
-        if let Some(loads) = &limit.loads
-            && loads.ahead(thread)
-        {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(ACCEPT_DEFER) => {}
+        if let Some(loads) = &limit.loads {
+            for _ in 0..ACCEPT_DEFER_YIELDS {
+                if !loads.ahead(thread) {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
         }
         let accepted = tokio::select! {

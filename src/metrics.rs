@@ -89,6 +89,8 @@ pub const TCP_REJECTED: &str = "switchyard_tcp_rejected_total";
 /// `switchyard_connections_limited_total{frontend}`: times a frontend reached its `maxconn`.
 pub const CONNECTIONS_LIMITED: &str = "switchyard_connections_limited_total";
 /// `switchyard_access_log_dropped_total`: access log lines dropped (the writer was behind).
+/// ACME orders by outcome (`result` = `valid` | `failed`), registered at 0 when ACME starts.
+pub const ACME_ORDERS: &str = "switchyard_acme_orders_total";
 pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
 
 /// Metric handles looked up once per label set, then reused. The recorder's own lookup on every
@@ -186,6 +188,10 @@ pub fn reload_applied() {
 }
 
 fn describe() {
+    describe_counter!(
+        ACME_ORDERS,
+        "ACME certificate orders this instance ran, by result (valid or failed)."
+    );
     describe_gauge!(
         CONFIG_LAST_RELOAD_OK,
         "1 if the last configuration reload (or the start) succeeded, 0 if it was refused."

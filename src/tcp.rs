@@ -53,14 +53,16 @@ pub struct TcpFrontend {
 }
 
 impl TcpFrontend {
-    /// Builds the TLS acceptor from `frontend.tls`, if any.
+    /// Builds the TLS acceptor from `frontend.tls`, if any, serving `acme`'s certificates
+    /// when the frontend has `[frontend.tls.acme]`.
     pub fn new(
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
         log: Option<AccessLog>,
         stats: Arc<crate::stats::FrontendStats>,
+        acme: &Arc<crate::tls::AcmeCerts>,
     ) -> Result<TcpFrontend, TlsError> {
-        let tls = TlsAcceptor::for_frontend(&frontend)?;
+        let tls = TlsAcceptor::for_frontend(&frontend, Some(acme))?;
         Ok(TcpFrontend {
             name: Arc::from(frontend.name.as_str()),
             stats,

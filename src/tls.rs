@@ -10,6 +10,10 @@
 //! does not load leaves the old ones in place; an OCSP file that does not load only drops that
 //! certificate's staple. Client configs are cached per settings, because loading the system roots
 //! is slow.
+//!
+//! Certificates that `src/acme/` orders reach the resolver through [`AcmeCerts`]: the acme module
+//! fills it from etcd, and a frontend with `[frontend.tls.acme]` prefers its certificate for a
+//! name over the `certs` files, and answers tls-alpn-01 challenges (ALPN `acme-tls/1`) from it.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -234,13 +238,44 @@ fn load_served(frontend: &str, config: &FrontendTls) -> Result<Certs, TlsError> 
 #[derive(Debug)]
 struct Certs(Vec<Arc<CertifiedKey>>);
 
+/// The ALPN protocol of the tls-alpn-01 challenge (RFC 8737): a validator offers only it, and
+/// the connection ends after the handshake.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates by lower-case DNS name: each of a certificate's names maps to it.
+pub type CertsByName = HashMap<String, Arc<CertifiedKey>>;
+
+/// The certificates the acme module publishes for the acceptors of one `run`: the ordered ones
+/// (from etcd, by each of their names) and the tls-alpn-01 challenge certificates (by the
+/// name being validated). Each map is replaced whole; a handshake reads it without locking.
+#[derive(Debug, Default)]
+pub struct AcmeCerts {
+    pub certs: ArcSwap<CertsByName>,
+    pub challenges: ArcSwap<CertsByName>,
+}
+
+/// A frontend's part of [`AcmeCerts`]: the shared maps, and its own certificate's name (what a
+/// handshake without a known SNI gets when the frontend has no `certs` files).
+#[derive(Debug)]
+struct AcmeSource {
+    shared: Arc<AcmeCerts>,
+    name: String,
+}
+
 #[derive(Debug)]
 struct SniResolver {
     certs: ArcSwap<Certs>,
+    acme: Option<AcmeSource>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(acme) = &self.acme {
+            let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+            if let Some(ck) = sni.and_then(|s| acme.shared.certs.load().get(&s).cloned()) {
+                return Some(ck);
+            }
+        }
         let certs = self.certs.load();
         if let Some(name) = hello.server_name()
             && let Ok(name) = ServerName::try_from(name)
@@ -254,13 +289,32 @@ impl ResolvesServerCert for SniResolver {
                 }
             }
         }
-        certs.0.first().cloned()
+        certs.0.first().cloned().or_else(|| {
+            let acme = self.acme.as_ref()?;
+            acme.shared.certs.load().get(&acme.name).cloned()
+        })
+    }
+}
+
+/// The resolver of tls-alpn-01 handshakes: the challenge certificate for the SNI, or none
+/// (never a real certificate).
+#[derive(Debug)]
+struct ChallengeResolver(Arc<AcmeCerts>);
+
+impl ResolvesServerCert for ChallengeResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name()?.to_ascii_lowercase();
+        self.0.challenges.load().get(&sni).cloned()
     }
 }
 
 /// A frontend's TLS: the acceptor and its reloadable certificates.
 pub struct TlsAcceptor {
     acceptor: tokio_rustls::TlsAcceptor,
+    /// With tls-alpn-01: the config of handshakes offering ALPN `acme-tls/1` (chosen after
+    /// reading the ClientHello, so the frontend's own ALPN list stays as configured: rustls
+    /// refuses a client whose offered protocols miss all of the server's).
+    challenge: Option<Arc<ServerConfig>>,
     resolver: Arc<SniResolver>,
     /// The frontend's name, for logs and metric labels.
     frontend: String,
@@ -271,10 +325,28 @@ pub struct TlsAcceptor {
 impl TlsAcceptor {
     /// The acceptor for `frontend`'s `[frontend.tls]` settings.
     pub fn new(frontend: &str, config: &FrontendTls) -> Result<TlsAcceptor, TlsError> {
+        Self::with_acme(frontend, config, None)
+    }
+
+    /// As [`TlsAcceptor::new`], also serving the ACME certificates of `acme.0` (by SNI, else
+    /// the one named `acme.1`), and with `acme.2` answering tls-alpn-01 challenges from it.
+    fn with_acme(
+        frontend: &str,
+        config: &FrontendTls,
+        acme: Option<(Arc<AcmeCerts>, String, bool)>,
+    ) -> Result<TlsAcceptor, TlsError> {
         install_provider();
         let stamps = stamps(config);
+        let challenge = acme.as_ref().filter(|a| a.2).map(|a| {
+            let mut sc = ServerConfig::builder()
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(ChallengeResolver(Arc::clone(&a.0))));
+            sc.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+            Arc::new(sc)
+        });
         let resolver = Arc::new(SniResolver {
             certs: ArcSwap::from_pointee(load_served(frontend, config)?),
+            acme: acme.map(|(shared, name, _)| AcmeSource { shared, name }),
         });
         let mut sc = ServerConfig::builder()
             .with_no_client_auth()
@@ -285,6 +357,7 @@ impl TlsAcceptor {
         sc.alpn_protocols = config.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         Ok(TlsAcceptor {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(sc)),
+            challenge,
             resolver,
             frontend: frontend.to_string(),
             stamps: Mutex::new(stamps),
@@ -293,13 +366,22 @@ impl TlsAcceptor {
     }
 
     /// The acceptor a frontend needs (none without `[frontend.tls]`), with its certificate
-    /// file watcher running; shared by the http and tcp listeners.
+    /// file watcher running; shared by the http and tcp listeners. `acme`: the certificates
+    /// the acme module publishes, used when the frontend has `[frontend.tls.acme]`.
     pub fn for_frontend(
         frontend: &crate::config::Frontend,
+        acme: Option<&Arc<AcmeCerts>>,
     ) -> Result<Option<Arc<TlsAcceptor>>, TlsError> {
+        let acme = frontend.acme.as_ref().zip(acme).map(|(a, shared)| {
+            (
+                Arc::clone(shared),
+                a.name().to_string(),
+                a.challenge == crate::config::acme::AcmeChallenge::TlsAlpn01,
+            )
+        });
         match &frontend.tls {
             Some(t) => Ok(Some(
-                Arc::new(TlsAcceptor::new(&frontend.name, t)?).spawn_watcher(),
+                Arc::new(TlsAcceptor::with_acme(&frontend.name, t, acme)?).spawn_watcher(),
             )),
             None => Ok(None),
         }
@@ -310,9 +392,28 @@ impl TlsAcceptor {
         &self,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.config.handshake_timeout, self.acceptor.accept(stream))
-            .await
-        {
+        let handshake = async {
+            let Some(challenge) = &self.challenge else {
+                return self.acceptor.accept(stream).await;
+            };
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await?;
+            let validator = start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+            if !validator {
+                return start.into_stream(Arc::clone(self.acceptor.config())).await;
+            }
+            // The validator has seen the challenge certificate: nothing more to say.
+            drop(start.into_stream(Arc::clone(challenge)).await?);
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "acme-tls/1 challenge answered",
+            ))
+        };
+        match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -523,6 +624,12 @@ pub async fn connect(
         .await
 }
 
+/// The TLS config for an ACME directory's HTTPS: trusting `ca` (a PEM bundle), or the system
+/// roots. hyper-rustls sets the ALPN protocols.
+pub fn acme_client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    build_client(ca, None, true, &[])
+}
+
 /// The TLS config for etcd, when `[etcd]` has `ca`, `cert` or an `https://` endpoint.
 pub fn etcd_client_config(etcd: &EtcdConfig) -> Result<Option<ClientConfig>, TlsError> {
     let https = etcd.endpoints.iter().any(|e| e.starts_with("https://"));
@@ -551,6 +658,12 @@ pub fn validate_files(config: &Config) -> Result<(), crate::config::ConfigError>
                 load_pair(pair)
                     .map_err(|e| err(format!("frontend {:?}.tls.certs[{i}]", f.name), e))?;
             }
+        }
+    }
+    for f in &config.frontends {
+        if let Some(ca) = f.acme.as_ref().and_then(|a| a.ca.as_deref()) {
+            acme_client_config(Some(ca))
+                .map_err(|e| err(format!("frontend {:?}.tls.acme.ca", f.name), e))?;
         }
     }
     for b in &config.backends {

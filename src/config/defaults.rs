@@ -69,6 +69,11 @@ pub const DEFAULT_ALLOW_CONNECT: bool = false;
 pub const DEFAULT_HTTP_ALPN: &[&str] = &["h2", "http/1.1"];
 /// `[frontend.tls] alpn` of a `mode = "tcp"` frontend: none offered.
 pub const DEFAULT_TCP_ALPN: &[&str] = &[];
+/// `[frontend.tls.acme] directory`: Let's Encrypt's production directory.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// `[frontend.tls.acme] renew_before`: Let's Encrypt's certificates last 90 days, and renewing
+/// with a month left leaves weeks to fix a failing renewal.
+pub const DEFAULT_ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// `[frontend.tls] handshake_timeout`: a TLS handshake not done by then is closed.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `[backend.tls] verify`: server certificates are verified.

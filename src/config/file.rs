@@ -151,6 +151,8 @@ pub(super) struct FileFrontendTls {
     pub(super) alpn: Option<Vec<String>>,
     #[serde(default, deserialize_with = "bounded::deserialize")]
     pub(super) handshake_timeout: Option<Duration>,
+    /// `[frontend.tls.acme]` (`super::acme`).
+    pub(super) acme: Option<super::acme::FileAcme>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 //! its checks, section by section, in `validate.rs`, and every default as a named constant in
 //! [`defaults`], re-exported here as `config::DEFAULT_*`.
 
+pub mod acme;
 mod cidr;
 pub mod defaults;
 mod file;
@@ -328,6 +329,9 @@ pub struct Frontend {
     pub allow_connect: bool,
     /// Present: the listener terminates TLS.
     pub tls: Option<FrontendTls>,
+    /// `[frontend.tls.acme]`: certificates this frontend orders and renews (`src/acme/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<acme::Acme>,
     /// The policy of requests no route takes, and of routes that set none of its keys.
     pub policy: Policy,
 }

@@ -124,6 +124,10 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     } else {
         None
     };
+    let etcd_cfg = etcd.as_ref().and_then(|e| e.as_ref());
+    for e in super::acme::cross_checks(&frontends, etcd_cfg) {
+        errs.push(e);
+    }
     errs.take(log(&file.log));
     match (global, admin, etcd, service_trees) {
         (
@@ -712,7 +716,12 @@ fn frontend(
     let mut e = Errors::default();
     let mode = f.mode.unwrap_or(DEFAULT_MODE);
     let tls_given = f.tls.is_some();
-    let tls = f.tls.and_then(|t| e.take(frontend_tls(key, t, mode)));
+    let mut f = f;
+    let file_acme = f.tls.as_mut().and_then(|t| t.acme.take());
+    let has_acme = file_acme.is_some();
+    let tls = f
+        .tls
+        .and_then(|t| e.take(frontend_tls(key, t, mode, has_acme)));
     let given = f.backend.is_some() || f.backends.is_some();
     let (backend, split) = match (f.backend, f.backends) {
         (None, None) => (None, Vec::new()),
@@ -763,6 +772,7 @@ fn frontend(
             &policy,
         ))
         .unwrap_or_default();
+    let acme = file_acme.and_then(|a| e.take(super::acme::acme(key, a, &routes)));
     let max_header_size = f.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE);
     if max_header_size < MIN_MAX_HEADER_SIZE {
         e.push(invalid(
@@ -794,6 +804,7 @@ fn frontend(
         accept_proxy: f.accept_proxy.unwrap_or(DEFAULT_ACCEPT_PROXY),
         allow_connect: f.allow_connect.unwrap_or(DEFAULT_ALLOW_CONNECT),
         tls,
+        acme,
         name: f.name,
         bind,
         mode,
@@ -805,11 +816,17 @@ fn frontend(
     e.finish(frontend)
 }
 
-fn frontend_tls(key: &str, t: FileFrontendTls, mode: Mode) -> Result<FrontendTls, ConfigError> {
-    if t.certs.is_empty() {
+/// `has_acme`: `[frontend.tls.acme]` supplies certificates, so `certs` may be empty.
+fn frontend_tls(
+    key: &str,
+    t: FileFrontendTls,
+    mode: Mode,
+    has_acme: bool,
+) -> Result<FrontendTls, ConfigError> {
+    if t.certs.is_empty() && !has_acme {
         return Err(invalid(
             format!("{key}.tls.certs"),
-            "needs at least one { cert, key } pair",
+            "needs at least one { cert, key } pair (or [frontend.tls.acme])",
         ));
     }
     let alpn = t.alpn.unwrap_or_else(|| {

@@ -32,6 +32,12 @@ pub(crate) async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let fe = &conn.fe;
+    // An http-01 challenge of any instance of the fleet is answered before routing.
+    if req.method() == Method::GET
+        && let Some(answer) = fe.acme.http_answer(req.uri().path())
+    {
+        return Ok(super::answers::plain(StatusCode::OK, answer));
+    }
     fe.stats.request();
     let mut req = req;
     // The id ties the access-log line to the server's own logs; without the log, the request

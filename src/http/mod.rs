@@ -98,6 +98,8 @@ pub struct HttpFrontend {
     name: Arc<str>,
     /// Its counters for the admin API, kept across reloads (`stats::Registry`).
     pub(crate) stats: Arc<crate::stats::FrontendStats>,
+    /// Answers `/.well-known/acme-challenge/` for pending http-01 challenges.
+    pub(crate) acme: Arc<crate::acme::Acme>,
     /// This frontend's metric handles, looked up once rather than per connection or request.
     connections: metrics::Gauge,
     received: metrics::Counter,
@@ -130,14 +132,16 @@ impl HttpFrontend {
         );
     }
 
-    /// Builds the TLS acceptor from `frontend.tls`, if any.
+    /// Builds the TLS acceptor from `frontend.tls`, if any. `acme` answers http-01 challenges
+    /// and supplies ordered certificates.
     pub fn new(
         frontend: Arc<Frontend>,
         shared: Arc<ArcSwap<Snapshot>>,
         log: Option<AccessLog>,
         stats: Arc<crate::stats::FrontendStats>,
+        acme: Arc<crate::acme::Acme>,
     ) -> Result<HttpFrontend, TlsError> {
-        let tls = TlsAcceptor::for_frontend(&frontend)?;
+        let tls = TlsAcceptor::for_frontend(&frontend, Some(&acme.certs))?;
         let label = || frontend.name.clone();
         Ok(HttpFrontend {
             connections: metrics::gauge!(m::CONNECTIONS_ACTIVE, "frontend" => label()),
@@ -154,6 +158,7 @@ impl HttpFrontend {
             shared,
             tls,
             log,
+            acme,
         })
     }
 }
