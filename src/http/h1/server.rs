@@ -24,6 +24,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use futures_util::task::AtomicWaker;
 use http::header::{self};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
 use super::request::*;
@@ -86,12 +87,37 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream. A buffer without
+    /// room (released while idle, see `poll_fill_or_release`) gets one only once bytes arrive:
+    /// they are read onto the stack, then copied into a new buffer (a request head is a few
+    /// hundred bytes; the copy is cheaper than keeping 8 KiB per waiting connection).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut self.half).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            if n > 0 {
+                self.buf = BytesMut::with_capacity(READ_SIZE);
+                self.buf.extend_from_slice(read.filled());
+            }
+            return Poll::Ready(Ok(n));
+        }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+    }
+
+    /// `poll_fill`, and if nothing is there to read and nothing is held, the buffer goes back
+    /// to the allocator while the connection waits (HAProxy releases an idle connection's
+    /// buffers the same way): an idle keep-alive connection then holds no buffer at all.
+    fn poll_fill_or_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let r = self.poll_fill(cx);
+        if r.is_pending() && self.buf.is_empty() && self.buf.capacity() != 0 {
+            self.buf = BytesMut::new();
+        }
+        r
     }
 }
 
@@ -245,11 +271,8 @@ where
     let mut clock = io.take_clock();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
-    let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
-    let mut closing = false;
-    // Each request's future runs in this one slot on the heap. Inline, its several KiB would
-    // make the connection's future that much larger, and that is copied whole when spawned.
-    let mut slot = Box::pin(None);
+    // Allocated for each response and released while the connection waits (see `idle`).
+    let mut out: Vec<u8> = Vec::new();
     loop {
         // The next request head. Until its first byte (empty lines count) the idle clock runs,
         // and `stop` closes the connection; from then, the header clock. The clock is moved
@@ -262,7 +285,8 @@ where
                     Ok(Some(h)) => break h,
                     Ok(None) => {}
                     Err(r) => {
-                        refuse(&mut w, &mut out, &r).await;
+                        // Boxed: a rare path, kept out of every connection's future.
+                        Box::pin(refuse(&mut w, &mut out, &r)).await;
                         return Some(r);
                     }
                 }
@@ -273,8 +297,15 @@ where
             }
             let idle = reader.buf.is_empty();
             let read = poll_fn(|cx| {
-                if let Poll::Ready(r) = reader.poll_fill(cx) {
+                if !idle {
+                    if let Poll::Ready(r) = reader.poll_fill(cx) {
+                        return Poll::Ready(Wait::Read(r));
+                    }
+                } else if let Poll::Ready(r) = reader.poll_fill_or_release(cx) {
                     return Poll::Ready(Wait::Read(r));
+                } else if out.capacity() != 0 {
+                    // Waiting for the next request: nothing to write either.
+                    out = Vec::new();
                 }
                 if idle && stop.poll_fired(cx) {
                     return Poll::Ready(Wait::Stop);
@@ -289,7 +320,7 @@ where
                 Wait::Read(Ok(_)) => begun = true,
                 Wait::Expired if begun => {
                     let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
-                    refuse(&mut w, &mut out, &r).await;
+                    Box::pin(refuse(&mut w, &mut out, &r)).await;
                     return Some(r);
                 }
                 Wait::Expired => {
@@ -298,122 +329,157 @@ where
                 }
             }
         };
-        let Head {
-            parts,
-            framing,
-            keep_alive,
-            expect_continue,
-            te_trailers,
-        } = head;
-        closing |= !keep_alive;
-        let head_method = parts.method == Method::HEAD;
-        let method = parts.method.clone();
-        let http10 = parts.version == Version::HTTP_10;
-        // A request with a body takes the reader with it; it comes back through `home` once
-        // the body was read to its end.
-        let (body, mut held, home) = if framing == Framing::None {
-            (Body::empty(), Some(reader), None)
-        } else {
-            let home = Arc::new(Home::default());
-            let body = Body {
-                reader: Some(reader),
-                state: State::new(framing),
-                home: Some(Arc::clone(&home)),
-                expect_continue,
-            };
-            (body, None, Some(home))
-        };
-        let mut req = Request::from_parts(parts, body);
-        let upgrade = l7::wants_tunnel(&req).then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
-        let expecting = home.as_deref().filter(|_| expect_continue);
-        let watch = Watching {
-            held: &mut held,
-            limit,
-            expecting,
-            w: &mut w,
-        };
-        slot.set(Some(svc.call(req)));
-        let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
-        slot.set(None);
-        let Some(mut resp) = resp else {
-            // The client left: dropping the request cancels it (`client_abort` in the log).
-            return None;
-        };
-        if l7::opens_tunnel(&method, resp.status())
-            && let Some(tx) = upgrade
-        {
-            // The tunnel takes the whole socket, with what the client sent after its request.
-            let reader = held.or_else(|| home.and_then(|h| take(&h)))?;
-            out.clear();
-            encode_status(&mut out, resp.status());
-            encode_fields(&mut out, resp.headers(), false);
-            out.extend_from_slice(b"\r\n");
-            if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
-                return None;
-            }
-            let mut io = reader.half.unsplit(w);
-            io.set_tunnel();
-            io.unread(reader.buf.freeze());
-            let _ = tx.send(io);
-            return None;
-        }
-        closing |= l7::connection_has(resp.headers(), "close");
-        // Answered before the request body was all read (an early `413`, a redirect): the
-        // connection cannot carry another request, and the client is told so before it sends
-        // more (RFC 9112 9.6).
-        let cut_short = held.is_none()
-            && home
-                .as_ref()
-                .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
-        closing |= cut_short;
-        let framing = response_framing(&resp, head_method, http10);
-        // Unknown length to an HTTP/1.0 client: the close ends the body.
-        closing |= framing == Out::Close;
-        out.clear();
-        encode_head(&mut out, &resp, framing, head_method, closing, http10);
-        let trailers = (te_trailers && framing == Out::Chunked)
-            .then(|| resp.headers().get(header::TRAILER).cloned())
-            .flatten();
-        let sent = write_body(&mut w, &mut out, resp.body_mut(), framing, trailers).await;
-        drop(resp);
-        if out.capacity() > KEEP_OUT {
-            out = Vec::with_capacity(OUT_START);
-        }
-        if sent.is_err() {
-            return None;
-        }
-        if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
-            // The client may still be sending the body: closing with its bytes unread would
-            // reset the connection, and the reset can destroy the answer before the client
-            // reads it. Shut our side, then read and drop what comes, for a bounded time.
-            let io = reader.half.unsplit(w);
-            crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
-                .await;
-            return None;
-        }
-        if closing {
-            // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
-            // more system call per connection for the same packets. TLS sends its close_notify.
-            if tls {
-                let _ = w.shutdown().await;
-            }
-            return None;
-        }
-        reader = match held.or_else(|| home.and_then(|h| take(&h))) {
-            Some(r) => r,
-            // The body was not read to its end: what follows it on the wire is unknown.
-            None => {
-                let _ = w.shutdown().await;
-                return None;
-            }
+        // Everything from the head to the end of its response runs in a future of its own,
+        // on the heap for this request only: its several KiB (the handler's future, the body
+        // writer) would otherwise be part of the connection's future, which every connection
+        // keeps, idle or not, and which is copied whole when spawned.
+        let next = Box::pin(exchange(head, reader, w, &mut out, tls, limit, stop, svc)).await;
+        (reader, w) = match next {
+            Next::KeepAlive(reader, w) => (reader, w),
+            Next::Close => return None,
         };
         // The wait for the next request runs from the end of this response.
         clock.set(limits.idle_timeout);
+    }
+}
+
+/// What the connection does after an exchange: wait for the next request, or close.
+enum Next {
+    KeepAlive(Reader, WriteHalf<Stream>),
+    Close,
+}
+
+/// One request, from its parsed head to the end of its response: runs it through `svc` while
+/// watching the connection, writes the answer, and hands the tunnel its socket after a `101`.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S, B>(
+    head: Head,
+    reader: Reader,
+    mut w: WriteHalf<Stream>,
+    out: &mut Vec<u8>,
+    tls: bool,
+    limit: usize,
+    stop: &Watch,
+    svc: &S,
+) -> Next
+where
+    S: hyper::service::Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        te_trailers,
+    } = head;
+    let mut closing = !keep_alive;
+    let head_method = parts.method == Method::HEAD;
+    let method = parts.method.clone();
+    let http10 = parts.version == Version::HTTP_10;
+    // A request with a body takes the reader with it; it comes back through `home` once
+    // the body was read to its end.
+    let (body, mut held, home) = if framing == Framing::None {
+        (Body::empty(), Some(reader), None)
+    } else {
+        let home = Arc::new(Home::default());
+        let body = Body {
+            reader: Some(reader),
+            state: State::new(framing),
+            home: Some(Arc::clone(&home)),
+            expect_continue,
+        };
+        (body, None, Some(home))
+    };
+    let mut req = Request::from_parts(parts, body);
+    let upgrade = l7::wants_tunnel(&req).then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut()
+            .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let expecting = home.as_deref().filter(|_| expect_continue);
+    let watch = Watching {
+        held: &mut held,
+        limit,
+        expecting,
+        w: &mut w,
+    };
+    let handling = std::pin::pin!(svc.call(req));
+    let Some(mut resp) = respond(handling, watch, stop, &mut closing).await else {
+        // The client left: dropping the request cancels it (`client_abort` in the log).
+        return Next::Close;
+    };
+    if l7::opens_tunnel(&method, resp.status())
+        && let Some(tx) = upgrade
+    {
+        // The tunnel takes the whole socket, with what the client sent after its request.
+        let Some(reader) = held.or_else(|| home.and_then(|h| take(&h))) else {
+            return Next::Close;
+        };
+        out.clear();
+        encode_status(out, resp.status());
+        encode_fields(out, resp.headers(), false);
+        out.extend_from_slice(b"\r\n");
+        if w.write_all(out).await.is_err() || w.flush().await.is_err() {
+            return Next::Close;
+        }
+        let mut io = reader.half.unsplit(w);
+        io.set_tunnel();
+        io.unread(reader.buf.freeze());
+        let _ = tx.send(io);
+        return Next::Close;
+    }
+    closing |= l7::connection_has(resp.headers(), "close");
+    // Answered before the request body was all read (an early `413`, a redirect): the
+    // connection cannot carry another request, and the client is told so before it sends
+    // more (RFC 9112 9.6).
+    let cut_short = held.is_none()
+        && home
+            .as_ref()
+            .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
+    closing |= cut_short;
+    let framing = response_framing(&resp, head_method, http10);
+    // Unknown length to an HTTP/1.0 client: the close ends the body.
+    closing |= framing == Out::Close;
+    out.clear();
+    out.reserve(OUT_START);
+    encode_head(out, &resp, framing, head_method, closing, http10);
+    let trailers = (te_trailers && framing == Out::Chunked)
+        .then(|| resp.headers().get(header::TRAILER).cloned())
+        .flatten();
+    let sent = write_body(&mut w, out, resp.body_mut(), framing, trailers).await;
+    drop(resp);
+    if out.capacity() > KEEP_OUT {
+        *out = Vec::new();
+    }
+    if sent.is_err() {
+        return Next::Close;
+    }
+    if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
+        // The client may still be sending the body: closing with its bytes unread would
+        // reset the connection, and the reset can destroy the answer before the client
+        // reads it. Shut our side, then read and drop what comes, for a bounded time.
+        let io = reader.half.unsplit(w);
+        crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
+            .await;
+        return Next::Close;
+    }
+    if closing {
+        // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
+        // more system call per connection for the same packets. TLS sends its close_notify.
+        if tls {
+            let _ = w.shutdown().await;
+        }
+        return Next::Close;
+    }
+    match held.or_else(|| home.and_then(|h| take(&h))) {
+        Some(reader) => Next::KeepAlive(reader, w),
+        // The body was not read to its end: what follows it on the wire is unknown.
+        None => {
+            let _ = w.shutdown().await;
+            Next::Close
+        }
     }
 }
 
@@ -450,7 +516,7 @@ struct Watching<'a> {
 /// client closing it or failing cancels the request (`None`), as hyper's server did. If
 /// `stop` has fired by the time the response is ready, it closes the connection.
 async fn respond<F, B>(
-    mut handling: Pin<&mut Option<F>>,
+    mut handling: Pin<&mut F>,
     watch: Watching<'_>,
     stop: &Watch,
     closing: &mut bool,
@@ -467,10 +533,7 @@ where
     let mut reading = true;
     let mut sent = 0;
     poll_fn(|cx| {
-        let Some(handle) = handling.as_mut().as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(resp) = handle.poll(cx) {
+        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
             *closing |= stop.is_fired();
             let Ok(resp) = resp;
             return Poll::Ready(Some(resp));
