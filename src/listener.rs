@@ -45,9 +45,23 @@ pub(crate) struct Permit {
     stats: Arc<FrontendStats>,
 }
 
+#[cfg(test)]
+impl Permit {
+    /// A permit outside any `maxconn`, for tests that build a connection's task.
+    pub(crate) fn unlimited(stats: Arc<FrontendStats>) -> Permit {
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh semaphore has a permit");
+        stats.open();
+        crate::memory::opened();
+        Permit { _slot: slot, stats }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.stats.close();
+        crate::memory::closed();
     }
 }
 
@@ -102,6 +116,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         stats.open();
+        crate::memory::opened();
         let permit = Permit {
             _slot: permit,
             stats: Arc::clone(stats),
