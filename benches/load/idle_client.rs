@@ -40,8 +40,14 @@ fn usage() -> ! {
 
 fn args() -> Args {
     let mut it = std::env::args().skip(1);
-    let addr = it.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
-    let n = it.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
+    let addr = it
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage());
+    let n = it
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage());
     let mut a = Args {
         addr,
         n,
@@ -109,7 +115,9 @@ async fn read_answer(io: &mut Box<dyn Io>) -> std::io::Result<()> {
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         if !head.starts_with("http/1.1 200") {
-            return Err(std::io::Error::other(head.lines().next().unwrap_or("").to_string()));
+            return Err(std::io::Error::other(
+                head.lines().next().unwrap_or("").to_string(),
+            ));
         }
         let len: usize = head
             .lines()
