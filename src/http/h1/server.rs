@@ -253,93 +253,98 @@ pub(crate) struct Limits {
 /// `first` holds bytes already read from it. Returns the refusal that ended the connection
 /// (`400`, `408`, `414`, `431`, `505`; already answered and closed), if one did, for the
 /// caller's log.
-pub(crate) async fn serve<S, B>(
+///
+/// Not an `async fn`: one keeps its arguments for its whole life, and `io` is moved into the
+/// split halves before the first wait (the future is every connection's, idle or not).
+pub(crate) fn serve<S, B>(
     mut io: Stream,
     first: BytesMut,
     limits: Limits,
     stop: &mut Watch,
     svc: &S,
-) -> Option<Refused>
+) -> impl Future<Output = Option<Refused>>
 where
     S: hyper::service::Service<Request<Body>, Response = Response<B>, Error = Infallible>,
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
-    let limit = limits.head;
     let tls = io.is_tls();
     // The connection's one timer: the header timeout while a head is coming, the idle timeout
     // between requests. Read bytes already in hand (`first`) begin a head now.
     let mut clock = io.take_clock();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
-    // Allocated for each response and released while the connection waits (see `idle`).
-    let mut out: Vec<u8> = Vec::new();
-    loop {
-        // The next request head. Until its first byte (empty lines count) the idle clock runs,
-        // and `stop` closes the connection; from then, the header clock. The clock is moved
-        // only when a read must wait: a head that is already here costs no timer work.
-        let mut begun = !reader.buf.is_empty();
-        let mut timing_head = false;
-        let head = loop {
-            if !reader.buf.is_empty() {
-                match parse_head(&mut reader.buf, limit) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {}
-                    Err(r) => {
-                        // Boxed: a rare path, kept out of every connection's future.
+    async move {
+        let limit = limits.head;
+        // Allocated for each response and released while the connection waits (see `idle`).
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            // The next request head. Until its first byte (empty lines count) the idle clock runs,
+            // and `stop` closes the connection; from then, the header clock. The clock is moved
+            // only when a read must wait: a head that is already here costs no timer work.
+            let mut begun = !reader.buf.is_empty();
+            let mut timing_head = false;
+            let head = loop {
+                if !reader.buf.is_empty() {
+                    match parse_head(&mut reader.buf, limit) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => {}
+                        Err(r) => {
+                            // Boxed: a rare path, kept out of every connection's future.
+                            Box::pin(refuse(&mut w, &mut out, &r)).await;
+                            return Some(r);
+                        }
+                    }
+                }
+                if begun && !timing_head {
+                    timing_head = true;
+                    clock.set(limits.header_timeout);
+                }
+                let idle = reader.buf.is_empty();
+                let read = poll_fn(|cx| {
+                    if !idle {
+                        if let Poll::Ready(r) = reader.poll_fill(cx) {
+                            return Poll::Ready(Wait::Read(r));
+                        }
+                    } else if let Poll::Ready(r) = reader.poll_fill_or_release(cx) {
+                        return Poll::Ready(Wait::Read(r));
+                    } else if out.capacity() != 0 {
+                        // Waiting for the next request: nothing to write either.
+                        out = Vec::new();
+                    }
+                    if idle && stop.poll_fired(cx) {
+                        return Poll::Ready(Wait::Stop);
+                    }
+                    if clock.poll_expired(cx) {
+                        return Poll::Ready(Wait::Expired);
+                    }
+                    Poll::Pending
+                });
+                match read.await {
+                    Wait::Read(Ok(0) | Err(_)) | Wait::Stop => return None,
+                    Wait::Read(Ok(_)) => begun = true,
+                    Wait::Expired if begun => {
+                        let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
                         Box::pin(refuse(&mut w, &mut out, &r)).await;
                         return Some(r);
                     }
-                }
-            }
-            if begun && !timing_head {
-                timing_head = true;
-                clock.set(limits.header_timeout);
-            }
-            let idle = reader.buf.is_empty();
-            let read = poll_fn(|cx| {
-                if !idle {
-                    if let Poll::Ready(r) = reader.poll_fill(cx) {
-                        return Poll::Ready(Wait::Read(r));
+                    Wait::Expired => {
+                        tracing::debug!("no request within the idle timeout; closing");
+                        return None;
                     }
-                } else if let Poll::Ready(r) = reader.poll_fill_or_release(cx) {
-                    return Poll::Ready(Wait::Read(r));
-                } else if out.capacity() != 0 {
-                    // Waiting for the next request: nothing to write either.
-                    out = Vec::new();
                 }
-                if idle && stop.poll_fired(cx) {
-                    return Poll::Ready(Wait::Stop);
-                }
-                if clock.poll_expired(cx) {
-                    return Poll::Ready(Wait::Expired);
-                }
-                Poll::Pending
-            });
-            match read.await {
-                Wait::Read(Ok(0) | Err(_)) | Wait::Stop => return None,
-                Wait::Read(Ok(_)) => begun = true,
-                Wait::Expired if begun => {
-                    let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
-                    Box::pin(refuse(&mut w, &mut out, &r)).await;
-                    return Some(r);
-                }
-                Wait::Expired => {
-                    tracing::debug!("no request within the idle timeout; closing");
-                    return None;
-                }
-            }
-        };
-        // Everything from the head to the end of its response runs in a future of its own,
-        // on the heap for this request only: its several KiB (the handler's future, the body
-        // writer) would otherwise be part of the connection's future, which every connection
-        // keeps, idle or not, and which is copied whole when spawned.
-        let next = Box::pin(exchange(head, reader, w, &mut out, tls, limit, stop, svc)).await;
-        (reader, w) = match next {
-            Next::KeepAlive(reader, w) => (reader, w),
-            Next::Close => return None,
-        };
-        // The wait for the next request runs from the end of this response.
-        clock.set(limits.idle_timeout);
+            };
+            // Everything from the head to the end of its response runs in a future of its own,
+            // on the heap for this request only: its several KiB (the handler's future, the body
+            // writer) would otherwise be part of the connection's future, which every connection
+            // keeps, idle or not, and which is copied whole when spawned.
+            let next = Box::pin(exchange(head, reader, w, &mut out, tls, limit, stop, svc)).await;
+            (reader, w) = match next {
+                Next::KeepAlive(reader, w) => (reader, w),
+                Next::Close => return None,
+            };
+            // The wait for the next request runs from the end of this response.
+            clock.set(limits.idle_timeout);
+        }
     }
 }
 
@@ -461,8 +466,7 @@ where
         // reset the connection, and the reset can destroy the answer before the client
         // reads it. Shut our side, then read and drop what comes, for a bounded time.
         let io = reader.half.unsplit(w);
-        crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
-            .await;
+        crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES).await;
         return Next::Close;
     }
     if closing {
