@@ -61,6 +61,71 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 const EARLY_ANSWER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 const EARLY_ANSWER_DRAIN_BYTES: usize = 32 * 1024 * 1024;
 
+/// Buffers of connections that went idle, kept per thread for the next connection that gets
+/// bytes, as HAProxy recycles its buffers: releasing them at every wait for a request (see
+/// `Reader::poll_fill_or_release`) would otherwise cost every keep-alive request a trip through
+/// the allocator's slow path for both. At most `SPARE_BUFFERS` of each are kept per thread.
+///
+/// NOTE: hand-written: a stack in a thread-local is all it takes, and the pool crates add
+/// locking or object wrappers that cost more than the allocator does.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::{OUT_START, READ_SIZE};
+
+    /// Buffers of each kind kept per thread: 512 KiB of read buffers at most.
+    const SPARE_BUFFERS: usize = 64;
+
+    thread_local! {
+        static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty read buffer with room for `READ_SIZE`.
+    pub(super) fn read_buf() -> BytesMut {
+        let mut b = READ
+            .with(|r| r.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE));
+        // A buffer still shared with bytes handed out earlier gets a new allocation here.
+        b.reserve(READ_SIZE);
+        b
+    }
+
+    /// Keeps an emptied read buffer for `read_buf`, if there is room.
+    pub(super) fn put_read_buf(mut b: BytesMut) {
+        b.clear();
+        if b.capacity() >= READ_SIZE / 2 {
+            READ.with(|r| {
+                let mut r = r.borrow_mut();
+                if r.len() < SPARE_BUFFERS {
+                    r.push(b);
+                }
+            });
+        }
+    }
+
+    /// An empty output buffer with room for `OUT_START`.
+    pub(super) fn out() -> Vec<u8> {
+        OUT.with(|o| o.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(OUT_START))
+    }
+
+    /// Keeps an emptied output buffer for `out`, if there is room.
+    pub(super) fn put_out(mut b: Vec<u8>) {
+        b.clear();
+        if b.capacity() >= OUT_START {
+            OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                if o.len() < SPARE_BUFFERS {
+                    o.push(b);
+                }
+            });
+        }
+    }
+}
+
 /// The client side of a connection once a `101` was written: the socket, with the bytes the
 /// client sent after its request already put back in front. Handed to the tunnel through the
 /// request's extensions (which must be `Clone`, hence the shared slot).
@@ -98,7 +163,7 @@ impl Reader {
             ready!(Pin::new(&mut self.half).poll_read(cx, &mut read))?;
             let n = read.filled().len();
             if n > 0 {
-                self.buf = BytesMut::with_capacity(READ_SIZE);
+                self.buf = spare::read_buf();
                 self.buf.extend_from_slice(read.filled());
             }
             return Poll::Ready(Ok(n));
@@ -115,7 +180,7 @@ impl Reader {
     fn poll_fill_or_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let r = self.poll_fill(cx);
         if r.is_pending() && self.buf.is_empty() && self.buf.capacity() != 0 {
-            self.buf = BytesMut::new();
+            spare::put_read_buf(std::mem::take(&mut self.buf));
         }
         r
     }
@@ -309,7 +374,7 @@ where
                         return Poll::Ready(Wait::Read(r));
                     } else if out.capacity() != 0 {
                         // Waiting for the next request: nothing to write either.
-                        out = Vec::new();
+                        spare::put_out(std::mem::take(&mut out));
                     }
                     if idle && stop.poll_fired(cx) {
                         return Poll::Ready(Wait::Stop);
@@ -448,7 +513,9 @@ where
     // Unknown length to an HTTP/1.0 client: the close ends the body.
     closing |= framing == Out::Close;
     out.clear();
-    out.reserve(OUT_START);
+    if out.capacity() == 0 {
+        *out = spare::out();
+    }
     encode_head(out, &resp, framing, head_method, closing, http10);
     let trailers = (te_trailers && framing == Out::Chunked)
         .then(|| resp.headers().get(header::TRAILER).cloned())
