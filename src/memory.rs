@@ -18,6 +18,9 @@ pub const RELEASE_MIN_CLOSED: usize = 256;
 thread_local! {
     /// The most connections this thread saw open since its last collection.
     static PEAK: Cell<usize> = const { Cell::new(0) };
+    /// A collection happened while connections were still closing: one more is due once the
+    /// last of them has closed (what they freed after the collection is given back too).
+    static TAIL: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A client connection was accepted.
@@ -37,7 +40,8 @@ pub fn open_connections() -> usize {
 
 /// Whether the calling thread, about to sleep, should have the allocator give its free memory
 /// back: at least [`RELEASE_MIN_CLOSED`] connections, and at least half of those it last saw
-/// open, have closed since its last collection. Costs a load and a thread-local compare.
+/// open, have closed since its last collection; or, after such a collection, the last of them
+/// has closed. Costs a load and a thread-local compare.
 pub fn should_release() -> bool {
     decide(open_connections())
 }
@@ -49,11 +53,13 @@ fn decide(open: usize) -> bool {
             peak.set(open);
             return false;
         }
-        let release = seen - open >= RELEASE_MIN_CLOSED && open <= seen / 2;
-        if release {
+        let burst = seen - open >= RELEASE_MIN_CLOSED && open <= seen / 2;
+        let tail = open == 0 && TAIL.get();
+        if burst || tail {
             peak.set(open);
+            TAIL.set(open > 0);
         }
-        release
+        burst || tail
     })
 }
 
@@ -72,6 +78,8 @@ mod tests {
         assert!(!decide(700), "fewer than RELEASE_MIN_CLOSED since");
         assert!(decide(300), "half again");
         assert!(!decide(100), "fewer than RELEASE_MIN_CLOSED since");
+        assert!(decide(0), "the last of the burst closed");
+        assert!(!decide(0), "once");
     }
 
     #[test]

@@ -57,7 +57,7 @@ proc_tree() {
     local root=$1 f line rest
     echo "$root"
     for f in /proc/[0-9]*/stat; do
-        read -r line <"$f" 2>/dev/null || continue
+        { read -r line <"$f"; } 2>/dev/null || continue
         rest=${line##*) }
         # shellcheck disable=SC2086
         set -- $rest
