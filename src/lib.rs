@@ -20,6 +20,7 @@ pub mod health;
 pub mod http;
 pub mod listener;
 pub mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod proxy_protocol;

@@ -48,12 +48,31 @@ pub(crate) struct Permit {
     thread: usize,
 }
 
+#[cfg(test)]
+impl Permit {
+    /// A permit outside any `maxconn`, for tests that build a connection's task.
+    pub(crate) fn unlimited(stats: Arc<FrontendStats>) -> Permit {
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh semaphore has a permit");
+        stats.open();
+        crate::memory::opened();
+        Permit {
+            _slot: slot,
+            stats,
+            load: None,
+            thread: 0,
+        }
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.stats.close();
         if let Some(l) = &self.load {
             l.0[self.thread].0.fetch_sub(1, Ordering::Relaxed);
         }
+        crate::memory::closed();
     }
 }
 
@@ -153,6 +172,7 @@ pub(crate) async fn accept_loop<F, Fut>(
         if let Some(l) = &limit.loads {
             l.0[thread].0.fetch_add(1, Ordering::Relaxed);
         }
+        crate::memory::opened();
         let permit = Permit {
             _slot: permit,
             stats: Arc::clone(stats),

@@ -11,6 +11,7 @@ use std::path::Path;
 /// Modules that depend on no runtime module: only on each other.
 const LEAVES: &[&str] = &[
     "config",
+    "memory",
     "metrics",
     "proxy_protocol",
     "route",

@@ -24,6 +24,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use futures_util::task::AtomicWaker;
 use http::header::{self};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Frame, SizeHint};
-use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 
 use super::request::*;
@@ -67,6 +68,71 @@ const LAST_REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 const EARLY_ANSWER_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 const EARLY_ANSWER_DRAIN_BYTES: usize = 32 * 1024 * 1024;
 
+/// Buffers of connections that went idle, kept per thread for the next connection that gets
+/// bytes, as HAProxy recycles its buffers: releasing them at every wait for a request (see
+/// `Reader::poll_fill_or_release`) would otherwise cost every keep-alive request a trip through
+/// the allocator's slow path for both. At most `SPARE_BUFFERS` of each are kept per thread.
+///
+/// NOTE: hand-written: a stack in a thread-local is all it takes, and the pool crates add
+/// locking or object wrappers that cost more than the allocator does.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    use super::{OUT_START, READ_SIZE};
+
+    /// Buffers of each kind kept per thread: 512 KiB of read buffers at most.
+    const SPARE_BUFFERS: usize = 64;
+
+    thread_local! {
+        static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static OUT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty read buffer with room for `READ_SIZE`.
+    pub(super) fn read_buf() -> BytesMut {
+        let mut b = READ
+            .with(|r| r.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_SIZE));
+        // A buffer still shared with bytes handed out earlier gets a new allocation here.
+        b.reserve(READ_SIZE);
+        b
+    }
+
+    /// Keeps an emptied read buffer for `read_buf`, if there is room.
+    pub(super) fn put_read_buf(mut b: BytesMut) {
+        b.clear();
+        if b.capacity() >= READ_SIZE / 2 {
+            READ.with(|r| {
+                let mut r = r.borrow_mut();
+                if r.len() < SPARE_BUFFERS {
+                    r.push(b);
+                }
+            });
+        }
+    }
+
+    /// An empty output buffer with room for `OUT_START`.
+    pub(super) fn out() -> Vec<u8> {
+        OUT.with(|o| o.borrow_mut().pop())
+            .unwrap_or_else(|| Vec::with_capacity(OUT_START))
+    }
+
+    /// Keeps an emptied output buffer for `out`, if there is room.
+    pub(super) fn put_out(mut b: Vec<u8>) {
+        b.clear();
+        if b.capacity() >= OUT_START {
+            OUT.with(|o| {
+                let mut o = o.borrow_mut();
+                if o.len() < SPARE_BUFFERS {
+                    o.push(b);
+                }
+            });
+        }
+    }
+}
+
 /// The client side of a connection once a `101` was written: the socket, with the bytes the
 /// client sent after its request already put back in front. Handed to the tunnel through the
 /// request's extensions (which must be `Clone`, hence the shared slot).
@@ -93,12 +159,37 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+    /// Reads what is available into `buf`; `Ok(0)` is the end of the stream. A buffer without
+    /// room (released while idle, see `poll_fill_or_release`) gets one only once bytes arrive:
+    /// they are read onto the stack, then copied into a new buffer (a request head is a few
+    /// hundred bytes; the copy is cheaper than keeping 8 KiB per waiting connection).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut read = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut self.half).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            if n > 0 {
+                self.buf = spare::read_buf();
+                self.buf.extend_from_slice(read.filled());
+            }
+            return Poll::Ready(Ok(n));
+        }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.half), cx, &mut self.buf)
+    }
+
+    /// `poll_fill`, and if nothing is there to read and nothing is held, the buffer goes back
+    /// to the allocator while the connection waits (HAProxy releases an idle connection's
+    /// buffers the same way): an idle keep-alive connection then holds no buffer at all.
+    fn poll_fill_or_release(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let r = self.poll_fill(cx);
+        if r.is_pending() && self.buf.is_empty() && self.buf.capacity() != 0 {
+            spare::put_read_buf(std::mem::take(&mut self.buf));
+        }
+        r
     }
 }
 
@@ -234,201 +325,252 @@ pub(crate) struct Limits {
 /// `first` holds bytes already read from it. Returns the refusal that ended the connection
 /// (`400`, `408`, `414`, `431`, `505`; already answered and closed), if one did, for the
 /// caller's log.
-pub(crate) async fn serve<S, B>(
+///
+/// Not an `async fn`: one keeps its arguments for its whole life, and `io` is moved into the
+/// split halves before the first wait (the future is every connection's, idle or not).
+pub(crate) fn serve<S, B>(
     mut io: Stream,
     first: BytesMut,
     limits: Limits,
     stop: &mut Watch,
     svc: &S,
-) -> Option<Refused>
+) -> impl Future<Output = Option<Refused>>
 where
     S: hyper::service::Service<Request<Body>, Response = Response<B>, Error = Infallible>,
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
-    let limit = limits.head;
     let tls = io.is_tls();
     // The connection's one timer: the header timeout while a head is coming, the idle timeout
     // between requests. Read bytes already in hand (`first`) begin a head now.
     let mut clock = io.take_clock();
     let (half, mut w) = tokio::io::split(io);
     let mut reader = Reader { half, buf: first };
-    let mut out: Vec<u8> = Vec::with_capacity(OUT_START);
-    let mut closing = false;
-    // Each request's future runs in this one slot on the heap. Inline, its several KiB would
-    // make the connection's future that much larger, and that is copied whole when spawned.
-    let mut slot = Box::pin(None);
-    // Waiting for one last request after a handoff (`LAST_REQUEST_WAIT`).
-    let mut last_call = false;
-    loop {
-        // The next request head. Until its first byte (empty lines count) the idle clock runs,
-        // and `stop` closes the connection; from then, the header clock. The clock is moved
-        // only when a read must wait: a head that is already here costs no timer work.
-        let mut begun = !reader.buf.is_empty();
-        let mut timing_head = false;
-        let head = loop {
-            if !reader.buf.is_empty() {
-                match parse_head(&mut reader.buf, limit) {
-                    Ok(Some(h)) => break h,
-                    Ok(None) => {}
-                    Err(r) => {
-                        refuse(&mut w, &mut out, &r).await;
-                        return Some(r);
+    async move {
+        let limit = limits.head;
+        // Allocated for each response and released while the connection waits (see `idle`).
+        let mut out: Vec<u8> = Vec::new();
+        // Waiting for one last request after a handoff (`LAST_REQUEST_WAIT`).
+        let mut last_call = false;
+        loop {
+            // The next request head. Until its first byte (empty lines count) the idle clock runs,
+            // and `stop` closes the connection; from then, the header clock. The clock is moved
+            // only when a read must wait: a head that is already here costs no timer work.
+            let mut begun = !reader.buf.is_empty();
+            let mut timing_head = false;
+            let head = loop {
+                if !reader.buf.is_empty() {
+                    match parse_head(&mut reader.buf, limit) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => {}
+                        Err(r) => {
+                            // Boxed: a rare path, kept out of every connection's future.
+                            Box::pin(refuse(&mut w, &mut out, &r)).await;
+                            return Some(r);
+                        }
                     }
                 }
-            }
-            if begun && !timing_head {
-                timing_head = true;
-                clock.set(limits.header_timeout);
-            }
-            let idle = reader.buf.is_empty();
-            let read = poll_fn(|cx| {
-                if let Poll::Ready(r) = reader.poll_fill(cx) {
-                    return Poll::Ready(Wait::Read(r));
+                if begun && !timing_head {
+                    timing_head = true;
+                    clock.set(limits.header_timeout);
                 }
-                if idle && !last_call && stop.poll_fired(cx) {
-                    return Poll::Ready(Wait::Stop);
+                let idle = reader.buf.is_empty();
+                let read = poll_fn(|cx| {
+                    if !idle {
+                        if let Poll::Ready(r) = reader.poll_fill(cx) {
+                            return Poll::Ready(Wait::Read(r));
+                        }
+                    } else if let Poll::Ready(r) = reader.poll_fill_or_release(cx) {
+                        return Poll::Ready(Wait::Read(r));
+                    } else if out.capacity() != 0 {
+                        // Waiting for the next request: nothing to write either.
+                        spare::put_out(std::mem::take(&mut out));
+                    }
+                    if idle && !last_call && stop.poll_fired(cx) {
+                        return Poll::Ready(Wait::Stop);
+                    }
+                    if clock.poll_expired(cx) {
+                        return Poll::Ready(Wait::Expired);
+                    }
+                    Poll::Pending
+                });
+                match read.await {
+                    Wait::Read(Ok(0) | Err(_)) => return None,
+                    Wait::Stop if stop.is_handoff() => {
+                        last_call = true;
+                        clock.set(LAST_REQUEST_WAIT);
+                    }
+                    Wait::Stop => return None,
+                    Wait::Read(Ok(_)) => begun = true,
+                    Wait::Expired if begun => {
+                        let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
+                        Box::pin(refuse(&mut w, &mut out, &r)).await;
+                        return Some(r);
+                    }
+                    Wait::Expired => {
+                        tracing::debug!("no request within the idle timeout; closing");
+                        return None;
+                    }
                 }
-                if clock.poll_expired(cx) {
-                    return Poll::Ready(Wait::Expired);
-                }
-                Poll::Pending
-            });
-            match read.await {
-                Wait::Read(Ok(0) | Err(_)) => return None,
-                Wait::Stop if stop.is_handoff() => {
-                    last_call = true;
-                    closing = true;
-                    clock.set(LAST_REQUEST_WAIT);
-                }
-                Wait::Stop => return None,
-                Wait::Read(Ok(_)) => begun = true,
-                Wait::Expired if begun => {
-                    let r = Refused(StatusCode::REQUEST_TIMEOUT, "headers too slow");
-                    refuse(&mut w, &mut out, &r).await;
-                    return Some(r);
-                }
-                Wait::Expired => {
-                    tracing::debug!("no request within the idle timeout; closing");
-                    return None;
-                }
-            }
-        };
-        let Head {
-            parts,
-            framing,
-            keep_alive,
-            expect_continue,
-            te_trailers,
-        } = head;
-        closing |= !keep_alive;
-        let head_method = parts.method == Method::HEAD;
-        let method = parts.method.clone();
-        let http10 = parts.version == Version::HTTP_10;
-        // A request with a body takes the reader with it; it comes back through `home` once
-        // the body was read to its end.
-        let (body, mut held, home) = if framing == Framing::None {
-            (Body::empty(), Some(reader), None)
-        } else {
-            let home = Arc::new(Home::default());
-            let body = Body {
-                reader: Some(reader),
-                state: State::new(framing),
-                home: Some(Arc::clone(&home)),
-                expect_continue,
             };
-            (body, None, Some(home))
-        };
-        let mut req = Request::from_parts(parts, body);
-        let upgrade = l7::wants_tunnel(&req).then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
-        });
-        let expecting = home.as_deref().filter(|_| expect_continue);
-        let watch = Watching {
-            held: &mut held,
-            limit,
-            expecting,
-            w: &mut w,
-        };
-        slot.set(Some(svc.call(req)));
-        let resp = respond(slot.as_mut(), watch, stop, &mut closing).await;
-        slot.set(None);
-        let Some(mut resp) = resp else {
-            // The client left: dropping the request cancels it (`client_abort` in the log).
-            return None;
-        };
-        if l7::opens_tunnel(&method, resp.status())
-            && let Some(tx) = upgrade
-        {
-            // The tunnel takes the whole socket, with what the client sent after its request.
-            let reader = held.or_else(|| home.and_then(|h| take(&h)))?;
-            out.clear();
-            encode_status(&mut out, resp.status());
-            encode_fields(&mut out, resp.headers(), false);
-            out.extend_from_slice(b"\r\n");
-            if w.write_all(&out).await.is_err() || w.flush().await.is_err() {
-                return None;
-            }
-            let mut io = reader.half.unsplit(w);
-            io.set_tunnel();
-            io.unread(reader.buf.freeze());
-            let _ = tx.send(io);
-            return None;
+            // Everything from the head to the end of its response runs in a future of its own,
+            // on the heap for this request only: its several KiB (the handler's future, the body
+            // writer) would otherwise be part of the connection's future, which every connection
+            // keeps, idle or not, and which is copied whole when spawned.
+            let next = Box::pin(exchange(
+                head, reader, w, &mut out, tls, limit, last_call, stop, svc,
+            ))
+            .await;
+            (reader, w) = match next {
+                Next::KeepAlive(reader, w) => (reader, w),
+                Next::Close => return None,
+            };
+            // The wait for the next request runs from the end of this response.
+            clock.set(limits.idle_timeout);
         }
-        closing |= l7::connection_has(resp.headers(), "close");
-        // Answered before the request body was all read (an early `413`, a redirect): the
-        // connection cannot carry another request, and the client is told so before it sends
-        // more (RFC 9112 9.6).
-        let cut_short = held.is_none()
-            && home
-                .as_ref()
-                .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
-        closing |= cut_short;
-        let framing = response_framing(&resp, head_method, http10);
-        // Unknown length to an HTTP/1.0 client: the close ends the body.
-        closing |= framing == Out::Close;
+    }
+}
+
+/// What the connection does after an exchange: wait for the next request, or close.
+enum Next {
+    KeepAlive(Reader, WriteHalf<Stream>),
+    Close,
+}
+
+/// One request, from its parsed head to the end of its response: runs it through `svc` while
+/// watching the connection, writes the answer, and hands the tunnel its socket after a `101`.
+/// `last_call`: the connection waited for this request after a handoff, and closes after it.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<S, B>(
+    head: Head,
+    reader: Reader,
+    mut w: WriteHalf<Stream>,
+    out: &mut Vec<u8>,
+    tls: bool,
+    limit: usize,
+    last_call: bool,
+    stop: &Watch,
+    svc: &S,
+) -> Next
+where
+    S: hyper::service::Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        te_trailers,
+    } = head;
+    // After a handoff the one last request is answered with `Connection: close`.
+    let mut closing = !keep_alive || last_call;
+    let head_method = parts.method == Method::HEAD;
+    let method = parts.method.clone();
+    let http10 = parts.version == Version::HTTP_10;
+    // A request with a body takes the reader with it; it comes back through `home` once
+    // the body was read to its end.
+    let (body, mut held, home) = if framing == Framing::None {
+        (Body::empty(), Some(reader), None)
+    } else {
+        let home = Arc::new(Home::default());
+        let body = Body {
+            reader: Some(reader),
+            state: State::new(framing),
+            home: Some(Arc::clone(&home)),
+            expect_continue,
+        };
+        (body, None, Some(home))
+    };
+    let mut req = Request::from_parts(parts, body);
+    let upgrade = l7::wants_tunnel(&req).then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut()
+            .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let expecting = home.as_deref().filter(|_| expect_continue);
+    let watch = Watching {
+        held: &mut held,
+        limit,
+        expecting,
+        w: &mut w,
+    };
+    let handling = std::pin::pin!(svc.call(req));
+    let Some(mut resp) = respond(handling, watch, stop, &mut closing).await else {
+        // The client left: dropping the request cancels it (`client_abort` in the log).
+        return Next::Close;
+    };
+    if l7::opens_tunnel(&method, resp.status())
+        && let Some(tx) = upgrade
+    {
+        // The tunnel takes the whole socket, with what the client sent after its request.
+        let Some(reader) = held.or_else(|| home.and_then(|h| take(&h))) else {
+            return Next::Close;
+        };
         out.clear();
-        encode_head(&mut out, &resp, framing, head_method, closing, http10);
-        let trailers = (te_trailers && framing == Out::Chunked)
-            .then(|| resp.headers().get(header::TRAILER).cloned())
-            .flatten();
-        let sent = write_body(&mut w, &mut out, resp.body_mut(), framing, trailers).await;
-        drop(resp);
-        if out.capacity() > KEEP_OUT {
-            out = Vec::with_capacity(OUT_START);
+        encode_status(out, resp.status());
+        encode_fields(out, resp.headers(), false);
+        out.extend_from_slice(b"\r\n");
+        if w.write_all(out).await.is_err() || w.flush().await.is_err() {
+            return Next::Close;
         }
-        if sent.is_err() {
-            return None;
+        let mut io = reader.half.unsplit(w);
+        io.set_tunnel();
+        io.unread(reader.buf.freeze());
+        let _ = tx.send(io);
+        return Next::Close;
+    }
+    closing |= l7::connection_has(resp.headers(), "close");
+    // Answered before the request body was all read (an early `413`, a redirect): the
+    // connection cannot carry another request, and the client is told so before it sends
+    // more (RFC 9112 9.6).
+    let cut_short = held.is_none()
+        && home
+            .as_ref()
+            .is_some_and(|h| h.reader.lock().unwrap_or_else(|e| e.into_inner()).is_none());
+    closing |= cut_short;
+    let framing = response_framing(&resp, head_method, http10);
+    // Unknown length to an HTTP/1.0 client: the close ends the body.
+    closing |= framing == Out::Close;
+    out.clear();
+    if out.capacity() == 0 {
+        *out = spare::out();
+    }
+    encode_head(out, &resp, framing, head_method, closing, http10);
+    let trailers = (te_trailers && framing == Out::Chunked)
+        .then(|| resp.headers().get(header::TRAILER).cloned())
+        .flatten();
+    let sent = write_body(&mut w, out, resp.body_mut(), framing, trailers).await;
+    drop(resp);
+    if out.capacity() > KEEP_OUT {
+        *out = Vec::new();
+    }
+    if sent.is_err() {
+        return Next::Close;
+    }
+    if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
+        // The client may still be sending the body: closing with its bytes unread would
+        // reset the connection, and the reset can destroy the answer before the client
+        // reads it. Shut our side, then read and drop what comes, for a bounded time.
+        let io = reader.half.unsplit(w);
+        crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES).await;
+        return Next::Close;
+    }
+    if closing {
+        // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
+        // more system call per connection for the same packets. TLS sends its close_notify.
+        if tls {
+            let _ = w.shutdown().await;
         }
-        if cut_short && let Some(reader) = home.as_deref().and_then(take_cut) {
-            // The client may still be sending the body: closing with its bytes unread would
-            // reset the connection, and the reset can destroy the answer before the client
-            // reads it. Shut our side, then read and drop what comes, for a bounded time.
-            let io = reader.half.unsplit(w);
-            crate::listener::drain_then_close(io, EARLY_ANSWER_DRAIN, EARLY_ANSWER_DRAIN_BYTES)
-                .await;
-            return None;
+        return Next::Close;
+    }
+    match held.or_else(|| home.and_then(|h| take(&h))) {
+        Some(reader) => Next::KeepAlive(reader, w),
+        // The body was not read to its end: what follows it on the wire is unknown.
+        None => {
+            let _ = w.shutdown().await;
+            Next::Close
         }
-        if closing {
-            // Over plain TCP the close below sends the FIN: a `shutdown` first would be one
-            // more system call per connection for the same packets. TLS sends its close_notify.
-            if tls {
-                let _ = w.shutdown().await;
-            }
-            return None;
-        }
-        reader = match held.or_else(|| home.and_then(|h| take(&h))) {
-            Some(r) => r,
-            // The body was not read to its end: what follows it on the wire is unknown.
-            None => {
-                let _ = w.shutdown().await;
-                return None;
-            }
-        };
-        // The wait for the next request runs from the end of this response.
-        clock.set(limits.idle_timeout);
     }
 }
 
@@ -465,7 +607,7 @@ struct Watching<'a> {
 /// client closing it or failing cancels the request (`None`), as hyper's server did. If
 /// `stop` has fired by the time the response is ready, it closes the connection.
 async fn respond<F, B>(
-    mut handling: Pin<&mut Option<F>>,
+    mut handling: Pin<&mut F>,
     watch: Watching<'_>,
     stop: &Watch,
     closing: &mut bool,
@@ -482,10 +624,7 @@ where
     let mut reading = true;
     let mut sent = 0;
     poll_fn(|cx| {
-        let Some(handle) = handling.as_mut().as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(resp) = handle.poll(cx) {
+        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
             *closing |= stop.is_fired();
             let Ok(resp) = resp;
             return Poll::Ready(Some(resp));
