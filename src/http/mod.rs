@@ -615,6 +615,7 @@ mod tests {
             publisher.shared(),
             None,
             Arc::clone(&stats),
+            Arc::new(crate::acme::Acme::default()),
         )
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
