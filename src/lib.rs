@@ -136,6 +136,45 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))
 }
 
+/// A started frontend, ready to run accept loops (one per thread with `work_stealing = false`).
+enum Serve {
+    Http(HttpFrontend),
+    Tcp(tcp::TcpFrontend),
+}
+
+impl Serve {
+    fn accept(
+        &self,
+        listener: Arc<TcpListener>,
+        limit: Arc<listener::ConnLimit>,
+        thread: usize,
+        stop: CancellationToken,
+        shutdown: signal::Signal,
+        tracker: TaskTracker,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        match self {
+            Serve::Http(fe) => Box::pin(crate::http::serve(
+                listener,
+                fe.clone(),
+                limit,
+                thread,
+                stop,
+                shutdown,
+                tracker,
+            )),
+            Serve::Tcp(fe) => Box::pin(tcp::serve(
+                listener,
+                fe.clone(),
+                limit,
+                thread,
+                stop,
+                shutdown,
+                tracker,
+            )),
+        }
+    }
+}
+
 /// One frontend's accept loop and the listener it owns.
 struct FrontendTask {
     config: Frontend,
@@ -162,6 +201,9 @@ struct Runtime {
     /// The admin listener (a duplicate: the admin server owns it) and the address it was bound
     /// for, to hand over in a takeover. Closed when the drain begins.
     admin_listener: Option<(SocketAddr, OwnedFd)>,
+    /// With `work_stealing = false`: the other threads' runtimes, each of which accepts on every
+    /// frontend too and serves the connections it accepted.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Runtime {
@@ -199,48 +241,51 @@ impl Runtime {
 
     fn start_frontend(&mut self, config: Frontend, listener: Arc<TcpListener>) {
         let stop_accept = self.cancel.child_token();
-        match config.mode {
-            crate::config::Mode::Http => {
-                match HttpFrontend::new(
-                    Arc::new(config.clone()),
-                    self.publisher.shared(),
-                    self.access_log.clone(),
-                    self.stats.frontend(&config.name),
-                ) {
-                    Ok(fe) => {
-                        tokio::spawn(crate::http::serve(
-                            Arc::clone(&listener),
-                            fe,
-                            stop_accept.clone(),
-                            self.conn_shutdown.clone(),
-                            self.tracker.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
+        let stats = self.stats.frontend(&config.name);
+        let fe = Arc::new(config.clone());
+        let started = match config.mode {
+            crate::config::Mode::Http => HttpFrontend::new(
+                fe,
+                self.publisher.shared(),
+                self.access_log.clone(),
+                Arc::clone(&stats),
+            )
+            .map(Serve::Http),
+            crate::config::Mode::Tcp => tcp::TcpFrontend::new(
+                fe,
+                self.publisher.shared(),
+                self.access_log.clone(),
+                Arc::clone(&stats),
+            )
+            .map(Serve::Tcp),
+        };
+        match started {
+            Ok(serve) => {
+                // One `maxconn` for the frontend, whichever thread accepts.
+                let threads = 1 + self.workers.len();
+                let limit = Arc::new(listener::ConnLimit::new(&config, stats, threads));
+                let accept = |listener, thread| {
+                    serve.accept(
+                        listener,
+                        Arc::clone(&limit),
+                        thread,
+                        stop_accept.clone(),
+                        self.conn_shutdown.clone(),
+                        self.tracker.clone(),
+                    )
+                };
+                tokio::spawn(accept(Arc::clone(&listener), 0));
+                for (i, worker) in self.workers.iter().enumerate() {
+                    match listener::listener_for(&listener, worker) {
+                        Ok(l) => drop(worker.spawn(accept(Arc::new(l), i + 1))),
+                        Err(e) => {
+                            error!(frontend = %config.name, error = %e, "a worker thread cannot accept on this frontend; the others do")
+                        }
                     }
                 }
             }
-            crate::config::Mode::Tcp => {
-                match tcp::TcpFrontend::new(
-                    Arc::new(config.clone()),
-                    self.publisher.shared(),
-                    self.access_log.clone(),
-                    self.stats.frontend(&config.name),
-                ) {
-                    Ok(fe) => {
-                        tokio::spawn(tcp::serve(
-                            Arc::clone(&listener),
-                            fe,
-                            stop_accept.clone(),
-                            self.conn_shutdown.clone(),
-                            self.tracker.clone(),
-                        ));
-                    }
-                    Err(e) => {
-                        error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
-                    }
-                }
+            Err(e) => {
+                error!(frontend = %config.name, error = %e, "frontend not started: TLS setup failed")
             }
         }
         self.frontends.insert(
@@ -385,9 +430,28 @@ pub async fn run(
     run_with(config, listeners, cancel, reloads, Control::default()).await
 }
 
-/// What the binary adds to [`run`]: takeovers, and word once it serves.
+/// [`run`], with the connections also accepted and served on `workers`: the runtimes of other
+/// threads (`work_stealing = false`: one current-thread runtime per thread). Everything else,
+/// discovery, health checks, the admin server, runs on the caller's runtime.
+pub async fn run_with_workers(
+    config: Config,
+    listeners: Listeners,
+    cancel: CancellationToken,
+    reloads: mpsc::Receiver<Config>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> anyhow::Result<()> {
+    let control = Control {
+        workers,
+        ..Control::default()
+    };
+    run_with(config, listeners, cancel, reloads, control).await
+}
+
+/// What the binary adds to [`run`]: worker runtimes, takeovers, and word once it serves.
 #[derive(Debug, Default)]
 pub struct Control {
+    /// The other threads' runtimes (see [`run_with_workers`]).
+    pub workers: Vec<tokio::runtime::Handle>,
     /// Requests from the upgrade socket (`takeover::serve`).
     pub takeovers: Option<mpsc::Receiver<takeover::Request>>,
     /// Told once every accept loop is started.
@@ -403,7 +467,11 @@ pub async fn run_with(
     mut reloads: mpsc::Receiver<Config>,
     control: Control,
 ) -> anyhow::Result<()> {
-    let Control { takeovers, serving } = control;
+    let Control {
+        workers,
+        takeovers,
+        serving,
+    } = control;
     // A closed channel when there is no upgrade socket: its branch below is then disabled.
     let mut takeovers = takeovers.unwrap_or_else(|| mpsc::channel(1).1);
     // The recorder first: anything recorded before it is installed is lost.
@@ -426,6 +494,7 @@ pub async fn run_with(
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
         admin_listener: None,
+        workers,
     };
     rt.admin_listener = Some((
         config.admin_listen,

@@ -43,23 +43,58 @@ pub(crate) type ClientIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream
 pub(crate) struct Permit {
     _slot: tokio::sync::OwnedSemaphorePermit,
     stats: Arc<FrontendStats>,
+    /// The accepting thread's count of open connections (`work_stealing = false`).
+    load: Option<Arc<Loads>>,
+    thread: usize,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.stats.close();
+        if let Some(l) = &self.load {
+            l.0[self.thread].0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// With `work_stealing = false`: how long a thread that holds more of a frontend's connections
+/// than the least loaded one (by more than `BALANCE_SLACK`) leaves the next connection to the
+/// others, before it accepts again itself.
+const ACCEPT_DEFER: Duration = Duration::from_millis(1);
+const BALANCE_SLACK: usize = 4;
+
+/// One counter of open connections per accepting thread, each on its own cache line (only its
+/// thread writes it; the others read it before accepting).
+#[derive(Debug)]
+pub(crate) struct Loads(Box<[Padded]>);
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded(std::sync::atomic::AtomicUsize);
+
+impl Loads {
+    /// Whether `thread` holds more connections than the least loaded thread by more than a
+    /// quarter of its own (and `BALANCE_SLACK`): a lasting imbalance, such as a burst of
+    /// keep-alive clients taken by one thread, not the ups and downs of short connections
+    /// (deferring on those made one-request connections wait for a busy thread).
+    fn ahead(&self, thread: usize) -> bool {
+        let mine = self.0[thread].0.load(Ordering::Relaxed);
+        let least = self.0.iter().map(|p| p.0.load(Ordering::Relaxed)).min();
+        least.is_some_and(|l| mine > l + BALANCE_SLACK.max(mine / 4))
     }
 }
 
 /// Accepts connections on `listener` until `stop` fires, at most `frontend.maxconn` open at
-/// once, and spawns the future `serve(stream, peer, permit)` makes for each on `tracker`.
+/// once (`limit`, shared by the frontend's accept loops; this one is number `thread` of them),
+/// and spawns the future `serve(stream, peer, permit)` makes for each on `tracker`.
 /// `serve` boxes it where it is made: the future is a few KiB (a TLS handshake, a server's
 /// state), and each move on its way into the task copies all of it, where a box moves as a
 /// pointer (wrapped here instead, it was copied three times: 9k instructions a connection).
 pub(crate) async fn accept_loop<F, Fut>(
     listener: &TcpListener,
     frontend: &Frontend,
-    stats: &Arc<FrontendStats>,
+    limit: &ConnLimit,
+    thread: usize,
     stop: &CancellationToken,
     tracker: &TaskTracker,
     mut serve: F,
@@ -68,12 +103,23 @@ pub(crate) async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let name = frontend.name.as_str();
-    let limit = ConnLimit::new(frontend, Arc::clone(stats));
     let mut failing = false;
     loop {
         let Some(permit) = limit.admit(stop, name).await else {
             break;
         };
+        // All threads accept from one socket and the first awake takes the connection, so a
+        // burst would land on one: a thread ahead of the others lets them take the next one.
+        // (Not SO_REUSEPORT sockets per thread: closing one resets the connections queued on
+        // it, which a reload or an upgrade must not do.)
+        if let Some(loads) = &limit.loads
+            && loads.ahead(thread)
+        {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(ACCEPT_DEFER) => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = listener.accept() => a,
@@ -101,10 +147,16 @@ pub(crate) async fn accept_loop<F, Fut>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let stats = &limit.stats;
         stats.open();
+        if let Some(l) = &limit.loads {
+            l.0[thread].0.fetch_add(1, Ordering::Relaxed);
+        }
         let permit = Permit {
             _slot: permit,
             stats: Arc::clone(stats),
+            load: limit.loads.clone(),
+            thread,
         };
         tracker.spawn(serve(stream, peer, permit));
     }
@@ -177,7 +229,22 @@ pub(crate) async fn handshake(
     Ok(Accepted { io, client, local })
 }
 
-/// A frontend's `maxconn`: the permits its open connections hold.
+/// A copy of `listener` (the same kernel socket, a second descriptor) registered with the
+/// runtime of `handle`, for an accept loop there: with `work_stealing = false` every worker
+/// thread accepts from each listening socket itself, as HAProxy's threads do, and serves what it
+/// accepted on its own thread.
+pub(crate) fn listener_for(
+    listener: &TcpListener,
+    handle: &tokio::runtime::Handle,
+) -> std::io::Result<TcpListener> {
+    let dup: std::net::TcpListener = socket2::SockRef::from(listener).try_clone()?.into();
+    dup.set_nonblocking(true)?;
+    let _in_runtime = handle.enter();
+    TcpListener::from_std(dup)
+}
+
+/// A frontend's `maxconn`: the permits its open connections hold, shared by its accept loops
+/// (one per worker thread with `work_stealing = false`).
 #[derive(Debug)]
 pub(crate) struct ConnLimit {
     permits: Arc<tokio::sync::Semaphore>,
@@ -185,11 +252,21 @@ pub(crate) struct ConnLimit {
     stats: Arc<FrontendStats>,
     /// The listener is waiting at the limit (to log once per episode, not per connection).
     saturated: AtomicBool,
+    /// Open connections by accepting thread, when more than one thread accepts.
+    loads: Option<Arc<Loads>>,
 }
 
 impl ConnLimit {
-    pub(crate) fn new(f: &Frontend, stats: Arc<FrontendStats>) -> ConnLimit {
+    /// The limit of frontend `f`, whose connections `threads` accept loops take.
+    pub(crate) fn new(f: &Frontend, stats: Arc<FrontendStats>, threads: usize) -> ConnLimit {
         ConnLimit {
+            loads: (threads > 1).then(|| {
+                Arc::new(Loads(
+                    std::iter::repeat_with(Padded::default)
+                        .take(threads)
+                        .collect(),
+                ))
+            }),
             permits: Arc::new(tokio::sync::Semaphore::new(f.maxconn)),
             limited: metrics::counter!(m::CONNECTIONS_LIMITED, "frontend" => f.name.clone()),
             stats,
@@ -253,4 +330,30 @@ pub(crate) async fn drain_then_close<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let _ = tokio::time::timeout(within, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(counts: &[usize]) -> Loads {
+        Loads(
+            counts
+                .iter()
+                .map(|&n| Padded(std::sync::atomic::AtomicUsize::new(n)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_thread_defers_only_on_a_lasting_imbalance() {
+        // A burst taken by one thread: it leaves the next connections to the other.
+        assert!(loads(&[32, 0]).ahead(0));
+        assert!(!loads(&[32, 0]).ahead(1));
+        // Within the slack, or within a quarter of its own: no deferring.
+        assert!(!loads(&[5, 1]).ahead(0));
+        assert!(!loads(&[36, 28]).ahead(0));
+        assert!(loads(&[40, 28]).ahead(0));
+        assert!(!loads(&[0, 0, 0]).ahead(2));
+    }
 }

@@ -78,9 +78,11 @@ use crate::upstream::UpstreamIo;
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker`. A
 /// connection still setting up (PROXY header, TLS handshake, connecting) is dropped when
 /// `shutdown` fires, unless as a handoff; an established relay runs until it ends on its own.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Arc<TcpListener>,
     fe: TcpFrontend,
+    limit: Arc<crate::listener::ConnLimit>,
+    thread: usize,
     stop_accept: CancellationToken,
     shutdown: Signal,
     tracker: TaskTracker,
@@ -90,7 +92,8 @@ pub async fn serve(
     crate::listener::accept_loop(
         &listener,
         &frontend,
-        &fe.stats.clone(),
+        &limit,
+        thread,
         &stop_accept,
         &tracker,
         |stream, peer, permit| {

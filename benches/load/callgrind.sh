@@ -6,13 +6,17 @@
 #   benches/load/callgrind.sh                          # target/release/switchyard
 #   BIN=/path/to/other/switchyard benches/load/callgrind.sh   # another build, same harness
 #
-# Environment: BIN, SCENARIOS ("keepalive close tcp https"; also "routed": keep-alive through
+# Environment: BIN, SCENARIOS ("keepalive close tcp https"; also "newtls": HTTPS with a full
+# handshake per request (Connection: close); "routed": keep-alive through
 # ROUTES (1000; 0 for a binary without routes) host routes; and, unless POLICY=0 (a binary
 # without traffic policy), "plainroute": keep-alive through one host route, "policy": the same
 # route with three header rules and a rate limit that never refuses, "limited": the same with a
 # rate limit of 1/s, so that nearly every request is refused with 429), DURATION (5, seconds measured),
 # CONNS (8), KEEP (a directory: the callgrind output of each scenario is kept there as
-# SCENARIO.cg, for callgrind_annotate). Switchyard runs with threads = 1 under valgrind with instrumentation off; it is
+# SCENARIO.cg, for callgrind_annotate), SY_THREADS (1: [global] threads; 2 counts what the
+# work-stealing runtime adds, though valgrind runs one thread at a time, so cache-line contention
+# between cores is not in the count), SY_WORK_STEALING (true; false: one runtime per thread).
+# Switchyard runs under valgrind with instrumentation off; it is
 # switched on (callgrind_control) after a warm-up and off after the measured wrk run, so the
 # count is the requests' alone, divided by the requests wrk completed. One nginx upstream answers
 # a 13-byte body. Loopback only; what it starts is stopped by PID on exit.
@@ -40,7 +44,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" >/dev/null 2>&1
 cat >"$WORK/sy.toml" <<EOF
 [global]
-threads = 1
+threads = ${SY_THREADS:-1}
+work_stealing = ${SY_WORK_STEALING:-true}
 [admin]
 listen = "127.0.0.1:$ADMIN"
 [[frontend]]
@@ -107,6 +112,7 @@ for s in $SCENARIOS; do
         close) url="http://127.0.0.1:$WEB/"; extra=(-H "Connection: close") ;;
         tcp) url="http://127.0.0.1:$TCP/"; extra=() ;;
         https) url="https://127.0.0.1:$TLS/"; extra=() ;;
+        newtls) url="https://127.0.0.1:$TLS/"; extra=(-H "Connection: close") ;;
         routed) url="http://127.0.0.1:$ROUTED/"; extra=(-H "Host: svc$((ROUTES - 1)).example.com") ;;
         plainroute) url="http://127.0.0.1:$PLAINROUTE/"; extra=(-H "Host: shop.example.com") ;;
         policy) url="http://127.0.0.1:$POLICYROUTE/"; extra=(-H "Host: shop.example.com") ;;

@@ -7,7 +7,9 @@
 # Environment:
 #   ROUNDS (3)  DURATION (10, seconds per measured run)  WARMUP (2, seconds before each run)
 #   CONNS (64)  THREADS (1, wrk threads)
-#   SCENARIOS ("keepalive close tcp https nagle")  KEEP=1 keeps the temp dir (configs, logs, raw wrk output)
+#   PROXY_THREADS (1: each proxy's workers: Switchyard [global] threads, HAProxy nbthread, nginx
+#     worker_processes)  WRK_CPUS (unset: wrk runs on any CPU; e.g. "1" pins it with taskset)
+#   SCENARIOS ("keepalive close tcp https newtls nagle")  KEEP=1 keeps the temp dir (configs, logs, raw wrk output)
 #   OUT (benches/results/load.txt)
 #
 # Each scenario starts the three proxies fresh, then runs them interleaved (A B C, A B C, ...) for
@@ -22,14 +24,21 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
-SCENARIOS=${SCENARIOS:-"keepalive close tcp https nagle"}
+PROXY_THREADS=${PROXY_THREADS:-1}
+WRK_CPUS=${WRK_CPUS:-}
+SCENARIOS=${SCENARIOS:-"keepalive close tcp https newtls nagle"}
 # The `nagle` scenario's upstreams are Python's http.server, which writes a response's head and
 # body in two sends with Nagle on; they are slow, so fewer connections load them.
 NAGLE_CONNS=${NAGLE_CONNS:-8}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 OUT=${OUT:-$ROOT/benches/results/load.txt}
 BIN=$ROOT/target/release/switchyard
-PROXIES=(switchyard haproxy nginx)
+# Each entry is a proxy, optionally with its own worker count: "haproxy:2" is HAProxy with
+# nbthread 2 whatever PROXY_THREADS says; "switchyard-tpc" is Switchyard with work_stealing =
+# false (one current-thread runtime per thread). REF is the entry the ratios are taken against.
+read -r -a PROXIES <<<"${PROXIES:-switchyard haproxy nginx}"
+REF=${REF:-haproxy}
+PT=$PROXY_THREADS
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -58,6 +67,8 @@ log "cargo build --release"
 (cd "$ROOT" && timeout 1200 cargo build --release --quiet)
 
 CLK_TCK=$(getconf CLK_TCK)
+WRK=(wrk)
+[ -z "$WRK_CPUS" ] || WRK=(taskset -c "$WRK_CPUS" wrk)
 WORK=$(mktemp -d /tmp/switchyard-load.XXXXXX)
 chmod 755 "$WORK"   # nginx workers run as nobody
 PIDS=()
@@ -207,7 +218,10 @@ write_switchyard() {   # dir scenario port admin
     local d=$1 sc=$2 port=$3 admin=$4 mode=http
     [ "$sc" = tcp ] && mode=tcp
     {
-        printf '[global]\nthreads = 1\n\n'
+        printf '[global]\nthreads = %s\n' "$PT"
+        # "switchyard-tpc": one current-thread runtime per thread (thread per core)
+        [ "$TPC" = 1 ] && echo "work_stealing = false"
+        echo
         echo "[admin]"
         echo "listen = \"127.0.0.1:$admin\""
         echo
@@ -216,7 +230,7 @@ write_switchyard() {   # dir scenario port admin
         echo "bind = \"127.0.0.1:$port\""
         echo "mode = \"$mode\""
         echo "backend = \"up\""
-        if [ "$sc" = https ]; then
+        if [ "$sc" = https ] || [ "$sc" = newtls ]; then
             echo
             echo "[frontend.tls]"
             echo "certs = [{ cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }]"
@@ -236,10 +250,10 @@ write_switchyard() {   # dir scenario port admin
 write_haproxy() {   # dir scenario port
     local d=$1 sc=$2 port=$3 mode=http bind_extra=""
     [ "$sc" = tcp ] && mode=tcp
-    [ "$sc" = https ] && bind_extra=" ssl crt $WORK/combined.pem alpn http/1.1"
+    { [ "$sc" = https ] || [ "$sc" = newtls ]; } && bind_extra=" ssl crt $WORK/combined.pem alpn http/1.1"
     {
         echo "global"
-        echo "    nbthread 1"
+        echo "    nbthread $PT"
         echo "    maxconn 4096"
         echo "defaults"
         echo "    mode $mode"
@@ -266,7 +280,7 @@ write_nginx() {   # dir scenario port
     mkdir -p "$d/logs"
     {
         [ "$sc" = tcp ] && echo "load_module $STREAM_MODULE;"
-        echo "worker_processes 1;"
+        echo "worker_processes $PT;"
         echo "daemon off;"
         echo "pid $d/nginx.pid;"
         echo "error_log $d/logs/error.log warn;"
@@ -280,7 +294,7 @@ stream {
 EOF
         else
             local listen="listen 127.0.0.1:$port;"
-            [ "$sc" = https ] && listen="listen 127.0.0.1:$port ssl; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;"
+            { [ "$sc" = https ] || [ "$sc" = newtls ]; } && listen="listen 127.0.0.1:$port ssl; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem;"
             cat <<EOF
 http {
     access_log off;
@@ -317,9 +331,14 @@ start_proxy() {   # name scenario ; sets PID_OF, PORT_OF, NA_OF
     mkdir -p "$d"
     read -r port admin <<<"$(free_ports 2)"
     PORT_OF[$name]=$port; NA_OF[$name]=""; PID_OF[$name]=""
-    [ "$sc" = https ] && scheme=https
-    case $name in
-    switchyard)
+    { [ "$sc" = https ] || [ "$sc" = newtls ]; } && scheme=https
+    local base=${name%%:*}
+    PT=$PROXY_THREADS
+    [[ $name != *:* ]] || PT=${name##*:}
+    TPC=0
+    [ "$base" = switchyard-tpc ] && TPC=1
+    case $base in
+    switchyard | switchyard-tpc)
         write_switchyard "$d" "$sc" "$port" "$admin"
         if ! out=$("$BIN" check -c "$d/switchyard.toml" 2>&1); then
             NA_OF[$name]="not working: switchyard check: $(echo "$out" | tr '\n' ' ' | cut -c1-160)"
@@ -375,16 +394,16 @@ stop_proxy() {
 run_one() {   # name scenario round
     local name=$1 sc=$2 round=$3 port=${PORT_OF[$1]} pid=${PID_OF[$1]} scheme=http
     local d=$WORK/$sc/$name hdr=()
-    [ "$sc" = https ] && scheme=https
-    [ "$sc" = close ] && hdr=(-H "Connection: close")
+    { [ "$sc" = https ] || [ "$sc" = newtls ]; } && scheme=https
+    { [ "$sc" = close ] || [ "$sc" = newtls ]; } && hdr=(-H "Connection: close")
     local url="$scheme://127.0.0.1:$port/"
     local conns=$CONNS
     [ "$sc" = nagle ] && conns=$NAGLE_CONNS
-    timeout $((WARMUP + 20)) wrk -t"$THREADS" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null 2>&1 || true
+    timeout $((WARMUP + 20)) "${WRK[@]}" -t"$THREADS" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >/dev/null 2>&1 || true
     local pids t0 t1
     mapfile -t pids < <(proc_tree "$pid")
     t0=$(cpu_ticks "${pids[@]}")
-    timeout $((DURATION + 30)) wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${hdr[@]}" "$url" \
+    timeout $((DURATION + 30)) "${WRK[@]}" -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 5s --latency "${hdr[@]}" "$url" \
         > "$d/wrk.$round.txt" 2>&1 || true
     mapfile -t pids < <(proc_tree "$pid")
     t1=$(cpu_ticks "${pids[@]}")
@@ -408,6 +427,7 @@ declare -A TITLE=(
     [close]="HTTP, one request per connection (Connection: close)"
     [tcp]="TCP mode (L4), HTTP keep-alive traffic through it"
     [https]="HTTPS keep-alive (TLS termination at the proxy)"
+    [newtls]="HTTPS, a new TLS connection per request (full handshake, one request, close; RSA-2048 certificate)"
     [nagle]="HTTP keep-alive to upstreams that write head and body in two sends with Nagle on (Python http.server), wrk -c$NAGLE_CONNS"
 )
 
@@ -445,7 +465,7 @@ for sc in $SCENARIOS; do
         # The median of the per-round ratios: each round pairs runs made seconds apart, so a
         # slow spell of the shared machine weighs on both sides of a ratio, not on one median.
         MED[$p.ratio]=$(for r in $(seq "$ROUNDS"); do
-            a=$WORK/$sc/$p/row.$r; b=$WORK/$sc/haproxy/row.$r
+            a=$WORK/$sc/$p/row.$r; b=$WORK/$sc/$REF/row.$r
             [ -f "$a" ] && [ -f "$b" ] && echo "$(awk '{print $5}' "$a") $(awk '{print $5}' "$b")"
         done | awk '$2 > 0 {printf "%.4f\n", $1 / $2}' | median)
     done
@@ -453,7 +473,7 @@ for sc in $SCENARIOS; do
         echo
         echo "### ${TITLE[$sc]}"
         echo
-        echo "| proxy | req/s | p50 | p99 | CPU-s | req per CPU-s | ratio to HAProxy | per-round ratio | peak RSS MB | errors |"
+        echo "| proxy | req/s | p50 | p99 | CPU-s | req per CPU-s | ratio to $REF | per-round ratio | peak RSS MB | errors |"
         echo "|---|---|---|---|---|---|---|---|---|---|"
         for p in "${PROXIES[@]}"; do
             if [ -n "${NA_OF[$p]}" ]; then
@@ -461,8 +481,8 @@ for sc in $SCENARIOS; do
                 continue
             fi
             ratio=n/a; pround=n/a
-            if [ -z "${NA_OF[haproxy]}" ]; then
-                ratio=$(awk -v a="${MED[$p.5]}" -v b="${MED[haproxy.5]}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
+            if [ -z "${NA_OF[$REF]}" ]; then
+                ratio=$(awk -v a="${MED[$p.5]}" -v b="${MED[$REF.5]}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}')
                 pround=$(awk -v a="${MED[$p.ratio]}" 'BEGIN {if (a != "") printf "%.2f", a; else print "n/a"}')
             fi
             awk -v p="$p" -v rps="${MED[$p.1]}" -v p50="${MED[$p.2]}" -v p99="${MED[$p.3]}" -v cpu="${MED[$p.4]}" \
@@ -484,9 +504,9 @@ mkdir -p "$(dirname "$OUT")"
     echo "nginx: $(nginx -v 2>&1 | head -n 1)"
     echo "wrk: $(wrk --version 2>&1 | head -n 1 || true)"
     echo "nproc: $(nproc)   kernel: $(uname -r)   cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-    echo "parameters: ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s wrk -t$THREADS -c$CONNS; medians over rounds"
-    echo "setup: one nginx (1 worker, two server blocks) as both upstreams on loopback; every proxy with one"
-    echo "worker/thread (Switchyard [global] threads = 1, HAProxy nbthread 1, nginx worker_processes 1),"
+    echo "parameters: ROUNDS=$ROUNDS DURATION=${DURATION}s WARMUP=${WARMUP}s wrk -t$THREADS -c$CONNS${WRK_CPUS:+ (wrk pinned to CPUs $WRK_CPUS)}; medians over rounds"
+    echo "setup: one nginx (1 worker, two server blocks) as both upstreams on loopback; every proxy with $PROXY_THREADS"
+    echo "worker(s)/thread(s) (Switchyard [global] threads = $PROXY_THREADS, HAProxy nbthread $PROXY_THREADS, nginx worker_processes $PROXY_THREADS),"
     echo "round-robin over the two upstreams, no access logs, X-Forwarded-For added by all three in http mode."
     echo "wrk, the proxy and the upstream nginx share the same $(nproc) CPUs, so req/s is bounded by contention;"
     echo "req per CPU-s (requests / proxy CPU seconds, master+workers for nginx) is the efficiency figure."

@@ -11,6 +11,9 @@ use super::{AccessFormat, Balance, CheckType, EtcdApi, Mode, Protocol, ProxyVers
 
 /// `[global] shutdown_grace`: after SIGTERM, how long in-flight requests may take to finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `[global] work_stealing`: one multi-thread runtime (tokio's default), rather than one
+/// current-thread runtime per thread.
+pub const DEFAULT_WORK_STEALING: bool = true;
 /// `[global] upgrade_socket`: where a running Switchyard listens for a takeover by a new binary
 /// (`switchyard run --takeover`); systemd's `RuntimeDirectory=switchyard` makes its directory.
 pub const DEFAULT_UPGRADE_SOCKET: &str = "/run/switchyard/upgrade.sock";

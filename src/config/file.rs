@@ -36,6 +36,7 @@ pub(super) struct FileGlobal {
     #[serde(default, deserialize_with = "bounded::deserialize")]
     pub(super) shutdown_grace: Option<Duration>,
     pub(super) threads: Option<usize>,
+    pub(super) work_stealing: Option<bool>,
     pub(super) upgrade_socket: Option<PathBuf>,
 }
 

@@ -253,6 +253,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Worker threads (HAProxy's `nbthread`); `None`: one per CPU. Read at start only.
     pub threads: Option<usize>,
+    /// `true` (the default): one tokio runtime whose worker threads steal each other's tasks.
+    /// `false`: one current-thread runtime per thread, each accepting on every listener and
+    /// serving what it accepted (pingora's `work_stealing = false`). Read at start only.
+    pub work_stealing: bool,
     /// The Unix socket a running process listens on for a takeover (`takeover.rs`).
     pub upgrade_socket: PathBuf,
     pub admin_listen: SocketAddr,

@@ -127,13 +127,14 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     errs.take(log(&file.log));
     match (global, admin, etcd, service_trees) {
         (
-            Some((shutdown_grace, threads, upgrade_socket)),
+            Some((shutdown_grace, threads, work_stealing, upgrade_socket)),
             Some((admin_listen, admin_token)),
             etcd,
             Some(trees),
         ) if errs.0.is_empty() => Ok(Config {
             shutdown_grace,
             threads,
+            work_stealing,
             upgrade_socket,
             admin_listen,
             admin_token,
@@ -171,7 +172,7 @@ fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [global], [admin], [log]
 
-fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, PathBuf), ConfigError> {
+fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool, PathBuf), ConfigError> {
     let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
         return Err(invalid(
@@ -191,7 +192,12 @@ fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, PathBuf), ConfigErr
             format!("a Unix socket path has at most {MAX_UNIX_PATH} bytes"),
         ));
     }
-    Ok((shutdown_grace, g.threads, upgrade_socket))
+    Ok((
+        shutdown_grace,
+        g.threads,
+        g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
+        upgrade_socket,
+    ))
 }
 
 fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {

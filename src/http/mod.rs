@@ -245,9 +245,11 @@ impl Drop for StreamGuard<'_> {
 
 /// Accepts connections until `stop_accept` fires; each connection runs on `tracker` and is
 /// shut down gracefully (finish the in-flight request, then close) when `shutdown` fires.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Arc<TcpListener>,
     fe: HttpFrontend,
+    limit: Arc<crate::listener::ConnLimit>,
+    thread: usize,
     stop_accept: CancellationToken,
     shutdown: Signal,
     tracker: TaskTracker,
@@ -267,7 +269,8 @@ pub async fn serve(
     crate::listener::accept_loop(
         &listener,
         &frontend,
-        &fe.stats.clone(),
+        &limit,
+        thread,
         &stop_accept,
         &tracker.clone(),
         |stream, peer, permit| {

@@ -19,6 +19,10 @@ use super::*;
 /// Idle upstream connections kept per server; beyond this, a returned connection is closed.
 pub(crate) const POOL_MAX_IDLE: usize = 128;
 
+/// How many of the most recently returned connections `checkout` looks through for one made on
+/// the calling thread.
+const HOME_SCAN: usize = 4;
+
 /// HTTP/2 keep-alive ping to servers: finds a dead shared connection before a request does.
 pub(crate) const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +58,22 @@ impl Pool {
     /// been idle for `max_idle` (then it is dropped, which closes it). Only the connections
     /// taken are looked at: the upkeep's `close_idle` clears out closed and expired ones every
     /// second.
+    ///
+    /// Among the last `HOME_SCAN` returned, one this thread made is taken first: with one
+    /// runtime per thread (`work_stealing = false`), a connection made on another thread would
+    /// be woken by that thread's reactor, a cross-thread wake-up per read.
     pub(crate) fn checkout(&self, now: Instant, max_idle: Duration) -> Option<h1_client::Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let here = h1_client::thread_tag();
+        let len = idle.len();
+        if let Some(i) = (len.saturating_sub(HOME_SCAN)..len)
+            .rev()
+            .find(|&i| idle[i].0.home == here)
+            && i + 1 != len
+        {
+            let last = len - 1;
+            idle.swap(i, last);
+        }
         while let Some((mut conn, since)) = idle.pop() {
             if now.saturating_duration_since(since) < max_idle && conn.is_reusable() {
                 return Some(conn);

@@ -49,6 +49,19 @@ pub(crate) struct Conn {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Part of the current response was read since the last wait (see `poll_response`).
     unacked: bool,
+    /// The thread that made it (`thread_tag`): its socket and timer belong to that thread's
+    /// runtime, so with one runtime per thread the pool hands it back to that thread first.
+    pub(crate) home: usize,
+}
+
+/// A small number naming the calling thread, for `Conn::home`.
+pub(crate) fn thread_tag() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static TAG: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TAG.with(|t| *t)
 }
 
 impl Conn {
@@ -57,6 +70,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             timer: None,
+            home: thread_tag(),
             unacked: false,
         }
     }
