@@ -198,12 +198,12 @@ struct Runtime {
     access_log: Option<access_log::AccessLog>,
     /// The frontends' counters, by name, for the admin API.
     stats: Arc<stats::Registry>,
-    /// The admin listener (a duplicate: the admin server owns it) and the address it was bound
-    /// for, to hand over in a takeover. Closed when the drain begins.
-    admin_listener: Option<(SocketAddr, OwnedFd)>,
     /// With `work_stealing = false`: the other threads' runtimes, each of which accepts on every
     /// frontend too and serves the connections it accepted.
     workers: Vec<tokio::runtime::Handle>,
+    /// The admin listener (a duplicate: the admin server owns it) and the address it was bound
+    /// for, to hand over in a takeover. Closed when the drain begins.
+    admin_listener: Option<(SocketAddr, OwnedFd)>,
 }
 
 impl Runtime {
@@ -430,32 +430,18 @@ pub async fn run(
     run_with(config, listeners, cancel, reloads, Control::default()).await
 }
 
-/// [`run`], with the connections also accepted and served on `workers`: the runtimes of other
-/// threads (`work_stealing = false`: one current-thread runtime per thread). Everything else,
-/// discovery, health checks, the admin server, runs on the caller's runtime.
-pub async fn run_with_workers(
-    config: Config,
-    listeners: Listeners,
-    cancel: CancellationToken,
-    reloads: mpsc::Receiver<Config>,
-    workers: Vec<tokio::runtime::Handle>,
-) -> anyhow::Result<()> {
-    let control = Control {
-        workers,
-        ..Control::default()
-    };
-    run_with(config, listeners, cancel, reloads, control).await
-}
-
-/// What the binary adds to [`run`]: worker runtimes, takeovers, and word once it serves.
+/// What the binary adds to [`run`]: takeovers, word once it serves, and the threads of
+/// `work_stealing = false`.
 #[derive(Debug, Default)]
 pub struct Control {
-    /// The other threads' runtimes (see [`run_with_workers`]).
-    pub workers: Vec<tokio::runtime::Handle>,
     /// Requests from the upgrade socket (`takeover::serve`).
     pub takeovers: Option<mpsc::Receiver<takeover::Request>>,
     /// Told once every accept loop is started.
     pub serving: Option<oneshot::Sender<()>>,
+    /// The runtimes of other threads (`work_stealing = false`: one current-thread runtime per
+    /// thread), each of which accepts on every frontend too and serves what it accepted.
+    /// Everything else, discovery, health checks, the admin server, runs on the caller's.
+    pub workers: Vec<tokio::runtime::Handle>,
 }
 
 /// [`run`], answering takeover requests: after `takeover::Request::Stop` it stops accepting
@@ -468,9 +454,9 @@ pub async fn run_with(
     control: Control,
 ) -> anyhow::Result<()> {
     let Control {
-        workers,
         takeovers,
         serving,
+        workers,
     } = control;
     // A closed channel when there is no upgrade socket: its branch below is then disabled.
     let mut takeovers = takeovers.unwrap_or_else(|| mpsc::channel(1).1);
@@ -493,8 +479,8 @@ pub async fn run_with(
         tracker: TaskTracker::new(),
         running: Arc::new(arc_swap::ArcSwap::from_pointee(config.clone())),
         config: config.clone(),
-        admin_listener: None,
         workers,
+        admin_listener: None,
     };
     rt.admin_listener = Some((
         config.admin_listen,

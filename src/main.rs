@@ -250,9 +250,9 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
             cancel.clone(),
         ));
         let control = switchyard::Control {
-            workers: handles,
             takeovers: Some(takeover_rx),
             serving: Some(serving_tx),
+            workers: handles,
         };
         match switchyard::run_with(config, listeners, cancel, reload_rx, control).await {
             // A takeover the old process did not finish: it kept serving, this one stopped.
@@ -264,6 +264,47 @@ fn run(path: PathBuf, takeover: Option<PathBuf>) -> ExitCode {
             }
         }
     })
+}
+
+/// The threads of `work_stealing = false` besides the main one: each runs a current-thread
+/// runtime until dropped (`run` spawns accept loops on them through their handles).
+#[derive(Default)]
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(n: usize) -> std::io::Result<Workers> {
+        let mut w = Workers::default();
+        for i in 1..=n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            w.handles.push(rt.handle().clone());
+            w.stop.push(stop_tx);
+            w.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("switchyard-worker-{i}"))
+                    .spawn(move || {
+                        // Dropped with the sender, or sent: either ends the thread.
+                        let _ = rt.block_on(stop_rx);
+                    })?,
+            );
+        }
+        Ok(w)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Once `run` serves: ends the takeover that started this process (the old one stops and lets
@@ -326,47 +367,6 @@ async fn once_serving(
     cancel.cancelled().await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     Ok(())
-}
-
-/// The threads of `work_stealing = false` besides the main one: each runs a current-thread
-/// runtime until dropped (`run` spawns accept loops on them through their handles).
-#[derive(Default)]
-struct Workers {
-    handles: Vec<tokio::runtime::Handle>,
-    stop: Vec<tokio::sync::oneshot::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Workers {
-    fn start(n: usize) -> std::io::Result<Workers> {
-        let mut w = Workers::default();
-        for i in 1..=n {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            w.handles.push(rt.handle().clone());
-            w.stop.push(stop_tx);
-            w.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("switchyard-worker-{i}"))
-                    .spawn(move || {
-                        // Dropped with the sender, or sent: either ends the thread.
-                        let _ = rt.block_on(stop_rx);
-                    })?,
-            );
-        }
-        Ok(w)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        self.stop.clear();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// SIGTERM/SIGINT cancel; SIGHUP re-reads the config and hands a valid one to `run`.

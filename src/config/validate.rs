@@ -127,7 +127,12 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     errs.take(log(&file.log));
     match (global, admin, etcd, service_trees) {
         (
-            Some((shutdown_grace, threads, work_stealing, upgrade_socket)),
+            Some(Global {
+                shutdown_grace,
+                threads,
+                work_stealing,
+                upgrade_socket,
+            }),
             Some((admin_listen, admin_token)),
             etcd,
             Some(trees),
@@ -172,7 +177,15 @@ fn percent(key: &str, v: u32) -> Result<u32, ConfigError> {
 // ---------------------------------------------------------------------------------------------
 // [global], [admin], [log]
 
-fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool, PathBuf), ConfigError> {
+/// `[global]`, validated.
+struct Global {
+    shutdown_grace: Duration,
+    threads: Option<usize>,
+    work_stealing: bool,
+    upgrade_socket: PathBuf,
+}
+
+fn global(g: FileGlobal) -> Result<Global, ConfigError> {
     let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
         return Err(invalid(
@@ -192,12 +205,12 @@ fn global(g: FileGlobal) -> Result<(Duration, Option<usize>, bool, PathBuf), Con
             format!("a Unix socket path has at most {MAX_UNIX_PATH} bytes"),
         ));
     }
-    Ok((
+    Ok(Global {
         shutdown_grace,
-        g.threads,
-        g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
+        threads: g.threads,
+        work_stealing: g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
         upgrade_socket,
-    ))
+    })
 }
 
 fn admin(a: FileAdmin) -> Result<(SocketAddr, Option<String>), ConfigError> {
