@@ -636,7 +636,7 @@ async fn the_new_process_exits_2_when_the_old_one_refuses_or_does_not_stop() {
 
 /// A takeover with another config: the frontend it adds is bound fresh, the one it keeps is
 /// inherited, and a moved admin listener is bound at its new address (the old one closes with
-/// the old process).
+/// the old process). The new config also switches to one runtime per thread.
 #[tokio::test]
 async fn a_takeover_with_a_changed_config_binds_what_changed() {
     let up = upstream().await;
@@ -659,7 +659,12 @@ async fn a_takeover_with_a_changed_config_binds_what_changed() {
     let cfg2 = write(
         &dir,
         "sy2.toml",
-        &config(&dir, admin2, web, up.addr(), &[("api", api, "http")]),
+        // The new process also runs one runtime per thread (each accepting on every frontend).
+        &config(&dir, admin2, web, up.addr(), &[("api", api, "http")]).replacen(
+            "[global]\n",
+            "[global]\nwork_stealing = false\nthreads = 2\n",
+            1,
+        ),
     );
     let new = run(&next, &cfg2, Some(&sock), dir.join("new.log"));
     assert!(old.exited_within(Duration::from_secs(15)).await.success());
