@@ -10,26 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::stream::get_a;
 use support::{Cfg, Lb, Upstream, metric};
-
-/// Sends one keep-alive request and reads its whole answer (the upstream's body is "A").
-async fn request(s: &mut TcpStream) -> std::io::Result<String> {
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.ends_with(b"\r\n\r\nA") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
 
 async fn connected(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), request(&mut s))
+    let answer = tokio::time::timeout(Duration::from_secs(5), get_a(&mut s))
         .await
         .expect("answered in time")
         .unwrap();
@@ -66,7 +52,7 @@ async fn clients_beyond_maxconn_wait_and_are_served_when_one_leaves() {
     );
     // The established clients are unaffected.
     for s in [&mut first, &mut second] {
-        let a = tokio::time::timeout(Duration::from_secs(5), request(s))
+        let a = tokio::time::timeout(Duration::from_secs(5), get_a(s))
             .await
             .expect("an established client is still served")
             .unwrap();

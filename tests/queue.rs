@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use support::config::{self, Cfg};
+use support::stream::get_a;
 use support::{Lb, Upstream, h2c, http_client, metric, wait_until};
 
 /// A request that reached an upstream: its path, and the switch that lets it be answered.
@@ -458,22 +459,6 @@ async fn each_service_of_a_tree_has_its_own_queue_and_a_discovered_server_drains
     assert_eq!(busy.await.unwrap(), (200, "/busy".to_string()));
 }
 
-/// Sends one keep-alive request on `s` and reads until the upstream's body (`A`) has come.
-async fn exchange(s: &mut TcpStream) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.ends_with(b"\r\n\r\nA") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
 #[tokio::test]
 async fn a_tcp_connection_holds_its_slot_until_it_closes() {
     let a = Upstream::start("A").await;
@@ -486,16 +471,11 @@ async fn a_tcp_connection_holds_its_slot_until_it_closes() {
     let lb = Lb::start_ready(&toml).await;
     let raw = lb.http_addr("raw");
     let mut first = TcpStream::connect(raw).await.unwrap();
-    assert!(
-        exchange(&mut first)
-            .await
-            .unwrap()
-            .starts_with("HTTP/1.1 200")
-    );
+    assert!(get_a(&mut first).await.unwrap().starts_with("HTTP/1.1 200"));
     // The second connection waits for the first one's slot, however idle the first is.
     let second = tokio::spawn(async move {
         let mut s = TcpStream::connect(raw).await.unwrap();
-        exchange(&mut s).await
+        get_a(&mut s).await
     });
     wait_depth(&lb, "qtcp", 1.0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::stream::get_a;
 use support::{Upstream, free_port, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -102,25 +103,10 @@ fn config(admin: u16, frontends: &[(&str, u16, &str)], up: SocketAddr) -> String
     s
 }
 
-/// One keep-alive request on `s`; the answer's head and body (the upstream answers "A").
-async fn request(s: &mut TcpStream) -> std::io::Result<String> {
-    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.ends_with(b"\r\n\r\nA") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
 async fn answered(addr: SocketAddr) -> bool {
     match TcpStream::connect(addr).await {
         Ok(mut s) => matches!(
-            tokio::time::timeout(Duration::from_secs(2), request(&mut s)).await,
+            tokio::time::timeout(Duration::from_secs(2), get_a(&mut s)).await,
             Ok(Ok(a)) if a.starts_with("HTTP/1.1 200")
         ),
         Err(_) => false,
@@ -144,7 +130,7 @@ async fn both_threads_serve_and_sigterm_drains() {
         clients.push(tokio::spawn(async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
             for _ in 0..300 {
-                let a = request(&mut s).await.unwrap();
+                let a = get_a(&mut s).await.unwrap();
                 assert!(a.starts_with("HTTP/1.1 200"), "{a}");
             }
         }));
@@ -198,7 +184,7 @@ async fn maxconn_is_one_limit_across_threads() {
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        assert!(request(&mut s).await.unwrap().starts_with("HTTP/1.1 200"));
+        assert!(get_a(&mut s).await.unwrap().starts_with("HTTP/1.1 200"));
         held.push(s);
     }
     let mut waiting = Vec::new();

@@ -1,5 +1,6 @@
 //! Bounded reads on a byte stream (TCP, or TLS over it) for the L4 tests: a line, an echo, the
 //! rest up to the close. Every wait has a limit, so a hang fails the test instead of stalling it.
+//! Also one keep-alive `GET /` on a raw connection (`get_a`), for tests that hold connections.
 
 use std::time::Duration;
 
@@ -51,4 +52,21 @@ pub async fn until_closed<S: AsyncRead + Unpin>(s: &mut S) -> (std::io::Result<V
         .await
         .expect("the connection was not closed within 10 s");
     (r.map(|_| out), t.elapsed())
+}
+
+/// Sends one keep-alive `GET /` on `s` and reads until the upstream's body (`A`, as
+/// `Upstream::start("A")` answers) has come; the whole answer. Not bounded in time: callers
+/// that expect no answer put their own timeout around it.
+pub async fn get_a<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> std::io::Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.ends_with(b"\r\n\r\nA") {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
