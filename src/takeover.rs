@@ -223,30 +223,20 @@ async fn hand_over(
     let uid = link.stream.peer_cred()?.uid();
     let ours = rustix::process::geteuid().as_raw();
     if uid != ours && uid != 0 {
-        let message = format!("user {uid} may not take over a process of user {ours}");
-        link.send(
-            &Message::Refused {
-                message: message.clone(),
-            },
-            &[],
-        )
-        .await?;
-        return Err(TakeoverError::Refused(message));
+        return Err(link
+            .refuse(format!(
+                "user {uid} may not take over a process of user {ours}"
+            ))
+            .await);
     }
     match link.recv().await? {
         Message::Hello { version } if version == VERSION => {}
         Message::Hello { version } => {
-            let message = format!(
-                "protocol version mismatch: this process speaks version {VERSION}, the new one {version}"
-            );
-            link.send(
-                &Message::Refused {
-                    message: message.clone(),
-                },
-                &[],
-            )
-            .await?;
-            return Err(TakeoverError::Refused(message));
+            return Err(link
+                .refuse(format!(
+                    "protocol version mismatch: this process speaks version {VERSION}, the new one {version}"
+                ))
+                .await);
         }
         other => return Err(TakeoverError::Protocol(format!("{other:?}"))),
     }
@@ -256,18 +246,12 @@ async fn hand_over(
         .map_err(|_| TakeoverError::Closed)?;
     let handed = rx.await.map_err(|_| TakeoverError::Closed)??;
     if handed.len() > MAX_FDS {
-        let message = format!(
-            "{} listening sockets; one takeover hands over at most {MAX_FDS}",
-            handed.len()
-        );
-        link.send(
-            &Message::Refused {
-                message: message.clone(),
-            },
-            &[],
-        )
-        .await?;
-        return Err(TakeoverError::Refused(message));
+        return Err(link
+            .refuse(format!(
+                "{} listening sockets; one takeover hands over at most {MAX_FDS}",
+                handed.len()
+            ))
+            .await);
     }
     let listeners = handed
         .iter()
@@ -456,6 +440,18 @@ impl Link {
             stream,
             pending: Vec::new(),
             fds: Vec::new(),
+        }
+    }
+
+    /// Tells the peer why the takeover is refused; the error to end it with (the send's own,
+    /// if the message could not be sent).
+    async fn refuse(&self, message: String) -> TakeoverError {
+        let refused = Message::Refused {
+            message: message.clone(),
+        };
+        match self.send(&refused, &[]).await {
+            Ok(()) => TakeoverError::Refused(message),
+            Err(e) => e,
         }
     }
 
