@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::defaults::{DEFAULT_ACME_DIRECTORY, DEFAULT_ACME_RENEW_BEFORE};
 use super::file::bounded;
+use super::validate::Errors;
 use super::{ConfigError, EtcdConfig, Frontend, Route, invalid};
 
 /// `[frontend.tls.acme]` as written.
@@ -100,7 +101,50 @@ fn route_domains(routes: &[Route]) -> Vec<String> {
 /// validated routes (for `domains = "routes"`).
 pub(super) fn acme(key: &str, a: FileAcme, routes: &[Route]) -> Result<Acme, ConfigError> {
     let key = format!("{key}.tls.acme");
-    let domains = match a.domains {
+    // Every problem at once, as the rest of `check` reports them.
+    let mut errs = Errors::default();
+    let domains = errs
+        .take(domains(&key, a.domains, routes))
+        .unwrap_or_default();
+    let directory = a
+        .directory
+        .unwrap_or_else(|| DEFAULT_ACME_DIRECTORY.to_string());
+    if !directory.starts_with("https://") {
+        errs.push(invalid(
+            format!("{key}.directory"),
+            format!("{directory:?}: an ACME directory is an https:// URL"),
+        ));
+    }
+    if let Some(email) = &a.email
+        && (!email.contains('@') || email.contains(char::is_whitespace))
+    {
+        errs.push(invalid(
+            format!("{key}.email"),
+            format!("{email:?} is not an email address"),
+        ));
+    }
+    let renew_before = a.renew_before.unwrap_or(DEFAULT_ACME_RENEW_BEFORE);
+    if renew_before.is_zero() {
+        errs.push(invalid(format!("{key}.renew_before"), "must be above zero"));
+    }
+    errs.finish(Acme {
+        directory,
+        email: a.email,
+        domains,
+        challenge: a.challenge.unwrap_or(AcmeChallenge::TlsAlpn01),
+        ca: a.ca,
+        renew_before,
+        insecure_shared_keys: a.insecure_shared_keys.unwrap_or(false),
+    })
+}
+
+/// `domains`: a list of DNS names (lowercased, each once), or "routes".
+fn domains(
+    key: &str,
+    domains: Option<FileDomains>,
+    routes: &[Route],
+) -> Result<Vec<String>, ConfigError> {
+    let domains = match domains {
         None => {
             return Err(invalid(
                 format!("{key}.domains"),
@@ -145,36 +189,7 @@ pub(super) fn acme(key: &str, a: FileAcme, routes: &[Route]) -> Result<Acme, Con
             ),
         ));
     }
-    let directory = a
-        .directory
-        .unwrap_or_else(|| DEFAULT_ACME_DIRECTORY.to_string());
-    if !directory.starts_with("https://") {
-        return Err(invalid(
-            format!("{key}.directory"),
-            format!("{directory:?}: an ACME directory is an https:// URL"),
-        ));
-    }
-    if let Some(email) = &a.email
-        && (!email.contains('@') || email.contains(char::is_whitespace))
-    {
-        return Err(invalid(
-            format!("{key}.email"),
-            format!("{email:?} is not an email address"),
-        ));
-    }
-    let renew_before = a.renew_before.unwrap_or(DEFAULT_ACME_RENEW_BEFORE);
-    if renew_before.is_zero() {
-        return Err(invalid(format!("{key}.renew_before"), "must be above zero"));
-    }
-    Ok(Acme {
-        directory,
-        email: a.email,
-        domains,
-        challenge: a.challenge.unwrap_or(AcmeChallenge::TlsAlpn01),
-        ca: a.ca,
-        renew_before,
-        insecure_shared_keys: a.insecure_shared_keys.unwrap_or(false),
-    })
+    Ok(domains)
 }
 
 /// The checks across sections: every ACME frontend needs `[etcd]`, with authentication (a
@@ -261,6 +276,18 @@ mod tests {
         assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
         assert_eq!(a.renew_before, DEFAULT_ACME_RENEW_BEFORE);
         assert!(c.frontends[0].tls.as_ref().unwrap().certs.is_empty());
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported_at_once() {
+        let e = err(&web(
+            "domains = [\"*.example.com\"]\ndirectory = \"http://acme.test/dir\"\n\
+             email = \"ops\"\nrenew_before = \"0s\"",
+            true,
+        ));
+        for key in ["domains", "directory", "email", "renew_before"] {
+            assert!(e.contains(&format!("tls.acme.{key}")), "{key} in {e}");
+        }
     }
 
     #[test]

@@ -1163,6 +1163,19 @@ servers = ["127.0.0.1:1", "[::1]:8080", "web-3:80"]
     }
 
     #[test]
+    fn global_problems_are_reported_together() {
+        let e = Config::from_toml(
+            "[global]\nthreads = 0\nupgrade_socket = \"\"\n[[frontend]]\nname = \"f\"\n\
+             bind = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n\
+             servers = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("global.threads"), "{e}");
+        assert!(e.contains("global.upgrade_socket"), "{e}");
+    }
+
+    #[test]
     fn threads_must_be_positive() {
         let with = |n: &str| {
             format!(

@@ -35,15 +35,15 @@ const HTTP_STATUSES: std::ops::RangeInclusive<u16> = 100..=599;
 
 /// The problems found so far; a check that fails is recorded and validation goes on.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(Vec<ConfigError>);
 
 impl Errors {
-    fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
+    pub(super) fn take<T>(&mut self, r: Result<T, ConfigError>) -> Option<T> {
         r.map_err(|e| self.push(e)).ok()
     }
 
     /// Records `e`; the problems of a [`ConfigError::Several`] are recorded one by one.
-    fn push(&mut self, e: ConfigError) {
+    pub(super) fn push(&mut self, e: ConfigError) {
         match e {
             ConfigError::Several(list) => self.0.extend(list),
             e => self.0.push(e),
@@ -64,7 +64,7 @@ impl Errors {
     }
 
     /// `v`, or every problem recorded.
-    fn finish<T>(self, v: T) -> Result<T, ConfigError> {
+    pub(super) fn finish<T>(self, v: T) -> Result<T, ConfigError> {
         if self.0.is_empty() {
             Ok(v)
         } else {
@@ -190,9 +190,10 @@ struct Global {
 }
 
 fn global(g: FileGlobal) -> Result<Global, ConfigError> {
+    let mut errs = Errors::default();
     let shutdown_grace = g.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
     if g.threads.is_some_and(|t| t == 0 || t > MAX_THREADS) {
-        return Err(invalid(
+        errs.push(invalid(
             "global.threads",
             format!("must be between 1 and {MAX_THREADS}"),
         ));
@@ -201,15 +202,15 @@ fn global(g: FileGlobal) -> Result<Global, ConfigError> {
         .upgrade_socket
         .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCKET));
     if upgrade_socket.as_os_str().is_empty() {
-        return Err(invalid("global.upgrade_socket", "must not be empty"));
+        errs.push(invalid("global.upgrade_socket", "must not be empty"));
     }
     if upgrade_socket.as_os_str().len() > MAX_UNIX_PATH {
-        return Err(invalid(
+        errs.push(invalid(
             "global.upgrade_socket",
             format!("a Unix socket path has at most {MAX_UNIX_PATH} bytes"),
         ));
     }
-    Ok(Global {
+    errs.finish(Global {
         shutdown_grace,
         threads: g.threads,
         work_stealing: g.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
